@@ -1,0 +1,49 @@
+// A small command-line parser: each subcommand declares its options (with defaults and help),
+// `--help` lists them, unknown options and missing values are errors that say what was expected.
+#pragma once
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace vlmo::cli {
+
+struct Option {
+  std::string name;           // without the leading "--"
+  std::string default_value;  // for flags: "false"
+  std::string help;
+  bool flag = false;
+};
+
+struct Args {
+  std::map<std::string, std::string> values;
+  std::vector<std::string> positional;
+  const std::string& get(const std::string& name) const;
+  int get_int(const std::string& name) const;
+  double get_double(const std::string& name) const;
+  bool get_flag(const std::string& name) const { return get(name) == "true"; }
+};
+
+struct Command {
+  std::string name;
+  std::string summary;
+  std::string usage;  // e.g. "vlmo convert [options] IN OUT.safetensors"
+  std::vector<Option> options;
+  size_t min_positional = 0, max_positional = 0;
+  std::function<int(const Args&)> run;
+
+  std::string help() const;
+  // Parses argv after the subcommand name. Throws vlmo::Error on bad usage.
+  Args parse(const std::vector<std::string>& argv) const;
+};
+
+// Options every command takes.
+std::vector<Option> common_options();
+
+// The registry, filled by the cmd_*.cpp files.
+std::vector<Command> all_commands();
+Command info_command();
+Command convert_command();
+Command check_reference_command();
+
+}  // namespace vlmo::cli

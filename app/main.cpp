@@ -1,0 +1,54 @@
+// vlmo: the command-line program. Each subcommand lives in its own cmd_*.cpp file.
+#include <iostream>
+
+#include "cli.h"
+#include "vlmo/error.h"
+#include "vlmo/threads.h"
+
+namespace {
+
+void print_usage(std::ostream& out) {
+  out << "vlmo: VLMo (vision-language pre-training with mixture-of-modality-experts) in C++\n\n"
+         "usage: vlmo COMMAND [options] [arguments]\n\ncommands:\n";
+  for (const auto& c : vlmo::cli::all_commands()) {
+    std::string name = "  " + c.name;
+    name.append(name.size() < 20 ? 20 - name.size() : 2, ' ');
+    out << name << c.summary.substr(0, c.summary.find('\n')) << "\n";
+  }
+  out << "\nRun `vlmo COMMAND --help` for a command's options and their defaults.\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    print_usage(std::cerr);
+    return 2;
+  }
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    print_usage(std::cout);
+    return 0;
+  }
+  for (const auto& cmd : vlmo::cli::all_commands()) {
+    if (cmd.name != name) continue;
+    try {
+      const auto args = cmd.parse(std::vector<std::string>(argv + 2, argv + argc));
+      if (args.get_flag("help")) {
+        std::cout << cmd.help();
+        return 0;
+      }
+      vlmo::init_threads(args.get_int("threads"));
+      return cmd.run(args);
+    } catch (const vlmo::Error& e) {
+      std::cerr << "error: " << e.what() << "\n";
+      return 2;
+    } catch (const std::exception& e) {
+      std::cerr << "error: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  std::cerr << "error: unknown command \"" << name << "\"\n\n";
+  print_usage(std::cerr);
+  return 2;
+}

@@ -1,0 +1,40 @@
+// Weights in and out: reading PyTorch checkpoints (zip-format torch.save holding a Lightning,
+// DeepSpeed or bare state_dict) and safetensors; loading a state_dict into a model strictly or
+// not, resizing position tables as the official loader does (reference §1.4, §1.6).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "vlmo/model.h"
+#include "vlmo/safetensors.h"
+
+namespace vlmo {
+
+// Every tensor of a torch.save zip file's state_dict: `ckpt["state_dict"]` (Lightning), else
+// `ckpt["module"]` with the "module." prefix stripped (DeepSpeed), else `ckpt["model"]`, else
+// the object itself. Non-tensor entries are skipped. Unknown pickled classes are stood in for.
+TensorMap read_torch_checkpoint(const std::string& path);
+// Either format, told apart by the file's first bytes.
+TensorMap read_weights(const std::string& path);
+
+// The model's parameters and persistent buffers under their official names.
+TensorMap model_state_dict(torch::nn::Module& model);
+
+struct LoadReport {
+  std::vector<std::string> missing;     // in the model, not in the file
+  std::vector<std::string> unexpected;  // in the file, not in the model
+  std::vector<std::string> mismatched;  // "name: file [..] vs model [..]"
+  std::vector<std::string> resized;     // what was resampled or truncated, and how
+  std::vector<std::string> ignored;     // index buffers old checkpoints carry
+  bool clean() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
+  std::string describe() const;  // one line per problem
+};
+
+// Copies `weights` into `model` (converting dtype). Before matching shapes it adapts, as the
+// official loader: the relative-position table's image rows are resampled to the model's image
+// size, `transformer.pos_embed` is bicubically interpolated, and longer text position tables are
+// truncated. strict: any missing, unexpected or mis-shaped tensor throws vlmo::Error listing all
+// of them (nothing is copied); non-strict: the matching tensors are copied and the rest reported.
+LoadReport load_weights(VLMo& model, TensorMap weights, bool strict);
+
+}  // namespace vlmo

@@ -1,0 +1,191 @@
+// The VLMo model: the multiway (MoME) Transformer, its embeddings and heads, and every
+// forward path of the official LightningModule (reference §1). Parameter and buffer names
+// equal the official state_dict keys. Not here: losses (vlmo/objectives.h), file I/O.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <vector>
+
+#include "vlmo/config.h"
+
+namespace vlmo {
+
+enum class Modality { kImage, kText, kVL };
+
+// timm Mlp: fc1 -> GELU (erf) -> fc2 (dropout 0).
+struct MlpImpl : torch::nn::Module {
+  MlpImpl(int dim, int hidden);
+  at::Tensor forward(const at::Tensor& x);
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+// Shared self-attention: qkv without k bias, fp32 logits, additive relative bias, key mask.
+struct AttentionImpl : torch::nn::Module {
+  AttentionImpl(int dim, int num_heads);
+  // x (B, N, C); key_mask (B, N) 1 = attend, or undefined; rel_bias (H, N, N) or undefined.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias);
+  int num_heads;
+  double scale;
+  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  at::Tensor q_bias, v_bias;
+};
+TORCH_MODULE(Attention);
+
+// One multiway block: shared attention; V-, L- and (top layers) VL-FFN experts.
+struct BlockImpl : torch::nn::Module {
+  BlockImpl(const Config& c, int layer, double drop_path);
+  // `text_len`: the fixed split of "vl" sequences in blocks without a VL expert.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, Modality modality,
+                     const at::Tensor& rel_bias, int64_t text_len);
+  bool has_vl() const { return !mlp_vl.is_empty(); }
+  double drop_prob;
+  torch::nn::LayerNorm norm1{nullptr}, norm2_text{nullptr}, norm2_imag{nullptr},
+      norm2_vl{nullptr};
+  Attention attn{nullptr};
+  Mlp mlp_text{nullptr}, mlp_imag{nullptr}, mlp_vl{nullptr};
+  at::Tensor gamma_1, gamma_2;  // undefined without layer scale
+
+ private:
+  at::Tensor residual(const at::Tensor& x, const at::Tensor& branch, const at::Tensor& gamma);
+  at::Tensor drop_path_fn(const at::Tensor& x);
+};
+TORCH_MODULE(Block);
+
+struct PatchEmbedImpl : torch::nn::Module {
+  PatchEmbedImpl(const Config& c);
+  at::Tensor forward(const at::Tensor& images);  // (B,3,S,S) -> (B, W², C)
+  int image_size;
+  torch::nn::Conv2d proj{nullptr};
+};
+TORCH_MODULE(PatchEmbed);
+
+struct MultiwayTransformerImpl : torch::nn::Module {
+  explicit MultiwayTransformerImpl(const Config& c);
+  // Patch tokens with [CLS] prepended (+ absolute position embedding if configured).
+  at::Tensor visual_embed(const at::Tensor& images);
+  PatchEmbed patch_embed{nullptr};
+  at::Tensor cls_token, pos_embed;
+  torch::nn::ModuleList blocks{nullptr};
+  std::vector<Block> block_list;
+  torch::nn::LayerNorm norm{nullptr};
+};
+TORCH_MODULE(MultiwayTransformer);
+
+// HF BertEmbeddings (transformers 4.8.1) as VLMo configures it.
+struct BertEmbeddingsImpl : torch::nn::Module {
+  explicit BertEmbeddingsImpl(const Config& c);
+  at::Tensor forward(const at::Tensor& ids);  // (B, L) -> (B, L, C)
+  bool add_positions;
+  double dropout;
+  torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr},
+      token_type_embeddings{nullptr};
+  torch::nn::LayerNorm LayerNorm{nullptr};
+  at::Tensor position_ids;
+};
+TORCH_MODULE(BertEmbeddings);
+
+struct PoolerImpl : torch::nn::Module {
+  explicit PoolerImpl(int dim);
+  at::Tensor forward(const at::Tensor& x);  // tanh(dense(x[:, 0]))
+  torch::nn::Linear dense{nullptr};
+};
+TORCH_MODULE(Pooler);
+
+// BertPredictionHeadTransform: dense -> GELU -> LayerNorm (eps 1e-12).
+struct PredictionTransformImpl : torch::nn::Module {
+  explicit PredictionTransformImpl(int dim);
+  at::Tensor forward(const at::Tensor& x);
+  torch::nn::Linear dense{nullptr};
+  torch::nn::LayerNorm LayerNorm{nullptr};
+};
+TORCH_MODULE(PredictionTransform);
+
+// MLM head: transform, untied decoder (no bias) plus a separate bias.
+struct MLMHeadImpl : torch::nn::Module {
+  MLMHeadImpl(int dim, int vocab);
+  at::Tensor forward(const at::Tensor& x);
+  PredictionTransform transform{nullptr};
+  torch::nn::Linear decoder{nullptr};
+  at::Tensor bias;
+};
+TORCH_MODULE(MLMHead);
+
+// A head that is one Linear named "fc" (ITMHead, ITCHead).
+struct FcHeadImpl : torch::nn::Module {
+  FcHeadImpl(int in, int out, bool bias);
+  at::Tensor forward(const at::Tensor& x) { return fc->forward(x); }
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(FcHead);
+
+// Outputs of a single-modality (dual-encoder) pass.
+struct UnimodalOutput {
+  at::Tensor feats;            // (B, N, C) after the final norm
+  at::Tensor cls_feats;        // projected, L2-normalised [CLS]
+  at::Tensor cls_vlffn_feats;  // VL-FFN branch (pre-training passes only), else undefined
+};
+
+struct FusionOutput {
+  at::Tensor text_feats;     // (B, Lt, C)
+  at::Tensor image_feats;    // (B, W²+1, C)
+  at::Tensor cls_feats;      // pooler(x) on the text [CLS]
+  at::Tensor raw_cls_feats;  // x[:, 0]
+};
+
+struct VLMoImpl : torch::nn::Module {
+  explicit VLMoImpl(const Config& c);
+
+  // Fusion encoder: text (padded to max_text_len) then image, every block in "vl" mode.
+  FusionOutput infer(const at::Tensor& text_ids, const at::Tensor& text_masks,
+                     const at::Tensor& images, int image_token_type = 1);
+  // Pre-training dual-encoder passes: expert path plus the VL-FFN branch for ITC.
+  UnimodalOutput infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks);
+  UnimodalOutput infer_image(const at::Tensor& images);
+  // Retrieval dual encoder: pure expert path, no VL-FFN.
+  UnimodalOutput infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks);
+  UnimodalOutput infer_image_ft(const at::Tensor& images);
+  // Text-only MLM path (stage 2): all text experts, final norm; returns (B, L, C).
+  at::Tensor infer_text_mlm(const at::Tensor& text_ids, const at::Tensor& text_masks);
+
+  // Per-layer relative bias [H, N, N] for an index matrix, or undefined tensors without rel-pos.
+  std::vector<at::Tensor> relative_biases(Modality modality, int64_t text_len);
+
+  const Config& config() const { return cfg; }
+
+  Config cfg;
+  MultiwayTransformer transformer{nullptr};
+  at::Tensor relative_position_bias_table;
+  BertEmbeddings text_embeddings{nullptr};
+  torch::nn::Embedding token_type_embeddings{nullptr};
+  Pooler pooler{nullptr};
+  MLMHead mlm_score{nullptr};
+  FcHead itm_score{nullptr};
+  FcHead itc_text_proj{nullptr}, itc_image_proj{nullptr}, itc_vl_text_proj{nullptr},
+      itc_vl_image_proj{nullptr};
+  at::Tensor logit_scale, logit_vl_scale;
+  torch::nn::Sequential vqa_classifier{nullptr}, nlvr2_classifier{nullptr};
+
+ private:
+  at::Tensor text_embed(const at::Tensor& text_ids);
+  at::Tensor image_embed(const at::Tensor& images, int token_type);
+  UnimodalOutput unimodal(at::Tensor x, const at::Tensor& mask, Modality modality,
+                          FcHead proj, FcHead vl_proj);
+  at::Tensor image_index_, text_index_, fusion_index_;  // cached index matrices (CPU)
+};
+TORCH_MODULE(VLMo);
+
+// Official initialisation (objectives.init_weights + timm trunc_normal): Linear/Embedding
+// N(0, 0.02) (truncated for the transformer), biases 0, LayerNorm (1, 0).
+void init_weights(VLMo& model, uint64_t seed);
+
+// Parameter count of every parameter whose name starts with one of `prefixes` (all if empty).
+int64_t count_parameters(torch::nn::Module& m, const std::vector<std::string>& prefixes = {});
+
+}  // namespace vlmo

@@ -1,0 +1,73 @@
+// The VLMo objectives (reference §2): ITC with its VL-FFN branch, ITM on hard negatives drawn
+// from the ITC similarities, MLM (x0.25), text-only MLM, VQA BCE and NLVR2. Each returns its
+// loss and the tensors it computed on the way. Not here: the optimiser, data, logging.
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <functional>
+
+#include "vlmo/model.h"
+
+namespace vlmo {
+
+// One batch as the official collate builds it; tensors a task does not need may be undefined.
+struct Batch {
+  at::Tensor text_ids, text_masks;            // (B, L) int64; 1 = real token
+  at::Tensor text_ids_mlm, text_labels_mlm;   // (B, L) int64; labels -100 = ignore
+  at::Tensor image;                           // (B, 3, S, S) float in [-1, 1]
+  at::Tensor image_0, image_1;                // NLVR2 pairs
+  at::Tensor vqa_targets;                     // (B, num_labels) soft scores
+  at::Tensor nlvr2_labels;                    // (B) int64 in {0, 1}
+};
+
+// Gathers a tensor from every rank along dim 0, the local chunk first, without autograd
+// (as the official all_gather). The identity on one process.
+using GatherFn = std::function<at::Tensor(const at::Tensor&)>;
+at::Tensor gather_local(const at::Tensor& t);
+
+// Symmetric CLIP loss over L2-normalised features with a learned log-scale; local rows are
+// matched with the gathered columns. Returns the loss and the image->text logits (local rows).
+struct ContrastiveOutput {
+  at::Tensor loss;
+  at::Tensor logits_i2t;  // (B, N) = exp(scale) * img @ all_txt^T
+  at::Tensor logits_t2i;  // (B, N)
+};
+ContrastiveOutput contrastive_loss(const at::Tensor& image_feats, const at::Tensor& text_feats,
+                                   const at::Tensor& logit_scale, const GatherFn& gather = gather_local);
+
+struct ItcOutput {
+  at::Tensor loss;  // 0.5 * (loss_itc + loss_itc_vl)
+  ContrastiveOutput itc, itc_vl;
+};
+ItcOutput compute_itc(VLMo& model, const Batch& batch, const GatherFn& gather = gather_local);
+
+// The distribution hard negatives are drawn from: softmax of the similarity rows with the
+// positives (the diagonal of the local block) zeroed.
+at::Tensor hard_negative_weights(const at::Tensor& sim);
+// One negative per row, all rows in one multinomial call (no host round trip).
+at::Tensor sample_hard_negatives(const at::Tensor& weights, at::Generator gen = {});
+
+struct ItmOutput {
+  at::Tensor loss;
+  at::Tensor logits;  // (3B, 2): positives; (text, negative image); (image, negative text)
+};
+// Scores (text, image) pairs with the ITM head in one fusion pass; CE against `labels`.
+ItmOutput itm_on_pairs(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
+                       const at::Tensor& images, const at::Tensor& labels);
+// The official ITM on 3B pairs: [positives; (text b, image neg_image_index[b]);
+// (image b, text neg_text_index[b])], labels [1]*B + [0]*2B.
+// `neg_image_index[b]`: the image paired with text b; `neg_text_index[b]`: the text paired
+// with image b (indices into the gathered pools, or the local batch on one process).
+ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_image_index,
+                      const at::Tensor& neg_text_index, const at::Tensor& pool_images = {},
+                      const at::Tensor& pool_text_ids = {}, const at::Tensor& pool_text_masks = {});
+
+struct LogitsLoss {
+  at::Tensor loss, logits;
+};
+LogitsLoss compute_mlm(VLMo& model, const Batch& batch);       // fusion pass, loss x 0.25
+LogitsLoss compute_text_mlm(VLMo& model, const Batch& batch);  // stage 2, weight 1
+LogitsLoss compute_vqa(VLMo& model, const Batch& batch);
+LogitsLoss compute_nlvr2(VLMo& model, const Batch& batch);
+
+}  // namespace vlmo

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on Debian 12 from Debian's archive, then builds it.
+# Usage: scripts/setup.sh [BUILD_DIR]   (default: build). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${1:-build}
+
+PACKAGES=(
+  build-essential cmake pkg-config
+  libtorch-dev            # LibTorch 1.13 (CPU)
+  libopenblas0-openmp     # fast fp32 BLAS for LibTorch (else ~30x slower matmul)
+  libgloo-dev             # c10d Gloo headers (distributed training on CPUs)
+  nlohmann-json3-dev      # JSON (configs, safetensors headers, metrics)
+  zlib1g-dev              # deflated zip entries in PyTorch checkpoints
+  libgtest-dev            # unit tests
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  [ "${p#\#}" = "$p" ] || continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+JOBS=$(nproc)
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD_DIR" -j "$JOBS"
+echo "setup: built $BUILD_DIR/vlmo"

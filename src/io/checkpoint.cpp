@@ -1,0 +1,144 @@
+#include "vlmo/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/functional/upsampling.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include "vlmo/error.h"
+#include "vlmo/relative_position.h"
+
+namespace vlmo {
+
+TensorMap read_weights(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(cat(path, ": cannot open (", std::strerror(errno), ")"));
+  char magic[4] = {0, 0, 0, 0};
+  in.read(magic, 4);
+  if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_checkpoint(path);
+  if (in.gcount() >= 1 && static_cast<unsigned char>(magic[0]) == 0x80)
+    throw Error(cat(path, ": legacy (pre-1.6, non-zip) torch.save format; re-save it with "
+                    "torch.save(..., _use_new_zipfile_serialization=True) or convert it"));
+  return load_safetensors(path);
+}
+
+TensorMap model_state_dict(torch::nn::Module& model) {
+  TensorMap out;
+  for (const auto& p : model.named_parameters()) out[p.key()] = p.value();
+  for (const auto& b : model.named_buffers()) out[b.key()] = b.value();
+  return out;
+}
+
+std::string LoadReport::describe() const {
+  std::ostringstream s;
+  for (const auto& m : missing) s << "  missing:    " << m << "\n";
+  for (const auto& u : unexpected) s << "  unexpected: " << u << "\n";
+  for (const auto& m : mismatched) s << "  mis-shaped: " << m << "\n";
+  for (const auto& r : resized) s << "  resized:    " << r << "\n";
+  for (const auto& i : ignored) s << "  ignored:    " << i << "\n";
+  return s.str();
+}
+
+namespace {
+
+bool is_index_buffer(const std::string& key) {
+  for (const char* name : {"relative_position_index", "text_relative_position_index",
+                           "text_imag_relative_position_index"}) {
+    const std::string n(name);
+    if (key == n || (key.size() > n.size() && key.compare(key.size() - n.size(), n.size(), n) == 0 &&
+                     key[key.size() - n.size() - 1] == '.'))
+      return true;
+  }
+  return false;
+}
+
+std::string shape_str(const at::Tensor& t) { return cat(t.sizes()); }
+
+// Adapts position tables of a checkpoint made at another image size / text length.
+void resize_for(const Config& cfg, TensorMap& w, const TensorMap& model, LoadReport& report) {
+  auto it = w.find("relative_position_bias_table");
+  auto mt = model.find("relative_position_bias_table");
+  if (it != w.end() && mt != model.end() && it->second.dim() == 2 &&
+      it->second.size(0) != mt->second.size(0) && it->second.size(1) == mt->second.size(1)) {
+    const int64_t image_rows = it->second.size(0) - 3 - 2 * cfg.max_text_len_of_initckpt - 2;
+    const auto side = static_cast<int64_t>(std::llround(std::sqrt(std::max<int64_t>(image_rows, 0))));
+    if (image_rows > 0 && side * side == image_rows && side % 2 == 1) {
+      const int src_grid = static_cast<int>((side + 1) / 2);
+      it->second = resize_relative_position_table(it->second, src_grid, cfg.grid());
+      report.resized.push_back(cat("relative_position_bias_table: image rows ", src_grid, "x",
+                                   src_grid, " -> ", cfg.grid(), "x", cfg.grid(), " patches"));
+    }
+  }
+  it = w.find("transformer.pos_embed");
+  mt = model.find("transformer.pos_embed");
+  if (it != w.end() && mt != model.end() && it->second.dim() == 3 &&
+      it->second.size(1) != mt->second.size(1) && it->second.size(2) == mt->second.size(2)) {
+    const at::Tensor& src = it->second;
+    const int64_t n = src.size(1) - 1, D = src.size(2);
+    const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(n))));
+    if (side * side == n) {
+      at::Tensor grid = src.narrow(1, 1, n).reshape({-1, side, side, D}).permute({0, 3, 1, 2});
+      const int64_t dst = cfg.grid();
+      at::Tensor resized = torch::nn::functional::interpolate(
+          grid.to(at::kFloat), torch::nn::functional::InterpolateFuncOptions()
+                                   .size(std::vector<int64_t>{dst, dst})
+                                   .mode(torch::kBicubic)
+                                   .align_corners(false));
+      resized = resized.permute({0, 2, 3, 1}).flatten(1, 2).to(src.scalar_type());
+      it->second = at::cat({src.narrow(1, 0, 1), resized}, 1);
+      report.resized.push_back(cat("transformer.pos_embed: ", side, "x", side, " -> ", dst, "x",
+                                   dst, " patches (bicubic)"));
+    }
+  }
+  for (const char* key : {"text_embeddings.position_embeddings.weight", "text_embeddings.position_ids"}) {
+    const bool ids = std::strstr(key, "position_ids") != nullptr;
+    it = w.find(key);
+    mt = model.find(key);
+    const int dim = ids ? 1 : 0;
+    if (it != w.end() && mt != model.end() && it->second.dim() == mt->second.dim() &&
+        it->second.size(dim) > mt->second.size(dim)) {
+      report.resized.push_back(cat(key, ": truncated from ", it->second.size(dim), " to ",
+                                   mt->second.size(dim), " positions"));
+      it->second = it->second.narrow(dim, 0, mt->second.size(dim));
+    }
+  }
+}
+
+}  // namespace
+
+LoadReport load_weights(VLMo& model, TensorMap weights, bool strict) {
+  LoadReport report;
+  TensorMap target = model_state_dict(*model);
+  for (auto it = weights.begin(); it != weights.end();) {
+    if (is_index_buffer(it->first)) {
+      report.ignored.push_back(it->first);
+      it = weights.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  resize_for(model->config(), weights, target, report);
+  for (const auto& [name, t] : target) {
+    auto it = weights.find(name);
+    if (it == weights.end()) report.missing.push_back(name);
+    else if (it->second.sizes() != t.sizes())
+      report.mismatched.push_back(cat(name, ": file ", shape_str(it->second), " vs model ", shape_str(t)));
+  }
+  for (const auto& [name, t] : weights)
+    if (!target.count(name)) report.unexpected.push_back(name);
+  if (strict && !report.clean())
+    throw Error(cat("strict load failed: ", report.missing.size(), " missing, ",
+                    report.unexpected.size(), " unexpected, ", report.mismatched.size(),
+                    " mis-shaped tensors\n", report.describe()));
+  torch::NoGradGuard guard;
+  for (auto& [name, t] : target) {
+    auto it = weights.find(name);
+    if (it != weights.end() && it->second.sizes() == t.sizes()) t.copy_(it->second);
+  }
+  return report;
+}
+
+}  // namespace vlmo

@@ -1,0 +1,196 @@
+// Building blocks of the multiway Transformer and the heads (reference §1.2, §1.3, §1.5).
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "vlmo/error.h"
+#include "vlmo/model.h"
+
+namespace vlmo {
+
+namespace nn = torch::nn;
+
+namespace {
+// timm DropPath: drops whole residual branches per sample, scaling the kept ones by 1/keep.
+at::Tensor drop_path(const at::Tensor& x, double p, bool training) {
+  if (p <= 0 || !training) return x;
+  const double keep = 1.0 - p;
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[0] = x.size(0);
+  at::Tensor mask = at::empty(shape, x.options()).bernoulli_(keep);
+  return x.div(keep) * mask;
+}
+}  // namespace
+
+MlpImpl::MlpImpl(int dim, int hidden) {
+  fc1 = register_module("fc1", nn::Linear(dim, hidden));
+  fc2 = register_module("fc2", nn::Linear(hidden, dim));
+}
+
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  return fc2->forward(at::gelu(fc1->forward(x)));
+}
+
+AttentionImpl::AttentionImpl(int dim, int heads)
+    : num_heads(heads), scale(std::pow(static_cast<double>(dim / heads), -0.5)) {
+  qkv = register_module("qkv", nn::Linear(nn::LinearOptions(dim, 3 * dim).bias(false)));
+  q_bias = register_parameter("q_bias", at::zeros({dim}));
+  v_bias = register_parameter("v_bias", at::zeros({dim}));
+  proj = register_module("proj", nn::Linear(dim, dim));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask,
+                                  const at::Tensor& rel_bias) {
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  const at::Tensor bias = at::cat({q_bias, at::zeros_like(v_bias), v_bias});
+  // (B, N, 3C) -> (3, B, H, N, hd)
+  at::Tensor qkv_out = at::linear(x, qkv->weight, bias)
+                           .reshape({B, N, 3, num_heads, C / num_heads})
+                           .permute({2, 0, 3, 1, 4});
+  at::Tensor q = qkv_out[0] * scale, k = qkv_out[1], v = qkv_out[2];
+  // Logits in fp32 even under reduced precision, as the official.
+  at::Tensor attn = at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-2, -1));  // (B,H,N,N)
+  if (rel_bias.defined()) attn = attn + rel_bias.unsqueeze(0);
+  if (key_mask.defined())
+    attn = attn.masked_fill(key_mask.index({at::indexing::Slice(), at::indexing::None,
+                                            at::indexing::None, at::indexing::Slice()}) == 0,
+                            -std::numeric_limits<float>::infinity());
+  attn = attn.softmax(-1).to(x.scalar_type());
+  at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, N, C});  // (B, N, C)
+  return proj->forward(out);
+}
+
+BlockImpl::BlockImpl(const Config& c, int layer, double drop_path_prob) : drop_prob(drop_path_prob) {
+  const int D = c.embed_dim;
+  auto ln = [&] { return nn::LayerNorm(nn::LayerNormOptions({D}).eps(1e-6)); };
+  norm1 = register_module("norm1", ln());
+  attn = register_module("attn", Attention(D, c.num_heads));
+  norm2_text = register_module("norm2_text", ln());
+  norm2_imag = register_module("norm2_imag", ln());
+  mlp_text = register_module("mlp_text", Mlp(D, c.mlp_hidden()));
+  mlp_imag = register_module("mlp_imag", Mlp(D, c.mlp_hidden()));
+  if (layer >= c.vlffn_start_layer_index) {
+    norm2_vl = register_module("norm2_vl", ln());
+    mlp_vl = register_module("mlp_vl", Mlp(D, c.mlp_hidden()));
+  }
+  if (c.layer_scale_init_values) {
+    gamma_1 = register_parameter("gamma_1", at::full({D}, *c.layer_scale_init_values));
+    gamma_2 = register_parameter("gamma_2", at::full({D}, *c.layer_scale_init_values));
+  }
+}
+
+at::Tensor BlockImpl::residual(const at::Tensor& x, const at::Tensor& branch,
+                               const at::Tensor& gamma) {
+  return x + drop_path_fn(gamma.defined() ? gamma * branch : branch);
+}
+
+at::Tensor BlockImpl::drop_path_fn(const at::Tensor& x) { return drop_path(x, drop_prob, is_training()); }
+
+at::Tensor BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& key_mask, Modality modality,
+                              const at::Tensor& rel_bias, int64_t text_len) {
+  at::Tensor x = residual(x_in, attn->forward(norm1->forward(x_in), key_mask, rel_bias), gamma_1);
+  switch (modality) {
+    case Modality::kImage:
+      return residual(x, mlp_imag->forward(norm2_imag->forward(x)), gamma_2);
+    case Modality::kText:
+      return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2);
+    case Modality::kVL:
+      if (has_vl()) return residual(x, mlp_vl->forward(norm2_vl->forward(x)), gamma_2);
+      {
+        // Lower layers: the fixed split at max_text_len, text expert then image expert.
+        at::Tensor xt = x.narrow(1, 0, text_len), xi = x.narrow(1, text_len, x.size(1) - text_len);
+        xt = residual(xt, mlp_text->forward(norm2_text->forward(xt)), gamma_2);
+        xi = residual(xi, mlp_imag->forward(norm2_imag->forward(xi)), gamma_2);
+        return at::cat({xt, xi}, 1);
+      }
+  }
+  throw Error("BlockImpl::forward: unknown modality");
+}
+
+PatchEmbedImpl::PatchEmbedImpl(const Config& c) : image_size(c.image_size) {
+  proj = register_module(
+      "proj", nn::Conv2d(nn::Conv2dOptions(3, c.embed_dim, c.patch_size).stride(c.patch_size)));
+}
+
+at::Tensor PatchEmbedImpl::forward(const at::Tensor& images) {
+  if (images.dim() != 4 || images.size(1) != 3 || images.size(2) != image_size ||
+      images.size(3) != image_size)
+    throw Error(cat("image batch has shape ", images.sizes(), ", the model expects (B, 3, ",
+                    image_size, ", ", image_size, ")"));
+  return proj->forward(images).flatten(2).transpose(1, 2);  // (B, W², C)
+}
+
+MultiwayTransformerImpl::MultiwayTransformerImpl(const Config& c) {
+  patch_embed = register_module("patch_embed", PatchEmbed(c));
+  cls_token = register_parameter("cls_token", at::zeros({1, 1, c.embed_dim}));
+  if (c.use_abs_pos_emb)
+    pos_embed = register_parameter("pos_embed", at::zeros({1, c.image_tokens(), c.embed_dim}));
+  blocks = register_module("blocks", nn::ModuleList());
+  for (int i = 0; i < c.depth; ++i) {
+    const double dpr = c.depth > 1 ? c.drop_path_rate * i / (c.depth - 1) : 0.0;
+    block_list.push_back(Block(c, i, dpr));
+    blocks->push_back(block_list.back());
+  }
+  norm = register_module("norm", nn::LayerNorm(nn::LayerNormOptions({c.embed_dim}).eps(1e-6)));
+}
+
+at::Tensor MultiwayTransformerImpl::visual_embed(const at::Tensor& images) {
+  at::Tensor x = patch_embed->forward(images);
+  x = at::cat({cls_token.expand({x.size(0), -1, -1}), x}, 1);  // (B, W²+1, C)
+  if (pos_embed.defined()) x = x + pos_embed;
+  return x;
+}
+
+BertEmbeddingsImpl::BertEmbeddingsImpl(const Config& c)
+    : add_positions(c.use_abs_pos_emb), dropout(c.drop_path_rate) {
+  const int D = c.embed_dim;
+  word_embeddings = register_module(
+      "word_embeddings", nn::Embedding(nn::EmbeddingOptions(c.vocab_size, D).padding_idx(0)));
+  position_embeddings = register_module("position_embeddings", nn::Embedding(c.max_text_len, D));
+  token_type_embeddings = register_module("token_type_embeddings", nn::Embedding(2, D));
+  LayerNorm = register_module("LayerNorm", nn::LayerNorm(nn::LayerNormOptions({D}).eps(1e-12)));
+  position_ids = register_buffer("position_ids", at::arange(c.max_text_len).unsqueeze(0));
+}
+
+at::Tensor BertEmbeddingsImpl::forward(const at::Tensor& ids) {
+  const int64_t L = ids.size(1);
+  if (L > position_ids.size(1))
+    throw Error(cat("text of ", L, " tokens is longer than max_text_len ", position_ids.size(1)));
+  at::Tensor x = word_embeddings->forward(ids) +
+                 token_type_embeddings->forward(at::zeros_like(ids));
+  if (add_positions) x = x + position_embeddings->forward(position_ids.narrow(1, 0, L));
+  x = LayerNorm->forward(x);
+  return at::dropout(x, dropout, is_training());
+}
+
+PoolerImpl::PoolerImpl(int dim) { dense = register_module("dense", nn::Linear(dim, dim)); }
+
+at::Tensor PoolerImpl::forward(const at::Tensor& x) {
+  return at::tanh(dense->forward(x.select(1, 0)));
+}
+
+PredictionTransformImpl::PredictionTransformImpl(int dim) {
+  dense = register_module("dense", nn::Linear(dim, dim));
+  LayerNorm = register_module("LayerNorm", nn::LayerNorm(nn::LayerNormOptions({dim}).eps(1e-12)));
+}
+
+at::Tensor PredictionTransformImpl::forward(const at::Tensor& x) {
+  return LayerNorm->forward(at::gelu(dense->forward(x)));
+}
+
+MLMHeadImpl::MLMHeadImpl(int dim, int vocab) {
+  transform = register_module("transform", PredictionTransform(dim));
+  decoder = register_module("decoder", nn::Linear(nn::LinearOptions(dim, vocab).bias(false)));
+  bias = register_parameter("bias", at::zeros({vocab}));
+}
+
+at::Tensor MLMHeadImpl::forward(const at::Tensor& x) {
+  return decoder->forward(transform->forward(x)) + bias;
+}
+
+FcHeadImpl::FcHeadImpl(int in, int out, bool bias) {
+  fc = register_module("fc", nn::Linear(nn::LinearOptions(in, out).bias(bias)));
+}
+
+}  // namespace vlmo

@@ -1,0 +1,230 @@
+// The VLMo model and its forward paths (reference §1.7).
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/utils.h>
+
+#include <cmath>
+
+#include "vlmo/error.h"
+#include "vlmo/model.h"
+#include "vlmo/relative_position.h"
+
+namespace vlmo {
+
+namespace nn = torch::nn;
+
+VLMoImpl::VLMoImpl(const Config& c) : cfg(c) {
+  cfg.validate();
+  const int D = c.embed_dim;
+  transformer = register_module("transformer", MultiwayTransformer(c));
+  if (c.need_relative_position_embed)
+    relative_position_bias_table = register_parameter(
+        "relative_position_bias_table", at::zeros({c.relative_table_rows(), c.num_heads * c.depth}));
+  text_embeddings = register_module("text_embeddings", BertEmbeddings(c));
+  token_type_embeddings =
+      register_module("token_type_embeddings", nn::Embedding(c.num_token_types, D));
+  pooler = register_module("pooler", Pooler(D));
+  if (c.has_head("mlm")) mlm_score = register_module("mlm_score", MLMHead(D, c.vocab_size));
+  if (c.has_head("itm")) itm_score = register_module("itm_score", FcHead(D, 2, true));
+  if (c.has_head("itc")) {
+    itc_text_proj = register_module("itc_text_proj", FcHead(D, D, false));
+    itc_image_proj = register_module("itc_image_proj", FcHead(D, D, false));
+    itc_vl_text_proj = register_module("itc_vl_text_proj", FcHead(D, D, false));
+    itc_vl_image_proj = register_module("itc_vl_image_proj", FcHead(D, D, false));
+    logit_scale = register_parameter("logit_scale", at::full({}, std::log(1 / 0.07)));
+    logit_vl_scale = register_parameter("logit_vl_scale", at::full({}, std::log(1 / 0.07)));
+  }
+  auto classifier = [&](int in, int out) {
+    nn::Sequential s;
+    s->push_back(nn::Linear(in, 2 * D));
+    s->push_back(nn::LayerNorm(nn::LayerNormOptions({2 * D}).eps(1e-5)));
+    s->push_back(nn::GELU());
+    s->push_back(nn::Linear(2 * D, out));
+    return s;
+  };
+  if (c.has_head("vqa")) vqa_classifier = register_module("vqa_classifier", classifier(D, c.vqav2_label_size));
+  if (c.has_head("nlvr2")) nlvr2_classifier = register_module("nlvr2_classifier", classifier(2 * D, 2));
+}
+
+std::vector<at::Tensor> VLMoImpl::relative_biases(Modality modality, int64_t text_len) {
+  if (!relative_position_bias_table.defined()) return std::vector<at::Tensor>(cfg.depth);
+  at::Tensor& cached = modality == Modality::kImage  ? image_index_
+                       : modality == Modality::kText ? text_index_
+                                                     : fusion_index_;
+  const int64_t n = modality == Modality::kImage  ? cfg.image_tokens()
+                    : modality == Modality::kText ? text_len
+                                                  : text_len + cfg.image_tokens();
+  if (!cached.defined() || cached.size(0) != n ||
+      cached.device() != relative_position_bias_table.device()) {
+    at::Tensor index =
+        modality == Modality::kImage ? image_relative_position_index(cfg.grid())
+        : modality == Modality::kText
+            ? text_relative_position_index(text_len, cfg.grid(), cfg.max_text_len_of_initckpt)
+            : fusion_relative_position_index(text_len, cfg.grid(), cfg.max_text_len_of_initckpt);
+    cached = index.to(relative_position_bias_table.device());
+  }
+  // (N*N, H*L) -> (H*L, N, N) -> L pieces of (H, N, N)
+  at::Tensor all = relative_position_bias_table.index_select(0, cached.view(-1))
+                       .view({n, n, -1})
+                       .permute({2, 0, 1})
+                       .contiguous();
+  return all.chunk(cfg.depth, 0);
+}
+
+at::Tensor VLMoImpl::text_embed(const at::Tensor& text_ids) {
+  return text_embeddings->forward(text_ids) +
+         token_type_embeddings->forward(at::zeros_like(text_ids));
+}
+
+at::Tensor VLMoImpl::image_embed(const at::Tensor& images, int token_type) {
+  if (token_type < 0 || token_type >= cfg.num_token_types)
+    throw Error(cat("image token type ", token_type, " is out of range: the model has ",
+                    cfg.num_token_types, " token types (num_token_types)"));
+  at::Tensor x = transformer->visual_embed(images);
+  at::Tensor types = at::full({x.size(0), x.size(1)}, token_type,
+                              at::TensorOptions().dtype(at::kLong).device(x.device()));
+  return x + token_type_embeddings->forward(types);
+}
+
+FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_masks,
+                             const at::Tensor& images, int image_token_type) {
+  const int64_t Lt = text_ids.size(1);
+  if (Lt != cfg.max_text_len)
+    throw Error(cat("fusion input text has ", Lt, " tokens; it must be padded to exactly "
+                    "max_text_len = ", cfg.max_text_len, " (the experts split at that index)"));
+  at::Tensor x = at::cat({text_embed(text_ids), image_embed(images, image_token_type)}, 1);
+  at::Tensor image_mask = at::ones({x.size(0), cfg.image_tokens()}, text_masks.options());
+  at::Tensor mask = at::cat({text_masks, image_mask}, 1);  // (B, Lt + W²+1)
+  const auto biases = relative_biases(Modality::kVL, Lt);
+  for (int i = 0; i < cfg.depth; ++i)
+    x = transformer->block_list[i]->forward(x, mask, Modality::kVL, biases[i], Lt);
+  x = transformer->norm->forward(x);
+  FusionOutput out;
+  out.text_feats = x.narrow(1, 0, Lt);
+  out.image_feats = x.narrow(1, Lt, x.size(1) - Lt);
+  out.cls_feats = pooler->forward(x);
+  out.raw_cls_feats = x.select(1, 0);
+  return out;
+}
+
+namespace {
+// F.normalize(x, dim=-1): x / max(||x||, 1e-12).
+at::Tensor l2_normalize(const at::Tensor& x) { return x / x.norm(2, {-1}, true).clamp_min(1e-12); }
+}  // namespace
+
+UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality modality,
+                                  FcHead proj, FcHead vl_proj) {
+  const int64_t text_len = modality == Modality::kText ? x.size(1) : 0;
+  const auto biases = relative_biases(modality, text_len);
+  at::Tensor vl_start;  // hidden state after block vlffn_start - 1
+  for (int i = 0; i < cfg.depth; ++i) {
+    x = transformer->block_list[i]->forward(x, mask, modality, biases[i], text_len);
+    if (i == cfg.vlffn_start_layer_index - 1) vl_start = x;
+  }
+  UnimodalOutput out;
+  out.feats = transformer->norm->forward(x);
+  if (!proj.is_empty()) out.cls_feats = l2_normalize(proj->forward(out.feats.select(1, 0)));
+  if (!vl_proj.is_empty()) {
+    at::Tensor y = vl_start;
+    for (int i = cfg.vlffn_start_layer_index; i < cfg.depth; ++i)
+      y = transformer->block_list[i]->forward(y, mask, Modality::kVL, biases[i], text_len);
+    y = transformer->norm->forward(y);
+    out.cls_vlffn_feats = l2_normalize(vl_proj->forward(y.select(1, 0)));
+  }
+  return out;
+}
+
+namespace {
+void require_itc(const FcHead& head) {
+  if (head.is_empty())
+    throw Error("this model has no ITC projection heads (config \"heads\" lacks \"itc\")");
+}
+}  // namespace
+
+UnimodalOutput VLMoImpl::infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks) {
+  require_itc(itc_text_proj);
+  return unimodal(text_embed(text_ids), text_masks, Modality::kText, itc_text_proj, itc_vl_text_proj);
+}
+
+UnimodalOutput VLMoImpl::infer_image(const at::Tensor& images) {
+  require_itc(itc_image_proj);
+  return unimodal(image_embed(images, 1), at::Tensor(), Modality::kImage, itc_image_proj,
+                  itc_vl_image_proj);
+}
+
+UnimodalOutput VLMoImpl::infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks) {
+  require_itc(itc_text_proj);
+  return unimodal(text_embed(text_ids), text_masks, Modality::kText, itc_text_proj, nullptr);
+}
+
+UnimodalOutput VLMoImpl::infer_image_ft(const at::Tensor& images) {
+  require_itc(itc_image_proj);
+  return unimodal(image_embed(images, 1), at::Tensor(), Modality::kImage, itc_image_proj, nullptr);
+}
+
+at::Tensor VLMoImpl::infer_text_mlm(const at::Tensor& text_ids, const at::Tensor& text_masks) {
+  return unimodal(text_embed(text_ids), text_masks, Modality::kText, nullptr, nullptr).feats;
+}
+
+namespace {
+void trunc_normal(at::Tensor t, double std) {
+  // timm trunc_normal_(std) truncates at +-2 (absolute), i.e. +-100 std for std 0.02.
+  torch::NoGradGuard guard;
+  t.normal_(0, std).clamp_(-2.0, 2.0);
+}
+}  // namespace
+
+void init_weights(VLMo& model, uint64_t seed) {
+  torch::NoGradGuard guard;
+  at::manual_seed(seed);
+  auto& m = *model;
+  for (auto& item : m.named_modules()) {
+    const std::string& name = item.key();
+    nn::Module& mod = *item.value();
+    const bool in_transformer = name.rfind("transformer", 0) == 0;
+    if (auto* lin = mod.as<nn::Linear>()) {
+      if (in_transformer) trunc_normal(lin->weight, 0.02);
+      else lin->weight.normal_(0, 0.02);
+      if (lin->bias.defined()) lin->bias.zero_();
+    } else if (auto* emb = mod.as<nn::Embedding>()) {
+      emb->weight.normal_(0, 0.02);
+    } else if (auto* ln = mod.as<nn::LayerNorm>()) {
+      ln->weight.fill_(1);
+      ln->bias.zero_();
+    } else if (auto* conv = mod.as<nn::Conv2d>()) {
+      // PyTorch's default Conv2d init (kaiming_uniform with a = sqrt(5)).
+      const double bound = 1.0 / std::sqrt(static_cast<double>(conv->weight[0].numel()));
+      conv->weight.uniform_(-bound, bound);
+      conv->bias.uniform_(-bound, bound);
+    }
+  }
+  trunc_normal(m.transformer->cls_token, 0.02);
+  if (m.transformer->pos_embed.defined()) trunc_normal(m.transformer->pos_embed, 0.02);
+  if (m.relative_position_bias_table.defined()) m.relative_position_bias_table.zero_();
+  for (auto& b : m.transformer->block_list) {
+    b->attn->q_bias.zero_();
+    b->attn->v_bias.zero_();
+    if (b->gamma_1.defined()) {
+      b->gamma_1.fill_(*m.cfg.layer_scale_init_values);
+      b->gamma_2.fill_(*m.cfg.layer_scale_init_values);
+    }
+  }
+  if (!m.mlm_score.is_empty()) m.mlm_score->bias.zero_();
+  if (m.logit_scale.defined()) {
+    m.logit_scale.fill_(std::log(1 / 0.07));
+    m.logit_vl_scale.fill_(std::log(1 / 0.07));
+  }
+}
+
+int64_t count_parameters(torch::nn::Module& m, const std::vector<std::string>& prefixes) {
+  int64_t n = 0;
+  for (const auto& p : m.named_parameters()) {
+    bool match = prefixes.empty();
+    for (const auto& pre : prefixes) match = match || p.key().rfind(pre, 0) == 0;
+    if (match) n += p.value().numel();
+  }
+  return n;
+}
+
+}  // namespace vlmo

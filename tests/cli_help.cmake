@@ -1,0 +1,10 @@
+# Every subcommand's --help must succeed and list each option with its default.
+foreach(cmd info convert check-reference)
+  execute_process(COMMAND ${VLMO} ${cmd} --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "vlmo ${cmd} --help exited ${rc}")
+  endif()
+  if(NOT out MATCHES "--threads VALUE.*\\(default: 0\\)")
+    message(FATAL_ERROR "vlmo ${cmd} --help does not list --threads with its default:\n${out}")
+  endif()
+endforeach()
