@@ -1,1 +1,147 @@
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <random>
+
+#include "test_util.h"
+#include "vlmo/checkpoint.h"
+
+using namespace vlmo;
+using vlmo::test::expect_error;
+using vlmo::test::fixture;
+
+namespace {
+const TensorMap& reference_weights() {
+  static const TensorMap w = load_safetensors(fixture("reference/tiny-abspos/weights.safetensors"));
+  return w;
+}
+const char* kCheckpoints[] = {"bare.pt", "deepspeed.pt", "lightning.ckpt"};
+}  // namespace
+
+TEST(Checkpoint, OfficialContainersLoadWithReferenceNamesAndValues) {
+  const TensorMap& ref = reference_weights();
+  for (const char* name : kCheckpoints) {
+    SCOPED_TRACE(name);
+    const TensorMap w = read_weights(fixture(std::string("checkpoints/") + name));
+    EXPECT_EQ(w.size(), ref.size() + 4);
+    for (const auto& [k, v] : ref) {
+      ASSERT_TRUE(w.count(k)) << k;
+      EXPECT_EQ(w.at(k).scalar_type(), v.scalar_type()) << k;
+      EXPECT_TRUE(at::equal(w.at(k), v)) << k;
+    }
+    // Storage handling: a view, a non-contiguous tensor, fp16 and bf16.
+    const at::Tensor& qkv = ref.at("transformer.blocks.0.attn.qkv.weight");
+    EXPECT_TRUE(at::equal(w.at("extra.view_of_qkv"), qkv.narrow(0, 0, 8)));
+    EXPECT_TRUE(at::equal(w.at("extra.transposed"), ref.at("transformer.blocks.0.attn.proj.weight").t()));
+    EXPECT_FALSE(w.at("extra.transposed").is_contiguous());
+    EXPECT_EQ(w.at("extra.half").scalar_type(), at::kHalf);
+    EXPECT_EQ(w.at("extra.bf16").scalar_type(), at::kBFloat16);
+    EXPECT_TRUE(at::equal(w.at("extra.half"), ref.at("transformer.norm.weight").to(at::kHalf)));
+    EXPECT_TRUE(at::equal(w.at("extra.bf16"), ref.at("transformer.norm.weight").to(at::kBFloat16)));
+  }
+}
+
+TEST(Checkpoint, ConvertedFileRoundTrips) {
+  const std::string out = vlmo::test::temp_dir() + "/w.safetensors";
+  const TensorMap w = read_weights(fixture("checkpoints/lightning.ckpt"));
+  write_safetensors(out, w);
+  const TensorMap back = read_weights(out);
+  ASSERT_EQ(back.size(), w.size());
+  for (const auto& [k, v] : w) EXPECT_TRUE(at::equal(back.at(k), v)) << k;
+}
+
+TEST(Checkpoint, StrictAndNonStrictLoading) {
+  const Config cfg = load_config(fixture("reference/tiny-abspos/config.json"));
+  TensorMap w = read_weights(fixture("checkpoints/deepspeed.pt"));
+  {
+    VLMo model(cfg);
+    expect_error([&] { load_weights(model, w, true); },
+                 {"4 unexpected", "extra.view_of_qkv", "extra.transposed", "extra.half", "extra.bf16"});
+    const LoadReport r = load_weights(model, w, false);
+    EXPECT_EQ(r.unexpected.size(), 4u);
+    EXPECT_TRUE(r.missing.empty());
+    EXPECT_TRUE(at::equal(model->pooler->dense->weight, reference_weights().at("pooler.dense.weight")));
+  }
+  for (const char* k : {"extra.view_of_qkv", "extra.transposed", "extra.half", "extra.bf16"}) w.erase(k);
+  {
+    VLMo model(cfg);
+    EXPECT_TRUE(load_weights(model, w, true).clean());
+  }
+  // Missing and mis-shaped tensors are named, with both shapes.
+  TensorMap bad = w;
+  bad.erase("pooler.dense.bias");
+  bad["vqa_classifier.3.weight"] = at::zeros({5, 128});
+  VLMo model(cfg);
+  expect_error([&] { load_weights(model, bad, true); },
+               {"1 missing", "pooler.dense.bias", "vqa_classifier.3.weight", "[5, 128]", "[37, 128]"});
+  const at::Tensor before = model->vqa_classifier->named_parameters()["3.weight"].clone();
+  const LoadReport r = load_weights(model, bad, false);
+  EXPECT_EQ(r.missing, std::vector<std::string>{"pooler.dense.bias"});
+  EXPECT_EQ(r.mismatched.size(), 1u);
+  EXPECT_TRUE(at::equal(model->vqa_classifier->named_parameters()["3.weight"], before));  // untouched
+  // Index buffers that old checkpoints carry are ignored, not unexpected.
+  TensorMap with_index = w;
+  with_index["relative_position_index"] = at::zeros({10, 10}, at::kLong);
+  with_index["text_imag_relative_position_index"] = at::zeros({20, 20}, at::kLong);
+  const LoadReport ri = load_weights(model, with_index, true);
+  EXPECT_EQ(ri.ignored.size(), 2u);
+}
+
+TEST(Checkpoint, LoadingAtAnotherImageSizeResizesTables) {
+  Config cfg = load_config(fixture("reference/tiny-relpos/config.json"));
+  cfg.image_size = 96;  // 4x4 -> 6x6 patches
+  VLMo model(cfg);
+  const LoadReport r = load_weights(model, load_safetensors(fixture("reference/tiny-relpos/weights.safetensors")), true);
+  ASSERT_EQ(r.resized.size(), 1u);
+  EXPECT_NE(r.resized[0].find("4x4 -> 6x6"), std::string::npos);
+  EXPECT_EQ(model->relative_position_bias_table.size(0), cfg.relative_table_rows());
+  // The non-image rows are carried over unchanged.
+  const at::Tensor src =
+      load_safetensors(fixture("reference/tiny-relpos/weights.safetensors")).at("relative_position_bias_table");
+  const int64_t extra = src.size(0) - 49;
+  EXPECT_TRUE(at::equal(model->relative_position_bias_table.narrow(0, 121, extra), src.narrow(0, 49, extra)));
+}
+
+TEST(Checkpoint, CorruptFilesGetClearErrors) {
+  const std::string dir = vlmo::test::temp_dir();
+  const std::string good = vlmo::test::read_file(fixture("checkpoints/bare.pt"));
+  // Truncated anywhere: never a crash, always an error naming the file.
+  for (size_t cut : {size_t(10), size_t(100), good.size() / 3, good.size() / 2, good.size() - 30}) {
+    const std::string p = dir + "/cut.pt";
+    vlmo::test::write_file(p, good.substr(0, cut));
+    expect_error([&] { read_weights(p); }, {p});
+  }
+  // Bad magic: neither zip nor safetensors.
+  vlmo::test::write_file(dir + "/junk.pt", "this is not a checkpoint at all, just text");
+  expect_error([&] { read_weights(dir + "/junk.pt"); }, {"junk.pt"});
+  // Legacy pickle (pre-zip) format.
+  vlmo::test::write_file(dir + "/legacy.pt", std::string("\x80\x02\x8a\x0a", 4) + std::string(60, 'x'));
+  expect_error([&] { read_weights(dir + "/legacy.pt"); }, {"legacy"});
+  // Zero bytes.
+  vlmo::test::write_file(dir + "/empty.pt", "");
+  expect_error([&] { read_weights(dir + "/empty.pt"); }, {"empty.pt"});
+}
+
+TEST(Checkpoint, RandomByteCorruptionNeverCrashes) {
+  const std::string good = vlmo::test::read_file(fixture("checkpoints/lightning.ckpt"));
+  const std::string dir = vlmo::test::temp_dir();
+  // Corrupt the pickle (data.pkl sits right after the first local header) and the directory.
+  const size_t pkl = good.find("data.pkl");
+  const size_t cd = good.rfind(std::string("PK\x01\x02", 4));
+  ASSERT_NE(pkl, std::string::npos);
+  std::mt19937 rng(7);
+  int errors = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    std::string bad = good;
+    const size_t base = trial % 2 ? pkl : cd;
+    for (int k = 0; k < 3; ++k) bad[std::min(base + rng() % 400, bad.size() - 1)] = static_cast<char>(rng());
+    const std::string p = dir + "/bad.ckpt";
+    vlmo::test::write_file(p, bad);
+    try {
+      read_weights(p);
+    } catch (const vlmo::Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_GT(errors, 0);
+}

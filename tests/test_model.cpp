@@ -1,1 +1,261 @@
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/autograd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "test_util.h"
+#include "vlmo/checkpoint.h"
+#include "vlmo/objectives.h"
+#include "vlmo/reference_check.h"
+#include "vlmo/relative_position.h"
+
+using namespace vlmo;
+using vlmo::test::expect_error;
+using vlmo::test::fixture;
+
+namespace {
+
+Config tiny_config() {
+  Config c;
+  c.embed_dim = 32;
+  c.depth = 3;
+  c.num_heads = 4;
+  c.image_size = 32;
+  c.max_text_len = 8;
+  c.vocab_size = 50;
+  c.vlffn_start_layer_index = 2;
+  c.vqav2_label_size = 5;
+  c.num_token_types = 3;
+  c.drop_path_rate = 0;
+  return c;
+}
+
+VLMo tiny_model(const Config& c = tiny_config()) {
+  VLMo m(c);
+  init_weights(m, 1);
+  torch::NoGradGuard g;
+  if (m->relative_position_bias_table.defined()) m->relative_position_bias_table.normal_(0, 0.5);
+  return m;
+}
+
+Batch tiny_batch(const Config& c, int64_t B = 3) {
+  Batch b;
+  b.text_ids = at::randint(1, c.vocab_size, {B, c.max_text_len});
+  b.text_masks = at::ones({B, c.max_text_len}, at::kLong);
+  b.text_masks.narrow(1, c.max_text_len - 2, 2).zero_();
+  b.text_ids.narrow(1, c.max_text_len - 2, 2).zero_();
+  b.image = at::rand({B, 3, c.image_size, c.image_size}) * 2 - 1;
+  return b;
+}
+
+}  // namespace
+
+TEST(RelativePosition, ImageIndexByHand) {
+  // W = 2: patches (0,0) (0,1) (1,0) (1,1); span 3, nrd = 9 + 3 = 12.
+  const at::Tensor idx = image_relative_position_index(2);
+  ASSERT_EQ(idx.sizes(), at::IntArrayRef({5, 5}));
+  auto a = idx.accessor<int64_t, 2>();
+  EXPECT_EQ(a[0][0], 11);  // CLS -> CLS
+  EXPECT_EQ(a[0][3], 9);   // CLS -> patch
+  EXPECT_EQ(a[2][0], 10);  // patch -> CLS
+  EXPECT_EQ(a[1][1], 4);   // same patch: (0+1)*3 + (0+1)
+  EXPECT_EQ(a[1][4], 0);   // (0,0) -> (1,1): dy = -1, dx = -1 -> 0*3 + 0
+  EXPECT_EQ(a[4][1], 8);   // (1,1) -> (0,0): dy = 1, dx = 1 -> 2*3 + 2
+  EXPECT_EQ(a[2][3], 2 * 3 + 0 - 2 * 3 + 2);  // (0,1) -> (1,0): dy=-1, dx=1 -> 0*3+2
+}
+
+TEST(RelativePosition, TextAndFusionIndexByHand) {
+  // W = 14, T = 196 (the official sizes): nrd = 732; text rows start at 734.
+  const at::Tensor t = text_relative_position_index(40, 14, 196);
+  auto a = t.accessor<int64_t, 2>();
+  EXPECT_EQ(a[1][1], 732 + 2 + 194);       // distance 0
+  EXPECT_EQ(a[1][39], 732 + 2 + 194 + 38);  // j - i = 38
+  EXPECT_EQ(a[39][1], 732 + 2 + 194 - 38);
+  EXPECT_EQ(a[0][5], 1123);
+  EXPECT_EQ(a[5][0], 1124);
+  EXPECT_EQ(a[0][0], 1125);
+  const at::Tensor f = fusion_relative_position_index(40, 14, 196);
+  ASSERT_EQ(f.size(0), 237);
+  EXPECT_EQ(f[3][100].item<int64_t>(), 732);  // text query -> image key
+  EXPECT_EQ(f[100][3].item<int64_t>(), 733);  // image query -> text key
+  EXPECT_TRUE(at::equal(f.narrow(0, 40, 197).narrow(1, 40, 197), image_relative_position_index(14)));
+  EXPECT_TRUE(at::equal(f.narrow(0, 0, 40).narrow(1, 0, 40), t));
+  EXPECT_EQ(f.max().item<int64_t>(), 1125);  // every index inside the 1126-row table
+}
+
+TEST(RelativePosition, NotAKnotSplineIsExactOnCubicsAndInterpolates) {
+  auto cubic = [](double x) { return 0.3 * x * x * x - x * x + 2 * x - 5; };
+  std::vector<double> xs = {-4.7, -2.1, -1, 0, 1, 2.1, 4.7}, ys, at, want;
+  for (double x : xs) ys.push_back(cubic(x));
+  for (double x = -4.7; x <= 4.7; x += 0.37) {
+    at.push_back(x);
+    want.push_back(cubic(x));
+  }
+  const auto got = not_a_knot_spline(xs, ys, at);
+  for (size_t i = 0; i < at.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-9) << at[i];
+  std::vector<double> wiggly = {1, -2, 3, 0.5, 7, -1, 2};
+  const auto through = not_a_knot_spline(xs, wiggly, xs);
+  for (size_t i = 0; i < xs.size(); ++i) EXPECT_NEAR(through[i], wiggly[i], 1e-12);
+  // Outside the range the spline is clamped to the end values (FITPACK clamps its arguments).
+  EXPECT_NEAR(not_a_knot_spline(xs, wiggly, {10.0})[0], 2.0, 1e-12);
+}
+
+TEST(Model, ParameterNamesAreOfficial) {
+  const TensorMap ref = load_safetensors(fixture("reference/tiny-relpos/weights.safetensors"));
+  VLMo model(load_config(fixture("reference/tiny-relpos/config.json")));
+  const TensorMap mine = model_state_dict(*model);
+  ASSERT_EQ(mine.size(), ref.size());
+  for (const auto& [k, v] : ref) {
+    ASSERT_TRUE(mine.count(k)) << k;
+    EXPECT_EQ(mine.at(k).sizes(), v.sizes()) << k;
+  }
+}
+
+TEST(Model, FusionNeedsTextPaddedToMaxLenAndTheConfiguredImageSize) {
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  Batch b = tiny_batch(c);
+  expect_error([&] { m->infer(b.text_ids.narrow(1, 0, 5), b.text_masks.narrow(1, 0, 5), b.image); },
+               {"padded to exactly max_text_len = 8"});
+  expect_error([&] { m->infer(b.text_ids, b.text_masks, at::zeros({3, 3, 48, 48})); },
+               {"[3, 3, 48, 48]", "(B, 3, 32, 32)"});
+  expect_error([&] { m->infer(b.text_ids, b.text_masks, b.image, 3); }, {"token type 3"});
+  // Text-only passes accept shorter text (the index is the top-left block).
+  EXPECT_EQ(m->infer_text_ft(b.text_ids.narrow(1, 0, 5), b.text_masks.narrow(1, 0, 5)).feats.size(1), 5);
+}
+
+TEST(Model, PaddedKeysDoNotInfluenceRealTokens) {
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  m->eval();
+  Batch b = tiny_batch(c, 1);
+  const at::Tensor a = m->infer(b.text_ids, b.text_masks, b.image).cls_feats;
+  b.text_ids.narrow(1, c.max_text_len - 2, 2).fill_(7);  // change only masked positions
+  const at::Tensor a2 = m->infer(b.text_ids, b.text_masks, b.image).cls_feats;
+  EXPECT_TRUE(at::allclose(a, a2, 1e-6, 1e-6));
+}
+
+TEST(Model, PaddingRowGetsNoGradient) {
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  Batch b = tiny_batch(c);
+  m->infer(b.text_ids, b.text_masks, b.image).cls_feats.sum().backward();
+  const at::Tensor g = m->text_embeddings->word_embeddings->weight.grad();
+  EXPECT_EQ(g[0].abs().sum().item<double>(), 0.0);
+  EXPECT_GT(g.abs().sum().item<double>(), 0.0);
+}
+
+TEST(Model, RetrievalEncodersNeverUseVlExperts) {
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  Batch b = tiny_batch(c);
+  (m->infer_text_ft(b.text_ids, b.text_masks).cls_feats.sum() + m->infer_image_ft(b.image).cls_feats.sum()).backward();
+  for (const auto& p : m->named_parameters()) {
+    if (p.key().find("_vl.") == std::string::npos) continue;
+    EXPECT_TRUE(!p.value().grad().defined() || p.value().grad().abs().sum().item<double>() == 0) << p.key();
+  }
+  // ...while the pre-training ITC passes do.
+  m->zero_grad();
+  compute_itc(m, b).loss.backward();
+  EXPECT_GT(m->transformer->block_list[2]->mlp_vl->fc1->weight.grad().abs().sum().item<double>(), 0);
+}
+
+TEST(Model, DropPathIsRandomInTrainingOnly) {
+  Config c = tiny_config();
+  c.drop_path_rate = 0.5;
+  VLMo m = tiny_model(c);
+  Batch b = tiny_batch(c);
+  m->eval();
+  const at::Tensor e1 = m->infer_image_ft(b.image).cls_feats, e2 = m->infer_image_ft(b.image).cls_feats;
+  EXPECT_TRUE(at::equal(e1, e2));
+  m->train();
+  at::manual_seed(1);
+  const at::Tensor t1 = m->infer_image_ft(b.image).cls_feats;
+  at::manual_seed(2);
+  const at::Tensor t2 = m->infer_image_ft(b.image).cls_feats;
+  EXPECT_FALSE(at::allclose(t1, t2));
+}
+
+TEST(Objectives, HardNegativeWeightsAndSampling) {
+  const at::Tensor sim = at::randn({4, 8}) * 3;
+  const at::Tensor w = hard_negative_weights(sim);
+  const at::Tensor soft = at::softmax(sim, 1);
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 8; ++j)
+      EXPECT_NEAR(w[i][j].item<double>(), i == j ? 0.0 : soft[i][j].item<double>(), 1e-7);
+  for (int trial = 0; trial < 50; ++trial) {
+    const at::Tensor neg = sample_hard_negatives(w);
+    ASSERT_EQ(neg.sizes(), at::IntArrayRef({4}));
+    for (int i = 0; i < 4; ++i) EXPECT_NE(neg[i].item<int64_t>(), i);
+  }
+}
+
+TEST(Objectives, ItmPairsAreTheOfficialLayout) {
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  m->eval();
+  Batch b = tiny_batch(c);
+  const at::Tensor ni = at::tensor({2, 0, 1}, at::kLong), nt = at::tensor({1, 2, 0}, at::kLong);
+  const ItmOutput got = compute_itm(m, b, ni, nt);
+  // By hand: text 0 with image ni[0] = 2 is row 3; image 1 with text nt[1] = 2 is row 7.
+  const at::Tensor row3 = m->itm_score->forward(
+      m->infer(b.text_ids.narrow(0, 0, 1), b.text_masks.narrow(0, 0, 1), b.image.narrow(0, 2, 1)).cls_feats);
+  const at::Tensor row7 = m->itm_score->forward(
+      m->infer(b.text_ids.narrow(0, 2, 1), b.text_masks.narrow(0, 2, 1), b.image.narrow(0, 1, 1)).cls_feats);
+  EXPECT_TRUE(at::allclose(got.logits[3], row3[0], 1e-5, 1e-5));
+  EXPECT_TRUE(at::allclose(got.logits[7], row7[0], 1e-5, 1e-5));
+  const at::Tensor labels = at::tensor({1, 1, 1, 0, 0, 0, 0, 0, 0}, at::kLong);
+  EXPECT_NEAR(got.loss.item<double>(), at::cross_entropy_loss(got.logits, labels).item<double>(), 1e-6);
+}
+
+TEST(Objectives, ContrastiveLossByHand) {
+  // Two orthogonal pairs: logits = e^s * I, loss = log(1 + e^{-e^s}) for every row and column.
+  const at::Tensor img = at::eye(2), txt = at::eye(2), scale = at::full({}, std::log(2.0));
+  const ContrastiveOutput out = contrastive_loss(img, txt, scale);
+  EXPECT_NEAR(out.loss.item<double>(), std::log(1 + std::exp(-2.0)), 1e-6);
+  EXPECT_TRUE(at::allclose(out.logits_i2t, 2 * at::eye(2)));
+}
+
+TEST(Objectives, MissingHeadsAndFieldsAreClearErrors) {
+  Config c = tiny_config();
+  c.heads = {"itc"};
+  VLMo m = tiny_model(c);
+  Batch b = tiny_batch(c);
+  expect_error([&] { compute_vqa(m, b); }, {"\"vqa\" head"});
+  expect_error([&] { compute_mlm(m, b); }, {"\"mlm\" head"});
+  c.heads = all_heads();
+  VLMo full = tiny_model(c);
+  expect_error([&] { compute_vqa(full, b); }, {"vqa_targets"});
+  expect_error([&] { compute_nlvr2(full, b); }, {"image_0"});
+}
+
+TEST(ReferenceCheck, DetectsAWrongWeight) {
+  namespace fs = std::filesystem;
+  const std::string dir = vlmo::test::temp_dir() + "/tiny";
+  fs::copy(fixture("reference/tiny-abspos"), dir);
+  TensorMap w = load_safetensors(dir + "/weights.safetensors");
+  // One element only: a uniform shift of a bias would be removed by the next LayerNorm.
+  w["transformer.blocks.1.mlp_text.fc2.bias"][0] += 1e-2;
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add);
+  fs::remove(dir + "/weights.safetensors");
+  write_safetensors(dir + "/weights.safetensors", w);
+  const CheckResult r = check_reference(dir);
+  EXPECT_FALSE(r.ok());
+  EXPECT_GT(r.passed(), 0);
+  // Malformed: no inputs.
+  fs::remove(dir + "/inputs.safetensors");
+  expect_error([&] { check_reference(dir); }, {"inputs.safetensors"});
+  expect_error([&] { check_reference("/nonexistent"); }, {"no config.json"});
+}
+
+TEST(ReferenceCheck, CompareTensorTolerance) {
+  const at::Tensor b = at::tensor({0.0, 10.0});
+  EXPECT_TRUE(compare_tensor("x", at::tensor({0.99e-4, 10.0 + 10.9e-4}), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::tensor({1.01e-4, 10.0}), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::tensor({0.0, 10.0 + 11.1e-4}), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::tensor({NAN, 10.0}), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::Tensor(), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::zeros({3}), b).pass);
+}

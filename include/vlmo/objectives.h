@@ -45,7 +45,8 @@ ItcOutput compute_itc(VLMo& model, const Batch& batch, const GatherFn& gather = 
 // positives (the diagonal of the local block) zeroed.
 at::Tensor hard_negative_weights(const at::Tensor& sim);
 // One negative per row, all rows in one multinomial call (no host round trip).
-at::Tensor sample_hard_negatives(const at::Tensor& weights, at::Generator gen = {});
+at::Tensor sample_hard_negatives(const at::Tensor& weights);
+at::Tensor sample_hard_negatives(const at::Tensor& weights, at::Generator gen);
 
 struct ItmOutput {
   at::Tensor loss;

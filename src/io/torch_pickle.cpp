@@ -347,7 +347,8 @@ const Value* dict_get(const Value& d, const std::string& key) {
 
 }  // namespace
 
-TensorMap read_torch_checkpoint(const std::string& path) {
+namespace {
+TensorMap read_torch_checkpoint_unchecked(const std::string& path) {
   ZipReader zip(path);
   std::string prefix;
   bool found = false;
@@ -382,6 +383,17 @@ TensorMap read_torch_checkpoint(const std::string& path) {
   }
   if (out.empty()) throw Error(cat(path, ": the checkpoint's state_dict holds no tensors"));
   return out;
+}
+}  // namespace
+
+TensorMap read_torch_checkpoint(const std::string& path) {
+  try {
+    return read_torch_checkpoint_unchecked(path);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // e.g. a number field that does not parse
+    throw Error(cat(path, ": corrupt checkpoint: ", e.what()));
+  }
 }
 
 }  // namespace vlmo

@@ -86,6 +86,11 @@ ZipReader::ZipReader(const std::string& path) : path_(path), in_(path, std::ios:
     if (e.method != 0 && e.method != 8)
       throw Error(cat(path, ": zip entry \"", name, "\" uses compression method ", e.method,
                       " (only stored and deflate are supported)"));
+    if (e.local_offset > file_size_ || e.compressed > file_size_ - e.local_offset)
+      throw Error(cat(path, ": zip entry \"", name, "\" lies outside the file (truncated?)"));
+    if ((e.method == 0 && e.compressed != e.uncompressed) ||
+        (e.method == 8 && e.uncompressed > e.compressed * 1100 + 4096))
+      throw Error(cat(path, ": zip entry \"", name, "\" has inconsistent sizes (corrupt directory)"));
     entries_[name] = e;
     p += 46 + name_len + extra_len + comment_len;
   }

@@ -61,6 +61,11 @@ at::Tensor hard_negative_weights(const at::Tensor& sim) {
   return w;
 }
 
+at::Tensor sample_hard_negatives(const at::Tensor& weights) {
+  at::NoGradGuard guard;
+  return at::multinomial(weights, 1).squeeze(1);
+}
+
 at::Tensor sample_hard_negatives(const at::Tensor& weights, at::Generator gen) {
   at::NoGradGuard guard;
   return at::multinomial(weights, 1, false, gen).squeeze(1);

@@ -1,0 +1,50 @@
+// Helpers shared by the tests: fixture paths, temporary folders, error expectations.
+#pragma once
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "vlmo/error.h"
+
+namespace vlmo::test {
+
+inline std::string shared_dir() { return VLMO_SHARED_DIR; }
+inline std::string fixture(const std::string& rel) { return shared_dir() + "/fixtures/" + rel; }
+
+// A fresh temporary folder per call, removed by the OS's tmp cleaning, named after the test.
+inline std::string temp_dir() {
+  std::string tmpl = "/tmp/vlmo-test-XXXXXX";
+  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+  return tmpl;
+}
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+// Runs `fn`, expecting vlmo::Error whose message contains every one of `parts`.
+template <typename Fn>
+void expect_error(Fn fn, std::initializer_list<std::string> parts) {
+  try {
+    fn();
+  } catch (const vlmo::Error& e) {
+    const std::string msg = e.what();
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
+    return;
+  }
+  ADD_FAILURE() << "expected vlmo::Error";
+}
+
+}  // namespace vlmo::test
