@@ -1,6 +1,7 @@
 #include "vlmo/reference_check.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <sys/stat.h>
 
 #include <fstream>
@@ -212,6 +213,10 @@ CheckResult check_resize(const std::string& dir, at::Device device) {
 }  // namespace
 
 CheckResult check_reference(const std::string& dir, at::Device device) {
+  // The fixtures are exact fp32: TF32 tensor-core maths (cuDNN's default for convolutions)
+  // would differ by ~1e-3.
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
   if (!exists(dir + "/config.json"))
     throw Error(cat(dir, ": not a reference fixture folder (no config.json)"));
   if (!exists(dir + "/expected.safetensors"))

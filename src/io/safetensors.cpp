@@ -109,7 +109,7 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
         !off[1].is_number_unsigned())
       throw Error(cat(where, ": data_offsets must be [begin, end] with non-negative integers"));
     const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
-    const uint64_t item = at::elementSize(type);
+    const uint64_t item = c10::elementSize(type);
     if (numel > std::numeric_limits<uint64_t>::max() / item)
       throw Error(cat(where, ": shape overflows"));
     if (begin > end || end > data_size)

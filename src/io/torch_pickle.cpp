@@ -253,7 +253,7 @@ class Unpickler {
     const at::ScalarType type = storage_dtype(pid->items[1]->s);
     const std::string entry = prefix_ + "data/" + key;
     if (!zip_.has(entry)) fail(pos_, cat("tensor storage \"", entry, "\" is missing from the archive"));
-    const uint64_t n = zip_.size(entry), item = at::elementSize(type);
+    const uint64_t n = zip_.size(entry), item = c10::elementSize(type);
     if (n % item) fail(pos_, cat("storage \"", entry, "\" has ", n, " bytes, not a multiple of ", item));
     const int64_t numel = pid->items[4]->kind == PyValue::kInt ? pid->items[4]->i : -1;
     if (numel >= 0 && static_cast<uint64_t>(numel) * item != n)
