@@ -45,5 +45,6 @@ std::vector<Command> all_commands();
 Command info_command();
 Command convert_command();
 Command check_reference_command();
+Command tokenize_command();
 
 }  // namespace vlmo::cli

@@ -13,6 +13,7 @@ PACKAGES=(
   nlohmann-json3-dev      # JSON (configs, safetensors headers, metrics)
   zlib1g-dev              # deflated zip entries in PyTorch checkpoints
   libgtest-dev            # unit tests
+  libutf8proc-dev         # Unicode categories, case mapping, NFD (tokenizer)
 )
 
 missing=()
@@ -26,6 +27,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+scripts/fetch_vocab.sh
 
 JOBS=$(nproc)
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
