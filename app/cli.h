@@ -46,5 +46,6 @@ Command info_command();
 Command convert_command();
 Command check_reference_command();
 Command tokenize_command();
+Command preprocess_command();
 
 }  // namespace vlmo::cli

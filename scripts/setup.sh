@@ -14,6 +14,9 @@ PACKAGES=(
   zlib1g-dev              # deflated zip entries in PyTorch checkpoints
   libgtest-dev            # unit tests
   libutf8proc-dev         # Unicode categories, case mapping, NFD (tokenizer)
+  libjpeg62-turbo-dev     # JPEG decoding, bit-exact with PIL (libjpeg-turbo)
+  libpng-dev              # PNG decoding
+  libwebp-dev             # WebP decoding
 )
 
 missing=()
