@@ -21,7 +21,8 @@ struct DecodeOptions {
   // (PIL refuses above 2 x 89,478,485).
   int64_t max_pixels = 178956970;
   // Fast mode (not PIL-exact): let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is at
-  // least that many times larger than `target_size` on its shorter side. 0 = exact decoding.
+  // least that many times larger than `target_size` on its shorter side, with the fast integer
+  // IDCT and plain chroma upsampling. 0 = exact decoding (libjpeg defaults, as PIL).
   int target_size = 0;
 };
 

@@ -83,28 +83,29 @@ Image decode_jpeg(const std::string& bytes, const std::string& name, const Decod
     while (denom < 8 && shorter / (denom * 2) >= static_cast<unsigned>(opt.target_size)) denom *= 2;
     cinfo.scale_num = 1;
     cinfo.scale_denom = denom;
+    cinfo.dct_method = JDCT_IFAST;
+    cinfo.do_fancy_upsampling = FALSE;
   }
   jpeg_start_decompress(&cinfo);
   img.width = static_cast<int>(cinfo.output_width);
   img.height = static_cast<int>(cinfo.output_height);
   img.rgb.resize(static_cast<size_t>(img.width) * img.height * 3);
-  scanline.resize(static_cast<size_t>(img.width) * cinfo.output_components);
+  if (grey || cmyk) scanline.resize(static_cast<size_t>(img.width) * cinfo.output_components);
   const bool adobe = cinfo.saw_Adobe_marker;
   while (cinfo.output_scanline < cinfo.output_height) {
     const int y = static_cast<int>(cinfo.output_scanline);
-    JSAMPROW rows[1] = {scanline.data()};
-    if (jpeg_read_scanlines(&cinfo, rows, 1) != 1) break;
     uint8_t* out = img.row(y);
-    for (int x = 0; x < img.width; ++x) {
-      if (grey) {
-        out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = scanline[x];
-      } else if (cmyk) {
+    // RGB output goes straight into the image; grey and CMYK through a scanline buffer.
+    JSAMPROW rows[1] = {grey || cmyk ? scanline.data() : out};
+    if (jpeg_read_scanlines(&cinfo, rows, 1) != 1) break;
+    if (grey) {
+      for (int x = 0; x < img.width; ++x) out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = scanline[x];
+    } else if (cmyk) {
+      for (int x = 0; x < img.width; ++x) {
         uint8_t c[4];
         for (int k = 0; k < 4; ++k) c[k] = adobe ? 255 - scanline[4 * x + k] : scanline[4 * x + k];
         const int nk = 255 - c[3];
         for (int k = 0; k < 3; ++k) out[3 * x + k] = static_cast<uint8_t>(nk - muldiv255(c[k], nk));
-      } else {
-        std::memcpy(out + 3 * x, &scanline[3 * x], 3);
       }
     }
   }
