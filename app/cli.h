@@ -47,5 +47,6 @@ Command convert_command();
 Command check_reference_command();
 Command tokenize_command();
 Command preprocess_command();
+Command demo_command();
 
 }  // namespace vlmo::cli

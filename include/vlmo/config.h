@@ -8,7 +8,8 @@
 namespace vlmo {
 
 // Task heads a model can carry. The official decides this from `loss_names`; we list heads.
-// "itc" = itc_{text,image,vl_text,vl_image}_proj + logit scales.
+// "itc" = itc_{text,image,vl_text,vl_image}_proj + logit scales. "mim" (not official, not in
+// the default list) = the masked-image-modelling head of our built-in stage 1.
 inline const std::vector<std::string>& all_heads() {
   static const std::vector<std::string> kHeads = {"mlm", "itm", "itc", "vqa", "nlvr2"};
   return kHeads;

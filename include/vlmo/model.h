@@ -68,8 +68,10 @@ TORCH_MODULE(PatchEmbed);
 
 struct MultiwayTransformerImpl : torch::nn::Module {
   explicit MultiwayTransformerImpl(const Config& c);
-  // Patch tokens with [CLS] prepended (+ absolute position embedding if configured).
-  at::Tensor visual_embed(const at::Tensor& images);
+  // Patch tokens with [CLS] prepended (+ absolute position embedding if configured). With a
+  // (B, W²) patch mask, masked patch embeddings are replaced by `mask_token` (stage-1 MIM).
+  at::Tensor visual_embed(const at::Tensor& images, const at::Tensor& patch_mask = {},
+                          const at::Tensor& mask_token = {});
   PatchEmbed patch_embed{nullptr};
   at::Tensor cls_token, pos_embed;
   torch::nn::ModuleList blocks{nullptr};
@@ -125,6 +127,15 @@ struct FcHeadImpl : torch::nn::Module {
 };
 TORCH_MODULE(FcHead);
 
+// Masked image modelling head of the built-in stage 1 (BEiT-style masking; regresses the
+// per-patch normalised pixels of masked patches, since BEiT's dVAE tokenizer is not available).
+struct MIMHeadImpl : torch::nn::Module {
+  MIMHeadImpl(int dim, int patch_pixels);
+  at::Tensor mask_token;      // (1, 1, C)
+  torch::nn::Linear decoder{nullptr};  // C -> patch * patch * 3
+};
+TORCH_MODULE(MIMHead);
+
 // Outputs of a single-modality (dual-encoder) pass.
 struct UnimodalOutput {
   at::Tensor feats;            // (B, N, C) after the final norm
@@ -153,6 +164,8 @@ struct VLMoImpl : torch::nn::Module {
   UnimodalOutput infer_image_ft(const at::Tensor& images);
   // Text-only MLM path (stage 2): all text experts, final norm; returns (B, L, C).
   at::Tensor infer_text_mlm(const at::Tensor& text_ids, const at::Tensor& text_masks);
+  // Image-only pass over images with masked patches (stage-1 MIM): (B, W²+1, C) after the norm.
+  at::Tensor infer_image_masked(const at::Tensor& images, const at::Tensor& patch_mask);
 
   // Per-layer relative bias [H, N, N] for an index matrix, or undefined tensors without rel-pos.
   std::vector<at::Tensor> relative_biases(Modality modality, int64_t text_len);
@@ -171,6 +184,7 @@ struct VLMoImpl : torch::nn::Module {
       itc_vl_image_proj{nullptr};
   at::Tensor logit_scale, logit_vl_scale;
   torch::nn::Sequential vqa_classifier{nullptr}, nlvr2_classifier{nullptr};
+  MIMHead mim_head{nullptr};
 
  private:
   at::Tensor text_embed(const at::Tensor& text_ids);

@@ -18,6 +18,7 @@ struct Batch {
   at::Tensor image_0, image_1;                // NLVR2 pairs
   at::Tensor vqa_targets;                     // (B, num_labels) soft scores
   at::Tensor nlvr2_labels;                    // (B) int64 in {0, 1}
+  at::Tensor patch_mask;                      // (B, W²) bool: stage-1 masked image modelling
 };
 
 // Gathers a tensor from every rank along dim 0, the local chunk first, without autograd

@@ -77,8 +77,8 @@ void Config::validate() const {
   if (!(drop_path_rate >= 0 && drop_path_rate < 1))
     fail("drop_path_rate", cat("must lie in [0, 1), got ", drop_path_rate));
   for (const auto& h : heads)
-    if (std::find(all_heads().begin(), all_heads().end(), h) == all_heads().end())
-      fail("heads", cat("unknown head \"", h, "\" (known: mlm itm itc vqa nlvr2)"));
+    if (h != "mim" && std::find(all_heads().begin(), all_heads().end(), h) == all_heads().end())
+      fail("heads", cat("unknown head \"", h, "\" (known: mlm itm itc vqa nlvr2 mim)"));
 }
 
 namespace {

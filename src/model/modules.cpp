@@ -135,8 +135,13 @@ MultiwayTransformerImpl::MultiwayTransformerImpl(const Config& c) {
   norm = register_module("norm", nn::LayerNorm(nn::LayerNormOptions({c.embed_dim}).eps(1e-6)));
 }
 
-at::Tensor MultiwayTransformerImpl::visual_embed(const at::Tensor& images) {
-  at::Tensor x = patch_embed->forward(images);
+at::Tensor MultiwayTransformerImpl::visual_embed(const at::Tensor& images, const at::Tensor& patch_mask,
+                                                 const at::Tensor& mask_token) {
+  at::Tensor x = patch_embed->forward(images);  // (B, W², C)
+  if (patch_mask.defined()) {
+    const at::Tensor m = patch_mask.to(x.dtype()).unsqueeze(-1);
+    x = x * (1 - m) + mask_token * m;
+  }
   x = at::cat({cls_token.expand({x.size(0), -1, -1}), x}, 1);  // (B, W²+1, C)
   if (pos_embed.defined()) x = x + pos_embed;
   return x;
@@ -187,6 +192,11 @@ MLMHeadImpl::MLMHeadImpl(int dim, int vocab) {
 
 at::Tensor MLMHeadImpl::forward(const at::Tensor& x) {
   return decoder->forward(transform->forward(x)) + bias;
+}
+
+MIMHeadImpl::MIMHeadImpl(int dim, int patch_pixels) {
+  mask_token = register_parameter("mask_token", at::zeros({1, 1, dim}));
+  decoder = register_module("decoder", nn::Linear(dim, patch_pixels));
 }
 
 FcHeadImpl::FcHeadImpl(int in, int out, bool bias) {

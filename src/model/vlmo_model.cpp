@@ -45,6 +45,7 @@ VLMoImpl::VLMoImpl(const Config& c) : cfg(c) {
   };
   if (c.has_head("vqa")) vqa_classifier = register_module("vqa_classifier", classifier(D, c.vqav2_label_size));
   if (c.has_head("nlvr2")) nlvr2_classifier = register_module("nlvr2_classifier", classifier(2 * D, 2));
+  if (c.has_head("mim")) mim_head = register_module("mim_head", MIMHead(D, c.patch_size * c.patch_size * 3));
 }
 
 std::vector<at::Tensor> VLMoImpl::relative_biases(Modality modality, int64_t text_len) {
@@ -163,6 +164,14 @@ UnimodalOutput VLMoImpl::infer_image_ft(const at::Tensor& images) {
   return unimodal(image_embed(images, 1), at::Tensor(), Modality::kImage, itc_image_proj, nullptr);
 }
 
+at::Tensor VLMoImpl::infer_image_masked(const at::Tensor& images, const at::Tensor& patch_mask) {
+  if (mim_head.is_empty()) throw Error("this model has no \"mim\" head (add it to the config's \"heads\")");
+  at::Tensor x = transformer->visual_embed(images, patch_mask, mim_head->mask_token);
+  at::Tensor types = at::ones({x.size(0), x.size(1)}, at::TensorOptions().dtype(at::kLong).device(x.device()));
+  x = x + token_type_embeddings->forward(types);
+  return unimodal(x, at::Tensor(), Modality::kImage, nullptr, nullptr).feats;
+}
+
 at::Tensor VLMoImpl::infer_text_mlm(const at::Tensor& text_ids, const at::Tensor& text_masks) {
   return unimodal(text_embed(text_ids), text_masks, Modality::kText, nullptr, nullptr).feats;
 }
@@ -201,6 +210,7 @@ void init_weights(VLMo& model, uint64_t seed) {
   }
   trunc_normal(m.transformer->cls_token, 0.02);
   if (m.transformer->pos_embed.defined()) trunc_normal(m.transformer->pos_embed, 0.02);
+  if (!m.mim_head.is_empty()) trunc_normal(m.mim_head->mask_token, 0.02);
   if (m.relative_position_bias_table.defined()) m.relative_position_bias_table.zero_();
   for (auto& b : m.transformer->block_list) {
     b->attn->q_bias.zero_();

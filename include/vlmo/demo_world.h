@@ -1,0 +1,47 @@
+// The built-in demo world: procedural scenes of coloured shapes (kind, colour, size, position),
+// rendered as small RGB images, with captions in varied phrasings. Splits are disjoint: no scene
+// of one split appears in another. Everything is a pure function of the seed.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "vlmo/image.h"
+
+namespace vlmo {
+
+struct Shape {
+  int kind;      // 0 circle, 1 square, 2 triangle
+  int colour;    // index into DemoWorld::colour_names()
+  bool large;
+  int place;     // 0 left, 1 right, 2 top, 3 bottom, 4 middle
+};
+
+struct Scene {
+  std::vector<Shape> shapes;  // 1 or 2, at different places
+  uint64_t style_seed = 0;    // background tint, jitter and noise of the rendering
+  std::string signature() const;
+};
+
+class DemoWorld {
+ public:
+  DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size);
+
+  const std::vector<Scene>& split(const std::string& name) const;  // "train", "val", "test"
+  Image render(const Scene& s) const;
+  // A caption in one of several phrasings, chosen by `variant`.
+  std::string caption(const Scene& s, int variant) const;
+  int num_caption_variants() const { return 6; }
+  int image_size() const { return image_size_; }
+
+  static const std::vector<std::string>& colour_names();
+  static const std::vector<std::string>& kind_names();
+  static const std::vector<std::string>& place_names();
+
+ private:
+  int image_size_;
+  std::vector<Scene> train_, val_, test_;
+};
+
+}  // namespace vlmo

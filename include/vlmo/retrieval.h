@@ -1,0 +1,20 @@
+// Image-text retrieval recall with the official semantics (reference §5): scores[i, t] for
+// image i and caption t; TR@K: an image is a hit if any of its captions is in its top K; IR@K:
+// every caption is a query, a hit if its image is in the caption's top K images.
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <vector>
+
+namespace vlmo {
+
+struct Recall {
+  double tr1 = 0, tr5 = 0, tr10 = 0, ir1 = 0, ir5 = 0, ir10 = 0;  // fractions in [0, 1]
+};
+
+Recall retrieval_recall(const at::Tensor& scores, const std::vector<int64_t>& caption_image);
+
+// Chance levels of the same metrics for a random ranking.
+Recall chance_recall(int64_t num_images, const std::vector<int64_t>& caption_image);
+
+}  // namespace vlmo

@@ -1,0 +1,97 @@
+// Training: AdamW with the official parameter groups, the linear warm-up / decay schedule,
+// atomic checkpoints with exact resume, and the training loop with JSON-lines metrics and a
+// progress display. Objectives and data come from the caller (see vlmo/pretrain.h).
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "vlmo/model.h"
+#include "vlmo/objectives.h"
+#include "vlmo/safetensors.h"
+
+namespace vlmo {
+
+// The official no-decay rule: substring match on "bias", "LayerNorm.bias/.weight",
+// "norm.bias/.weight", "norm1.*", "norm2.*" (so norm2_text etc. and gamma_* are decayed).
+bool official_no_decay(const std::string& name);
+// lr_mult applies to names containing "vqa_classifier" or "nlvr2_classifier".
+bool is_task_head(const std::string& name);
+
+// Linear warm-up from 0 to `peak` over `warmup` steps, then linear decay to 0 at `total`
+// (get_polynomial_decay_schedule_with_warmup, power 1). `step` counts finished optimizer steps.
+double learning_rate(int64_t step, int64_t total, int64_t warmup, double peak);
+
+// AdamW (betas 0.9 / 0.98, eps 1e-8, decoupled weight decay) over the parameters that require
+// grad; state is kept per parameter name so it can be saved and restored exactly.
+class AdamW {
+ public:
+  AdamW(torch::nn::Module& model, double weight_decay = 0.01, double head_lr_mult = 1.0,
+        double beta1 = 0.9, double beta2 = 0.98, double eps = 1e-8);
+  void step(double lr);
+  void zero_grad();
+  int64_t steps() const { return steps_; }
+  TensorMap state() const;  // "exp_avg.<name>", "exp_avg_sq.<name>"
+  void load_state(const TensorMap& state, int64_t steps);
+
+ private:
+  struct Param {
+    std::string name;
+    at::Tensor p, exp_avg, exp_avg_sq;
+    double weight_decay, lr_mult;
+  };
+  std::vector<Param> params_;
+  double beta1_, beta2_, eps_;
+  int64_t steps_ = 0;
+};
+
+// A batch maker: the batch with this index (in an endless sequence over epochs), a pure
+// function of the index, so that any thread may build it and resumption is exact.
+using BatchFn = std::function<Batch(int64_t index)>;
+// Named outputs of one objective evaluation: keys ending in "loss" are summed and optimised;
+// other keys (accuracies) are only logged.
+using Outputs = std::map<std::string, at::Tensor>;
+using ObjectiveFn = std::function<Outputs(VLMo&, const Batch&)>;
+
+struct TrainOptions {
+  std::string name = "train";   // shown in logs ("stage1-image", ...)
+  int64_t max_steps = 100;      // optimizer steps
+  int64_t warmup_steps = 10;
+  double lr = 1e-4;
+  double weight_decay = 0.01;
+  double head_lr_mult = 1.0;
+  int accumulate = 1;           // micro-batches per optimizer step
+  int64_t batch_size = 32;      // samples per micro-batch (for samples/s)
+  int64_t checkpoint_every = 0; // steps; 0: only at the end
+  std::string checkpoint_path;  // empty: no checkpoints
+  std::string metrics_path;     // JSON lines; empty: none
+  int log_every = 10;
+  int loader_threads = 1;
+  int prefetch = 2;
+  bool progress = true;
+  std::string config_json;      // stored in checkpoints
+  // Stop after this many steps of this run (for tests of resumption); 0: run to max_steps.
+  int64_t stop_after = 0;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  std::vector<std::map<std::string, double>> history;  // per optimizer step: losses, lr, ...
+  double seconds = 0;
+};
+
+// Runs (or resumes, if `resume_from` names a checkpoint) training.
+TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches,
+                  const TrainOptions& options, const std::string& resume_from = "");
+
+// Checkpoint files: one safetensors file with "model.*", "optim.*", "rng.torch" and metadata
+// (step, config, format "vlmo-train-checkpoint"), written atomically.
+void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, const std::string& config_json,
+                     const std::string& stage);
+// The model weights of a checkpoint (also accepts plain weight files).
+TensorMap checkpoint_weights(const std::string& path);
+
+}  // namespace vlmo

@@ -1,0 +1,141 @@
+#include "vlmo/demo_world.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "vlmo/error.h"
+
+namespace vlmo {
+namespace {
+
+const uint8_t kColours[][3] = {{220, 40, 40}, {40, 190, 60}, {50, 80, 230}, {235, 220, 40}, {150, 60, 200}, {245, 245, 245}};
+
+std::string shape_phrase(const Shape& s, bool with_size) {
+  std::string out = with_size ? (s.large ? "large " : "small ") : "";
+  return out + DemoWorld::colour_names()[s.colour] + " " + DemoWorld::kind_names()[s.kind];
+}
+
+std::string where(int place, int style) {
+  static const char* kOn[] = {"on the left", "on the right", "at the top", "at the bottom", "in the middle"};
+  static const char* kSide[] = {"on the left side", "on the right side", "near the top", "near the bottom", "in the center"};
+  return style ? kSide[place] : kOn[place];
+}
+
+Scene random_scene(std::mt19937_64& rng) {
+  Scene s;
+  const int n = 1 + static_cast<int>(rng() % 2);
+  std::vector<int> places = {0, 1, 2, 3, 4};
+  std::shuffle(places.begin(), places.end(), rng);
+  for (int i = 0; i < n; ++i)
+    s.shapes.push_back({static_cast<int>(rng() % 3), static_cast<int>(rng() % 6), rng() % 2 == 0, places[i]});
+  std::sort(s.shapes.begin(), s.shapes.end(), [](const Shape& a, const Shape& b) { return a.place < b.place; });
+  s.style_seed = rng();
+  return s;
+}
+
+}  // namespace
+
+const std::vector<std::string>& DemoWorld::colour_names() {
+  static const std::vector<std::string> k = {"red", "green", "blue", "yellow", "purple", "white"};
+  return k;
+}
+const std::vector<std::string>& DemoWorld::kind_names() {
+  static const std::vector<std::string> k = {"circle", "square", "triangle"};
+  return k;
+}
+const std::vector<std::string>& DemoWorld::place_names() {
+  static const std::vector<std::string> k = {"left", "right", "top", "bottom", "middle"};
+  return k;
+}
+
+std::string Scene::signature() const {
+  std::string s;
+  for (const auto& x : shapes)
+    s += std::to_string(x.kind) + std::to_string(x.colour) + (x.large ? "L" : "S") + std::to_string(x.place) + ";";
+  return s;
+}
+
+DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size)
+    : image_size_(image_size) {
+  if (image_size < 32) throw Error(cat("demo world: image size ", image_size, " is too small (>= 32)"));
+  std::mt19937_64 rng(seed);
+  std::set<std::string> used;
+  // Test and validation scenes first, each distinct; training scenes never repeat one of them.
+  auto fill = [&](std::vector<Scene>& out, int n, bool unique) {
+    int guard = 0;
+    while (static_cast<int>(out.size()) < n) {
+      if (++guard > 200 * n + 1000) throw Error("demo world: could not draw enough distinct scenes");
+      Scene s = random_scene(rng);
+      const std::string sig = s.signature();
+      if (used.count(sig)) continue;
+      if (unique) used.insert(sig);
+      out.push_back(std::move(s));
+    }
+  };
+  fill(test_, n_test, true);
+  fill(val_, n_val, true);
+  fill(train_, n_train, false);
+}
+
+const std::vector<Scene>& DemoWorld::split(const std::string& name) const {
+  if (name == "train") return train_;
+  if (name == "val") return val_;
+  if (name == "test") return test_;
+  throw Error(cat("demo world: unknown split \"", name, "\" (train, val, test)"));
+}
+
+Image DemoWorld::render(const Scene& s) const {
+  std::mt19937_64 rng(s.style_seed);
+  const int S = image_size_;
+  Image img;
+  img.width = img.height = S;
+  img.rgb.resize(static_cast<size_t>(S) * S * 3);
+  const int tint[3] = {static_cast<int>(rng() % 50) + 30, static_cast<int>(rng() % 50) + 30, static_cast<int>(rng() % 50) + 30};
+  std::normal_distribution<double> noise(0, 6);
+  for (int y = 0; y < S; ++y)
+    for (int x = 0; x < S; ++x)
+      for (int c = 0; c < 3; ++c)
+        img.row(y)[3 * x + c] = static_cast<uint8_t>(std::clamp(tint[c] + y * 20.0 / S + noise(rng), 0.0, 255.0));
+  const double centres[5][2] = {{0.25, 0.5}, {0.75, 0.5}, {0.5, 0.25}, {0.5, 0.75}, {0.5, 0.5}};
+  for (const auto& sh : s.shapes) {
+    std::uniform_real_distribution<double> jitter(-0.05 * S, 0.05 * S);
+    const double cx = centres[sh.place][0] * S + jitter(rng), cy = centres[sh.place][1] * S + jitter(rng);
+    const double r = (sh.large ? 0.17 : 0.09) * S * (0.9 + 0.2 * (rng() % 100) / 100.0);
+    int col[3];
+    for (int c = 0; c < 3; ++c) col[c] = std::clamp(kColours[sh.colour][c] + static_cast<int>(rng() % 31) - 15, 0, 255);
+    for (int y = 0; y < S; ++y)
+      for (int x = 0; x < S; ++x) {
+        const double dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+        bool inside = false;
+        if (sh.kind == 0) inside = dx * dx + dy * dy <= r * r;
+        else if (sh.kind == 1) inside = std::fabs(dx) <= r * 0.85 && std::fabs(dy) <= r * 0.85;
+        else inside = dy <= r * 0.8 && dy >= -r && std::fabs(dx) <= (dy + r) * 0.6;  // apex up
+        if (inside)
+          for (int c = 0; c < 3; ++c) img.row(y)[3 * x + c] = static_cast<uint8_t>(col[c]);
+      }
+  }
+  return img;
+}
+
+std::string DemoWorld::caption(const Scene& s, int variant) const {
+  const int v = variant % num_caption_variants();
+  std::vector<std::string> parts;
+  for (const auto& sh : s.shapes) {
+    switch (v) {
+      case 0: parts.push_back("a " + shape_phrase(sh, true) + " " + where(sh.place, 0)); break;
+      case 1: parts.push_back("a " + shape_phrase(sh, false) + " " + where(sh.place, 1)); break;
+      case 2: parts.push_back(where(sh.place, 0) + " there is a " + shape_phrase(sh, true)); break;
+      case 3: parts.push_back("one " + shape_phrase(sh, false) + " " + where(sh.place, 0)); break;
+      case 4: parts.push_back("a " + shape_phrase(sh, true) + " placed " + where(sh.place, 1)); break;
+      default: parts.push_back(shape_phrase(sh, true) + " " + where(sh.place, 0)); break;
+    }
+  }
+  static const char* kJoin[] = {" and ", ", and ", " next to ", " and also ", " together with ", " plus "};
+  std::string out = parts[0];
+  for (size_t i = 1; i < parts.size(); ++i) out += kJoin[v] + parts[i];
+  if (v == 2 || v == 5) out[0] = static_cast<char>(std::toupper(out[0]));
+  return out + (v % 2 ? "." : "");
+}
+
+}  // namespace vlmo

@@ -1,0 +1,53 @@
+#include "vlmo/retrieval.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "vlmo/error.h"
+
+namespace vlmo {
+
+Recall retrieval_recall(const at::Tensor& scores_in, const std::vector<int64_t>& caption_image) {
+  const at::Tensor scores = scores_in.detach().to(at::kCPU).to(at::kFloat);
+  const int64_t ni = scores.size(0), nt = scores.size(1);
+  if (static_cast<int64_t>(caption_image.size()) != nt)
+    throw Error(cat("retrieval: ", nt, " captions scored but ", caption_image.size(), " caption->image links"));
+  const at::Tensor owner = at::tensor(at::ArrayRef<int64_t>(caption_image), at::kLong);
+  Recall r;
+  auto tr = [&](int64_t k) {
+    const at::Tensor top = std::get<1>(scores.topk(std::min(k, nt), 1));            // (Ni, k) caption ids
+    const at::Tensor hit = owner.index_select(0, top.reshape({-1})).reshape(top.sizes())
+                               .eq(at::arange(ni, at::kLong).unsqueeze(1)).any(1);
+    return hit.to(at::kDouble).mean().item<double>();
+  };
+  auto ir = [&](int64_t k) {
+    const at::Tensor top = std::get<1>(scores.topk(std::min(k, ni), 0));            // (k, Nt) image ids
+    return top.eq(owner.unsqueeze(0)).any(0).to(at::kDouble).mean().item<double>();
+  };
+  r.tr1 = tr(1), r.tr5 = tr(5), r.tr10 = tr(10);
+  r.ir1 = ir(1), r.ir5 = ir(5), r.ir10 = ir(10);
+  return r;
+}
+
+Recall chance_recall(int64_t ni, const std::vector<int64_t>& caption_image) {
+  const double nt = static_cast<double>(caption_image.size());
+  std::vector<int64_t> per_image(ni, 0);
+  for (int64_t i : caption_image) ++per_image[i];
+  // TR: probability that K captions drawn without replacement include one of the image's c.
+  auto tr = [&](int64_t k) {
+    double sum = 0;
+    for (int64_t c : per_image) {
+      double miss = 1;
+      for (int64_t j = 0; j < std::min<int64_t>(k, static_cast<int64_t>(nt)); ++j) miss *= (nt - c - j) / (nt - j);
+      sum += 1 - std::max(0.0, miss);
+    }
+    return sum / ni;
+  };
+  Recall r;
+  r.tr1 = tr(1), r.tr5 = tr(5), r.tr10 = tr(10);
+  r.ir1 = std::min(1.0, 1.0 / ni), r.ir5 = std::min(1.0, 5.0 / ni), r.ir10 = std::min(1.0, 10.0 / ni);
+  return r;
+}
+
+}  // namespace vlmo

@@ -1,0 +1,290 @@
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "test_util.h"
+#include "vlmo/checkpoint.h"
+#include "vlmo/data.h"
+#include "vlmo/demo_world.h"
+#include "vlmo/pretrain.h"
+#include "vlmo/retrieval.h"
+#include "vlmo/sources.h"
+
+using namespace vlmo;
+using vlmo::test::expect_error;
+
+namespace {
+
+Config tiny() {
+  Config c;
+  c.embed_dim = 32;
+  c.depth = 2;
+  c.num_heads = 2;
+  c.image_size = 32;
+  c.vlffn_start_layer_index = 1;
+  c.max_text_len = 16;
+  c.drop_path_rate = 0.1;
+  c.heads = {"mlm", "itm", "itc", "mim"};
+  return c;
+}
+
+const Tokenizer& bert() {
+  static const Tokenizer t = Tokenizer::from_file(Tokenizer::default_vocab_path());
+  return t;
+}
+
+// Batches of the first `n` scenes of a small world.
+BatchFn world_batches(const DemoWorld& w, int n, int batch, bool images, bool text, bool patch_mask) {
+  auto order = std::make_shared<EpochOrder>(n, 7);
+  CollateOptions co;
+  co.image_size = 32;
+  co.max_text_len = 16;
+  co.patch_mask = patch_mask;
+  return [&w, order, co, batch, images, text](int64_t index) {
+    std::vector<Example> ex;
+    for (int j = 0; j < batch; ++j) {
+      const Scene& s = w.split("train")[order->at(index * batch + j)];
+      ex.push_back({images ? w.render(s) : Image{}, text ? w.caption(s, 0) : ""});
+    }
+    return collate(ex, bert(), co, static_cast<uint64_t>(index));
+  };
+}
+
+double mean_of(const TrainResult& r, const std::string& key, size_t from, size_t to) {
+  double s = 0;
+  for (size_t i = from; i < to; ++i) s += r.history.at(i).at(key);
+  return s / (to - from);
+}
+
+TrainOptions options(int64_t steps, double lr) {
+  TrainOptions t;
+  t.max_steps = steps;
+  t.warmup_steps = 2;
+  t.lr = lr;
+  t.batch_size = 16;
+  t.progress = false;
+  return t;
+}
+
+}  // namespace
+
+TEST(Train, ScheduleAndParameterGroupsAreOfficial) {
+  EXPECT_DOUBLE_EQ(learning_rate(0, 100, 10, 1.0), 0.0);  // the first step runs at lr 0, as HF's
+  EXPECT_DOUBLE_EQ(learning_rate(5, 100, 10, 1.0), 0.5);
+  EXPECT_DOUBLE_EQ(learning_rate(10, 100, 10, 1.0), 1.0);
+  EXPECT_DOUBLE_EQ(learning_rate(55, 100, 10, 1.0), 0.5);
+  EXPECT_DOUBLE_EQ(learning_rate(100, 100, 10, 1.0), 0.0);
+  for (const char* n : {"transformer.blocks.0.attn.q_bias", "transformer.blocks.3.norm1.weight",
+                        "transformer.norm.weight", "text_embeddings.LayerNorm.weight", "pooler.dense.bias"})
+    EXPECT_TRUE(official_no_decay(n)) << n;
+  for (const char* n : {"transformer.blocks.0.norm2_text.weight", "transformer.blocks.0.gamma_1",
+                        "relative_position_bias_table", "transformer.cls_token", "logit_scale", "vqa_classifier.1.weight"})
+    EXPECT_FALSE(official_no_decay(n)) << n;
+  EXPECT_TRUE(is_task_head("vqa_classifier.3.weight"));
+  EXPECT_FALSE(is_task_head("pooler.dense.weight"));
+}
+
+TEST(Train, EveryStageLowersItsLosses) {
+  const DemoWorld w(3, 16, 2, 2, 32);
+  VLMo m(tiny());
+  init_weights(m, 3);
+  set_trainable_for_stage(m, Stage::kImage);
+  auto r1 = train(m, mim_objective, world_batches(w, 16, 16, true, false, true), options(40, 1e-3));
+  EXPECT_LT(mean_of(r1, "mim_loss", 35, 40), 0.8 * mean_of(r1, "mim_loss", 0, 5));
+  set_trainable_for_stage(m, Stage::kText);
+  auto r2 = train(m, text_mlm_objective, world_batches(w, 16, 16, false, true, false), options(40, 2e-3));
+  EXPECT_LT(mean_of(r2, "textmlm_loss", 35, 40), 0.8 * mean_of(r2, "textmlm_loss", 0, 5));
+  set_trainable_for_stage(m, Stage::kVL);
+  auto r3 = train(m, vl_objective, world_batches(w, 16, 16, true, true, false), options(120, 2e-3));
+  for (const char* k : {"itc_loss", "itm_loss", "mlm_loss"})
+    EXPECT_LT(mean_of(r3, k, 110, 120), 0.95 * mean_of(r3, k, 0, 10)) << k;
+}
+
+TEST(Train, StageTwoChangesNoFrozenParameter) {
+  const DemoWorld w(4, 16, 2, 2, 32);
+  VLMo m(tiny());
+  init_weights(m, 4);
+  const TensorMap before = [&] {
+    TensorMap t;
+    for (const auto& [k, v] : model_state_dict(*m)) t[k] = v.clone();
+    return t;
+  }();
+  set_trainable_for_stage(m, Stage::kText);
+  train(m, text_mlm_objective, world_batches(w, 16, 8, false, true, false), options(5, 1e-3));
+  int frozen = 0, changed = 0;
+  for (const auto& [k, v] : model_state_dict(*m)) {
+    if (stage2_trainable(k)) {
+      changed += !at::equal(v, before.at(k));
+    } else {
+      ++frozen;
+      EXPECT_TRUE(at::equal(v, before.at(k))) << k << " is frozen in stage 2 but changed";
+    }
+  }
+  EXPECT_GT(frozen, 20);  // attention, norm1, V-FFN, patch embed, gamma_*, ...
+  EXPECT_GT(changed, 10);
+  EXPECT_TRUE(stage2_trainable("transformer.blocks.1.mlp_text.fc1.weight"));
+  EXPECT_FALSE(stage2_trainable("transformer.blocks.1.attn.qkv.weight"));
+  EXPECT_FALSE(stage2_trainable("transformer.blocks.1.gamma_1"));
+  EXPECT_FALSE(stage2_trainable("transformer.blocks.1.mlp_imag.fc1.weight"));
+}
+
+TEST(Train, InterruptedAndResumedRunRepeatsTheLossesExactly) {
+  const DemoWorld w(5, 32, 2, 2, 32);
+  const std::string dir = vlmo::test::temp_dir();
+  auto batches = world_batches(w, 32, 8, true, true, false);
+  TrainOptions t = options(8, 1e-3);
+  t.loader_threads = 2;
+  at::manual_seed(11);
+  VLMo a(tiny());
+  init_weights(a, 5);
+  t.checkpoint_path = dir + "/a.safetensors";
+  const TrainResult full = train(a, vl_objective, batches, t);
+
+  at::manual_seed(11);
+  VLMo b(tiny());
+  init_weights(b, 5);
+  t.checkpoint_path = dir + "/b.safetensors";
+  t.stop_after = 3;
+  const TrainResult first = train(b, vl_objective, batches, t);
+  ASSERT_EQ(first.steps, 3);
+  at::manual_seed(999);  // whatever the process did meanwhile
+  VLMo c(tiny());
+  init_weights(c, 77);
+  t.stop_after = 0;
+  const TrainResult rest = train(c, vl_objective, batches, t, dir + "/b.safetensors");
+  ASSERT_EQ(rest.history.size(), 5u);
+  for (size_t i = 0; i < 5; ++i)
+    for (const char* k : {"loss", "itc_loss", "itm_loss", "mlm_loss", "lr"})
+      EXPECT_EQ(rest.history[i].at(k), full.history[i + 3].at(k)) << "step " << i + 4 << " " << k;
+  const TensorMap wa = checkpoint_weights(dir + "/a.safetensors"), wc = checkpoint_weights(dir + "/b.safetensors");
+  for (const auto& [k, v] : wa) EXPECT_TRUE(at::equal(v, wc.at(k))) << k;
+  // Checkpoints are written atomically: nothing else is left in the folder.
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) files += e.is_regular_file();
+  EXPECT_EQ(files, 2);
+  expect_error([&] { train(c, vl_objective, batches, t, vlmo::test::fixture("reference/tiny-abspos/weights.safetensors")); },
+               {"not a training checkpoint"});
+}
+
+TEST(Data, BlockwiseMaskHitsItsTargetAndIsReproducible) {
+  for (int grid : {4, 14}) {
+    const int target = static_cast<int>(0.4 * grid * grid + 0.5);
+    std::mt19937_64 r1(1), r2(1);
+    for (int k = 0; k < 50; ++k) {
+      const auto m = blockwise_mask(grid, target, r1);
+      EXPECT_EQ(m, blockwise_mask(grid, target, r2));
+      int n = 0;
+      for (bool b : m) n += b;
+      EXPECT_EQ(n, target);
+    }
+  }
+}
+
+TEST(Data, WorldSplitsAreDisjointAndCaptionsDescribeTheScene) {
+  const DemoWorld w(9, 500, 50, 50, 32);
+  std::set<std::string> test;
+  for (const auto& s : w.split("test")) test.insert(s.signature());
+  EXPECT_EQ(test.size(), 50u);
+  for (const auto& s : w.split("val")) EXPECT_FALSE(test.count(s.signature()));
+  for (const auto& s : w.split("train")) EXPECT_FALSE(test.count(s.signature()));
+  const Scene& s = w.split("test")[0];
+  for (int v = 0; v < w.num_caption_variants(); ++v) {
+    const std::string c = w.caption(s, v);
+    for (const auto& sh : s.shapes) {
+      EXPECT_NE(c.find(DemoWorld::colour_names()[sh.colour]), std::string::npos) << c;
+      EXPECT_NE(c.find(DemoWorld::kind_names()[sh.kind]), std::string::npos) << c;
+    }
+  }
+}
+
+TEST(Retrieval, RecallByHand) {
+  // 2 images, 4 captions: captions 0,1 -> image 0; 2,3 -> image 1.
+  const at::Tensor scores = at::tensor({0.9, 0.1, 0.8, 0.2,    // image 0: best caption 0 (own)
+                                        0.5, 0.6, 0.7, 0.1}).reshape({2, 4});  // image 1: best caption 2 (own)
+  const Recall r = retrieval_recall(scores, {0, 0, 1, 1});
+  EXPECT_DOUBLE_EQ(r.tr1, 1.0);
+  // IR: caption 0 -> image 0 (0.9 > 0.5) hit; caption 1 -> image 1 (0.6 > 0.1) miss;
+  // caption 2 -> image 0 (0.8 > 0.7) miss; caption 3 -> image 0 (0.2 > 0.1) miss.
+  EXPECT_DOUBLE_EQ(r.ir1, 0.25);
+  EXPECT_DOUBLE_EQ(r.ir5, 1.0);
+  const Recall c = chance_recall(2, {0, 0, 1, 1});
+  EXPECT_DOUBLE_EQ(c.ir1, 0.5);
+  EXPECT_NEAR(c.tr1, 0.5, 1e-12);
+}
+
+// ---- WebDataset -------------------------------------------------------------------------------
+
+namespace {
+void tar_add(std::string& tar, const std::string& name, const std::string& data) {
+  char h[512] = {0};
+  std::snprintf(h, 100, "%s", name.c_str());
+  std::snprintf(h + 100, 8, "%07o", 0644);
+  std::snprintf(h + 108, 8, "%07o", 0);
+  std::snprintf(h + 116, 8, "%07o", 0);
+  std::snprintf(h + 124, 12, "%011lo", static_cast<unsigned long>(data.size()));
+  std::snprintf(h + 136, 12, "%011o", 0);
+  h[156] = '0';
+  std::memcpy(h + 257, "ustar", 6);
+  std::memcpy(h + 263, "00", 2);
+  std::memset(h + 148, ' ', 8);
+  unsigned sum = 0;
+  for (int i = 0; i < 512; ++i) sum += static_cast<unsigned char>(h[i]);
+  std::snprintf(h + 148, 8, "%06o", sum);
+  tar.append(h, 512);
+  tar += data;
+  tar.append((512 - data.size() % 512) % 512, '\0');
+}
+}  // namespace
+
+TEST(WebDataset, BraceExpansion) {
+  EXPECT_EQ(expand_braces("s-{000..002}.tar"), (std::vector<std::string>{"s-000.tar", "s-001.tar", "s-002.tar"}));
+  EXPECT_EQ(expand_braces("{a,b}/{1..2}"), (std::vector<std::string>{"a/1", "a/2", "b/1", "b/2"}));
+  EXPECT_EQ(expand_braces("plain.tar"), (std::vector<std::string>{"plain.tar"}));
+  expect_error([] { expand_braces("x-{1..}"); }, {"numeric"});
+  expect_error([] { expand_braces("x-{1..3"); }, {"unmatched"});
+}
+
+TEST(WebDataset, StreamsShardsSkippingCorruptSamplesAndTruncatedShards) {
+  const std::string dir = vlmo::test::temp_dir();
+  const std::string jpg = vlmo::test::read_file(vlmo::test::fixture("images/messi5.jpg"));
+  const std::string png = vlmo::test::read_file(vlmo::test::fixture("images/camera.png"));
+  std::string a, b;
+  tar_add(a, "x/000001.jpg", jpg);
+  tar_add(a, "x/000001.txt", "a football player");
+  tar_add(a, "x/000002.png", png);
+  tar_add(a, "x/000002.json", R"({"caption": "a man with a camera", "id": 2})");
+  tar_add(a, "x/000003.jpg", jpg.substr(0, 500) + std::string(300, 'z'));  // corrupt image
+  tar_add(a, "x/000003.txt", "broken");
+  tar_add(a, "x/000004.jpg", jpg);                                        // no caption
+  tar_add(a, "x/000005.jpg", jpg);
+  tar_add(a, "x/000005.txt", "fifth");
+  a.append(1024, '\0');
+  tar_add(b, "y/000010.jpg", jpg);
+  tar_add(b, "y/000010.txt", "first of the truncated shard");
+  tar_add(b, "y/000011.jpg", jpg);
+  tar_add(b, "y/000011.txt", "lost");
+  b.resize(b.size() - 700);  // cut inside the last file
+  vlmo::test::write_file(dir + "/s-000.tar", a);
+  vlmo::test::write_file(dir + "/s-001.tar", b);
+  SkipCounters counters;
+  WebDatasetStream stream(expand_braces(dir + "/s-{000..001}.tar"), 1, 0, 1, 0, 1, &counters);
+  std::multiset<std::string> captions;
+  while (stream.epoch() < 1) {
+    const Example e = stream.next();
+    if (stream.epoch() >= 1) break;
+    EXPECT_GT(e.image.width, 0);
+    captions.insert(e.text);
+  }
+  EXPECT_EQ(captions, (std::multiset<std::string>{"a football player", "a man with a camera", "fifth",
+                                                  "first of the truncated shard"}));
+  EXPECT_EQ(counters.corrupt_samples.load(), 2);
+  EXPECT_EQ(counters.broken_shards.load(), 1);
+  // Two workers see disjoint shards.
+  WebDatasetStream w0({dir + "/s-000.tar", dir + "/s-001.tar"}, 1, 0, 1, 0, 2);
+  WebDatasetStream w1({dir + "/s-000.tar", dir + "/s-001.tar"}, 1, 0, 1, 1, 2);
+  const std::string c0 = w0.next().text, c1 = w1.next().text;
+  const bool zero_has_a = c0 == "a football player";
+  EXPECT_EQ(c1 == "a football player", !zero_has_a);
+}
