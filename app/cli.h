@@ -48,5 +48,6 @@ Command check_reference_command();
 Command tokenize_command();
 Command preprocess_command();
 Command demo_command();
+Command pretrain_command();
 
 }  // namespace vlmo::cli

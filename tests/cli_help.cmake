@@ -1,5 +1,5 @@
 # Every subcommand's --help must succeed and list each option with its default.
-foreach(cmd info convert check-reference)
+foreach(cmd demo pretrain info convert check-reference tokenize preprocess)
   execute_process(COMMAND ${VLMO} ${cmd} --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "vlmo ${cmd} --help exited ${rc}")

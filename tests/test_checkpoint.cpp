@@ -145,3 +145,32 @@ TEST(Checkpoint, RandomByteCorruptionNeverCrashes) {
   }
   EXPECT_GT(errors, 0);
 }
+
+TEST(Checkpoint, BeitKeysMapToVlmo) {
+  // A BEiT-shaped state_dict for a 2-layer, 2-head, 32-px (2x2 patches) model.
+  const int D = 8, H = 2, rows = 3 * 3 + 3;
+  TensorMap beit;
+  beit["cls_token"] = at::randn({1, 1, D});
+  beit["patch_embed.proj.weight"] = at::randn({D, 3, 16, 16});
+  beit["fc_norm.weight"] = at::randn({D});
+  for (int i = 0; i < 2; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    beit[b + "mlp.fc1.weight"] = at::randn({4 * D, D});
+    beit[b + "norm2.weight"] = at::randn({D});
+    beit[b + "attn.qkv.weight"] = at::randn({3 * D, D});
+    beit[b + "attn.relative_position_bias_table"] = at::full({rows, H}, static_cast<double>(i + 1));
+    beit[b + "attn.relative_position_index"] = at::zeros({5, 5}, at::kLong);
+  }
+  const TensorMap v = beit_to_vlmo(beit, 100);
+  EXPECT_TRUE(at::equal(v.at("transformer.blocks.1.mlp_imag.fc1.weight"), beit.at("blocks.1.mlp.fc1.weight")));
+  EXPECT_TRUE(at::equal(v.at("transformer.blocks.0.norm2_imag.weight"), beit.at("blocks.0.norm2.weight")));
+  EXPECT_TRUE(at::equal(v.at("transformer.blocks.0.attn.qkv.weight"), beit.at("blocks.0.attn.qkv.weight")));
+  EXPECT_TRUE(v.count("transformer.cls_token"));
+  EXPECT_TRUE(v.count("transformer.fc_norm.weight"));  // unexpected on load, as in the official
+  const at::Tensor& t = v.at("relative_position_bias_table");
+  ASSERT_EQ(t.sizes(), at::IntArrayRef({100, 4}));
+  EXPECT_EQ(t[0][0].item<float>(), 1.0f);  // layer 0 -> columns 0, 1
+  EXPECT_EQ(t[0][2].item<float>(), 2.0f);  // layer 1 -> columns 2, 3
+  EXPECT_EQ(t[rows][0].item<float>(), 0.0f);  // text rows untouched
+  for (const auto& [k, x] : v) EXPECT_EQ(k.find("relative_position_index"), std::string::npos) << k;
+}

@@ -80,26 +80,34 @@ TEST(Train, ScheduleAndParameterGroupsAreOfficial) {
                         "transformer.norm.weight", "text_embeddings.LayerNorm.weight", "pooler.dense.bias"})
     EXPECT_TRUE(official_no_decay(n)) << n;
   for (const char* n : {"transformer.blocks.0.norm2_text.weight", "transformer.blocks.0.gamma_1",
-                        "relative_position_bias_table", "transformer.cls_token", "logit_scale", "vqa_classifier.1.weight"})
+                        "transformer.cls_token", "logit_scale", "vqa_classifier.1.weight"})
     EXPECT_FALSE(official_no_decay(n)) << n;
+  // The substring "bias" also matches relative_position_bias_table (see NOTES.md).
+  EXPECT_TRUE(official_no_decay("relative_position_bias_table"));
   EXPECT_TRUE(is_task_head("vqa_classifier.3.weight"));
   EXPECT_FALSE(is_task_head("pooler.dense.weight"));
 }
 
 TEST(Train, EveryStageLowersItsLosses) {
-  const DemoWorld w(3, 16, 2, 2, 32);
-  VLMo m(tiny());
+  // Eight fixed scenes, every step the same batch: each stage's losses must go down.
+  const DemoWorld w(3, 8, 2, 2, 32);
+  Config c = tiny();
+  c.drop_path_rate = 0;
+  VLMo m(c);
   init_weights(m, 3);
   set_trainable_for_stage(m, Stage::kImage);
-  auto r1 = train(m, mim_objective, world_batches(w, 16, 16, true, false, true), options(40, 1e-3));
-  EXPECT_LT(mean_of(r1, "mim_loss", 35, 40), 0.8 * mean_of(r1, "mim_loss", 0, 5));
+  auto r1 = train(m, mim_objective, world_batches(w, 8, 8, true, false, true), options(60, 3e-3));
+  EXPECT_LT(mean_of(r1, "mim_loss", 55, 60), 0.9 * mean_of(r1, "mim_loss", 0, 5));
   set_trainable_for_stage(m, Stage::kText);
-  auto r2 = train(m, text_mlm_objective, world_batches(w, 16, 16, false, true, false), options(40, 2e-3));
-  EXPECT_LT(mean_of(r2, "textmlm_loss", 35, 40), 0.8 * mean_of(r2, "textmlm_loss", 0, 5));
+  auto r2 = train(m, text_mlm_objective, world_batches(w, 8, 8, false, true, false), options(30, 3e-3));
+  EXPECT_LT(mean_of(r2, "textmlm_loss", 25, 30), 0.8 * mean_of(r2, "textmlm_loss", 0, 5));
   set_trainable_for_stage(m, Stage::kVL);
-  auto r3 = train(m, vl_objective, world_batches(w, 16, 16, true, true, false), options(120, 2e-3));
-  for (const char* k : {"itc_loss", "itm_loss", "mlm_loss"})
-    EXPECT_LT(mean_of(r3, k, 110, 120), 0.95 * mean_of(r3, k, 0, 10)) << k;
+  // ITC and ITM read [CLS] features that barely depend on the input at initialisation, so the
+  // contrastive loss needs a couple of hundred steps to break the symmetry (NOTES.md).
+  auto r3 = train(m, vl_objective, world_batches(w, 8, 8, true, true, false), options(300, 1e-3));
+  EXPECT_LT(mean_of(r3, "itc_loss", 290, 300), 0.75 * mean_of(r3, "itc_loss", 0, 10));
+  EXPECT_LT(mean_of(r3, "mlm_loss", 290, 300), 0.5 * mean_of(r3, "mlm_loss", 0, 10));
+  EXPECT_LT(mean_of(r3, "itm_loss", 290, 300), mean_of(r3, "itm_loss", 0, 10));
 }
 
 TEST(Train, StageTwoChangesNoFrozenParameter) {

@@ -38,3 +38,12 @@ struct LoadReport {
 LoadReport load_weights(VLMo& model, TensorMap weights, bool strict);
 
 }  // namespace vlmo
+
+namespace vlmo {
+// A BEiT checkpoint's state_dict under VLMo's names (reference §1.6/§3): "blocks.i.mlp.*" ->
+// "transformer.blocks.i.mlp_imag.*", "norm2" -> "norm2_imag", everything else gets the
+// "transformer." prefix; the per-layer "blocks.i.attn.relative_position_bias_table" [(2W-1)²+3, H]
+// tensors are concatenated (layer-major) into rows 0 .. (2W-1)²+2 of a merged table with
+// `table_rows` rows (the text rows stay zero). Index buffers are dropped.
+TensorMap beit_to_vlmo(const TensorMap& beit, int64_t table_rows);
+}  // namespace vlmo

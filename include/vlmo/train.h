@@ -16,7 +16,8 @@
 namespace vlmo {
 
 // The official no-decay rule: substring match on "bias", "LayerNorm.bias/.weight",
-// "norm.bias/.weight", "norm1.*", "norm2.*" (so norm2_text etc. and gamma_* are decayed).
+// "norm.bias/.weight", "norm1.*", "norm2.*" (so norm2_text etc. and gamma_* are decayed, and
+// relative_position_bias_table, which contains "bias", is not).
 bool official_no_decay(const std::string& name);
 // lr_mult applies to names containing "vqa_classifier" or "nlvr2_classifier".
 bool is_task_head(const std::string& name);

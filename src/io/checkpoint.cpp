@@ -142,3 +142,43 @@ LoadReport load_weights(VLMo& model, TensorMap weights, bool strict) {
 }
 
 }  // namespace vlmo
+
+namespace vlmo {
+
+TensorMap beit_to_vlmo(const TensorMap& beit, int64_t table_rows) {
+  TensorMap out;
+  std::map<int, at::Tensor> tables;
+  for (const auto& [k, v] : beit) {
+    if (k.find("relative_position_index") != std::string::npos) continue;
+    if (k.rfind("blocks.", 0) == 0) {
+      const size_t dot = k.find('.', 7);
+      const int layer = std::stoi(k.substr(7, dot - 7));
+      std::string rest = k.substr(dot + 1);
+      if (rest == "attn.relative_position_bias_table") {
+        tables[layer] = v;
+        continue;
+      }
+      if (rest.rfind("mlp.", 0) == 0) rest = "mlp_imag." + rest.substr(4);
+      else if (rest.rfind("norm2.", 0) == 0) rest = "norm2_imag." + rest.substr(6);
+      out[cat("transformer.blocks.", layer, ".", rest)] = v;
+      continue;
+    }
+    out["transformer." + k] = v;
+  }
+  if (!tables.empty()) {
+    std::vector<at::Tensor> cols;
+    for (int i = 0; i < static_cast<int>(tables.size()); ++i) {
+      if (!tables.count(i)) throw Error(cat("BEiT checkpoint: layer ", i, " has no relative_position_bias_table"));
+      cols.push_back(tables[i]);
+    }
+    const at::Tensor merged = at::cat(cols, 1);  // (rows, H * L): column = layer * H + head
+    if (merged.size(0) > table_rows)
+      throw Error(cat("BEiT checkpoint: relative table has ", merged.size(0), " rows, more than the model's ", table_rows));
+    at::Tensor table = at::zeros({table_rows, merged.size(1)}, merged.options());
+    table.narrow(0, 0, merged.size(0)).copy_(merged);
+    out["relative_position_bias_table"] = table;
+  }
+  return out;
+}
+
+}  // namespace vlmo
