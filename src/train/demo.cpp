@@ -160,7 +160,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
 
   run_stage("stage1-image", Stage::kImage, mim_objective, steps(150), 64, 1e-3, true, false, true);
   run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(150), 64, 1e-3, false, true, false);
-  run_stage("stage3-vl", Stage::kVL, vl_objective, steps(200), 32, 1e-3, true, true, false);
+  run_stage("stage3-vl", Stage::kVL, vl_objective, steps(300), 32, 1e-3, true, true, false);
   const Recall zero_shot = evaluate_retrieval(model, tok, test, cfg);
   run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(600), 64, 1e-3, true, true, false);
   const Recall ft = evaluate_retrieval(model, tok, test, cfg);
