@@ -4,6 +4,7 @@
 # "sentencepiece style". Writes data/bert-base-uncased-vocab.txt; does nothing if it is already right.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p data
 OUT=data/bert-base-uncased-vocab.txt
 WANT=64800d5d8528ce344256daf115d4965e
 if [ -f "$OUT" ] && [ "$(md5sum < "$OUT" | cut -d' ' -f1)" = "$WANT" ]; then exit 0; fi
