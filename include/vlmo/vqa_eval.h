@@ -1,0 +1,28 @@
+// Downstream metrics with the official semantics: the VQA evaluation (answer normalisation of
+// punctuation, number words, articles and contractions; accuracy min(1, #matching humans / 3)
+// averaged over the ten leave-one-out subsets), VQAv2 soft scores, NLVR2 accuracy and consistency.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace vlmo {
+
+// The official evaluation's processPunctuation followed by processDigitArticle.
+std::string normalize_vqa_answer(const std::string& answer);
+
+// Accuracy of one predicted answer against the human answers (normally 10), as the official
+// evaluation computes it: answers are normalised only when the humans disagree.
+double vqa_accuracy(const std::string& predicted, const std::vector<std::string>& human_answers);
+
+// VQAv2 training target for an answer given by `count` of the ten humans: 0, .3, .6, .9, 1.
+double vqa_soft_score(int count);
+
+struct Nlvr2Score {
+  double accuracy = 0;     // fraction correct
+  double consistency = 0;  // fraction of sentences whose every image pair is correct
+};
+// identifiers as in NLVR2 ("dev-850-0-1": split-set-pair-sentence); a sentence is grouped over
+// its pairs by split, set and sentence index.
+Nlvr2Score nlvr2_score(const std::vector<std::string>& identifiers, const std::vector<bool>& correct);
+
+}  // namespace vlmo
