@@ -49,5 +49,10 @@ Command tokenize_command();
 Command preprocess_command();
 Command demo_command();
 Command pretrain_command();
+Command vqa_command();
+Command nlvr2_command();
+Command itm_command();
+Command embed_command();
+Command search_command();
 
 }  // namespace vlmo::cli

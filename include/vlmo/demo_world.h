@@ -35,11 +35,19 @@ class DemoWorld {
   int num_caption_variants() const { return 6; }
   int image_size() const { return image_size_; }
 
+  // VQA-style question about a scene, with its single correct answer (variant picks the kind).
+  std::pair<std::string, std::string> question(const Scene& s, uint64_t variant) const;
+  // The answer vocabulary of the questions (colours, kinds, "1", "2", "yes", "no").
+  static std::vector<std::string> answers();
+  // NLVR2-style statement over a pair of scenes, with its truth value (variant picks it).
+  std::pair<std::string, bool> statement(const Scene& left, const Scene& right, uint64_t variant) const;
+
   static const std::vector<std::string>& colour_names();
   static const std::vector<std::string>& kind_names();
   static const std::vector<std::string>& place_names();
 
  private:
+  std::pair<std::string, bool> any_statement(const Scene& left, const Scene& right, uint64_t variant) const;
   int image_size_;
   std::vector<Scene> train_, val_, test_;
 };

@@ -74,6 +74,7 @@ struct TrainOptions {
   int prefetch = 2;
   bool progress = true;
   std::string config_json;      // stored in checkpoints
+  std::map<std::string, std::string> metadata;  // more metadata for checkpoints (e.g. answers)
   // Stop after this many steps of this run (for tests of resumption); 0: run to max_steps.
   int64_t stop_after = 0;
 };
@@ -91,7 +92,10 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
 // Checkpoint files: one safetensors file with "model.*", "optim.*", "rng.torch" and metadata
 // (step, config, format "vlmo-train-checkpoint"), written atomically.
 void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, const std::string& config_json,
-                     const std::string& stage);
+                     const std::string& stage, const std::map<std::string, std::string>& extra = {});
+// A model ready for inference from a checkpoint that records its config (training checkpoints,
+// or weight files written with a "config" metadata entry); `metadata` receives all metadata.
+VLMo load_model(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
 // The model weights of a checkpoint (also accepts plain weight files).
 TensorMap checkpoint_weights(const std::string& path);
 

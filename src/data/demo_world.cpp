@@ -138,4 +138,63 @@ std::string DemoWorld::caption(const Scene& s, int variant) const {
   return out + (v % 2 ? "." : "");
 }
 
+std::vector<std::string> DemoWorld::answers() {
+  std::vector<std::string> a = colour_names();
+  for (const auto& k : kind_names()) a.push_back(k);
+  for (const char* x : {"1", "2", "yes", "no"}) a.push_back(x);
+  return a;
+}
+
+std::pair<std::string, std::string> DemoWorld::question(const Scene& s, uint64_t v) const {
+  std::mt19937_64 rng(v);
+  const Shape& sh = s.shapes[rng() % s.shapes.size()];
+  switch (rng() % 5) {
+    case 0: return {"what color is the shape " + where(sh.place, 0) + "?", colour_names()[sh.colour]};
+    case 1: return {"what shape is " + where(sh.place, 0) + "?", kind_names()[sh.kind]};
+    case 2: return {"how many shapes are there?", std::to_string(s.shapes.size())};
+    case 3: {
+      // Half the time ask about a shape that is there.
+      const bool real = rng() % 2 == 0;
+      const int colour = real ? sh.colour : static_cast<int>(rng() % 6), kind = real ? sh.kind : static_cast<int>(rng() % 3);
+      bool present = false;
+      for (const auto& x : s.shapes) present = present || (x.colour == colour && x.kind == kind);
+      return {"is there a " + colour_names()[colour] + " " + kind_names()[kind] + "?", present ? "yes" : "no"};
+    }
+    default: return {"is the shape " + where(sh.place, 0) + " large?", sh.large ? "yes" : "no"};
+  }
+}
+
+std::pair<std::string, bool> DemoWorld::statement(const Scene& l, const Scene& r, uint64_t v) const {
+  // Draw statements until one has the wanted truth value, so that both labels are equally common.
+  std::mt19937_64 pick(v);
+  const bool want = pick() % 2 == 0;
+  std::pair<std::string, bool> s;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    s = any_statement(l, r, pick());
+    if (s.second == want) break;
+  }
+  return s;
+}
+
+std::pair<std::string, bool> DemoWorld::any_statement(const Scene& l, const Scene& r, uint64_t v) const {
+  std::mt19937_64 rng(v);
+  auto has = [](const Scene& s, int colour, int kind) {
+    for (const auto& x : s.shapes)
+      if ((colour < 0 || x.colour == colour) && (kind < 0 || x.kind == kind)) return true;
+    return false;
+  };
+  // Pick the attribute from a shape that exists half the time, so both truth values are common.
+  const Scene& src = rng() % 2 ? l : r;
+  const Shape& sh = src.shapes[rng() % src.shapes.size()];
+  const bool real = rng() % 2 == 0;
+  const int colour = real ? sh.colour : static_cast<int>(rng() % 6), kind = real ? sh.kind : static_cast<int>(rng() % 3);
+  const std::string thing = colour_names()[colour] + " " + kind_names()[kind];
+  switch (rng() % 4) {
+    case 0: return {"the left image contains a " + thing + ".", has(l, colour, kind)};
+    case 1: return {"the right image contains a " + thing + ".", has(r, colour, kind)};
+    case 2: return {"both images contain a " + kind_names()[kind] + ".", has(l, -1, kind) && has(r, -1, kind)};
+    default: return {"the left image has more shapes than the right image.", l.shapes.size() > r.shapes.size()};
+  }
+}
+
 }  // namespace vlmo

@@ -93,6 +93,14 @@ void resize_for(const Config& cfg, TensorMap& w, const TensorMap& model, LoadRep
                                    dst, " patches (bicubic)"));
     }
   }
+  // NLVR2 models have a third token type, made after loading as a copy of the image row.
+  it = w.find("token_type_embeddings.weight");
+  mt = model.find("token_type_embeddings.weight");
+  if (it != w.end() && mt != model.end() && it->second.dim() == 2 && it->second.size(0) == 2 &&
+      mt->second.size(0) == 3 && it->second.size(1) == mt->second.size(1)) {
+    it->second = at::cat({it->second, it->second.narrow(0, 1, 1)}, 0);
+    report.resized.push_back("token_type_embeddings: row 2 (second NLVR2 image) copied from row 1");
+  }
   for (const char* key : {"text_embeddings.position_embeddings.weight", "text_embeddings.position_ids"}) {
     const bool ids = std::strstr(key, "position_ids") != nullptr;
     it = w.find(key);

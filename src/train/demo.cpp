@@ -7,8 +7,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <fstream>
+#include <map>
 
+#include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/demo_world.h"
 #include "vlmo/error.h"
@@ -18,6 +21,8 @@
 
 namespace vlmo {
 namespace {
+
+constexpr double vqa_target_score = 1.0;  // every demo question has one unanimous answer
 
 Config demo_config() {
   Config c;
@@ -79,6 +84,58 @@ Recall evaluate_retrieval(VLMo& model, const Tokenizer& tok, const Split& s, con
   return retrieval_recall(at::matmul(at::cat(img_feats), at::cat(txt_feats).t()), s.caption_image);
 }
 
+// Pads and stacks token ids of several texts.
+std::pair<at::Tensor, at::Tensor> encode_texts(const Tokenizer& tok, const std::vector<std::string>& texts, int len) {
+  std::vector<int64_t> ids, masks;
+  for (const auto& t : texts) {
+    const Encoding e = tok.encode(t, len, true);
+    ids.insert(ids.end(), e.ids.begin(), e.ids.end());
+    masks.insert(masks.end(), e.mask.begin(), e.mask.end());
+  }
+  const int64_t n = static_cast<int64_t>(texts.size());
+  return {at::tensor(at::ArrayRef<int64_t>(ids), at::kLong).reshape({n, len}),
+          at::tensor(at::ArrayRef<int64_t>(masks), at::kLong).reshape({n, len})};
+}
+
+// The dual encoder's top-k re-scored with ITM logit[:, 1] plus the dual score (the official,
+// unwired compute_irtr_recall_with_rerank), for both directions.
+Recall evaluate_rerank(VLMo& model, const Tokenizer& tok, const Split& s, const Config& cfg, int64_t k) {
+  at::NoGradGuard guard;
+  model->eval();
+  std::vector<at::Tensor> pix;
+  for (const auto& im : s.images) pix.push_back(eval_transform(im, cfg.image_size));
+  const at::Tensor images = at::stack(pix);
+  const auto [ids, masks] = encode_texts(tok, s.captions, cfg.max_text_len);
+  const at::Tensor scores = at::matmul(model->infer_image_ft(images).cls_feats, model->infer_text_ft(ids, masks).cls_feats.t());
+  auto itm = [&](const at::Tensor& img_idx, const at::Tensor& txt_idx) {
+    std::vector<at::Tensor> out;
+    for (int64_t i = 0; i < img_idx.numel(); i += 128) {
+      const int64_t n = std::min<int64_t>(128, img_idx.numel() - i);
+      const at::Tensor ii = img_idx.narrow(0, i, n), tt = txt_idx.narrow(0, i, n);
+      out.push_back(model->itm_score->forward(model->infer(ids.index_select(0, tt), masks.index_select(0, tt),
+                                                           images.index_select(0, ii)).cls_feats).select(1, 1));
+    }
+    return at::cat(out);
+  };
+  const int64_t ni = scores.size(0), nt = scores.size(1);
+  // Image -> text: re-rank each row's top k; the rest keep the dual order below them.
+  at::Tensor tr = scores - 1e4;
+  const at::Tensor top_t = std::get<1>(scores.topk(std::min(k, nt), 1));  // (Ni, k)
+  const at::Tensor rows = at::arange(ni, at::kLong).unsqueeze(1).expand_as(top_t).reshape({-1});
+  const at::Tensor rescored = itm(rows, top_t.reshape({-1})) + scores.index({rows, top_t.reshape({-1})});
+  tr.index_put_({rows, top_t.reshape({-1})}, rescored);
+  // Text -> image: the same per column.
+  at::Tensor ir = scores - 1e4;
+  const at::Tensor top_i = std::get<1>(scores.topk(std::min(k, ni), 0));  // (k, Nt)
+  const at::Tensor cols = at::arange(nt, at::kLong).unsqueeze(0).expand_as(top_i).reshape({-1});
+  const at::Tensor rescored_i = itm(top_i.reshape({-1}), cols) + scores.index({top_i.reshape({-1}), cols});
+  ir.index_put_({top_i.reshape({-1}), cols}, rescored_i);
+  model->train();
+  Recall a = retrieval_recall(tr, s.caption_image), b = retrieval_recall(ir, s.caption_image);
+  a.ir1 = b.ir1, a.ir5 = b.ir5, a.ir10 = b.ir10;
+  return a;
+}
+
 nlohmann::json recall_json(const Recall& r) {
   return {{"tr_r1", r.tr1}, {"tr_r5", r.tr5}, {"tr_r10", r.tr10}, {"ir_r1", r.ir1}, {"ir_r5", r.ir5}, {"ir_r10", r.ir10}};
 }
@@ -108,6 +165,39 @@ nlohmann::json run_demo(const DemoOptions& o) {
   std::remove(metrics.c_str());
 
   // One training run of a stage: examples from the training scenes, in a per-epoch order.
+  // Trains `m` with `batches` and records the stage in the report.
+  auto fit = [&](VLMo& m, const std::string& name, const ObjectiveFn& objective, const BatchFn& batches,
+                 int64_t n_steps, int64_t batch, double lr, double head_lr_mult,
+                 const std::map<std::string, std::string>& meta) {
+    TrainOptions t;
+    t.name = name;
+    t.max_steps = n_steps;
+    t.warmup_steps = std::max<int64_t>(1, n_steps / 10);
+    t.lr = lr;
+    t.head_lr_mult = head_lr_mult;
+    t.batch_size = batch;
+    t.progress = o.progress;
+    t.log_every = 25;
+    t.loader_threads = 1;
+    t.checkpoint_path = o.out_dir + "/" + name + ".safetensors";
+    t.config_json = config_to_json_text(m->config());
+    t.metadata = meta;
+    t.metrics_path = o.out_dir + "/" + name + ".metrics.jsonl";
+    const TrainResult r = train(m, objective, batches, t);
+    // Summaries: mean of each logged value over the first and the last 10 % of steps.
+    nlohmann::json first, last;
+    const size_t w = std::max<size_t>(1, r.history.size() / 10);
+    for (const auto& [k, v] : r.history.front()) {
+      if (k == "step" || k == "lr") continue;
+      double a = 0, b = 0;
+      for (size_t i = 0; i < w; ++i) a += r.history[i].at(k), b += r.history[r.history.size() - 1 - i].at(k);
+      first[k] = a / w;
+      last[k] = b / w;
+    }
+    report["stages"][name] = {{"steps", r.steps}, {"batch", batch}, {"lr", lr}, {"seconds", r.seconds},
+                              {"first_steps", first}, {"last_steps", last}};
+  };
+
   auto run_stage = [&](const std::string& name, Stage stage, const ObjectiveFn& objective, int64_t n_steps,
                        int64_t batch, double lr, bool with_images, bool with_text, bool patch_mask) {
     set_trainable_for_stage(model, stage);
@@ -130,32 +220,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
       }
       return collate(ex, tok, co, mix_seed(stage_seed, index));
     };
-    TrainOptions t;
-    t.name = name;
-    t.max_steps = n_steps;
-    t.warmup_steps = std::max<int64_t>(1, n_steps / 10);
-    t.lr = lr;
-    t.batch_size = batch;
-    t.metrics_path = "";
-    t.progress = o.progress;
-    t.log_every = 25;
-    t.loader_threads = 1;
-    t.checkpoint_path = o.out_dir + "/" + name + ".safetensors";
-    t.config_json = config_to_json_text(cfg);
-    t.metrics_path = o.out_dir + "/" + name + ".metrics.jsonl";
-    const TrainResult r = train(model, objective, batches, t);
-    // Summaries: mean of each logged value over the first and the last 10 % of steps.
-    nlohmann::json first, last;
-    const size_t w = std::max<size_t>(1, r.history.size() / 10);
-    for (const auto& [k, v] : r.history.front()) {
-      if (k == "step" || k == "lr") continue;
-      double a = 0, b = 0;
-      for (size_t i = 0; i < w; ++i) a += r.history[i].at(k), b += r.history[r.history.size() - 1 - i].at(k);
-      first[k] = a / w;
-      last[k] = b / w;
-    }
-    report["stages"][name] = {{"steps", r.steps}, {"batch", batch}, {"lr", lr}, {"seconds", r.seconds},
-                              {"first_steps", first}, {"last_steps", last}};
+    fit(model, name, objective, batches, n_steps, batch, lr, 1.0, {});
   };
 
   run_stage("stage1-image", Stage::kImage, mim_objective, steps(150), 64, 1e-3, true, false, true);
@@ -165,11 +230,132 @@ nlohmann::json run_demo(const DemoOptions& o) {
   run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(600), 64, 1e-3, true, true, false);
   const Recall ft = evaluate_retrieval(model, tok, test, cfg);
   const Recall ft_val = evaluate_retrieval(model, tok, val, cfg);
+  const Recall reranked = evaluate_rerank(model, tok, test, cfg, 8);
   const Recall chance = chance_recall(static_cast<int64_t>(test.images.size()), test.caption_image);
+  const std::string stage3 = o.out_dir + "/stage3-vl.safetensors";
+
+  // ---- VQA: a 13-way answer classifier on the fusion encoder, from the stage-3 weights.
+  const std::vector<std::string> answers = DemoWorld::answers();
+  Config vcfg = cfg;
+  vcfg.heads = {"vqa"};
+  vcfg.vqav2_label_size = static_cast<int>(answers.size());
+  VLMo vqa(vcfg);
+  init_weights(vqa, o.seed);
+  load_weights(vqa, checkpoint_weights(stage3), false);
+  auto answer_index = [&](const std::string& a) {
+    return static_cast<int64_t>(std::find(answers.begin(), answers.end(), a) - answers.begin());
+  };
+  {
+    auto order = std::make_shared<EpochOrder>(train_scenes.size(), mix_seed(o.seed, 501));
+    BatchFn batches = [&, order](int64_t index) {
+      const int64_t B = 32;
+      std::vector<at::Tensor> pix;
+      std::vector<std::string> qs;
+      at::Tensor targets = at::zeros({B, static_cast<int64_t>(answers.size())});
+      for (int64_t j = 0; j < B; ++j) {
+        const int64_t g = index * B + j;
+        const Scene& sc = train_scenes[order->at(g)];
+        const auto [q, a] = world.question(sc, mix_seed(o.seed + 7, g));
+        pix.push_back(to_normalized_tensor(world.render(sc)));
+        qs.push_back(q);
+        targets[j][answer_index(a)] = vqa_target_score;
+      }
+      Batch b;
+      std::tie(b.text_ids, b.text_masks) = encode_texts(tok, qs, cfg.max_text_len);
+      b.image = at::stack(pix);
+      b.vqa_targets = targets;
+      return b;
+    };
+    ObjectiveFn objective = [](VLMo& m, const Batch& b) {
+      LogitsLoss l = compute_vqa(m, b);
+      const at::Tensor picked = l.logits.argmax(1);
+      return Outputs{{"vqa_loss", l.loss},
+                     {"vqa_score", b.vqa_targets.gather(1, picked.unsqueeze(1)).mean().detach()}};
+    };
+    fit(vqa, "finetune-vqa", objective, batches, steps(300), 32, 1e-3, 20.0, {{"vqa_answers", nlohmann::json(answers).dump()}});
+  }
+  // Test: two questions per test scene; majority answer = the most frequent training answer.
+  double vqa_acc = 0, vqa_majority = 0;
+  int64_t vqa_n = 0;
+  {
+    std::map<std::string, int> counts;
+    for (size_t i = 0; i < train_scenes.size(); ++i) counts[world.question(train_scenes[i], mix_seed(o.seed + 7, i)).second]++;
+    const std::string majority = std::max_element(counts.begin(), counts.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+    at::NoGradGuard guard;
+    vqa->eval();
+    std::vector<at::Tensor> pix;
+    std::vector<std::string> qs, gold;
+    for (size_t i = 0; i < world.split("test").size(); ++i)
+      for (int k = 0; k < 2; ++k) {
+        const Scene& sc = world.split("test")[i];
+        const auto [q, a] = world.question(sc, mix_seed(o.seed + 99, i * 2 + k));
+        pix.push_back(to_normalized_tensor(world.render(sc)));
+        qs.push_back(q);
+        gold.push_back(a);
+      }
+    const auto [ids, masks] = encode_texts(tok, qs, cfg.max_text_len);
+    const at::Tensor pred = vqa->vqa_classifier->forward(vqa->infer(ids, masks, at::stack(pix)).cls_feats).argmax(1);
+    for (size_t i = 0; i < gold.size(); ++i) {
+      vqa_acc += answers[pred[i].item<int64_t>()] == gold[i];
+      vqa_majority += gold[i] == majority;
+    }
+    vqa_n = static_cast<int64_t>(gold.size());
+    vqa_acc /= vqa_n;
+    vqa_majority /= vqa_n;
+    report["vqa"] = {{"test_questions", vqa_n}, {"accuracy", vqa_acc}, {"majority_answer", majority},
+                     {"majority_accuracy", vqa_majority}};
+  }
+
+  // ---- NLVR2: statements over image pairs, two fusion passes, three token types.
+  Config ncfg = cfg;
+  ncfg.heads = {"nlvr2"};
+  ncfg.num_token_types = 3;
+  VLMo nlvr2(ncfg);
+  init_weights(nlvr2, o.seed);
+  load_weights(nlvr2, checkpoint_weights(stage3), false);
+  auto pair_batch = [&](const std::vector<Scene>& scenes, int64_t first, int64_t B, uint64_t salt) {
+    std::vector<at::Tensor> p0, p1;
+    std::vector<std::string> st;
+    std::vector<int64_t> labels;
+    for (int64_t j = 0; j < B; ++j) {
+      const uint64_t g = static_cast<uint64_t>(first + j);
+      const Scene& l = scenes[mix_seed(salt, 2 * g) % scenes.size()];
+      const Scene& r = scenes[mix_seed(salt, 2 * g + 1) % scenes.size()];
+      const auto [text, truth] = world.statement(l, r, mix_seed(salt + 1, g));
+      p0.push_back(to_normalized_tensor(world.render(l)));
+      p1.push_back(to_normalized_tensor(world.render(r)));
+      st.push_back(text);
+      labels.push_back(truth ? 1 : 0);
+    }
+    Batch b;
+    std::tie(b.text_ids, b.text_masks) = encode_texts(tok, st, cfg.max_text_len);
+    b.image_0 = at::stack(p0);
+    b.image_1 = at::stack(p1);
+    b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
+    return b;
+  };
+  {
+    BatchFn batches = [&](int64_t index) { return pair_batch(train_scenes, index * 32, 32, mix_seed(o.seed, 777)); };
+    ObjectiveFn objective = [](VLMo& m, const Batch& b) {
+      LogitsLoss l = compute_nlvr2(m, b);
+      return Outputs{{"nlvr2_loss", l.loss}, {"nlvr2_acc", l.logits.argmax(1).eq(b.nlvr2_labels).to(at::kFloat).mean().detach()}};
+    };
+    fit(nlvr2, "finetune-nlvr2", objective, batches, steps(300), 32, 1e-3, 1.0, {});
+  }
+  {
+    at::NoGradGuard guard;
+    nlvr2->eval();
+    const Batch b = pair_batch(world.split("test"), 0, 200, mix_seed(o.seed, 778));
+    const at::Tensor pred = compute_nlvr2(nlvr2, b).logits.argmax(1);
+    const double acc = pred.eq(b.nlvr2_labels).to(at::kDouble).mean().item<double>();
+    const double pos = b.nlvr2_labels.to(at::kDouble).mean().item<double>();
+    report["nlvr2"] = {{"test_pairs", 200}, {"accuracy", acc}, {"majority_accuracy", std::max(pos, 1 - pos)}};
+  }
 
   report["retrieval"] = {{"test_after_pretraining", recall_json(zero_shot)},
                          {"test_after_finetuning", recall_json(ft)},
                          {"val_after_finetuning", recall_json(ft_val)},
+                         {"test_after_finetuning_itm_rerank_top8", recall_json(reranked)},
                          {"chance", recall_json(chance)}};
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
 
@@ -183,6 +369,12 @@ nlohmann::json run_demo(const DemoOptions& o) {
   row("chance", chance);
   row("after pre-training (no fine-tune)", zero_shot);
   row("after retrieval fine-tuning", ft);
+  row("  + ITM re-ranking of the top 8", reranked);
+  std::printf("\n%-34s %8s %10s\n", "task (test split)", "accuracy", "majority");
+  std::printf("%-34s %7.1f%% %9.1f%%\n", "VQA (2 questions per image)", 100 * report["vqa"]["accuracy"].get<double>(),
+              100 * report["vqa"]["majority_accuracy"].get<double>());
+  std::printf("%-34s %7.1f%% %9.1f%%\n", "NLVR2 (200 image pairs)", 100 * report["nlvr2"]["accuracy"].get<double>(),
+              100 * report["nlvr2"]["majority_accuracy"].get<double>());
   std::printf("R@1 over chance: TR %.1fx, IR %.1fx; total time %.0f s; report: %s/report.json\n", ft.tr1 / chance.tr1,
               ft.ir1 / chance.ir1, report["seconds"].get<double>(), o.out_dir.c_str());
   std::ofstream(o.out_dir + "/report.json") << report.dump(2) << "\n";

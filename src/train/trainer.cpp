@@ -93,7 +93,7 @@ void AdamW::load_state(const TensorMap& state, int64_t steps) {
 }
 
 void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, const std::string& config_json,
-                     const std::string& stage) {
+                     const std::string& stage, const std::map<std::string, std::string>& extra) {
   TensorMap all;
   for (const auto& [k, v] : model_state_dict(*model)) all["model." + k] = v;
   for (const auto& [k, v] : opt.state()) all["optim." + k] = v;
@@ -102,23 +102,45 @@ void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, con
     std::lock_guard<std::mutex> lock(gen.mutex());
     all["rng.torch"] = gen.get_state();
   }
-  write_safetensors(path, all,
-                    {{"format", "vlmo-train-checkpoint"}, {"step", std::to_string(opt.steps())},
-                     {"stage", stage}, {"config", config_json}});
+  std::map<std::string, std::string> meta = extra;
+  meta["format"] = "vlmo-train-checkpoint";
+  meta["step"] = std::to_string(opt.steps());
+  meta["stage"] = stage;
+  meta["config"] = config_json;
+  write_safetensors(path, all, meta);
 }
+
+
+namespace {
+// The model's tensors of a safetensors file: "model.*" of a training checkpoint, else all.
+TensorMap model_tensors(const SafetensorsFile& f) {
+  auto fmt = f.metadata.find("format");
+  if (fmt == f.metadata.end() || fmt->second != "vlmo-train-checkpoint") return f.tensors;
+  TensorMap out;
+  for (const auto& [k, v] : f.tensors)
+    if (k.rfind("model.", 0) == 0) out[k.substr(6)] = v;
+  return out;
+}
+}  // namespace
 
 TensorMap checkpoint_weights(const std::string& path) {
   std::ifstream probe(path, std::ios::binary);
   char magic[4] = {0};
   probe.read(magic, 4);
   if (std::string(magic, 4) == std::string("PK\x03\x04", 4)) return read_weights(path);
+  return model_tensors(read_safetensors(path));
+}
+
+VLMo load_model(const std::string& path, std::map<std::string, std::string>* metadata) {
   SafetensorsFile f = read_safetensors(path);
-  auto fmt = f.metadata.find("format");
-  if (fmt == f.metadata.end() || fmt->second != "vlmo-train-checkpoint") return f.tensors;
-  TensorMap out;
-  for (auto& [k, v] : f.tensors)
-    if (k.rfind("model.", 0) == 0) out[k.substr(6)] = v;
-  return out;
+  auto cfg = f.metadata.find("config");
+  if (cfg == f.metadata.end())
+    throw Error(cat(path, ": no model config recorded in the file (expected a vlmo checkpoint)"));
+  VLMo model(config_from_json_text(cfg->second, path + " (config)"));
+  load_weights(model, model_tensors(f), /*strict=*/true);
+  model->eval();
+  if (metadata) *metadata = f.metadata;
+  return model;
 }
 
 namespace {
@@ -281,7 +303,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     const bool stop_now = o.stop_after > 0 && step + 1 - start >= o.stop_after;
     if (!o.checkpoint_path.empty() &&
         (last || stop_now || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0)))
-      save_checkpoint(o.checkpoint_path, model, optim, o.config_json, o.name);
+      save_checkpoint(o.checkpoint_path, model, optim, o.config_json, o.name, o.metadata);
     result.steps = step + 1;
     if (stop_now) break;
   }
