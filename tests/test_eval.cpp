@@ -49,3 +49,58 @@ TEST(Nlvr2Eval, AccuracyAndConsistency) {
   EXPECT_DOUBLE_EQ(s.accuracy, 0.8);
   EXPECT_DOUBLE_EQ(s.consistency, 0.5);
 }
+
+#include <fstream>
+
+#include "test_util.h"
+#include "vlmo/downstream_data.h"
+
+TEST(VqaData, ReadsVqav2AndBuildsTheOfficialVocabularyAndTargets) {
+  const std::string dir = vlmo::test::temp_dir();
+  std::ofstream(dir + "/q.json") << R"({"questions": [
+    {"image_id": 1, "question": "What color?", "question_id": 10},
+    {"image_id": 1, "question": "How many?", "question_id": 11},
+    {"image_id": 2, "question": "Is it?", "question_id": 20}]})";
+  std::ofstream(dir + "/a.json") << R"({"annotations": [
+    {"question_id": 10, "image_id": 1, "multiple_choice_answer": "Red", "answers": [
+      {"answer": "red"}, {"answer": "red"}, {"answer": "red"}, {"answer": "red"}, {"answer": "dark red"},
+      {"answer": "dark red"}, {"answer": "maroon"}, {"answer": "red"}, {"answer": "Red"}, {"answer": "red"}]},
+    {"question_id": 11, "image_id": 1, "multiple_choice_answer": "two", "answers": [
+      {"answer": "2"}, {"answer": "2"}, {"answer": "two"}, {"answer": "3"}, {"answer": "2"},
+      {"answer": "2"}, {"answer": "2"}, {"answer": "2"}, {"answer": "2"}, {"answer": "2"}]},
+    {"question_id": 20, "image_id": 2, "multiple_choice_answer": "yes", "answers": [
+      {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"},
+      {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "no"}]}]})";
+  const auto qs = read_vqav2(dir + "/q.json", dir + "/a.json");
+  ASSERT_EQ(qs.size(), 3u);
+  EXPECT_EQ(qs[1].answers.size(), 10u);
+  // Normalised multiple-choice answers "red", "2", "yes", each once: min_count 1 keeps all.
+  EXPECT_EQ(build_answer_vocab(qs, 1), (std::vector<std::string>{"red", "2", "yes"}));
+  EXPECT_TRUE(build_answer_vocab(qs, 2).empty());
+  const std::unordered_map<std::string, int64_t> a2l = {{"red", 0}, {"2", 1}, {"yes", 2}, {"dark red", 3}};
+  // Raw answers are counted as given: "red" x6 -> 1.0, "dark red" x2 -> 0.6, "Red" unknown.
+  const SoftTargets t = vqa_soft_targets(qs[0].answers, a2l);
+  EXPECT_EQ(t.labels, (std::vector<int64_t>{0, 3}));
+  EXPECT_EQ(t.scores, (std::vector<double>{1.0, 0.6}));
+  EXPECT_TRUE(vqa_soft_targets({"purple", "teal"}, a2l).labels.empty());
+  EXPECT_EQ(coco_image_path("/coco/val2014", "val2014", 42), "/coco/val2014/COCO_val2014_000000000042.jpg");
+  write_vqa_submission(dir + "/sub.json", {{10, "red"}, {11, "2"}});
+  EXPECT_EQ(vlmo::test::read_file(dir + "/sub.json"),
+            "[{\"answer\":\"red\",\"question_id\":10},{\"answer\":\"2\",\"question_id\":11}]\n");
+  std::ofstream(dir + "/bad.json") << R"({"questions": [{"image_id": 1}]})";
+  vlmo::test::expect_error([&] { read_vqav2(dir + "/bad.json", ""); }, {"bad.json", "questions[0]"});
+}
+
+TEST(Nlvr2Data, ReadsJsonLinesWithImagePaths) {
+  const std::string dir = vlmo::test::temp_dir();
+  std::ofstream(dir + "/dev.json") << R"({"identifier": "dev-850-0-1", "sentence": "One image has dogs.", "label": "True"})" "\n"
+                                   << R"({"identifier": "train-1-2-0", "sentence": "x", "label": "False", "directory": 7})" "\n";
+  const auto ex = read_nlvr2(dir + "/dev.json", "/nlvr2/images", "dev");
+  ASSERT_EQ(ex.size(), 2u);
+  EXPECT_EQ(ex[0].image0, "/nlvr2/images/dev/dev-850-0-img0.png");
+  EXPECT_EQ(ex[0].image1, "/nlvr2/images/dev/dev-850-0-img1.png");
+  EXPECT_TRUE(ex[0].label);
+  EXPECT_EQ(ex[1].image0, "/nlvr2/images/dev/7/train-1-2-img0.png");
+  std::ofstream(dir + "/bad.json") << R"({"identifier": "dev-1-0-0", "sentence": "s", "label": "maybe"})" "\n";
+  vlmo::test::expect_error([&] { read_nlvr2(dir + "/bad.json", "/r", "dev"); }, {"bad.json:1", "True"});
+}

@@ -1,0 +1,141 @@
+#include "vlmo/downstream_data.h"
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "vlmo/error.h"
+#include "vlmo/safetensors.h"
+#include "vlmo/vqa_eval.h"
+
+namespace vlmo {
+namespace {
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(cat(path, ": cannot open"));
+  try {
+    nlohmann::json j;
+    in >> j;
+    return j;
+  } catch (const std::exception& e) {
+    throw Error(cat(path, ": not valid JSON (", e.what(), ")"));
+  }
+}
+}  // namespace
+
+std::vector<VqaQuestion> read_vqav2(const std::string& questions_json, const std::string& annotations_json) {
+  const nlohmann::json q = read_json(questions_json);
+  if (!q.contains("questions") || !q["questions"].is_array())
+    throw Error(cat(questions_json, ": expected {\"questions\": [...]} (VQAv2 questions file)"));
+  std::vector<VqaQuestion> out;
+  std::map<int64_t, size_t> by_id;
+  for (size_t i = 0; i < q["questions"].size(); ++i) {
+    const auto& e = q["questions"][i];
+    if (!e.contains("question_id") || !e.contains("image_id") || !e.contains("question") || !e["question"].is_string())
+      throw Error(cat(questions_json, ": questions[", i, "] needs question_id, image_id and question"));
+    VqaQuestion v;
+    v.question_id = e["question_id"].get<int64_t>();
+    v.image_id = e["image_id"].get<int64_t>();
+    v.question = e["question"].get<std::string>();
+    by_id[v.question_id] = out.size();
+    out.push_back(std::move(v));
+  }
+  if (annotations_json.empty()) return out;
+  const nlohmann::json a = read_json(annotations_json);
+  if (!a.contains("annotations") || !a["annotations"].is_array())
+    throw Error(cat(annotations_json, ": expected {\"annotations\": [...]} (VQAv2 annotations file)"));
+  for (size_t i = 0; i < a["annotations"].size(); ++i) {
+    const auto& e = a["annotations"][i];
+    const std::string where = cat(annotations_json, ": annotations[", i, "]");
+    if (!e.contains("question_id") || !e.contains("answers") || !e["answers"].is_array())
+      throw Error(cat(where, ": needs question_id and answers"));
+    auto it = by_id.find(e["question_id"].get<int64_t>());
+    if (it == by_id.end()) throw Error(cat(where, ": question_id ", e["question_id"].dump(), " is not in ", questions_json));
+    VqaQuestion& v = out[it->second];
+    if (e.contains("multiple_choice_answer") && e["multiple_choice_answer"].is_string())
+      v.multiple_choice_answer = e["multiple_choice_answer"].get<std::string>();
+    for (const auto& ans : e["answers"]) {
+      if (!ans.contains("answer") || !ans["answer"].is_string()) throw Error(cat(where, ": an answer lacks \"answer\""));
+      v.answers.push_back(ans["answer"].get<std::string>());
+    }
+  }
+  return out;
+}
+
+std::string coco_image_path(const std::string& folder, const std::string& split, int64_t image_id) {
+  char name[64];
+  std::snprintf(name, sizeof name, "COCO_%s_%012lld.jpg", split.c_str(), static_cast<long long>(image_id));
+  return folder + "/" + name;
+}
+
+std::vector<std::string> build_answer_vocab(const std::vector<VqaQuestion>& questions, int min_count) {
+  std::vector<std::string> order;
+  std::unordered_map<std::string, int> counts;
+  for (const auto& q : questions) {
+    if (q.multiple_choice_answer.empty()) continue;
+    const std::string a = normalize_vqa_answer(q.multiple_choice_answer);
+    if (counts[a]++ == 0) order.push_back(a);
+  }
+  std::vector<std::string> vocab;
+  for (const auto& a : order)
+    if (counts[a] >= min_count) vocab.push_back(a);
+  return vocab;
+}
+
+SoftTargets vqa_soft_targets(const std::vector<std::string>& raw_answers,
+                             const std::unordered_map<std::string, int64_t>& answer_to_label) {
+  std::vector<std::string> order;
+  std::unordered_map<std::string, int> counts;
+  for (const auto& a : raw_answers)
+    if (counts[a]++ == 0) order.push_back(a);
+  SoftTargets t;
+  for (const auto& a : order) {
+    auto it = answer_to_label.find(a);
+    if (it == answer_to_label.end()) continue;
+    t.labels.push_back(it->second);
+    t.scores.push_back(vqa_soft_score(counts[a]));
+  }
+  return t;
+}
+
+void write_vqa_submission(const std::string& path, const std::vector<std::pair<int64_t, std::string>>& answers) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& [id, a] : answers) j.push_back({{"question_id", id}, {"answer", a}});
+  write_file_atomic(path, j.dump() + "\n");
+}
+
+std::vector<Nlvr2Example> read_nlvr2(const std::string& jsonl, const std::string& image_root, const std::string& split) {
+  std::ifstream in(jsonl);
+  if (!in) throw Error(cat(jsonl, ": cannot open"));
+  std::vector<Nlvr2Example> out;
+  std::string line;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception& e) {
+      throw Error(cat(jsonl, ":", n, ": not valid JSON (", e.what(), ")"));
+    }
+    for (const char* f : {"identifier", "sentence", "label"})
+      if (!j.contains(f) || !j[f].is_string()) throw Error(cat(jsonl, ":", n, ": expected a string field \"", f, "\""));
+    Nlvr2Example e;
+    e.identifier = j["identifier"].get<std::string>();
+    e.sentence = j["sentence"].get<std::string>();
+    const std::string label = j["label"].get<std::string>();
+    if (label != "True" && label != "False") throw Error(cat(jsonl, ":", n, ": label must be \"True\" or \"False\", got \"", label, "\""));
+    e.label = label == "True";
+    const size_t dash = e.identifier.rfind('-');
+    if (dash == std::string::npos) throw Error(cat(jsonl, ":", n, ": identifier \"", e.identifier, "\" has no sentence index"));
+    std::string dir = image_root + "/" + split;
+    if (j.contains("directory")) dir += "/" + (j["directory"].is_string() ? j["directory"].get<std::string>() : j["directory"].dump());
+    const std::string base = dir + "/" + e.identifier.substr(0, dash);
+    e.image0 = base + "-img0.png";
+    e.image1 = base + "-img1.png";
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace vlmo
