@@ -98,7 +98,7 @@ Args Command::parse(const std::vector<std::string>& argv) const {
 }
 
 std::vector<Command> all_commands() {
-  return {demo_command(), pretrain_command(), info_command(), convert_command(), check_reference_command(), tokenize_command(),
+  return {demo_command(), pretrain_command(), finetune_command(), evaluate_command(), info_command(), convert_command(), check_reference_command(), tokenize_command(),
           preprocess_command(), embed_command(),  search_command(),          vqa_command(),
           nlvr2_command(),      itm_command()};
 }

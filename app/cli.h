@@ -54,5 +54,7 @@ Command nlvr2_command();
 Command itm_command();
 Command embed_command();
 Command search_command();
+Command finetune_command();
+Command evaluate_command();
 
 }  // namespace vlmo::cli

@@ -95,3 +95,55 @@ if(NOT LAST_OUT MATCHES " (a|b)\n")
   message(FATAL_ERROR "image query against the text index should print an id: ${LAST_OUT}")
 endif()
 expect_error(search_bad_index "not an embedding file" ${VLMO} search --model ${D}/finetune-retrieval.safetensors --index ${D}/finetune-vqa.safetensors --text "x")
+
+# Fine-tuning recipes and official metrics on tiny datasets in the real formats.
+set(F ${WORK}/ft)
+file(MAKE_DIRECTORY ${F}/coco ${F}/nlvr2/train/3 ${F}/nlvr2/dev ${F}/kp)
+file(COPY_FILE ${IMG}/messi5.jpg ${F}/coco/COCO_train2014_000000000001.jpg)
+file(COPY_FILE ${IMG}/ela_original.jpg ${F}/coco/COCO_train2014_000000000002.jpg)
+file(WRITE ${F}/q.json [=[{"questions": [{"image_id": 1, "question": "what is he playing?", "question_id": 10},
+  {"image_id": 2, "question": "is it a photo?", "question_id": 20}]}]=])
+file(WRITE ${F}/a.json [=[{"annotations": [
+  {"question_id": 10, "image_id": 1, "multiple_choice_answer": "soccer", "answers": [{"answer": "soccer"}, {"answer": "soccer"}, {"answer": "football"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}]},
+  {"question_id": 20, "image_id": 2, "multiple_choice_answer": "yes", "answers": [{"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "no"}, {"answer": "yes"}, {"answer": "yes"}]}]}]=])
+expect_ok(finetune_vqa ${VLMO} finetune --task vqa --init ${D}/stage3-vl.safetensors --questions ${F}/q.json --annotations ${F}/a.json
+          --images ${F}/coco --min-answer-count 1 --image-size 64 --steps 2 --batch-size 2 --out ${F}/vqa.safetensors --metrics ${F}/vqa.jsonl)
+expect_ok(evaluate_vqa ${VLMO} evaluate --task vqa --model ${F}/vqa.safetensors --questions ${F}/q.json --annotations ${F}/a.json
+          --images ${F}/coco --image-split train2014 --submission ${F}/submission.json)
+string(JSON acc GET "${LAST_OUT}" accuracy)
+file(READ ${F}/submission.json sub)
+string(JSON nsub LENGTH "${sub}")
+if(NOT nsub EQUAL 2 OR acc LESS 0 OR acc GREATER 1)
+  message(FATAL_ERROR "vqa evaluation: accuracy ${acc}, ${nsub} submission entries")
+endif()
+file(COPY_FILE ${IMG}/chelsea.png ${F}/nlvr2/train/3/train-1-0-img0.png)
+file(COPY_FILE ${IMG}/camera.png ${F}/nlvr2/train/3/train-1-0-img1.png)
+file(COPY_FILE ${IMG}/chelsea.png ${F}/nlvr2/dev/dev-5-0-img0.png)
+file(COPY_FILE ${IMG}/camera.png ${F}/nlvr2/dev/dev-5-0-img1.png)
+file(COPY_FILE ${IMG}/camera.png ${F}/nlvr2/dev/dev-5-1-img0.png)
+file(COPY_FILE ${IMG}/chelsea.png ${F}/nlvr2/dev/dev-5-1-img1.png)
+file(WRITE ${F}/train.json "{\"identifier\": \"train-1-0-0\", \"sentence\": \"the left image shows a cat.\", \"label\": \"True\", \"directory\": \"3\"}\n")
+file(WRITE ${F}/dev.json "{\"identifier\": \"dev-5-0-0\", \"sentence\": \"the left image shows a cat.\", \"label\": \"True\"}\n{\"identifier\": \"dev-5-1-0\", \"sentence\": \"the left image shows a cat.\", \"label\": \"False\"}\n")
+expect_ok(finetune_nlvr2 ${VLMO} finetune --task nlvr2 --init ${D}/stage3-vl.safetensors --train ${F}/train.json --images ${F}/nlvr2
+          --image-size 64 --steps 2 --batch-size 2 --out ${F}/nlvr2.safetensors --metrics ${F}/nlvr2.jsonl)
+expect_ok(evaluate_nlvr2 ${VLMO} evaluate --task nlvr2 --model ${F}/nlvr2.safetensors --data ${F}/dev.json --images ${F}/nlvr2 --split dev)
+string(JSON nacc GET "${LAST_OUT}" accuracy)
+string(JSON ncons GET "${LAST_OUT}" consistency)
+# Both examples share one sentence: consistent only when both are right.
+if(NOT ((nacc EQUAL 1 AND ncons EQUAL 1) OR (nacc LESS 1 AND ncons EQUAL 0)))
+  message(FATAL_ERROR "nlvr2: accuracy ${nacc} and consistency ${ncons} disagree: ${LAST_OUT}")
+endif()
+file(COPY_FILE ${IMG}/chelsea.png ${F}/kp/cat.png)
+file(COPY_FILE ${IMG}/camera.png ${F}/kp/camera.png)
+file(WRITE ${F}/kp.json [=[{"images": [
+  {"filename": "cat.png", "split": "train", "sentences": [{"raw": "a cat"}, {"raw": "a small cat"}]},
+  {"filename": "camera.png", "split": "test", "sentences": [{"raw": "a man with a camera"}]},
+  {"filename": "cat.png", "split": "test", "sentences": [{"raw": "a cat"}]}]}]=])
+expect_ok(finetune_irtr ${VLMO} finetune --task irtr --init ${D}/stage3-vl.safetensors --karpathy ${F}/kp.json --images ${F}/kp
+          --image-size 64 --steps 2 --batch-size 2 --out ${F}/irtr.safetensors --metrics ${F}/irtr.jsonl)
+expect_ok(evaluate_irtr ${VLMO} evaluate --task irtr --model ${F}/irtr.safetensors --karpathy ${F}/kp.json --images ${F}/kp --split test)
+string(JSON r10 GET "${LAST_OUT}" recall tr_r10)
+if(NOT r10 EQUAL 1)
+  message(FATAL_ERROR "irtr: with 2 test images every caption is within the top 10: ${LAST_OUT}")
+endif()
+expect_error(finetune_bad_task "unknown task" ${VLMO} finetune --task caption --init ${D}/stage3-vl.safetensors)
