@@ -276,7 +276,19 @@ int run_evaluate(const Args& a) {
       const auto [ids, masks] = texts(tok, std::vector<std::string>(caps.begin() + i, caps.begin() + std::min(caps.size(), i + 64)), cfg.max_text_len);
       txt_feats.push_back(model->infer_text_ft(ids, masks).cls_feats);
     }
-    const Recall rc = retrieval_recall(at::matmul(at::cat(img_feats), at::cat(txt_feats).t()), owner);
+    const at::Tensor scores = at::matmul(at::cat(img_feats), at::cat(txt_feats).t());
+    const Recall rc = retrieval_recall(scores, owner);
+    const int64_t k = a.get_int("rerank");
+    if (k > 0) {
+      if (model->itm_score.is_empty()) throw Error(cat(a.get("model"), ": --rerank needs an ITM head"));
+      std::vector<at::Tensor> all_pix;
+      for (const auto& kimg : read_karpathy(a.get("karpathy"), a.get("images")))
+        if (kimg.split == a.get("split")) all_pix.push_back(eval_transform(read_image(kimg.path), cfg.image_size));
+      const auto [ids, masks] = texts(tok, caps, cfg.max_text_len);
+      const Recall rr = rerank_recall(scores, owner, k, itm_pair_scorer(model, at::stack(all_pix), ids, masks));
+      out["recall_itm_rerank"] = {{"k", k}, {"tr_r1", rr.tr1}, {"tr_r5", rr.tr5}, {"tr_r10", rr.tr10},
+                                  {"ir_r1", rr.ir1}, {"ir_r5", rr.ir5}, {"ir_r10", rr.ir10}};
+    }
     out["images"] = ni;
     out["captions"] = caps.size();
     out["recall"] = {{"tr_r1", rc.tr1}, {"tr_r5", rc.tr5}, {"tr_r10", rc.tr10}, {"ir_r1", rc.ir1}, {"ir_r5", rc.ir5}, {"ir_r10", rc.ir10}};
@@ -329,6 +341,7 @@ Command evaluate_command() {
                {"data", "", "nlvr2: dev.json or test1.json"},
                {"split", "test", "nlvr2: dev or test1; irtr: Karpathy split (test, val)"},
                {"karpathy", "", "irtr: Karpathy JSON"},
+               {"rerank", "0", "irtr: re-rank the dual encoder's top K with the ITM head (0: off)"},
                {"images", ".", "image folder / root"},
                {"vocab", "", "vocab.txt (default: BERT uncased)"}};
   c.run = run_evaluate;

@@ -141,7 +141,8 @@ file(WRITE ${F}/kp.json [=[{"images": [
   {"filename": "cat.png", "split": "test", "sentences": [{"raw": "a cat"}]}]}]=])
 expect_ok(finetune_irtr ${VLMO} finetune --task irtr --init ${D}/stage3-vl.safetensors --karpathy ${F}/kp.json --images ${F}/kp
           --image-size 64 --steps 2 --batch-size 2 --out ${F}/irtr.safetensors --metrics ${F}/irtr.jsonl)
-expect_ok(evaluate_irtr ${VLMO} evaluate --task irtr --model ${F}/irtr.safetensors --karpathy ${F}/kp.json --images ${F}/kp --split test)
+expect_ok(evaluate_irtr ${VLMO} evaluate --task irtr --model ${F}/irtr.safetensors --karpathy ${F}/kp.json --images ${F}/kp --split test --rerank 2)
+string(JSON rr10 GET "${LAST_OUT}" recall_itm_rerank tr_r10)
 string(JSON r10 GET "${LAST_OUT}" recall tr_r10)
 if(NOT r10 EQUAL 1)
   message(FATAL_ERROR "irtr: with 2 test images every caption is within the top 10: ${LAST_OUT}")

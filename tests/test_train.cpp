@@ -296,3 +296,18 @@ TEST(WebDataset, StreamsShardsSkippingCorruptSamplesAndTruncatedShards) {
   const bool zero_has_a = c0 == "a football player";
   EXPECT_EQ(c1 == "a football player", !zero_has_a);
 }
+
+TEST(Retrieval, ItmRerankingByHand) {
+  const at::Tensor scores = at::tensor({0.9, 0.1, 0.8, 0.2, 0.5, 0.6, 0.7, 0.1}).reshape({2, 4});
+  // The "ITM" strongly prefers (image 1, caption 1): image 1's row now ranks caption 1 (owned by
+  // image 0) first, a TR miss; caption 1's column already ranked image 1 first.
+  int calls = 0;
+  const Recall r = rerank_recall(scores, {0, 0, 1, 1}, 2, [&](const at::Tensor& i, const at::Tensor& t) {
+    ++calls;
+    return (i.eq(1) & t.eq(1)).to(at::kFloat) * 5;
+  });
+  EXPECT_EQ(calls, 2);  // one batch per direction
+  EXPECT_DOUBLE_EQ(r.tr1, 0.5);
+  EXPECT_DOUBLE_EQ(r.ir1, 0.25);
+  EXPECT_DOUBLE_EQ(r.tr5, 1.0);
+}

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/Tensor.h>
 
+#include <functional>
 #include <vector>
 
 namespace vlmo {
@@ -13,6 +14,13 @@ struct Recall {
 };
 
 Recall retrieval_recall(const at::Tensor& scores, const std::vector<int64_t>& caption_image);
+
+// Re-ranking (the official, unwired compute_irtr_recall_with_rerank): the top k of every image's
+// row (TR) and of every caption's column (IR) are re-scored with `pair_score(images, captions)`
+// (the ITM logit of class 1) plus the dual score; the rest keep the dual order below them.
+using PairScoreFn = std::function<at::Tensor(const at::Tensor& image_index, const at::Tensor& caption_index)>;
+Recall rerank_recall(const at::Tensor& scores, const std::vector<int64_t>& caption_image, int64_t k,
+                     const PairScoreFn& pair_score);
 
 // Chance levels of the same metrics for a random ranking.
 Recall chance_recall(int64_t num_images, const std::vector<int64_t>& caption_image);

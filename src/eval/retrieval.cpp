@@ -30,6 +30,26 @@ Recall retrieval_recall(const at::Tensor& scores_in, const std::vector<int64_t>&
   return r;
 }
 
+Recall rerank_recall(const at::Tensor& scores_in, const std::vector<int64_t>& caption_image, int64_t k,
+                     const PairScoreFn& pair_score) {
+  const at::Tensor scores = scores_in.detach().to(at::kCPU).to(at::kFloat);
+  const int64_t ni = scores.size(0), nt = scores.size(1);
+  auto rescore = [&](const at::Tensor& rows, const at::Tensor& cols) {
+    at::Tensor out = scores - 1e4;  // everything outside the top k stays below, in dual order
+    out.index_put_({rows, cols}, pair_score(rows, cols).to(at::kFloat).reshape({-1}) + scores.index({rows, cols}));
+    return out;
+  };
+  const at::Tensor top_t = std::get<1>(scores.topk(std::min(k, nt), 1));  // (Ni, k) captions per image
+  const at::Tensor rows = at::arange(ni, at::kLong).unsqueeze(1).expand_as(top_t).reshape({-1});
+  const Recall tr = retrieval_recall(rescore(rows, top_t.reshape({-1})), caption_image);
+  const at::Tensor top_i = std::get<1>(scores.topk(std::min(k, ni), 0));  // (k, Nt) images per caption
+  const at::Tensor cols = at::arange(nt, at::kLong).unsqueeze(0).expand_as(top_i).reshape({-1});
+  const Recall ir = retrieval_recall(rescore(top_i.reshape({-1}), cols), caption_image);
+  Recall r = tr;
+  r.ir1 = ir.ir1, r.ir5 = ir.ir5, r.ir10 = ir.ir10;
+  return r;
+}
+
 Recall chance_recall(int64_t ni, const std::vector<int64_t>& caption_image) {
   const double nt = static_cast<double>(caption_image.size());
   std::vector<int64_t> per_image(ni, 0);

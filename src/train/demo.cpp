@@ -97,8 +97,7 @@ std::pair<at::Tensor, at::Tensor> encode_texts(const Tokenizer& tok, const std::
           at::tensor(at::ArrayRef<int64_t>(masks), at::kLong).reshape({n, len})};
 }
 
-// The dual encoder's top-k re-scored with ITM logit[:, 1] plus the dual score (the official,
-// unwired compute_irtr_recall_with_rerank), for both directions.
+// The dual encoder's top-k re-scored with the ITM head (vlmo::rerank_recall).
 Recall evaluate_rerank(VLMo& model, const Tokenizer& tok, const Split& s, const Config& cfg, int64_t k) {
   at::NoGradGuard guard;
   model->eval();
@@ -107,33 +106,9 @@ Recall evaluate_rerank(VLMo& model, const Tokenizer& tok, const Split& s, const 
   const at::Tensor images = at::stack(pix);
   const auto [ids, masks] = encode_texts(tok, s.captions, cfg.max_text_len);
   const at::Tensor scores = at::matmul(model->infer_image_ft(images).cls_feats, model->infer_text_ft(ids, masks).cls_feats.t());
-  auto itm = [&](const at::Tensor& img_idx, const at::Tensor& txt_idx) {
-    std::vector<at::Tensor> out;
-    for (int64_t i = 0; i < img_idx.numel(); i += 128) {
-      const int64_t n = std::min<int64_t>(128, img_idx.numel() - i);
-      const at::Tensor ii = img_idx.narrow(0, i, n), tt = txt_idx.narrow(0, i, n);
-      out.push_back(model->itm_score->forward(model->infer(ids.index_select(0, tt), masks.index_select(0, tt),
-                                                           images.index_select(0, ii)).cls_feats).select(1, 1));
-    }
-    return at::cat(out);
-  };
-  const int64_t ni = scores.size(0), nt = scores.size(1);
-  // Image -> text: re-rank each row's top k; the rest keep the dual order below them.
-  at::Tensor tr = scores - 1e4;
-  const at::Tensor top_t = std::get<1>(scores.topk(std::min(k, nt), 1));  // (Ni, k)
-  const at::Tensor rows = at::arange(ni, at::kLong).unsqueeze(1).expand_as(top_t).reshape({-1});
-  const at::Tensor rescored = itm(rows, top_t.reshape({-1})) + scores.index({rows, top_t.reshape({-1})});
-  tr.index_put_({rows, top_t.reshape({-1})}, rescored);
-  // Text -> image: the same per column.
-  at::Tensor ir = scores - 1e4;
-  const at::Tensor top_i = std::get<1>(scores.topk(std::min(k, ni), 0));  // (k, Nt)
-  const at::Tensor cols = at::arange(nt, at::kLong).unsqueeze(0).expand_as(top_i).reshape({-1});
-  const at::Tensor rescored_i = itm(top_i.reshape({-1}), cols) + scores.index({top_i.reshape({-1}), cols});
-  ir.index_put_({top_i.reshape({-1}), cols}, rescored_i);
+  const Recall r = rerank_recall(scores, s.caption_image, k, itm_pair_scorer(model, images, ids, masks));
   model->train();
-  Recall a = retrieval_recall(tr, s.caption_image), b = retrieval_recall(ir, s.caption_image);
-  a.ir1 = b.ir1, a.ir5 = b.ir5, a.ir10 = b.ir10;
-  return a;
+  return r;
 }
 
 nlohmann::json recall_json(const Recall& r) {
