@@ -44,18 +44,6 @@ Tokenizer tokenizer(const Args& a) {
   return Tokenizer::from_file(a.get("vocab").empty() ? Tokenizer::default_vocab_path() : a.get("vocab"));
 }
 
-std::pair<at::Tensor, at::Tensor> texts(const Tokenizer& tok, const std::vector<std::string>& t, int len) {
-  std::vector<int64_t> ids, masks;
-  for (const auto& s : t) {
-    const Encoding e = tok.encode(s, len, true);
-    ids.insert(ids.end(), e.ids.begin(), e.ids.end());
-    masks.insert(masks.end(), e.mask.begin(), e.mask.end());
-  }
-  const int64_t n = static_cast<int64_t>(t.size());
-  return {at::tensor(at::ArrayRef<int64_t>(ids), at::kLong).reshape({n, len}),
-          at::tensor(at::ArrayRef<int64_t>(masks), at::kLong).reshape({n, len})};
-}
-
 int run_finetune(const Args& a) {
   const std::string task = a.get("task");
   const Recipe r = recipe(task, a.get("preset"));
@@ -215,7 +203,7 @@ int run_evaluate(const Args& a) {
         pix.push_back(eval_transform(read_image(coco_image_path(a.get("images"), a.get("image-split"), qs[j].image_id)), cfg.image_size));
         q.push_back(qs[j].question);
       }
-      const auto [ids, masks] = texts(tok, q, cfg.max_text_len);
+      const auto [ids, masks] = encode_batch(tok, q, cfg.max_text_len);
       const at::Tensor pred = model->vqa_classifier->forward(model->infer(ids, masks, at::stack(pix)).cls_feats).argmax(1);
       for (size_t j = i; j < std::min(qs.size(), i + 32); ++j) {
         const std::string& ans = answers.at(pred[j - i].item<int64_t>());
@@ -240,7 +228,7 @@ int run_evaluate(const Args& a) {
         s.push_back(ex[j].sentence);
       }
       Batch b;
-      std::tie(b.text_ids, b.text_masks) = texts(tok, s, cfg.max_text_len);
+      std::tie(b.text_ids, b.text_masks) = encode_batch(tok, s, cfg.max_text_len);
       b.image_0 = at::stack(p0);
       b.image_1 = at::stack(p1);
       b.nlvr2_labels = at::zeros({static_cast<int64_t>(s.size())}, at::kLong);
@@ -273,7 +261,7 @@ int run_evaluate(const Args& a) {
     flush();
     if (ni == 0) throw Error(cat(a.get("karpathy"), ": no image in split \"", a.get("split"), "\""));
     for (size_t i = 0; i < caps.size(); i += 64) {
-      const auto [ids, masks] = texts(tok, std::vector<std::string>(caps.begin() + i, caps.begin() + std::min(caps.size(), i + 64)), cfg.max_text_len);
+      const auto [ids, masks] = encode_batch(tok, std::vector<std::string>(caps.begin() + i, caps.begin() + std::min(caps.size(), i + 64)), cfg.max_text_len);
       txt_feats.push_back(model->infer_text_ft(ids, masks).cls_feats);
     }
     const at::Tensor scores = at::matmul(at::cat(img_feats), at::cat(txt_feats).t());
@@ -284,7 +272,7 @@ int run_evaluate(const Args& a) {
       std::vector<at::Tensor> all_pix;
       for (const auto& kimg : read_karpathy(a.get("karpathy"), a.get("images")))
         if (kimg.split == a.get("split")) all_pix.push_back(eval_transform(read_image(kimg.path), cfg.image_size));
-      const auto [ids, masks] = texts(tok, caps, cfg.max_text_len);
+      const auto [ids, masks] = encode_batch(tok, caps, cfg.max_text_len);
       const Recall rr = rerank_recall(scores, owner, k, itm_pair_scorer(model, at::stack(all_pix), ids, masks));
       out["recall_itm_rerank"] = {{"k", k}, {"tr_r1", rr.tr1}, {"tr_r5", rr.tr5}, {"tr_r10", rr.tr10},
                                   {"ir_r1", rr.ir1}, {"ir_r5", rr.ir5}, {"ir_r10", rr.ir10}};

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/image_tensor.h"
 #include "vlmo/safetensors.h"
@@ -38,17 +39,9 @@ at::Tensor image_batch(const Loaded& l, const std::vector<std::string>& paths) {
 }
 
 std::pair<at::Tensor, at::Tensor> text_batch(const Loaded& l, const std::vector<std::string>& texts) {
-  std::vector<int64_t> ids, masks;
-  const int len = l.model->config().max_text_len;
-  for (const auto& t : texts) {
+  for (const auto& t : texts)
     if (t.find_first_not_of(" \t\r\n") == std::string::npos) throw Error("empty text (question, sentence or query)");
-    const Encoding e = l.tok.encode(t, len, true);
-    ids.insert(ids.end(), e.ids.begin(), e.ids.end());
-    masks.insert(masks.end(), e.mask.begin(), e.mask.end());
-  }
-  const int64_t n = static_cast<int64_t>(texts.size());
-  return {at::tensor(at::ArrayRef<int64_t>(ids), at::kLong).reshape({n, len}),
-          at::tensor(at::ArrayRef<int64_t>(masks), at::kLong).reshape({n, len})};
+  return encode_batch(l.tok, texts, l.model->config().max_text_len);
 }
 
 // Requests: from --input JSON lines, or the single one given by flags.

@@ -34,6 +34,10 @@ Batch collate(const std::vector<Example>& examples, const Tokenizer& tok, const 
 
 uint64_t mix_seed(uint64_t a, uint64_t b);
 
+// Token ids and attention masks of several texts, each [CLS] ... [SEP] padded to max_len: two
+// (N, max_len) int64 tensors, as the model's text inputs.
+std::pair<at::Tensor, at::Tensor> encode_batch(const Tokenizer& tok, const std::vector<std::string>& texts, int max_len);
+
 // The order of a map-style dataset of n samples: a fresh permutation per epoch from the seed.
 // at(g) is the dataset index of the g-th sample drawn overall (g counts across epochs).
 class EpochOrder {

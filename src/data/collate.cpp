@@ -18,6 +18,18 @@ uint64_t mix_seed(uint64_t a, uint64_t b) {  // splitmix64 of a combined value
   return z ^ (z >> 31);
 }
 
+std::pair<at::Tensor, at::Tensor> encode_batch(const Tokenizer& tok, const std::vector<std::string>& texts, int max_len) {
+  std::vector<int64_t> ids, masks;
+  for (const auto& t : texts) {
+    const Encoding e = tok.encode(t, max_len, true);
+    ids.insert(ids.end(), e.ids.begin(), e.ids.end());
+    masks.insert(masks.end(), e.mask.begin(), e.mask.end());
+  }
+  const int64_t n = static_cast<int64_t>(texts.size());
+  return {at::tensor(at::ArrayRef<int64_t>(ids), at::kLong).reshape({n, max_len}),
+          at::tensor(at::ArrayRef<int64_t>(masks), at::kLong).reshape({n, max_len})};
+}
+
 Batch collate(const std::vector<Example>& ex, const Tokenizer& tok, const CollateOptions& o, uint64_t seed) {
   const int64_t B = static_cast<int64_t>(ex.size());
   if (B == 0) throw Error("collate: empty batch");

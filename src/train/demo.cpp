@@ -68,33 +68,12 @@ Recall evaluate_retrieval(VLMo& model, const Tokenizer& tok, const Split& s, con
     img_feats.push_back(model->infer_image_ft(at::stack(pix)).cls_feats);
   }
   for (size_t i = 0; i < s.captions.size(); i += 64) {
-    std::vector<int64_t> ids, masks;
-    const size_t end = std::min(s.captions.size(), i + 64);
-    for (size_t j = i; j < end; ++j) {
-      const Encoding e = tok.encode(s.captions[j], cfg.max_text_len, true);
-      ids.insert(ids.end(), e.ids.begin(), e.ids.end());
-      masks.insert(masks.end(), e.mask.begin(), e.mask.end());
-    }
-    const int64_t n = static_cast<int64_t>(end - i);
-    txt_feats.push_back(model->infer_text_ft(at::tensor(at::ArrayRef<int64_t>(ids), at::kLong).reshape({n, -1}),
-                                             at::tensor(at::ArrayRef<int64_t>(masks), at::kLong).reshape({n, -1}))
-                            .cls_feats);
+    const std::vector<std::string> chunk(s.captions.begin() + i, s.captions.begin() + std::min(s.captions.size(), i + 64));
+    const auto [ids, masks] = encode_batch(tok, chunk, cfg.max_text_len);
+    txt_feats.push_back(model->infer_text_ft(ids, masks).cls_feats);
   }
   model->train();
   return retrieval_recall(at::matmul(at::cat(img_feats), at::cat(txt_feats).t()), s.caption_image);
-}
-
-// Pads and stacks token ids of several texts.
-std::pair<at::Tensor, at::Tensor> encode_texts(const Tokenizer& tok, const std::vector<std::string>& texts, int len) {
-  std::vector<int64_t> ids, masks;
-  for (const auto& t : texts) {
-    const Encoding e = tok.encode(t, len, true);
-    ids.insert(ids.end(), e.ids.begin(), e.ids.end());
-    masks.insert(masks.end(), e.mask.begin(), e.mask.end());
-  }
-  const int64_t n = static_cast<int64_t>(texts.size());
-  return {at::tensor(at::ArrayRef<int64_t>(ids), at::kLong).reshape({n, len}),
-          at::tensor(at::ArrayRef<int64_t>(masks), at::kLong).reshape({n, len})};
 }
 
 // The dual encoder's top-k re-scored with the ITM head (vlmo::rerank_recall).
@@ -104,7 +83,7 @@ Recall evaluate_rerank(VLMo& model, const Tokenizer& tok, const Split& s, const 
   std::vector<at::Tensor> pix;
   for (const auto& im : s.images) pix.push_back(eval_transform(im, cfg.image_size));
   const at::Tensor images = at::stack(pix);
-  const auto [ids, masks] = encode_texts(tok, s.captions, cfg.max_text_len);
+  const auto [ids, masks] = encode_batch(tok, s.captions, cfg.max_text_len);
   const at::Tensor scores = at::matmul(model->infer_image_ft(images).cls_feats, model->infer_text_ft(ids, masks).cls_feats.t());
   const Recall r = rerank_recall(scores, s.caption_image, k, itm_pair_scorer(model, images, ids, masks));
   model->train();
@@ -236,7 +215,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
         targets[j][answer_index(a)] = vqa_target_score;
       }
       Batch b;
-      std::tie(b.text_ids, b.text_masks) = encode_texts(tok, qs, cfg.max_text_len);
+      std::tie(b.text_ids, b.text_masks) = encode_batch(tok, qs, cfg.max_text_len);
       b.image = at::stack(pix);
       b.vqa_targets = targets;
       return b;
@@ -268,7 +247,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
         qs.push_back(q);
         gold.push_back(a);
       }
-    const auto [ids, masks] = encode_texts(tok, qs, cfg.max_text_len);
+    const auto [ids, masks] = encode_batch(tok, qs, cfg.max_text_len);
     const at::Tensor pred = vqa->vqa_classifier->forward(vqa->infer(ids, masks, at::stack(pix)).cls_feats).argmax(1);
     for (size_t i = 0; i < gold.size(); ++i) {
       vqa_acc += answers[pred[i].item<int64_t>()] == gold[i];
@@ -303,7 +282,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
       labels.push_back(truth ? 1 : 0);
     }
     Batch b;
-    std::tie(b.text_ids, b.text_masks) = encode_texts(tok, st, cfg.max_text_len);
+    std::tie(b.text_ids, b.text_masks) = encode_batch(tok, st, cfg.max_text_len);
     b.image_0 = at::stack(p0);
     b.image_1 = at::stack(p1);
     b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
