@@ -64,7 +64,7 @@ std::string read_text(const std::string& p) {
 }
 
 // config.json may carry fields of the fixture itself (source_*); the rest is a model config.
-Config fixture_config(const std::string& path, nlohmann::json* extra) {
+Config fixture_config(const std::string& path) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_text(path));
@@ -72,11 +72,7 @@ Config fixture_config(const std::string& path, nlohmann::json* extra) {
     throw Error(cat(path, ": not valid JSON: ", e.what()));
   }
   if (!j.is_object()) throw Error(cat(path, ": must be a JSON object"));
-  for (const char* k : {"source_image_size", "source_max_text_len"})
-    if (j.contains(k)) {
-      if (extra) (*extra)[k] = j[k];
-      j.erase(k);
-    }
+  for (const char* k : {"source_image_size", "source_max_text_len"}) j.erase(k);
   return config_from_json_text(j.dump(), path);
 }
 
@@ -87,7 +83,7 @@ const at::Tensor& input(const TensorMap& m, const std::string& key, const std::s
 }
 
 CheckResult check_forward(const std::string& dir, at::Device device) {
-  const Config cfg = fixture_config(dir + "/config.json", nullptr);
+  const Config cfg = fixture_config(dir + "/config.json");
   VLMo model(cfg);
   load_weights(model, load_safetensors(dir + "/weights.safetensors"), /*strict=*/true);
   model->to(device);
@@ -195,7 +191,7 @@ CheckResult check_forward(const std::string& dir, at::Device device) {
 }
 
 CheckResult check_resize(const std::string& dir, at::Device device) {
-  const Config cfg = fixture_config(dir + "/config.json", nullptr);
+  const Config cfg = fixture_config(dir + "/config.json");
   VLMo model(cfg);
   init_weights(model, 0);
   load_weights(model, load_safetensors(dir + "/source.safetensors"), /*strict=*/false);
