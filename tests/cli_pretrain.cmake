@@ -148,3 +148,33 @@ if(NOT r10 EQUAL 1)
   message(FATAL_ERROR "irtr: with 2 test images every caption is within the top 10: ${LAST_OUT}")
 endif()
 expect_error(finetune_bad_task "unknown task" ${VLMO} finetune --task caption --init ${D}/stage3-vl.safetensors)
+
+# `vlmo pretrain` on the other data formats: WebDataset shards (stage vl), an image folder
+# (stage image), a Karpathy JSON (stage vl).
+set(W ${WORK}/wds)
+file(MAKE_DIRECTORY ${W}/s)
+file(COPY_FILE ${IMG}/chelsea.png ${W}/s/000001.png)
+file(WRITE ${W}/s/000001.txt "a cat looking at the camera")
+file(COPY_FILE ${IMG}/messi5.jpg ${W}/s/000002.jpg)
+file(WRITE ${W}/s/000002.json "{\"caption\": \"a football player running\"}")
+file(COPY_FILE ${IMG}/camera.png ${W}/s/000003.png)
+file(WRITE ${W}/s/000003.txt "a man with a camera")
+execute_process(COMMAND ${CMAKE_COMMAND} -E tar cf ${W}/shard-000.tar s/000001.png s/000001.txt s/000002.jpg s/000002.json WORKING_DIRECTORY ${W})
+execute_process(COMMAND ${CMAKE_COMMAND} -E tar cf ${W}/shard-001.tar s/000003.png s/000003.txt WORKING_DIRECTORY ${W})
+expect_ok(pretrain_wds ${VLMO} pretrain --stage vl --config ${WORK}/tiny.json --webdataset "${W}/shard-{000..001}.tar"
+          --max-text-len 16 --steps 2 --warmup 1 --batch-size 2 --accumulate 1 --out ${W}/vl.safetensors --metrics ${W}/vl.jsonl)
+file(STRINGS ${W}/vl.jsonl wl)
+list(LENGTH wl nwl)
+if(NOT nwl EQUAL 2)
+  message(FATAL_ERROR "webdataset pretraining should log 2 steps, logged ${nwl}")
+endif()
+expect_ok(pretrain_images ${VLMO} pretrain --stage image --config ${WORK}/tiny.json --images ${W}/s --init ${W}/vl.safetensors
+          --steps 2 --warmup 1 --batch-size 2 --accumulate 1 --out ${W}/img.safetensors --metrics ${W}/img.jsonl)
+file(WRITE ${W}/kp.json [=[{"images": [
+  {"filepath": "s", "filename": "000001.png", "split": "train", "sentences": [{"raw": "a cat"}, {"raw": "a small cat"}]},
+  {"filepath": "s", "filename": "000003.png", "split": "restval", "sentences": [{"raw": "a man with a camera"}]},
+  {"filepath": "s", "filename": "000002.jpg", "split": "test", "sentences": [{"raw": "never used for training"}]}]}]=])
+expect_ok(pretrain_karpathy ${VLMO} pretrain --stage vl --config ${WORK}/tiny.json --karpathy ${W}/kp.json --image-root ${W}
+          --max-text-len 16 --steps 2 --warmup 1 --batch-size 2 --accumulate 1 --out ${W}/kp.safetensors --metrics ${W}/kp.jsonl)
+expect_error(pretrain_bad_karpathy "Karpathy split format" ${VLMO} pretrain --stage vl --config ${WORK}/tiny.json
+             --karpathy ${WORK}/tiny.json --steps 1)
