@@ -12,6 +12,7 @@
 #include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/image_tensor.h"
+#include "vlmo/json_lines.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/tokenizer.h"
 #include "vlmo/train.h"
@@ -48,21 +49,11 @@ std::pair<at::Tensor, at::Tensor> text_batch(const Loaded& l, const std::vector<
 std::vector<nlohmann::json> requests(const Args& a, const std::vector<std::string>& fields) {
   std::vector<nlohmann::json> out;
   if (!a.get("input").empty()) {
-    std::ifstream in(a.get("input"));
-    if (!in) throw Error(cat(a.get("input"), ": cannot open"));
-    std::string line;
-    for (size_t n = 1; std::getline(in, line); ++n) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const std::exception& e) {
-        throw Error(cat(a.get("input"), ":", n, ": not valid JSON (", e.what(), ")"));
-      }
+    for (auto& [n, j] : read_json_lines(a.get("input"))) {
       for (const auto& f : fields)
         if (!j.contains(f) || !j[f].is_string())
           throw Error(cat(a.get("input"), ":", n, ": expected a string field \"", f, "\""));
-      out.push_back(j);
+      out.push_back(std::move(j));
     }
     return out;
   }

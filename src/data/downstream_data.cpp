@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vlmo/error.h"
+#include "vlmo/json_lines.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/vqa_eval.h"
 
@@ -106,18 +107,8 @@ void write_vqa_submission(const std::string& path, const std::vector<std::pair<i
 }
 
 std::vector<Nlvr2Example> read_nlvr2(const std::string& jsonl, const std::string& image_root, const std::string& split) {
-  std::ifstream in(jsonl);
-  if (!in) throw Error(cat(jsonl, ": cannot open"));
   std::vector<Nlvr2Example> out;
-  std::string line;
-  for (size_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      throw Error(cat(jsonl, ":", n, ": not valid JSON (", e.what(), ")"));
-    }
+  for (const auto& [n, j] : read_json_lines(jsonl)) {
     for (const char* f : {"identifier", "sentence", "label"})
       if (!j.contains(f) || !j[f].is_string()) throw Error(cat(jsonl, ":", n, ": expected a string field \"", f, "\""));
     Nlvr2Example e;
