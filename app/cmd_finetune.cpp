@@ -49,18 +49,12 @@ int run_finetune(const Args& a) {
   const Recipe r = recipe(task, a.get("preset"));
   if (a.get("init").empty()) throw Error("--init CHECKPOINT (the pre-trained weights) is required");
   // The model: --config, else the config the --init checkpoint records, else --preset.
+  WeightsFile init = read_weights_file(a.get("init"));
   Config cfg = Config::preset(a.get("preset"));
   if (!a.get("config").empty()) {
     cfg = load_config(a.get("config"));
-  } else {
-    std::ifstream probe(a.get("init"), std::ios::binary);
-    char magic[2] = {0, 0};
-    probe.read(magic, 2);
-    if (!(magic[0] == 'P' && magic[1] == 'K')) {  // a safetensors file may record its config
-      const SafetensorsFile head = read_safetensors(a.get("init"));
-      auto it = head.metadata.find("config");
-      if (it != head.metadata.end()) cfg = config_from_json_text(it->second, a.get("init") + " (config)");
-    }
+  } else if (auto it = init.metadata.find("config"); it != init.metadata.end()) {
+    cfg = config_from_json_text(it->second, a.get("init") + " (config)");
   }
   cfg.image_size = a.get_int("image-size") > 0 ? a.get_int("image-size") : r.image_size;
   cfg.drop_path_rate = r.drop_path;
@@ -154,7 +148,7 @@ int run_finetune(const Args& a) {
   cfg.validate();
   VLMo model(cfg);
   init_weights(model, seed);
-  const LoadReport rep = load_weights(model, checkpoint_weights(a.get("init")), false);
+  const LoadReport rep = load_weights(model, std::move(init.tensors), false);
   std::cerr << "initialised from " << a.get("init") << " (missing tensors keep their fresh initialisation)\n" << rep.describe();
 
   TrainOptions t;
@@ -247,33 +241,32 @@ int run_evaluate(const Args& a) {
     std::vector<int64_t> owner;
     std::vector<std::string> caps;
     int64_t ni = 0;
-    std::vector<at::Tensor> pix;
+    const int64_t k = a.get_int("rerank");
+    if (k > 0 && model->itm_score.is_empty()) throw Error(cat(a.get("model"), ": --rerank needs an ITM head"));
+    std::vector<at::Tensor> pix, kept;  // kept: every image, for the re-ranking's fusion passes
     auto flush = [&] {
-      if (!pix.empty()) img_feats.push_back(model->infer_image_ft(at::stack(pix)).cls_feats), pix.clear();
+      if (pix.empty()) return;
+      img_feats.push_back(model->infer_image_ft(at::stack(pix)).cls_feats);
+      if (k > 0) kept.insert(kept.end(), pix.begin(), pix.end());
+      pix.clear();
     };
-    for (const auto& k : read_karpathy(a.get("karpathy"), a.get("images"))) {
-      if (k.split != a.get("split")) continue;
-      pix.push_back(eval_transform(read_image(k.path), cfg.image_size));
+    for (const auto& kimg : read_karpathy(a.get("karpathy"), a.get("images"))) {
+      if (kimg.split != a.get("split")) continue;
+      pix.push_back(eval_transform(read_image(kimg.path), cfg.image_size));
       if (pix.size() == 32) flush();
-      for (const auto& c : k.captions) caps.push_back(c), owner.push_back(ni);
+      for (const auto& c : kimg.captions) caps.push_back(c), owner.push_back(ni);
       ++ni;
     }
     flush();
     if (ni == 0) throw Error(cat(a.get("karpathy"), ": no image in split \"", a.get("split"), "\""));
-    for (size_t i = 0; i < caps.size(); i += 64) {
-      const auto [ids, masks] = encode_batch(tok, std::vector<std::string>(caps.begin() + i, caps.begin() + std::min(caps.size(), i + 64)), cfg.max_text_len);
-      txt_feats.push_back(model->infer_text_ft(ids, masks).cls_feats);
-    }
+    const auto [ids, masks] = encode_batch(tok, caps, cfg.max_text_len);
+    for (int64_t i = 0; i < ids.size(0); i += 64)
+      txt_feats.push_back(model->infer_text_ft(ids.narrow(0, i, std::min<int64_t>(64, ids.size(0) - i)),
+                                               masks.narrow(0, i, std::min<int64_t>(64, ids.size(0) - i))).cls_feats);
     const at::Tensor scores = at::matmul(at::cat(img_feats), at::cat(txt_feats).t());
     const Recall rc = retrieval_recall(scores, owner);
-    const int64_t k = a.get_int("rerank");
     if (k > 0) {
-      if (model->itm_score.is_empty()) throw Error(cat(a.get("model"), ": --rerank needs an ITM head"));
-      std::vector<at::Tensor> all_pix;
-      for (const auto& kimg : read_karpathy(a.get("karpathy"), a.get("images")))
-        if (kimg.split == a.get("split")) all_pix.push_back(eval_transform(read_image(kimg.path), cfg.image_size));
-      const auto [ids, masks] = encode_batch(tok, caps, cfg.max_text_len);
-      const Recall rr = rerank_recall(scores, owner, k, itm_pair_scorer(model, at::stack(all_pix), ids, masks));
+      const Recall rr = rerank_recall(scores, owner, k, itm_pair_scorer(model, at::stack(kept), ids, masks));
       out["recall_itm_rerank"] = {{"k", k}, {"tr_r1", rr.tr1}, {"tr_r5", rr.tr5}, {"tr_r10", rr.tr10},
                                   {"ir_r1", rr.ir1}, {"ir_r5", rr.ir5}, {"ir_r10", rr.ir10}};
     }

@@ -112,7 +112,7 @@ int run_pretrain(const Args& args) {
     std::cerr << "initialised from BEiT " << a.get("init-beit") << "\n" << r.describe();
   }
   if (!a.get("init").empty()) {
-    const LoadReport r = load_weights(model, checkpoint_weights(a.get("init")), false);
+    const LoadReport r = load_weights(model, read_weights(a.get("init")), false);
     std::cerr << "initialised from " << a.get("init") << "\n" << r.describe();
   }
   set_trainable_for_stage(model, stage);

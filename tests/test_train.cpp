@@ -166,7 +166,7 @@ TEST(Train, InterruptedAndResumedRunRepeatsTheLossesExactly) {
   for (size_t i = 0; i < 5; ++i)
     for (const char* k : {"loss", "itc_loss", "itm_loss", "mlm_loss", "lr"})
       EXPECT_EQ(rest.history[i].at(k), full.history[i + 3].at(k)) << "step " << i + 4 << " " << k;
-  const TensorMap wa = checkpoint_weights(dir + "/a.safetensors"), wc = checkpoint_weights(dir + "/b.safetensors");
+  const TensorMap wa = read_weights(dir + "/a.safetensors"), wc = read_weights(dir + "/b.safetensors");
   for (const auto& [k, v] : wa) EXPECT_TRUE(at::equal(v, wc.at(k))) << k;
   // Checkpoints are written atomically: nothing else is left in the folder.
   int files = 0;

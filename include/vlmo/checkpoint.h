@@ -14,8 +14,15 @@ namespace vlmo {
 // `ckpt["module"]` with the "module." prefix stripped (DeepSpeed), else `ckpt["model"]`, else
 // the object itself. Non-tensor entries are skipped. Unknown pickled classes are stood in for.
 TensorMap read_torch_checkpoint(const std::string& path);
-// Either format, told apart by the file's first bytes.
-TensorMap read_weights(const std::string& path);
+// A weight file of either format, told apart by its first bytes, with the safetensors metadata
+// (empty for torch.save files). A vlmo training checkpoint yields only its model's tensors
+// ("model.*", prefix removed); its metadata records the config.
+struct WeightsFile {
+  TensorMap tensors;
+  std::map<std::string, std::string> metadata;
+};
+WeightsFile read_weights_file(const std::string& path);
+inline TensorMap read_weights(const std::string& path) { return read_weights_file(path).tensors; }
 
 // The model's parameters and persistent buffers under their official names.
 TensorMap model_state_dict(torch::nn::Module& model);

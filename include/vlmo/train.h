@@ -96,7 +96,5 @@ void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, con
 // A model ready for inference from a checkpoint that records its config (training checkpoints,
 // or weight files written with a "config" metadata entry); `metadata` receives all metadata.
 VLMo load_model(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
-// The model weights of a checkpoint (also accepts plain weight files).
-TensorMap checkpoint_weights(const std::string& path);
 
 }  // namespace vlmo

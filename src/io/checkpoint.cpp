@@ -13,16 +13,22 @@
 
 namespace vlmo {
 
-TensorMap read_weights(const std::string& path) {
+WeightsFile read_weights_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(cat(path, ": cannot open (", std::strerror(errno), ")"));
   char magic[4] = {0, 0, 0, 0};
   in.read(magic, 4);
-  if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_torch_checkpoint(path);
+  if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return {read_torch_checkpoint(path), {}};
   if (in.gcount() >= 1 && static_cast<unsigned char>(magic[0]) == 0x80)
     throw Error(cat(path, ": legacy (pre-1.6, non-zip) torch.save format; re-save it with "
                     "torch.save(..., _use_new_zipfile_serialization=True) or convert it"));
-  return load_safetensors(path);
+  SafetensorsFile f = read_safetensors(path);
+  auto fmt = f.metadata.find("format");
+  if (fmt == f.metadata.end() || fmt->second != "vlmo-train-checkpoint") return {std::move(f.tensors), std::move(f.metadata)};
+  WeightsFile out{{}, std::move(f.metadata)};
+  for (auto& [k, v] : f.tensors)
+    if (k.rfind("model.", 0) == 0) out.tensors[k.substr(6)] = v;
+  return out;
 }
 
 TensorMap model_state_dict(torch::nn::Module& model) {

@@ -57,37 +57,32 @@ Split build_split(const DemoWorld& w, const std::string& name, int captions_per_
   return s;
 }
 
-// Dual-encoder retrieval on a split: encode every image and caption, score, recall.
-Recall evaluate_retrieval(VLMo& model, const Tokenizer& tok, const Split& s, const Config& cfg) {
+// A split through the dual encoder: its image and text inputs and the score matrix, in chunks.
+struct DualScores {
+  at::Tensor images, ids, masks, scores;
+};
+
+DualScores dual_scores(VLMo& model, const Tokenizer& tok, const Split& s, const Config& cfg) {
   at::NoGradGuard guard;
   model->eval();
-  std::vector<at::Tensor> img_feats, txt_feats;
-  for (size_t i = 0; i < s.images.size(); i += 64) {
-    std::vector<at::Tensor> pix;
-    for (size_t j = i; j < std::min(s.images.size(), i + 64); ++j) pix.push_back(eval_transform(s.images[j], cfg.image_size));
-    img_feats.push_back(model->infer_image_ft(at::stack(pix)).cls_feats);
+  DualScores d;
+  std::vector<at::Tensor> pix, img_feats, txt_feats;
+  for (const auto& im : s.images) pix.push_back(eval_transform(im, cfg.image_size));
+  d.images = at::stack(pix);
+  std::tie(d.ids, d.masks) = encode_batch(tok, s.captions, cfg.max_text_len);
+  for (int64_t i = 0; i < d.images.size(0); i += 64)
+    img_feats.push_back(model->infer_image_ft(d.images.narrow(0, i, std::min<int64_t>(64, d.images.size(0) - i))).cls_feats);
+  for (int64_t i = 0; i < d.ids.size(0); i += 64) {
+    const int64_t n = std::min<int64_t>(64, d.ids.size(0) - i);
+    txt_feats.push_back(model->infer_text_ft(d.ids.narrow(0, i, n), d.masks.narrow(0, i, n)).cls_feats);
   }
-  for (size_t i = 0; i < s.captions.size(); i += 64) {
-    const std::vector<std::string> chunk(s.captions.begin() + i, s.captions.begin() + std::min(s.captions.size(), i + 64));
-    const auto [ids, masks] = encode_batch(tok, chunk, cfg.max_text_len);
-    txt_feats.push_back(model->infer_text_ft(ids, masks).cls_feats);
-  }
+  d.scores = at::matmul(at::cat(img_feats), at::cat(txt_feats).t());
   model->train();
-  return retrieval_recall(at::matmul(at::cat(img_feats), at::cat(txt_feats).t()), s.caption_image);
+  return d;
 }
 
-// The dual encoder's top-k re-scored with the ITM head (vlmo::rerank_recall).
-Recall evaluate_rerank(VLMo& model, const Tokenizer& tok, const Split& s, const Config& cfg, int64_t k) {
-  at::NoGradGuard guard;
-  model->eval();
-  std::vector<at::Tensor> pix;
-  for (const auto& im : s.images) pix.push_back(eval_transform(im, cfg.image_size));
-  const at::Tensor images = at::stack(pix);
-  const auto [ids, masks] = encode_batch(tok, s.captions, cfg.max_text_len);
-  const at::Tensor scores = at::matmul(model->infer_image_ft(images).cls_feats, model->infer_text_ft(ids, masks).cls_feats.t());
-  const Recall r = rerank_recall(scores, s.caption_image, k, itm_pair_scorer(model, images, ids, masks));
-  model->train();
-  return r;
+Recall evaluate_retrieval(VLMo& model, const Tokenizer& tok, const Split& s, const Config& cfg) {
+  return retrieval_recall(dual_scores(model, tok, s, cfg).scores, s.caption_image);
 }
 
 nlohmann::json recall_json(const Recall& r) {
@@ -182,9 +177,18 @@ nlohmann::json run_demo(const DemoOptions& o) {
   run_stage("stage3-vl", Stage::kVL, vl_objective, steps(300), 32, 1e-3, true, true, false);
   const Recall zero_shot = evaluate_retrieval(model, tok, test, cfg);
   run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(600), 64, 1e-3, true, true, false);
-  const Recall ft = evaluate_retrieval(model, tok, test, cfg);
+  const DualScores test_scores = dual_scores(model, tok, test, cfg);
+  const Recall ft = retrieval_recall(test_scores.scores, test.caption_image);
   const Recall ft_val = evaluate_retrieval(model, tok, val, cfg);
-  const Recall reranked = evaluate_rerank(model, tok, test, cfg, 8);
+  // The dual encoder's top 8 re-scored with the ITM head.
+  Recall reranked;
+  {
+    at::NoGradGuard guard;
+    model->eval();
+    reranked = rerank_recall(test_scores.scores, test.caption_image, 8,
+                             itm_pair_scorer(model, test_scores.images, test_scores.ids, test_scores.masks));
+    model->train();
+  }
   const Recall chance = chance_recall(static_cast<int64_t>(test.images.size()), test.caption_image);
   const std::string stage3 = o.out_dir + "/stage3-vl.safetensors";
 
@@ -195,7 +199,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   vcfg.vqav2_label_size = static_cast<int>(answers.size());
   VLMo vqa(vcfg);
   init_weights(vqa, o.seed);
-  load_weights(vqa, checkpoint_weights(stage3), false);
+  load_weights(vqa, read_weights(stage3), false);
   auto answer_index = [&](const std::string& a) {
     return static_cast<int64_t>(std::find(answers.begin(), answers.end(), a) - answers.begin());
   };
@@ -266,7 +270,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   ncfg.num_token_types = 3;
   VLMo nlvr2(ncfg);
   init_weights(nlvr2, o.seed);
-  load_weights(nlvr2, checkpoint_weights(stage3), false);
+  load_weights(nlvr2, read_weights(stage3), false);
   auto pair_batch = [&](const std::vector<Scene>& scenes, int64_t first, int64_t B, uint64_t salt) {
     std::vector<at::Tensor> p0, p1;
     std::vector<std::string> st;

@@ -111,35 +111,15 @@ void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, con
 }
 
 
-namespace {
-// The model's tensors of a safetensors file: "model.*" of a training checkpoint, else all.
-TensorMap model_tensors(const SafetensorsFile& f) {
-  auto fmt = f.metadata.find("format");
-  if (fmt == f.metadata.end() || fmt->second != "vlmo-train-checkpoint") return f.tensors;
-  TensorMap out;
-  for (const auto& [k, v] : f.tensors)
-    if (k.rfind("model.", 0) == 0) out[k.substr(6)] = v;
-  return out;
-}
-}  // namespace
-
-TensorMap checkpoint_weights(const std::string& path) {
-  std::ifstream probe(path, std::ios::binary);
-  char magic[4] = {0};
-  probe.read(magic, 4);
-  if (std::string(magic, 4) == std::string("PK\x03\x04", 4)) return read_weights(path);
-  return model_tensors(read_safetensors(path));
-}
-
 VLMo load_model(const std::string& path, std::map<std::string, std::string>* metadata) {
-  SafetensorsFile f = read_safetensors(path);
+  WeightsFile f = read_weights_file(path);
   auto cfg = f.metadata.find("config");
   if (cfg == f.metadata.end())
     throw Error(cat(path, ": no model config recorded in the file (expected a vlmo checkpoint)"));
   VLMo model(config_from_json_text(cfg->second, path + " (config)"));
-  load_weights(model, model_tensors(f), /*strict=*/true);
+  load_weights(model, std::move(f.tensors), /*strict=*/true);
   model->eval();
-  if (metadata) *metadata = f.metadata;
+  if (metadata) *metadata = std::move(f.metadata);
   return model;
 }
 
