@@ -1,7 +1,9 @@
-// vlmo convert: a PyTorch checkpoint (or safetensors) to safetensors.
+// vlmo convert: an official PyTorch checkpoint (or safetensors) to a safetensors file. With a
+// config or preset it becomes a self-describing model file (config, VQA answers) that every
+// command taking --model accepts.
 #include <iostream>
 
-#include "cli.h"
+#include "common.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/error.h"
 
@@ -11,20 +13,36 @@ namespace {
 int run_convert(const Args& a) {
   const std::string& in = a.positional[0];
   const std::string& out = a.positional[1];
-  TensorMap weights = read_weights(in);
-  std::cerr << "read " << weights.size() << " tensors from " << in << "\n";
-  if (!a.get("config").empty() || !a.get("preset").empty()) {
-    // Load into a model (validating names and shapes, resizing as configured), write its state.
-    const Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
-    VLMo model(cfg);
-    init_weights(model, 0);
-    const LoadReport report = load_weights(model, std::move(weights), a.get_flag("strict"));
-    if (!report.clean() || !report.resized.empty() || !report.ignored.empty())
-      std::cerr << report.describe();
-    weights = model_state_dict(*model);
+  const bool into_model = !a.get("config").empty() || !a.get("preset").empty();
+  if (!into_model) {
+    for (const char* o : {"answers", "image-size", "max-text-len"})
+      if (a.given.count(o)) throw Error(cat("--", o, " needs --config or --preset (the model to load the weights into)"));
+    const TensorMap weights = read_weights(in);
+    write_safetensors(out, weights, {{"format", "pt"}, {"converted_from", in}});
+    std::cerr << "wrote " << weights.size() << " tensors to " << out << " (names and values as in " << in << ")\n";
+    return 0;
   }
-  write_safetensors(out, weights, {{"format", "pt"}, {"converted_from", in}});
-  std::cerr << "wrote " << weights.size() << " tensors to " << out << "\n";
+  if (a.get_flag("strict")) {
+    // Every tensor of the file must belong to the model (checked before anything is written).
+    Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
+    TensorMap weights = read_weights(in);
+    adapt_config_to_weights(cfg, weights);
+    if (a.get_int("image-size", 0, 8192) > 0) cfg.image_size = a.get_int("image-size");
+    if (a.get_int("max-text-len", 0, 4096) > 0) cfg.max_text_len = a.get_int("max-text-len");
+    VLMo strict_model(cfg);
+    load_weights(strict_model, std::move(weights), /*strict=*/true);
+  }
+  Args spec = a;
+  spec.values["model"] = in;
+  LoadedModel m = load_model_from(spec);
+  if (!m.report.resized.empty()) std::cerr << m.report.describe();
+  save_model(out, m.model, m.vqa_answers, {{"converted_from", in}});
+  const Config& c = m.model->config();
+  std::cerr << "wrote " << model_state_dict(*m.model).size() << " tensors to " << out << ": " << c.embed_dim << "-d, "
+            << c.depth << " blocks, " << c.image_size << " px, text " << c.max_text_len << ", heads";
+  for (const auto& h : c.heads) std::cerr << " " << h;
+  if (!m.vqa_answers.empty()) std::cerr << ", " << m.vqa_answers.size() << " VQA answers";
+  std::cerr << "\n";
   return 0;
 }
 
@@ -35,12 +53,17 @@ Command convert_command() {
   c.name = "convert";
   c.summary =
       "Convert an official PyTorch checkpoint (Lightning .ckpt, DeepSpeed or bare state_dict, "
-      "zip-format torch.save) or a safetensors file to safetensors.\nWith --preset or --config the "
-      "weights are loaded into that model first (resized to its image size and text length).";
-  c.usage = "vlmo convert [options] IN OUT.safetensors";
-  c.options = {{"preset", "", "load into this preset first (base, base_plus, large)"},
-               {"config", "", "load into the model of this config JSON first"},
-               {"strict", "false", "with --preset/--config: fail on any missing or unexpected tensor", true}};
+      "zip-format torch.save) or a safetensors file to safetensors.\nWith --config or --preset the "
+      "weights are loaded into that model (heads follow the weights; position tables resized to "
+      "--image-size / --max-text-len) and the file records the config and --answers, so every "
+      "command that takes --model accepts it.";
+  c.usage = "vlmo convert IN OUT.safetensors [--config C.json | --preset P [--image-size S] [--max-text-len L]] [--answers A.json]";
+  c.options = {{"config", "", "model config JSON (official hyper-parameter names)"},
+               {"preset", "", "model preset: base, base_plus, large"},
+               {"image-size", "0", "image size of the converted model (0: the config's)"},
+               {"max-text-len", "0", "text length of the converted model (0: the config's)"},
+               {"answers", "", "VQA answer list to record: JSON array of strings in label order"},
+               {"strict", "false", "fail on any tensor of the file the model does not have", true}};
   c.min_positional = c.max_positional = 2;
   c.run = run_convert;
   return c;

@@ -1,16 +1,16 @@
 // vlmo demo: the built-in end-to-end run on the procedural shapes world.
 #include "cli.h"
-#include "vlmo/demo.h"
+#include "demo.h"
 
 namespace vlmo::cli {
 namespace {
 
 int run_demo_cmd(const Args& a) {
   DemoOptions o;
-  o.seed = static_cast<uint64_t>(a.get_int("seed"));
+  o.seed = a.get_uint64("seed");
   o.out_dir = a.get("out");
   o.vocab = a.get("vocab");
-  o.step_scale = a.get_double("step-scale");
+  o.step_scale = a.get_double("step-scale", 1e-6, 1e6);
   o.progress = !a.get_flag("quiet");
   run_demo(o);
   return 0;

@@ -18,7 +18,7 @@ std::string millions(int64_t n) {
 
 int run_info(const Args& a) {
   Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
-  if (a.get_int("image-size") > 0) cfg.image_size = a.get_int("image-size");
+  if (a.get_int("image-size", 0, 8192) > 0) cfg.image_size = a.get_int("image-size");
   cfg.validate();
   VLMo model(cfg);
   auto& m = *model;

@@ -10,11 +10,11 @@ namespace vlmo::cli {
 namespace {
 
 int run_preprocess(const Args& a) {
-  const int size = a.get_int("size");
+  const int size = a.get_int("size", 1, 8192);
   if (size <= 0) throw Error("--size must be a positive number of pixels");
   if (a.get("out").empty()) throw Error("vlmo preprocess: --out OUT.safetensors is required");
   DecodeOptions opt;
-  opt.max_pixels = std::stoll(a.get("max-pixels"));
+  opt.max_pixels = a.get_int64("max-pixels", 1);
   if (a.get_flag("fast")) opt.target_size = size;
   TensorMap out;
   for (const auto& path : a.positional) {

@@ -7,11 +7,12 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
-#include "cli.h"
+#include "common.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/pretrain.h"
+#include "vlmo/recipes.h"
 #include "vlmo/sources.h"
 
 namespace vlmo::cli {
@@ -33,7 +34,7 @@ Source open_source(const Args& a, Stage stage) {
   Source s;
   const DecodeOptions decode;
   if (!a.get("webdataset").empty()) {
-    s.stream = std::make_shared<WebDatasetStream>(expand_braces(a.get("webdataset")), std::stoull(a.get("seed")));
+    s.stream = std::make_shared<WebDatasetStream>(expand_braces(a.get("webdataset")), a.get_uint64("seed"));
     return s;
   }
   if (!a.get("karpathy").empty()) {
@@ -89,23 +90,21 @@ int run_pretrain(const Args& args) {
       std::replace(key.begin(), key.end(), '_', '-');
       if (std::find_if(std::begin(kTrainKeys), std::end(kTrainKeys), [&](const char* k) { return key == k; }) == std::end(kTrainKeys))
         throw Error(cat(a.get("train-config"), ": unknown field \"", it.key(), "\""));
-      a.values[key] = it->is_string() ? it->get<std::string>() : it->dump();
+      if (!a.given.count(key)) a.values[key] = it->is_string() ? it->get<std::string>() : it->dump();  // flags win
     }
   }
   const Stage stage = parse_stage(a.get("stage"));
   Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
   // Official per-stage settings unless given: text length 196 in stage 2, 40 otherwise.
-  const int max_len = a.get_int("max-text-len");
+  const int max_len = a.get_int("max-text-len", 0, 4096);
   cfg.max_text_len = max_len > 0 ? max_len : (stage == Stage::kText ? 196 : 40);
-  if (a.get_int("image-size") > 0) cfg.image_size = a.get_int("image-size");
+  if (a.get_int("image-size", 0, 8192) > 0) cfg.image_size = a.get_int("image-size");
   if (stage == Stage::kImage && !cfg.has_head("mim")) cfg.heads.push_back("mim");
   cfg.validate();
-  const Tokenizer tok = Tokenizer::from_file(a.get("vocab").empty() ? Tokenizer::default_vocab_path() : a.get("vocab"));
-  if (tok.vocab_size() != cfg.vocab_size)
-    throw Error(cat("the vocabulary has ", tok.vocab_size(), " entries but the config's vocab_size is ", cfg.vocab_size));
+  const Tokenizer tok = tokenizer_from(a, &cfg);
 
   VLMo model(cfg);
-  const uint64_t seed = std::stoull(a.get("seed"));
+  const uint64_t seed = a.get_uint64("seed");
   init_weights(model, seed);
   if (!a.get("init-beit").empty()) {
     const LoadReport r = load_weights(model, beit_to_vlmo(read_weights(a.get("init-beit")), cfg.relative_table_rows()), false);
@@ -122,7 +121,7 @@ int run_pretrain(const Args& args) {
   if (stage != Stage::kImage && !a.get("images").empty())
     throw Error(cat("stage ", stage_name(stage), " needs captions: an image folder (--images) only feeds stage image"));
   Source src = open_source(a, stage);
-  const int64_t batch = a.get_int("batch-size");
+  const int64_t batch = a.get_int64("batch-size", 1, 1 << 20);
   CollateOptions co;
   co.image_size = cfg.image_size;
   co.max_text_len = cfg.max_text_len;
@@ -160,15 +159,15 @@ int run_pretrain(const Args& args) {
   };
   TrainOptions t;
   t.name = std::string("stage-") + stage_name(stage);
-  t.max_steps = std::stoll(a.get("steps"));
-  t.warmup_steps = std::stoll(a.get("warmup"));
-  t.lr = a.get_double("lr");
-  t.accumulate = a.get_int("accumulate");
+  t.max_steps = a.get_int64("steps", 1);
+  t.warmup_steps = a.get_int64("warmup", 0);
+  t.lr = a.get("lr").empty() ? pretrain_lr(a.get("preset")) : a.get_double("lr", 0);
+  t.accumulate = a.get_int("accumulate", 1, 1 << 20);
   t.batch_size = batch;
-  t.checkpoint_every = std::stoll(a.get("checkpoint-every"));
+  t.checkpoint_every = a.get_int64("checkpoint-every", 0);
   t.checkpoint_path = a.get("out");
   t.metrics_path = a.get("metrics");
-  t.loader_threads = src.stream ? 1 : a.get_int("loader-threads");
+  t.loader_threads = src.stream ? 1 : a.get_int("loader-threads", 1, 256);
   t.config_json = config_to_json_text(cfg);
   const ObjectiveFn objective = stage == Stage::kImage ? ObjectiveFn(mim_objective)
                                 : stage == Stage::kText ? ObjectiveFn(text_mlm_objective)
@@ -186,19 +185,19 @@ Command pretrain_command() {
   c.summary =
       "Run one pre-training stage: image (built-in masked image modelling), text (MLM with the "
       "official frozen set), vl (ITC + ITM with global hard negatives + MLM x 0.25).\nDefaults are "
-      "the official recipe (lr 2e-4, 200k steps, 2.5k warm-up, AdamW 0.9/0.98, wd 0.01; text length "
+      "the official recipe (lr by preset, 200k steps, 2.5k warm-up, AdamW 0.9/0.98, wd 0.01; text length "
       "196 in stage text, 40 otherwise); --train-config JSON may set the training fields.";
   c.usage = "vlmo pretrain --stage {image,text,vl} (--webdataset P | --karpathy J --image-root D | --text F | --images D) --out CKPT";
   c.options = {{"stage", "vl", "image, text or vl"},
                {"preset", "base", "model preset (base, base_plus, large)"},
                {"config", "", "model config JSON (overrides --preset)"},
-               {"train-config", "", "JSON with training fields (steps, batch_size, lr, warmup, ...)"},
+               {"train-config", "", "JSON with training fields (steps, batch_size, lr, warmup, ...); flags given on the command line win"},
                {"webdataset", "", "tar shards, e.g. data/cc-{000000..000099}.tar"},
                {"karpathy", "", "Karpathy-split JSON (dataset_coco.json); uses train + restval"},
                {"image-root", ".", "folder the Karpathy file paths are relative to"},
                {"text", "", "text corpus files (comma-separated, braces allowed), one sentence per line"},
                {"images", "", "folder of images (stage image)"},
-               {"vocab", "", "vocab.txt (default: BERT uncased from the set-up)"},
+               vocab_option(),
                {"init", "", "weights to start from (checkpoint of the previous stage)"},
                {"init-beit", "", "BEiT checkpoint to start stage 1 from (official key mapping)"},
                {"resume", "", "training checkpoint to resume exactly"},
@@ -206,7 +205,7 @@ Command pretrain_command() {
                {"metrics", "metrics.jsonl", "JSON-lines metrics file"},
                {"steps", "200000", "optimizer steps"},
                {"warmup", "2500", "warm-up steps"},
-               {"lr", "2e-4", "peak learning rate"},
+               {"lr", "", "peak learning rate (default: the preset's official one: base 2e-4, base_plus 1e-4, large 5e-5)"},
                {"batch-size", "32", "samples per micro-batch"},
                {"accumulate", "32", "micro-batches per optimizer step (1024 effective by default)"},
                {"checkpoint-every", "1000", "steps between checkpoints"},

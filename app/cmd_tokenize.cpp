@@ -13,7 +13,7 @@ namespace {
 int run_tokenize(const Args& a) {
   const std::string vocab = a.get("vocab").empty() ? Tokenizer::default_vocab_path() : a.get("vocab");
   const Tokenizer tok = Tokenizer::from_file(vocab);
-  const int max_len = a.get_int("max-len");
+  const int max_len = a.get_int("max-len", 0, 1 << 20);
   if (max_len < 0 || max_len == 1) throw Error("--max-len must be 0 (no limit) or at least 2");
   const std::string& input = a.get("input");
   if (input.empty()) throw Error("vlmo tokenize: --input FILE.jsonl is required");

@@ -44,6 +44,45 @@ struct LoadReport {
 // of them (nothing is copied); non-strict: the matching tensors are copied and the rest reported.
 LoadReport load_weights(VLMo& model, TensorMap weights, bool strict);
 
+// Makes `cfg` fit a state dict: the heads are those whose tensors it holds (a fine-tuned VQA
+// checkpoint has no MLM or ITC heads), and the VQA label count and the number of token types
+// are read from the tensors' shapes.
+void adapt_config_to_weights(Config& cfg, const TensorMap& weights);
+
+// Where a model's architecture comes from when the weight file does not record it (official
+// .pt / .ckpt files), and what to override. Empty / 0 fields are not given.
+struct ModelSpec {
+  std::string config_path;   // a model config JSON (official hyper-parameter names)
+  std::string preset;        // base, base_plus, large
+  int image_size = 0;        // resize the position tables to this image size
+  int max_text_len = 0;      // and this text length
+  std::string answers_path;  // VQA answer list: a JSON array of strings in label order
+};
+
+struct LoadedModel {
+  VLMo model{nullptr};
+  std::map<std::string, std::string> metadata;  // the file's (empty for torch.save files)
+  std::vector<std::string> vqa_answers;          // label order; empty when none is known
+  LoadReport report;                             // unexpected tensors, resizing
+};
+
+// A model ready for inference (eval mode) from any weight file: a vlmo checkpoint or converted
+// file that records its config, or an official checkpoint with `spec.config_path` /
+// `spec.preset`. The config comes from the spec, else from the file; the heads follow the
+// weights. Missing or mis-shaped tensors are errors naming them; unexpected ones are reported.
+// The VQA answers come from `spec.answers_path`, else the file's "vqa_answers" metadata, and
+// must number exactly the classifier's labels.
+LoadedModel load_model(const std::string& path, const ModelSpec& spec = {});
+
+// A VQA answer list file: a JSON array of distinct strings. Errors name the file and entry.
+std::vector<std::string> read_answer_list(const std::string& path);
+
+// Writes a model as a self-describing weight file: its state dict, its config ("config") and,
+// when given, the VQA answers ("vqa_answers") as safetensors metadata; any command that takes
+// --model accepts it.
+void save_model(const std::string& path, VLMo& model, const std::vector<std::string>& vqa_answers = {},
+                std::map<std::string, std::string> metadata = {});
+
 }  // namespace vlmo
 
 namespace vlmo {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "vlmo/image.h"
-#include "vlmo/objectives.h"
+#include "vlmo/batch.h"
 #include "vlmo/tokenizer.h"
 
 namespace vlmo {

@@ -1,11 +1,20 @@
 // Downstream data in the formats people have: VQAv2 (questions + annotations JSON, COCO image
 // folders) with the official answer vocabulary and soft scores, NLVR2 JSON lines, and the EvalAI
-// VQA submission file. (Karpathy retrieval splits: vlmo/sources.h.)
+// VQA submission file; and the batch builders of the fine-tuning tasks. (Karpathy retrieval
+// splits: vlmo/sources.h.)
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
+
+#include "vlmo/batch.h"
+#include "vlmo/data.h"
+#include "vlmo/image.h"
+#include "vlmo/sources.h"
 
 namespace vlmo {
 
@@ -14,12 +23,23 @@ struct VqaQuestion {
   std::string question;
   std::string multiple_choice_answer;  // empty without annotations (test splits)
   std::vector<std::string> answers;    // the ten raw human answers
+  std::string image;                   // image file (or reference for an ImageLoader); may be empty
 };
 
 // v2_OpenEnded_mscoco_*_questions.json (+ v2_mscoco_*_annotations.json, empty path for test).
 std::vector<VqaQuestion> read_vqav2(const std::string& questions_json, const std::string& annotations_json);
+// v2_mscoco_*_annotations.json alone: question_id, image_id, multiple_choice_answer, answers.
+std::vector<VqaQuestion> read_vqa_annotations(const std::string& annotations_json);
 // COCO image path of a question: folder/COCO_<split>_<12-digit id>.jpg (split e.g. "train2014").
 std::string coco_image_path(const std::string& folder, const std::string& split, int64_t image_id);
+// Sets every question's `image` to its COCO image path.
+void attach_coco_images(std::vector<VqaQuestion>& questions, const std::string& folder, const std::string& split);
+// The official split of VQAv2 val (reference §4): rest_val = the questions of the last
+// `rest_images` distinct images (in order of first appearance), trainable_val = the others.
+struct VqaValSplit {
+  std::vector<VqaQuestion> trainable_val, rest_val;
+};
+VqaValSplit split_vqa_val(const std::vector<VqaQuestion>& val, int rest_images = 1000);
 
 // The official vocabulary: normalised multiple_choice_answer counted over the given questions
 // (train + val), answers with count >= min_count, in order of first appearance (3129 on VQAv2).
@@ -46,5 +66,42 @@ struct Nlvr2Example {
 // ("True"/"False") and, for train, the image sub-directory; images are
 // <image_root>/<split>[/<directory>]/<identifier without the sentence index>-img{0,1}.png.
 std::vector<Nlvr2Example> read_nlvr2(const std::string& jsonl, const std::string& image_root, const std::string& split);
+
+// Where batch builders get images: a file path (or another reference) -> decoded image.
+using ImageLoader = std::function<Image(const std::string& ref)>;
+ImageLoader file_image_loader(const DecodeOptions& decode = {});
+
+// A VQA training example: image, question and its soft targets over the answer list.
+struct VqaExample {
+  std::string image, question;
+  SoftTargets targets;
+};
+// Questions with soft targets against `answers` (label order); questions none of whose human
+// answers is in the list are dropped, as the official does.
+std::vector<VqaExample> vqa_training_examples(const std::vector<VqaQuestion>& questions,
+                                              const std::vector<std::string>& answers);
+
+// An image-text pair (retrieval fine-tuning, pre-training on Karpathy splits).
+struct ImageText {
+  std::string image, text;
+};
+// Every (image, caption) pair of the images whose split is in `splits`.
+std::vector<ImageText> karpathy_pairs(const std::vector<KarpathyImage>& images,
+                                      const std::vector<std::string>& splits = {"train", "restval"});
+
+// Batch makers over a fixed example list in a fresh order per epoch (seed), each batch a pure
+// function of its index (the trainer's contract). Images go through `co` (train transform or
+// square resize), text is padded to co.max_text_len.
+// VQA: text_ids, text_masks, image, vqa_targets (B, num_labels).
+BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int num_labels,
+                    std::shared_ptr<const Tokenizer> tok, const CollateOptions& co, int64_t batch,
+                    uint64_t seed, ImageLoader load = file_image_loader());
+// NLVR2: text_ids, text_masks, image_0, image_1, nlvr2_labels.
+BatchFn nlvr2_batches(std::shared_ptr<const std::vector<Nlvr2Example>> examples,
+                      std::shared_ptr<const Tokenizer> tok, const CollateOptions& co, int64_t batch,
+                      uint64_t seed, ImageLoader load = file_image_loader());
+// Image-text pairs: image, text_ids, text_masks and the MLM fields.
+BatchFn pair_batches(std::shared_ptr<const std::vector<ImageText>> pairs, std::shared_ptr<const Tokenizer> tok,
+                     const CollateOptions& co, int64_t batch, uint64_t seed, ImageLoader load = file_image_loader());
 
 }  // namespace vlmo

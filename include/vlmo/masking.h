@@ -1,7 +1,8 @@
 // MLM masking as the official collators do it (reference §2.3): whole-word masking
 // (HF DataCollatorForWholeWordMask, transformers 4.8.1) and plain token masking
 // (DataCollatorForLanguageModeling), each followed by the 80 % [MASK] / 10 % random / 10 % kept
-// rule. Reproducible from the caller's random generator. Torch-free.
+// rule; and BEiT's blockwise image-patch masking. Reproducible from the caller's random
+// generator. Torch-free.
 #pragma once
 #include <cstdint>
 #include <random>
@@ -30,5 +31,9 @@ MaskedText token_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std
 // The 80/10/10 replacement on positions selected by `selected` (exposed for tests).
 MaskedText apply_mask(const Tokenizer& tok, const std::vector<int64_t>& ids,
                       const std::vector<bool>& selected, std::mt19937_64& rng);
+
+// BEiT blockwise masking of `num_masked` patches on a grid x grid patch grid (stage-1 masked
+// image modelling): rectangles of random area and aspect until the budget is reached.
+std::vector<bool> blockwise_mask(int grid, int num_masked, std::mt19937_64& rng);
 
 }  // namespace vlmo

@@ -6,20 +6,10 @@
 
 #include <functional>
 
+#include "vlmo/batch.h"
 #include "vlmo/model.h"
 
 namespace vlmo {
-
-// One batch as the official collate builds it; tensors a task does not need may be undefined.
-struct Batch {
-  at::Tensor text_ids, text_masks;            // (B, L) int64; 1 = real token
-  at::Tensor text_ids_mlm, text_labels_mlm;   // (B, L) int64; labels -100 = ignore
-  at::Tensor image;                           // (B, 3, S, S) float in [-1, 1]
-  at::Tensor image_0, image_1;                // NLVR2 pairs
-  at::Tensor vqa_targets;                     // (B, num_labels) soft scores
-  at::Tensor nlvr2_labels;                    // (B) int64 in {0, 1}
-  at::Tensor patch_mask;                      // (B, W²) bool: stage-1 masked image modelling
-};
 
 // Gathers a tensor from every rank along dim 0, the local chunk first, without autograd
 // (as the official all_gather). The identity on one process.
@@ -71,8 +61,18 @@ std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> itm_pair_scorer(
 struct LogitsLoss {
   at::Tensor loss, logits;
 };
-LogitsLoss compute_mlm(VLMo& model, const Batch& batch);       // fusion pass, loss x 0.25
-LogitsLoss compute_text_mlm(VLMo& model, const Batch& batch);  // stage 2, weight 1
+
+// Masked language modelling: mean cross-entropy over the labelled positions (labels != -100)
+// times `weight`. The MLM head runs on the labelled positions only, unless `full_logits`, which
+// also returns the (B, L, vocab) logits of every position (same loss). `accuracy` is the share
+// of labelled positions predicted right (detached). With nothing labelled the loss is 0.
+struct MlmOutput {
+  at::Tensor loss, accuracy, logits;
+};
+MlmOutput mlm_loss(VLMo& model, const at::Tensor& text_feats, const at::Tensor& labels, double weight,
+                   bool full_logits = false);
+MlmOutput compute_mlm(VLMo& model, const Batch& batch, bool full_logits = false);       // fusion pass, x 0.25
+MlmOutput compute_text_mlm(VLMo& model, const Batch& batch, bool full_logits = false);  // stage 2, weight 1
 LogitsLoss compute_vqa(VLMo& model, const Batch& batch);
 LogitsLoss compute_nlvr2(VLMo& model, const Batch& batch);
 

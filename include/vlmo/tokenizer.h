@@ -21,7 +21,8 @@ class Tokenizer {
  public:
   // Reads a vocab.txt (one token per line, the line number is the id). Throws naming the file.
   static Tokenizer from_file(const std::string& vocab_path);
-  // The default vocabulary: $VLMO_VOCAB, else the file the set-up script wrote.
+  // The default vocabulary: $VLMO_VOCAB, else the file the set-up script wrote (or its
+  // installed copy).
   static std::string default_vocab_path();
   explicit Tokenizer(std::vector<std::string> vocab, std::string source = "<memory>");
 

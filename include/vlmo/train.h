@@ -49,9 +49,6 @@ class AdamW {
   int64_t steps_ = 0;
 };
 
-// A batch maker: the batch with this index (in an endless sequence over epochs), a pure
-// function of the index, so that any thread may build it and resumption is exact.
-using BatchFn = std::function<Batch(int64_t index)>;
 // Named outputs of one objective evaluation: keys ending in "loss" are summed and optimised;
 // other keys (accuracies) are only logged.
 using Outputs = std::map<std::string, at::Tensor>;
@@ -77,12 +74,17 @@ struct TrainOptions {
   std::map<std::string, std::string> metadata;  // more metadata for checkpoints (e.g. answers)
   // Stop after this many steps of this run (for tests of resumption); 0: run to max_steps.
   int64_t stop_after = 0;
+  // Validation: run after every `validate_every` steps (0: never in between) and after the last
+  // step; its values are logged as "val_<name>" (one metrics line with the step).
+  std::function<std::map<std::string, double>(VLMo&)> validate;
+  int64_t validate_every = 0;
 };
 
 struct TrainResult {
   int64_t steps = 0;
   std::vector<std::map<std::string, double>> history;  // per optimizer step: losses, lr, ...
   double seconds = 0;
+  std::map<std::string, double> validation;  // the last validation's values
 };
 
 // Runs (or resumes, if `resume_from` names a checkpoint) training.
@@ -93,8 +95,4 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
 // (step, config, format "vlmo-train-checkpoint"), written atomically.
 void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, const std::string& config_json,
                      const std::string& stage, const std::map<std::string, std::string>& extra = {});
-// A model ready for inference from a checkpoint that records its config (training checkpoints,
-// or weight files written with a "config" metadata entry); `metadata` receives all metadata.
-VLMo load_model(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
-
 }  // namespace vlmo

@@ -7,7 +7,6 @@
 #include "vlmo/error.h"
 #include "vlmo/image_tensor.h"
 #include "vlmo/masking.h"
-#include "vlmo/pretrain.h"
 
 namespace vlmo {
 

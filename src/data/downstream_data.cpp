@@ -27,14 +27,16 @@ nlohmann::json read_json(const std::string& path) {
 
 std::vector<VqaQuestion> read_vqav2(const std::string& questions_json, const std::string& annotations_json) {
   const nlohmann::json q = read_json(questions_json);
-  if (!q.contains("questions") || !q["questions"].is_array())
+  if (!q.is_object() || !q.contains("questions") || !q["questions"].is_array())
     throw Error(cat(questions_json, ": expected {\"questions\": [...]} (VQAv2 questions file)"));
   std::vector<VqaQuestion> out;
   std::map<int64_t, size_t> by_id;
   for (size_t i = 0; i < q["questions"].size(); ++i) {
     const auto& e = q["questions"][i];
-    if (!e.contains("question_id") || !e.contains("image_id") || !e.contains("question") || !e["question"].is_string())
-      throw Error(cat(questions_json, ": questions[", i, "] needs question_id, image_id and question"));
+    if (!e.is_object() || !e.contains("question_id") || !e["question_id"].is_number_integer() ||
+        !e.contains("image_id") || !e["image_id"].is_number_integer() || !e.contains("question") ||
+        !e["question"].is_string())
+      throw Error(cat(questions_json, ": questions[", i, "] needs integer question_id and image_id and a string question"));
     VqaQuestion v;
     v.question_id = e["question_id"].get<int64_t>();
     v.image_id = e["image_id"].get<int64_t>();
@@ -43,24 +45,57 @@ std::vector<VqaQuestion> read_vqav2(const std::string& questions_json, const std
     out.push_back(std::move(v));
   }
   if (annotations_json.empty()) return out;
+  for (auto& ann : read_vqa_annotations(annotations_json)) {
+    auto it = by_id.find(ann.question_id);
+    if (it == by_id.end())
+      throw Error(cat(annotations_json, ": question_id ", ann.question_id, " is not in ", questions_json));
+    VqaQuestion& v = out[it->second];
+    v.multiple_choice_answer = std::move(ann.multiple_choice_answer);
+    v.answers = std::move(ann.answers);
+  }
+  return out;
+}
+
+std::vector<VqaQuestion> read_vqa_annotations(const std::string& annotations_json) {
   const nlohmann::json a = read_json(annotations_json);
-  if (!a.contains("annotations") || !a["annotations"].is_array())
+  if (!a.is_object() || !a.contains("annotations") || !a["annotations"].is_array())
     throw Error(cat(annotations_json, ": expected {\"annotations\": [...]} (VQAv2 annotations file)"));
+  std::vector<VqaQuestion> out;
   for (size_t i = 0; i < a["annotations"].size(); ++i) {
     const auto& e = a["annotations"][i];
     const std::string where = cat(annotations_json, ": annotations[", i, "]");
-    if (!e.contains("question_id") || !e.contains("answers") || !e["answers"].is_array())
-      throw Error(cat(where, ": needs question_id and answers"));
-    auto it = by_id.find(e["question_id"].get<int64_t>());
-    if (it == by_id.end()) throw Error(cat(where, ": question_id ", e["question_id"].dump(), " is not in ", questions_json));
-    VqaQuestion& v = out[it->second];
-    if (e.contains("multiple_choice_answer") && e["multiple_choice_answer"].is_string())
+    if (!e.is_object() || !e.contains("question_id") || !e["question_id"].is_number_integer() ||
+        !e.contains("answers") || !e["answers"].is_array())
+      throw Error(cat(where, ": needs an integer question_id and an answers list"));
+    VqaQuestion v;
+    v.question_id = e["question_id"].get<int64_t>();
+    if (e.contains("image_id") && e["image_id"].is_number_integer()) v.image_id = e["image_id"].get<int64_t>();
+    if (e.contains("multiple_choice_answer")) {
+      if (!e["multiple_choice_answer"].is_string()) throw Error(cat(where, ": multiple_choice_answer is not a string"));
       v.multiple_choice_answer = e["multiple_choice_answer"].get<std::string>();
+    }
     for (const auto& ans : e["answers"]) {
-      if (!ans.contains("answer") || !ans["answer"].is_string()) throw Error(cat(where, ": an answer lacks \"answer\""));
+      if (!ans.is_object() || !ans.contains("answer") || !ans["answer"].is_string())
+        throw Error(cat(where, ": an answer lacks a string \"answer\""));
       v.answers.push_back(ans["answer"].get<std::string>());
     }
+    out.push_back(std::move(v));
   }
+  return out;
+}
+
+void attach_coco_images(std::vector<VqaQuestion>& questions, const std::string& folder, const std::string& split) {
+  for (auto& q : questions) q.image = coco_image_path(folder, split, q.image_id);
+}
+
+VqaValSplit split_vqa_val(const std::vector<VqaQuestion>& val, int rest_images) {
+  std::vector<int64_t> order;
+  std::unordered_map<int64_t, size_t> position;
+  for (const auto& q : val)
+    if (position.emplace(q.image_id, order.size()).second) order.push_back(q.image_id);
+  const size_t first_rest = order.size() > static_cast<size_t>(std::max(0, rest_images)) ? order.size() - rest_images : 0;
+  VqaValSplit out;
+  for (const auto& q : val) (position[q.image_id] >= first_rest ? out.rest_val : out.trainable_val).push_back(q);
   return out;
 }
 

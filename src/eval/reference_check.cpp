@@ -157,7 +157,7 @@ CheckResult check_forward(const std::string& dir, at::Device device) {
   if (batch.text_ids_mlm.defined()) {
     got["text_mlm.feats"] = model->infer_text_mlm(batch.text_ids_mlm, batch.text_masks);
     if (cfg.has_head("mlm") && batch.text_labels_mlm.defined()) {
-      auto mlm = compute_mlm(model, batch);
+      auto mlm = compute_mlm(model, batch, /*full_logits=*/true);
       got["mlm.logits"] = mlm.logits;
       got["mlm.loss"] = mlm.loss;
       add(mlm.loss);

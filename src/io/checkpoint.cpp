@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "vlmo/error.h"
@@ -193,6 +194,114 @@ TensorMap beit_to_vlmo(const TensorMap& beit, int64_t table_rows) {
     out["relative_position_bias_table"] = table;
   }
   return out;
+}
+
+}  // namespace vlmo
+
+namespace vlmo {
+
+void adapt_config_to_weights(Config& cfg, const TensorMap& weights) {
+  auto has_prefix = [&](const std::string& prefix) {
+    auto it = weights.lower_bound(prefix);
+    return it != weights.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+  };
+  std::vector<std::string> heads;
+  for (const auto& [head, prefix] : std::vector<std::pair<std::string, std::string>>{
+           {"mlm", "mlm_score."}, {"itm", "itm_score."}, {"itc", "itc_text_proj."},
+           {"vqa", "vqa_classifier."}, {"nlvr2", "nlvr2_classifier."}, {"mim", "mim_head."}})
+    if (has_prefix(prefix)) heads.push_back(head);
+  cfg.heads = heads;
+  if (auto it = weights.find("vqa_classifier.3.weight"); it != weights.end() && it->second.dim() == 2)
+    cfg.vqav2_label_size = static_cast<int>(it->second.size(0));
+  if (auto it = weights.find("token_type_embeddings.weight"); it != weights.end() && it->second.dim() == 2)
+    cfg.num_token_types = static_cast<int>(it->second.size(0));
+}
+
+std::vector<std::string> read_answer_list(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(cat(path, ": cannot open the answer list (", std::strerror(errno), ")"));
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const std::exception& e) {
+    throw Error(cat(path, ": not valid JSON (", e.what(), ")"));
+  }
+  if (!j.is_array()) throw Error(cat(path, ": expected a JSON array of answer strings in label order"));
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < j.size(); ++i) {
+    if (!j[i].is_string()) throw Error(cat(path, ": entry ", i, " is not a string"));
+    out.push_back(j[i].get<std::string>());
+    if (!seen.insert(out.back()).second) throw Error(cat(path, ": entry ", i, " (\"", out.back(), "\") repeats an earlier answer"));
+  }
+  if (out.empty()) throw Error(cat(path, ": the answer list is empty"));
+  return out;
+}
+
+LoadedModel load_model(const std::string& path, const ModelSpec& spec) {
+  WeightsFile f = read_weights_file(path);
+  Config cfg;
+  if (!spec.config_path.empty()) {
+    cfg = load_config(spec.config_path);
+  } else if (!spec.preset.empty()) {
+    cfg = Config::preset(spec.preset);
+  } else if (auto it = f.metadata.find("config"); it != f.metadata.end()) {
+    cfg = config_from_json_text(it->second, path + " (config)");
+  } else {
+    throw Error(cat(path, ": no model config recorded in the file (an official checkpoint?): give --config "
+                    "CONFIG.json or --preset {base,base_plus,large}"));
+  }
+  if (spec.image_size > 0) cfg.image_size = spec.image_size;
+  if (spec.max_text_len > 0) cfg.max_text_len = spec.max_text_len;
+  adapt_config_to_weights(cfg, f.tensors);
+  cfg.validate();
+  LoadedModel out;
+  out.model = VLMo(cfg);
+  init_weights(out.model, 0);
+  out.report = load_weights(out.model, std::move(f.tensors), /*strict=*/false);
+  std::vector<std::string> missing;
+  for (const auto& m : out.report.missing)
+    if (m != "text_embeddings.position_ids") missing.push_back(m);  // a buffer equal to arange
+  if (!missing.empty() || !out.report.mismatched.empty()) {
+    LoadReport bad;
+    bad.missing = missing;
+    bad.mismatched = out.report.mismatched;
+    throw Error(cat(path, ": the weights do not fit the model of this config (", missing.size(), " missing, ",
+                    bad.mismatched.size(), " mis-shaped tensors); check --config / --preset\n", bad.describe()));
+  }
+  out.model->eval();
+  out.metadata = std::move(f.metadata);
+  if (cfg.has_head("vqa")) {
+    if (!spec.answers_path.empty()) {
+      out.vqa_answers = read_answer_list(spec.answers_path);
+    } else if (auto it = out.metadata.find("vqa_answers"); it != out.metadata.end()) {
+      try {
+        out.vqa_answers = nlohmann::json::parse(it->second).get<std::vector<std::string>>();
+      } catch (const std::exception& e) {
+        throw Error(cat(path, ": metadata \"vqa_answers\" is not a JSON list of strings (", e.what(), ")"));
+      }
+    }
+    const std::string where = spec.answers_path.empty() ? path + " (vqa_answers)" : spec.answers_path;
+    if (!out.vqa_answers.empty() && static_cast<int>(out.vqa_answers.size()) != cfg.vqav2_label_size)
+      throw Error(cat(where, ": ", out.vqa_answers.size(), " answers, but the VQA classifier has ",
+                      cfg.vqav2_label_size, " labels"));
+  } else if (!spec.answers_path.empty()) {
+    throw Error(cat(path, ": --answers given, but the model has no VQA head (vqa_classifier.*)"));
+  }
+  return out;
+}
+
+void save_model(const std::string& path, VLMo& model, const std::vector<std::string>& vqa_answers,
+                std::map<std::string, std::string> metadata) {
+  metadata["format"] = "vlmo-weights";
+  metadata["config"] = config_to_json_text(model->config());
+  if (!vqa_answers.empty()) {
+    if (static_cast<int>(vqa_answers.size()) != model->config().vqav2_label_size)
+      throw Error(cat(path, ": ", vqa_answers.size(), " answers for a classifier of ",
+                      model->config().vqav2_label_size, " labels"));
+    metadata["vqa_answers"] = nlohmann::json(vqa_answers).dump();
+  }
+  write_safetensors(path, model_state_dict(*model), metadata);
 }
 
 }  // namespace vlmo

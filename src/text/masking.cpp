@@ -51,4 +51,37 @@ MaskedText token_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std
   return apply_mask(tok, ids, selected, rng);
 }
 
+std::vector<bool> blockwise_mask(int grid, int num_masked, std::mt19937_64& rng) {
+  const int n = grid * grid;
+  num_masked = std::min(num_masked, n);
+  std::vector<bool> mask(n, false);
+  const double min_patches = std::max(1.0, n / 12.0);  // BEiT: 16 of 196
+  std::uniform_real_distribution<double> log_aspect(std::log(0.3), std::log(1 / 0.3));
+  int count = 0;
+  while (count < num_masked) {
+    const int budget = num_masked - count;
+    int delta = 0;
+    for (int attempt = 0; attempt < 10 && delta == 0; ++attempt) {
+      const double area = std::uniform_real_distribution<double>(std::min(min_patches, double(budget)), budget)(rng);
+      const double aspect = std::exp(log_aspect(rng));
+      const int h = static_cast<int>(std::lround(std::sqrt(area * aspect)));
+      const int w = static_cast<int>(std::lround(std::sqrt(area / aspect)));
+      if (h < 1 || w < 1 || h > grid || w > grid) continue;
+      const int top = std::uniform_int_distribution<int>(0, grid - h)(rng);
+      const int left = std::uniform_int_distribution<int>(0, grid - w)(rng);
+      int already = 0;
+      for (int y = top; y < top + h; ++y)
+        for (int x = left; x < left + w; ++x) already += mask[y * grid + x];
+      const int fresh = h * w - already;
+      if (fresh <= 0 || fresh > budget) continue;
+      for (int y = top; y < top + h; ++y)
+        for (int x = left; x < left + w; ++x)
+          if (!mask[y * grid + x]) mask[y * grid + x] = true, ++delta;
+    }
+    if (delta == 0) break;
+    count += delta;
+  }
+  return mask;
+}
+
 }  // namespace vlmo

@@ -87,7 +87,13 @@ bool is_punct(int32_t cp) {  // HF _is_punctuation: ASCII non-alphanumeric print
 
 std::string Tokenizer::default_vocab_path() {
   if (const char* env = std::getenv("VLMO_VOCAB")) return env;
-  return std::string(VLMO_DATA_DIR) + "/bert-base-uncased-vocab.txt";
+  const std::string name = "/bert-base-uncased-vocab.txt";
+#ifdef VLMO_INSTALLED_DATA_DIR
+  // An installed library uses the vocabulary installed beside it when the source tree's is gone.
+  if (!std::ifstream(std::string(VLMO_DATA_DIR) + name) && std::ifstream(std::string(VLMO_INSTALLED_DATA_DIR) + name))
+    return std::string(VLMO_INSTALLED_DATA_DIR) + name;
+#endif
+  return std::string(VLMO_DATA_DIR) + name;
 }
 
 Tokenizer Tokenizer::from_file(const std::string& path) {

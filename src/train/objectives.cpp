@@ -3,17 +3,13 @@
 #include <ATen/ATen.h>
 
 #include "vlmo/error.h"
+#include "vlmo/tasks.h"
 
 namespace vlmo {
 
 namespace {
 void require(const at::Tensor& t, const char* what) {
   if (!t.defined()) throw Error(cat("batch field \"", what, "\" is missing for this objective"));
-}
-template <typename Head>
-void require_head(const Head& h, const char* name) {
-  if (h.is_empty())
-    throw Error(cat("this model has no \"", name, "\" head (add it to the config's \"heads\")"));
 }
 }  // namespace
 
@@ -74,7 +70,7 @@ at::Tensor sample_hard_negatives(const at::Tensor& weights, at::Generator gen) {
 ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_image_index,
                       const at::Tensor& neg_text_index, const at::Tensor& pool_images,
                       const at::Tensor& pool_text_ids, const at::Tensor& pool_text_masks) {
-  require_head(model->itm_score, "itm");
+  require_head(model, "itm");
   require(batch.image, "image");
   require(batch.text_ids, "text_ids");
   require(batch.text_masks, "text_masks");
@@ -98,78 +94,83 @@ ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_ima
 
 ItmOutput itm_on_pairs(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
                        const at::Tensor& images, const at::Tensor& labels) {
-  require_head(model->itm_score, "itm");
-  auto fused = model->infer(text_ids, text_masks, images);
   ItmOutput out;
-  out.logits = model->itm_score->forward(fused.cls_feats);
+  out.logits = itm_logits(model, text_ids, text_masks, images);
   out.loss = at::cross_entropy_loss(out.logits, labels.to(out.logits.device()));
   return out;
 }
 
 std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> itm_pair_scorer(
     VLMo& model, const at::Tensor& images, const at::Tensor& text_ids, const at::Tensor& text_masks) {
-  require_head(model->itm_score, "itm");
+  require_head(model, "itm");
   return [model, images, text_ids, text_masks](const at::Tensor& img_idx, const at::Tensor& txt_idx) mutable {
     at::NoGradGuard guard;
     std::vector<at::Tensor> out;
     for (int64_t i = 0; i < img_idx.numel(); i += 128) {
       const int64_t n = std::min<int64_t>(128, img_idx.numel() - i);
       const at::Tensor ii = img_idx.narrow(0, i, n), tt = txt_idx.narrow(0, i, n);
-      auto fused = model->infer(text_ids.index_select(0, tt), text_masks.index_select(0, tt), images.index_select(0, ii));
-      out.push_back(model->itm_score->forward(fused.cls_feats).select(1, 1));
+      out.push_back(itm_logits(model, text_ids.index_select(0, tt), text_masks.index_select(0, tt),
+                               images.index_select(0, ii)).select(1, 1));
     }
     return at::cat(out);
   };
 }
 
-namespace {
-LogitsLoss mlm_from_feats(VLMo& model, const at::Tensor& feats, const at::Tensor& labels,
-                          double weight) {
-  LogitsLoss out;
-  out.logits = model->mlm_score->forward(feats);  // (B, L, V)
-  out.loss = weight * at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
-                                             labels.reshape({-1}), {}, at::Reduction::Mean, -100);
+MlmOutput mlm_loss(VLMo& model, const at::Tensor& text_feats, const at::Tensor& labels, double weight,
+                   bool full_logits) {
+  require_head(model, "mlm");
+  const at::Tensor flat_labels = labels.reshape({-1});
+  const at::Tensor flat_feats = text_feats.reshape({-1, text_feats.size(-1)});
+  const at::Tensor where = flat_labels.ne(-100).nonzero().squeeze(1);
+  MlmOutput out;
+  if (full_logits) out.logits = mlm_logits(model, text_feats);
+  if (where.numel() == 0) {  // nothing to predict: a zero loss that keeps the graph
+    out.loss = text_feats.sum() * 0;
+    out.accuracy = at::zeros({}, text_feats.options()).detach();
+    return out;
+  }
+  const at::Tensor target = flat_labels.index_select(0, where);
+  const at::Tensor logits = full_logits ? out.logits.reshape({-1, out.logits.size(-1)}).index_select(0, where)
+                                        : mlm_logits(model, flat_feats.index_select(0, where));
+  out.loss = weight * at::cross_entropy_loss(logits, target);
+  out.accuracy = logits.argmax(-1).eq(target).to(at::kFloat).mean().detach();
   return out;
 }
-}  // namespace
 
-LogitsLoss compute_mlm(VLMo& model, const Batch& batch) {
-  require_head(model->mlm_score, "mlm");
+MlmOutput compute_mlm(VLMo& model, const Batch& batch, bool full_logits) {
+  require_head(model, "mlm");
   require(batch.text_ids_mlm, "text_ids_mlm");
   require(batch.text_labels_mlm, "text_labels_mlm");
   require(batch.image, "image");
   auto fused = model->infer(batch.text_ids_mlm, batch.text_masks, batch.image);
-  return mlm_from_feats(model, fused.text_feats, batch.text_labels_mlm, 0.25);
+  return mlm_loss(model, fused.text_feats, batch.text_labels_mlm, 0.25, full_logits);
 }
 
-LogitsLoss compute_text_mlm(VLMo& model, const Batch& batch) {
-  require_head(model->mlm_score, "mlm");
+MlmOutput compute_text_mlm(VLMo& model, const Batch& batch, bool full_logits) {
+  require_head(model, "mlm");
   require(batch.text_ids_mlm, "text_ids_mlm");
   require(batch.text_labels_mlm, "text_labels_mlm");
   at::Tensor feats = model->infer_text_mlm(batch.text_ids_mlm, batch.text_masks);
-  return mlm_from_feats(model, feats, batch.text_labels_mlm, 1.0);
+  return mlm_loss(model, feats, batch.text_labels_mlm, 1.0, full_logits);
 }
 
 LogitsLoss compute_vqa(VLMo& model, const Batch& batch) {
-  require_head(model->vqa_classifier, "vqa");
+  require_head(model, "vqa");
   require(batch.vqa_targets, "vqa_targets");
-  auto fused = model->infer(batch.text_ids, batch.text_masks, batch.image);
   LogitsLoss out;
-  out.logits = model->vqa_classifier->forward(fused.cls_feats);
+  out.logits = vqa_logits(model, batch.text_ids, batch.text_masks, batch.image);
   out.loss = at::binary_cross_entropy_with_logits(out.logits, batch.vqa_targets) *
              static_cast<double>(batch.vqa_targets.size(1));
   return out;
 }
 
 LogitsLoss compute_nlvr2(VLMo& model, const Batch& batch) {
-  require_head(model->nlvr2_classifier, "nlvr2");
+  require_head(model, "nlvr2");
   require(batch.image_0, "image_0");
   require(batch.image_1, "image_1");
   require(batch.nlvr2_labels, "nlvr2_labels");
-  auto f0 = model->infer(batch.text_ids, batch.text_masks, batch.image_0, 1);
-  auto f1 = model->infer(batch.text_ids, batch.text_masks, batch.image_1, 2);
   LogitsLoss out;
-  out.logits = model->nlvr2_classifier->forward(at::cat({f0.cls_feats, f1.cls_feats}, -1));
+  out.logits = nlvr2_logits(model, batch.text_ids, batch.text_masks, batch.image_0, batch.image_1);
   out.loss = at::cross_entropy_loss(out.logits, batch.nlvr2_labels);
   return out;
 }

@@ -31,39 +31,6 @@ void set_trainable_for_stage(VLMo& model, Stage stage) {
     p.value().set_requires_grad(stage != Stage::kText || stage2_trainable(p.key()));
 }
 
-std::vector<bool> blockwise_mask(int grid, int num_masked, std::mt19937_64& rng) {
-  const int n = grid * grid;
-  num_masked = std::min(num_masked, n);
-  std::vector<bool> mask(n, false);
-  const double min_patches = std::max(1.0, n / 12.0);  // BEiT: 16 of 196
-  std::uniform_real_distribution<double> log_aspect(std::log(0.3), std::log(1 / 0.3));
-  int count = 0;
-  while (count < num_masked) {
-    const int budget = num_masked - count;
-    int delta = 0;
-    for (int attempt = 0; attempt < 10 && delta == 0; ++attempt) {
-      const double area = std::uniform_real_distribution<double>(std::min(min_patches, double(budget)), budget)(rng);
-      const double aspect = std::exp(log_aspect(rng));
-      const int h = static_cast<int>(std::lround(std::sqrt(area * aspect)));
-      const int w = static_cast<int>(std::lround(std::sqrt(area / aspect)));
-      if (h < 1 || w < 1 || h > grid || w > grid) continue;
-      const int top = std::uniform_int_distribution<int>(0, grid - h)(rng);
-      const int left = std::uniform_int_distribution<int>(0, grid - w)(rng);
-      int already = 0;
-      for (int y = top; y < top + h; ++y)
-        for (int x = left; x < left + w; ++x) already += mask[y * grid + x];
-      const int fresh = h * w - already;
-      if (fresh <= 0 || fresh > budget) continue;
-      for (int y = top; y < top + h; ++y)
-        for (int x = left; x < left + w; ++x)
-          if (!mask[y * grid + x]) mask[y * grid + x] = true, ++delta;
-    }
-    if (delta == 0) break;
-    count += delta;
-  }
-  return mask;
-}
-
 Outputs mim_objective(VLMo& model, const Batch& batch) {
   if (!batch.patch_mask.defined()) throw Error("stage-1 batches need a patch mask");
   const Config& c = model->config();
@@ -81,26 +48,9 @@ Outputs mim_objective(VLMo& model, const Batch& batch) {
   return out;
 }
 
-Outputs masked_lm(VLMo& model, const at::Tensor& text_feats, const at::Tensor& labels, double weight,
-                  const std::string& prefix) {
-  const at::Tensor flat_labels = labels.reshape({-1});
-  const at::Tensor where = flat_labels.ne(-100).nonzero().squeeze(1);
-  Outputs out;
-  if (where.numel() == 0) {
-    out[prefix + "_loss"] = text_feats.sum() * 0;  // keeps the graph; nothing to predict
-    return out;
-  }
-  const at::Tensor feats = text_feats.reshape({-1, text_feats.size(-1)}).index_select(0, where);
-  const at::Tensor target = flat_labels.index_select(0, where);
-  const at::Tensor logits = model->mlm_score->forward(feats);
-  out[prefix + "_loss"] = weight * at::cross_entropy_loss(logits, target);
-  out[prefix + "_acc"] = logits.argmax(-1).eq(target).to(at::kFloat).mean().detach();
-  return out;
-}
-
 Outputs text_mlm_objective(VLMo& model, const Batch& batch) {
-  at::Tensor feats = model->infer_text_mlm(batch.text_ids_mlm, batch.text_masks);
-  return masked_lm(model, feats, batch.text_labels_mlm, 1.0, "textmlm");
+  const MlmOutput m = compute_text_mlm(model, batch);
+  return {{"textmlm_loss", m.loss}, {"textmlm_acc", m.accuracy}};
 }
 
 Outputs vl_objective(VLMo& model, const Batch& batch) {
@@ -118,8 +68,9 @@ Outputs vl_objective(VLMo& model, const Batch& batch) {
   out["itm_loss"] = itm.loss;
   const at::Tensor itm_labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)});
   out["itm_acc"] = itm.logits.argmax(1).eq(itm_labels).to(at::kFloat).mean().detach();
-  auto fused = model->infer(batch.text_ids_mlm, batch.text_masks, batch.image);
-  for (auto& [k, v] : masked_lm(model, fused.text_feats, batch.text_labels_mlm, 0.25, "mlm")) out[k] = v;
+  const MlmOutput mlm = compute_mlm(model, batch);
+  out["mlm_loss"] = mlm.loss;
+  out["mlm_acc"] = mlm.accuracy;
   return out;
 }
 
@@ -131,6 +82,18 @@ Outputs irtr_objective(VLMo& model, const Batch& batch) {
   out["irtr_loss"] = c.loss;
   out["irtr_i2t_acc"] = c.logits_i2t.argmax(1).eq(at::arange(batch.image.size(0), at::kLong)).to(at::kFloat).mean().detach();
   return out;
+}
+
+Outputs vqa_objective(VLMo& model, const Batch& batch) {
+  const LogitsLoss l = compute_vqa(model, batch);
+  const at::Tensor picked = l.logits.argmax(1).unsqueeze(1);
+  return {{"vqa_loss", l.loss}, {"vqa_score", batch.vqa_targets.gather(1, picked).mean().detach()}};
+}
+
+Outputs nlvr2_objective(VLMo& model, const Batch& batch) {
+  const LogitsLoss l = compute_nlvr2(model, batch);
+  return {{"nlvr2_loss", l.loss},
+          {"nlvr2_acc", l.logits.argmax(1).eq(batch.nlvr2_labels).to(at::kFloat).mean().detach()}};
 }
 
 }  // namespace vlmo

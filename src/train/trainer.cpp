@@ -111,18 +111,6 @@ void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, con
 }
 
 
-VLMo load_model(const std::string& path, std::map<std::string, std::string>* metadata) {
-  WeightsFile f = read_weights_file(path);
-  auto cfg = f.metadata.find("config");
-  if (cfg == f.metadata.end())
-    throw Error(cat(path, ": no model config recorded in the file (expected a vlmo checkpoint)"));
-  VLMo model(config_from_json_text(cfg->second, path + " (config)"));
-  load_weights(model, std::move(f.tensors), /*strict=*/true);
-  model->eval();
-  if (metadata) *metadata = std::move(f.metadata);
-  return model;
-}
-
 namespace {
 
 // Builds batches index, index+1, ... on background threads, at most `depth` ahead.
@@ -279,6 +267,19 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       std::fprintf(stderr, tty ? "\r%s\033[K" : "%s\n", line);
       if (tty && last) std::fprintf(stderr, "\n");
       if ((step + 1) % o.log_every == 0) window_time = window_data = 0, window_steps = 0;
+    }
+    if (o.validate && (last || (o.validate_every > 0 && (step + 1) % o.validate_every == 0))) {
+      result.validation = o.validate(model);
+      model->train();
+      nlohmann::json j = {{"step", step + 1}, {"stage", o.name}};
+      std::string shown;
+      for (const auto& [k, v] : result.validation) {
+        j["val_" + k] = v;
+        shown += cat(" ", k, " ", v);
+      }
+      if (metrics.is_open()) metrics << j.dump() << "\n" << std::flush;
+      if (o.progress) std::fprintf(stderr, "[%s] validation after step %lld:%s\n", o.name.c_str(),
+                                   static_cast<long long>(step + 1), shown.c_str());
     }
     const bool stop_now = o.stop_after > 0 && step + 1 - start >= o.stop_after;
     if (!o.checkpoint_path.empty() &&

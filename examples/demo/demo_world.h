@@ -42,6 +42,11 @@ class DemoWorld {
   // NLVR2-style statement over a pair of scenes, with its truth value (variant picks it).
   std::pair<std::string, bool> statement(const Scene& left, const Scene& right, uint64_t variant) const;
 
+  // Scenes as image references for the library's data builders and evaluation ("test/17"), and
+  // the loader that renders them.
+  static std::string ref(const std::string& split, size_t index);
+  Image load(const std::string& ref) const;
+
   static const std::vector<std::string>& colour_names();
   static const std::vector<std::string>& kind_names();
   static const std::vector<std::string>& place_names();

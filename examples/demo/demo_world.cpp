@@ -1,4 +1,4 @@
-#include "vlmo/demo_world.h"
+#include "demo_world.h"
 
 #include <algorithm>
 #include <cmath>
@@ -195,6 +195,17 @@ std::pair<std::string, bool> DemoWorld::any_statement(const Scene& l, const Scen
     case 2: return {"both images contain a " + kind_names()[kind] + ".", has(l, -1, kind) && has(r, -1, kind)};
     default: return {"the left image has more shapes than the right image.", l.shapes.size() > r.shapes.size()};
   }
+}
+
+std::string DemoWorld::ref(const std::string& split, size_t index) { return split + "/" + std::to_string(index); }
+
+Image DemoWorld::load(const std::string& ref) const {
+  const size_t slash = ref.find('/');
+  if (slash == std::string::npos) throw Error(cat("demo world: bad scene reference \"", ref, "\""));
+  const auto& scenes = split(ref.substr(0, slash));
+  const size_t i = std::stoul(ref.substr(slash + 1));
+  if (i >= scenes.size()) throw Error(cat("demo world: no scene ", ref));
+  return render(scenes[i]);
 }
 
 }  // namespace vlmo

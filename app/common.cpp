@@ -1,0 +1,159 @@
+#include "common.h"
+
+#include <ATen/ATen.h>
+
+#include <fstream>
+#include <iostream>
+
+#include "vlmo/error.h"
+#include "vlmo/image.h"
+#include "vlmo/image_tensor.h"
+
+namespace vlmo::cli {
+
+std::vector<Option> model_options(bool answers) {
+  std::vector<Option> o = {
+      {"model", "", "model: a vlmo checkpoint / converted file, or an official .pt / .ckpt (then --config or --preset)"},
+      {"config", "", "model config JSON for a checkpoint that records none (official names)"},
+      {"preset", "", "preset for a checkpoint that records no config: base, base_plus, large"},
+      {"image-size", "0", "image size to run at (position tables resized; 0: the config's)"},
+      {"max-text-len", "0", "text length (0: the config's)"}};
+  if (answers) o.push_back({"answers", "", "VQA answer list: JSON array of strings in label order (vlmo vqa-answers)"});
+  o.push_back(vocab_option());
+  return o;
+}
+
+Option vocab_option() { return {"vocab", "", "vocab.txt (default: the BERT uncased vocabulary of the set-up)"}; }
+
+LoadedModel load_model_from(const Args& a) {
+  if (a.get("model").empty()) throw Error("--model is required (a checkpoint)");
+  ModelSpec spec;
+  spec.config_path = a.get("config");
+  spec.preset = a.get("preset");
+  spec.image_size = a.get_int("image-size", 0, 8192);
+  spec.max_text_len = a.get_int("max-text-len", 0, 4096);
+  if (a.has("answers")) spec.answers_path = a.get("answers");
+  LoadedModel m = load_model(a.get("model"), spec);
+  if (!m.report.unexpected.empty()) {
+    std::cerr << "note: " << a.get("model") << ": " << m.report.unexpected.size()
+              << " tensors the model does not use were ignored:";
+    for (size_t i = 0; i < std::min<size_t>(5, m.report.unexpected.size()); ++i) std::cerr << " " << m.report.unexpected[i];
+    std::cerr << (m.report.unexpected.size() > 5 ? " ...\n" : "\n");
+  }
+  return m;
+}
+
+Tokenizer tokenizer_from(const Args& a, const Config* cfg) {
+  const std::string path = a.get("vocab").empty() ? Tokenizer::default_vocab_path() : a.get("vocab");
+  Tokenizer tok = Tokenizer::from_file(path);
+  if (cfg && tok.vocab_size() != cfg->vocab_size)
+    throw Error(cat(path, ": the vocabulary has ", tok.vocab_size(), " entries but the model's vocab_size is ",
+                    cfg->vocab_size, " (give the model's vocab.txt with --vocab)"));
+  return tok;
+}
+
+std::vector<Option> request_options() {
+  return {{"input", "", "JSON-lines file of requests (one JSON object per line) instead of one request"},
+          {"batch-size", "32", "requests run through the model together"},
+          {"json", "false", "print JSON lines", true}};
+}
+
+std::vector<Request> read_requests(const Args& a, const std::vector<std::string>& fields) {
+  std::vector<Request> out;
+  const std::string& path = a.get("input");
+  auto check = [&](Request& r) {
+    if (!r.value.is_object()) {
+      r.error = "expected a JSON object";
+      return;
+    }
+    for (const auto& f : fields)
+      if (!r.value.contains(f) || !r.value[f].is_string()) {
+        r.error = cat("expected a string field \"", f, "\"");
+        return;
+      }
+  };
+  if (path.empty()) {
+    Request r;
+    r.value = nlohmann::json::object();
+    for (const auto& f : fields) {
+      if (a.get(f).empty()) throw Error(cat("give --", f, " (or --input FILE.jsonl)"));
+      r.value[f] = a.get(f);
+    }
+    out.push_back(std::move(r));
+    return out;
+  }
+  std::ifstream in(path);
+  if (!in) throw Error(cat(path, ": cannot open"));
+  std::string line;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Request r;
+    r.line = n;
+    try {
+      r.value = nlohmann::json::parse(line);
+      check(r);
+    } catch (const std::exception& e) {
+      r.error = cat("not valid JSON (", e.what(), ")");
+    }
+    out.push_back(std::move(r));
+  }
+  if (in.bad()) throw Error(cat(path, ": read error"));
+  if (out.empty()) throw Error(cat(path, ": no requests (the file is empty)"));
+  return out;
+}
+
+int answer_requests(const Args& a, std::vector<Request> requests, const PrepareFn& prepare, const RunFn& run) {
+  const int64_t batch = a.get_int64("batch-size", 1, 1 << 16);
+  const bool json = a.get_flag("json");
+  const bool single = a.get("input").empty();
+  int failed = 0;
+  for (size_t start = 0; start < requests.size(); start += batch) {
+    const size_t end = std::min(requests.size(), start + static_cast<size_t>(batch));
+    std::vector<Prepared> inputs;
+    std::vector<size_t> which;
+    for (size_t i = start; i < end; ++i) {
+      Request& r = requests[i];
+      if (!r.error.empty()) continue;
+      try {
+        inputs.push_back(prepare(r.value));
+        which.push_back(i);
+      } catch (const Error& e) {
+        if (single) throw;
+        r.error = e.what();
+      }
+    }
+    std::vector<std::pair<nlohmann::json, std::string>> results;
+    if (!inputs.empty()) results = run(inputs);
+    size_t k = 0;
+    for (size_t i = start; i < end; ++i) {
+      const Request& r = requests[i];
+      if (!r.error.empty()) {
+        ++failed;
+        std::cerr << "error: " << a.get("input") << ":" << r.line << ": " << r.error << "\n";
+        if (json) std::cout << nlohmann::json{{"line", r.line}, {"error", r.error}}.dump() << "\n";
+        continue;
+      }
+      const auto& [fields, human] = results.at(k++);
+      if (json) {
+        nlohmann::json out = r.value;
+        for (auto it = fields.begin(); it != fields.end(); ++it) out[it.key()] = it.value();
+        std::cout << out.dump() << "\n";
+      } else {
+        std::cout << human;
+      }
+    }
+    std::cout.flush();
+  }
+  if (failed) std::cerr << "error: " << failed << " of " << requests.size() << " requests failed\n";
+  if (!std::cout) throw Error("cannot write the results to standard output");
+  return failed ? kSomeRequestsFailed : 0;
+}
+
+at::Tensor prepared_image(const std::string& path, int image_size) { return eval_transform(read_image(path), image_size); }
+
+std::string prepared_text(const std::string& text) {
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) throw Error("empty text (question, sentence or query)");
+  return text;
+}
+
+}  // namespace vlmo::cli

@@ -1,0 +1,61 @@
+// What several commands share: the option groups that load a model and a tokenizer, and the
+// batched answering of JSON-lines requests (in input order, a bad line reported with its number
+// while the others are still answered).
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cli.h"
+#include "vlmo/checkpoint.h"
+#include "vlmo/tokenizer.h"
+
+namespace vlmo::cli {
+
+// --model, --config, --preset, --image-size, --max-text-len (and --answers when `answers`),
+// --vocab: a vlmo checkpoint, or an official .pt / .ckpt with --config or --preset.
+std::vector<Option> model_options(bool answers = false);
+Option vocab_option();
+// The model those options name; unexpected tensors of the file are listed on stderr.
+LoadedModel load_model_from(const Args& a);
+// The --vocab tokenizer (default: BERT uncased); with a config, its size must match vocab_size.
+Tokenizer tokenizer_from(const Args& a, const Config* cfg = nullptr);
+
+// Exit status of a batch in which some requests failed (the others were answered).
+constexpr int kSomeRequestsFailed = 3;
+
+// One request: a JSON-lines line of --input, or the one the command's flags make (line 0).
+struct Request {
+  size_t line = 0;
+  nlohmann::json value;
+  std::string error;  // why it cannot be answered; empty when fine
+};
+// --input FILE.jsonl (each line an object with the string `fields`), else the flags named by
+// `fields`. Bad lines become requests with an error; an empty file is an error.
+std::vector<Request> read_requests(const Args& a, const std::vector<std::string>& fields);
+
+// A request's model inputs.
+struct Prepared {
+  at::Tensor image, image1;  // (3, S, S)
+  std::string text;
+};
+using PrepareFn = std::function<Prepared(const nlohmann::json& request)>;
+// For each prepared request of a batch: the JSON fields to add to it, and the text for people.
+using RunFn = std::function<std::vector<std::pair<nlohmann::json, std::string>>(const std::vector<Prepared>&)>;
+// --batch-size requests at a time through `run`; prints each result (--json: the request plus
+// the fields, one line each) in input order. Returns 0, or kSomeRequestsFailed when a line
+// failed (printed as {"line", "error"} with --json, and on stderr). A failing single request
+// (no --input) throws.
+int answer_requests(const Args& a, std::vector<Request> requests, const PrepareFn& prepare, const RunFn& run);
+// --input, --batch-size, --json.
+std::vector<Option> request_options();
+
+// Helpers for PrepareFn: an image file through the evaluation transform; a non-empty text.
+at::Tensor prepared_image(const std::string& path, int image_size);
+std::string prepared_text(const std::string& text);
+
+}  // namespace vlmo::cli

@@ -1,0 +1,273 @@
+// The demo, as one readable story: build the world, pre-train in three stages, fine-tune the
+// dual encoder for retrieval, evaluate on the held-out test split, report against chance.
+#include "demo.h"
+
+#include <ATen/ATen.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <algorithm>
+#include <fstream>
+#include <map>
+
+#include "demo_world.h"
+#include "vlmo/checkpoint.h"
+#include "vlmo/data.h"
+#include "vlmo/downstream_data.h"
+#include "vlmo/error.h"
+#include "vlmo/evaluate.h"
+#include "vlmo/pretrain.h"
+
+namespace vlmo {
+namespace {
+
+Config demo_config() {
+  Config c;
+  c.embed_dim = 128;
+  c.depth = 4;
+  c.num_heads = 4;
+  c.image_size = 64;
+  c.patch_size = 16;
+  c.vlffn_start_layer_index = 3;
+  c.max_text_len = 24;
+  c.drop_path_rate = 0.0;
+  c.heads = {"mlm", "itm", "itc", "mim"};
+  return c;
+}
+
+// A split as retrieval data: scene references with their captions.
+std::vector<KarpathyImage> retrieval_split(const DemoWorld& w, const std::string& name, int captions_per_image) {
+  std::vector<KarpathyImage> out;
+  const auto& scenes = w.split(name);
+  for (size_t i = 0; i < scenes.size(); ++i) {
+    KarpathyImage k{DemoWorld::ref(name, i), name, {}};
+    for (int c = 0; c < captions_per_image; ++c)
+      k.captions.push_back(w.caption(scenes[i], static_cast<int>(i * 7 + c * 3) % w.num_caption_variants()));
+    out.push_back(std::move(k));
+  }
+  return out;
+}
+
+std::vector<int64_t> caption_owner(const std::vector<KarpathyImage>& images) {
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < images.size(); ++i) out.insert(out.end(), images[i].captions.size(), static_cast<int64_t>(i));
+  return out;
+}
+
+nlohmann::json recall_json(const Recall& r) {
+  return {{"tr_r1", r.tr1}, {"tr_r5", r.tr5}, {"tr_r10", r.tr10}, {"ir_r1", r.ir1}, {"ir_r5", r.ir5}, {"ir_r10", r.ir10}};
+}
+
+}  // namespace
+
+nlohmann::json run_demo(const DemoOptions& o) {
+  const auto t_start = std::chrono::steady_clock::now();
+  ::mkdir(o.out_dir.c_str(), 0755);
+  at::manual_seed(o.seed);
+  const Config cfg = demo_config();
+  const Tokenizer tok = Tokenizer::from_file(o.vocab.empty() ? Tokenizer::default_vocab_path() : o.vocab);
+  const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size);
+  const std::vector<KarpathyImage> test = retrieval_split(world, "test", 2), val = retrieval_split(world, "val", 2);
+  const auto& train_scenes = world.split("train");
+  auto steps = [&](int64_t n) { return std::max<int64_t>(2, static_cast<int64_t>(n * o.step_scale)); };
+
+  VLMo model(cfg);
+  init_weights(model, o.seed);
+  nlohmann::json report;
+  report["seed"] = o.seed;
+  report["config"] = nlohmann::json::parse(config_to_json_text(cfg));
+  report["world"] = {{"train_scenes", train_scenes.size()}, {"val_scenes", val.size()},
+                     {"test_scenes", test.size()}, {"test_captions", 2 * test.size()},
+                     {"image_size", cfg.image_size}};
+  const std::string metrics = o.out_dir + "/metrics.jsonl";
+  std::remove(metrics.c_str());
+
+  // One training run of a stage: examples from the training scenes, in a per-epoch order.
+  // Trains `m` with `batches` and records the stage in the report.
+  auto fit = [&](VLMo& m, const std::string& name, const ObjectiveFn& objective, const BatchFn& batches,
+                 int64_t n_steps, int64_t batch, double lr, double head_lr_mult,
+                 const std::map<std::string, std::string>& meta) {
+    TrainOptions t;
+    t.name = name;
+    t.max_steps = n_steps;
+    t.warmup_steps = std::max<int64_t>(1, n_steps / 10);
+    t.lr = lr;
+    t.head_lr_mult = head_lr_mult;
+    t.batch_size = batch;
+    t.progress = o.progress;
+    t.log_every = 25;
+    t.loader_threads = 1;
+    t.checkpoint_path = o.out_dir + "/" + name + ".safetensors";
+    t.config_json = config_to_json_text(m->config());
+    t.metadata = meta;
+    t.metrics_path = o.out_dir + "/" + name + ".metrics.jsonl";
+    const TrainResult r = train(m, objective, batches, t);
+    // Summaries: mean of each logged value over the first and the last 10 % of steps.
+    nlohmann::json first, last;
+    const size_t w = std::max<size_t>(1, r.history.size() / 10);
+    for (const auto& [k, v] : r.history.front()) {
+      if (k == "step" || k == "lr") continue;
+      double a = 0, b = 0;
+      for (size_t i = 0; i < w; ++i) a += r.history[i].at(k), b += r.history[r.history.size() - 1 - i].at(k);
+      first[k] = a / w;
+      last[k] = b / w;
+    }
+    report["stages"][name] = {{"steps", r.steps}, {"batch", batch}, {"lr", lr}, {"seconds", r.seconds},
+                              {"first_steps", first}, {"last_steps", last}};
+  };
+
+  auto run_stage = [&](const std::string& name, Stage stage, const ObjectiveFn& objective, int64_t n_steps,
+                       int64_t batch, double lr, bool with_images, bool with_text, bool patch_mask) {
+    set_trainable_for_stage(model, stage);
+    auto order = std::make_shared<EpochOrder>(train_scenes.size(), mix_seed(o.seed, std::hash<std::string>()(name)));
+    CollateOptions co;
+    co.image_size = cfg.image_size;
+    co.max_text_len = cfg.max_text_len;
+    co.patch_mask = patch_mask;
+    co.patch_size = cfg.patch_size;
+    const uint64_t stage_seed = mix_seed(o.seed, std::hash<std::string>()(name) + 1);
+    BatchFn batches = [&, order, co, batch, with_images, with_text, stage_seed](int64_t index) {
+      std::vector<Example> ex;
+      for (int64_t j = 0; j < batch; ++j) {
+        const int64_t g = index * batch + j;
+        const Scene& s = train_scenes[order->at(g)];
+        Example e;
+        if (with_images) e.image = world.render(s);
+        if (with_text) e.text = world.caption(s, static_cast<int>(mix_seed(stage_seed, g) % world.num_caption_variants()));
+        ex.push_back(std::move(e));
+      }
+      return collate(ex, tok, co, mix_seed(stage_seed, index));
+    };
+    fit(model, name, objective, batches, n_steps, batch, lr, 1.0, {});
+  };
+
+  run_stage("stage1-image", Stage::kImage, mim_objective, steps(150), 64, 1e-3, true, false, true);
+  run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(150), 64, 1e-3, false, true, false);
+  run_stage("stage3-vl", Stage::kVL, vl_objective, steps(300), 32, 1e-3, true, true, false);
+  const ImageLoader scenes = [&world](const std::string& ref) { return world.load(ref); };
+  const auto shared_tok = std::make_shared<const Tokenizer>(tok);
+  CollateOptions plain;  // downstream batches: the rendered images as they are, no augmentation
+  plain.image_size = cfg.image_size;
+  plain.max_text_len = cfg.max_text_len;
+  const Recall zero_shot = evaluate_retrieval(model, tok, test, scenes).recall;
+  {
+    auto pairs = std::make_shared<std::vector<ImageText>>();
+    for (size_t i = 0; i < train_scenes.size(); ++i)
+      for (int v = 0; v < world.num_caption_variants(); ++v)
+        pairs->push_back({DemoWorld::ref("train", i), world.caption(train_scenes[i], v)});
+    set_trainable_for_stage(model, Stage::kVL);
+    fit(model, "finetune-retrieval", irtr_objective, pair_batches(pairs, shared_tok, plain, 64, mix_seed(o.seed, 601), scenes),
+        steps(600), 64, 1e-3, 1.0, {});
+  }
+  const RetrievalEvaluation test_eval = evaluate_retrieval(model, tok, test, scenes, /*rerank_k=*/8);
+  const Recall ft = test_eval.recall, reranked = test_eval.reranked;
+  const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;
+  const Recall chance = chance_recall(static_cast<int64_t>(test.size()), caption_owner(test));
+  const std::string stage3 = o.out_dir + "/stage3-vl.safetensors";
+
+  // ---- VQA: a 13-way answer classifier on the fusion encoder, from the stage-3 weights.
+  const std::vector<std::string> answers = DemoWorld::answers();
+  Config vcfg = cfg;
+  vcfg.heads = {"vqa"};
+  vcfg.vqav2_label_size = static_cast<int>(answers.size());
+  VLMo vqa(vcfg);
+  init_weights(vqa, o.seed);
+  load_weights(vqa, read_weights(stage3), false);
+  auto label_of = [&](const std::string& a) {
+    return static_cast<int64_t>(std::find(answers.begin(), answers.end(), a) - answers.begin());
+  };
+  std::map<std::string, int> answer_counts;
+  {
+    auto examples = std::make_shared<std::vector<VqaExample>>();
+    for (size_t i = 0; i < train_scenes.size(); ++i)
+      for (uint64_t k = 0; k < 2; ++k) {
+        const auto [q, a] = world.question(train_scenes[i], mix_seed(o.seed + 7, 2 * i + k));
+        examples->push_back({DemoWorld::ref("train", i), q, {{label_of(a)}, {1.0}}});  // one unanimous answer
+        answer_counts[a]++;
+      }
+    fit(vqa, "finetune-vqa", vqa_objective, vqa_batches(examples, vcfg.vqav2_label_size, shared_tok, plain, 32, mix_seed(o.seed, 501), scenes),
+        steps(300), 32, 1e-3, 20.0, {{"vqa_answers", nlohmann::json(answers).dump()}});
+  }
+  {  // Test: two questions per test scene, ten identical human answers each.
+    std::vector<VqaQuestion> qs;
+    for (size_t i = 0; i < world.split("test").size(); ++i)
+      for (uint64_t k = 0; k < 2; ++k) {
+        VqaQuestion q;
+        q.question_id = static_cast<int64_t>(2 * i + k);
+        q.image = DemoWorld::ref("test", i);
+        std::string gold;
+        std::tie(q.question, gold) = world.question(world.split("test")[i], mix_seed(o.seed + 99, 2 * i + k));
+        q.answers.assign(10, gold);
+        qs.push_back(std::move(q));
+      }
+    const std::string majority = std::max_element(answer_counts.begin(), answer_counts.end(),
+                                                  [](auto& a, auto& b) { return a.second < b.second; })->first;
+    double majority_acc = 0;
+    for (const auto& q : qs) majority_acc += q.answers[0] == majority;
+    const VqaEvaluation e = evaluate_vqa(vqa, tok, qs, answers, scenes);
+    report["vqa"] = {{"test_questions", qs.size()}, {"accuracy", e.accuracy}, {"majority_answer", majority},
+                     {"majority_accuracy", majority_acc / static_cast<double>(qs.size())}};
+  }
+
+  // ---- NLVR2: statements over image pairs, two fusion passes, three token types.
+  Config ncfg = cfg;
+  ncfg.heads = {"nlvr2"};
+  ncfg.num_token_types = 3;
+  VLMo nlvr2(ncfg);
+  init_weights(nlvr2, o.seed);
+  load_weights(nlvr2, read_weights(stage3), false);
+  auto statements = [&](const std::string& split, int64_t n, uint64_t salt) {
+    const auto& sc = world.split(split);
+    std::vector<Nlvr2Example> out;
+    for (int64_t g = 0; g < n; ++g) {
+      const size_t l = mix_seed(salt, 2 * g) % sc.size(), r = mix_seed(salt, 2 * g + 1) % sc.size();
+      const auto [text, truth] = world.statement(sc[l], sc[r], mix_seed(salt + 1, g));
+      out.push_back({cat(split, "-", g, "-0-0"), text, DemoWorld::ref(split, l), DemoWorld::ref(split, r), truth});
+    }
+    return out;
+  };
+  fit(nlvr2, "finetune-nlvr2", nlvr2_objective,
+      nlvr2_batches(std::make_shared<std::vector<Nlvr2Example>>(statements("train", steps(300) * 32, mix_seed(o.seed, 777))),
+                    shared_tok, plain, 32, mix_seed(o.seed, 779), scenes),
+      steps(300), 32, 1e-3, 1.0, {});
+  {
+    const auto test_pairs = statements("test", 200, mix_seed(o.seed, 778));
+    double pos = 0;
+    for (const auto& e : test_pairs) pos += e.label;
+    pos /= static_cast<double>(test_pairs.size());
+    const Nlvr2Evaluation e = evaluate_nlvr2(nlvr2, tok, test_pairs, scenes);
+    report["nlvr2"] = {{"test_pairs", test_pairs.size()}, {"accuracy", e.score.accuracy},
+                       {"majority_accuracy", std::max(pos, 1 - pos)}};
+  }
+
+  report["retrieval"] = {{"test_after_pretraining", recall_json(zero_shot)},
+                         {"test_after_finetuning", recall_json(ft)},
+                         {"val_after_finetuning", recall_json(ft_val)},
+                         {"test_after_finetuning_itm_rerank_top8", recall_json(reranked)},
+                         {"chance", recall_json(chance)}};
+  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+
+  std::printf("\nVLMo demo: shapes world, %zu test images x 2 captions (seed %llu)\n", test.size(),
+              static_cast<unsigned long long>(o.seed));
+  std::printf("%-34s %8s %8s %8s %8s %8s %8s\n", "test split, dual encoder", "TR@1", "TR@5", "TR@10", "IR@1", "IR@5", "IR@10");
+  auto row = [](const char* name, const Recall& r) {
+    std::printf("%-34s %7.1f%% %7.1f%% %7.1f%% %7.1f%% %7.1f%% %7.1f%%\n", name, 100 * r.tr1, 100 * r.tr5, 100 * r.tr10,
+                100 * r.ir1, 100 * r.ir5, 100 * r.ir10);
+  };
+  row("chance", chance);
+  row("after pre-training (no fine-tune)", zero_shot);
+  row("after retrieval fine-tuning", ft);
+  row("  + ITM re-ranking of the top 8", reranked);
+  std::printf("\n%-34s %8s %10s\n", "task (test split)", "accuracy", "majority");
+  std::printf("%-34s %7.1f%% %9.1f%%\n", "VQA (2 questions per image)", 100 * report["vqa"]["accuracy"].get<double>(),
+              100 * report["vqa"]["majority_accuracy"].get<double>());
+  std::printf("%-34s %7.1f%% %9.1f%%\n", "NLVR2 (200 image pairs)", 100 * report["nlvr2"]["accuracy"].get<double>(),
+              100 * report["nlvr2"]["majority_accuracy"].get<double>());
+  std::printf("R@1 over chance: TR %.1fx, IR %.1fx; total time %.0f s; report: %s/report.json\n", ft.tr1 / chance.tr1,
+              ft.ir1 / chance.ir1, report["seconds"].get<double>(), o.out_dir.c_str());
+  std::ofstream(o.out_dir + "/report.json") << report.dump(2) << "\n";
+  return report;
+}
+
+}  // namespace vlmo

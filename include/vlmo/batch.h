@@ -1,0 +1,26 @@
+// A model batch as the official collate builds it, and the batch-maker type the trainer and the
+// data builders share. Data-level: no model, no training.
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+
+namespace vlmo {
+
+// Tensors a task does not need stay undefined.
+struct Batch {
+  at::Tensor text_ids, text_masks;            // (B, L) int64; 1 = real token
+  at::Tensor text_ids_mlm, text_labels_mlm;   // (B, L) int64; labels -100 = ignore
+  at::Tensor image;                           // (B, 3, S, S) float in [-1, 1]
+  at::Tensor image_0, image_1;                // NLVR2 pairs
+  at::Tensor vqa_targets;                     // (B, num_labels) soft scores
+  at::Tensor nlvr2_labels;                    // (B) int64 in {0, 1}
+  at::Tensor patch_mask;                      // (B, W²) bool: stage-1 masked image modelling
+};
+
+// A batch maker: the batch with this index (in an endless sequence over epochs), a pure
+// function of the index, so that any thread may build it and resumption is exact.
+using BatchFn = std::function<Batch(int64_t index)>;
+
+}  // namespace vlmo

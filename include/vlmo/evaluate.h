@@ -1,0 +1,48 @@
+// Evaluation loops of the fine-tuned tasks with the official metrics (reference §5): VQA
+// accuracy (and the predictions for an EvalAI submission), NLVR2 accuracy and consistency,
+// retrieval recall of the dual encoder with optional ITM re-ranking. Each runs the model in eval
+// mode without autograd, in batches, and restores the model's training mode afterwards.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "vlmo/downstream_data.h"
+#include "vlmo/model.h"
+#include "vlmo/retrieval.h"
+#include "vlmo/sources.h"
+#include "vlmo/tokenizer.h"
+#include "vlmo/vqa_eval.h"
+
+namespace vlmo {
+
+struct VqaEvaluation {
+  std::vector<std::pair<int64_t, std::string>> predictions;  // (question_id, answer), input order
+  double accuracy = 0;  // official VQA accuracy, mean over the questions with human answers
+  int64_t scored = 0;   // how many had human answers
+};
+// `answers`: the classifier's labels in order. Images come from each question's `image`.
+VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<VqaQuestion>& questions,
+                           const std::vector<std::string>& answers, const ImageLoader& load = file_image_loader(),
+                           int64_t batch = 32);
+
+struct Nlvr2Evaluation {
+  Nlvr2Score score;
+  std::vector<bool> predictions;  // predicted "True", input order
+};
+Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vector<Nlvr2Example>& examples,
+                               const ImageLoader& load = file_image_loader(), int64_t batch = 16);
+
+struct RetrievalEvaluation {
+  Recall recall;          // dual encoder
+  Recall reranked;        // top rerank_k re-scored with ITM (when rerank_k > 0)
+  int64_t rerank_k = 0;
+  int64_t images = 0, captions = 0;
+};
+// Every caption of `images` is a text query and every image an image query (the official
+// semantics). With rerank_k > 0 the model needs an ITM head (kept images: all in memory).
+RetrievalEvaluation evaluate_retrieval(VLMo& model, const Tokenizer& tok, const std::vector<KarpathyImage>& images,
+                                       const ImageLoader& load = file_image_loader(), int64_t rerank_k = 0,
+                                       int64_t batch = 64);
+
+}  // namespace vlmo

@@ -1,0 +1,100 @@
+// Batch makers of the fine-tuning tasks (VQAv2, NLVR2, image-text pairs) over fixed example lists.
+#include <ATen/ATen.h>
+
+#include "vlmo/downstream_data.h"
+#include "vlmo/error.h"
+
+namespace vlmo {
+
+ImageLoader file_image_loader(const DecodeOptions& decode) {
+  return [decode](const std::string& path) { return read_image(path, decode); };
+}
+
+std::vector<VqaExample> vqa_training_examples(const std::vector<VqaQuestion>& questions,
+                                              const std::vector<std::string>& answers) {
+  std::unordered_map<std::string, int64_t> label;
+  for (size_t i = 0; i < answers.size(); ++i) label[answers[i]] = static_cast<int64_t>(i);
+  std::vector<VqaExample> out;
+  for (const auto& q : questions) {
+    SoftTargets t = vqa_soft_targets(q.answers, label);
+    if (!t.labels.empty()) out.push_back({q.image, q.question, std::move(t)});
+  }
+  return out;
+}
+
+std::vector<ImageText> karpathy_pairs(const std::vector<KarpathyImage>& images, const std::vector<std::string>& splits) {
+  std::vector<ImageText> out;
+  for (const auto& k : images)
+    if (std::find(splits.begin(), splits.end(), k.split) != splits.end())
+      for (const auto& c : k.captions) out.push_back({k.path, c});
+  return out;
+}
+
+namespace {
+void check(size_t n, int64_t batch, const char* what) {
+  if (n == 0) throw Error(cat("no ", what, " examples to train on"));
+  if (batch < 1) throw Error(cat("batch size must be at least 1, got ", batch));
+}
+}  // namespace
+
+BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int num_labels,
+                    std::shared_ptr<const Tokenizer> tok, const CollateOptions& co, int64_t batch, uint64_t seed,
+                    ImageLoader load) {
+  check(examples->size(), batch, "VQA");
+  auto order = std::make_shared<EpochOrder>(examples->size(), seed);
+  return [=](int64_t index) {
+    std::vector<Example> ex;
+    at::Tensor targets = at::zeros({batch, static_cast<int64_t>(num_labels)});
+    auto acc = targets.accessor<float, 2>();
+    for (int64_t j = 0; j < batch; ++j) {
+      const VqaExample& e = (*examples)[order->at(index * batch + j)];
+      ex.push_back({load(e.image), e.question});
+      for (size_t k = 0; k < e.targets.labels.size(); ++k) {
+        if (e.targets.labels[k] < 0 || e.targets.labels[k] >= num_labels)
+          throw Error(cat("VQA label ", e.targets.labels[k], " is outside the classifier's ", num_labels, " labels"));
+        acc[j][e.targets.labels[k]] = static_cast<float>(e.targets.scores[k]);
+      }
+    }
+    Batch b = collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+    b.vqa_targets = targets;
+    return b;
+  };
+}
+
+BatchFn nlvr2_batches(std::shared_ptr<const std::vector<Nlvr2Example>> examples, std::shared_ptr<const Tokenizer> tok,
+                      const CollateOptions& co, int64_t batch, uint64_t seed, ImageLoader load) {
+  check(examples->size(), batch, "NLVR2");
+  auto order = std::make_shared<EpochOrder>(examples->size(), seed);
+  return [=](int64_t index) {
+    std::vector<Example> left, right;
+    std::vector<int64_t> labels;
+    for (int64_t j = 0; j < batch; ++j) {
+      const Nlvr2Example& e = (*examples)[order->at(index * batch + j)];
+      left.push_back({load(e.image0), e.sentence});
+      right.push_back({load(e.image1), e.sentence});
+      labels.push_back(e.label ? 1 : 0);
+    }
+    Batch b = collate(left, *tok, co, mix_seed(seed, 2 * static_cast<uint64_t>(index)));
+    b.image_0 = b.image;
+    b.image = at::Tensor();
+    b.image_1 = collate(right, *tok, co, mix_seed(seed, 2 * static_cast<uint64_t>(index) + 1)).image;
+    b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
+    return b;
+  };
+}
+
+BatchFn pair_batches(std::shared_ptr<const std::vector<ImageText>> pairs, std::shared_ptr<const Tokenizer> tok,
+                     const CollateOptions& co, int64_t batch, uint64_t seed, ImageLoader load) {
+  check(pairs->size(), batch, "image-text");
+  auto order = std::make_shared<EpochOrder>(pairs->size(), seed);
+  return [=](int64_t index) {
+    std::vector<Example> ex;
+    for (int64_t j = 0; j < batch; ++j) {
+      const ImageText& p = (*pairs)[order->at(index * batch + j)];
+      ex.push_back({load(p.image), p.text});
+    }
+    return collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+  };
+}
+
+}  // namespace vlmo

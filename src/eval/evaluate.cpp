@@ -1,0 +1,131 @@
+#include "vlmo/evaluate.h"
+
+#include <ATen/ATen.h>
+
+#include "vlmo/data.h"
+#include "vlmo/error.h"
+#include "vlmo/image_tensor.h"
+#include "vlmo/objectives.h"
+#include "vlmo/tasks.h"
+
+namespace vlmo {
+
+namespace {
+// Eval mode and no autograd for the scope; the previous training mode comes back after.
+class EvalScope {
+ public:
+  explicit EvalScope(VLMo& m) : model_(m), was_training_(m->is_training()) { model_->eval(); }
+  ~EvalScope() { model_->train(was_training_); }
+
+ private:
+  VLMo& model_;
+  bool was_training_;
+  at::NoGradGuard no_grad_;
+};
+
+void check_batch(int64_t batch) {
+  if (batch < 1) throw Error(cat("evaluation batch size must be at least 1, got ", batch));
+}
+}  // namespace
+
+VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<VqaQuestion>& qs,
+                           const std::vector<std::string>& answers, const ImageLoader& load, int64_t batch) {
+  check_batch(batch);
+  require_head(model, "vqa");
+  if (static_cast<int>(answers.size()) != model->config().vqav2_label_size)
+    throw Error(cat("evaluate_vqa: ", answers.size(), " answers for a classifier of ",
+                    model->config().vqav2_label_size, " labels"));
+  EvalScope scope(model);
+  const int size = model->config().image_size;
+  VqaEvaluation out;
+  double total = 0;
+  for (size_t i = 0; i < qs.size(); i += batch) {
+    const size_t end = std::min(qs.size(), i + static_cast<size_t>(batch));
+    std::vector<at::Tensor> pix;
+    std::vector<std::string> text;
+    for (size_t j = i; j < end; ++j) {
+      pix.push_back(eval_transform(load(qs[j].image), size));
+      text.push_back(qs[j].question);
+    }
+    const auto [ids, masks] = encode_batch(tok, text, model->config().max_text_len);
+    const at::Tensor pred = vqa_logits(model, ids, masks, at::stack(pix)).argmax(1);
+    for (size_t j = i; j < end; ++j) {
+      const std::string& a = answers[pred[j - i].item<int64_t>()];
+      out.predictions.emplace_back(qs[j].question_id, a);
+      if (!qs[j].answers.empty()) total += vqa_accuracy(a, qs[j].answers), ++out.scored;
+    }
+  }
+  out.accuracy = out.scored ? total / out.scored : 0;
+  return out;
+}
+
+Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vector<Nlvr2Example>& ex,
+                               const ImageLoader& load, int64_t batch) {
+  check_batch(batch);
+  require_head(model, "nlvr2");
+  EvalScope scope(model);
+  const int size = model->config().image_size;
+  Nlvr2Evaluation out;
+  std::vector<std::string> ids_all;
+  std::vector<bool> correct;
+  for (size_t i = 0; i < ex.size(); i += batch) {
+    const size_t end = std::min(ex.size(), i + static_cast<size_t>(batch));
+    std::vector<at::Tensor> p0, p1;
+    std::vector<std::string> text;
+    for (size_t j = i; j < end; ++j) {
+      p0.push_back(eval_transform(load(ex[j].image0), size));
+      p1.push_back(eval_transform(load(ex[j].image1), size));
+      text.push_back(ex[j].sentence);
+    }
+    const auto [ids, masks] = encode_batch(tok, text, model->config().max_text_len);
+    const at::Tensor pred = nlvr2_logits(model, ids, masks, at::stack(p0), at::stack(p1)).argmax(1);
+    for (size_t j = i; j < end; ++j) {
+      const bool says_true = pred[j - i].item<int64_t>() == 1;
+      out.predictions.push_back(says_true);
+      ids_all.push_back(ex[j].identifier);
+      correct.push_back(says_true == ex[j].label);
+    }
+  }
+  out.score = nlvr2_score(ids_all, correct);
+  return out;
+}
+
+RetrievalEvaluation evaluate_retrieval(VLMo& model, const Tokenizer& tok, const std::vector<KarpathyImage>& images,
+                                       const ImageLoader& load, int64_t rerank_k, int64_t batch) {
+  check_batch(batch);
+  require_head(model, "itc");
+  if (rerank_k > 0) require_head(model, "itm");
+  if (images.empty()) throw Error("evaluate_retrieval: no images");
+  EvalScope scope(model);
+  const int size = model->config().image_size;
+  std::vector<at::Tensor> feats, kept, pix;
+  std::vector<std::string> captions;
+  std::vector<int64_t> owner;
+  auto flush = [&] {
+    if (pix.empty()) return;
+    const at::Tensor stacked = at::stack(pix);
+    feats.push_back(encode_images(model, stacked, batch));
+    if (rerank_k > 0) kept.push_back(stacked);
+    pix.clear();
+  };
+  for (size_t i = 0; i < images.size(); ++i) {
+    pix.push_back(eval_transform(load(images[i].path), size));
+    if (static_cast<int64_t>(pix.size()) == batch) flush();
+    for (const auto& c : images[i].captions) captions.push_back(c), owner.push_back(static_cast<int64_t>(i));
+  }
+  flush();
+  if (captions.empty()) throw Error("evaluate_retrieval: the images have no captions");
+  const auto [ids, masks] = encode_batch(tok, captions, model->config().max_text_len);
+  const at::Tensor scores = at::matmul(at::cat(feats), encode_texts(model, ids, masks, batch).t());  // (Ni, Nt)
+  RetrievalEvaluation out;
+  out.images = static_cast<int64_t>(images.size());
+  out.captions = static_cast<int64_t>(captions.size());
+  out.recall = retrieval_recall(scores, owner);
+  if (rerank_k > 0) {
+    out.rerank_k = rerank_k;
+    out.reranked = rerank_recall(scores, owner, rerank_k, itm_pair_scorer(model, at::cat(kept), ids, masks));
+  }
+  return out;
+}
+
+}  // namespace vlmo

@@ -1,0 +1,95 @@
+#include "vlmo/recipes.h"
+
+#include <cmath>
+
+#include "vlmo/error.h"
+
+namespace vlmo {
+
+namespace {
+enum class Size { kBase, kBasePlus, kLarge };
+Size parse_size(const std::string& preset) {
+  if (preset == "base") return Size::kBase;
+  if (preset == "base_plus" || preset == "base-plus") return Size::kBasePlus;
+  if (preset == "large") return Size::kLarge;
+  throw Error(cat("unknown preset \"", preset, "\" (expected base, base_plus or large)"));
+}
+}  // namespace
+
+FinetuneTask parse_finetune_task(const std::string& name) {
+  if (name == "vqa") return FinetuneTask::kVqa;
+  if (name == "nlvr2") return FinetuneTask::kNlvr2;
+  if (name == "coco" || name == "irtr") return FinetuneTask::kRetrievalCoco;
+  if (name == "f30k") return FinetuneTask::kRetrievalF30k;
+  throw Error(cat("unknown task \"", name, "\" (expected vqa, nlvr2, coco or f30k; irtr = coco)"));
+}
+
+const char* finetune_task_name(FinetuneTask task) {
+  switch (task) {
+    case FinetuneTask::kVqa: return "vqa";
+    case FinetuneTask::kNlvr2: return "nlvr2";
+    case FinetuneTask::kRetrievalCoco: return "coco";
+    case FinetuneTask::kRetrievalF30k: return "f30k";
+  }
+  return "?";
+}
+
+int64_t Recipe::total_steps(int64_t num_examples) const {
+  if (epochs <= 0) return steps;
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(epochs * static_cast<double>(num_examples) /
+                                                             static_cast<double>(batch_size))));
+}
+
+int64_t Recipe::warmup_steps(int64_t total) const {
+  return static_cast<int64_t>(warmup_fraction * static_cast<double>(total));
+}
+
+Recipe official_recipe(FinetuneTask task, const std::string& preset) {
+  const Size size = parse_size(preset);
+  const bool large = size == Size::kLarge, plus = size == Size::kBasePlus;
+  Recipe r;
+  switch (task) {
+    case FinetuneTask::kVqa:  // task_finetune_vqa_*_image480
+      r.image_size = 480;
+      r.lr = large ? 1.5e-5 : 3e-5;
+      r.head_lr_mult = 20;
+      r.drop_path = 0.15;
+      r.batch_size = 128;
+      r.epochs = 10;
+      break;
+    case FinetuneTask::kNlvr2:  // task_finetune_nlvr2_*_image384
+      r.image_size = 384;
+      r.lr = plus || large ? 3e-5 : 5e-5;
+      r.drop_path = plus ? 0.2 : large ? 0.15 : 0.1;
+      r.batch_size = 128;
+      r.epochs = 10;
+      break;
+    case FinetuneTask::kRetrievalCoco:  // task_finetune_irtr_coco_*_image384 + step3k
+      r.image_size = 384;
+      r.lr = large ? 2e-5 : 3e-5;
+      r.drop_path = 0.2;
+      r.batch_size = 3072;
+      r.steps = 3000;
+      break;
+    case FinetuneTask::kRetrievalF30k:  // task_finetune_irtr_f30k_*_image384 + step1_5k
+      r.image_size = 384;
+      r.lr = large ? 2e-5 : 3e-5;
+      r.drop_path = size == Size::kBase ? 0.15 : 0.2;
+      r.batch_size = 3072;
+      r.steps = 1500;
+      r.init = plus ? "pretrained" : "coco";
+      break;
+  }
+  return r;
+}
+
+double pretrain_lr(const std::string& preset) {
+  switch (parse_size(preset)) {
+    case Size::kBase: return 2e-4;
+    case Size::kBasePlus: return 1e-4;
+    case Size::kLarge: return 5e-5;
+  }
+  return 2e-4;
+}
+
+}  // namespace vlmo
