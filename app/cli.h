@@ -36,7 +36,6 @@ struct Args {
   double get_double(const std::string& name, double min = -std::numeric_limits<double>::infinity(),
                     double max = std::numeric_limits<double>::infinity()) const;
   bool get_flag(const std::string& name) const { return get(name) == "true"; }
-  bool has(const std::string& name) const { return values.count(name) > 0; }
 };
 
 struct Command {

@@ -58,7 +58,7 @@ int run_evaluate(const Args& a) {
 Command evaluate_command() {
   Command c{"evaluate", "Official metrics of a fine-tuned model: vqa (accuracy with the official normalisation, EvalAI submission file), nlvr2 (accuracy, consistency), irtr (TR/IR R@1/5/10, optional ITM re-ranking).",
             "vlmo evaluate --task {vqa,nlvr2,irtr} --model CKPT [data options]"};
-  c.options = model_options(true);
+  c.options = model_options();
   for (const Option& o : std::vector<Option>{
            {"task", "vqa", "vqa, nlvr2 or irtr"},
            {"questions", "", "vqa: questions JSON"},

@@ -118,8 +118,8 @@ int run_itm(const Args& a) {
       });
 }
 
-std::vector<Option> options(std::vector<Option> own, bool answers = false) {
-  std::vector<Option> o = model_options(answers);
+std::vector<Option> options(std::vector<Option> own) {
+  std::vector<Option> o = model_options();
   o.insert(o.end(), own.begin(), own.end());
   for (const auto& r : request_options()) o.push_back(r);
   return o;
@@ -130,7 +130,7 @@ std::vector<Option> options(std::vector<Option> own, bool answers = false) {
 Command vqa_command() {
   Command c{"vqa", "Answer a question about an image: the top answers with probabilities.",
             "vlmo vqa --model M --image I --question Q  |  --input batch.jsonl ({\"image\", \"question\"})"};
-  c.options = options({{"image", "", "image file"}, {"question", "", "the question"}, {"top", "5", "answers to show"}}, true);
+  c.options = options({{"image", "", "image file"}, {"question", "", "the question"}, {"top", "5", "answers to show"}});
   c.run = run_vqa;
   return c;
 }

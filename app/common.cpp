@@ -11,14 +11,14 @@
 
 namespace vlmo::cli {
 
-std::vector<Option> model_options(bool answers) {
+std::vector<Option> model_options() {
   std::vector<Option> o = {
       {"model", "", "model: a vlmo checkpoint / converted file, or an official .pt / .ckpt (then --config or --preset)"},
       {"config", "", "model config JSON for a checkpoint that records none (official names)"},
       {"preset", "", "preset for a checkpoint that records no config: base, base_plus, large"},
       {"image-size", "0", "image size to run at (position tables resized; 0: the config's)"},
-      {"max-text-len", "0", "text length (0: the config's)"}};
-  if (answers) o.push_back({"answers", "", "VQA answer list: JSON array of strings in label order (vlmo vqa-answers)"});
+      {"max-text-len", "0", "text length (0: the config's)"},
+      {"answers", "", "VQA answer list: JSON array of strings in label order (vlmo vqa-answers)"}};
   o.push_back(vocab_option());
   return o;
 }
@@ -32,7 +32,7 @@ LoadedModel load_model_from(const Args& a) {
   spec.preset = a.get("preset");
   spec.image_size = a.get_int("image-size", 0, 8192);
   spec.max_text_len = a.get_int("max-text-len", 0, 4096);
-  if (a.has("answers")) spec.answers_path = a.get("answers");
+  spec.answers_path = a.get("answers");
   LoadedModel m = load_model(a.get("model"), spec);
   if (!m.report.unexpected.empty()) {
     std::cerr << "note: " << a.get("model") << ": " << m.report.unexpected.size()

@@ -16,9 +16,9 @@
 
 namespace vlmo::cli {
 
-// --model, --config, --preset, --image-size, --max-text-len (and --answers when `answers`),
-// --vocab: a vlmo checkpoint, or an official .pt / .ckpt with --config or --preset.
-std::vector<Option> model_options(bool answers = false);
+// --model, --config, --preset, --image-size, --max-text-len, --answers, --vocab: a vlmo
+// checkpoint, or an official .pt / .ckpt with --config or --preset (and --answers for VQA).
+std::vector<Option> model_options();
 Option vocab_option();
 // The model those options name; unexpected tensors of the file are listed on stderr.
 LoadedModel load_model_from(const Args& a);

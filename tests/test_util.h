@@ -1,12 +1,14 @@
 // Helpers shared by the tests: fixture paths, temporary folders, error expectations.
 #pragma once
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "vlmo/error.h"
 
@@ -45,6 +47,30 @@ void expect_error(Fn fn, std::initializer_list<std::string> parts) {
     return;
   }
   ADD_FAILURE() << "expected vlmo::Error";
+}
+
+// Runs the vlmo program with `args` (each shell-quoted here); captures stdout, stderr, status.
+struct CliResult {
+  int status = -1;
+  std::string out, err;
+};
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+inline CliResult run_cli(const std::vector<std::string>& args) {
+  static int counter = 0;
+  const std::string base = temp_dir() + "/cli" + std::to_string(counter++);
+  std::string cmd = shell_quote(VLMO_BINARY);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  cmd += " >" + base + ".out 2>" + base + ".err";
+  CliResult r;
+  const int rc = std::system(cmd.c_str());
+  r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  r.out = read_file(base + ".out");
+  r.err = read_file(base + ".err");
+  return r;
 }
 
 }  // namespace vlmo::test
