@@ -19,23 +19,32 @@ struct Option {
   std::string default_value;  // for flags: "false"
   std::string help;
   bool flag = false;
+  // Numbers are checked when the command line is parsed (before any work starts): the whole
+  // value must parse, and lie in the range. An empty value means "not given" only where the
+  // default is empty.
+  enum class Kind { kText, kInteger, kNumber } kind = Kind::kText;
+  int64_t int_min = 0, int_max = 0;
+  double num_min = 0, num_max = 0;
 };
+Option integer_option(std::string name, std::string default_value, std::string help, int64_t min,
+                      int64_t max = std::numeric_limits<int64_t>::max());
+Option number_option(std::string name, std::string default_value, std::string help, double min, double max);
 
 struct Args {
   std::string command;                        // for messages: "vlmo <command>"
+  std::map<std::string, Option> declared;
   std::map<std::string, std::string> values;
   std::set<std::string> given;                // options set on the command line
   std::vector<std::string> positional;
   const std::string& get(const std::string& name) const;
-  // Numbers: the whole value must parse, and lie in [min, max]; errors name the option.
-  int get_int(const std::string& name, int min = std::numeric_limits<int>::min(),
-              int max = std::numeric_limits<int>::max()) const;
-  int64_t get_int64(const std::string& name, int64_t min = std::numeric_limits<int64_t>::min(),
-                    int64_t max = std::numeric_limits<int64_t>::max()) const;
-  uint64_t get_uint64(const std::string& name) const;
-  double get_double(const std::string& name, double min = -std::numeric_limits<double>::infinity(),
-                    double max = std::numeric_limits<double>::infinity()) const;
+  // Typed values of numeric options (range-checked as declared; errors name the option).
+  int get_int(const std::string& name) const;
+  int64_t get_int64(const std::string& name) const;
+  uint64_t get_uint64(const std::string& name) const;  // integer options with min >= 0
+  double get_double(const std::string& name) const;
   bool get_flag(const std::string& name) const { return get(name) == "true"; }
+  // Checks every numeric value (after values were changed, e.g. from a config file).
+  void check_numbers() const;
 };
 
 struct Command {

@@ -27,8 +27,8 @@ int run_convert(const Args& a) {
     Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
     TensorMap weights = read_weights(in);
     adapt_config_to_weights(cfg, weights);
-    if (a.get_int("image-size", 0, 8192) > 0) cfg.image_size = a.get_int("image-size");
-    if (a.get_int("max-text-len", 0, 4096) > 0) cfg.max_text_len = a.get_int("max-text-len");
+    if (a.get_int("image-size") > 0) cfg.image_size = a.get_int("image-size");
+    if (a.get_int("max-text-len") > 0) cfg.max_text_len = a.get_int("max-text-len");
     VLMo strict_model(cfg);
     load_weights(strict_model, std::move(weights), /*strict=*/true);
   }
@@ -60,8 +60,8 @@ Command convert_command() {
   c.usage = "vlmo convert IN OUT.safetensors [--config C.json | --preset P [--image-size S] [--max-text-len L]] [--answers A.json]";
   c.options = {{"config", "", "model config JSON (official hyper-parameter names)"},
                {"preset", "", "model preset: base, base_plus, large"},
-               {"image-size", "0", "image size of the converted model (0: the config's)"},
-               {"max-text-len", "0", "text length of the converted model (0: the config's)"},
+               integer_option("image-size", "0", "image size of the converted model (0: the config's)", 0, 8192),
+               integer_option("max-text-len", "0", "text length of the converted model (0: the config's)", 0, 4096),
                {"answers", "", "VQA answer list to record: JSON array of strings in label order"},
                {"strict", "false", "fail on any tensor of the file the model does not have", true}};
   c.min_positional = c.max_positional = 2;

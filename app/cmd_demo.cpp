@@ -10,7 +10,7 @@ int run_demo_cmd(const Args& a) {
   o.seed = a.get_uint64("seed");
   o.out_dir = a.get("out");
   o.vocab = a.get("vocab");
-  o.step_scale = a.get_double("step-scale", 1e-6, 1e6);
+  o.step_scale = a.get_double("step-scale");
   o.progress = !a.get_flag("quiet");
   run_demo(o);
   return 0;
@@ -27,10 +27,10 @@ Command demo_command() {
       "fine-tune the dual encoder for retrieval, evaluate on the held-out test split against chance, "
       "and write OUT/report.json.";
   c.usage = "vlmo demo [--seed N] [--out DIR]";
-  c.options = {{"seed", "1", "seed of the world, the initialisation and every random draw"},
+  c.options = {integer_option("seed", "1", "seed of the world, the initialisation and every random draw", 0),
                {"out", "demo-out", "output folder (report.json, metrics, checkpoints)"},
                {"vocab", "", "vocab.txt (default: the BERT uncased vocabulary of the set-up)"},
-               {"step-scale", "1.0", "multiply every stage's number of steps (quick checks)"},
+               number_option("step-scale", "1.0", "multiply every stage's number of steps (quick checks)", 1e-6, 1e6),
                {"quiet", "false", "no progress lines", true}};
   c.run = run_demo_cmd;
   return c;

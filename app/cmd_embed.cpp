@@ -22,7 +22,7 @@ int run_embed(const Args& a) {
   LoadedModel m = load_model_from(a);
   require_head(m.model, "itc");
   const Tokenizer tok = tokenizer_from(a, &m.model->config());
-  const int64_t batch = a.get_int64("batch-size", 1, 1 << 16);
+  const int64_t batch = a.get_int64("batch-size");
   std::vector<std::string> ids;
   std::vector<at::Tensor> feats;
   at::NoGradGuard guard;
@@ -75,7 +75,7 @@ int run_search(const Args& a) {
   if (emb.dim() != 2 || static_cast<int64_t>(ids.size()) != emb.size(0))
     throw Error(cat(a.get("index"), ": ", ids.size(), " ids for embeddings of shape ", emb.sizes()));
   const bool index_images = idx.metadata["modality"] == "image";
-  const int64_t k = std::min<int64_t>(a.get_int64("top-k", 1), emb.size(0));
+  const int64_t k = std::min<int64_t>(a.get_int64("top-k"), emb.size(0));
   const std::string field = index_images ? "text" : "image";
   at::NoGradGuard guard;
   return answer_requests(
@@ -135,7 +135,7 @@ Command search_command() {
   c.options = model_options();
   for (const auto& o : request_options()) c.options.push_back(o);
   for (const Option& o : std::vector<Option>{{"index", "", "embedding file from vlmo embed"}, {"text", "", "text query"},
-                                             {"image", "", "image query"}, {"top-k", "5", "results to show"}})
+                                             {"image", "", "image query"}, integer_option("top-k", "5", "results to show", 1)})
     c.options.push_back(o);
   c.run = run_search;
   return c;

@@ -20,7 +20,7 @@ int run_evaluate(const Args& a) {
     throw Error(cat("unknown task \"", task, "\" (expected vqa, nlvr2 or irtr)"));
   LoadedModel m = load_model_from(a);
   const Tokenizer tok = tokenizer_from(a, &m.model->config());
-  const int64_t batch = a.get_int64("batch-size", 1, 1 << 16);
+  const int64_t batch = a.get_int64("batch-size");
   nlohmann::json out;
   out["task"] = task;
   if (task == "vqa") {
@@ -42,7 +42,7 @@ int run_evaluate(const Args& a) {
     for (auto& k : read_karpathy(a.get("karpathy"), a.get("images")))
       if (k.split == a.get("split")) images.push_back(std::move(k));
     if (images.empty()) throw Error(cat(a.get("karpathy"), ": no image in split \"", a.get("split"), "\""));
-    const int64_t k = a.get_int64("rerank", 0);
+    const int64_t k = a.get_int64("rerank");
     const RetrievalEvaluation e = evaluate_retrieval(m.model, tok, images, file_image_loader(), k, batch);
     out["images"] = e.images;
     out["captions"] = e.captions;
@@ -68,9 +68,9 @@ Command evaluate_command() {
            {"data", "", "nlvr2: dev.json or test1.json"},
            {"split", "test", "nlvr2: dev or test1; irtr: Karpathy split (test, val)"},
            {"karpathy", "", "irtr: Karpathy JSON"},
-           {"rerank", "0", "irtr: re-rank the dual encoder's top K with the ITM head (0: off)"},
+           integer_option("rerank", "0", "irtr: re-rank the dual encoder's top K with the ITM head (0: off)", 0, 1000000),
            {"images", ".", "image folder / root"},
-           {"batch-size", "32", "samples per forward pass"}})
+           integer_option("batch-size", "32", "samples per forward pass", 1, 1048576)})
     c.options.push_back(o);
   c.run = run_evaluate;
   return c;

@@ -22,11 +22,11 @@ int run_finetune(const Args& a) {
   Config cfg = Config::preset(a.get("preset"));
   if (!a.get("config").empty()) cfg = load_config(a.get("config"));
   else if (auto it = init.metadata.find("config"); it != init.metadata.end()) cfg = config_from_json_text(it->second, a.get("init") + " (config)");
-  cfg.image_size = a.get_int("image-size", 0, 8192) > 0 ? a.get_int("image-size") : r.image_size;
+  cfg.image_size = a.get_int("image-size") > 0 ? a.get_int("image-size") : r.image_size;
   cfg.drop_path_rate = r.drop_path;
   auto tok = std::make_shared<const Tokenizer>(tokenizer_from(a, &cfg));
   const uint64_t seed = a.get_uint64("seed");
-  const int64_t batch = a.get_int64("batch-size", 1, 1 << 20);
+  const int64_t batch = a.get_int64("batch-size");
   CollateOptions co;
   co.image_size = cfg.image_size;
   co.max_text_len = cfg.max_text_len;
@@ -47,10 +47,10 @@ int run_finetune(const Args& a) {
     }
     std::vector<VqaQuestion> all = train;
     all.insert(all.end(), val.begin(), val.end());
-    const auto answers = a.get("answers").empty() ? build_answer_vocab(all, a.get_int("min-answer-count", 1))
+    const auto answers = a.get("answers").empty() ? build_answer_vocab(all, a.get_int("min-answer-count"))
                                                    : read_answer_list(a.get("answers"));
     if (answers.empty()) throw Error("no answer occurs often enough for the vocabulary (--min-answer-count)");
-    VqaValSplit split = split_vqa_val(val, a.get_int("rest-val-images", 0));
+    VqaValSplit split = split_vqa_val(val, a.get_int("rest-val-images"));
     train.insert(train.end(), split.trainable_val.begin(), split.trainable_val.end());
     auto examples = std::make_shared<const std::vector<VqaExample>>(vqa_training_examples(train, answers));
     n = static_cast<int64_t>(examples->size());
@@ -99,16 +99,16 @@ int run_finetune(const Args& a) {
   std::cerr << "initialised from " << a.get("init") << " (missing tensors keep their fresh initialisation)\n" << rep.describe();
   if (r.init == "coco") std::cerr << "note: the official " << finetune_task_name(task) << " recipe starts from the COCO-fine-tuned retrieval weights\n";
   t.accumulate = static_cast<int>(std::max<int64_t>(1, r.batch_size / batch));
-  t.max_steps = a.get_int64("steps", 0) > 0 ? a.get_int64("steps") : r.total_steps(n);
+  t.max_steps = a.get_int64("steps") > 0 ? a.get_int64("steps") : r.total_steps(n);
   t.warmup_steps = r.warmup_steps(t.max_steps);
-  t.lr = a.get_double("lr", 0) > 0 ? a.get_double("lr") : r.lr;
+  t.lr = a.get_double("lr") > 0 ? a.get_double("lr") : r.lr;
   t.head_lr_mult = r.head_lr_mult;
   t.batch_size = batch;
   t.checkpoint_path = a.get("out");
-  t.checkpoint_every = a.get_int64("checkpoint-every", 0);
-  t.validate_every = a.get_int64("val-every", 0);
+  t.checkpoint_every = a.get_int64("checkpoint-every");
+  t.validate_every = a.get_int64("val-every");
   t.metrics_path = a.get("metrics");
-  t.loader_threads = a.get_int("loader-threads", 1, 256);
+  t.loader_threads = a.get_int("loader-threads");
   t.config_json = config_to_json_text(cfg);
   std::cerr << t.name << ": " << n << " examples, " << t.max_steps << " steps of " << batch * t.accumulate
             << " samples, lr " << t.lr << ", image " << cfg.image_size << " px\n";
@@ -132,25 +132,25 @@ Command finetune_command() {
                {"val-annotations", "", "vqa: val2014 annotations"},
                {"val-images", "", "vqa: val2014 image folder (default: --images)"},
                {"val-image-split", "val2014", "vqa: COCO file-name split of the val images"},
-               {"rest-val-images", "1000", "vqa: val images held out as rest_val"},
+               integer_option("rest-val-images", "1000", "vqa: val images held out as rest_val", 0),
                {"answers", "", "vqa: answer list (vlmo vqa-answers); default: built from the given annotations"},
-               {"min-answer-count", "9", "vqa: without --answers, answers kept in the vocabulary"},
+               integer_option("min-answer-count", "9", "vqa: without --answers, answers kept in the vocabulary", 1),
                {"train", "", "nlvr2: train.json"},
                {"dev", "", "nlvr2: dev.json to validate on"},
                {"karpathy", "", "coco / f30k: dataset_coco.json / dataset_flickr30k.json (val split validates)"},
                {"images", ".", "image folder (COCO folder, NLVR2 images root, Karpathy image root)"},
                vocab_option(),
-               {"image-size", "0", "override the recipe's image size"},
-               {"steps", "0", "override the recipe's steps"},
-               {"lr", "0", "override the recipe's learning rate"},
-               {"batch-size", "16", "samples per micro-batch (accumulated to the recipe's batch)"},
+               integer_option("image-size", "0", "override the recipe's image size", 0, 8192),
+               integer_option("steps", "0", "override the recipe's steps", 0),
+               number_option("lr", "0", "override the recipe's learning rate", 0, 1),
+               integer_option("batch-size", "16", "samples per micro-batch (accumulated to the recipe's batch)", 1, 1048576),
                {"out", "finetune.safetensors", "checkpoint"},
-               {"checkpoint-every", "1000", "steps between checkpoints (0: only at the end)"},
-               {"val-every", "0", "steps between validations (0: only at the end)"},
+               integer_option("checkpoint-every", "1000", "steps between checkpoints (0: only at the end)", 0),
+               integer_option("val-every", "0", "steps between validations (0: only at the end)", 0),
                {"metrics", "finetune.metrics.jsonl", "JSON-lines metrics"},
                {"resume", "", "checkpoint to resume exactly"},
-               {"loader-threads", "2", "background loader threads"},
-               {"seed", "1", "seed"}};
+               integer_option("loader-threads", "2", "background loader threads", 1, 256),
+               integer_option("seed", "1", "seed", 0)};
   c.run = run_finetune;
   return c;
 }

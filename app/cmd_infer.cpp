@@ -43,7 +43,7 @@ int run_vqa(const Args& a) {
   require_head(s.m.model, "vqa");
   if (s.m.vqa_answers.empty())
     throw Error(cat(a.get("model"), ": no VQA answer list recorded; give --answers ANSWERS.json (vlmo vqa-answers)"));
-  const int64_t top = std::min<int64_t>(a.get_int("top", 1), static_cast<int64_t>(s.m.vqa_answers.size()));
+  const int64_t top = std::min<int64_t>(a.get_int("top"), static_cast<int64_t>(s.m.vqa_answers.size()));
   at::NoGradGuard guard;
   return answer_requests(
       a, read_requests(a, {"image", "question"}),
@@ -130,7 +130,7 @@ std::vector<Option> options(std::vector<Option> own) {
 Command vqa_command() {
   Command c{"vqa", "Answer a question about an image: the top answers with probabilities.",
             "vlmo vqa --model M --image I --question Q  |  --input batch.jsonl ({\"image\", \"question\"})"};
-  c.options = options({{"image", "", "image file"}, {"question", "", "the question"}, {"top", "5", "answers to show"}});
+  c.options = options({{"image", "", "image file"}, {"question", "", "the question"}, integer_option("top", "5", "answers to show", 1)});
   c.run = run_vqa;
   return c;
 }

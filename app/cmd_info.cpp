@@ -18,7 +18,7 @@ std::string millions(int64_t n) {
 
 int run_info(const Args& a) {
   Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
-  if (a.get_int("image-size", 0, 8192) > 0) cfg.image_size = a.get_int("image-size");
+  if (a.get_int("image-size") > 0) cfg.image_size = a.get_int("image-size");
   cfg.validate();
   VLMo model(cfg);
   auto& m = *model;
@@ -89,7 +89,7 @@ Command info_command() {
   c.usage = "vlmo info [--preset NAME | --config FILE] [--json]";
   c.options = {{"preset", "base", "base, base_plus or large"},
                {"config", "", "config JSON file (overrides --preset)"},
-               {"image-size", "0", "image size in px (0: the config's)"},
+               integer_option("image-size", "0", "image size in px (0: the config's)", 0, 8192),
                {"json", "false", "print JSON instead of a table", true}};
   c.run = run_info;
   return c;

@@ -10,11 +10,11 @@ namespace vlmo::cli {
 namespace {
 
 int run_preprocess(const Args& a) {
-  const int size = a.get_int("size", 1, 8192);
+  const int size = a.get_int("size");
   if (size <= 0) throw Error("--size must be a positive number of pixels");
   if (a.get("out").empty()) throw Error("vlmo preprocess: --out OUT.safetensors is required");
   DecodeOptions opt;
-  opt.max_pixels = a.get_int64("max-pixels", 1);
+  opt.max_pixels = a.get_int64("max-pixels");
   if (a.get_flag("fast")) opt.target_size = size;
   TensorMap out;
   for (const auto& path : a.positional) {
@@ -36,9 +36,9 @@ Command preprocess_command() {
       "[0,1], normalise with mean 0.5 and std 0.5) to JPEG / PNG / WebP files and write each "
       "as an F32 [3,SIZE,SIZE] tensor named <file name>@<SIZE>.";
   c.usage = "vlmo preprocess --size S --out OUT.safetensors IMAGE...";
-  c.options = {{"size", "224", "output side in pixels"},
+  c.options = {integer_option("size", "224", "output side in pixels", 1, 8192),
                {"out", "", "output safetensors file"},
-               {"max-pixels", "178956970", "refuse larger images (decompression bomb guard)"},
+               integer_option("max-pixels", "178956970", "refuse larger images (decompression bomb guard)", 1),
                {"fast", "false", "reduced-scale JPEG decoding (faster, not PIL-exact)", true}};
   c.min_positional = 1;
   c.max_positional = 1u << 30;

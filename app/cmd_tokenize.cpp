@@ -13,7 +13,7 @@ namespace {
 int run_tokenize(const Args& a) {
   const std::string vocab = a.get("vocab").empty() ? Tokenizer::default_vocab_path() : a.get("vocab");
   const Tokenizer tok = Tokenizer::from_file(vocab);
-  const int max_len = a.get_int("max-len", 0, 1 << 20);
+  const int max_len = a.get_int("max-len");
   if (max_len < 0 || max_len == 1) throw Error("--max-len must be 0 (no limit) or at least 2");
   const std::string& input = a.get("input");
   if (input.empty()) throw Error("vlmo tokenize: --input FILE.jsonl is required");
@@ -73,7 +73,7 @@ Command tokenize_command() {
   c.usage = "vlmo tokenize --input FILE.jsonl [--max-len N] [--vocab vocab.txt]";
   c.options = {{"input", "", "JSON-lines input file, - for standard input"},
                {"output", "", "output file (default: standard output)"},
-               {"max-len", "0", "truncate and pad to this many tokens (0: no limit, no padding)"},
+               integer_option("max-len", "0", "truncate and pad to this many tokens (0: no limit, no padding)", 0, 1048576),
                {"vocab", "", "vocab.txt (default: $VLMO_VOCAB, else data/bert-base-uncased-vocab.txt)"}};
   c.run = run_tokenize;
   return c;

@@ -21,7 +21,7 @@ int run_vqa_answers(const Args& a) {
     std::cerr << f << ": " << qs.size() << " questions\n";
     all.insert(all.end(), qs.begin(), qs.end());
   }
-  const auto answers = build_answer_vocab(all, a.get_int("min-count", 1));
+  const auto answers = build_answer_vocab(all, a.get_int("min-count"));
   if (answers.empty()) throw Error(cat("no answer occurs at least ", a.get("min-count"), " times"));
   write_file_atomic(a.get("out"), nlohmann::json(answers).dump() + "\n");
   std::cout << "wrote " << answers.size() << " answers (label order) to " << a.get("out") << "\n";
@@ -38,7 +38,7 @@ Command vqa_answers_command() {
             "vlmo vqa-answers --annotations TRAIN_ANNOTATIONS.json [VAL_ANNOTATIONS.json ...] --out answers.json"};
   c.options = {{"annotations", "", "first annotation file (more may follow as arguments)"},
                {"out", "", "answer list to write (JSON array)"},
-               {"min-count", "9", "keep answers that occur at least this often"}};
+               integer_option("min-count", "9", "keep answers that occur at least this often", 1)};
   c.max_positional = 64;
   c.run = run_vqa_answers;
   return c;

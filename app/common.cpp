@@ -16,8 +16,8 @@ std::vector<Option> model_options() {
       {"model", "", "model: a vlmo checkpoint / converted file, or an official .pt / .ckpt (then --config or --preset)"},
       {"config", "", "model config JSON for a checkpoint that records none (official names)"},
       {"preset", "", "preset for a checkpoint that records no config: base, base_plus, large"},
-      {"image-size", "0", "image size to run at (position tables resized; 0: the config's)"},
-      {"max-text-len", "0", "text length (0: the config's)"},
+      integer_option("image-size", "0", "image size to run at (position tables resized; 0: the config's)", 0, 8192),
+      integer_option("max-text-len", "0", "text length (0: the config's)", 0, 4096),
       {"answers", "", "VQA answer list: JSON array of strings in label order (vlmo vqa-answers)"}};
   o.push_back(vocab_option());
   return o;
@@ -30,8 +30,8 @@ LoadedModel load_model_from(const Args& a) {
   ModelSpec spec;
   spec.config_path = a.get("config");
   spec.preset = a.get("preset");
-  spec.image_size = a.get_int("image-size", 0, 8192);
-  spec.max_text_len = a.get_int("max-text-len", 0, 4096);
+  spec.image_size = a.get_int("image-size");
+  spec.max_text_len = a.get_int("max-text-len");
   spec.answers_path = a.get("answers");
   LoadedModel m = load_model(a.get("model"), spec);
   if (!m.report.unexpected.empty()) {
@@ -54,7 +54,7 @@ Tokenizer tokenizer_from(const Args& a, const Config* cfg) {
 
 std::vector<Option> request_options() {
   return {{"input", "", "JSON-lines file of requests (one JSON object per line) instead of one request"},
-          {"batch-size", "32", "requests run through the model together"},
+          integer_option("batch-size", "32", "requests run through the model together", 1, 65536),
           {"json", "false", "print JSON lines", true}};
 }
 
@@ -103,7 +103,7 @@ std::vector<Request> read_requests(const Args& a, const std::vector<std::string>
 }
 
 int answer_requests(const Args& a, std::vector<Request> requests, const PrepareFn& prepare, const RunFn& run) {
-  const int64_t batch = a.get_int64("batch-size", 1, 1 << 16);
+  const int64_t batch = a.get_int64("batch-size");
   const bool json = a.get_flag("json");
   const bool single = a.get("input").empty();
   int failed = 0;

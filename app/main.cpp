@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
         std::cout << cmd.help();
         return 0;
       }
-      vlmo::init_threads(args.get_int("threads", 0, 1024));
+      vlmo::init_threads(args.get_int("threads"));
       return cmd.run(args);
     } catch (const vlmo::Error& e) {
       std::cerr << "error: " << e.what() << "\n";

@@ -54,10 +54,6 @@ ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_ima
                       const at::Tensor& neg_text_index, const at::Tensor& pool_images = {},
                       const at::Tensor& pool_text_ids = {}, const at::Tensor& pool_text_masks = {});
 
-// ITM logit of class 1 for (image i, text j) pairs drawn from stacked inputs, in chunks of 128.
-std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> itm_pair_scorer(
-    VLMo& model, const at::Tensor& images, const at::Tensor& text_ids, const at::Tensor& text_masks);
-
 struct LogitsLoss {
   at::Tensor loss, logits;
 };

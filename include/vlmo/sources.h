@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "vlmo/batch.h"
 #include "vlmo/data.h"
 
 namespace vlmo {
@@ -84,5 +86,21 @@ std::vector<KarpathyImage> read_karpathy(const std::string& json_path, const std
 std::vector<std::string> read_text_corpus(const std::vector<std::string>& files);
 // Image files (jpg, jpeg, png, webp) under a folder, recursively, sorted.
 std::vector<std::string> list_images(const std::string& folder);
+
+// Where pre-training examples come from: exactly one of the four.
+struct SourceSpec {
+  std::string webdataset;                   // shard pattern, e.g. "cc-{000000..000099}.tar"
+  std::string karpathy, image_root = ".";   // Karpathy JSON (its train + restval images)
+  std::string text;                         // text files: comma-separated patterns (braces allowed)
+  std::string images;                       // an image folder
+};
+// What each example of a stage carries.
+enum class ExampleKind { kImage, kText, kImageText };
+// Batches for pre-training from a source: map-style sources in a seeded per-epoch order, a
+// WebDataset streamed (skipping ahead on resume); a corrupt item is skipped (logged on stderr)
+// and replaced by the next epoch's item at its position, unless more items than the source has
+// were skipped. A source that cannot provide `kind` is an error.
+BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok,
+                       const CollateOptions& co, int64_t batch, uint64_t seed);
 
 }  // namespace vlmo

@@ -5,6 +5,8 @@
 #pragma once
 #include <ATen/Tensor.h>
 
+#include <functional>
+
 #include "vlmo/model.h"
 
 namespace vlmo {
@@ -26,6 +28,11 @@ at::Tensor nlvr2_logits(VLMo& model, const at::Tensor& text_ids, const at::Tenso
 // (B, 2) logits, class 1 = "match": itm_score(pooler) of the fusion pass.
 at::Tensor itm_logits(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
                       const at::Tensor& images);
+
+// ITM logit of class 1 for (image i, text j) pairs drawn from stacked inputs, in chunks of 128,
+// without autograd: the pair scorer of retrieval re-ranking (vlmo/retrieval.h rerank_recall).
+std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> itm_pair_scorer(
+    VLMo& model, const at::Tensor& images, const at::Tensor& text_ids, const at::Tensor& text_masks);
 
 // MLM logits (N, vocab) of text features (N, C) or (B, L, C) -> (B, L, vocab).
 at::Tensor mlm_logits(VLMo& model, const at::Tensor& text_feats);

@@ -5,7 +5,6 @@
 #include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/image_tensor.h"
-#include "vlmo/objectives.h"
 #include "vlmo/tasks.h"
 
 namespace vlmo {

@@ -100,22 +100,6 @@ ItmOutput itm_on_pairs(VLMo& model, const at::Tensor& text_ids, const at::Tensor
   return out;
 }
 
-std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> itm_pair_scorer(
-    VLMo& model, const at::Tensor& images, const at::Tensor& text_ids, const at::Tensor& text_masks) {
-  require_head(model, "itm");
-  return [model, images, text_ids, text_masks](const at::Tensor& img_idx, const at::Tensor& txt_idx) mutable {
-    at::NoGradGuard guard;
-    std::vector<at::Tensor> out;
-    for (int64_t i = 0; i < img_idx.numel(); i += 128) {
-      const int64_t n = std::min<int64_t>(128, img_idx.numel() - i);
-      const at::Tensor ii = img_idx.narrow(0, i, n), tt = txt_idx.narrow(0, i, n);
-      out.push_back(itm_logits(model, text_ids.index_select(0, tt), text_masks.index_select(0, tt),
-                               images.index_select(0, ii)).select(1, 1));
-    }
-    return at::cat(out);
-  };
-}
-
 MlmOutput mlm_loss(VLMo& model, const at::Tensor& text_feats, const at::Tensor& labels, double weight,
                    bool full_logits) {
   require_head(model, "mlm");
