@@ -98,7 +98,7 @@ int run_finetune(const Args& a) {
   const LoadReport rep = load_weights(model, std::move(init.tensors), false);
   std::cerr << "initialised from " << a.get("init") << " (missing tensors keep their fresh initialisation)\n" << rep.describe();
   if (r.init == "coco") std::cerr << "note: the official " << finetune_task_name(task) << " recipe starts from the COCO-fine-tuned retrieval weights\n";
-  t.accumulate = static_cast<int>(std::max<int64_t>(1, r.batch_size / batch));
+  t.accumulate = a.get_int("accumulate") > 0 ? a.get_int("accumulate") : static_cast<int>(std::max<int64_t>(1, r.batch_size / batch));
   t.max_steps = a.get_int64("steps") > 0 ? a.get_int64("steps") : r.total_steps(n);
   t.warmup_steps = r.warmup_steps(t.max_steps);
   t.lr = a.get_double("lr") > 0 ? a.get_double("lr") : r.lr;
@@ -144,6 +144,7 @@ Command finetune_command() {
                integer_option("steps", "0", "override the recipe's steps", 0),
                number_option("lr", "0", "override the recipe's learning rate", 0, 1),
                integer_option("batch-size", "16", "samples per micro-batch (accumulated to the recipe's batch)", 1, 1048576),
+               integer_option("accumulate", "0", "micro-batches per step (0: the recipe's batch / --batch-size)", 0, 1048576),
                {"out", "finetune.safetensors", "checkpoint"},
                integer_option("checkpoint-every", "1000", "steps between checkpoints (0: only at the end)", 0),
                integer_option("val-every", "0", "steps between validations (0: only at the end)", 0),

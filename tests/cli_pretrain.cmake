@@ -107,7 +107,7 @@ file(WRITE ${F}/a.json [=[{"annotations": [
   {"question_id": 10, "image_id": 1, "multiple_choice_answer": "soccer", "answers": [{"answer": "soccer"}, {"answer": "soccer"}, {"answer": "football"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}, {"answer": "soccer"}]},
   {"question_id": 20, "image_id": 2, "multiple_choice_answer": "yes", "answers": [{"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "no"}, {"answer": "yes"}, {"answer": "yes"}]}]}]=])
 expect_ok(finetune_vqa ${VLMO} finetune --task vqa --init ${D}/stage3-vl.safetensors --questions ${F}/q.json --annotations ${F}/a.json
-          --images ${F}/coco --min-answer-count 1 --image-size 64 --steps 2 --batch-size 2 --out ${F}/vqa.safetensors --metrics ${F}/vqa.jsonl)
+          --images ${F}/coco --min-answer-count 1 --image-size 64 --steps 2 --batch-size 2 --accumulate 1 --out ${F}/vqa.safetensors --metrics ${F}/vqa.jsonl)
 expect_ok(evaluate_vqa ${VLMO} evaluate --task vqa --model ${F}/vqa.safetensors --questions ${F}/q.json --annotations ${F}/a.json
           --images ${F}/coco --image-split train2014 --submission ${F}/submission.json)
 string(JSON acc GET "${LAST_OUT}" accuracy)
@@ -125,7 +125,7 @@ file(COPY_FILE ${IMG}/chelsea.png ${F}/nlvr2/dev/dev-5-1-img1.png)
 file(WRITE ${F}/train.json "{\"identifier\": \"train-1-0-0\", \"sentence\": \"the left image shows a cat.\", \"label\": \"True\", \"directory\": \"3\"}\n")
 file(WRITE ${F}/dev.json "{\"identifier\": \"dev-5-0-0\", \"sentence\": \"the left image shows a cat.\", \"label\": \"True\"}\n{\"identifier\": \"dev-5-1-0\", \"sentence\": \"the left image shows a cat.\", \"label\": \"False\"}\n")
 expect_ok(finetune_nlvr2 ${VLMO} finetune --task nlvr2 --init ${D}/stage3-vl.safetensors --train ${F}/train.json --images ${F}/nlvr2
-          --image-size 64 --steps 2 --batch-size 2 --out ${F}/nlvr2.safetensors --metrics ${F}/nlvr2.jsonl)
+          --image-size 64 --steps 2 --batch-size 2 --accumulate 1 --out ${F}/nlvr2.safetensors --metrics ${F}/nlvr2.jsonl)
 expect_ok(evaluate_nlvr2 ${VLMO} evaluate --task nlvr2 --model ${F}/nlvr2.safetensors --data ${F}/dev.json --images ${F}/nlvr2 --split dev)
 string(JSON nacc GET "${LAST_OUT}" accuracy)
 string(JSON ncons GET "${LAST_OUT}" consistency)
@@ -140,7 +140,7 @@ file(WRITE ${F}/kp.json [=[{"images": [
   {"filename": "camera.png", "split": "test", "sentences": [{"raw": "a man with a camera"}]},
   {"filename": "cat.png", "split": "test", "sentences": [{"raw": "a cat"}]}]}]=])
 expect_ok(finetune_irtr ${VLMO} finetune --task irtr --init ${D}/stage3-vl.safetensors --karpathy ${F}/kp.json --images ${F}/kp
-          --image-size 64 --steps 2 --batch-size 2 --out ${F}/irtr.safetensors --metrics ${F}/irtr.jsonl)
+          --image-size 64 --steps 2 --batch-size 2 --accumulate 1 --out ${F}/irtr.safetensors --metrics ${F}/irtr.jsonl)
 expect_ok(evaluate_irtr ${VLMO} evaluate --task irtr --model ${F}/irtr.safetensors --karpathy ${F}/kp.json --images ${F}/kp --split test --rerank 2)
 string(JSON rr10 GET "${LAST_OUT}" recall_itm_rerank tr_r10)
 string(JSON r10 GET "${LAST_OUT}" recall tr_r10)
