@@ -18,11 +18,12 @@ int run_finetune(const Args& a) {
   const Recipe r = official_recipe(task, a.get("preset"));
   if (a.get("init").empty()) throw Error("--init CHECKPOINT (the pre-trained weights) is required");
   WeightsFile init = read_weights_file(a.get("init"));
-  // The model: --config, else the config the --init checkpoint records, else --preset.
-  Config cfg = Config::preset(a.get("preset"));
-  if (!a.get("config").empty()) cfg = load_config(a.get("config"));
-  else if (auto it = init.metadata.find("config"); it != init.metadata.end()) cfg = config_from_json_text(it->second, a.get("init") + " (config)");
-  cfg.image_size = a.get_int("image-size") > 0 ? a.get_int("image-size") : r.image_size;
+  // The model: --config, else --preset if given, else the config the --init checkpoint records.
+  ModelSpec spec;
+  spec.config_path = a.get("config");
+  if (a.given.count("preset")) spec.preset = a.get("preset");
+  spec.image_size = a.get_int("image-size") > 0 ? a.get_int("image-size") : r.image_size;
+  Config cfg = model_config(a.get("init"), init.metadata, spec);
   cfg.drop_path_rate = r.drop_path;
   auto tok = std::make_shared<const Tokenizer>(tokenizer_from(a, &cfg));
   const uint64_t seed = a.get_uint64("seed");
@@ -45,22 +46,18 @@ int run_finetune(const Args& a) {
       val = read_vqav2(a.get("val-questions"), a.get("val-annotations"));
       attach_coco_images(val, a.get("val-images").empty() ? a.get("images") : a.get("val-images"), a.get("val-image-split"));
     }
-    std::vector<VqaQuestion> all = train;
-    all.insert(all.end(), val.begin(), val.end());
-    const auto answers = a.get("answers").empty() ? build_answer_vocab(all, a.get_int("min-answer-count"))
-                                                   : read_answer_list(a.get("answers"));
-    if (answers.empty()) throw Error("no answer occurs often enough for the vocabulary (--min-answer-count)");
-    VqaValSplit split = split_vqa_val(val, a.get_int("rest-val-images"));
-    train.insert(train.end(), split.trainable_val.begin(), split.trainable_val.end());
-    auto examples = std::make_shared<const std::vector<VqaExample>>(vqa_training_examples(train, answers));
+    VqaFinetuneData d = vqa_finetune_data(std::move(train), val, a.get("answers").empty() ? std::vector<std::string>{} : read_answer_list(a.get("answers")),
+                                          a.get_int("min-answer-count"), a.get_int("rest-val-images"));
+    const std::vector<std::string> answers = d.answers;
+    auto examples = std::make_shared<const std::vector<VqaExample>>(std::move(d.train));
     n = static_cast<int64_t>(examples->size());
     cfg.heads = {"vqa"};
     cfg.vqav2_label_size = static_cast<int>(answers.size());
     batches = vqa_batches(examples, cfg.vqav2_label_size, tok, co, batch, seed);
     objective = vqa_objective;
     t.metadata["vqa_answers"] = nlohmann::json(answers).dump();
-    if (!split.rest_val.empty())
-      t.validate = [=, rest = std::move(split.rest_val)](VLMo& m) {
+    if (!d.rest_val.empty())
+      t.validate = [=, rest = std::move(d.rest_val)](VLMo& m) {
         return std::map<std::string, double>{{"vqa_accuracy", evaluate_vqa(m, *tok, rest, answers).accuracy}};
       };
   } else if (task == FinetuneTask::kNlvr2) {
@@ -123,8 +120,8 @@ Command finetune_command() {
             "vlmo finetune --task {vqa,nlvr2,coco,f30k} --init PRETRAINED [data options] --out CKPT"};
   c.options = {{"task", "vqa", "vqa, nlvr2, coco or f30k (irtr = coco)"},
                {"init", "", "pre-trained checkpoint (e.g. a 224-px stage-3 checkpoint)"},
-               {"preset", "base", "preset of the model (and of the recipe's learning rate)"},
-               {"config", "", "model config JSON (default: the one --init records, else --preset)"},
+               {"preset", "base", "preset of the recipe (and of the model when --init records no config)"},
+               {"config", "", "model config JSON (default: the one --init records)"},
                {"questions", "", "vqa: v2_OpenEnded_mscoco_train2014_questions.json"},
                {"annotations", "", "vqa: v2_mscoco_train2014_annotations.json"},
                {"image-split", "train2014", "vqa: COCO file-name split of --images"},

@@ -124,6 +124,23 @@ TEST(VqaData, OfficialValSplitHoldsOutTheLastImages) {
   EXPECT_EQ(rest, (std::vector<int64_t>{3, 5}));
   EXPECT_EQ(trainable, (std::vector<int64_t>{0, 1, 2, 4}));
   EXPECT_EQ(split_vqa_val(val, 10).trainable_val.size(), 0u);
+
+  // The fine-tuning data: train + trainable_val to train on, rest_val to validate on; the answer
+  // list from train + all of val when none is given.
+  for (size_t i = 0; i < val.size(); ++i) val[i].answers.assign(10, i < 3 ? "yes" : "no");  // "no" only in rest_val ...
+  std::vector<VqaQuestion> train(1);
+  train[0].answers.assign(10, "no");  // ... and once in train
+  // No multiple_choice_answer anywhere: no answer list can be built.
+  expect_error([&] { vqa_finetune_data(train, val, {}, /*min_count=*/1, /*rest_images=*/2); }, {"no answer occurs"});
+  for (auto& q : val) q.multiple_choice_answer = q.answers[0];
+  train[0].multiple_choice_answer = "no";
+  const VqaFinetuneData e = vqa_finetune_data(train, val, {}, /*min_count=*/3, /*rest_images=*/2);
+  EXPECT_EQ(e.answers, (std::vector<std::string>{"no", "yes"}));  // "no" 1 + 3 times, "yes" 3 times; train first
+  EXPECT_EQ(e.train.size(), 5u);                                  // 1 train + 4 trainable_val
+  ASSERT_EQ(e.rest_val.size(), 2u);
+  EXPECT_EQ(e.rest_val[0].question_id, 3);
+  const VqaFinetuneData given = vqa_finetune_data(train, val, {"yes"}, 9, 2);
+  EXPECT_EQ(given.train.size(), 3u);  // only questions with an answer in the given list
 }
 
 TEST(VqaData, TrainingExamplesCarrySoftTargetsAndDropUnanswerable) {

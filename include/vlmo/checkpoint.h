@@ -59,6 +59,12 @@ struct ModelSpec {
   std::string answers_path;  // VQA answer list: a JSON array of strings in label order
 };
 
+// The architecture of the weight file `path` (with safetensors `metadata`): spec.config_path,
+// else spec.preset, else the file's recorded "config", else an error saying what to give;
+// then spec.image_size / spec.max_text_len override.
+Config model_config(const std::string& path, const std::map<std::string, std::string>& metadata,
+                    const ModelSpec& spec);
+
 struct LoadedModel {
   VLMo model{nullptr};
   std::map<std::string, std::string> metadata;  // the file's (empty for torch.save files)

@@ -81,6 +81,17 @@ struct VqaExample {
 std::vector<VqaExample> vqa_training_examples(const std::vector<VqaQuestion>& questions,
                                               const std::vector<std::string>& answers);
 
+// The official VQA fine-tuning data (reference §4): train on train + trainable_val, validate on
+// rest_val (the last `rest_images` val images). The answer list is `answers` when given, else
+// built from train + all of val (build_answer_vocab with `min_count`).
+struct VqaFinetuneData {
+  std::vector<VqaExample> train;
+  std::vector<VqaQuestion> rest_val;
+  std::vector<std::string> answers;
+};
+VqaFinetuneData vqa_finetune_data(std::vector<VqaQuestion> train, const std::vector<VqaQuestion>& val,
+                                  std::vector<std::string> answers = {}, int min_count = 9, int rest_images = 1000);
+
 // An image-text pair (retrieval fine-tuning, pre-training on Karpathy splits).
 struct ImageText {
   std::string image, text;

@@ -22,6 +22,23 @@ std::vector<VqaExample> vqa_training_examples(const std::vector<VqaQuestion>& qu
   return out;
 }
 
+VqaFinetuneData vqa_finetune_data(std::vector<VqaQuestion> train, const std::vector<VqaQuestion>& val,
+                                  std::vector<std::string> answers, int min_count, int rest_images) {
+  VqaFinetuneData out;
+  if (answers.empty()) {
+    std::vector<VqaQuestion> all = train;
+    all.insert(all.end(), val.begin(), val.end());
+    answers = build_answer_vocab(all, min_count);
+    if (answers.empty()) throw Error(cat("no answer occurs at least ", min_count, " times: the answer list is empty"));
+  }
+  VqaValSplit split = split_vqa_val(val, rest_images);
+  train.insert(train.end(), split.trainable_val.begin(), split.trainable_val.end());
+  out.train = vqa_training_examples(train, answers);
+  out.rest_val = std::move(split.rest_val);
+  out.answers = std::move(answers);
+  return out;
+}
+
 std::vector<ImageText> karpathy_pairs(const std::vector<KarpathyImage>& images, const std::vector<std::string>& splits) {
   std::vector<ImageText> out;
   for (const auto& k : images)

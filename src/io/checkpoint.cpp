@@ -238,14 +238,14 @@ std::vector<std::string> read_answer_list(const std::string& path) {
   return out;
 }
 
-LoadedModel load_model(const std::string& path, const ModelSpec& spec) {
-  WeightsFile f = read_weights_file(path);
+Config model_config(const std::string& path, const std::map<std::string, std::string>& metadata,
+                    const ModelSpec& spec) {
   Config cfg;
   if (!spec.config_path.empty()) {
     cfg = load_config(spec.config_path);
   } else if (!spec.preset.empty()) {
     cfg = Config::preset(spec.preset);
-  } else if (auto it = f.metadata.find("config"); it != f.metadata.end()) {
+  } else if (auto it = metadata.find("config"); it != metadata.end()) {
     cfg = config_from_json_text(it->second, path + " (config)");
   } else {
     throw Error(cat(path, ": no model config recorded in the file (an official checkpoint?): give --config "
@@ -253,6 +253,12 @@ LoadedModel load_model(const std::string& path, const ModelSpec& spec) {
   }
   if (spec.image_size > 0) cfg.image_size = spec.image_size;
   if (spec.max_text_len > 0) cfg.max_text_len = spec.max_text_len;
+  return cfg;
+}
+
+LoadedModel load_model(const std::string& path, const ModelSpec& spec) {
+  WeightsFile f = read_weights_file(path);
+  Config cfg = model_config(path, f.metadata, spec);
   adapt_config_to_weights(cfg, f.tensors);
   cfg.validate();
   LoadedModel out;
