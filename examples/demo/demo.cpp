@@ -17,6 +17,7 @@
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
 #include "vlmo/evaluate.h"
+#include "vlmo/image_tensor.h"
 #include "vlmo/pretrain.h"
 
 namespace vlmo {
@@ -145,21 +146,11 @@ nlohmann::json run_demo(const DemoOptions& o) {
   run_stage("stage1-image", Stage::kImage, mim_objective, steps(150), 64, 1e-3, true, false, true);
   run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(150), 64, 1e-3, false, true, false);
   run_stage("stage3-vl", Stage::kVL, vl_objective, steps(300), 32, 1e-3, true, true, false);
+  // Downstream training draws from the world directly (a fresh caption, question or statement at
+  // every visit of a scene); evaluation goes through the library's loops, with scenes as images.
   const ImageLoader scenes = [&world](const std::string& ref) { return world.load(ref); };
-  const auto shared_tok = std::make_shared<const Tokenizer>(tok);
-  CollateOptions plain;  // downstream batches: the rendered images as they are, no augmentation
-  plain.image_size = cfg.image_size;
-  plain.max_text_len = cfg.max_text_len;
   const Recall zero_shot = evaluate_retrieval(model, tok, test, scenes).recall;
-  {
-    auto pairs = std::make_shared<std::vector<ImageText>>();
-    for (size_t i = 0; i < train_scenes.size(); ++i)
-      for (int v = 0; v < world.num_caption_variants(); ++v)
-        pairs->push_back({DemoWorld::ref("train", i), world.caption(train_scenes[i], v)});
-    set_trainable_for_stage(model, Stage::kVL);
-    fit(model, "finetune-retrieval", irtr_objective, pair_batches(pairs, shared_tok, plain, 64, mix_seed(o.seed, 601), scenes),
-        steps(600), 64, 1e-3, 1.0, {});
-  }
+  run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(600), 64, 1e-3, true, true, false);
   const RetrievalEvaluation test_eval = evaluate_retrieval(model, tok, test, scenes, /*rerank_k=*/8);
   const Recall ft = test_eval.recall, reranked = test_eval.reranked;
   const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;
@@ -177,20 +168,37 @@ nlohmann::json run_demo(const DemoOptions& o) {
   auto label_of = [&](const std::string& a) {
     return static_cast<int64_t>(std::find(answers.begin(), answers.end(), a) - answers.begin());
   };
-  std::map<std::string, int> answer_counts;
   {
-    auto examples = std::make_shared<std::vector<VqaExample>>();
-    for (size_t i = 0; i < train_scenes.size(); ++i)
-      for (uint64_t k = 0; k < 2; ++k) {
-        const auto [q, a] = world.question(train_scenes[i], mix_seed(o.seed + 7, 2 * i + k));
-        examples->push_back({DemoWorld::ref("train", i), q, {{label_of(a)}, {1.0}}});  // one unanimous answer
-        answer_counts[a]++;
+    auto order = std::make_shared<EpochOrder>(train_scenes.size(), mix_seed(o.seed, 501));
+    BatchFn batches = [&, order](int64_t index) {
+      const int64_t B = 32;
+      std::vector<at::Tensor> pix;
+      std::vector<std::string> qs;
+      at::Tensor targets = at::zeros({B, static_cast<int64_t>(answers.size())});
+      for (int64_t j = 0; j < B; ++j) {
+        const int64_t g = index * B + j;
+        const Scene& sc = train_scenes[order->at(g)];
+        const auto [q, a] = world.question(sc, mix_seed(o.seed + 7, g));
+        pix.push_back(to_normalized_tensor(world.render(sc)));
+        qs.push_back(q);
+        targets[j][label_of(a)] = 1.0;  // every demo question has one unanimous answer
       }
-    fit(vqa, "finetune-vqa", vqa_objective, vqa_batches(examples, vcfg.vqav2_label_size, shared_tok, plain, 32, mix_seed(o.seed, 501), scenes),
-        steps(300), 32, 1e-3, 20.0, {{"vqa_answers", nlohmann::json(answers).dump()}});
+      Batch b;
+      std::tie(b.text_ids, b.text_masks) = encode_batch(tok, qs, cfg.max_text_len);
+      b.image = at::stack(pix);
+      b.vqa_targets = targets;
+      return b;
+    };
+    fit(vqa, "finetune-vqa", vqa_objective, batches, steps(300), 32, 1e-3, 20.0,
+        {{"vqa_answers", nlohmann::json(answers).dump()}});
   }
   {  // Test: two questions per test scene, ten identical human answers each.
+    std::map<std::string, int> counts;
+    for (size_t i = 0; i < train_scenes.size(); ++i) counts[world.question(train_scenes[i], mix_seed(o.seed + 7, i)).second]++;
+    const std::string majority =
+        std::max_element(counts.begin(), counts.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
     std::vector<VqaQuestion> qs;
+    double majority_acc = 0;
     for (size_t i = 0; i < world.split("test").size(); ++i)
       for (uint64_t k = 0; k < 2; ++k) {
         VqaQuestion q;
@@ -199,12 +207,9 @@ nlohmann::json run_demo(const DemoOptions& o) {
         std::string gold;
         std::tie(q.question, gold) = world.question(world.split("test")[i], mix_seed(o.seed + 99, 2 * i + k));
         q.answers.assign(10, gold);
+        majority_acc += gold == majority;
         qs.push_back(std::move(q));
       }
-    const std::string majority = std::max_element(answer_counts.begin(), answer_counts.end(),
-                                                  [](auto& a, auto& b) { return a.second < b.second; })->first;
-    double majority_acc = 0;
-    for (const auto& q : qs) majority_acc += q.answers[0] == majority;
     const VqaEvaluation e = evaluate_vqa(vqa, tok, qs, answers, scenes);
     report["vqa"] = {{"test_questions", qs.size()}, {"accuracy", e.accuracy}, {"majority_answer", majority},
                      {"majority_accuracy", majority_acc / static_cast<double>(qs.size())}};
@@ -217,24 +222,41 @@ nlohmann::json run_demo(const DemoOptions& o) {
   VLMo nlvr2(ncfg);
   init_weights(nlvr2, o.seed);
   load_weights(nlvr2, read_weights(stage3), false);
-  auto statements = [&](const std::string& split, int64_t n, uint64_t salt) {
+  // The g-th statement of a split: a pair of scenes and a statement about them, from the salt.
+  auto statement_at = [&](const std::string& split, uint64_t g, uint64_t salt) {
     const auto& sc = world.split(split);
-    std::vector<Nlvr2Example> out;
-    for (int64_t g = 0; g < n; ++g) {
-      const size_t l = mix_seed(salt, 2 * g) % sc.size(), r = mix_seed(salt, 2 * g + 1) % sc.size();
-      const auto [text, truth] = world.statement(sc[l], sc[r], mix_seed(salt + 1, g));
-      out.push_back({cat(split, "-", g, "-0-0"), text, DemoWorld::ref(split, l), DemoWorld::ref(split, r), truth});
-    }
-    return out;
+    const size_t l = mix_seed(salt, 2 * g) % sc.size(), r = mix_seed(salt, 2 * g + 1) % sc.size();
+    const auto [text, truth] = world.statement(sc[l], sc[r], mix_seed(salt + 1, g));
+    return Nlvr2Example{cat(split, "-", g, "-0-0"), text, DemoWorld::ref(split, l), DemoWorld::ref(split, r), truth};
   };
-  fit(nlvr2, "finetune-nlvr2", nlvr2_objective,
-      nlvr2_batches(std::make_shared<std::vector<Nlvr2Example>>(statements("train", steps(300) * 32, mix_seed(o.seed, 777))),
-                    shared_tok, plain, 32, mix_seed(o.seed, 779), scenes),
-      steps(300), 32, 1e-3, 1.0, {});
   {
-    const auto test_pairs = statements("test", 200, mix_seed(o.seed, 778));
+    BatchFn batches = [&](int64_t index) {
+      std::vector<at::Tensor> p0, p1;
+      std::vector<std::string> st;
+      std::vector<int64_t> labels;
+      for (int64_t j = 0; j < 32; ++j) {
+        const Nlvr2Example e = statement_at("train", static_cast<uint64_t>(index * 32 + j), mix_seed(o.seed, 777));
+        p0.push_back(to_normalized_tensor(world.load(e.image0)));
+        p1.push_back(to_normalized_tensor(world.load(e.image1)));
+        st.push_back(e.sentence);
+        labels.push_back(e.label ? 1 : 0);
+      }
+      Batch b;
+      std::tie(b.text_ids, b.text_masks) = encode_batch(tok, st, cfg.max_text_len);
+      b.image_0 = at::stack(p0);
+      b.image_1 = at::stack(p1);
+      b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
+      return b;
+    };
+    fit(nlvr2, "finetune-nlvr2", nlvr2_objective, batches, steps(300), 32, 1e-3, 1.0, {});
+  }
+  {
+    std::vector<Nlvr2Example> test_pairs;
     double pos = 0;
-    for (const auto& e : test_pairs) pos += e.label;
+    for (uint64_t g = 0; g < 200; ++g) {
+      test_pairs.push_back(statement_at("test", g, mix_seed(o.seed, 778)));
+      pos += test_pairs.back().label;
+    }
     pos /= static_cast<double>(test_pairs.size());
     const Nlvr2Evaluation e = evaluate_nlvr2(nlvr2, tok, test_pairs, scenes);
     report["nlvr2"] = {{"test_pairs", test_pairs.size()}, {"accuracy", e.score.accuracy},
