@@ -18,7 +18,7 @@ namespace {
 int run_embed(const Args& a) {
   if (a.get("out").empty()) throw Error("--out EMBEDDINGS.safetensors is required");
   const bool images = !a.positional.empty();
-  if (images == !a.get("input").empty()) throw Error("give image files, or --input texts.jsonl (not both)");
+  if (images == !a.get("input").empty()) throw Error("give image files or --input texts.jsonl (exactly one of them)");
   LoadedModel m = load_model_from(a);
   require_head(m.model, "itc");
   const Tokenizer tok = tokenizer_from(a, &m.model->config());
