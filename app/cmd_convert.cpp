@@ -22,19 +22,14 @@ int run_convert(const Args& a) {
     std::cerr << "wrote " << weights.size() << " tensors to " << out << " (names and values as in " << in << ")\n";
     return 0;
   }
-  if (a.get_flag("strict")) {
-    // Every tensor of the file must belong to the model (checked before anything is written).
-    Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
-    TensorMap weights = read_weights(in);
-    adapt_config_to_weights(cfg, weights);
-    if (a.get_int("image-size") > 0) cfg.image_size = a.get_int("image-size");
-    if (a.get_int("max-text-len") > 0) cfg.max_text_len = a.get_int("max-text-len");
-    VLMo strict_model(cfg);
-    load_weights(strict_model, std::move(weights), /*strict=*/true);
-  }
   Args spec = a;
   spec.values["model"] = in;
   LoadedModel m = load_model_from(spec);
+  // --strict: every tensor of the file belongs to the model and the model has every tensor
+  // (checked before anything is written).
+  if (a.get_flag("strict") && (!m.report.unexpected.empty() || !m.report.missing.empty()))
+    throw Error(cat("strict load failed: ", m.report.missing.size(), " missing, ", m.report.unexpected.size(),
+                    " unexpected tensors\n", m.report.describe()));
   if (!m.report.resized.empty()) std::cerr << m.report.describe();
   save_model(out, m.model, m.vqa_answers, {{"converted_from", in}});
   const Config& c = m.model->config();

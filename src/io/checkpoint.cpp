@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "vlmo/error.h"
 #include "vlmo/relative_position.h"
@@ -217,25 +218,34 @@ void adapt_config_to_weights(Config& cfg, const TensorMap& weights) {
     cfg.num_token_types = static_cast<int>(it->second.size(0));
 }
 
-std::vector<std::string> read_answer_list(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(cat(path, ": cannot open the answer list (", std::strerror(errno), ")"));
+namespace {
+// An answer list as JSON text: an array of distinct strings; `where` names its source.
+std::vector<std::string> parse_answer_list(const std::string& text, const std::string& where) {
   nlohmann::json j;
   try {
-    in >> j;
+    j = nlohmann::json::parse(text);
   } catch (const std::exception& e) {
-    throw Error(cat(path, ": not valid JSON (", e.what(), ")"));
+    throw Error(cat(where, ": not valid JSON (", e.what(), ")"));
   }
-  if (!j.is_array()) throw Error(cat(path, ": expected a JSON array of answer strings in label order"));
+  if (!j.is_array()) throw Error(cat(where, ": expected a JSON array of answer strings in label order"));
   std::vector<std::string> out;
   std::set<std::string> seen;
   for (size_t i = 0; i < j.size(); ++i) {
-    if (!j[i].is_string()) throw Error(cat(path, ": entry ", i, " is not a string"));
+    if (!j[i].is_string()) throw Error(cat(where, ": entry ", i, " is not a string"));
     out.push_back(j[i].get<std::string>());
-    if (!seen.insert(out.back()).second) throw Error(cat(path, ": entry ", i, " (\"", out.back(), "\") repeats an earlier answer"));
+    if (!seen.insert(out.back()).second) throw Error(cat(where, ": entry ", i, " (\"", out.back(), "\") repeats an earlier answer"));
   }
-  if (out.empty()) throw Error(cat(path, ": the answer list is empty"));
+  if (out.empty()) throw Error(cat(where, ": the answer list is empty"));
   return out;
+}
+}  // namespace
+
+std::vector<std::string> read_answer_list(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(cat(path, ": cannot open the answer list (", std::strerror(errno), ")"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_answer_list(text.str(), path);
 }
 
 Config model_config(const std::string& path, const std::map<std::string, std::string>& metadata,
@@ -281,11 +291,7 @@ LoadedModel load_model(const std::string& path, const ModelSpec& spec) {
     if (!spec.answers_path.empty()) {
       out.vqa_answers = read_answer_list(spec.answers_path);
     } else if (auto it = out.metadata.find("vqa_answers"); it != out.metadata.end()) {
-      try {
-        out.vqa_answers = nlohmann::json::parse(it->second).get<std::vector<std::string>>();
-      } catch (const std::exception& e) {
-        throw Error(cat(path, ": metadata \"vqa_answers\" is not a JSON list of strings (", e.what(), ")"));
-      }
+      out.vqa_answers = parse_answer_list(it->second, path + " (metadata vqa_answers)");
     }
     const std::string where = spec.answers_path.empty() ? path + " (vqa_answers)" : spec.answers_path;
     if (!out.vqa_answers.empty() && static_cast<int>(out.vqa_answers.size()) != cfg.vqav2_label_size)
