@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "vlmo/device.h"
 #include "vlmo/error.h"
 #include "vlmo/reference_check.h"
 
@@ -12,7 +13,7 @@ namespace {
 
 int run_check(const Args& a) {
   const std::string& dir = a.positional[0];
-  const at::Device device(a.get("device"));
+  const at::Device device = parse_device(a.get("device"));
   const CheckResult r = check_reference(dir, device);
   double worst = 0;
   for (const auto& row : r.rows) worst = std::max(worst, row.max_abs_err);

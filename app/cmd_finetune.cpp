@@ -14,6 +14,12 @@ namespace vlmo::cli {
 namespace {
 
 int run_finetune(const Args& a) {
+  {
+    TrainOptions early;  // outputs checked before the weights and the data are read
+    early.checkpoint_path = a.get("out");
+    early.metrics_path = a.get("metrics");
+    prepare_training(a, early);
+  }
   const FinetuneTask task = parse_finetune_task(a.get("task"));
   const Recipe r = official_recipe(task, a.get("preset"));
   if (a.get("init").empty()) throw Error("--init CHECKPOINT (the pre-trained weights) is required");
@@ -33,6 +39,9 @@ int run_finetune(const Args& a) {
   co.max_text_len = cfg.max_text_len;
   co.train_transform = true;  // square_transform_randaug
   TrainOptions t;
+  t.checkpoint_path = a.get("out");
+  t.metrics_path = a.get("metrics");
+  prepare_training(a, t);
   t.name = std::string("finetune-") + finetune_task_name(task);
   BatchFn batches;
   ObjectiveFn objective;
@@ -101,10 +110,8 @@ int run_finetune(const Args& a) {
   t.lr = a.get_double("lr") > 0 ? a.get_double("lr") : r.lr;
   t.head_lr_mult = r.head_lr_mult;
   t.batch_size = batch;
-  t.checkpoint_path = a.get("out");
   t.checkpoint_every = a.get_int64("checkpoint-every");
   t.validate_every = a.get_int64("val-every");
-  t.metrics_path = a.get("metrics");
   t.loader_threads = a.get_int("loader-threads");
   t.config_json = config_to_json_text(cfg);
   std::cerr << t.name << ": " << n << " examples, " << t.max_steps << " steps of " << batch * t.accumulate
@@ -149,6 +156,7 @@ Command finetune_command() {
                {"resume", "", "checkpoint to resume exactly"},
                integer_option("loader-threads", "2", "background loader threads", 1, 256),
                integer_option("seed", "1", "seed", 0)};
+  for (auto& o : fault_options()) c.options.push_back(std::move(o));
   c.run = run_finetune;
   return c;
 }

@@ -1,8 +1,10 @@
 // vlmo preprocess: the evaluation transform of image files, written to safetensors.
 #include <iostream>
+#include <map>
 
 #include "cli.h"
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/image_tensor.h"
 #include "vlmo/safetensors.h"
 
@@ -16,9 +18,15 @@ int run_preprocess(const Args& a) {
   DecodeOptions opt;
   opt.max_pixels = a.get_int64("max-pixels");
   if (a.get_flag("fast")) opt.target_size = size;
+  check_output_path(a.get("out"), "--out");
   TensorMap out;
+  std::map<std::string, std::string> source_of;  // tensor name -> input path
   for (const auto& path : a.positional) {
     const std::string name = path.substr(path.find_last_of('/') + 1) + "@" + std::to_string(size);
+    auto [it, fresh] = source_of.emplace(name, path);
+    if (!fresh)
+      throw Error(cat(it->second, " and ", path, " would both be stored as \"", name,
+                      "\" (tensors are named by file name): preprocess them into separate files"));
     out[name] = eval_transform(read_image(path, opt), size);
     std::cerr << "preprocessed " << path << " -> " << name << "\n";
   }

@@ -11,6 +11,7 @@
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/recipes.h"
 #include "vlmo/sources.h"
@@ -20,13 +21,13 @@ namespace {
 
 // Options a --train-config JSON may set (same names as the flags, with '-' or '_').
 const char* kTrainKeys[] = {"steps", "batch-size", "accumulate", "lr", "warmup", "checkpoint-every",
-                            "seed", "loader-threads", "image-size", "max-text-len"};
+                            "seed", "loader-threads", "image-size", "max-text-len", "max-bad-steps",
+                            "max-skip-rate", "skip-window"};
 
 int run_pretrain(const Args& args) {
   Args a = args;
   if (!a.get("train-config").empty()) {
-    std::ifstream in(a.get("train-config"));
-    if (!in) throw Error(cat(a.get("train-config"), ": cannot open"));
+    std::ifstream in = open_input(a.get("train-config"), "training config JSON");
     nlohmann::json j;
     try {
       in >> j;
@@ -47,10 +48,19 @@ int run_pretrain(const Args& args) {
     }
   }
   const Stage stage = parse_stage(a.get("stage"));
+  TrainOptions t;
+  t.checkpoint_path = a.get("out");
+  t.metrics_path = a.get("metrics");
+  prepare_training(a, t);  // outputs checked before the model and the data are loaded
   Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
-  // Official per-stage settings unless given: text length 196 in stage 2, 40 otherwise.
+  // Text length: --max-text-len, else a --config file's own, else the official per-stage value
+  // (196 in stage text, 40 otherwise).
   const int max_len = a.get_int("max-text-len");
-  cfg.max_text_len = max_len > 0 ? max_len : (stage == Stage::kText ? 196 : 40);
+  std::string len_from = "--max-text-len";
+  if (max_len > 0) cfg.max_text_len = max_len;
+  else if (!a.get("config").empty()) len_from = "max_text_len of " + a.get("config");
+  else cfg.max_text_len = stage == Stage::kText ? 196 : 40, len_from = "the official value for this stage";
+  std::cerr << "text length " << cfg.max_text_len << " tokens (" << len_from << ")\n";
   if (a.get_int("image-size") > 0) cfg.image_size = a.get_int("image-size");
   if (stage == Stage::kImage && !cfg.has_head("mim")) cfg.heads.push_back("mim");
   cfg.validate();
@@ -86,7 +96,6 @@ int run_pretrain(const Args& args) {
                                                    : ExampleKind::kImageText;
   const int64_t batch = a.get_int64("batch-size");
   const BatchFn batches = source_batches(spec, kind, std::make_shared<const Tokenizer>(tok), co, batch, seed);
-  TrainOptions t;
   t.name = std::string("stage-") + stage_name(stage);
   t.max_steps = a.get_int64("steps");
   t.warmup_steps = a.get_int64("warmup");
@@ -94,8 +103,6 @@ int run_pretrain(const Args& args) {
   t.accumulate = a.get_int("accumulate");
   t.batch_size = batch;
   t.checkpoint_every = a.get_int64("checkpoint-every");
-  t.checkpoint_path = a.get("out");
-  t.metrics_path = a.get("metrics");
   t.loader_threads = spec.webdataset.empty() ? a.get_int("loader-threads") : 1;  // a stream is sequential
   t.config_json = config_to_json_text(cfg);
   const ObjectiveFn objective = stage == Stage::kImage ? ObjectiveFn(mim_objective)
@@ -139,9 +146,10 @@ Command pretrain_command() {
                integer_option("accumulate", "32", "micro-batches per optimizer step (1024 effective by default)", 1, 1048576),
                integer_option("checkpoint-every", "1000", "steps between checkpoints", 0),
                integer_option("image-size", "0", "image size (0: the config's)", 0, 8192),
-               integer_option("max-text-len", "0", "text length (0: 196 for stage text, else 40)", 0, 4096),
+               integer_option("max-text-len", "0", "text length (0: the --config file's, else 196 for stage text and 40 otherwise)", 0, 4096),
                integer_option("loader-threads", "2", "background loader threads", 1, 256),
                integer_option("seed", "1", "seed of the data order, augmentation and masking", 0)};
+  for (auto& o : fault_options()) c.options.push_back(std::move(o));
   c.run = run_pretrain;
   return c;
 }

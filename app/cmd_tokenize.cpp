@@ -1,10 +1,12 @@
 // vlmo tokenize: JSON lines with a "text" field -> JSON lines {"ids": [...], "tokens": [...]}.
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/tokenizer.h"
 
 namespace vlmo::cli {
@@ -20,15 +22,16 @@ int run_tokenize(const Args& a) {
   std::ifstream in_file;
   std::istream* in = &std::cin;
   if (input != "-") {
-    in_file.open(input, std::ios::binary);
-    if (!in_file) throw Error(cat(input, ": cannot open"));
+    in_file = open_input(input, "JSON-lines input", true);
     in = &in_file;
   }
   std::ofstream out_file;
   std::ostream* out = &std::cout;
+  const std::string out_name = a.get("output").empty() ? "standard output" : a.get("output");
   if (!a.get("output").empty()) {
+    check_output_path(a.get("output"), "--output");
     out_file.open(a.get("output"), std::ios::binary);
-    if (!out_file) throw Error(cat(a.get("output"), ": cannot create"));
+    if (!out_file) throw Error(cat(a.get("output"), ": cannot create (", std::strerror(errno), ")"));
     out = &out_file;
   }
   std::string line;
@@ -57,6 +60,12 @@ int run_tokenize(const Args& a) {
     o["tokens"] = tokens;
     if (max_len > 0) o["attention_mask"] = e.mask;
     *out << o.dump() << "\n";
+    if (!*out) flush_checked(*out, out_name);  // a full disk: stop at once, naming the file
+  }
+  flush_checked(*out, out_name);
+  if (out_file.is_open()) {
+    out_file.close();
+    if (!out_file) throw Error(cat(out_name, ": write failed on close (", std::strerror(errno), ")"));
   }
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/image.h"
 #include "vlmo/image_tensor.h"
 
@@ -82,8 +83,7 @@ std::vector<Request> read_requests(const Args& a, const std::vector<std::string>
     out.push_back(std::move(r));
     return out;
   }
-  std::ifstream in(path);
-  if (!in) throw Error(cat(path, ": cannot open"));
+  std::ifstream in = open_input(path, "JSON-lines requests");
   std::string line;
   for (size_t n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -154,6 +154,21 @@ at::Tensor prepared_image(const std::string& path, int image_size) { return eval
 std::string prepared_text(const std::string& text) {
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) throw Error("empty text (question, sentence or query)");
   return text;
+}
+
+std::vector<Option> fault_options() {
+  return {integer_option("max-bad-steps", "5", "steps in a row with a non-finite loss or gradient (each skipped) that stop the run", 1),
+          number_option("max-skip-rate", "0.5", "stop when more than this fraction of the last --skip-window samples were unusable", 0, 1),
+          integer_option("skip-window", "1000", "samples over which the skip rate is judged", 1)};
+}
+
+void prepare_training(const Args& a, TrainOptions& t) {
+  if (!t.checkpoint_path.empty()) check_output_path(t.checkpoint_path, "checkpoint (--out)");
+  if (!t.metrics_path.empty()) check_output_path(t.metrics_path, "metrics file (--metrics)");
+  t.max_bad_steps = a.get_int("max-bad-steps");
+  t.max_skip_rate = a.get_double("max-skip-rate");
+  t.skip_window = a.get_int64("skip-window");
+  install_stop_handlers();
 }
 
 }  // namespace vlmo::cli

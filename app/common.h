@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/tokenizer.h"
+#include "vlmo/train.h"
 
 namespace vlmo::cli {
 
@@ -51,6 +52,14 @@ using RunFn = std::function<std::vector<std::pair<nlohmann::json, std::string>>(
 // failed (printed as {"line", "error"} with --json, and on stderr). A failing single request
 // (no --input) throws.
 int answer_requests(const Args& a, std::vector<Request> requests, const PrepareFn& prepare, const RunFn& run);
+// Options of the training commands for faults: --max-bad-steps, --max-skip-rate, --skip-window.
+std::vector<Option> fault_options();
+// Before any work of a training command: checks that --out and --metrics can be written (a
+// missing folder is found now, not after the training), copies the fault options into `t`, and
+// installs the SIGINT / SIGTERM handlers (checkpoint at the next step boundary, then exit 130 /
+// 143; a second signal exits at once).
+void prepare_training(const Args& a, TrainOptions& t);
+
 // --input, --batch-size, --json.
 std::vector<Option> request_options();
 

@@ -1,9 +1,13 @@
 // vlmo: the command-line program. Each subcommand lives in its own cmd_*.cpp file.
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <iostream>
 
 #include "cli.h"
 #include "vlmo/error.h"
 #include "vlmo/threads.h"
+#include "vlmo/train.h"
 
 namespace {
 
@@ -39,7 +43,17 @@ int main(int argc, char** argv) {
         return 0;
       }
       vlmo::init_threads(args.get_int("threads"));
-      return cmd.run(args);
+      const int status = cmd.run(args);
+      // Results written to a full disk or a closed pipe must not end in exit 0.
+      std::cout.flush();
+      if (!std::cout || std::fflush(stdout) != 0 || std::ferror(stdout)) {
+        std::cerr << "error: writing the results to standard output failed (" << std::strerror(errno) << ")\n";
+        return 1;
+      }
+      return status;
+    } catch (const vlmo::Interrupted& e) {
+      std::cerr << "stopped: " << e.what() << "\n";
+      return 128 + e.signal;  // the shell's convention: 130 for SIGINT, 143 for SIGTERM
     } catch (const vlmo::Error& e) {
       std::cerr << "error: " << e.what() << "\n";
       return 2;

@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
+#include <vector>
 
 namespace vlmo {
 
@@ -17,6 +20,11 @@ struct Batch {
   at::Tensor vqa_targets;                     // (B, num_labels) soft scores
   at::Tensor nlvr2_labels;                    // (B) int64 in {0, 1}
   at::Tensor patch_mask;                      // (B, W²) bool: stage-1 masked image modelling
+  // Data problems met while building this batch: samples skipped per reason ("corrupt_image",
+  // "empty_caption", "bad_utf8", "missing_file", "truncated_shard", ...), and one line per
+  // skipped sample naming its file and line or archive member. The trainer logs and counts them.
+  std::map<std::string, int64_t> skipped;
+  std::vector<std::string> skip_log;
 };
 
 // A batch maker: the batch with this index (in an endless sequence over epochs), a pure

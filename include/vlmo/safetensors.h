@@ -7,6 +7,8 @@
 #include <map>
 #include <string>
 
+#include "vlmo/files.h"  // write_file_atomic
+
 namespace vlmo {
 
 using TensorMap = std::map<std::string, at::Tensor>;
@@ -27,7 +29,5 @@ inline TensorMap load_safetensors(const std::string& path) { return read_safeten
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename).
-void write_file_atomic(const std::string& path, const std::string& bytes);
 
 }  // namespace vlmo

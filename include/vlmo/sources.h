@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -41,9 +42,21 @@ struct WdsSample {
   std::map<std::string, std::string> files;  // extension (after the first dot) -> bytes
 };
 
-struct SkipCounters {
-  std::atomic<int64_t> corrupt_samples{0};  // undecodable image, missing caption
-  std::atomic<int64_t> broken_shards{0};    // truncated or unreadable shards
+// Samples skipped, per reason, with a line naming each one; thread-safe.
+// Reasons: "corrupt_image", "missing_image", "missing_file", "empty_caption", "bad_utf8",
+// "truncated_shard" (the rest of a shard that is truncated or unreadable).
+class SkipCounters {
+ public:
+  void add(const std::string& reason, const std::string& what);
+  std::map<std::string, int64_t> counts() const;
+  int64_t count(const std::string& reason) const;
+  // Skips recorded since the last call: (reason, what) in order.
+  std::vector<std::pair<std::string, std::string>> take_new();
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, int64_t> counts_;
+  std::vector<std::pair<std::string, std::string>> new_;
 };
 
 // Streams image-text examples from shards: shard order shuffled per epoch (seed), shards split
@@ -56,6 +69,7 @@ class WebDatasetStream {
                    int workers = 1, SkipCounters* counters = nullptr, const DecodeOptions& decode = {});
   Example next();  // endless: wraps to the next epoch
   int64_t epoch() const { return epoch_; }
+  SkipCounters& skips() { return *counters_; }  // what next() skipped
 
  private:
   void start_epoch();
@@ -82,8 +96,18 @@ struct KarpathyImage {
 };
 std::vector<KarpathyImage> read_karpathy(const std::string& json_path, const std::string& image_root);
 
-// Non-empty lines of every file (one sentence per line).
-std::vector<std::string> read_text_corpus(const std::vector<std::string>& files);
+// Non-blank lines of every file (one sentence per line), with where each comes from.
+struct CorpusLine {
+  std::string text;
+  uint32_t file = 0;  // index into TextCorpus::files
+  uint32_t line = 0;  // 1-based
+};
+struct TextCorpus {
+  std::vector<std::string> files;
+  std::vector<CorpusLine> lines;
+  std::string where(const CorpusLine& l) const { return files[l.file] + ":" + std::to_string(l.line); }
+};
+TextCorpus read_text_corpus(const std::vector<std::string>& files);
 // Image files (jpg, jpeg, png, webp) under a folder, recursively, sorted.
 std::vector<std::string> list_images(const std::string& folder);
 
@@ -97,9 +121,11 @@ struct SourceSpec {
 // What each example of a stage carries.
 enum class ExampleKind { kImage, kText, kImageText };
 // Batches for pre-training from a source: map-style sources in a seeded per-epoch order, a
-// WebDataset streamed (skipping ahead on resume); a corrupt item is skipped (logged on stderr)
-// and replaced by the next epoch's item at its position, unless more items than the source has
-// were skipped. A source that cannot provide `kind` is an error.
+// WebDataset streamed (skipping ahead on resume). A sample that cannot be used (missing or
+// corrupt image, blank or non-UTF-8 caption) is skipped and replaced by the next epoch's item at
+// its position; the batch reports each skip (Batch::skipped, Batch::skip_log) for the trainer
+// to count and judge. 100 unusable samples in a row end the run. A source that cannot provide
+// `kind` is an error.
 BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok,
                        const CollateOptions& co, int64_t batch, uint64_t seed);
 

@@ -12,6 +12,10 @@
 
 namespace vlmo {
 
+// The byte offset of the first invalid UTF-8 sequence in `text`, or std::string_view::npos when
+// it is valid (the same decoder the tokenizer uses).
+size_t invalid_utf8_at(std::string_view text);
+
 struct Encoding {
   std::vector<int64_t> ids;    // [CLS] ... [SEP] (+ [PAD]s when padded)
   std::vector<int64_t> mask;   // 1 for real tokens, 0 for padding

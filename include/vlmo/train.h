@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "vlmo/error.h"
 #include "vlmo/model.h"
 #include "vlmo/objectives.h"
 #include "vlmo/safetensors.h"
@@ -34,6 +35,8 @@ class AdamW {
         double beta1 = 0.9, double beta2 = 0.98, double eps = 1e-8);
   void step(double lr);
   void zero_grad();
+  // True when every gradient is finite (no NaN / inf); parameters without a gradient count as finite.
+  bool gradients_finite() const;
   int64_t steps() const { return steps_; }
   TensorMap state() const;  // "exp_avg.<name>", "exp_avg_sq.<name>"
   void load_state(const TensorMap& state, int64_t steps);
@@ -78,6 +81,14 @@ struct TrainOptions {
   // step; its values are logged as "val_<name>" (one metrics line with the step).
   std::function<std::map<std::string, double>(VLMo&)> validate;
   int64_t validate_every = 0;
+  // Numerical faults: a step whose loss or gradient is not finite is skipped (no update; data
+  // and schedule move on) and counted; this many in a row stop the run (vlmo::Error) without
+  // writing a checkpoint, so the last good one stays.
+  int max_bad_steps = 5;
+  // Bad data: the run stops when more than `max_skip_rate` of the last `skip_window` samples
+  // read were skipped (judged once that many were read).
+  double max_skip_rate = 0.5;
+  int64_t skip_window = 1000;
 };
 
 struct TrainResult {
@@ -85,6 +96,23 @@ struct TrainResult {
   std::vector<std::map<std::string, double>> history;  // per optimizer step: losses, lr, ...
   double seconds = 0;
   std::map<std::string, double> validation;  // the last validation's values
+  int64_t bad_steps = 0;                       // steps skipped for a non-finite loss or gradient
+  std::map<std::string, int64_t> skipped;      // samples skipped per reason (over the whole run)
+};
+
+// Graceful stop. After install_stop_handlers(), the first SIGINT or SIGTERM asks a running
+// train() to finish its step, save a checkpoint and throw vlmo::Interrupted; a second one ends
+// the process at once (default action). request_stop() does what the handler does.
+void install_stop_handlers();
+void request_stop(int signal);
+int stop_requested();  // the signal number, 0 when none
+void clear_stop_request();
+
+struct Interrupted : Error {
+  Interrupted(int signal, int64_t step, std::string checkpoint);
+  int signal;
+  int64_t step;            // steps done (and saved)
+  std::string checkpoint;  // where they were saved ("" when the run has no checkpoint path)
 };
 
 // Runs (or resumes, if `resume_from` names a checkpoint) training.
@@ -92,7 +120,9 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
                   const TrainOptions& options, const std::string& resume_from = "");
 
 // Checkpoint files: one safetensors file with "model.*", "optim.*", "rng.torch" and metadata
-// (step, config, format "vlmo-train-checkpoint"), written atomically.
-void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, const std::string& config_json,
-                     const std::string& stage, const std::map<std::string, std::string>& extra = {});
+// (step: training steps done; optimizer_steps: updates made, fewer when steps were skipped;
+// config; format "vlmo-train-checkpoint"), written atomically with a CRC-32 of the data.
+void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, int64_t step,
+                     const std::string& config_json, const std::string& stage,
+                     const std::map<std::string, std::string>& extra = {});
 }  // namespace vlmo

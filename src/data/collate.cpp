@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <ATen/ATen.h>
 
 #include <numeric>
@@ -32,7 +33,10 @@ std::pair<at::Tensor, at::Tensor> encode_batch(const Tokenizer& tok, const std::
 Batch collate(const std::vector<Example>& ex, const Tokenizer& tok, const CollateOptions& o, uint64_t seed) {
   const int64_t B = static_cast<int64_t>(ex.size());
   if (B == 0) throw Error("collate: empty batch");
-  const bool images = ex[0].image.width > 0, texts = !ex[0].text.empty();
+  // A batch has images (texts) when any sample has one, so an empty caption first does not drop
+  // the batch's text; a text batch tokenises an empty caption as [CLS] [SEP].
+  const bool images = ex[0].image.width > 0;
+  const bool texts = std::any_of(ex.begin(), ex.end(), [](const Example& e) { return !e.text.empty(); });
   Batch b;
   std::vector<at::Tensor> pix;
   std::vector<int64_t> ids, masks, mlm_ids, mlm_labels;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/json_lines.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/vqa_eval.h"
@@ -13,8 +14,7 @@
 namespace vlmo {
 namespace {
 nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(cat(path, ": cannot open"));
+  std::ifstream in = open_input(path, "JSON");
   try {
     nlohmann::json j;
     in >> j;

@@ -1,19 +1,52 @@
 // Pre-training batches from the four kinds of source (vlmo/sources.h: source_batches).
-#include <iostream>
+#include <sys/stat.h>
+
 #include <mutex>
+#include <optional>
 
 #include "vlmo/error.h"
 #include "vlmo/sources.h"
+#include "vlmo/tokenizer.h"
 
 namespace vlmo {
 
 namespace {
 
+// A sample that cannot be used: why (a reason key of SkipCounters) and where.
+struct Unusable {
+  std::string reason, what;
+};
+
 struct Source {
-  size_t n = 0;                            // map-style: n items ...
-  std::function<Example(size_t)> item;     // ... item(i) may throw vlmo::Error (corrupt item)
+  size_t n = 0;  // map-style: n items ...
+  // ... item(i) fills the example, or returns the reason it cannot be used.
+  std::function<std::optional<Unusable>(size_t, Example&)> item;
   std::shared_ptr<WebDatasetStream> stream;  // streaming: sequential examples
 };
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && !S_ISDIR(st.st_mode);
+}
+
+// Reads an image file, or says why it cannot be used.
+std::optional<Unusable> load_image(const std::string& path, const DecodeOptions& decode, Image& out) {
+  if (!file_exists(path)) return Unusable{"missing_file", cat(path, ": no such image file")};
+  try {
+    out = read_image(path, decode);
+  } catch (const Error& e) {
+    return Unusable{"corrupt_image", e.what()};
+  }
+  return std::nullopt;
+}
+
+// Checks a caption that a stage with text needs.
+std::optional<Unusable> check_caption(const std::string& text, const std::string& where) {
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) return Unusable{"empty_caption", cat(where, ": blank caption")};
+  if (const size_t bad = invalid_utf8_at(text); bad != std::string::npos)
+    return Unusable{"bad_utf8", cat(where, ": not valid UTF-8 (byte ", bad, ")")};
+  return std::nullopt;
+}
 
 Source open_source(const SourceSpec& spec, ExampleKind kind, uint64_t seed) {
   const int given = !spec.webdataset.empty() + !spec.karpathy.empty() + !spec.text.empty() + !spec.images.empty();
@@ -34,11 +67,18 @@ Source open_source(const SourceSpec& spec, ExampleKind kind, uint64_t seed) {
     for (size_t i = 0; i < images->size(); ++i)
       for (size_t c = 0; c < (*images)[i].captions.size(); ++c) pairs->emplace_back(i, c);
     s.n = kind == ExampleKind::kImage ? images->size() : pairs->size();
-    s.item = [images, pairs, kind, decode](size_t i) {
-      if (kind == ExampleKind::kImage) return Example{read_image((*images)[i].path, decode), ""};
+    if (s.n == 0)
+      throw Error(cat(spec.karpathy, ": no training ", kind == ExampleKind::kImage ? "images" : "image-caption pairs",
+                      " (images with split \"train\" or \"restval\" and at least one sentence)"));
+    const std::string json = spec.karpathy;
+    s.item = [images, pairs, kind, decode, json](size_t i, Example& ex) -> std::optional<Unusable> {
+      if (kind == ExampleKind::kImage) return load_image((*images)[i].path, decode, ex.image);
       const auto& [img, cap] = (*pairs)[i];
-      return Example{kind == ExampleKind::kText ? Image{} : read_image((*images)[img].path, decode),
-                     (*images)[img].captions[cap]};
+      const KarpathyImage& k = (*images)[img];
+      ex.text = k.captions[cap];
+      if (auto bad = check_caption(ex.text, cat(json, ": ", k.path, " sentence ", cap + 1))) return bad;
+      if (kind == ExampleKind::kText) return std::nullopt;
+      return load_image(k.path, decode, ex.image);
     };
   } else if (!spec.text.empty()) {
     std::vector<std::string> files;
@@ -47,16 +87,22 @@ Source open_source(const SourceSpec& spec, ExampleKind kind, uint64_t seed) {
       for (const auto& f : expand_braces(spec.text.substr(start, comma - start))) files.push_back(f);
       start = comma + 1;
     }
-    auto lines = std::make_shared<std::vector<std::string>>(read_text_corpus(files));
-    s.n = lines->size();
-    s.item = [lines](size_t i) { return Example{Image{}, (*lines)[i]}; };
+    auto corpus = std::make_shared<TextCorpus>(read_text_corpus(files));
+    s.n = corpus->lines.size();
+    s.item = [corpus](size_t i, Example& ex) -> std::optional<Unusable> {
+      const CorpusLine& l = corpus->lines[i];
+      ex.text = l.text;
+      return check_caption(ex.text, corpus->where(l));
+    };
   } else {
     auto files = std::make_shared<std::vector<std::string>>(list_images(spec.images));
     s.n = files->size();
-    s.item = [files, decode](size_t i) { return Example{read_image((*files)[i], decode), ""}; };
+    s.item = [files, decode](size_t i, Example& ex) { return load_image((*files)[i], decode, ex.image); };
   }
   return s;
 }
+
+constexpr int kMaxUnusableInARow = 100;
 
 }  // namespace
 
@@ -66,25 +112,36 @@ BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr
   const Source src = open_source(spec, kind, seed);
   std::shared_ptr<EpochOrder> order = src.n ? std::make_shared<EpochOrder>(src.n, seed) : nullptr;
   if (!src.stream && !order) throw Error("the data source has no examples");
-  auto skipped = std::make_shared<std::atomic<int64_t>>(0);
   auto stream_mu = std::make_shared<std::mutex>();
   auto stream_pos = std::make_shared<int64_t>(0);
   return [=](int64_t index) {
     std::vector<Example> ex;
+    std::map<std::string, int64_t> skipped;
+    std::vector<std::string> skip_log;
+    auto note = [&](const std::string& reason, const std::string& what) {
+      ++skipped[reason];
+      skip_log.push_back(cat(what, " [", reason, "]"));
+    };
     if (src.stream) {
       std::lock_guard<std::mutex> lock(*stream_mu);
       for (; *stream_pos < index * batch; ++*stream_pos) src.stream->next();  // resume: skip ahead
+      src.stream->skips().take_new();                                       // (not this batch's)
       for (int64_t j = 0; j < batch; ++j, ++*stream_pos) ex.push_back(src.stream->next());
+      for (const auto& [reason, what] : src.stream->skips().take_new()) note(reason, what);
     } else {
       for (int64_t j = 0; j < batch; ++j) {
-        for (int64_t g = index * batch + j;; g += static_cast<int64_t>(src.n)) {  // a corrupt item: the next epoch's
-          try {
-            ex.push_back(src.item(order->at(g)));
+        int in_a_row = 0;
+        for (int64_t g = index * batch + j;; g += static_cast<int64_t>(src.n)) {  // unusable: the next epoch's
+          Example e;
+          const std::optional<Unusable> bad = src.item(order->at(g), e);
+          if (!bad) {
+            ex.push_back(std::move(e));
             break;
-          } catch (const Error& e) {
-            if (++*skipped > static_cast<int64_t>(src.n)) throw;
-            std::cerr << "skipped corrupt sample: " << e.what() << "\n";
           }
+          note(bad->reason, bad->what);
+          if (++in_a_row >= kMaxUnusableInARow)
+            throw Error(cat("data: ", in_a_row, " samples in a row could not be used (last: ", bad->what, " [",
+                            bad->reason, "]); is the source readable?"));
         }
       }
     }
@@ -92,7 +149,10 @@ BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr
       if (kind == ExampleKind::kText) e.image = Image{};
       if (kind == ExampleKind::kImage) e.text.clear();
     }
-    return collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+    Batch b = collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+    b.skipped = std::move(skipped);
+    b.skip_log = std::move(skip_log);
+    return b;
   };
 }
 

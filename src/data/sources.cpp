@@ -8,8 +8,11 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
+#include <utility>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
+#include "vlmo/tokenizer.h"
 
 namespace vlmo {
 
@@ -58,11 +61,7 @@ std::vector<std::string> expand_braces(const std::string& pattern) {
 
 // ---- tar --------------------------------------------------------------------------------------
 
-TarReader::TarReader(const std::string& path) : path_(path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(cat(path, ": cannot open shard (", std::strerror(errno), ")"));
-  bytes_.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+TarReader::TarReader(const std::string& path) : path_(path), bytes_(read_input(path, "WebDataset shard (tar)")) {}
 
 bool TarReader::next(TarEntry& out) {
   std::string long_name;
@@ -104,6 +103,25 @@ bool TarReader::next(TarEntry& out) {
 }
 
 // ---- WebDataset ------------------------------------------------------------------------------
+
+void SkipCounters::add(const std::string& reason, const std::string& what) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++counts_[reason];
+  new_.emplace_back(reason, what);
+}
+std::map<std::string, int64_t> SkipCounters::counts() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return counts_;
+}
+int64_t SkipCounters::count(const std::string& reason) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = counts_.find(reason);
+  return it == counts_.end() ? 0 : it->second;
+}
+std::vector<std::pair<std::string, std::string>> SkipCounters::take_new() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::exchange(new_, {});
+}
 
 namespace {
 void split_key(const std::string& name, std::string& key, std::string& ext) {
@@ -148,14 +166,14 @@ bool WebDatasetStream::advance(Example& out) {
       try {
         reader_ = std::make_unique<TarReader>(mine_[shard_]);
       } catch (const Error& e) {
-        ++counters_->broken_shards;
-        std::cerr << "webdataset: skipping shard: " << e.what() << "\n";
+        counters_->add("truncated_shard", e.what());
         ++shard_;
         continue;
       }
       has_pending_ = false;
     }
     WdsSample s;
+    const std::string shard_name = mine_[shard_];
     bool shard_done = false;
     try {
       TarEntry e;
@@ -186,8 +204,7 @@ bool WebDatasetStream::advance(Example& out) {
         }
       }
     } catch (const Error& e) {
-      ++counters_->broken_shards;
-      std::cerr << "webdataset: rest of shard skipped: " << e.what() << "\n";
+      counters_->add("truncated_shard", cat(e.what(), " (rest of the shard skipped)"));
       s.files.clear();
       shard_done = true;
     }
@@ -197,6 +214,7 @@ bool WebDatasetStream::advance(Example& out) {
     }
     if (s.files.empty()) continue;
     // Turn the sample into an example, or skip it.
+    const std::string where = cat(shard_name, ": sample \"", s.key, "\"");
     std::string caption;
     if (s.files.count("txt")) caption = s.files["txt"];
     else if (s.files.count("json")) {
@@ -209,16 +227,22 @@ bool WebDatasetStream::advance(Example& out) {
     const std::string* image = nullptr;
     for (const char* ext : {"jpg", "jpeg", "png", "webp"})
       if (s.files.count(ext)) image = &s.files[ext];
-    if (!image || caption.empty()) {
-      ++counters_->corrupt_samples;
-      std::cerr << "webdataset: sample \"" << s.key << "\" skipped: " << (image ? "no caption" : "no image") << "\n";
+    if (!image) {
+      counters_->add("missing_image", cat(where, ": no jpg/jpeg/png/webp member"));
+      continue;
+    }
+    if (caption.find_first_not_of(" \t\r\n") == std::string::npos) {
+      counters_->add("empty_caption", cat(where, ": no caption (txt, or \"caption\" in json) or a blank one"));
+      continue;
+    }
+    if (const size_t bad = invalid_utf8_at(caption); bad != std::string::npos) {
+      counters_->add("bad_utf8", cat(where, ": caption is not valid UTF-8 (byte ", bad, ")"));
       continue;
     }
     try {
       out.image = decode_image(*image, s.key, decode_);
     } catch (const Error& e) {
-      ++counters_->corrupt_samples;
-      std::cerr << "webdataset: sample skipped: " << e.what() << "\n";
+      counters_->add("corrupt_image", cat(where, ": ", e.what()));
       continue;
     }
     out.text = caption;
@@ -240,8 +264,7 @@ Example WebDatasetStream::next() {
 // ---- Karpathy JSON, text corpora, image folders ---------------------------------------------
 
 std::vector<KarpathyImage> read_karpathy(const std::string& json_path, const std::string& image_root) {
-  std::ifstream in(json_path);
-  if (!in) throw Error(cat(json_path, ": cannot open"));
+  std::ifstream in = open_input(json_path, "Karpathy split JSON");
   nlohmann::json j;
   try {
     in >> j;
@@ -270,18 +293,20 @@ std::vector<KarpathyImage> read_karpathy(const std::string& json_path, const std
   return out;
 }
 
-std::vector<std::string> read_text_corpus(const std::vector<std::string>& files) {
-  std::vector<std::string> out;
+TextCorpus read_text_corpus(const std::vector<std::string>& files) {
+  TextCorpus out;
   for (const auto& f : files) {
-    std::ifstream in(f);
-    if (!in) throw Error(cat(f, ": cannot open text corpus file"));
+    std::ifstream in = open_input(f, "text corpus", true);
+    out.files.push_back(f);
     std::string line;
-    while (std::getline(in, line)) {
+    for (uint32_t n = 1; std::getline(in, line); ++n) {
       if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line.find_first_not_of(" \t") != std::string::npos) out.push_back(line);
+      if (line.find_first_not_of(" \t") != std::string::npos)
+        out.lines.push_back({line, static_cast<uint32_t>(out.files.size() - 1), n});
     }
+    if (in.bad()) throw Error(cat(f, ": read failed (", std::strerror(errno), ")"));
   }
-  if (out.empty()) throw Error("text corpus: no non-empty lines in the given files");
+  if (out.lines.empty()) throw Error("text corpus: no non-blank lines in the given files");
   return out;
 }
 

@@ -11,6 +11,7 @@
 
 #include "vlmo/checkpoint.h"
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/objectives.h"
 
 namespace vlmo {
@@ -56,8 +57,7 @@ bool exists(const std::string& p) {
 }
 
 std::string read_text(const std::string& p) {
-  std::ifstream in(p);
-  if (!in) throw Error(cat(p, ": cannot open"));
+  std::ifstream in = open_input(p, "reference fixture");
   std::stringstream s;
   s << in.rdbuf();
   return s.str();

@@ -11,13 +11,13 @@
 #include <sstream>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/relative_position.h"
 
 namespace vlmo {
 
 WeightsFile read_weights_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(cat(path, ": cannot open (", std::strerror(errno), ")"));
+  std::ifstream in = open_input(path, "weights", true);
   char magic[4] = {0, 0, 0, 0};
   in.read(magic, 4);
   if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return {read_torch_checkpoint(path), {}};
@@ -241,8 +241,7 @@ std::vector<std::string> parse_answer_list(const std::string& text, const std::s
 }  // namespace
 
 std::vector<std::string> read_answer_list(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(cat(path, ": cannot open the answer list (", std::strerror(errno), ")"));
+  std::ifstream in = open_input(path, "answer list JSON");
   std::stringstream text;
   text << in.rdbuf();
   return parse_answer_list(text.str(), path);

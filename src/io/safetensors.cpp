@@ -14,10 +14,14 @@
 #include <vector>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 
 namespace vlmo {
 namespace {
 
+// Metadata key of the CRC-32 of the data section, written by write_safetensors and checked (then
+// hidden) by parse_safetensors; other readers ignore it.
+constexpr const char* kCrcKey = "vlmo_crc32";
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // same bound as the reference implementation
 
 struct DtypeInfo {
@@ -124,6 +128,15 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
     if (numel > 0) std::memcpy(t.data_ptr(), bytes.data() + data_begin + begin, numel * item);
     out.tensors.emplace(key, std::move(t));
   }
+  auto crc = out.metadata.find(kCrcKey);
+  if (crc != out.metadata.end()) {
+    char want[16];
+    std::snprintf(want, sizeof want, "%08x", crc32_of(bytes.data() + data_begin, data_size));
+    if (crc->second != want)
+      throw Error(cat(name, ": checksum mismatch (data CRC-32 ", want, ", recorded ", crc->second,
+                      "): the file is corrupted or was modified"));
+    out.metadata.erase(crc);
+  }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i)
     if (ranges[i].first < ranges[i - 1].second && ranges[i].first != ranges[i].second)
@@ -132,53 +145,31 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(cat(path, ": cannot open (", std::strerror(errno), ")"));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string bytes = read_input(path, "safetensors");
   return parse_safetensors(bytes, path);
-}
-
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw Error(cat(path, ": cannot create (", std::strerror(errno), ")"));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw Error(cat(path, ": write failed (", std::strerror(err), ")"));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    throw Error(cat(path, ": could not flush to disk (", std::strerror(errno), ")"));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error(cat(path, ": cannot rename temporary file into place (", std::strerror(err), ")"));
-  }
 }
 
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata) {
   nlohmann::json header = nlohmann::json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
   std::vector<at::Tensor> contiguous;
   uint64_t offset = 0;
+  uint32_t crc = 0;
   for (const auto& [key, tensor] : tensors) {
     at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
     const uint64_t size = t.numel() * t.element_size();
+    crc = crc32_of(t.data_ptr(), size, crc);
     header[key] = {{"dtype", dtype_name(t.scalar_type())},
                    {"shape", t.sizes().vec()},
                    {"data_offsets", {offset, offset + size}}};
     offset += size;
     contiguous.push_back(std::move(t));
   }
+  std::map<std::string, std::string> meta = metadata;
+  char crc_text[16];
+  std::snprintf(crc_text, sizeof crc_text, "%08x", crc);
+  meta[kCrcKey] = crc_text;
+  header["__metadata__"] = meta;
   std::string json = header.dump();
   json.append((8 - json.size() % 8) % 8, ' ');
   std::string bytes(8, '\0');

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 
 namespace vlmo {
 
@@ -152,8 +153,7 @@ Config config_from_json_text(const std::string& text, const std::string& where) 
 }
 
 Config load_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(cat(path, ": cannot open config file"));
+  std::ifstream in = open_input(path, "model config JSON");
   std::stringstream ss;
   ss << in.rdbuf();
   return config_from_json_text(ss.str(), path);

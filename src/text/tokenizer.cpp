@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 
 #ifndef VLMO_DATA_DIR
 #define VLMO_DATA_DIR "data"
@@ -85,6 +86,14 @@ bool is_punct(int32_t cp) {  // HF _is_punctuation: ASCII non-alphanumeric print
 
 }  // namespace
 
+size_t invalid_utf8_at(std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    const size_t at = i;
+    if (decode(text, i) < 0) return at;
+  }
+  return std::string_view::npos;
+}
+
 std::string Tokenizer::default_vocab_path() {
   if (const char* env = std::getenv("VLMO_VOCAB")) return env;
   const std::string name = "/bert-base-uncased-vocab.txt";
@@ -97,10 +106,12 @@ std::string Tokenizer::default_vocab_path() {
 }
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw Error(cat(path, ": cannot open vocabulary (run scripts/fetch_vocab.sh, or give --vocab / "
-                    "$VLMO_VOCAB)"));
+  std::ifstream in;
+  try {
+    in = open_input(path, "vocabulary", true);
+  } catch (const Error& e) {
+    throw Error(cat(e.what(), "; run scripts/fetch_vocab.sh, or give --vocab / $VLMO_VOCAB"));
+  }
   std::vector<std::string> vocab;
   std::string line;
   while (std::getline(in, line)) {

@@ -57,13 +57,26 @@ at::Tensor hard_negative_weights(const at::Tensor& sim) {
   return w;
 }
 
+namespace {
+// multinomial needs finite, non-negative rows with a positive sum.
+void check_sampling_weights(const at::Tensor& weights) {
+  if (!at::isfinite(weights).all().item<bool>())
+    throw NonFiniteError("hard-negative weights are not finite (the similarities are NaN or inf)");
+  if (weights.size(1) < 2 || !(weights.sum(1) > 0).all().item<bool>())
+    throw Error(cat("hard negatives need at least 2 candidates per row, got ", weights.size(1),
+                    " (a batch of 1 has none: use a batch size of at least 2)"));
+}
+}  // namespace
+
 at::Tensor sample_hard_negatives(const at::Tensor& weights) {
   at::NoGradGuard guard;
+  check_sampling_weights(weights);
   return at::multinomial(weights, 1).squeeze(1);
 }
 
 at::Tensor sample_hard_negatives(const at::Tensor& weights, at::Generator gen) {
   at::NoGradGuard guard;
+  check_sampling_weights(weights);
   return at::multinomial(weights, 1, false, gen).squeeze(1);
 }
 

@@ -7,9 +7,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <deque>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <exception>
 #include <fstream>
 #include <mutex>
@@ -18,6 +22,7 @@
 
 #include "vlmo/checkpoint.h"
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/train.h"
 
 namespace vlmo {
@@ -52,6 +57,14 @@ AdamW::AdamW(torch::nn::Module& model, double weight_decay, double head_lr_mult,
 void AdamW::zero_grad() {
   for (auto& q : params_)
     if (q.p.grad().defined()) q.p.mutable_grad() = at::Tensor();
+}
+
+bool AdamW::gradients_finite() const {
+  at::NoGradGuard guard;
+  std::vector<at::Tensor> flags;
+  for (const auto& q : params_)
+    if (q.p.grad().defined()) flags.push_back(at::isfinite(q.p.grad()).all().reshape({1}));
+  return flags.empty() || at::cat(flags).all().item<bool>();
 }
 
 void AdamW::step(double lr) {
@@ -92,8 +105,9 @@ void AdamW::load_state(const TensorMap& state, int64_t steps) {
   steps_ = steps;
 }
 
-void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, const std::string& config_json,
-                     const std::string& stage, const std::map<std::string, std::string>& extra) {
+void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, int64_t step,
+                     const std::string& config_json, const std::string& stage,
+                     const std::map<std::string, std::string>& extra) {
   TensorMap all;
   for (const auto& [k, v] : model_state_dict(*model)) all["model." + k] = v;
   for (const auto& [k, v] : opt.state()) all["optim." + k] = v;
@@ -104,12 +118,48 @@ void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, con
   }
   std::map<std::string, std::string> meta = extra;
   meta["format"] = "vlmo-train-checkpoint";
-  meta["step"] = std::to_string(opt.steps());
+  meta["step"] = std::to_string(step);
+  meta["optimizer_steps"] = std::to_string(opt.steps());
   meta["stage"] = stage;
   meta["config"] = config_json;
   write_safetensors(path, all, meta);
 }
 
+// ---- graceful stop -----------------------------------------------------------------------
+
+namespace {
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {  // the second signal: stop now
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+}
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+void request_stop(int signal) { g_stop_signal = signal; }
+int stop_requested() { return g_stop_signal; }
+void clear_stop_request() { g_stop_signal = 0; }
+
+Interrupted::Interrupted(int sig, int64_t step_, std::string checkpoint_)
+    : Error(cat("interrupted by ", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal " + std::to_string(sig),
+                " after step ", step_,
+                checkpoint_.empty() ? std::string("; this run has no checkpoint path, nothing was saved")
+                                    : cat("; checkpoint saved to ", checkpoint_, " (continue with --resume ", checkpoint_, ")"))),
+      signal(sig),
+      step(step_),
+      checkpoint(std::move(checkpoint_)) {}
 
 namespace {
 
@@ -183,10 +233,88 @@ std::string duration(double s) {
 
 }  // namespace
 
+namespace {
+
+// On resume: drops this stage's metrics lines past the checkpoint's step (and a line torn by a
+// kill), so each step appears once. Other stages' lines are kept. Rewritten atomically.
+void truncate_metrics(const std::string& path, const std::string& stage, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;  // nothing written yet
+  std::string line, kept;
+  int64_t dropped = 0;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception&) {
+      ++dropped;  // torn by a kill mid-write
+      continue;
+    }
+    if (j.is_object() && j.value("stage", "") == stage && j.contains("step") && j["step"].is_number() &&
+        j["step"].get<double>() > static_cast<double>(step)) {
+      ++dropped;
+      continue;
+    }
+    kept += line + "\n";
+  }
+  if (dropped > 0) write_file_atomic(path, kept);
+}
+
+// Samples read and skipped over the most recent `window` samples.
+class SkipWindow {
+ public:
+  explicit SkipWindow(int64_t window) : window_(std::max<int64_t>(1, window)) {}
+  void add(int64_t read, int64_t skipped) {
+    parts_.push_back({read, skipped});
+    read_ += read;
+    skipped_ += skipped;
+    while (parts_.size() > 1 && read_ - parts_.front().first >= window_) {
+      read_ -= parts_.front().first;
+      skipped_ -= parts_.front().second;
+      parts_.pop_front();
+    }
+  }
+  bool full() const { return read_ >= window_; }
+  double rate() const { return read_ ? static_cast<double>(skipped_) / static_cast<double>(read_) : 0.0; }
+  int64_t read() const { return read_; }
+  int64_t skipped() const { return skipped_; }
+
+ private:
+  int64_t window_;
+  std::deque<std::pair<int64_t, int64_t>> parts_;
+  int64_t read_ = 0, skipped_ = 0;
+};
+
+std::string skip_counts_json(const std::map<std::string, int64_t>& m) { return nlohmann::json(m).dump(); }
+
+}  // namespace
+
 TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches, const TrainOptions& o,
                   const std::string& resume_from) {
+  if (o.max_steps < 1) throw Error(cat("training needs at least 1 step, got ", o.max_steps));
+  if (o.accumulate < 1) throw Error(cat("accumulate must be at least 1, got ", o.accumulate));
+  if (o.batch_size < 1) throw Error(cat("batch size must be at least 1, got ", o.batch_size));
+  if (o.lr < 0 || !std::isfinite(o.lr)) throw Error(cat("learning rate must be finite and >= 0, got ", o.lr));
+  if (o.warmup_steps < 0 || o.checkpoint_every < 0) throw Error("warm-up and checkpoint interval must be >= 0");
+  // Outputs: checked and locked before any work, stale temporaries of killed runs removed.
+  std::vector<std::unique_ptr<FileLock>> locks;
+  if (!o.checkpoint_path.empty()) {
+    check_output_path(o.checkpoint_path, "checkpoint");
+    locks.push_back(std::make_unique<FileLock>(o.checkpoint_path, "the checkpoint"));
+    const int removed = remove_stale_temporaries(o.checkpoint_path);
+    if (removed > 0 && o.progress)
+      std::fprintf(stderr, "[%s] removed %d temporary file(s) left by a killed run\n", o.name.c_str(), removed);
+  }
+  if (!o.metrics_path.empty()) {
+    check_output_path(o.metrics_path, "metrics file");
+    if (o.metrics_path != o.checkpoint_path) locks.push_back(std::make_unique<FileLock>(o.metrics_path, "the metrics file"));
+    remove_stale_temporaries(o.metrics_path);
+  }
+
   AdamW optim(*model, o.weight_decay, o.head_lr_mult);
   int64_t start = 0;
+  TrainResult result;
   if (!resume_from.empty()) {
     SafetensorsFile ck = read_safetensors(resume_from);
     if (ck.metadata["format"] != "vlmo-train-checkpoint")
@@ -197,8 +325,20 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       else if (k.rfind("optim.", 0) == 0) state[k.substr(6)] = v;
     }
     load_weights(model, weights, /*strict=*/true);
-    start = std::stoll(ck.metadata["step"]);
-    optim.load_state(state, start);
+    try {
+      start = std::stoll(ck.metadata["step"]);
+      const auto os = ck.metadata.find("optimizer_steps");
+      optim.load_state(state, os == ck.metadata.end() ? start : std::stoll(os->second));
+      if (ck.metadata.count("skipped"))
+        result.skipped = nlohmann::json::parse(ck.metadata["skipped"]).get<std::map<std::string, int64_t>>();
+      if (ck.metadata.count("bad_steps")) result.bad_steps = std::stoll(ck.metadata["bad_steps"]);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw Error(cat(resume_from, ": corrupt checkpoint metadata (", e.what(), ")"));
+    }
+    if (start < 0 || start > o.max_steps)
+      throw Error(cat(resume_from, ": checkpoint is at step ", start, ", outside this run's 0..", o.max_steps, " steps"));
     auto it = ck.tensors.find("rng.torch");
     if (it != ck.tensors.end()) {
       auto gen = at::detail::getDefaultCPUGenerator();
@@ -209,37 +349,87 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
   model->train();
   std::ofstream metrics;
   if (!o.metrics_path.empty()) {
+    if (start > 0) truncate_metrics(o.metrics_path, o.name, start);
     metrics.open(o.metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
-    if (!metrics) throw Error(cat(o.metrics_path, ": cannot write metrics"));
+    if (!metrics) throw Error(cat(o.metrics_path, ": cannot write metrics (", std::strerror(errno), ")"));
   }
+  auto write_metrics = [&](const nlohmann::json& j) {
+    if (!metrics.is_open()) return;
+    metrics << j.dump() << "\n";
+    flush_checked(metrics, o.metrics_path);
+  };
+  auto checkpoint = [&](int64_t steps_done) {
+    {  // never replace a good checkpoint with broken weights
+      at::NoGradGuard guard;
+      for (const auto& p : model->named_parameters())
+        if (!at::isfinite(p.value()).all().item<bool>())
+          throw Error(cat("stopping: parameter ", p.key(), " is not finite after step ", steps_done,
+                          "; the last checkpoint ", o.checkpoint_path, " was left as it was"));
+    }
+    std::map<std::string, std::string> meta = o.metadata;
+    meta["skipped"] = skip_counts_json(result.skipped);
+    meta["bad_steps"] = std::to_string(result.bad_steps);
+    save_checkpoint(o.checkpoint_path, model, optim, steps_done, o.config_json, o.name, meta);
+  };
   const bool tty = o.progress && ::isatty(2);
-  TrainResult result;
   const auto t_begin = std::chrono::steady_clock::now();
   Prefetcher loader(batches, start * o.accumulate, o.loader_threads, o.prefetch);
   double window_time = 0, window_data = 0;
   int64_t window_steps = 0;
+  int consecutive_bad = 0;
+  SkipWindow skips(o.skip_window);
   for (int64_t step = start; step < o.max_steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     optim.zero_grad();
     std::map<std::string, double> logged;
+    std::map<std::string, int64_t> skipped_now;
+    std::string bad;  // why this step is skipped ("" when it is not)
     double data_time = 0;
     for (int micro = 0; micro < o.accumulate; ++micro) {
       double waited = 0;
-      Batch b = loader.next(&waited);
+      Batch b = loader.next(&waited);  // every micro-batch is consumed, so the data position stays exact
       data_time += waited;
-      Outputs out = objective(model, b);
+      int64_t skipped_here = 0;
+      for (const auto& [reason, n] : b.skipped) skipped_now[reason] += n, skipped_here += n;
+      for (const auto& line : b.skip_log) std::fprintf(stderr, "%s[%s] skipped sample: %s\n", tty ? "\r\033[K" : "", o.name.c_str(), line.c_str());
+      const int64_t rows = b.text_ids.defined() ? b.text_ids.size(0) : b.image.defined() ? b.image.size(0) : o.batch_size;
+      skips.add(rows + skipped_here, skipped_here);
+      if (!bad.empty()) continue;
+      Outputs out;
+      try {
+        out = objective(model, b);
+      } catch (const NonFiniteError& e) {
+        bad = cat("non-finite values (", e.what(), ")");
+        continue;
+      }
       at::Tensor total;
       for (const auto& [k, v] : out) {
         if (k.size() >= 4 && k.compare(k.size() - 4, 4, "loss") == 0) total = total.defined() ? total + v : v;
         logged[k] += v.item<double>() / o.accumulate;
       }
       if (!total.defined()) throw Error("objective returned no loss");
-      logged["loss"] += total.item<double>() / o.accumulate;
+      const double value = total.item<double>();
+      logged["loss"] += value / o.accumulate;
+      if (!std::isfinite(value)) {
+        bad = cat("non-finite loss (", value, ")");
+        continue;
+      }
       (total / o.accumulate).backward();
     }
+    if (bad.empty() && !optim.gradients_finite()) bad = "non-finite gradient";
     const double lr = learning_rate(step, o.max_steps, o.warmup_steps, o.lr);
-    optim.step(lr);
+    if (bad.empty()) {
+      optim.step(lr);
+      consecutive_bad = 0;
+    } else {
+      optim.zero_grad();
+      ++result.bad_steps;
+      ++consecutive_bad;
+      std::fprintf(stderr, "%s[%s] step %lld skipped: %s (%d in a row, limit %d)\n", tty ? "\r\033[K" : "", o.name.c_str(),
+                   static_cast<long long>(step + 1), bad.c_str(), consecutive_bad, o.max_bad_steps);
+    }
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (const auto& [reason, n] : skipped_now) result.skipped[reason] += n;
     logged["lr"] = lr;
     logged["step"] = static_cast<double>(step + 1);
     logged["samples_per_s"] = o.batch_size * o.accumulate / dt;
@@ -249,11 +439,29 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     window_time += dt;
     window_data += data_time;
     ++window_steps;
-    if (metrics.is_open()) {
-      nlohmann::json j = logged;
+    {
+      nlohmann::json j = logged;  // NaN values are written as null
       j["stage"] = o.name;
-      metrics << j.dump() << "\n";
-      metrics.flush();
+      if (!bad.empty()) j["skipped_step"] = bad;
+      for (const auto& [reason, n] : skipped_now) j["skipped_" + reason] = n;
+      int64_t total_skipped = 0;
+      for (const auto& [reason, n] : result.skipped) total_skipped += n;
+      j["skipped_samples_total"] = total_skipped;
+      j["bad_steps_total"] = result.bad_steps;
+      write_metrics(j);
+    }
+    if (o.max_bad_steps > 0 && consecutive_bad >= o.max_bad_steps)
+      throw Error(cat("stopping: ", consecutive_bad, " steps in a row had a non-finite loss or gradient (last: step ",
+                      step + 1, ", ", bad, "); no update was made from them",
+                      o.checkpoint_path.empty() ? std::string()
+                                                : cat(" and the last checkpoint ", o.checkpoint_path, " was left as it was"),
+                      ". Lower the learning rate or check the data and the initial weights."));
+    if (skips.full() && skips.rate() > o.max_skip_rate) {
+      std::string reasons;
+      for (const auto& [reason, n] : result.skipped) reasons += cat(reasons.empty() ? "" : ", ", reason, " ", n);
+      throw Error(cat("stopping: ", skips.skipped(), " of the last ", skips.read(), " samples read were skipped (",
+                      100.0 * skips.rate(), "% > the limit of ", 100.0 * o.max_skip_rate,
+                      "%); skipped in this run: ", reasons, ". The log names each file."));
     }
     const bool last = step + 1 == o.max_steps;
     if (tty || (o.progress && ((step + 1) % o.log_every == 0 || last))) {
@@ -277,15 +485,21 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
         j["val_" + k] = v;
         shown += cat(" ", k, " ", v);
       }
-      if (metrics.is_open()) metrics << j.dump() << "\n" << std::flush;
+      write_metrics(j);
       if (o.progress) std::fprintf(stderr, "[%s] validation after step %lld:%s\n", o.name.c_str(),
                                    static_cast<long long>(step + 1), shown.c_str());
     }
+    const int signal = stop_requested();
     const bool stop_now = o.stop_after > 0 && step + 1 - start >= o.stop_after;
     if (!o.checkpoint_path.empty() &&
-        (last || stop_now || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0)))
-      save_checkpoint(o.checkpoint_path, model, optim, o.config_json, o.name, o.metadata);
+        (last || stop_now || signal || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0)))
+      checkpoint(step + 1);
     result.steps = step + 1;
+    if (signal && !last) {
+      if (tty) std::fprintf(stderr, "\n");
+      write_metrics({{"step", step + 1}, {"stage", o.name}, {"event", "interrupted"}, {"signal", signal}});
+      throw Interrupted(signal, step + 1, o.checkpoint_path);
+    }
     if (stop_now) break;
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();

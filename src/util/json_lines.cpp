@@ -3,12 +3,12 @@
 #include <fstream>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 
 namespace vlmo {
 
 std::vector<JsonLine> read_json_lines(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(cat(path, ": cannot open"));
+  std::ifstream in = open_input(path, "JSON-lines");
   std::vector<JsonLine> out;
   std::string line;
   for (size_t n = 1; std::getline(in, line); ++n) {

@@ -17,6 +17,7 @@
 #include <fstream>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/image.h"
 
 namespace vlmo {
@@ -227,9 +228,7 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
 }
 
 Image read_image(const std::string& path, const DecodeOptions& opt) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(cat(path, ": cannot open image (", std::strerror(errno), ")"));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string bytes = read_input(path, "image");
   return decode_image(bytes, path, opt);
 }
 
