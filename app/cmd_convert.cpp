@@ -12,6 +12,7 @@ namespace {
 
 int run_convert(const Args& a) {
   const std::string& in = a.positional[0];
+  if (in.empty()) throw Error("vlmo convert: the input checkpoint path IN is empty");
   const std::string& out = a.positional[1];
   const bool into_model = !a.get("config").empty() || !a.get("preset").empty();
   if (!into_model) {

@@ -141,6 +141,7 @@ FileLock::~FileLock() {
 }
 
 uint32_t crc32_of(const void* data, size_t size, uint32_t crc) {
+  if (size == 0) return crc;  // zlib returns the initial value for a null buffer (empty tensors)
   return static_cast<uint32_t>(::crc32_z(crc, static_cast<const Bytef*>(data), size));
 }
 
