@@ -1,4 +1,6 @@
 // vlmo: the command-line program. Each subcommand lives in its own cmd_*.cpp file.
+#include <c10/util/Exception.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -57,6 +59,14 @@ int main(int argc, char** argv) {
     } catch (const vlmo::Error& e) {
       std::cerr << "error: " << e.what() << "\n";
       return 2;
+    } catch (const c10::Error& e) {  // LibTorch: its message without the C++ backtrace
+      std::string msg = e.what_without_backtrace();
+      while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+      std::cerr << "error: " << (msg.find('\n') == std::string::npos ? msg : msg.substr(0, msg.find('\n'))) << "\n";
+      return 1;
+    } catch (const std::bad_alloc&) {
+      std::cerr << "error: out of memory (lower --batch-size or --image-size)\n";
+      return 1;
     } catch (const std::exception& e) {
       std::cerr << "error: " << e.what() << "\n";
       return 1;

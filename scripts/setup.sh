@@ -19,17 +19,7 @@ PACKAGES=(
   libwebp-dev             # WebP decoding
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  [ "${p#\#}" = "$p" ] || continue
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+scripts/apt_install.sh "${PACKAGES[@]}"
 
 scripts/fetch_vocab.sh
 

@@ -346,3 +346,21 @@ TEST(Train, AStopRequestSavesACheckpointAndResumesExactly) {
   const TensorMap wa = read_weights(dir + "/full.safetensors"), wc = read_weights(dir + "/cut.safetensors");
   for (const auto& [k, v] : wa) EXPECT_TRUE(at::equal(v, wc.at(k))) << k;
 }
+
+TEST(Files, CorruptVqaAnswerMetadataIsAnErrorNamingTheFile) {
+  const std::string dir = vlmo::test::temp_dir();
+  Config c = tiny();
+  c.heads = {"vqa"};
+  c.vqav2_label_size = 3;
+  VLMo m(c);
+  init_weights(m, 1);
+  save_model(dir + "/ok.safetensors", m, {"yes", "no", "two"});
+  SafetensorsFile f = read_safetensors(dir + "/ok.safetensors");
+  EXPECT_EQ(load_model(dir + "/ok.safetensors").vqa_answers.size(), 3u);
+  f.metadata["vqa_answers"] = R"(["yes", "no"])";  // one answer short of the classifier
+  write_safetensors(dir + "/short.safetensors", f.tensors, f.metadata);
+  expect_error([&] { load_model(dir + "/short.safetensors"); }, {"short.safetensors", "2 answers", "3"});
+  f.metadata["vqa_answers"] = R"(["yes", "no", )";  // not JSON
+  write_safetensors(dir + "/torn.safetensors", f.tensors, f.metadata);
+  expect_error([&] { load_model(dir + "/torn.safetensors"); }, {"torn.safetensors", "vqa_answers"});
+}
