@@ -90,6 +90,14 @@ if [[ " $PARTS " == *" term "* ]]; then
     cmp -s tref.safetensors t.safetensors || fail "resumed-after-SIGTERM checkpoint differs from the uninterrupted one"
     check_metrics_once t.jsonl $STEPS
   fi
+  "$VLMO" "${TRAIN[@]}" --steps $STEPS --out i.safetensors --metrics i.jsonl 2>i.err &
+  pid=$!
+  sleep 1.5
+  kill -INT $pid
+  wait $pid
+  rc=$?
+  [ $rc -eq 130 ] && grep -q "interrupted by SIGINT after step [0-9]*; checkpoint saved to i.safetensors" i.err ||
+    fail "SIGINT: exit status $rc, $(tail -n 1 i.err)"
   note "a second run on the same outputs is refused while the first runs"
   "$VLMO" "${TRAIN[@]}" --steps $STEPS --out busy.safetensors --metrics busy.jsonl 2>/dev/null &
   pid=$!
@@ -190,6 +198,25 @@ EOF
   [ -f nan-run.safetensors ] && fail "NaN run wrote a checkpoint"
   run_case "batch of 1 in stage vl" "at least 2" \
     pretrain --stage vl --karpathy k13.json --image-root img "${V[@]}" --batch-size 1 --out x.safetensors
+  echo '{"images":[{"filename":"messi5.jpg","split":"test","sentences":[{"raw":"a man"}]}]}' > k-test.json
+  echo '{"images":[]}' > k-none.json
+  echo '{"images":[{"filename":"messi5.jpg","split":"train","sentences":[]}]}' > k-nosent.json
+  for k in k-test k-none k-nosent; do
+    run_case "Karpathy $k" "$k.json: no training image-caption pairs" \
+      pretrain --stage vl --karpathy $k.json --image-root img "${V[@]}" --out x.safetensors
+  done
+  run_case "stage text, captions all blank" "samples in a row could not be used .*\[empty_caption\]" \
+    pretrain --stage text --karpathy blank.json --image-root img "${V[@]}" --out x.safetensors
+  run_case "finetune batch 0" "option --batch-size: must be between 1" finetune --task irtr --batch-size 0
+  run_case "preprocess size" "option --size: must be between 1 and 8192" preprocess --size 100000 img/messi5.jpg
+  run_case "vqa top" "option --top: must be at least 1" vqa --top -1
+  run_case "search top-k" "option --top-k: must be at least 1" search --top-k -1
+  run_case "warmup" "option --warmup: must be at least 0" pretrain --warmup -1
+  run_case "checkpoint-every" "option --checkpoint-every: must be at least 0" pretrain --checkpoint-every -1
+  run_case "loader-threads" "option --loader-threads: must be between 1" pretrain --loader-threads -1
+  run_case "max-pixels" "option --max-pixels: expected a whole number" preprocess --max-pixels 1e9 img/messi5.jpg
+  run_case "step-scale" "option --step-scale: must be between" demo --step-scale -1
+  run_case "steps 0" "option --steps: must be at least 1" pretrain --steps 0
   run_case "device" "device \"foo\": expected cpu, cuda or cuda:N" check-reference --device foo "$SHARED/fixtures/reference/tiny-relpos"
   "$VLMO" pretrain --stage text --text corpus.txt "${V[@]}" --steps 1 --out m1.safetensors --metrics m1.jsonl 2>/dev/null
   run_case "embed empty input" "empty.jsonl: no requests" embed --model m1.safetensors --input empty.jsonl --out e.safetensors
@@ -216,6 +243,10 @@ EOF
   "$VLMO" pretrain --stage text --text bad.txt "${V[@]}" --out b.safetensors --metrics b.jsonl 2>b.err ||
     fail "bad UTF-8 line stopped the run: $(tail -n 1 b.err)"
   grep -q 'bad.txt:2: not valid UTF-8 (byte 0) \[bad_utf8\]' b.err || fail "bad UTF-8 line not named"
+  grep -q '^text length 16 tokens (max_text_len of tiny.json)' b.err || fail "text length not the config's: $(grep '^text length' b.err)"
+  "$VLMO" pretrain --stage image --images img "${V[@]}" --steps 12 --out im.safetensors --metrics im.jsonl 2>im.err ||
+    fail "image folder with corrupt files stopped the run: $(tail -n 1 im.err)"
+  grep -q 'bad2.jpg.*\[corrupt_image\]' im.err || fail "corrupt image of the folder not named"
 fi
 
 [ $failures -eq 0 ] && echo "cli_faults: all passed ($PARTS)" >&2
