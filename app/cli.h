@@ -80,5 +80,6 @@ Command search_command();
 Command finetune_command();
 Command evaluate_command();
 Command vqa_answers_command();
+Command plot_command();
 
 }  // namespace vlmo::cli

@@ -17,6 +17,7 @@ PACKAGES=(
   libjpeg62-turbo-dev     # JPEG decoding, bit-exact with PIL (libjpeg-turbo)
   libpng-dev              # PNG decoding
   libwebp-dev             # WebP decoding
+  libcairo2-dev           # learning-curve charts (vlmo plot): PNG and SVG
 )
 
 scripts/apt_install.sh "${PACKAGES[@]}"

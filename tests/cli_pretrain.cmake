@@ -41,6 +41,21 @@ file(READ "${WORK}/demo/report.json" report)
 string(JSON tr1 GET "${report}" retrieval test_after_finetuning tr_r1)
 string(JSON chance GET "${report}" retrieval chance tr_r1)
 message(STATUS "demo at 1% steps: TR@1 ${tr1} (chance ${chance})")
+# Its learning curves, drawn by `vlmo plot`: valid PNG files of the default size.
+foreach(chart loss lr samples_per_s itm_loss)
+  if(NOT EXISTS "${WORK}/demo/plots/${chart}.png" OR NOT EXISTS "${WORK}/demo/plots/${chart}.svg")
+    message(FATAL_ERROR "demo did not write its ${chart} chart")
+  endif()
+  file(READ "${WORK}/demo/plots/${chart}.png" head LIMIT 24 HEX)
+  string(SUBSTRING "${head}" 32 16 size_hex)  # IHDR width and height, big-endian
+  if(NOT head MATCHES "^89504e470d0a1a0a0000000d49484452" OR NOT size_hex STREQUAL "00000384000001f4")
+    message(FATAL_ERROR "${chart}.png is not a 900x500 PNG: ${head}")
+  endif()
+endforeach()
+execute_process(COMMAND ${VLMO} plot ${WORK}/demo --out ${WORK}/replot --json RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT EXISTS "${WORK}/replot/loss.svg")
+  message(FATAL_ERROR "vlmo plot on the demo's metrics failed (${rc}): ${err}")
+endif()
 
 # Inference commands on the demo's models, with good and bad input.
 set(IMG ${SHARED}/fixtures/images)

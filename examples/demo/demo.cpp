@@ -2,6 +2,9 @@
 // dual encoder for retrieval, evaluate on the held-out test split, report against chance.
 #include "demo.h"
 
+#include "vlmo/files.h"
+#include "vlmo/metrics_plot.h"
+
 #include <ATen/ATen.h>
 #include <sys/stat.h>
 
@@ -288,7 +291,9 @@ nlohmann::json run_demo(const DemoOptions& o) {
               100 * report["nlvr2"]["majority_accuracy"].get<double>());
   std::printf("R@1 over chance: TR %.1fx, IR %.1fx; total time %.0f s; report: %s/report.json\n", ft.tr1 / chance.tr1,
               ft.ir1 / chance.ir1, report["seconds"].get<double>(), o.out_dir.c_str());
-  std::ofstream(o.out_dir + "/report.json") << report.dump(2) << "\n";
+  write_file_atomic(o.out_dir + "/report.json", report.dump(2) + "\n");
+  const std::vector<std::string> charts = plot_metrics({o.out_dir}, o.out_dir + "/plots");
+  std::printf("learning curves: %zu charts (PNG + SVG) in %s/plots\n", charts.size() / 2, o.out_dir.c_str());
   return report;
 }
 
