@@ -15,6 +15,7 @@
 #include "test_util.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
+#include "vlmo/downstream_data.h"
 #include "vlmo/files.h"
 #include "vlmo/objectives.h"
 #include "vlmo/pretrain.h"
@@ -363,4 +364,29 @@ TEST(Files, CorruptVqaAnswerMetadataIsAnErrorNamingTheFile) {
   f.metadata["vqa_answers"] = R"(["yes", "no", )";  // not JSON
   write_safetensors(dir + "/torn.safetensors", f.tensors, f.metadata);
   expect_error([&] { load_model(dir + "/torn.safetensors"); }, {"torn.safetensors", "vqa_answers"});
+}
+
+TEST(Data, FineTuningBatchesSkipMissingAndCorruptImages) {
+  const std::string dir = vlmo::test::temp_dir();
+  const std::string good = vlmo::test::fixture("images/messi5.jpg");
+  vlmo::test::write_file(dir + "/corrupt.jpg", vlmo::test::read_file(good).substr(0, 300));
+  auto pairs = std::make_shared<std::vector<ImageText>>(std::vector<ImageText>{
+      {good, "a football player"}, {dir + "/corrupt.jpg", "broken"}, {good, "a man"},
+      {dir + "/missing.jpg", "gone"}, {good, "a pitch"}});
+  CollateOptions co;
+  co.image_size = 32;
+  co.max_text_len = 8;
+  const BatchFn batches = pair_batches(pairs, std::make_shared<const Tokenizer>(bert()), co, 2, 1, file_image_loader());
+  std::map<std::string, int64_t> skipped;
+  for (int64_t i = 0; i < 10; ++i) {
+    const Batch b = batches(i);
+    EXPECT_EQ(b.image.size(0), 2);
+    EXPECT_EQ(b.text_ids.size(0), 2);
+    for (const auto& [r, n] : b.skipped) skipped[r] += n;
+    for (const auto& line : b.skip_log)
+      EXPECT_TRUE(line.find("corrupt.jpg") != std::string::npos || line.find("missing.jpg: no such image file") != std::string::npos) << line;
+  }
+  EXPECT_GT(skipped["corrupt_image"], 0);
+  EXPECT_GT(skipped["missing_file"], 0);
+  EXPECT_EQ(skipped.size(), 2u);
 }

@@ -1,6 +1,7 @@
 // Batch makers of the fine-tuning tasks (VQAv2, NLVR2, image-text pairs) over fixed example lists.
 #include <ATen/ATen.h>
 
+#include "usable.h"
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
 
@@ -63,9 +64,16 @@ BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int
     std::vector<Example> ex;
     at::Tensor targets = at::zeros({batch, static_cast<int64_t>(num_labels)});
     auto acc = targets.accessor<float, 2>();
+    detail::SkipNotes notes;
     for (int64_t j = 0; j < batch; ++j) {
-      const VqaExample& e = (*examples)[order->at(index * batch + j)];
-      ex.push_back({load(e.image), e.question});
+      const VqaExample* picked = nullptr;
+      detail::fill_position(*order, index * batch + j, [&](size_t i) {
+        Image img;
+        auto bad = detail::try_image(load, (*examples)[i].image, img);
+        if (!bad) ex.push_back({std::move(img), (*examples)[i].question}), picked = &(*examples)[i];
+        return bad;
+      }, notes);
+      const VqaExample& e = *picked;
       for (size_t k = 0; k < e.targets.labels.size(); ++k) {
         if (e.targets.labels[k] < 0 || e.targets.labels[k] >= num_labels)
           throw Error(cat("VQA label ", e.targets.labels[k], " is outside the classifier's ", num_labels, " labels"));
@@ -74,6 +82,7 @@ BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int
     }
     Batch b = collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
     b.vqa_targets = targets;
+    notes.attach(b);
     return b;
   };
 }
@@ -85,17 +94,25 @@ BatchFn nlvr2_batches(std::shared_ptr<const std::vector<Nlvr2Example>> examples,
   return [=](int64_t index) {
     std::vector<Example> left, right;
     std::vector<int64_t> labels;
-    for (int64_t j = 0; j < batch; ++j) {
-      const Nlvr2Example& e = (*examples)[order->at(index * batch + j)];
-      left.push_back({load(e.image0), e.sentence});
-      right.push_back({load(e.image1), e.sentence});
-      labels.push_back(e.label ? 1 : 0);
-    }
+    detail::SkipNotes notes;
+    for (int64_t j = 0; j < batch; ++j)
+      detail::fill_position(*order, index * batch + j, [&](size_t i) {
+        const Nlvr2Example& e = (*examples)[i];
+        Image a, b;
+        auto bad = detail::try_image(load, e.image0, a);
+        if (!bad) bad = detail::try_image(load, e.image1, b);
+        if (bad) return bad;
+        left.push_back({std::move(a), e.sentence});
+        right.push_back({std::move(b), e.sentence});
+        labels.push_back(e.label ? 1 : 0);
+        return bad;
+      }, notes);
     Batch b = collate(left, *tok, co, mix_seed(seed, 2 * static_cast<uint64_t>(index)));
     b.image_0 = b.image;
     b.image = at::Tensor();
     b.image_1 = collate(right, *tok, co, mix_seed(seed, 2 * static_cast<uint64_t>(index) + 1)).image;
     b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
+    notes.attach(b);
     return b;
   };
 }
@@ -106,11 +123,18 @@ BatchFn pair_batches(std::shared_ptr<const std::vector<ImageText>> pairs, std::s
   auto order = std::make_shared<EpochOrder>(pairs->size(), seed);
   return [=](int64_t index) {
     std::vector<Example> ex;
-    for (int64_t j = 0; j < batch; ++j) {
-      const ImageText& p = (*pairs)[order->at(index * batch + j)];
-      ex.push_back({load(p.image), p.text});
-    }
-    return collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+    detail::SkipNotes notes;
+    for (int64_t j = 0; j < batch; ++j)
+      detail::fill_position(*order, index * batch + j, [&](size_t i) {
+        const ImageText& p = (*pairs)[i];
+        Image img;
+        auto bad = detail::try_image(load, p.image, img);
+        if (!bad) ex.push_back({std::move(img), p.text});
+        return bad;
+      }, notes);
+    Batch b = collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+    notes.attach(b);
+    return b;
   };
 }
 

@@ -1,9 +1,8 @@
 // Pre-training batches from the four kinds of source (vlmo/sources.h: source_batches).
-#include <sys/stat.h>
-
 #include <mutex>
 #include <optional>
 
+#include "usable.h"
 #include "vlmo/error.h"
 #include "vlmo/sources.h"
 #include "vlmo/tokenizer.h"
@@ -12,10 +11,7 @@ namespace vlmo {
 
 namespace {
 
-// A sample that cannot be used: why (a reason key of SkipCounters) and where.
-struct Unusable {
-  std::string reason, what;
-};
+using detail::Unusable;
 
 struct Source {
   size_t n = 0;  // map-style: n items ...
@@ -24,20 +20,9 @@ struct Source {
   std::shared_ptr<WebDatasetStream> stream;  // streaming: sequential examples
 };
 
-bool file_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && !S_ISDIR(st.st_mode);
-}
-
 // Reads an image file, or says why it cannot be used.
 std::optional<Unusable> load_image(const std::string& path, const DecodeOptions& decode, Image& out) {
-  if (!file_exists(path)) return Unusable{"missing_file", cat(path, ": no such image file")};
-  try {
-    out = read_image(path, decode);
-  } catch (const Error& e) {
-    return Unusable{"corrupt_image", e.what()};
-  }
-  return std::nullopt;
+  return detail::try_image([&](const std::string& p) { return read_image(p, decode); }, path, out);
 }
 
 // Checks a caption that a stage with text needs.
@@ -102,8 +87,6 @@ Source open_source(const SourceSpec& spec, ExampleKind kind, uint64_t seed) {
   return s;
 }
 
-constexpr int kMaxUnusableInARow = 100;
-
 }  // namespace
 
 BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok,
@@ -116,42 +99,28 @@ BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr
   auto stream_pos = std::make_shared<int64_t>(0);
   return [=](int64_t index) {
     std::vector<Example> ex;
-    std::map<std::string, int64_t> skipped;
-    std::vector<std::string> skip_log;
-    auto note = [&](const std::string& reason, const std::string& what) {
-      ++skipped[reason];
-      skip_log.push_back(cat(what, " [", reason, "]"));
-    };
+    detail::SkipNotes notes;
     if (src.stream) {
       std::lock_guard<std::mutex> lock(*stream_mu);
       for (; *stream_pos < index * batch; ++*stream_pos) src.stream->next();  // resume: skip ahead
       src.stream->skips().take_new();                                       // (not this batch's)
       for (int64_t j = 0; j < batch; ++j, ++*stream_pos) ex.push_back(src.stream->next());
-      for (const auto& [reason, what] : src.stream->skips().take_new()) note(reason, what);
+      for (const auto& [reason, what] : src.stream->skips().take_new()) notes.note({reason, what});
     } else {
-      for (int64_t j = 0; j < batch; ++j) {
-        int in_a_row = 0;
-        for (int64_t g = index * batch + j;; g += static_cast<int64_t>(src.n)) {  // unusable: the next epoch's
+      for (int64_t j = 0; j < batch; ++j)
+        detail::fill_position(*order, index * batch + j, [&](size_t i) {
           Example e;
-          const std::optional<Unusable> bad = src.item(order->at(g), e);
-          if (!bad) {
-            ex.push_back(std::move(e));
-            break;
-          }
-          note(bad->reason, bad->what);
-          if (++in_a_row >= kMaxUnusableInARow)
-            throw Error(cat("data: ", in_a_row, " samples in a row could not be used (last: ", bad->what, " [",
-                            bad->reason, "]); is the source readable?"));
-        }
-      }
+          std::optional<Unusable> bad = src.item(i, e);
+          if (!bad) ex.push_back(std::move(e));
+          return bad;
+        }, notes);
     }
     for (auto& e : ex) {
       if (kind == ExampleKind::kText) e.image = Image{};
       if (kind == ExampleKind::kImage) e.text.clear();
     }
     Batch b = collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
-    b.skipped = std::move(skipped);
-    b.skip_log = std::move(skip_log);
+    notes.attach(b);
     return b;
   };
 }
