@@ -81,5 +81,6 @@ Command finetune_command();
 Command evaluate_command();
 Command vqa_answers_command();
 Command plot_command();
+Command index_command();
 
 }  // namespace vlmo::cli

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "common.h"
+#include "vlmo/vector_index.h"
 #include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/safetensors.h"
@@ -61,21 +62,15 @@ int run_search(const Args& a) {
   LoadedModel m = load_model_from(a);
   require_head(m.model, "itc");
   const Tokenizer tok = tokenizer_from(a, &m.model->config());
-  if (a.get("index").empty()) throw Error("--index EMBEDDINGS.safetensors (from vlmo embed) is required");
-  SafetensorsFile idx = read_safetensors(a.get("index"));
-  if (!idx.tensors.count("embeddings") || !idx.metadata.count("ids"))
-    throw Error(cat(a.get("index"), ": not an embedding file written by vlmo embed"));
-  const at::Tensor emb = idx.tensors["embeddings"].to(at::kFloat);
-  std::vector<std::string> ids;
-  try {
-    ids = nlohmann::json::parse(idx.metadata["ids"]).get<std::vector<std::string>>();
-  } catch (const std::exception& e) {
-    throw Error(cat(a.get("index"), ": metadata \"ids\" is not a JSON list of strings"));
-  }
-  if (emb.dim() != 2 || static_cast<int64_t>(ids.size()) != emb.size(0))
-    throw Error(cat(a.get("index"), ": ", ids.size(), " ids for embeddings of shape ", emb.sizes()));
-  const bool index_images = idx.metadata["modality"] == "image";
-  const int64_t k = std::min<int64_t>(a.get_int64("top-k"), emb.size(0));
+  if (a.get("index").empty()) throw Error("--index EMBEDDINGS.safetensors (from vlmo embed or vlmo index build) is required");
+  // A FAISS index (vlmo index build), or an embedding file searched exactly (an in-memory flat
+  // index over it): the same code path either way.
+  const VectorIndex index = VectorIndex::is_index_file(a.get("index"))
+                                ? VectorIndex::load(a.get("index"))
+                                : VectorIndex::build(read_embedding_shards({a.get("index")}));
+  const std::vector<std::string>& ids = index.ids();
+  const bool index_images = index.modality() == "image";
+  const int k = static_cast<int>(std::min<int64_t>(a.get_int64("top-k"), index.size()));
   const std::string field = index_images ? "text" : "image";
   at::NoGradGuard guard;
   return answer_requests(
@@ -95,16 +90,17 @@ int run_search(const Args& a) {
         } else {
           q = encode_images(m.model, at::stack(pix));
         }
-        if (q.size(1) != emb.size(1))
-          throw Error(cat("the index has ", emb.size(1), "-d embeddings but the model makes ", q.size(1)));
-        const auto [scores, best] = at::matmul(q, emb.t()).topk(k, 1);
+        if (q.size(1) != index.dim())
+          throw Error(cat("the index has ", index.dim(), "-d embeddings but the model makes ", q.size(1)));
+        const at::Tensor qf = q.to(at::kFloat).contiguous();
+        const auto hits = index.search(qf.data_ptr<float>(), qf.size(0), k);
         std::vector<std::pair<nlohmann::json, std::string>> out;
         for (size_t i = 0; i < in.size(); ++i) {
           nlohmann::json results = nlohmann::json::array();
           std::string human;
-          for (int64_t j = 0; j < k; ++j) {
-            const std::string& id = ids.at(best[i][j].item<int64_t>());
-            const double score = scores[i][j].item<double>();
+          for (size_t j = 0; j < hits[i].size(); ++j) {
+            const std::string& id = ids.at(hits[i][j].index);
+            const double score = hits[i][j].score;
             results.push_back({{"id", id}, {"score", score}});
             char line[512];
             std::snprintf(line, sizeof line, "%2lld. %.4f  %s\n", static_cast<long long>(j + 1), score, id.c_str());

@@ -18,6 +18,7 @@ PACKAGES=(
   libpng-dev              # PNG decoding
   libwebp-dev             # WebP decoding
   libcairo2-dev           # learning-curve charts (vlmo plot): PNG and SVG
+  libfaiss-dev            # vector indexes over embedding collections (vlmo index build)
 )
 
 scripts/apt_install.sh "${PACKAGES[@]}"

@@ -233,6 +233,16 @@ EOF
   run_case "image size" "option --image-size: must be between 0 and 8192" pretrain --image-size 100000
   run_case "max-skip-rate" "option --max-skip-rate: must be between 0 and 1" pretrain --max-skip-rate 2
 
+  note "vlmo index build + vlmo search over it equal the exact search of the embedding file"
+  "$VLMO" embed --model m1.safetensors --out emb.safetensors img/messi5.jpg img/camera.png img/chelsea.png >/dev/null 2>&1 ||
+    fail "embed failed"
+  "$VLMO" index build --embeddings emb.safetensors --out idx.safetensors >/dev/null 2>idx.err || fail "index build: $(cat idx.err)"
+  a=$("$VLMO" search --model m1.safetensors --index idx.safetensors --text "a man" --top-k 3 --json 2>&1)
+  b=$("$VLMO" search --model m1.safetensors --index emb.safetensors --text "a man" --top-k 3 --json 2>&1)
+  [ -n "$a" ] && [ "$a" = "$b" ] || fail "search over the index differs: $a vs $b"
+  run_case "ivfpq on 3 vectors" "IVF-PQ needs at least 256 vectors" index build --embeddings emb.safetensors --out i2.safetensors --type ivfpq
+  run_case "index type" "index type \"lsh\": expected flat, ivfpq or hnsw" index build --embeddings emb.safetensors --out i2.safetensors --type lsh
+
   note "bad data that a run survives: 3 corrupt / missing of 13 pairs over many epochs; a bad UTF-8 line"
   "$VLMO" pretrain --stage vl --karpathy k13.json --image-root img "${V[@]}" --steps 30 --batch-size 4 \
     --out k13.safetensors --metrics k13.jsonl 2>k13.err || fail "13 pairs with 3 unusable: $(tail -n 1 k13.err)"
