@@ -28,17 +28,7 @@ using vlmo::test::expect_error;
 
 namespace {
 
-Config tiny() {
-  Config c;
-  c.embed_dim = 32;
-  c.depth = 2;
-  c.num_heads = 2;
-  c.image_size = 32;
-  c.vlffn_start_layer_index = 1;
-  c.max_text_len = 16;
-  c.heads = {"mlm", "itm", "itc"};
-  return c;
-}
+Config tiny() { return vlmo::test::tiny_config(); }
 
 const Tokenizer& bert() {
   static const Tokenizer t = Tokenizer::from_file(Tokenizer::default_vocab_path());

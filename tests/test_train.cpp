@@ -19,15 +19,8 @@ using vlmo::test::expect_error;
 namespace {
 
 Config tiny() {
-  Config c;
-  c.embed_dim = 32;
-  c.depth = 2;
-  c.num_heads = 2;
-  c.image_size = 32;
-  c.vlffn_start_layer_index = 1;
-  c.max_text_len = 16;
+  Config c = vlmo::test::tiny_config({"mlm", "itm", "itc", "mim"});
   c.drop_path_rate = 0.1;
-  c.heads = {"mlm", "itm", "itc", "mim"};
   return c;
 }
 

@@ -10,9 +10,23 @@
 #include <string>
 #include <vector>
 
+#include "vlmo/config.h"
 #include "vlmo/error.h"
 
 namespace vlmo::test {
+
+// The small model the unit tests train: 2 blocks of width 32, 32-px images, 16 tokens.
+inline Config tiny_config(std::vector<std::string> heads = {"mlm", "itm", "itc"}) {
+  Config c;
+  c.embed_dim = 32;
+  c.depth = 2;
+  c.num_heads = 2;
+  c.image_size = 32;
+  c.vlffn_start_layer_index = 1;
+  c.max_text_len = 16;
+  c.heads = std::move(heads);
+  return c;
+}
 
 inline std::string shared_dir() { return VLMO_SHARED_DIR; }
 inline std::string fixture(const std::string& rel) { return shared_dir() + "/fixtures/" + rel; }
