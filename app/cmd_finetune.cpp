@@ -14,12 +14,10 @@ namespace vlmo::cli {
 namespace {
 
 int run_finetune(const Args& a) {
-  {
-    TrainOptions early;  // outputs checked before the weights and the data are read
-    early.checkpoint_path = a.get("out");
-    early.metrics_path = a.get("metrics");
-    prepare_training(a, early);
-  }
+  TrainOptions t;
+  t.checkpoint_path = a.get("out");
+  t.metrics_path = a.get("metrics");
+  prepare_training(a, t);  // outputs checked before the weights and the data are read
   const FinetuneTask task = parse_finetune_task(a.get("task"));
   const Recipe r = official_recipe(task, a.get("preset"));
   if (a.get("init").empty()) throw Error("--init CHECKPOINT (the pre-trained weights) is required");
@@ -38,10 +36,6 @@ int run_finetune(const Args& a) {
   co.image_size = cfg.image_size;
   co.max_text_len = cfg.max_text_len;
   co.train_transform = true;  // square_transform_randaug
-  TrainOptions t;
-  t.checkpoint_path = a.get("out");
-  t.metrics_path = a.get("metrics");
-  prepare_training(a, t);
   t.name = std::string("finetune-") + finetune_task_name(task);
   BatchFn batches;
   ObjectiveFn objective;
