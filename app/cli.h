@@ -78,6 +78,7 @@ Command itm_command();
 Command embed_command();
 Command search_command();
 Command finetune_command();
+Command serve_command();
 Command evaluate_command();
 Command vqa_answers_command();
 Command plot_command();

@@ -60,56 +60,11 @@ int run_embed(const Args& a) {
 
 int run_search(const Args& a) {
   LoadedModel m = load_model_from(a);
-  require_head(m.model, "itc");
   const Tokenizer tok = tokenizer_from(a, &m.model->config());
   if (a.get("index").empty()) throw Error("--index EMBEDDINGS.safetensors (from vlmo embed or vlmo index build) is required");
-  // A FAISS index (vlmo index build), or an embedding file searched exactly (an in-memory flat
-  // index over it): the same code path either way.
-  const VectorIndex index = VectorIndex::is_index_file(a.get("index"))
-                                ? VectorIndex::load(a.get("index"))
-                                : VectorIndex::build(read_embedding_shards({a.get("index")}));
-  const std::vector<std::string>& ids = index.ids();
-  const bool index_images = index.modality() == "image";
-  const int k = static_cast<int>(std::min<int64_t>(a.get_int64("top-k"), index.size()));
-  const std::string field = index_images ? "text" : "image";
+  const VectorIndex index = VectorIndex::open(a.get("index"));
   at::NoGradGuard guard;
-  return answer_requests(
-      a, read_requests(a, {field}),
-      [&](const nlohmann::json& r) {
-        const std::string q = r[field].get<std::string>();
-        return index_images ? Prepared{{}, {}, prepared_text(q)} : Prepared{prepared_image(q, m.model->config().image_size), {}, {}};
-      },
-      [&](const std::vector<Prepared>& in) {
-        std::vector<std::string> texts;
-        std::vector<at::Tensor> pix;
-        for (const auto& p : in) index_images ? texts.push_back(p.text) : pix.push_back(p.image);
-        at::Tensor q;
-        if (index_images) {
-          const auto [t, mask] = encode_batch(tok, texts, m.model->config().max_text_len);
-          q = encode_texts(m.model, t, mask);
-        } else {
-          q = encode_images(m.model, at::stack(pix));
-        }
-        if (q.size(1) != index.dim())
-          throw Error(cat("the index has ", index.dim(), "-d embeddings but the model makes ", q.size(1)));
-        const at::Tensor qf = q.to(at::kFloat).contiguous();
-        const auto hits = index.search(qf.data_ptr<float>(), qf.size(0), k);
-        std::vector<std::pair<nlohmann::json, std::string>> out;
-        for (size_t i = 0; i < in.size(); ++i) {
-          nlohmann::json results = nlohmann::json::array();
-          std::string human;
-          for (size_t j = 0; j < hits[i].size(); ++j) {
-            const std::string& id = ids.at(hits[i][j].index);
-            const double score = hits[i][j].score;
-            results.push_back({{"id", id}, {"score", score}});
-            char line[512];
-            std::snprintf(line, sizeof line, "%2lld. %.4f  %s\n", static_cast<long long>(j + 1), score, id.c_str());
-            human += line;
-          }
-          out.emplace_back(nlohmann::json{{"results", results}}, human);
-        }
-        return out;
-      });
+  return answer_requests(a, search_task(m, tok, index, prepared_image, a.get_int64("top-k"), 1 << 20));
 }
 
 }  // namespace

@@ -62,17 +62,7 @@ std::vector<Option> request_options() {
 std::vector<Request> read_requests(const Args& a, const std::vector<std::string>& fields) {
   std::vector<Request> out;
   const std::string& path = a.get("input");
-  auto check = [&](Request& r) {
-    if (!r.value.is_object()) {
-      r.error = "expected a JSON object";
-      return;
-    }
-    for (const auto& f : fields)
-      if (!r.value.contains(f) || !r.value[f].is_string()) {
-        r.error = cat("expected a string field \"", f, "\"");
-        return;
-      }
-  };
+  auto check = [&](Request& r) { r.error = request_error(r.value, fields); };
   if (path.empty()) {
     Request r;
     r.value = nlohmann::json::object();
@@ -122,7 +112,7 @@ int answer_requests(const Args& a, std::vector<Request> requests, const PrepareF
         r.error = e.what();
       }
     }
-    std::vector<std::pair<nlohmann::json, std::string>> results;
+    std::vector<Answer> results;
     if (!inputs.empty()) results = run(inputs);
     size_t k = 0;
     for (size_t i = start; i < end; ++i) {
@@ -149,11 +139,8 @@ int answer_requests(const Args& a, std::vector<Request> requests, const PrepareF
   return failed ? kSomeRequestsFailed : 0;
 }
 
-at::Tensor prepared_image(const std::string& path, int image_size) { return eval_transform(read_image(path), image_size); }
-
-std::string prepared_text(const std::string& text) {
-  if (text.find_first_not_of(" \t\r\n") == std::string::npos) throw Error("empty text (question, sentence or query)");
-  return text;
+int answer_requests(const Args& a, const Task& task) {
+  return answer_requests(a, read_requests(a, task.fields), task.prepare, task.run);
 }
 
 std::vector<Option> fault_options() {

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "answerers.h"
 #include "cli.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/tokenizer.h"
@@ -39,19 +40,13 @@ struct Request {
 // `fields`. Bad lines become requests with an error; an empty file is an error.
 std::vector<Request> read_requests(const Args& a, const std::vector<std::string>& fields);
 
-// A request's model inputs.
-struct Prepared {
-  at::Tensor image, image1;  // (3, S, S)
-  std::string text;
-};
-using PrepareFn = std::function<Prepared(const nlohmann::json& request)>;
-// For each prepared request of a batch: the JSON fields to add to it, and the text for people.
-using RunFn = std::function<std::vector<std::pair<nlohmann::json, std::string>>(const std::vector<Prepared>&)>;
 // --batch-size requests at a time through `run`; prints each result (--json: the request plus
 // the fields, one line each) in input order. Returns 0, or kSomeRequestsFailed when a line
 // failed (printed as {"line", "error"} with --json, and on stderr). A failing single request
 // (no --input) throws.
 int answer_requests(const Args& a, std::vector<Request> requests, const PrepareFn& prepare, const RunFn& run);
+// The task's requests (read_requests with its fields) through answer_requests.
+int answer_requests(const Args& a, const Task& task);
 // Options of the training commands for faults: --max-bad-steps, --max-skip-rate, --skip-window.
 std::vector<Option> fault_options();
 // Before any work of a training command: checks that --out and --metrics can be written (a
@@ -62,9 +57,5 @@ void prepare_training(const Args& a, TrainOptions& t);
 
 // --input, --batch-size, --json.
 std::vector<Option> request_options();
-
-// Helpers for PrepareFn: an image file through the evaluation transform; a non-empty text.
-at::Tensor prepared_image(const std::string& path, int image_size);
-std::string prepared_text(const std::string& text);
 
 }  // namespace vlmo::cli

@@ -122,6 +122,21 @@ TEST(Image, WebpLosslessRoundTrip) {
   EXPECT_EQ(img.rgb, rgb);
 }
 
+TEST(Image, PngEncodeRoundTrip) {
+  Image img;
+  img.width = 7;
+  img.height = 3;
+  for (int i = 0; i < 7 * 3 * 3; ++i) img.rgb.push_back(static_cast<uint8_t>(i * 37 + 5));
+  const std::string bytes = encode_png(img);
+  ASSERT_GT(bytes.size(), 8u);
+  EXPECT_EQ(bytes.substr(1, 3), "PNG");
+  const Image back = decode_image(bytes, "x.png");
+  EXPECT_EQ(back.width, 7);
+  EXPECT_EQ(back.height, 3);
+  EXPECT_EQ(back.rgb, img.rgb);
+  EXPECT_THROW(encode_png(Image{}), Error);
+}
+
 TEST(Image, BadInputGetsClearErrors) {
   const std::string jpeg = vlmo::test::read_file(fixture("images/messi5.jpg"));
   const std::string png = vlmo::test::read_file(fixture("images/chelsea.png"));

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <algorithm>
 #include <fstream>
@@ -20,11 +21,38 @@
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
 #include "vlmo/evaluate.h"
+#include "vlmo/image.h"
 #include "vlmo/image_tensor.h"
 #include "vlmo/pretrain.h"
+#include "vlmo/safetensors.h"
+#include "vlmo/tasks.h"
 
 namespace vlmo {
 namespace {
+
+// The test scenes as PNG files (OUT/gallery/test-NNN.png) and their dual-encoder embeddings
+// (OUT/gallery.safetensors, the format of `vlmo embed`, ids relative to OUT): a collection that
+// `vlmo serve --index` and `vlmo search` use as it is.
+void write_gallery(VLMo& model, const DemoWorld& world, const std::string& out_dir) {
+  const std::string dir = out_dir + "/gallery";
+  std::error_code mk;
+  std::filesystem::create_directories(dir, mk);
+  std::vector<std::string> ids;
+  std::vector<at::Tensor> pix;
+  const auto& scenes = world.split("test");
+  for (size_t i = 0; i < scenes.size(); ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "test-%03zu.png", i);
+    const std::string png = encode_png(world.render(scenes[i]));
+    write_file_atomic(dir + "/" + name, png);
+    ids.push_back(std::string("gallery/") + name);
+    pix.push_back(eval_transform(decode_image(png, name), model->config().image_size));  // as vlmo embed reads it
+  }
+  at::NoGradGuard guard;
+  const at::Tensor emb = encode_images(model, at::stack(pix));
+  write_safetensors(out_dir + "/gallery.safetensors", {{"embeddings", emb}},
+                    {{"ids", nlohmann::json(ids).dump()}, {"modality", "image"}, {"model", out_dir + "/finetune-retrieval.safetensors"}});
+}
 
 Config demo_config() {
   Config c;
@@ -67,7 +95,8 @@ nlohmann::json recall_json(const Recall& r) {
 
 nlohmann::json run_demo(const DemoOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
-  ::mkdir(o.out_dir.c_str(), 0755);
+  std::error_code mk;
+  std::filesystem::create_directories(o.out_dir, mk);  // a folder that cannot be made is named by the first write
   at::manual_seed(o.seed);
   const Config cfg = demo_config();
   const Tokenizer tok = Tokenizer::from_file(o.vocab.empty() ? Tokenizer::default_vocab_path() : o.vocab);
@@ -159,6 +188,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;
   const Recall chance = chance_recall(static_cast<int64_t>(test.size()), caption_owner(test));
   const std::string stage3 = o.out_dir + "/stage3-vl.safetensors";
+  write_gallery(model, world, o.out_dir);
 
   // ---- VQA: a 13-way answer classifier on the fusion encoder, from the stage-3 weights.
   const std::vector<std::string> answers = DemoWorld::answers();
@@ -294,6 +324,9 @@ nlohmann::json run_demo(const DemoOptions& o) {
   write_file_atomic(o.out_dir + "/report.json", report.dump(2) + "\n");
   const std::vector<std::string> charts = plot_metrics({o.out_dir}, o.out_dir + "/plots");
   std::printf("learning curves: %zu charts (PNG + SVG) in %s/plots\n", charts.size() / 2, o.out_dir.c_str());
+  std::printf("try the models in a browser:\n  vlmo serve --model %s/finetune-retrieval.safetensors --vqa-model %s/finetune-vqa.safetensors "
+              "--nlvr2-model %s/finetune-nlvr2.safetensors --index %s/gallery.safetensors\n",
+              o.out_dir.c_str(), o.out_dir.c_str(), o.out_dir.c_str(), o.out_dir.c_str());
   return report;
 }
 

@@ -29,6 +29,8 @@ struct DecodeOptions {
 // Decodes a JPEG, PNG or WebP held in memory; `name` is used in error messages.
 Image decode_image(const std::string& bytes, const std::string& name, const DecodeOptions& opt = {});
 Image read_image(const std::string& path, const DecodeOptions& opt = {});
+// A PNG file's bytes (8-bit RGB, lossless): decode_image gives the image back exactly.
+std::string encode_png(const Image& img);
 
 // PIL Image.resize((w, h), BICUBIC) on RGB, bit-exact: a = -0.5 kernel, antialiasing support,
 // 22-bit fixed-point weights, horizontal pass first, rounding and clamping after each pass.

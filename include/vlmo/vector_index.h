@@ -51,6 +51,9 @@ class VectorIndex {
   static VectorIndex build(const EmbeddingSet& set, const IndexOptions& options = {});
   static VectorIndex load(const std::string& path);
   static bool is_index_file(const std::string& path);  // a file save() wrote
+  // What a --index option names: a file save() wrote, or an embedding file of `vlmo embed`
+  // (searched exactly through an in-memory flat index).
+  static VectorIndex open(const std::string& path);
   void save(const std::string& path) const;
 
   // Top-k hits of each of `n` queries (n x dim, row-major), best first.

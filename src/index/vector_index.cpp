@@ -159,6 +159,10 @@ void VectorIndex::save(const std::string& path) const {
                      {"ef_search", std::to_string(options_.ef_search)}});
 }
 
+VectorIndex VectorIndex::open(const std::string& path) {
+  return is_index_file(path) ? load(path) : build(read_embedding_shards({path}));
+}
+
 bool VectorIndex::is_index_file(const std::string& path) {
   try {
     return read_safetensors(path).metadata["format"] == kFormat;
