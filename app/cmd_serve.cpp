@@ -313,6 +313,16 @@ int run_serve(const Args& a) {
   if (!a.get("port-file").empty()) check_output_path(a.get("port-file"), "port file (--port-file)");
   Service svc;
   svc.max_pixels = a.get_int64("max-pixels");
+  httplib::Server server;
+  // Bind before the models load: a busy port is an error at once. Connections made while they
+  // load wait in the listen backlog and are served once ready.
+  int bound = port;
+  if (port == 0) {
+    bound = server.bind_to_any_port(host);
+    if (bound < 0) throw Error(cat("cannot listen on ", host, " (any port)"));
+  } else if (!server.bind_to_port(host, port)) {
+    throw Error(cat("cannot listen on ", host, ":", port, " (in use, or not an address of this machine)"));
+  }
 
   // Models: --model for every task, --vqa-model / --nlvr2-model for theirs.
   auto model_at = [&](const std::string& path, const std::string& answers) -> LoadedModel& {
@@ -372,11 +382,15 @@ int run_serve(const Args& a) {
   const bool quiet = a.get_flag("quiet");
   const std::string web_dir = a.get("web");
 
-  httplib::Server server;
   server.set_payload_max_length(static_cast<size_t>(a.get_int64("max-body-mb")) << 20);
   server.set_read_timeout(10, 0);
   server.set_write_timeout(10, 0);
   server.set_keep_alive_max_count(1000);
+  server.set_keep_alive_timeout(2);
+  // One thread per open connection (httplib's model): enough of them that kept-alive clients do
+  // not make later ones wait for a free thread.
+  const size_t http_threads = static_cast<size_t>(a.get_int64("http-threads"));
+  server.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
   server.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
     t_request_start = Clock::now();
     return httplib::Server::HandlerResponse::Unhandled;
@@ -488,14 +502,6 @@ int run_serve(const Args& a) {
     });
   }
 
-  // Bind first, so that a busy port is an error before anything is printed as ready.
-  int bound = port;
-  if (port == 0) {
-    bound = server.bind_to_any_port(host);
-    if (bound < 0) throw Error(cat("cannot listen on ", host, " (any port)"));
-  } else if (!server.bind_to_port(host, port)) {
-    throw Error(cat("cannot listen on ", host, ":", port, " (in use, or not an address of this machine)"));
-  }
   std::thread model_thread([&] { batcher.run(); });
   install_stop_handlers();
   std::atomic<bool> done{false};
@@ -536,6 +542,7 @@ Command serve_command() {
            {"host", "127.0.0.1", "address to listen on (0.0.0.0: every interface)"},
            integer_option("port", "8080", "port (0: any free port, printed)", 0, 65535),
            {"port-file", "", "write the port listened on to this file once ready"},
+           integer_option("http-threads", "64", "connections served at once (each kept-alive client holds one)", 1, 4096),
            integer_option("max-batch", "16", "requests of one task run through the model together", 1, 4096),
            number_option("batch-wait-ms", "5", "how long the model thread waits for a batch to fill", 0, 10000),
            integer_option("queue", "64", "requests that may wait for the model; beyond it: 503", 1, 1 << 20),

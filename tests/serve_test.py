@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""vlmo serve over HTTP, against the CLI, on the models and gallery a (short) demo wrote.
+
+usage: serve_test.py VLMO LOAD_TOOL DEMO_DIR WORK_DIR PART
+  PART http:  answers equal the CLI's (search, VQA by id and by upload, ITM, NLVR2); malformed,
+              oversized, concurrent requests; a full queue answers 503; SIGTERM drains.
+  PART load:  vlmo_serve_load from a second process: throughput, p50/p99, nothing lost.
+Only the Python standard library; loopback only; every wait is bounded.
+"""
+import base64
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+VLMO, LOAD, DEMO, WORK, PART = sys.argv[1:6]
+os.makedirs(WORK, exist_ok=True)
+MODEL = f"{DEMO}/finetune-retrieval.safetensors"
+VQA = f"{DEMO}/finetune-vqa.safetensors"
+NLVR2 = f"{DEMO}/finetune-nlvr2.safetensors"
+INDEX = f"{DEMO}/gallery.safetensors"
+IMG = [f"{DEMO}/gallery/test-{i:03d}.png" for i in range(4)]
+IDS = [f"gallery/test-{i:03d}.png" for i in range(4)]
+failures = []
+
+
+def check(cond, what):
+    print(("ok    " if cond else "FAIL  ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+class Server:
+    def __init__(self, name, *extra):
+        self.port_file = f"{WORK}/{name}.port"
+        if os.path.exists(self.port_file):
+            os.remove(self.port_file)
+        self.log = open(f"{WORK}/{name}.log", "w")
+        self.proc = subprocess.Popen(
+            [VLMO, "serve", "--model", MODEL, "--vqa-model", VQA, "--nlvr2-model", NLVR2, "--index", INDEX,
+             "--port", "0", "--port-file", self.port_file, *extra],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        deadline = time.time() + 60
+        while not os.path.exists(self.port_file):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"vlmo serve did not start (see {WORK}/{name}.log)")
+            time.sleep(0.1)
+        self.port = int(open(self.port_file).read())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=60)
+        return self.proc.returncode, out
+
+
+def request(url, body=None, raw=None, method=None, timeout=60):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def post(s, endpoint, body=None, raw=None):
+    status, data = request(s.url + endpoint, body, raw)
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, {"_raw": data[:200]}
+
+
+def cli(*args):
+    out = subprocess.run([VLMO, *args, "--json"], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise SystemExit(f"vlmo {' '.join(args)} failed: {out.stderr}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def close(a, b, tol=1e-5):
+    """Same answer: equal strings and structure, numbers within tol."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(a - b) <= tol * (1 + abs(a))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() <= b.keys() and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    return a == b
+
+
+def data_url(path):
+    return "data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode()
+
+
+def part_http():
+    s = Server("http", "--max-body-mb", "1", "--max-batch", "8", "--batch-wait-ms", "20", "--quiet")
+    status, h = post(s, "/health")
+    check(status == 200 and set(h["tasks"]) == {"search", "vqa", "itm", "nlvr2", "embed"},
+          f"/health lists the five tasks ({status}, {sorted(h.get('tasks', {}))})")
+    check(h["collection"]["size"] == 100 and h["collection"]["modality"] == "image", "/health names the 100-image gallery")
+    status, page = request(s.url + "/")
+    check(status == 200 and b"<title>VLMo</title>" in page, "GET / serves the web page")
+
+    # --- Answers equal the CLI's (one request at a time: the same batch shape as the CLI's).
+    for text in ["a red circle", "a small blue square on the left"]:
+        status, got = post(s, "/api/search", {"text": text, "top_k": 5})
+        want = cli("search", "--model", MODEL, "--index", INDEX, "--text", text, "--top-k", "5")
+        check(status == 200 and close(want["results"], got["results"], 1e-6), f"search {text!r}: HTTP = CLI")
+    q = "what colour is the shape?"
+    want = cli("vqa", "--model", VQA, "--image", IMG[1], "--question", q)
+    status, by_id = post(s, "/api/vqa", {"image": IDS[1], "question": q})
+    check(status == 200 and close(want["answers"], by_id["answers"], 1e-6), "VQA on a collection id: HTTP = CLI")
+    status, by_upload = post(s, "/api/vqa", {"image": data_url(IMG[1]), "question": q})
+    check(status == 200 and close(want["answers"], by_upload["answers"], 1e-6), "VQA on an uploaded image: HTTP = CLI")
+    status, top2 = post(s, "/api/vqa", {"image": IDS[1], "question": q, "top": 2})
+    check(status == 200 and close(want["answers"][:2], top2["answers"], 1e-6), "VQA \"top\": 2 gives the first two")
+    want = cli("itm", "--model", MODEL, "--image", IMG[2], "--text", "a green triangle")
+    status, got = post(s, "/api/itm", {"image": IDS[2], "text": "a green triangle"})
+    check(status == 200 and close(want["match_probability"], got["match_probability"], 1e-6), "ITM: HTTP = CLI")
+    want = cli("nlvr2", "--model", NLVR2, "--image0", IMG[0], "--image1", IMG[3], "--sentence", "there is a circle")
+    status, got = post(s, "/api/nlvr2", {"image0": IDS[0], "image1": IDS[3], "sentence": "there is a circle"})
+    check(status == 200 and got["label"] == want["label"] and close(want["probability_true"], got["probability_true"], 1e-6),
+          "NLVR2: HTTP = CLI")
+    status, emb = post(s, "/api/embed", {"text": "a red circle"})
+    norm = sum(x * x for x in emb.get("embedding", [])) ** 0.5
+    check(status == 200 and emb["dim"] == len(emb["embedding"]) and abs(norm - 1) < 1e-4, "embed: an L2-normalised vector")
+    status, img = request(s.url + "/api/image?id=" + IDS[0])
+    check(status == 200 and img == open(IMG[0], "rb").read(), "/api/image returns the collection file")
+
+    # --- Malformed requests: 4xx with a JSON "error" naming the problem; the server lives on.
+    bad = [
+        ("/api/vqa", None, b"{not json", 400, "not valid JSON"),
+        ("/api/vqa", None, b"[1, 2]", 400, "expected a JSON object"),
+        ("/api/vqa", {"image": IDS[0]}, None, 400, "\"question\""),
+        ("/api/vqa", {"image": IDS[0], "question": 7}, None, 400, "\"question\""),
+        ("/api/vqa", {"image": IDS[0], "question": "   "}, None, 400, "empty text"),
+        ("/api/vqa", {"image": "/etc/passwd", "question": "q"}, None, 400, "neither an image of the collection"),
+        ("/api/vqa", {"image": "data:image/png;base64,@@@@", "question": "q"}, None, 400, "base64"),
+        ("/api/vqa", {"image": "data:image/png;base64," + base64.b64encode(b"not an image").decode(), "question": "q"},
+         None, 400, "uploaded image"),
+        ("/api/vqa", {"image": "data:text/plain,hello", "question": "q"}, None, 400, "must be base64"),
+        ("/api/search", {"text": "x", "top_k": 0}, None, 400, "top_k"),
+        ("/api/search", {"text": "x", "top_k": "5"}, None, 400, "top_k"),
+        ("/api/embed", {"text": "x", "image": IDS[0]}, None, 400, "exactly one"),
+        ("/api/nope", {"text": "x"}, None, 404, "no such endpoint"),
+        ("/api/vqa", None, b"{\"image\": \"" + b"a" * (1 << 21) + b"\"}", 413, "too large"),
+    ]
+    for endpoint, body, raw, code, words in bad:
+        status, got = post(s, endpoint, body, raw)
+        check(status == code and words in got.get("error", ""),
+              f"{endpoint} {(raw or json.dumps(body).encode())[:50]!r} -> {status} {str(got.get('error'))[:90]!r}")
+    status, _ = request(s.url + "/api/vqa")  # GET on a POST endpoint
+    check(status in (404, 405), f"GET /api/vqa -> {status}")
+    # Half-open connections (a request never finished) do not stop the others being served.
+    hang = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(3)]
+    for c in hang:
+        c.sendall(b"POST /api/vqa HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"im")
+    status, _ = post(s, "/api/itm", {"image": IDS[0], "text": "a red circle"})
+    check(status == 200, "served while three connections hang half-way through their request")
+    for c in hang:
+        c.close()
+
+    # --- Concurrent requests: batched together, each answer the same as alone.
+    singles = {}
+    jobs = [("/api/search", {"text": t, "top_k": 3}) for t in ["a red circle", "a blue square", "a green triangle"]]
+    jobs += [("/api/vqa", {"image": i, "question": q}) for i in IDS] + [("/api/itm", {"image": i, "text": "a red circle"}) for i in IDS]
+    for endpoint, body in jobs:
+        singles[json.dumps([endpoint, body])] = post(s, endpoint, body)[1]
+    before = post(s, "/health")[1]["stats"]["max_batch_size"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(lambda j: (j, post(s, *j)), jobs * 4))
+    same = all(st == 200 and close(singles[json.dumps(list(j))], got, 1e-4) for j, (st, got) in results)
+    check(same, f"{len(results)} concurrent requests: all 200, each answer = its answer alone")
+    stats = post(s, "/health")[1]["stats"]
+    check(stats["max_batch_size"] > 1, f"concurrent requests were batched (largest batch {stats['max_batch_size']}, before {before})")
+    _, metrics = request(s.url + "/metrics")
+    metrics = metrics.decode()
+    check('vlmo_requests_total{endpoint="/api/vqa",status="200"}' in metrics and "vlmo_batches_total" in metrics
+          and "vlmo_request_duration_seconds_bucket" in metrics, "/metrics: requests, batches, latency histogram")
+    check(post(s, "/health")[0] == 200, "healthy after the bad and concurrent requests")
+
+    # --- SIGTERM while requests are in flight: they are answered, the server exits 0.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(post, s, "/api/vqa", {"image": IDS[k % 4], "question": q}) for k in range(16)]
+        time.sleep(0.05)
+        rc, out = s.stop(signal.SIGTERM)
+        answered = [f.result() for f in futures]
+    codes = sorted({st for st, _ in answered})
+    check(rc == 0 and "stopped:" in out, f"SIGTERM: exit {rc}, {out.strip().splitlines()[-1]!r}")
+    check(all(st in (200, 503) for st, _ in answered), f"every in-flight request was answered (statuses {codes})")
+
+    # --- A full queue answers 503 at once; every request gets an answer.
+    s = Server("queue", "--queue", "1", "--max-batch", "1", "--batch-wait-ms", "0", "--quiet")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        answered = list(pool.map(lambda k: post(s, "/api/vqa", {"image": IDS[k % 4], "question": q}), range(48)))
+    codes = [st for st, _ in answered]
+    refused = [got for st, got in answered if st == 503]
+    check(codes.count(200) + codes.count(503) == 48 and refused and "busy" in refused[0]["error"] and codes.count(200) > 0,
+          f"--queue 1 under 16 concurrent clients: {codes.count(200)} answered, {codes.count(503)} refused with 503, none lost")
+    rc, _ = s.stop(signal.SIGINT)
+    check(rc == 0, f"SIGINT: exit {rc}")
+    # A port in use is a clear error.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    out = subprocess.run([VLMO, "serve", "--model", MODEL, "--port", str(busy.getsockname()[1])], capture_output=True, text=True, timeout=60)
+    check(out.returncode != 0 and "cannot listen" in out.stderr, f"busy port: {out.stderr.strip()[:100]!r}")
+
+
+def part_load():
+    s = Server("load", "--max-batch", "16", "--queue", "256", "--quiet")
+    reqs = f"{WORK}/load-requests.jsonl"
+    with open(reqs, "w") as f:
+        for t in ["a red circle", "a blue square on the right", "two shapes", "a yellow star"]:
+            f.write(json.dumps({"endpoint": "/api/search", "body": {"text": t, "top_k": 5}}) + "\n")
+        for i in IDS:
+            f.write(json.dumps({"endpoint": "/api/vqa", "body": {"image": i, "question": "what colour is the shape?"}}) + "\n")
+            f.write(json.dumps({"endpoint": "/api/itm", "body": {"image": i, "text": "a red circle"}}) + "\n")
+    out = subprocess.run([LOAD, "--port", str(s.port), "--requests", reqs, "--count", "400", "--concurrency", "16",
+                          "--seconds", "120", "--expect-all-ok"], capture_output=True, text=True, timeout=300)
+    print(out.stdout.strip(), out.stderr.strip(), flush=True)
+    report = json.loads(out.stdout)
+    check(out.returncode == 0 and report["ok"] == report["sent"] == 400 and report["lost"] == 0,
+          f"load: {report['sent']} sent, {report['ok']} ok, {report['lost']} lost, {report['throughput_rps']:.1f} req/s, "
+          f"p50 {report['latency_ms_p50']:.1f} ms, p99 {report['latency_ms_p99']:.1f} ms")
+    stats = post(s, "/health")[1]["stats"]
+    print(json.dumps(stats), flush=True)
+    check(stats["mean_batch_size"] > 1, f"mean batch size under load {stats['mean_batch_size']:.2f}")
+    rc, _ = s.stop()
+    check(rc == 0, "stopped cleanly after the load")
+
+
+{"http": part_http, "load": part_load}[PART]()
+if failures:
+    print(f"{len(failures)} checks failed", flush=True)
+    sys.exit(1)
