@@ -1,5 +1,5 @@
 # Every subcommand's --help must succeed and list each option with its default.
-foreach(cmd demo pretrain finetune evaluate info convert check-reference tokenize preprocess embed search vqa nlvr2 itm)
+foreach(cmd demo pretrain finetune evaluate info convert check-reference tokenize preprocess embed search vqa nlvr2 itm serve index plot)
   execute_process(COMMAND ${VLMO} ${cmd} --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "vlmo ${cmd} --help exited ${rc}")

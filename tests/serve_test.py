@@ -5,14 +5,21 @@ usage: serve_test.py VLMO LOAD_TOOL DEMO_DIR WORK_DIR PART
   PART http:  answers equal the CLI's (search, VQA by id and by upload, ITM, NLVR2); malformed,
               oversized, concurrent requests; a full queue answers 503; SIGTERM drains.
   PART load:  vlmo_serve_load from a second process: throughput, p50/p99, nothing lost.
+  PART embed: vlmo embed of a folder and of WebDataset shards into resumable chunks: SIGTERM
+              mid-run then resume gives the same ids and vectors as one uninterrupted run; the
+              folder feeds vlmo index build, search and serve.
 Only the Python standard library; loopback only; every wait is bounded.
 """
 import base64
 import concurrent.futures
+import io
 import json
 import os
+import shutil
 import signal
 import socket
+import struct
+import tarfile
 import subprocess
 import sys
 import time
@@ -239,7 +246,91 @@ def part_load():
     check(rc == 0, "stopped cleanly after the load")
 
 
-{"http": part_http, "load": part_load}[PART]()
+def read_embeddings(folder):
+    """ids and float32 rows of a chunk folder, in manifest order (safetensors read by hand)."""
+    ids, rows = [], []
+    for c in json.load(open(f"{folder}/manifest.json"))["chunks"]:
+        raw = open(f"{folder}/{c['file']}", "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        t = header["embeddings"]
+        assert t["dtype"] == "F32", t["dtype"]
+        begin, end = t["data_offsets"]
+        data = raw[8 + n + begin:8 + n + end]
+        dim = t["shape"][1]
+        flat = struct.unpack(f"<{len(data) // 4}f", data)
+        rows += [flat[i:i + dim] for i in range(0, len(flat), dim)]
+        ids += json.loads(header["__metadata__"]["ids"])
+    return ids, rows
+
+
+def part_embed():
+    src = f"{WORK}/images"
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(f"{src}/b", exist_ok=True)
+    gallery = sorted(os.listdir(f"{DEMO}/gallery"))
+    for k in range(3):  # 300 images in two folders, and one that is not an image
+        for g in gallery:
+            shutil.copy(f"{DEMO}/gallery/{g}", f"{src}/{'b/' if k == 2 else ''}{k}-{g}")
+    open(f"{src}/b/broken.png", "wb").write(b"\x89PNG not really")
+    embed = [VLMO, "embed", "--model", MODEL, "--chunk", "32", "--batch-size", "4"]
+    one = subprocess.run(embed + ["--out", f"{WORK}/one", "--json", src], capture_output=True, text=True, timeout=300)
+    summary = json.loads(one.stdout)
+    check(one.returncode == 0 and summary["embedded"] == 300 and summary["skipped"] == 1,
+          f"folder: {summary['embedded']} embedded in {summary['chunks']} chunks, {summary['skipped']} skipped")
+    check("broken.png" in one.stderr, "the unreadable file is named")
+    # Interrupted after some chunks, then resumed with the same command.
+    p = subprocess.Popen(embed + ["--batch-size", "1", "--out", f"{WORK}/two", src], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not os.path.exists(f"{WORK}/two/manifest.json") and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1]
+    done = json.load(open(f"{WORK}/two/manifest.json"))["items_done"]
+    check(p.returncode == 143 and 0 < done < 301, f"SIGTERM: exit {p.returncode} after {done} of 301 items ({err.strip().splitlines()[-1]!r})")
+    again = subprocess.run(embed + ["--out", f"{WORK}/two", "--json", src], capture_output=True, text=True, timeout=300)
+    resumed = json.loads(again.stdout)
+    check(again.returncode == 0 and resumed["resumed_after"] == done and resumed["embedded"] == 300,
+          f"resumed after {resumed['resumed_after']}: {resumed['embedded']} embedded")
+    ids1, rows1 = read_embeddings(f"{WORK}/one")
+    ids2, rows2 = read_embeddings(f"{WORK}/two")
+    worst = max(abs(x - y) for r1, r2 in zip(rows1, rows2) for x, y in zip(r1, r2))
+    check(ids1 == ids2 and len(rows1) == 300 and worst < 1e-5,
+          f"interrupted + resumed = uninterrupted: same {len(ids2)} ids in order, largest difference {worst:.2e}")
+    again = subprocess.run(embed + ["--out", f"{WORK}/two", src], capture_output=True, text=True, timeout=60)
+    check(again.returncode == 0 and "already complete" in again.stdout, "a complete folder is not redone")
+    other = subprocess.run(embed + ["--out", f"{WORK}/two", f"{src}/b"], capture_output=True, text=True, timeout=60)
+    check(other.returncode != 0 and "other inputs" in other.stderr, f"other inputs refused: {other.stderr.strip()!r}")
+    # WebDataset shards: the image members, ids SHARD/MEMBER.
+    shards = []
+    for s_i in range(2):
+        shard = f"{WORK}/shard-{s_i}.tar"
+        with tarfile.open(shard, "w") as tar:
+            for g in gallery[s_i * 10:(s_i + 1) * 10]:
+                key = g.rsplit(".", 1)[0]
+                tar.add(f"{DEMO}/gallery/{g}", arcname=f"{key}.png")
+                info = tarfile.TarInfo(f"{key}.txt")
+                caption = b"a caption"
+                info.size = len(caption)
+                tar.addfile(info, io.BytesIO(caption))
+        shards.append(shard)
+    wds = subprocess.run(embed + ["--out", f"{WORK}/wds", "--json", *shards], capture_output=True, text=True, timeout=120)
+    ids, rows = read_embeddings(f"{WORK}/wds")
+    check(wds.returncode == 0 and len(ids) == 20 and ids[0] == f"{shards[0]}/{gallery[0]}",
+          f"WebDataset shards: {len(ids)} images, first id {ids[0] if ids else None}")
+    by_id = dict(zip(ids1, rows1))
+    same = all(max(abs(x - y) for x, y in zip(rows[i], by_id[f"{src}/0-{gallery[i]}"])) < 1e-5 for i in range(10))
+    check(same, "a shard member embeds as the same image from a file")
+    # The folder is a collection: index build, search, serve.
+    idx = subprocess.run([VLMO, "index", "build", "--embeddings", f"{WORK}/two", "--out", f"{WORK}/two.index.safetensors", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    check(idx.returncode == 0 and json.loads(idx.stdout)["vectors"] == 300, "vlmo index build over the chunk folder")
+    hits = cli("search", "--model", MODEL, "--index", f"{WORK}/two.index.safetensors", "--text", "a red circle", "--top-k", "3")
+    check(len(hits["results"]) == 3 and hits["results"][0]["id"] in ids1, f"vlmo search over it: {hits['results'][0]['id']}")
+
+
+{"http": part_http, "load": part_load, "embed": part_embed}[PART]()
 if failures:
     print(f"{len(failures)} checks failed", flush=True)
     sys.exit(1)

@@ -110,6 +110,8 @@ void clear_stop_request();
 
 struct Interrupted : Error {
   Interrupted(int signal, int64_t step, std::string checkpoint);
+  // Other long work stopped by a signal (what was kept, and how to go on, in `message`).
+  Interrupted(int signal, const std::string& message) : Error(message), signal(signal), step(0) {}
   int signal;
   int64_t step;            // steps done (and saved)
   std::string checkpoint;  // where they were saved ("" when the run has no checkpoint path)

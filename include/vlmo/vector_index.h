@@ -17,7 +17,8 @@ struct Index;
 namespace vlmo {
 
 // Embedding files of `vlmo embed` (tensor "embeddings" [N, D], metadata "ids" and "modality"),
-// concatenated in order; all must share D and the modality.
+// concatenated in order; all must share D and the modality. A folder stands for its chunk files
+// (in the order of its manifest.json, else sorted by name).
 struct EmbeddingSet {
   std::vector<std::string> ids;
   std::vector<float> vectors;  // N x dim, row-major
@@ -26,6 +27,7 @@ struct EmbeddingSet {
   int64_t size() const { return static_cast<int64_t>(ids.size()); }
 };
 EmbeddingSet read_embedding_shards(const std::vector<std::string>& files);
+std::vector<std::string> embedding_files(const std::string& file_or_folder);
 
 enum class IndexKind { kFlat, kIvfPq, kHnsw };
 IndexKind parse_index_kind(const std::string& name);  // "flat", "ivfpq", "hnsw"
@@ -51,8 +53,8 @@ class VectorIndex {
   static VectorIndex build(const EmbeddingSet& set, const IndexOptions& options = {});
   static VectorIndex load(const std::string& path);
   static bool is_index_file(const std::string& path);  // a file save() wrote
-  // What a --index option names: a file save() wrote, or an embedding file of `vlmo embed`
-  // (searched exactly through an in-memory flat index).
+  // What a --index option names: a file save() wrote, or an embedding file or folder of `vlmo
+  // embed` (searched exactly through an in-memory flat index).
   static VectorIndex open(const std::string& path);
   void save(const std::string& path) const;
 

@@ -11,11 +11,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "vlmo/error.h"
+#include "vlmo/files.h"
 #include "vlmo/safetensors.h"
 
 namespace vlmo {
@@ -45,8 +48,32 @@ const char* index_kind_name(IndexKind kind) {
   return kind == IndexKind::kFlat ? "flat" : kind == IndexKind::kIvfPq ? "ivfpq" : "hnsw";
 }
 
-EmbeddingSet read_embedding_shards(const std::vector<std::string>& files) {
-  if (files.empty()) throw Error("no embedding files given");
+std::vector<std::string> embedding_files(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(path)) return {path};
+  std::vector<std::string> files;
+  const std::string manifest = path + "/manifest.json";
+  if (fs::exists(manifest)) {
+    const auto m = nlohmann::json::parse(read_input(manifest, "embedding manifest"), nullptr, false);
+    if (m.is_discarded() || !m.contains("chunks") || !m["chunks"].is_array())
+      throw Error(cat(manifest, ": not a manifest of vlmo embed (expected a \"chunks\" list)"));
+    if (!m.value("complete", false))
+      std::fprintf(stderr, "note: %s: the embedding run is not complete; using its %zu chunks so far\n", path.c_str(), m["chunks"].size());
+    for (const auto& c : m["chunks"]) files.push_back(path + "/" + c.at("file").get<std::string>());
+  } else {
+    for (const auto& e : fs::directory_iterator(path))
+      if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
+    std::sort(files.begin(), files.end());
+  }
+  if (files.empty()) throw Error(cat(path, ": no embedding files in this folder"));
+  return files;
+}
+
+EmbeddingSet read_embedding_shards(const std::vector<std::string>& paths) {
+  if (paths.empty()) throw Error("no embedding files given");
+  std::vector<std::string> files;
+  for (const auto& p : paths)
+    for (auto& f : embedding_files(p)) files.push_back(std::move(f));
   EmbeddingSet out;
   for (const auto& f : files) {
     SafetensorsFile s = read_safetensors(f);
