@@ -1,0 +1,132 @@
+// One rank of the multi-process tests (tests/dist_test.sh starts WORLD_SIZE of them on 127.0.0.1
+// with torchrun's variables).
+//
+//   itc:  every rank holds its slice of one global batch; the ITC loss over the gathered
+//         features is the one-process loss on the whole batch, and after the gradient mean the
+//         encoders' gradients are the one-process gradients / world size while logit_scale's
+//         are equal (the official relation; vlmo/distributed.h). Rank 0 computes the
+//         one-process reference itself.
+//   broadcast: rank 1 starts from other weights; after broadcast_model they equal rank 0's.
+//   kill: rank 1 dies before a collective; rank 0 must fail with a clear error within the
+//         timeout (exit 3), not hang.
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "test_util.h"
+#include "vlmo/batch.h"
+#include "vlmo/distributed.h"
+#include "vlmo/model.h"
+#include "vlmo/objectives.h"
+
+using namespace vlmo;
+
+namespace {
+
+Batch global_batch(const Config& c, int64_t n) {
+  at::manual_seed(1234);
+  Batch b;
+  b.image = at::randn({n, 3, c.image_size, c.image_size});
+  b.text_ids = at::randint(1000, 2000, {n, c.max_text_len}, at::kLong);
+  b.text_masks = at::ones({n, c.max_text_len}, at::kLong);
+  for (int64_t i = 0; i < n; ++i) b.text_masks[i].narrow(0, 4 + i % 8, c.max_text_len - 4 - i % 8).zero_();
+  return b;
+}
+
+Batch slice(const Batch& b, int64_t start, int64_t len) {
+  Batch s;
+  s.image = b.image.narrow(0, start, len);
+  s.text_ids = b.text_ids.narrow(0, start, len);
+  s.text_masks = b.text_masks.narrow(0, start, len);
+  return s;
+}
+
+std::map<std::string, at::Tensor> grads_of(VLMo& m) {
+  std::map<std::string, at::Tensor> g;
+  for (auto& p : m->named_parameters())
+    if (p.value().grad().defined()) g[p.key()] = p.value().grad().clone();
+  return g;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "itc";
+  at::set_num_threads(1);
+  try {
+    const LaunchInfo info = launch_info_from_env();
+    auto dist = Distributed::init(info, std::chrono::milliseconds(mode == "kill" ? 5000 : 60000));
+    const int W = dist->world_size(), r = dist->rank();
+    Config cfg = test::tiny_config({"itc"});
+    cfg.drop_path_rate = 0;  // no random draws: the ranks and the one process compute the same features
+    if (mode == "kill") {
+      dist->barrier();
+      if (r == 1) std::_Exit(9);  // dies without a word
+      std::vector<at::Tensor> t = {at::ones({4})};
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        dist->all_reduce_sum(t);
+      } catch (const Error& e) {
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::cout << "rank 0 stopped after " << s << " s: " << e.what() << std::endl;
+        return 3;
+      }
+      std::cout << "rank 0: the collective returned although rank 1 died\n";
+      return 1;
+    }
+    VLMo model(cfg);
+    init_weights(model, r == 0 ? 7 : 8);  // rank 1 starts elsewhere: broadcast must fix it
+    dist->broadcast_model(model);
+    if (mode == "broadcast") {
+      VLMo ref(cfg);
+      init_weights(ref, 7);
+      double worst = 0;
+      auto a = model->named_parameters(), b = ref->named_parameters();
+      for (auto& p : a) worst = std::max(worst, (p.value() - b[p.key()]).abs().max().item<double>());
+      std::cout << "rank " << r << ": largest difference from rank 0's weights " << worst << std::endl;
+      return worst == 0 ? 0 : 1;
+    }
+    const int64_t B = 4, N = B * W;
+    const Batch all = global_batch(cfg, N);
+    model->train();
+    ItcOutput out = compute_itc(model, slice(all, r * B, B), current_gather());
+    out.loss.backward();
+    dist->average_gradients(model);
+    const double loss = out.loss.item<double>();
+    std::vector<at::Tensor> losses = {at::tensor({loss}, at::kDouble)};
+    dist->all_reduce_sum(losses);
+    const double reduced = losses[0].item<double>() / W;
+    const auto g = grads_of(model);
+    if (r != 0) return 0;
+
+    VLMo single(cfg);
+    init_weights(single, 7);
+    single->train();
+    ItcOutput ref = compute_itc(single, all);
+    ref.loss.backward();
+    const auto g1 = grads_of(single);
+    double worst_enc = 0, worst_scale = 0, scale_ref = 0;
+    size_t compared = 0;
+    for (const auto& [name, grad] : g1) {
+      if (!g.count(name)) continue;
+      ++compared;
+      const bool is_scale = name.find("logit") != std::string::npos && name.find("scale") != std::string::npos;
+      const at::Tensor want = is_scale ? grad : grad / W;  // the official relation
+      const double d = (g.at(name) - want).abs().max().item<double>() / (1e-8 + want.abs().max().item<double>());
+      (is_scale ? worst_scale : worst_enc) = std::max(is_scale ? worst_scale : worst_enc, d);
+      if (is_scale) scale_ref = grad.abs().max().item<double>();
+    }
+    const double loss_diff = std::abs(reduced - ref.loss.item<double>());
+    std::printf("{\"world_size\": %d, \"itc_loss_%d_ranks\": %.7f, \"itc_loss_1_process\": %.7f, \"loss_difference\": %.2e, "
+                "\"gradients_compared\": %zu, \"encoder_grad_rel_error_vs_full_over_W\": %.2e, "
+                "\"logit_scale_grad_rel_error_vs_full\": %.2e, \"logit_scale_grad\": %.4g}\n",
+                W, W, reduced, ref.loss.item<double>(), loss_diff, compared, worst_enc, worst_scale, scale_ref);
+    const bool ok = loss_diff < 1e-5 && worst_enc < 1e-4 && worst_scale < 1e-4 && compared > 10 && scale_ref > 0;
+    return ok ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+}
