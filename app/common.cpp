@@ -2,9 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 
+#include "vlmo/distributed.h"
 #include "vlmo/error.h"
 #include "vlmo/files.h"
 #include "vlmo/image.h"
@@ -146,7 +148,8 @@ int answer_requests(const Args& a, const Task& task) {
 std::vector<Option> fault_options() {
   return {integer_option("max-bad-steps", "5", "steps in a row with a non-finite loss or gradient (each skipped) that stop the run", 1),
           number_option("max-skip-rate", "0.5", "stop when more than this fraction of the last --skip-window samples were unusable", 0, 1),
-          integer_option("skip-window", "1000", "samples over which the skip rate is judged", 1)};
+          integer_option("skip-window", "1000", "samples over which the skip rate is judged", 1),
+          number_option("dist-timeout", "300", "several processes (torchrun): seconds to wait for another rank before failing", 1, 86400)};
 }
 
 void prepare_training(const Args& a, TrainOptions& t) {
@@ -156,6 +159,16 @@ void prepare_training(const Args& a, TrainOptions& t) {
   t.max_skip_rate = a.get_double("max-skip-rate");
   t.skip_window = a.get_int64("skip-window");
   install_stop_handlers();
+  // Launched by torchrun / srun / mpirun with more than one process: join the group. It lives
+  // for the rest of the process (the trainer and the objectives find it).
+  static std::shared_ptr<Distributed> group;
+  const LaunchInfo info = launch_info_from_env();
+  if (info.world_size > 1 && !group) {
+    group = Distributed::init(info, std::chrono::milliseconds(static_cast<int64_t>(a.get_double("dist-timeout") * 1000)));
+    if (info.rank == 0)
+      std::fprintf(stderr, "distributed: %d processes (%s, Gloo), rendezvous %s:%d; global batch = batch x accumulate x %d\n",
+                   info.world_size, info.launcher.c_str(), info.master_addr.c_str(), info.master_port, info.world_size);
+  }
 }
 
 }  // namespace vlmo::cli

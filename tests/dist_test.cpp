@@ -9,11 +9,14 @@
 //   broadcast: rank 1 starts from other weights; after broadcast_model they equal rank 0's.
 //   kill: rank 1 dies before a collective; rank 0 must fail with a clear error within the
 //         timeout (exit 3), not hang.
+//   hang: rank 1 stops answering (sleeps past the 3 s timeout); rank 0 must fail the same way
+//         after about the timeout.
 #include <ATen/ATen.h>
 
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include "test_util.h"
 #include "vlmo/batch.h"
@@ -57,13 +60,18 @@ int main(int argc, char** argv) {
   at::set_num_threads(1);
   try {
     const LaunchInfo info = launch_info_from_env();
-    auto dist = Distributed::init(info, std::chrono::milliseconds(mode == "kill" ? 5000 : 60000));
+    const bool fault = mode == "kill" || mode == "hang";
+    auto dist = Distributed::init(info, std::chrono::milliseconds(fault ? 3000 : 60000));
     const int W = dist->world_size(), r = dist->rank();
     Config cfg = test::tiny_config({"itc"});
     cfg.drop_path_rate = 0;  // no random draws: the ranks and the one process compute the same features
-    if (mode == "kill") {
+    if (fault) {
       dist->barrier();
-      if (r == 1) std::_Exit(9);  // dies without a word
+      if (r == 1 && mode == "kill") std::_Exit(9);  // dies without a word
+      if (r == 1) {
+        std::this_thread::sleep_for(std::chrono::seconds(8));  // alive but silent
+        return 0;
+      }
       std::vector<at::Tensor> t = {at::ones({4})};
       const auto t0 = std::chrono::steady_clock::now();
       try {
@@ -71,7 +79,7 @@ int main(int argc, char** argv) {
       } catch (const Error& e) {
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::cout << "rank 0 stopped after " << s << " s: " << e.what() << std::endl;
-        return 3;
+        return s < 6 ? 3 : 1;  // within the 3 s timeout (and some slack)
       }
       std::cout << "rank 0: the collective returned although rank 1 died\n";
       return 1;

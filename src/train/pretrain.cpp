@@ -1,4 +1,5 @@
 #include "vlmo/pretrain.h"
+#include "vlmo/distributed.h"
 
 #include <ATen/ATen.h>
 
@@ -55,7 +56,8 @@ Outputs text_mlm_objective(VLMo& model, const Batch& batch) {
 
 Outputs vl_objective(VLMo& model, const Batch& batch) {
   Outputs out;
-  ItcOutput itc = compute_itc(model, batch);
+  const GatherFn gather = current_gather();  // every rank's batch (local first); identity on one process
+  ItcOutput itc = compute_itc(model, batch, gather);
   out["itc_loss"] = itc.loss;
   const int64_t B = batch.image.size(0);
   const at::Tensor targets = at::arange(B, at::kLong);
@@ -64,7 +66,11 @@ Outputs vl_objective(VLMo& model, const Batch& batch) {
   // each in one batched multinomial.
   const at::Tensor neg_image = sample_hard_negatives(hard_negative_weights(itc.itc.logits_t2i));
   const at::Tensor neg_text = sample_hard_negatives(hard_negative_weights(itc.itc.logits_i2t));
-  ItmOutput itm = compute_itm(model, batch, neg_image, neg_text);
+  // On several ranks the negatives index the gathered pools (raw images and texts of every rank).
+  const bool pooled = current_distributed() && current_distributed()->world_size() > 1;
+  ItmOutput itm = pooled ? compute_itm(model, batch, neg_image, neg_text, gather(batch.image), gather(batch.text_ids),
+                                       gather(batch.text_masks))
+                         : compute_itm(model, batch, neg_image, neg_text);
   out["itm_loss"] = itm.loss;
   const at::Tensor itm_labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)});
   out["itm_acc"] = itm.logits.argmax(1).eq(itm_labels).to(at::kFloat).mean().detach();
@@ -77,7 +83,7 @@ Outputs vl_objective(VLMo& model, const Batch& batch) {
 Outputs irtr_objective(VLMo& model, const Batch& batch) {
   auto img = model->infer_image_ft(batch.image);
   auto txt = model->infer_text_ft(batch.text_ids, batch.text_masks);
-  ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale);
+  ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, current_gather());
   Outputs out;
   out["irtr_loss"] = c.loss;
   out["irtr_i2t_acc"] = c.logits_i2t.argmax(1).eq(at::arange(batch.image.size(0), at::kLong)).to(at::kFloat).mean().detach();

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "vlmo/checkpoint.h"
+#include "vlmo/distributed.h"
 #include "vlmo/error.h"
 #include "vlmo/files.h"
 #include "vlmo/train.h"
@@ -290,8 +291,22 @@ std::string skip_counts_json(const std::map<std::string, int64_t>& m) { return n
 
 }  // namespace
 
-TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches, const TrainOptions& o,
+TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches_in, const TrainOptions& options,
                   const std::string& resume_from) {
+  // Data parallel (vlmo/distributed.h): rank r trains on micro-batches r, r + W, r + 2W, ... of
+  // the map-style source; gradients are averaged over ranks before each update; only rank 0
+  // writes checkpoints, metrics and progress; the step's metrics are means over ranks.
+  Distributed* dist = current_distributed();
+  const bool multi = dist && dist->world_size() > 1;
+  const int world = multi ? dist->world_size() : 1, rank = multi ? dist->rank() : 0;
+  TrainOptions o = options;
+  if (rank != 0) {
+    o.checkpoint_path.clear();
+    o.metrics_path.clear();
+    o.progress = false;
+  }
+  const BatchFn batches = multi ? BatchFn([batches_in, world, rank](int64_t i) { return batches_in(i * world + rank); })
+                                : batches_in;
   if (o.max_steps < 1) throw Error(cat("training needs at least 1 step, got ", o.max_steps));
   if (o.accumulate < 1) throw Error(cat("accumulate must be at least 1, got ", o.accumulate));
   if (o.batch_size < 1) throw Error(cat("batch size must be at least 1, got ", o.batch_size));
@@ -346,6 +361,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       gen.set_state(it->second);
     }
   }
+  if (multi) dist->broadcast_model(model);  // the same start on every rank (fresh or resumed)
   model->train();
   std::ofstream metrics;
   if (!o.metrics_path.empty()) {
@@ -416,6 +432,21 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       }
       (total / o.accumulate).backward();
     }
+    if (multi) {
+      // Every rank skips or steps together; then the gradient mean and the metrics' means.
+      std::vector<at::Tensor> flag = {at::tensor({bad.empty() ? 0.0 : 1.0}, at::kDouble)};
+      dist->all_reduce_sum(flag);
+      if (bad.empty() && flag[0].item<double>() > 0) bad = "a non-finite loss on another rank";
+      if (flag[0].item<double>() == 0) {  // (a skipping rank may lack some metrics: nothing to average then)
+        dist->average_gradients(model);
+        std::vector<double> values;
+        for (const auto& [k, v] : logged) values.push_back(v);
+        std::vector<at::Tensor> sums = {at::tensor(values, at::kDouble)};
+        if (!values.empty()) dist->all_reduce_sum(sums);
+        size_t i = 0;
+        for (auto& [k, v] : logged) v = sums[0][static_cast<int64_t>(i++)].item<double>() / world;
+      }
+    }
     if (bad.empty() && !optim.gradients_finite()) bad = "non-finite gradient";
     const double lr = learning_rate(step, o.max_steps, o.warmup_steps, o.lr);
     if (bad.empty()) {
@@ -432,7 +463,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     for (const auto& [reason, n] : skipped_now) result.skipped[reason] += n;
     logged["lr"] = lr;
     logged["step"] = static_cast<double>(step + 1);
-    logged["samples_per_s"] = o.batch_size * o.accumulate / dt;
+    logged["samples_per_s"] = static_cast<double>(o.batch_size * o.accumulate * world) / dt;
     logged["data_s"] = data_time;
     logged["step_s"] = dt;
     result.history.push_back(logged);
@@ -470,7 +501,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       char line[256];
       std::snprintf(line, sizeof line, "[%s] step %lld/%lld %3.0f%% | loss %.4f | lr %.2e | %.1f samples/s | data %.0f%% | eta %s",
                     o.name.c_str(), static_cast<long long>(step + 1), static_cast<long long>(o.max_steps),
-                    100.0 * (step + 1) / o.max_steps, logged["loss"], lr, o.batch_size * o.accumulate / per_step,
+                    100.0 * (step + 1) / o.max_steps, logged["loss"], lr, static_cast<double>(o.batch_size * o.accumulate * world) / per_step,
                     100.0 * window_data / std::max(1e-9, window_time), duration(eta).c_str());
       std::fprintf(stderr, tty ? "\r%s\033[K" : "%s\n", line);
       if (tty && last) std::fprintf(stderr, "\n");
@@ -489,7 +520,12 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       if (o.progress) std::fprintf(stderr, "[%s] validation after step %lld:%s\n", o.name.c_str(),
                                    static_cast<long long>(step + 1), shown.c_str());
     }
-    const int signal = stop_requested();
+    int signal = stop_requested();
+    if (multi) {  // a signal to any rank stops every rank after this same step
+      std::vector<at::Tensor> sig = {at::tensor({static_cast<double>(signal)}, at::kDouble)};
+      dist->all_reduce_sum(sig);
+      if (!signal && sig[0].item<double>() > 0) signal = SIGTERM;
+    }
     const bool stop_now = o.stop_after > 0 && step + 1 - start >= o.stop_after;
     if (!o.checkpoint_path.empty() &&
         (last || stop_now || signal || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0)))

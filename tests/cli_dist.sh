@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# `vlmo pretrain` as torchrun starts it: 2 processes on 127.0.0.1 (RANK, WORLD_SIZE,
+# MASTER_ADDR, MASTER_PORT), stage vl on a WebDataset shard of the demo's gallery.
+#   - both ranks finish; only rank 0 writes the checkpoint, the metrics and progress;
+#   - a rank killed mid-run makes the other exit non-zero with a clear error within
+#     --dist-timeout; the last checkpoint resumes on one process (batch 8 = 2 x 4).
+# usage: cli_dist.sh VLMO GALLERY_DIR WORK
+set -u -o pipefail
+VLMO=$1 GALLERY=$2 WORK=$3
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
+fail() { echo "FAIL: $*"; exit 1; }
+python3 - "$GALLERY" <<'PY'
+import io, os, sys, tarfile
+g = sys.argv[1]
+words = ["red", "blue", "green", "circle", "square", "triangle", "left", "right"]
+with tarfile.open("pairs.tar", "w") as t:
+    for i, f in enumerate(sorted(os.listdir(g))[:64]):
+        t.add(f"{g}/{f}", arcname=f"{i:05d}.png")
+        cap = " ".join(words[(i * 7 + k * 3) % 8] for k in range(5)).encode()
+        info = tarfile.TarInfo(f"{i:05d}.txt"); info.size = len(cap); t.addfile(info, io.BytesIO(cap))
+PY
+cat > tiny.json <<'J'
+{"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32, "vlffn_start_layer_index": 1,
+ "max_text_len": 16, "heads": ["mlm", "itm", "itc"]}
+J
+port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+rank() {  # rank r of 2 with the rest of the arguments; output in r$r.log. Run in the background,
+  # its job's pid is vlmo's own (exec), so kill reaches it.
+  local r=$1 p=$2; shift 2
+  RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$p OMP_NUM_THREADS=1 \
+    exec "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 4 --warmup 1 "$@" > "r$r.log" 2>&1
+}
+
+# 1. Two ranks, 3 steps.
+p=$(port)
+(rank 0 "$p" --steps 3 --out a/ck.safetensors --metrics a/m.jsonl) & p0=$!
+(rank 1 "$p" --steps 3 --out a/ck.safetensors --metrics a/m.jsonl) & p1=$!
+mkdir -p a
+wait $p0; rc0=$?; wait $p1; rc1=$?
+cat r0.log
+[ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat r1.log; fail "ranks exited $rc0 / $rc1"; }
+grep -q "distributed: 2 processes" r0.log || fail "rank 0 does not announce the group"
+[ -f a/ck.safetensors ] || fail "no checkpoint"
+[ "$(wc -l < a/m.jsonl)" -eq 3 ] || fail "metrics: $(wc -l < a/m.jsonl) lines, expected 3 (rank 0 only)"
+grep -q "step 3/3" r1.log && fail "rank 1 printed progress"
+echo "ok: 2 ranks, 3 steps, one checkpoint and 3 metrics lines from rank 0"
+
+# 2. Rank 1 killed mid-run: rank 0 stops with a clear error within --dist-timeout (4 s).
+p=$(port)
+mkdir -p b
+(rank 0 "$p" --steps 100000 --checkpoint-every 1 --dist-timeout 4 --out b/ck.safetensors --metrics b/m.jsonl) & p0=$!
+(rank 1 "$p" --steps 100000 --checkpoint-every 1 --dist-timeout 4 --out b/ck.safetensors --metrics b/m.jsonl) & p1=$!
+trap 'kill -9 $p0 $p1 2>/dev/null' EXIT
+for _ in $(seq 1 600); do [ -s b/m.jsonl ] && [ "$(wc -l < b/m.jsonl)" -ge 3 ] && break; sleep 0.1; done
+kill -9 $p1
+t0=$(date +%s.%N)
+wait $p0; rc0=$?
+dt=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
+tail -2 r0.log
+[ $rc0 -ne 0 ] || fail "rank 0 exited 0 after rank 1 died"
+grep -q "another rank died or stopped answering" r0.log || fail "rank 0's error does not say what happened"
+python3 -c "import sys; sys.exit(0 if $dt < 15 else 1)" || fail "rank 0 took $dt s to stop"
+echo "ok: rank 1 killed -> rank 0 exit $rc0 after $dt s"
+
+# 3. The last checkpoint resumes on one process with the same global batch.
+steps=$(python3 -c "import json; print(int(json.loads(open('b/m.jsonl').read().splitlines()[-1])['step']))")
+OMP_NUM_THREADS=1 "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 8 --warmup 1 \
+  --steps $((steps + 2)) --out b/ck.safetensors --metrics b/m.jsonl --resume b/ck.safetensors > r.log 2>&1 \
+  || { cat r.log; fail "resume on one process failed"; }
+last=$(python3 -c "import json; print(int(json.loads(open('b/m.jsonl').read().splitlines()[-1])['step']))")
+[ "$last" -eq $((steps + 2)) ] || fail "resumed run ended at step $last"
+echo "ok: resumed on 1 process from step $steps to $last"
