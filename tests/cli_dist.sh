@@ -21,7 +21,7 @@ with tarfile.open("pairs.tar", "w") as t:
 PY
 cat > tiny.json <<'J'
 {"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32, "vlffn_start_layer_index": 1,
- "max_text_len": 16, "heads": ["mlm", "itm", "itc"]}
+ "max_text_len": 16, "heads": ["mlm", "itm", "itc"], "drop_path_rate": 0}
 J
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 rank() {  # rank r of 2 with the rest of the arguments; output in r$r.log. Run in the background,
@@ -35,7 +35,7 @@ rank() {  # rank r of 2 with the rest of the arguments; output in r$r.log. Run i
 p=$(port)
 (rank 0 "$p" --steps 3 --out a/ck.safetensors --metrics a/m.jsonl) & p0=$!
 (rank 1 "$p" --steps 3 --out a/ck.safetensors --metrics a/m.jsonl) & p1=$!
-mkdir -p a
+mkdir -p a a1
 wait $p0; rc0=$?; wait $p1; rc1=$?
 cat r0.log
 [ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat r1.log; fail "ranks exited $rc0 / $rc1"; }
@@ -44,6 +44,18 @@ grep -q "distributed: 2 processes" r0.log || fail "rank 0 does not announce the 
 [ "$(wc -l < a/m.jsonl)" -eq 3 ] || fail "metrics: $(wc -l < a/m.jsonl) lines, expected 3 (rank 0 only)"
 grep -q "step 3/3" r1.log && fail "rank 1 printed progress"
 echo "ok: 2 ranks, 3 steps, one checkpoint and 3 metrics lines from rank 0"
+# The same global batch on one process (batch 8 = 2 x 4): the same samples with the same
+# augmentation and masks, hence the same step-1 ITC loss (ITM draws random negatives; MLM is a
+# mean per rank, as with the official DDP).
+OMP_NUM_THREADS=1 "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 8 --warmup 1 \
+  --steps 1 --out a1/ck.safetensors --metrics a1.jsonl > r.log 2>&1 || { mkdir -p a1; cat r.log; fail "1 process failed"; }
+python3 - <<'PY' || fail "step-1 ITC loss differs between 2 x 4 and 1 x 8"
+import json
+two = json.loads(open("a/m.jsonl").readline())["itc_loss"]
+one = json.loads(open("a1.jsonl").readline())["itc_loss"]
+print(f"step-1 ITC loss: 2 processes x 4 = {two:.9f}, 1 process x 8 = {one:.9f}")
+assert abs(two - one) < 1e-6 * abs(one), (two, one)
+PY
 
 # 2. Rank 1 killed mid-run: rank 0 stops with a clear error within --dist-timeout (4 s).
 p=$(port)

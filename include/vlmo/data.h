@@ -29,8 +29,12 @@ struct CollateOptions {
   double patch_mask_ratio = 0.4;
 };
 
-// Builds one batch; `seed` is the batch's seed, sample i uses mix_seed(seed, i).
-Batch collate(const std::vector<Example>& examples, const Tokenizer& tok, const CollateOptions& o, uint64_t seed);
+// Builds one batch; `seed` is the batch's seed, sample i uses mix_seed(seed, i). With
+// `first_sample` >= 0, sample i uses mix_seed(seed, first_sample + i) instead: its random draws
+// (augmentation, masking) then depend only on its position in the whole run, however the run is
+// split into batches and processes.
+Batch collate(const std::vector<Example>& examples, const Tokenizer& tok, const CollateOptions& o, uint64_t seed,
+              int64_t first_sample = -1);
 
 uint64_t mix_seed(uint64_t a, uint64_t b);
 

@@ -30,7 +30,8 @@ std::pair<at::Tensor, at::Tensor> encode_batch(const Tokenizer& tok, const std::
           at::tensor(at::ArrayRef<int64_t>(masks), at::kLong).reshape({n, max_len})};
 }
 
-Batch collate(const std::vector<Example>& ex, const Tokenizer& tok, const CollateOptions& o, uint64_t seed) {
+Batch collate(const std::vector<Example>& ex, const Tokenizer& tok, const CollateOptions& o, uint64_t seed,
+              int64_t first_sample) {
   const int64_t B = static_cast<int64_t>(ex.size());
   if (B == 0) throw Error("collate: empty batch");
   // A batch has images (texts) when any sample has one, so an empty caption first does not drop
@@ -43,7 +44,7 @@ Batch collate(const std::vector<Example>& ex, const Tokenizer& tok, const Collat
   std::vector<uint8_t> patch_masks;
   const int grid = o.image_size / o.patch_size;
   for (int64_t i = 0; i < B; ++i) {
-    std::mt19937_64 rng(mix_seed(seed, static_cast<uint64_t>(i)));
+    std::mt19937_64 rng(mix_seed(seed, static_cast<uint64_t>(first_sample >= 0 ? first_sample + i : i)));
     if (images) {
       if (ex[i].image.width == 0) throw Error("collate: a batch mixes samples with and without images");
       pix.push_back(o.train_transform ? train_transform(ex[i].image, o.image_size, rng)

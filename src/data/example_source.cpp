@@ -119,7 +119,9 @@ BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr
       if (kind == ExampleKind::kText) e.image = Image{};
       if (kind == ExampleKind::kImage) e.text.clear();
     }
-    Batch b = collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+    // Random draws keyed by the sample's position in the run (not by batch): one process with
+    // batch 2B and two with B each (batches 2i and 2i + 1) draw the same augmentation and masks.
+    Batch b = collate(ex, *tok, co, mix_seed(seed, 0x5a4d), index * batch);
     notes.attach(b);
     return b;
   };
