@@ -28,6 +28,7 @@
 #include "vlmo/files.h"
 #include "vlmo/image.h"
 #include "vlmo/image_tensor.h"
+#include "vlmo/sources.h"
 #include "vlmo/tasks.h"
 #include "vlmo/train.h"
 #include "vlmo/vector_index.h"
@@ -267,6 +268,33 @@ struct Service {
   std::map<std::string, std::string> unavailable;       // endpoint -> why
   int64_t max_pixels = 40'000'000;
 
+  // The bytes of a collection image: its file, or a member of a WebDataset shard (an id
+  // "SHARD.tar/MEMBER" of `vlmo embed`). The members of the last two shards read are kept.
+  std::string image_bytes(const std::string& id) const {
+    const auto it = collection_files.find(id);
+    if (it == collection_files.end()) throw HttpError(404, cat("no image \"", id.substr(0, 200), "\" in the collection"));
+    const std::string& path = it->second;
+    const size_t tar = path.find(".tar/");
+    if (tar == std::string::npos || std::filesystem::exists(path)) return read_input(path, "collection image");
+    const std::string shard = path.substr(0, tar + 4), member = path.substr(tar + 5);
+    std::lock_guard<std::mutex> lock(shard_mu);
+    auto cached = std::find_if(shards.begin(), shards.end(), [&](const auto& s) { return s.first == shard; });
+    if (cached == shards.end()) {
+      std::map<std::string, std::string> members;
+      TarReader reader(shard);
+      TarEntry e;
+      while (reader.next(e)) members[e.name] = std::move(e.data);
+      if (shards.size() >= 2) shards.pop_front();
+      shards.emplace_back(shard, std::move(members));
+      cached = std::prev(shards.end());
+    }
+    const auto m = cached->second.find(member);
+    if (m == cached->second.end()) throw HttpError(404, cat(shard, ": no member ", member));
+    return m->second;
+  }
+  mutable std::mutex shard_mu;
+  mutable std::deque<std::pair<std::string, std::map<std::string, std::string>>> shards;
+
   // An image field: a data: URL (an upload) or an id of the image collection.
   at::Tensor image(const std::string& value, int size) const {
     DecodeOptions opt;
@@ -277,19 +305,22 @@ struct Service {
         throw HttpError(400, "\"image\": a data: URL must be base64 (data:image/png;base64,...)");
       return eval_transform(decode_image(base64_decode(value, comma + 1), "uploaded image", opt), size);
     }
-    const auto it = collection_files.find(value);
-    if (it == collection_files.end())
+    if (!collection_files.count(value))
       throw HttpError(400, cat("\"image\": \"", value.substr(0, 200), "\" is neither an image of the collection nor a data: URL"));
-    return eval_transform(read_image(it->second, opt), size);
+    return eval_transform(decode_image(image_bytes(value), value, opt), size);
   }
 };
 
 // The file of a collection id: as written, else relative to the index file's folder.
+// A member of a shard ("SHARD.tar/MEMBER") resolves its shard the same way.
 std::string resolve_collection_file(const std::string& id, const std::string& index_path) {
   namespace fs = std::filesystem;
-  if (fs::exists(id)) return id;
-  const fs::path beside = fs::path(index_path).parent_path() / id;
-  return fs::exists(beside) ? beside.string() : id;
+  const size_t tar = id.find(".tar/");
+  const std::string file = tar == std::string::npos ? id : id.substr(0, tar + 4);
+  const std::string rest = tar == std::string::npos ? "" : id.substr(tar + 4);
+  if (fs::exists(file)) return id;
+  const fs::path beside = fs::path(index_path).parent_path() / file;
+  return fs::exists(beside) ? beside.string() + rest : id;
 }
 
 std::string content_type_of(const std::string& path) {
@@ -464,10 +495,10 @@ int run_serve(const Args& a) {
   server.Get("/style.css", page("style.css"));
   server.Get("/api/image", [&](const httplib::Request& req, httplib::Response& res) {
     const std::string id = req.get_param_value("id");
-    const auto it = svc.collection_files.find(id);
-    if (it == svc.collection_files.end()) return send_json(res, 404, {{"error", cat("no image \"", id, "\" in the collection")}});
     try {
-      res.set_content(read_input(it->second, "collection image"), content_type_of(it->second));
+      res.set_content(svc.image_bytes(id), content_type_of(id));
+    } catch (const HttpError& e) {
+      send_json(res, e.status, {{"error", e.what()}});
     } catch (const Error& e) {
       send_json(res, 404, {{"error", e.what()}});
     }

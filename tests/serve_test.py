@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 VLMO, LOAD, DEMO, WORK, PART = sys.argv[1:6]
@@ -44,13 +45,13 @@ def check(cond, what):
 
 
 class Server:
-    def __init__(self, name, *extra):
+    def __init__(self, name, *extra, index=INDEX):
         self.port_file = f"{WORK}/{name}.port"
         if os.path.exists(self.port_file):
             os.remove(self.port_file)
         self.log = open(f"{WORK}/{name}.log", "w")
         self.proc = subprocess.Popen(
-            [VLMO, "serve", "--model", MODEL, "--vqa-model", VQA, "--nlvr2-model", NLVR2, "--index", INDEX,
+            [VLMO, "serve", "--model", MODEL, "--vqa-model", VQA, "--nlvr2-model", NLVR2, "--index", index,
              "--port", "0", "--port-file", self.port_file, *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         deadline = time.time() + 60
@@ -346,6 +347,18 @@ def part_embed():
     check(idx.returncode == 0 and json.loads(idx.stdout)["vectors"] == 300, "vlmo index build over the chunk folder")
     hits = cli("search", "--model", MODEL, "--index", f"{WORK}/two.index.safetensors", "--text", "a red circle", "--top-k", "3")
     check(len(hits["results"]) == 3 and hits["results"][0]["id"] in ids1, f"vlmo search over it: {hits['results'][0]['id']}")
+    # A server over the shard collection shows and answers about shard members.
+    s = Server("wds", "--quiet", index=f"{WORK}/wds")
+    status, img = request(s.url + "/api/image?id=" + urllib.parse.quote(ids[3]))
+    check(status == 200 and img == open(f"{DEMO}/gallery/{gallery[3]}", "rb").read(), "/api/image returns a shard member's bytes")
+    q = "what colour is the shape?"
+    want = cli("vqa", "--model", VQA, "--image", f"{DEMO}/gallery/{gallery[3]}", "--question", q)
+    status, got = post(s, "/api/vqa", {"image": ids[3], "question": q})
+    check(status == 200 and close(want["answers"], got["answers"], 1e-6), "VQA on a shard member = CLI on its file")
+    status, got = post(s, "/api/search", {"text": "a red circle", "top_k": 2})
+    check(status == 200 and all(r["id"].startswith(shards[0]) or r["id"].startswith(shards[1]) for r in got["results"]),
+          "search over the shard collection returns member ids")
+    s.stop()
 
 
 {"http": part_http, "load": part_load, "embed": part_embed}[PART]()
