@@ -533,6 +533,8 @@ int run_serve(const Args& a) {
     });
   }
 
+  if (host != "127.0.0.1" && host != "localhost" && host != "::1")
+    std::cerr << "note: listening on " << host << ": the server has no authentication; anyone who can reach this port can use it\n";
   std::thread model_thread([&] { batcher.run(); });
   install_stop_handlers();
   std::atomic<bool> done{false};
@@ -567,9 +569,9 @@ Command serve_command() {
             "vlmo serve --model M [--index I] [--vqa-model V] [--nlvr2-model N] [--host 127.0.0.1] [--port 8080]"};
   c.options = model_options();
   for (const Option& o : std::vector<Option>{
-           {"index", "", "collection to search: an index (vlmo index build) or embedding file (vlmo embed)"},
-           {"vqa-model", "", "model for /api/vqa (default: --model)"},
-           {"nlvr2-model", "", "model for /api/nlvr2 (default: --model)"},
+           {"index", "", "collection to search: an index (vlmo index build), an embedding file or a folder of chunks (vlmo embed)"},
+           {"vqa-model", "", "model for /api/vqa, else --model"},
+           {"nlvr2-model", "", "model for /api/nlvr2, else --model"},
            {"host", "127.0.0.1", "address to listen on (0.0.0.0: every interface)"},
            integer_option("port", "8080", "port (0: any free port, printed)", 0, 65535),
            {"port-file", "", "write the port listened on to this file once ready"},
