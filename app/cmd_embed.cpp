@@ -26,12 +26,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool is_image_name(const std::string& name) {
-  std::string ext = fs::path(name).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp";
-}
-
 bool is_tar(const std::string& path) { return fs::path(path).extension() == ".tar"; }
 
 // The images of a collection, in a fixed order: image files as given, every image file below a
@@ -44,11 +38,7 @@ struct Collection {
   explicit Collection(const std::vector<std::string>& in) : inputs(in) {
     for (const auto& p : in) {
       if (fs::is_directory(p)) {
-        std::vector<std::string> found;
-        for (const auto& e : fs::recursive_directory_iterator(p, fs::directory_options::skip_permission_denied))
-          if (e.is_regular_file() && is_image_name(e.path().string())) found.push_back(e.path().string());
-        if (found.empty()) throw Error(cat(p, ": no image files (.jpg, .jpeg, .png, .webp) in this folder"));
-        std::sort(found.begin(), found.end());
+        const std::vector<std::string> found = list_images(p);
         files.insert(files.end(), found.begin(), found.end());
       } else if (!fs::exists(p)) {
         throw Error(cat(p, ": no such file or folder"));
@@ -70,7 +60,7 @@ struct Collection {
       TarReader tar(p);
       TarEntry e;
       while (tar.next(e))
-        if (is_image_name(e.name)) {
+        if (is_image_file_name(e.name)) {
           if (index >= skip) f(index, p + "/" + e.name, p, e.data);
           ++index;
         }

@@ -110,6 +110,8 @@ struct TextCorpus {
 TextCorpus read_text_corpus(const std::vector<std::string>& files);
 // Image files (jpg, jpeg, png, webp) under a folder, recursively, sorted.
 std::vector<std::string> list_images(const std::string& folder);
+// Whether a file or archive member name ends in .jpg, .jpeg, .png or .webp (any case).
+bool is_image_file_name(const std::string& name);
 
 // Where pre-training examples come from: exactly one of the four.
 struct SourceSpec {

@@ -310,16 +310,19 @@ TextCorpus read_text_corpus(const std::vector<std::string>& files) {
   return out;
 }
 
+bool is_image_file_name(const std::string& name) {
+  std::string ext = std::filesystem::path(name).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp";
+}
+
 std::vector<std::string> list_images(const std::string& folder) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::is_directory(folder, ec)) throw Error(cat(folder, ": not a folder"));
   std::vector<std::string> out;
   for (const auto& e : fs::recursive_directory_iterator(folder, ec)) {
-    if (!e.is_regular_file()) continue;
-    std::string ext = e.path().extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-    if (ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp") out.push_back(e.path().string());
+    if (e.is_regular_file() && is_image_file_name(e.path().string())) out.push_back(e.path().string());
   }
   std::sort(out.begin(), out.end());
   if (out.empty()) throw Error(cat(folder, ": no .jpg/.jpeg/.png/.webp images found"));
