@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <functional>
+#include <map>
 
 #include "vlmo/error.h"
 
@@ -148,25 +149,30 @@ void Distributed::broadcast(std::vector<at::Tensor>& tensors, int root) const {
 
 void Distributed::barrier() const { wait(pg_->pg->barrier(), "barrier", *pg_, rank()); }
 
+namespace {
+
+// Runs `collective` on one flat buffer holding every tensor of `ts` (one dtype), then copies the
+// result back into them: few large collectives instead of one per tensor.
+void through_flat(const std::vector<at::Tensor>& ts, const std::function<void(std::vector<at::Tensor>&)>& collective) {
+  std::vector<at::Tensor> parts;
+  for (const auto& t : ts) parts.push_back(t.reshape(-1));
+  std::vector<at::Tensor> buf = {at::cat(parts)};
+  collective(buf);
+  int64_t off = 0;
+  for (const auto& t : ts) {
+    t.copy_(buf[0].narrow(0, off, t.numel()).view(t.sizes()));
+    off += t.numel();
+  }
+}
+
+}  // namespace
+
 void Distributed::broadcast_model(VLMo& model) const {
   at::NoGradGuard guard;
-  std::vector<at::Tensor> all;
-  for (auto& p : model->parameters()) all.push_back(p);
-  for (auto& b : model->buffers()) all.push_back(b);
-  // One flat buffer per dtype: few collectives instead of hundreds.
   std::map<at::ScalarType, std::vector<at::Tensor>> by_type;
-  for (auto& t : all) by_type[t.scalar_type()].push_back(t);
-  for (auto& [type, ts] : by_type) {
-    std::vector<at::Tensor> flat;
-    for (auto& t : ts) flat.push_back(t.reshape(-1));
-    std::vector<at::Tensor> buf = {at::cat(flat)};
-    broadcast(buf, 0);
-    int64_t off = 0;
-    for (auto& t : ts) {
-      t.copy_(buf[0].narrow(0, off, t.numel()).view(t.sizes()));
-      off += t.numel();
-    }
-  }
+  for (auto& p : model->parameters()) by_type[p.scalar_type()].push_back(p);
+  for (auto& b : model->buffers()) by_type[b.scalar_type()].push_back(b);
+  for (auto& [type, ts] : by_type) through_flat(ts, [&](std::vector<at::Tensor>& buf) { broadcast(buf, 0); });
 }
 
 void Distributed::average_gradients(VLMo& model, size_t bucket_bytes) const {
@@ -187,16 +193,10 @@ void Distributed::average_gradients(VLMo& model, size_t bucket_bytes) const {
       grads.push_back(p.grad());
       bytes += static_cast<size_t>(p.numel()) * p.element_size();
     }
-    std::vector<at::Tensor> flat_parts;
-    for (auto& g : grads) flat_parts.push_back(g.reshape(-1));
-    std::vector<at::Tensor> buf = {at::cat(flat_parts)};
-    wait(pg_->pg->allreduce(buf), "gradient all_reduce", *pg_, rank());
-    buf[0].mul_(inv);
-    int64_t off = 0;
-    for (auto& g : grads) {
-      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
-      off += g.numel();
-    }
+    through_flat(grads, [&](std::vector<at::Tensor>& buf) {
+      wait(pg_->pg->allreduce(buf), "gradient all_reduce", *pg_, rank());
+      buf[0].mul_(inv);
+    });
   }
 }
 
