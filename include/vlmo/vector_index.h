@@ -16,6 +16,8 @@ struct Index;
 
 namespace vlmo {
 
+struct SafetensorsFile;
+
 // Embedding files of `vlmo embed` (tensor "embeddings" [N, D], metadata "ids" and "modality"),
 // concatenated in order; all must share D and the modality. A folder stands for its chunk files
 // (in the order of its manifest.json, else sorted by name).
@@ -73,6 +75,7 @@ class VectorIndex {
 
  private:
   VectorIndex() = default;
+  static VectorIndex from_file(SafetensorsFile& file, const std::string& path);  // a file save() wrote
   std::unique_ptr<faiss::Index> index_;
   std::vector<std::string> ids_;
   std::string modality_;

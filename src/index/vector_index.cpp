@@ -69,6 +69,31 @@ std::vector<std::string> embedding_files(const std::string& path) {
   return files;
 }
 
+// Adds the vectors and ids of one embedding file `f` (already read) to `out`, checking that its
+// dimension and modality agree with the files before it.
+static void append_embeddings(EmbeddingSet& out, SafetensorsFile& s, const std::string& f) {
+  auto emb = s.tensors.find("embeddings");
+  if (emb == s.tensors.end() || !s.metadata.count("ids"))
+    throw Error(cat(f, ": not an embedding file written by vlmo embed (tensor \"embeddings\", metadata \"ids\")"));
+  const at::Tensor e = emb->second.to(at::kFloat).contiguous();
+  std::vector<std::string> ids;
+  try {
+    ids = nlohmann::json::parse(s.metadata["ids"]).get<std::vector<std::string>>();
+  } catch (const std::exception&) {
+    throw Error(cat(f, ": metadata \"ids\" is not a JSON list of strings"));
+  }
+  if (e.dim() != 2 || e.size(0) != static_cast<int64_t>(ids.size()) || e.size(1) < 1)
+    throw Error(cat(f, ": ", ids.size(), " ids for embeddings of shape ", e.sizes()));
+  const std::string modality = s.metadata.count("modality") ? s.metadata["modality"] : "";
+  if (out.dim == 0) out.dim = e.size(1), out.modality = modality;
+  if (e.size(1) != out.dim) throw Error(cat(f, ": ", e.size(1), "-d embeddings, the first file's are ", out.dim, "-d"));
+  if (modality != out.modality)
+    throw Error(cat(f, ": modality \"", modality, "\", the first file's is \"", out.modality, "\""));
+  const float* p = e.data_ptr<float>();
+  out.vectors.insert(out.vectors.end(), p, p + e.numel());
+  for (auto& id : ids) out.ids.push_back(std::move(id));
+}
+
 EmbeddingSet read_embedding_shards(const std::vector<std::string>& paths) {
   if (paths.empty()) throw Error("no embedding files given");
   std::vector<std::string> files;
@@ -77,26 +102,7 @@ EmbeddingSet read_embedding_shards(const std::vector<std::string>& paths) {
   EmbeddingSet out;
   for (const auto& f : files) {
     SafetensorsFile s = read_safetensors(f);
-    auto emb = s.tensors.find("embeddings");
-    if (emb == s.tensors.end() || !s.metadata.count("ids"))
-      throw Error(cat(f, ": not an embedding file written by vlmo embed (tensor \"embeddings\", metadata \"ids\")"));
-    const at::Tensor e = emb->second.to(at::kFloat).contiguous();
-    std::vector<std::string> ids;
-    try {
-      ids = nlohmann::json::parse(s.metadata["ids"]).get<std::vector<std::string>>();
-    } catch (const std::exception&) {
-      throw Error(cat(f, ": metadata \"ids\" is not a JSON list of strings"));
-    }
-    if (e.dim() != 2 || e.size(0) != static_cast<int64_t>(ids.size()) || e.size(1) < 1)
-      throw Error(cat(f, ": ", ids.size(), " ids for embeddings of shape ", e.sizes()));
-    const std::string modality = s.metadata.count("modality") ? s.metadata["modality"] : "";
-    if (out.dim == 0) out.dim = e.size(1), out.modality = modality;
-    if (e.size(1) != out.dim) throw Error(cat(f, ": ", e.size(1), "-d embeddings, the first file's are ", out.dim, "-d"));
-    if (modality != out.modality)
-      throw Error(cat(f, ": modality \"", modality, "\", the first file's is \"", out.modality, "\""));
-    const float* p = e.data_ptr<float>();
-    out.vectors.insert(out.vectors.end(), p, p + e.numel());
-    for (auto& id : ids) out.ids.push_back(std::move(id));
+    append_embeddings(out, s, f);
   }
   if (out.ids.empty()) throw Error("the embedding files hold no vectors");
   return out;
@@ -187,7 +193,13 @@ void VectorIndex::save(const std::string& path) const {
 }
 
 VectorIndex VectorIndex::open(const std::string& path) {
-  return is_index_file(path) ? load(path) : build(read_embedding_shards({path}));
+  if (std::filesystem::is_directory(path)) return build(read_embedding_shards({path}));
+  SafetensorsFile s = read_safetensors(path);  // read once, whichever kind of file it is
+  if (s.metadata["format"] == kFormat) return from_file(s, path);
+  EmbeddingSet set;
+  append_embeddings(set, s, path);
+  if (set.ids.empty()) throw Error("the embedding files hold no vectors");
+  return build(set);
 }
 
 bool VectorIndex::is_index_file(const std::string& path) {
@@ -200,6 +212,10 @@ bool VectorIndex::is_index_file(const std::string& path) {
 
 VectorIndex VectorIndex::load(const std::string& path) {
   SafetensorsFile s = read_safetensors(path);
+  return from_file(s, path);
+}
+
+VectorIndex VectorIndex::from_file(SafetensorsFile& s, const std::string& path) {
   if (s.metadata["format"] != kFormat || !s.tensors.count("faiss"))
     throw Error(cat(path, ": not an index written by vlmo index build"));
   VectorIndex out;
