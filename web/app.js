@@ -81,41 +81,40 @@ $("upload").addEventListener("change", () => {
   reader.readAsDataURL(file);
 });
 
-$("vqa-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  showError("");
-  if (!picked) return showError("pick an image first: click a search result or upload one");
-  const question = $("question").value.trim();
-  if (!question) return showError("type a question");
-  try {
-    const r = await call("/api/vqa", { image: picked.image, question });
-    const list = $("answers");
-    list.innerHTML = "";
-    for (const a of r.answers) {
-      const li = document.createElement("li");
-      li.innerHTML = `<span class="answer"></span> <span class="prob"></span><span class="bar"></span>`;
-      li.querySelector(".answer").textContent = a.answer;
-      li.querySelector(".prob").textContent = pct(a.probability);
-      li.querySelector(".bar").style.width = (120 * a.probability).toFixed(0) + "px";
-      list.appendChild(li);
+// A form about the picked image: checks that an image is picked and the input is filled, then
+// runs `ask(text)`; errors are shown prefixed with `label`.
+function onPickedForm(form, input, emptyMessage, label, ask) {
+  $(form).addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    showError("");
+    if (!picked) return showError("pick an image first: click a search result or upload one");
+    const text = $(input).value.trim();
+    if (!text) return showError(emptyMessage);
+    try {
+      await ask(text);
+    } catch (e) {
+      showError(label + ": " + e.message);
     }
-  } catch (e) {
-    showError("question: " + e.message);
+  });
+}
+
+onPickedForm("vqa-form", "question", "type a question", "question", async (question) => {
+  const r = await call("/api/vqa", { image: picked.image, question });
+  const list = $("answers");
+  list.innerHTML = "";
+  for (const a of r.answers) {
+    const li = document.createElement("li");
+    li.innerHTML = `<span class="answer"></span> <span class="prob"></span><span class="bar"></span>`;
+    li.querySelector(".answer").textContent = a.answer;
+    li.querySelector(".prob").textContent = pct(a.probability);
+    li.querySelector(".bar").style.width = (120 * a.probability).toFixed(0) + "px";
+    list.appendChild(li);
   }
 });
 
-$("itm-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  showError("");
-  if (!picked) return showError("pick an image first: click a search result or upload one");
-  const text = $("caption").value.trim();
-  if (!text) return showError("type a caption");
-  try {
-    const r = await call("/api/itm", { image: picked.image, text });
-    $("itm-result").textContent = `match probability ${pct(r.match_probability)}`;
-  } catch (e) {
-    showError("matching: " + e.message);
-  }
+onPickedForm("itm-form", "caption", "type a caption", "matching", async (text) => {
+  const r = await call("/api/itm", { image: picked.image, text });
+  $("itm-result").textContent = `match probability ${pct(r.match_probability)}`;
 });
 
 init();
