@@ -20,7 +20,7 @@ namespace vlmo::cli {
 namespace {
 
 // Options a --train-config JSON may set (same names as the flags, with '-' or '_').
-const char* kTrainKeys[] = {"steps", "batch-size", "accumulate", "lr", "warmup", "checkpoint-every",
+const char* kTrainKeys[] = {"steps", "batch-size", "accumulate", "lr", "warmup", "checkpoint-every", "contrastive-batch",
                             "seed", "loader-threads", "image-size", "max-text-len", "max-bad-steps",
                             "max-skip-rate", "skip-window"};
 
@@ -48,6 +48,11 @@ int run_pretrain(const Args& args) {
     }
   }
   const Stage stage = parse_stage(a.get("stage"));
+  const std::string contrastive = a.get("contrastive-batch");
+  if (contrastive != "local" && contrastive != "global")
+    throw Error(cat("--contrastive-batch: expected local or global, got \"", contrastive, "\""));
+  if (contrastive == "global" && stage != Stage::kVL)
+    throw Error("--contrastive-batch global applies to --stage vl only (the other stages have no contrastive loss)");
   TrainOptions t;
   t.checkpoint_path = a.get("out");
   t.metrics_path = a.get("metrics");
@@ -108,6 +113,7 @@ int run_pretrain(const Args& args) {
   const ObjectiveFn objective = stage == Stage::kImage ? ObjectiveFn(mim_objective)
                                 : stage == Stage::kText ? ObjectiveFn(text_mlm_objective)
                                                         : ObjectiveFn(vl_objective);
+  if (contrastive == "global") t.step_objective = vl_global_step_objective(seed);
   const TrainResult r = train(model, objective, batches, t, a.get("resume"));
   std::cerr << "trained " << r.steps << " steps in " << r.seconds << " s; checkpoint: " << t.checkpoint_path << "\n";
   return 0;
@@ -145,6 +151,10 @@ Command pretrain_command() {
                integer_option("batch-size", "32", "samples per micro-batch", 1, 1048576),
                integer_option("accumulate", "32", "micro-batches per optimizer step (1024 effective by default)", 1, 1048576),
                integer_option("checkpoint-every", "1000", "steps between checkpoints", 0),
+               {"contrastive-batch", "local",
+                "stage vl: local (official: ITC and ITM hard negatives over each micro-batch, gathered across ranks) or "
+                "global (over every sample of the optimizer step, all ranks x --accumulate micro-batches, by gradient "
+                "caching: exact full-step gradient, one extra encoder forward)"},
                integer_option("image-size", "0", "image size (0: the config's)", 0, 8192),
                integer_option("max-text-len", "0", "text length (0: the --config file's, else 196 for stage text and 40 otherwise)", 0, 4096),
                integer_option("loader-threads", "2", "background loader threads", 1, 256),

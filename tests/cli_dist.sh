@@ -3,7 +3,9 @@
 # MASTER_ADDR, MASTER_PORT), stage vl on a WebDataset shard of the demo's gallery.
 #   - both ranks finish; only rank 0 writes the checkpoint, the metrics and progress;
 #   - a rank killed mid-run makes the other exit non-zero with a clear error within
-#     --dist-timeout; the last checkpoint resumes on one process (batch 8 = 2 x 4).
+#     --dist-timeout; the last checkpoint resumes on one process (batch 8 = 2 x 4);
+#   - --contrastive-batch global: 3 steps on 2 ranks x 4, on 1 process x 8 and on 1 process x
+#     4 x accumulate 2 end at the same weights (drop path and dropout on).
 # usage: cli_dist.sh VLMO GALLERY_DIR WORK
 set -u -o pipefail
 VLMO=$1 GALLERY=$2 WORK=$3
@@ -82,3 +84,42 @@ OMP_NUM_THREADS=1 "$VLMO" pretrain --stage vl --config tiny.json --webdataset pa
 last=$(python3 -c "import json; print(int(json.loads(open('b/m.jsonl').read().splitlines()[-1])['step']))")
 [ "$last" -eq $((steps + 2)) ] || fail "resumed run ended at step $last"
 echo "ok: resumed on 1 process from step $steps to $last"
+
+# 4. --contrastive-batch global: the three ways of cutting a step of 8 give the same weights.
+sed 's/"drop_path_rate": 0/"drop_path_rate": 0.1/' tiny.json > tiny_dp.json
+global() { echo --config tiny_dp.json --contrastive-batch global --steps 3 --lr 1e-3 --checkpoint-every 0; }
+p=$(port)
+mkdir -p g2 g1 ga
+(rank 0 "$p" $(global) --accumulate 1 --out g2/ck.safetensors --metrics g2/m.jsonl) & p0=$!
+(rank 1 "$p" $(global) --accumulate 1 --out g2/ck.safetensors --metrics g2/m.jsonl) & p1=$!
+wait $p0; rc0=$?; wait $p1; rc1=$?
+[ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat r0.log r1.log; fail "global: ranks exited $rc0 / $rc1"; }
+one() { OMP_NUM_THREADS=1 "$VLMO" pretrain --stage vl --webdataset pairs.tar --warmup 1 $(global) "$@" > r.log 2>&1 || { cat r.log; fail "global on 1 process ($*)"; }; }
+one --batch-size 8 --accumulate 1 --out g1/ck.safetensors --metrics g1/m.jsonl
+one --batch-size 4 --accumulate 2 --out ga/ck.safetensors --metrics ga/m.jsonl
+python3 - <<'PY' || fail "global contrastive batch: the weights depend on how the step is split"
+import json, struct
+from array import array
+def weights(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in header.items():
+        if k.startswith("model.") and v["dtype"] == "F32":
+            a, b = v["data_offsets"]
+            out[k] = array("f", data[a:b])
+    return out
+two, one, acc = weights("g2/ck.safetensors"), weights("g1/ck.safetensors"), weights("ga/ck.safetensors")
+init_moved = 0.0
+def worst(x, y):
+    return max(max(abs(p - q) for p, q in zip(x[k], y[k])) for k in x)
+assert len(two) > 20 and two.keys() == one.keys() == acc.keys()
+d21, d2a = worst(two, one), worst(two, acc)
+loss = lambda p: [json.loads(l)["itc_loss"] for l in open(p)]
+print(f"global batch, weights after 3 steps: |2x4 - 1x8| = {d21:.2e}, |2x4 - 1x4x2| = {d2a:.2e}; "
+      f"ITC loss by step 2x4 {loss('g2/m.jsonl')}, 1x8 {loss('g1/m.jsonl')}")
+assert d21 < 2e-5 and d2a < 2e-5, (d21, d2a)
+PY
+echo "ok: --contrastive-batch global: 2 ranks x 4 = 1 x 8 = 1 x 4 x 2"

@@ -11,6 +11,9 @@
 //         timeout (exit 3), not hang.
 //   hang: rank 1 stops answering (sleeps past the 3 s timeout); rank 0 must fail the same way
 //         after about the timeout.
+//   nan:  train() with 2 micro-batches per step and an objective that gathers; rank 1's first
+//         micro-batch of step 2 gives a NaN loss. Every rank must skip step 2 together (its
+//         collectives still matched, no timeout) and finish with the same weights.
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -23,6 +26,7 @@
 #include "vlmo/distributed.h"
 #include "vlmo/model.h"
 #include "vlmo/objectives.h"
+#include "vlmo/train.h"
 
 using namespace vlmo;
 
@@ -61,7 +65,8 @@ int main(int argc, char** argv) {
   try {
     const LaunchInfo info = launch_info_from_env();
     const bool fault = mode == "kill" || mode == "hang";
-    auto dist = Distributed::init(info, std::chrono::milliseconds(fault ? 3000 : 60000));
+    // nan: a rank left waiting in an unmatched collective fails after 10 s instead of passing.
+    auto dist = Distributed::init(info, std::chrono::milliseconds(fault ? 3000 : mode == "nan" ? 10000 : 60000));
     const int W = dist->world_size(), r = dist->rank();
     Config cfg = test::tiny_config({"itc"});
     cfg.drop_path_rate = 0;  // no random draws: the ranks and the one process compute the same features
@@ -83,6 +88,34 @@ int main(int argc, char** argv) {
       }
       std::cout << "rank 0: the collective returned although rank 1 died\n";
       return 1;
+    }
+    if (mode == "nan") {
+      VLMo model(cfg);
+      init_weights(model, 7);
+      const Batch all = global_batch(cfg, 8);
+      const BatchFn batches = [&](int64_t i) { return slice(all, (i % 2) * 4, 4); };
+      const ObjectiveFn objective = [&](VLMo& m, const Batch& b) {
+        ItcOutput out = compute_itc(m, b, current_gather());  // a collective in every call
+        // Step 2 (0-based 1), micro-batch 0 of rank 1: batch index (1 * 2 + 0) * 2 + 1 = 5.
+        if (r == 1 && b.first_sample == 5 * 4) out.loss = out.loss * std::nan("");
+        return Outputs{{"itc_loss", out.loss}};
+      };
+      TrainOptions o;
+      o.max_steps = 4;
+      o.warmup_steps = 1;
+      o.lr = 1e-3;
+      o.accumulate = 2;
+      o.batch_size = 4;
+      o.progress = false;
+      const TrainResult res = train(model, objective, batches, o);
+      double sum = 0;
+      for (auto& p : model->named_parameters()) sum += p.value().sum().item<double>() * (1 + p.value().numel() % 7);
+      std::vector<at::Tensor> sums = {at::tensor({sum, -sum}, at::kDouble)};
+      dist->all_reduce_sum(sums);  // both ranks' checksums equal <=> sum over ranks = W x own
+      const double spread = std::abs(sums[0][0].item<double>() - W * sum);
+      std::printf("rank %d: %lld steps, %lld skipped, weight checksum %.9g (ranks differ by %.3g)\n", r,
+                  static_cast<long long>(res.steps), static_cast<long long>(res.bad_steps), sum, spread);
+      return res.steps == 4 && res.bad_steps == 1 && spread < 1e-9 * std::abs(sum) ? 0 : 1;
     }
     VLMo model(cfg);
     init_weights(model, r == 0 ? 7 : 8);  // rank 1 starts elsewhere: broadcast must fix it

@@ -311,3 +311,166 @@ TEST(Retrieval, ItmRerankingByHand) {
   EXPECT_DOUBLE_EQ(r.ir1, 0.25);
   EXPECT_DOUBLE_EQ(r.tr5, 1.0);
 }
+
+// --contrastive-batch global (vlmo/pretrain.h vl_global_step_objective).
+namespace {
+
+// Batches keyed by sample: batch `index` holds samples index*batch .. +batch-1 of a fixed order,
+// each with its augmentation and masks drawn from its own index (collate's first_sample), so any
+// batch size cuts the same sample sequence.
+BatchFn sample_batches(const DemoWorld& w, int n, int batch) {
+  auto order = std::make_shared<EpochOrder>(n, 7);
+  CollateOptions co;
+  co.image_size = 32;
+  co.max_text_len = 16;
+  co.train_transform = true;
+  return [&w, order, co, batch](int64_t index) {
+    std::vector<Example> ex;
+    for (int j = 0; j < batch; ++j) {
+      const Scene& s = w.split("train")[order->at(index * batch + j)];
+      ex.push_back({w.render(s), w.caption(s, j % 2)});
+    }
+    return collate(ex, bert(), co, 11, index * batch);
+  };
+}
+
+std::map<std::string, at::Tensor> gradients(VLMo& m) {
+  std::map<std::string, at::Tensor> g;
+  for (auto& p : m->named_parameters())
+    if (p.value().grad().defined()) g[p.key()] = p.value().grad().clone();
+  return g;
+}
+
+double max_relative_difference(const std::map<std::string, at::Tensor>& a, const std::map<std::string, at::Tensor>& b,
+                               std::string* where) {
+  double worst = 0;
+  for (const auto& [k, v] : a) {
+    const at::Tensor& w = b.at(k);
+    const double scale = std::max(v.norm().item<double>(), 1e-12);
+    const double d = (v - w).norm().item<double>() / scale;
+    if (getenv("VLMO_DEBUG_GRADS")) std::fprintf(stderr, "%-50s %.3g %.3g\n", k.c_str(), d, scale);
+    if (d > worst) worst = d, *where = k;
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST(GlobalBatch, CachedItcGradientIsTheFullBatchGradient) {
+  // ITC only (no itm / mlm head), no random draws, in fp64 (the features of an untrained model
+  // are nearly collinear, which costs fp32 about 4 digits here): the gradient-cached step over
+  // 2 micro-batches of 4 must equal autograd's gradient of the ITC loss on the whole batch of 8,
+  // by an independent path (compute_itc on one batch).
+  const DemoWorld w(3, 16, 2, 2, 32);
+  Config c = vlmo::test::tiny_config({"itc"});
+  c.drop_path_rate = 0;
+  VLMo a(c), b(c);
+  init_weights(a, 5);
+  init_weights(b, 5);
+  a->to(at::kDouble);
+  b->to(at::kDouble);
+  a->train();
+  b->train();
+  const BatchFn whole = sample_batches(w, 16, 8), halves = sample_batches(w, 16, 4);
+  Batch full = whole(0);
+  full.image = full.image.to(at::kDouble);
+  const at::Tensor ref_loss = compute_itc(a, full).loss;
+  ref_loss.backward();
+  std::vector<Batch> micro = {halves(0), halves(1)};
+  micro[0].first_sample = 0;
+  micro[1].first_sample = 4;
+  for (Batch& m : micro) m.image = m.image.to(at::kDouble);
+  ASSERT_TRUE(at::equal(at::cat({micro[0].image, micro[1].image}), full.image));  // the same samples
+  const Outputs out = vl_global_step_objective(3)(b, micro);
+  EXPECT_NEAR(out.at("itc_loss").item<double>(), ref_loss.item<double>(), 1e-12 * ref_loss.item<double>());
+  const auto ga = gradients(a), gb = gradients(b);
+  ASSERT_EQ(ga.size(), gb.size());
+  std::string where;
+  EXPECT_LT(max_relative_difference(ga, gb, &where), 1e-9) << "worst: " << where;
+  EXPECT_GT(ga.at("logit_scale").abs().item<double>(), 0);
+}
+
+TEST(GlobalBatch, WeightsDoNotDependOnHowTheStepIsSplit) {
+  // ITC + ITM + MLM with drop path, dropout, augmentation and masking: 3 steps of 8 samples as
+  // 1 x 8, 2 x 4 and 4 x 2 micro-batches end at the same weights.
+  const DemoWorld w(3, 32, 2, 2, 32);
+  Config c = tiny();
+  c.drop_path_rate = 0.2;
+  auto run = [&](int batch, int accumulate) {
+    VLMo m(c);
+    init_weights(m, 5);
+    set_trainable_for_stage(m, Stage::kVL);
+    TrainOptions o = options(3, 1e-3);
+    o.batch_size = batch;
+    o.accumulate = accumulate;
+    o.step_objective = vl_global_step_objective(9);
+    const TrainResult r = train(m, vl_objective, sample_batches(w, 32, batch), o);
+    std::map<std::string, at::Tensor> weights;
+    for (auto& p : m->named_parameters()) weights[p.key()] = p.value().detach().clone();
+    return std::make_pair(weights, r);
+  };
+  const auto [w8, r8] = run(8, 1);
+  const auto [w4, r4] = run(4, 2);
+  const auto [w2, r2] = run(2, 4);
+  for (const char* k : {"itc_loss", "itm_loss", "mlm_loss", "itm_acc"}) {
+    EXPECT_NEAR(r4.history[2].at(k), r8.history[2].at(k), 1e-4) << k;
+    EXPECT_NEAR(r2.history[2].at(k), r8.history[2].at(k), 1e-4) << k;
+  }
+  std::string where;
+  double moved = 0;
+  VLMo init(c);
+  init_weights(init, 5);
+  for (auto& p : init->named_parameters()) moved = std::max(moved, (p.value() - w8.at(p.key())).abs().max().item<double>());
+  EXPECT_GT(moved, 1e-4);  // the steps did change the weights
+  for (const auto* other : {&w4, &w2}) {
+    double worst = 0;
+    for (const auto& [k, v] : w8) {
+      const double d = (v - other->at(k)).abs().max().item<double>();
+      if (d > worst) worst = d, where = k;
+    }
+    EXPECT_LT(worst, 2e-5) << "worst: " << where;
+  }
+  // The local (official) objective on the same split differs: its contrastive batch is the micro-batch.
+  VLMo m(c);
+  init_weights(m, 5);
+  TrainOptions o = options(1, 1e-3);
+  o.batch_size = 4;
+  o.accumulate = 2;
+  const TrainResult local = train(m, vl_objective, sample_batches(w, 32, 4), o);
+  EXPECT_GT(std::abs(local.history[0].at("itc_loss") - r8.history[0].at("itc_loss")), 1e-3);
+}
+
+TEST(GlobalBatch, KeyedDrawsFollowTheWeightsAndTheKeys) {
+  const at::Tensor weights = at::tensor({0.0, 1.0, 3.0, 0.0}, at::kDouble).reshape({1, 4}).expand({2000, 4}).contiguous();
+  std::vector<uint64_t> keys(2000);
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = mix_seed(42, i);
+  const at::Tensor picks = keyed_sample_rows(weights, at::arange(2000, at::kLong), keys);
+  EXPECT_EQ(picks.eq(0).sum().item<int64_t>() + picks.eq(3).sum().item<int64_t>(), 0);  // zero weight: never
+  EXPECT_NEAR(picks.eq(2).to(at::kFloat).mean().item<double>(), 0.75, 0.03);
+  // A row's draw depends on its key only, not on the other rows.
+  const at::Tensor again = keyed_sample_rows(weights, at::arange(5, 10, at::kLong), std::vector<uint64_t>(keys.begin() + 5, keys.begin() + 10));
+  EXPECT_TRUE(at::equal(again, picks.narrow(0, 5, 5)));
+  // Sample keys: a row's drop path and dropout follow its key, whatever batch it is in.
+  Config c = vlmo::test::tiny_config({"itc"});
+  c.drop_path_rate = 0.5;
+  VLMo m(c);
+  init_weights(m, 1);
+  m->train();
+  const at::Tensor images = at::randn({4, 3, 32, 32});
+  at::Tensor all, part, other;
+  {
+    SampleKeys k({10, 11, 12, 13});
+    all = m->infer_image(images).cls_feats;
+  }
+  {
+    SampleKeys k({12, 13});
+    part = m->infer_image(images.narrow(0, 2, 2)).cls_feats;
+  }
+  {
+    SampleKeys k({20, 21, 22, 23});
+    other = m->infer_image(images).cls_feats;
+  }
+  EXPECT_TRUE(at::allclose(all.narrow(0, 2, 2), part, 1e-5, 1e-6));
+  EXPECT_FALSE(at::allclose(all, other, 1e-3, 1e-4));  // other keys, other masks
+  expect_error([&] { SampleKeys k({1, 2}); m->infer_image(images); }, {"4 rows under 2 sample keys"});
+}

@@ -25,6 +25,10 @@ struct Batch {
   // skipped sample naming its file and line or archive member. The trainer logs and counts them.
   std::map<std::string, int64_t> skipped;
   std::vector<std::string> skip_log;
+  // The run-wide index of row 0 (row i is sample first_sample + i); set by the trainer as
+  // batch index x batch size, -1 when unknown. Keys a sample's random draws in the model
+  // (vlmo::SampleKeys) under --contrastive-batch global.
+  int64_t first_sample = -1;
 };
 
 // A batch maker: the batch with this index (in an endless sequence over epochs), a pure

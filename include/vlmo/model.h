@@ -18,6 +18,29 @@ namespace vlmo {
 
 enum class Modality { kImage, kText, kVL };
 
+// Keyed randomness. While a SampleKeys object lives on this thread, drop path and the text
+// embedding dropout draw each batch row's mask from that row's key (and the layer and branch)
+// instead of the global generator: a sample's masks then do not depend on the batch, rank or
+// micro-batch it is computed in, and a pass repeated with the same keys draws the same masks
+// (gradient caching, `--contrastive-batch global`). Every forward pass under it must have
+// exactly keys.size() rows. Guards nest (the innermost wins); they are not shared across threads.
+class SampleKeys {
+ public:
+  explicit SampleKeys(std::vector<uint64_t> keys);
+  ~SampleKeys();
+  SampleKeys(const SampleKeys&) = delete;
+  SampleKeys& operator=(const SampleKeys&) = delete;
+  // The active keys on this thread, or nullptr.
+  static const std::vector<uint64_t>* current();
+
+ private:
+  std::vector<uint64_t> keys_;
+  const std::vector<uint64_t>* previous_;
+};
+// A (rows, shape...) float mask of 1s (kept, probability `keep`) and 0s on the CPU: row i drawn
+// from keys[i] mixed with `salt`.
+at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef row_shape, double keep, uint64_t salt);
+
 // timm Mlp: fc1 -> GELU (erf) -> fc2 (dropout 0).
 struct MlpImpl : torch::nn::Module {
   MlpImpl(int dim, int hidden);
@@ -46,6 +69,7 @@ struct BlockImpl : torch::nn::Module {
                      const at::Tensor& rel_bias, int64_t text_len);
   bool has_vl() const { return !mlp_vl.is_empty(); }
   double drop_prob;
+  int layer;
   torch::nn::LayerNorm norm1{nullptr}, norm2_text{nullptr}, norm2_imag{nullptr},
       norm2_vl{nullptr};
   Attention attn{nullptr};
@@ -53,8 +77,8 @@ struct BlockImpl : torch::nn::Module {
   at::Tensor gamma_1, gamma_2;  // undefined without layer scale
 
  private:
-  at::Tensor residual(const at::Tensor& x, const at::Tensor& branch, const at::Tensor& gamma);
-  at::Tensor drop_path_fn(const at::Tensor& x);
+  // `branch` (0 attention, 1 FFN, 2 the image half of a split FFN) keys the drop-path draw.
+  at::Tensor residual(const at::Tensor& x, const at::Tensor& branch_out, const at::Tensor& gamma, int branch);
 };
 TORCH_MODULE(Block);
 

@@ -4,6 +4,7 @@
 // objectives (retrieval, VQA, NLVR2).
 #pragma once
 #include <string>
+#include <vector>
 
 #include "vlmo/train.h"
 
@@ -24,6 +25,18 @@ void set_trainable_for_stage(VLMo& model, Stage stage);
 Outputs mim_objective(VLMo& model, const Batch& batch);
 Outputs text_mlm_objective(VLMo& model, const Batch& batch);
 Outputs vl_objective(VLMo& model, const Batch& batch);
+
+// Stage vl with a global contrastive batch (--contrastive-batch global): ITC and the ITM hard
+// negatives over every sample of the optimizer step (all ranks x all micro-batches), with the
+// exact gradient of the step's loss by gradient caching (one extra forward of the image and text
+// encoders without autograd); ITM is a mean over the step's 3N pairs, MLM over the step's masked
+// tokens; every random draw is keyed by the sample index (and `seed`), so the weights after a
+// step do not depend on how the step is split over ranks and micro-batches. Models without an
+// itm or mlm head skip those terms. For TrainOptions::step_objective.
+StepObjectiveFn vl_global_step_objective(uint64_t seed);
+// One draw per listed row of `weights` (rows need not sum to 1), from each row's key: the
+// column index. Non-finite weights throw NonFiniteError.
+at::Tensor keyed_sample_rows(const at::Tensor& weights, const at::Tensor& rows, const std::vector<uint64_t>& keys);
 // Fine-tuning objectives: retrieval (dual-encoder contrastive, irtr_loss + irtr_i2t_acc), VQA
 // (vqa_loss + vqa_score: soft score of the top answer), NLVR2 (nlvr2_loss + nlvr2_acc).
 Outputs irtr_objective(VLMo& model, const Batch& batch);

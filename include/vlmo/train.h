@@ -56,6 +56,12 @@ class AdamW {
 // other keys (accuracies) are only logged.
 using Outputs = std::map<std::string, at::Tensor>;
 using ObjectiveFn = std::function<Outputs(VLMo&, const Batch&)>;
+// A whole-step objective: it gets every micro-batch of this rank's optimizer step (each with its
+// first_sample set), runs its own forward and backward passes and returns the step's values
+// (detached; "*loss" keys summed for the log). Its gradients must be such that their mean over
+// ranks (the trainer's all-reduce) is the gradient of the step's loss. It must call the same
+// collectives on every rank, and may throw NonFiniteError only after its last collective.
+using StepObjectiveFn = std::function<Outputs(VLMo&, const std::vector<Batch>&)>;
 
 struct TrainOptions {
   std::string name = "train";   // shown in logs ("stage1-image", ...)
@@ -89,6 +95,9 @@ struct TrainOptions {
   // read were skipped (judged once that many were read).
   double max_skip_rate = 0.5;
   int64_t skip_window = 1000;
+  // When set, it replaces the per-micro-batch objective: the trainer reads the step's
+  // `accumulate` micro-batches and hands them over together (--contrastive-batch global).
+  StepObjectiveFn step_objective;
 };
 
 struct TrainResult {

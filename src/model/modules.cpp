@@ -1,5 +1,6 @@
 // Building blocks of the multiway Transformer and the heads (reference §1.2, §1.3, §1.5).
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 #include <limits>
@@ -12,16 +13,53 @@ namespace vlmo {
 namespace nn = torch::nn;
 
 namespace {
+thread_local const std::vector<uint64_t>* active_keys = nullptr;
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// A keep mask for the rows of x: from the keys when a SampleKeys guard is active, else from
+// the global generator.
+at::Tensor keep_mask(const at::Tensor& x, at::IntArrayRef row_shape, double keep, uint64_t salt) {
+  if (const auto* keys = SampleKeys::current()) {
+    if (static_cast<int64_t>(keys->size()) != x.size(0))
+      throw Error(cat("keyed randomness: a batch of ", x.size(0), " rows under ", keys->size(), " sample keys"));
+    return keyed_keep_mask(*keys, row_shape, keep, salt).to(x.options());
+  }
+  std::vector<int64_t> shape = {x.size(0)};
+  shape.insert(shape.end(), row_shape.begin(), row_shape.end());
+  return at::empty(shape, x.options()).bernoulli_(keep);
+}
+
 // timm DropPath: drops whole residual branches per sample, scaling the kept ones by 1/keep.
-at::Tensor drop_path(const at::Tensor& x, double p, bool training) {
+at::Tensor drop_path(const at::Tensor& x, double p, bool training, uint64_t salt) {
   if (p <= 0 || !training) return x;
   const double keep = 1.0 - p;
-  std::vector<int64_t> shape(x.dim(), 1);
-  shape[0] = x.size(0);
-  at::Tensor mask = at::empty(shape, x.options()).bernoulli_(keep);
-  return x.div(keep) * mask;
+  const std::vector<int64_t> row_shape(x.dim() - 1, 1);
+  return x.div(keep) * keep_mask(x, row_shape, keep, salt);
 }
 }  // namespace
+
+SampleKeys::SampleKeys(std::vector<uint64_t> keys) : keys_(std::move(keys)), previous_(active_keys) {
+  active_keys = &keys_;
+}
+SampleKeys::~SampleKeys() { active_keys = previous_; }
+const std::vector<uint64_t>* SampleKeys::current() { return active_keys; }
+
+at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef row_shape, double keep, uint64_t salt) {
+  std::vector<int64_t> shape = {static_cast<int64_t>(keys.size())};
+  shape.insert(shape.end(), row_shape.begin(), row_shape.end());
+  at::Tensor mask = at::empty(shape, at::kFloat);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(splitmix64(keys[i] ^ splitmix64(salt)));
+    mask[static_cast<int64_t>(i)].bernoulli_(keep, gen);
+  }
+  return mask;
+}
 
 MlpImpl::MlpImpl(int dim, int hidden) {
   fc1 = register_module("fc1", nn::Linear(dim, hidden));
@@ -49,8 +87,9 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
                            .reshape({B, N, 3, num_heads, C / num_heads})
                            .permute({2, 0, 3, 1, 4});
   at::Tensor q = qkv_out[0] * scale, k = qkv_out[1], v = qkv_out[2];
-  // Logits in fp32 even under reduced precision, as the official.
-  at::Tensor attn = at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-2, -1));  // (B,H,N,N)
+  // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64).
+  const auto logit_type = at::promote_types(q.scalar_type(), at::kFloat);
+  at::Tensor attn = at::matmul(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,N,N)
   if (rel_bias.defined()) attn = attn + rel_bias.unsqueeze(0);
   if (key_mask.defined())
     attn = attn.masked_fill(key_mask.index({at::indexing::Slice(), at::indexing::None,
@@ -61,7 +100,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   return proj->forward(out);
 }
 
-BlockImpl::BlockImpl(const Config& c, int layer, double drop_path_prob) : drop_prob(drop_path_prob) {
+BlockImpl::BlockImpl(const Config& c, int layer_index, double drop_path_prob)
+    : drop_prob(drop_path_prob), layer(layer_index) {
   const int D = c.embed_dim;
   auto ln = [&] { return nn::LayerNorm(nn::LayerNormOptions({D}).eps(1e-6)); };
   norm1 = register_module("norm1", ln());
@@ -70,7 +110,7 @@ BlockImpl::BlockImpl(const Config& c, int layer, double drop_path_prob) : drop_p
   norm2_imag = register_module("norm2_imag", ln());
   mlp_text = register_module("mlp_text", Mlp(D, c.mlp_hidden()));
   mlp_imag = register_module("mlp_imag", Mlp(D, c.mlp_hidden()));
-  if (layer >= c.vlffn_start_layer_index) {
+  if (layer_index >= c.vlffn_start_layer_index) {
     norm2_vl = register_module("norm2_vl", ln());
     mlp_vl = register_module("mlp_vl", Mlp(D, c.mlp_hidden()));
   }
@@ -80,28 +120,27 @@ BlockImpl::BlockImpl(const Config& c, int layer, double drop_path_prob) : drop_p
   }
 }
 
-at::Tensor BlockImpl::residual(const at::Tensor& x, const at::Tensor& branch,
-                               const at::Tensor& gamma) {
-  return x + drop_path_fn(gamma.defined() ? gamma * branch : branch);
+at::Tensor BlockImpl::residual(const at::Tensor& x, const at::Tensor& branch_out, const at::Tensor& gamma,
+                               int branch) {
+  return x + drop_path(gamma.defined() ? gamma * branch_out : branch_out, drop_prob, is_training(),
+                       static_cast<uint64_t>(layer) * 4 + static_cast<uint64_t>(branch) + 1);
 }
-
-at::Tensor BlockImpl::drop_path_fn(const at::Tensor& x) { return drop_path(x, drop_prob, is_training()); }
 
 at::Tensor BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& key_mask, Modality modality,
                               const at::Tensor& rel_bias, int64_t text_len) {
-  at::Tensor x = residual(x_in, attn->forward(norm1->forward(x_in), key_mask, rel_bias), gamma_1);
+  at::Tensor x = residual(x_in, attn->forward(norm1->forward(x_in), key_mask, rel_bias), gamma_1, 0);
   switch (modality) {
     case Modality::kImage:
-      return residual(x, mlp_imag->forward(norm2_imag->forward(x)), gamma_2);
+      return residual(x, mlp_imag->forward(norm2_imag->forward(x)), gamma_2, 1);
     case Modality::kText:
-      return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2);
+      return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2, 1);
     case Modality::kVL:
-      if (has_vl()) return residual(x, mlp_vl->forward(norm2_vl->forward(x)), gamma_2);
+      if (has_vl()) return residual(x, mlp_vl->forward(norm2_vl->forward(x)), gamma_2, 1);
       {
         // Lower layers: the fixed split at max_text_len, text expert then image expert.
         at::Tensor xt = x.narrow(1, 0, text_len), xi = x.narrow(1, text_len, x.size(1) - text_len);
-        xt = residual(xt, mlp_text->forward(norm2_text->forward(xt)), gamma_2);
-        xi = residual(xi, mlp_imag->forward(norm2_imag->forward(xi)), gamma_2);
+        xt = residual(xt, mlp_text->forward(norm2_text->forward(xt)), gamma_2, 1);
+        xi = residual(xi, mlp_imag->forward(norm2_imag->forward(xi)), gamma_2, 2);
         return at::cat({xt, xi}, 1);
       }
   }
@@ -166,7 +205,10 @@ at::Tensor BertEmbeddingsImpl::forward(const at::Tensor& ids) {
                  token_type_embeddings->forward(at::zeros_like(ids));
   if (add_positions) x = x + position_embeddings->forward(position_ids.narrow(1, 0, L));
   x = LayerNorm->forward(x);
-  return at::dropout(x, dropout, is_training());
+  if (dropout <= 0 || !is_training()) return x;
+  if (!SampleKeys::current()) return at::dropout(x, dropout, true);
+  const double keep = 1.0 - dropout;  // inverted dropout with each row's mask from its key
+  return x * keep_mask(x, {x.size(1), x.size(2)}, keep, /*salt=*/0) / keep;
 }
 
 PoolerImpl::PoolerImpl(int dim) { dense = register_module("dense", nn::Linear(dim, dim)); }

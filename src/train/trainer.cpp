@@ -401,23 +401,32 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     std::map<std::string, int64_t> skipped_now;
     std::string bad;  // why this step is skipped ("" when it is not)
     double data_time = 0;
+    std::vector<Batch> step_batches;  // the step's micro-batches, for a whole-step objective
     for (int micro = 0; micro < o.accumulate; ++micro) {
       double waited = 0;
       Batch b = loader.next(&waited);  // every micro-batch is consumed, so the data position stays exact
       data_time += waited;
+      b.first_sample = ((step * o.accumulate + micro) * world + rank) * o.batch_size;
       int64_t skipped_here = 0;
       for (const auto& [reason, n] : b.skipped) skipped_now[reason] += n, skipped_here += n;
       for (const auto& line : b.skip_log) std::fprintf(stderr, "%s[%s] skipped sample: %s\n", tty ? "\r\033[K" : "", o.name.c_str(), line.c_str());
       const int64_t rows = b.text_ids.defined() ? b.text_ids.size(0) : b.image.defined() ? b.image.size(0) : o.batch_size;
       skips.add(rows + skipped_here, skipped_here);
-      if (!bad.empty()) continue;
+      if (o.step_objective) {
+        step_batches.push_back(std::move(b));
+        continue;
+      }
+      // After a bad micro-batch one process skips the rest of the step; with several ranks the
+      // objective still runs (without backward), so that its collectives match the other ranks'.
+      if (!bad.empty() && !multi) continue;
       Outputs out;
       try {
         out = objective(model, b);
       } catch (const NonFiniteError& e) {
-        bad = cat("non-finite values (", e.what(), ")");
+        if (bad.empty()) bad = cat("non-finite values (", e.what(), ")");
         continue;
       }
+      if (!bad.empty()) continue;
       at::Tensor total;
       for (const auto& [k, v] : out) {
         if (k.size() >= 4 && k.compare(k.size() - 4, 4, "loss") == 0) total = total.defined() ? total + v : v;
@@ -431,6 +440,21 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
         continue;
       }
       (total / o.accumulate).backward();
+    }
+    if (o.step_objective) {
+      try {
+        const Outputs out = o.step_objective(model, step_batches);
+        double total = 0;
+        for (const auto& [k, v] : out) {
+          const double value = v.item<double>();
+          logged[k] = value;
+          if (k.size() >= 4 && k.compare(k.size() - 4, 4, "loss") == 0) total += value;
+        }
+        logged["loss"] = total;
+        if (!std::isfinite(total)) bad = cat("non-finite loss (", total, ")");
+      } catch (const NonFiniteError& e) {
+        bad = cat("non-finite values (", e.what(), ")");
+      }
     }
     if (multi) {
       // Every rank skips or steps together; then the gradient mean and the metrics' means.

@@ -1,0 +1,237 @@
+// --contrastive-batch global (issue 9, vlmo/pretrain.h): ITC and ITM over every sample of the
+// optimizer step, whatever the number of ranks and micro-batches, with the exact gradient of the
+// step's loss, computed by gradient caching:
+//   1. every micro-batch is embedded without autograd (image and text [CLS], both branches);
+//   2. the features of every rank are gathered and put in the order of their sample index; the
+//      ITC loss over that N x N matrix is differentiated with respect to the features (and the
+//      logit scales, whose gradient is then complete on every rank);
+//   3. each text's negative image and each image's negative text are drawn from the whole step's
+//      similarity rows, from the sample's key (not from a shared generator);
+//   4. each micro-batch runs again with autograd: its features are dotted with their cached
+//      gradients, and its ITM pairs and MLM pass are added, normalised by the step's counts
+//      (3N pairs; every masked token of the step); one backward per micro-batch.
+// Every random draw of the model (drop path, dropout) is keyed by the sample's index and the
+// pass, so the repeated pass equals the cached one and no result depends on how the step is cut.
+// Gradients are scaled by the world size, so that the trainer's mean over ranks is their sum.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "vlmo/data.h"
+#include "vlmo/distributed.h"
+#include "vlmo/error.h"
+#include "vlmo/pretrain.h"
+#include "vlmo/tasks.h"
+
+namespace vlmo {
+
+namespace {
+
+// Which pass or draw a key is for (mixed with the sample index and the run's seed).
+enum Purpose : uint64_t { kImagePass = 1, kTextPass, kItmPositive, kItmNegImage, kItmNegText, kMlmPass, kDrawImage, kDrawText };
+
+std::vector<uint64_t> keys_for(uint64_t seed, const std::vector<int64_t>& samples, Purpose purpose) {
+  std::vector<uint64_t> keys(samples.size());
+  const uint64_t base = mix_seed(seed, 0x6b657973ull + purpose);
+  for (size_t i = 0; i < samples.size(); ++i) keys[i] = mix_seed(base, static_cast<uint64_t>(samples[i]));
+  return keys;
+}
+
+std::vector<uint64_t> concat(std::vector<uint64_t> a, const std::vector<uint64_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+at::Tensor keyed_sample_rows(const at::Tensor& weights, const at::Tensor& rows, const std::vector<uint64_t>& keys) {
+  at::NoGradGuard guard;
+  if (!at::isfinite(weights).all().item<bool>())
+    throw NonFiniteError("hard-negative weights are not finite (the similarities are NaN or inf)");
+  const at::Tensor w = weights.index_select(0, rows.to(weights.device())).to(at::kDouble).cpu().contiguous();
+  const int64_t n = w.size(0), cols = w.size(1);
+  if (static_cast<int64_t>(keys.size()) != n) throw Error("keyed_sample_rows: one key per row expected");
+  at::Tensor out = at::empty({n}, at::kLong);
+  auto acc = w.accessor<double, 2>();
+  auto o = out.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < n; ++i) {
+    double total = 0;
+    for (int64_t j = 0; j < cols; ++j) total += acc[i][j];
+    if (!(total > 0) || cols < 2)
+      throw Error(cat("hard negatives need at least 2 candidates per row, got ", cols,
+                      " (a step of 1 sample has none: use a global batch of at least 2)"));
+    const double u = static_cast<double>(mix_seed(keys[i], 0x75) >> 11) * 0x1.0p-53 * total;  // [0, total)
+    double cum = 0;
+    int64_t pick = -1;
+    for (int64_t j = 0; j < cols; ++j) {
+      if (acc[i][j] <= 0) continue;
+      cum += acc[i][j];
+      pick = j;  // the last candidate with weight takes the rounding remainder
+      if (u < cum) break;
+    }
+    o[i] = pick;
+  }
+  return out;
+}
+
+StepObjectiveFn vl_global_step_objective(uint64_t seed) {
+  return [seed](VLMo& model, const std::vector<Batch>& micro) -> Outputs {
+    if (micro.empty()) throw Error("global contrastive step without micro-batches");
+    Distributed* dist = current_distributed();
+    const bool multi = dist && dist->world_size() > 1;
+    const double world = multi ? dist->world_size() : 1;
+    const bool with_itm = model->config().has_head("itm"), with_mlm = model->config().has_head("mlm");
+    require_head(model, "itc");
+    const int64_t D = model->config().embed_dim;
+
+    // The samples of this rank, micro-batch by micro-batch.
+    std::vector<std::vector<int64_t>> samples(micro.size());
+    std::vector<int64_t> local;
+    for (size_t m = 0; m < micro.size(); ++m) {
+      const Batch& b = micro[m];
+      if (!b.image.defined() || !b.text_ids.defined() || !b.text_masks.defined())
+        throw Error("the global contrastive batch needs image-text batches");
+      if (b.first_sample < 0) throw Error("the global contrastive batch needs the batches' sample indices");
+      for (int64_t j = 0; j < b.image.size(0); ++j) samples[m].push_back(b.first_sample + j);
+      local.insert(local.end(), samples[m].begin(), samples[m].end());
+    }
+    const int64_t n_local = static_cast<int64_t>(local.size());
+
+    // 1. Features of every micro-batch without autograd: [img | img_vl | txt | txt_vl].
+    std::vector<at::Tensor> feats;
+    {
+      at::NoGradGuard guard;
+      for (size_t m = 0; m < micro.size(); ++m) {
+        UnimodalOutput img, txt;
+        {
+          SampleKeys k(keys_for(seed, samples[m], kImagePass));
+          img = model->infer_image(micro[m].image);
+        }
+        {
+          SampleKeys k(keys_for(seed, samples[m], kTextPass));
+          txt = model->infer_text(micro[m].text_ids, micro[m].text_masks);
+        }
+        feats.push_back(at::cat({img.cls_feats, img.cls_vlffn_feats, txt.cls_feats, txt.cls_vlffn_feats}, 1));
+      }
+    }
+    // 2. Every collective of the step, before anything that may fail on one rank only.
+    const GatherFn gather = current_gather();
+    const at::Tensor local_ids = at::tensor(local, at::kLong);
+    const at::Tensor all_ids = gather(local_ids);  // local first, then the other ranks
+    const at::Tensor all_feats = gather(at::cat(feats));
+    at::Tensor pool_images, pool_ids, pool_masks;
+    std::vector<at::Tensor> images, ids, masks;
+    for (const Batch& b : micro) images.push_back(b.image), ids.push_back(b.text_ids), masks.push_back(b.text_masks);
+    if (with_itm) {
+      pool_images = gather(at::cat(images));
+      pool_ids = gather(at::cat(ids));
+      pool_masks = gather(at::cat(masks));
+    }
+    double masked_total = 0;
+    if (with_mlm) {
+      for (const Batch& b : micro) {
+        if (!b.text_labels_mlm.defined()) throw Error("batch field \"text_labels_mlm\" is missing for this objective");
+        masked_total += b.text_labels_mlm.ne(-100).sum().item<double>();
+      }
+      if (multi) {
+        std::vector<at::Tensor> t = {at::tensor({masked_total}, at::kDouble)};
+        dist->all_reduce_sum(t);
+        masked_total = t[0].item<double>();
+      }
+    }
+    // The step's samples in the order of their index (the same matrix on every rank).
+    const at::Tensor order = all_ids.argsort();
+    const int64_t N = all_ids.size(0);
+    at::Tensor inverse = at::empty_like(order);
+    inverse.index_put_({order}, at::arange(N, at::kLong));
+    const at::Tensor local_pos = inverse.narrow(0, 0, n_local);  // this rank's rows in that order
+
+    // ITC over the whole step, differentiated with respect to the cached features.
+    at::Tensor cached = all_feats.index_select(0, order.to(all_feats.device())).detach().requires_grad_(true);
+    const ContrastiveOutput itc = contrastive_loss(cached.narrow(1, 0, D), cached.narrow(1, 2 * D, D), model->logit_scale);
+    const ContrastiveOutput itc_vl =
+        contrastive_loss(cached.narrow(1, D, D), cached.narrow(1, 3 * D, D), model->logit_vl_scale);
+    const at::Tensor itc_loss = 0.5 * (itc.loss + itc_vl.loss);
+    if (!std::isfinite(itc_loss.item<double>())) throw NonFiniteError(cat("ITC loss ", itc_loss.item<double>()));
+    itc_loss.backward();  // the logit scales' gradients are complete here, on every rank
+    const at::Tensor feat_grads = cached.grad().index_select(0, local_pos.to(cached.device())) * world;
+    Outputs out;
+    out["itc_loss"] = itc_loss.detach();
+    out["itc_i2t_acc"] = itc.logits_i2t.argmax(1).eq(at::arange(N, itc.logits_i2t.options().dtype(at::kLong)))
+                             .to(at::kFloat).mean().detach();
+
+    // 3. Hard negatives from the whole step, keyed by sample.
+    at::Tensor neg_image, neg_text;  // per local row: the row in the gathered pool
+    if (with_itm) {
+      const at::Tensor pick_image = keyed_sample_rows(hard_negative_weights(itc.logits_t2i), local_pos, keys_for(seed, local, kDrawImage));
+      const at::Tensor pick_text = keyed_sample_rows(hard_negative_weights(itc.logits_i2t), local_pos, keys_for(seed, local, kDrawText));
+      neg_image = order.index_select(0, pick_image);
+      neg_text = order.index_select(0, pick_text);
+    }
+
+    // 4. Each micro-batch again, with autograd.
+    double itm_sum = 0, itm_correct = 0, mlm_sum = 0, mlm_correct = 0;
+    int64_t row = 0;
+    for (size_t m = 0; m < micro.size(); ++m) {
+      const Batch& b = micro[m];
+      const int64_t B = b.image.size(0);
+      const at::Tensor g = feat_grads.narrow(0, row, B);
+      at::Tensor total;
+      {
+        SampleKeys k(keys_for(seed, samples[m], kImagePass));
+        const UnimodalOutput img = model->infer_image(b.image);
+        total = (img.cls_feats * g.narrow(1, 0, D)).sum() + (img.cls_vlffn_feats * g.narrow(1, D, D)).sum();
+      }
+      {
+        SampleKeys k(keys_for(seed, samples[m], kTextPass));
+        const UnimodalOutput txt = model->infer_text(b.text_ids, b.text_masks);
+        total = total + (txt.cls_feats * g.narrow(1, 2 * D, D)).sum() + (txt.cls_vlffn_feats * g.narrow(1, 3 * D, D)).sum();
+      }
+      if (with_itm) {
+        at::Tensor ni, nt_ids, nt_masks;
+        {
+          at::NoGradGuard guard;
+          ni = pool_images.index_select(0, neg_image.narrow(0, row, B));
+          nt_ids = pool_ids.index_select(0, neg_text.narrow(0, row, B));
+          nt_masks = pool_masks.index_select(0, neg_text.narrow(0, row, B));
+        }
+        SampleKeys k(concat(concat(keys_for(seed, samples[m], kItmPositive), keys_for(seed, samples[m], kItmNegImage)),
+                            keys_for(seed, samples[m], kItmNegText)));
+        const at::Tensor logits = itm_logits(model, at::cat({b.text_ids, b.text_ids, nt_ids}),
+                                             at::cat({b.text_masks, b.text_masks, nt_masks}), at::cat({b.image, ni, b.image}));
+        const at::Tensor labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)}).to(logits.device());
+        const at::Tensor sum = at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum);
+        itm_sum += sum.item<double>();
+        itm_correct += logits.argmax(1).eq(labels).sum().item<double>();
+        total = total + sum * (world / (3.0 * static_cast<double>(N)));
+      }
+      if (with_mlm && masked_total > 0) {
+        SampleKeys k(keys_for(seed, samples[m], kMlmPass));
+        const double here = b.text_labels_mlm.ne(-100).sum().item<double>();
+        const auto fused = model->infer(b.text_ids_mlm, b.text_masks, b.image);
+        // mlm_loss is 0.25 x the mean over this batch's masked tokens; rescaled to a sum over the step's.
+        const MlmOutput mlm = mlm_loss(model, fused.text_feats, b.text_labels_mlm, 0.25 * here / masked_total);
+        mlm_sum += mlm.loss.item<double>();
+        mlm_correct += mlm.accuracy.item<double>() * here;
+        total = total + mlm.loss * world;
+      }
+      if (!std::isfinite(total.item<double>()))
+        throw NonFiniteError(cat("micro-batch ", m + 1, " of the step has a non-finite ITM or MLM loss"));
+      total.backward();
+      row += B;
+    }
+    // Values whose mean over ranks is the step's value (the trainer averages them).
+    if (with_itm) {
+      out["itm_loss"] = at::scalar_tensor(world * itm_sum / (3.0 * static_cast<double>(N)), at::kDouble);
+      out["itm_acc"] = at::scalar_tensor(world * itm_correct / (3.0 * static_cast<double>(N)), at::kDouble);
+    }
+    if (with_mlm) {
+      out["mlm_loss"] = at::scalar_tensor(world * mlm_sum, at::kDouble);
+      out["mlm_acc"] = at::scalar_tensor(masked_total > 0 ? world * mlm_correct / masked_total : 0.0, at::kDouble);
+    }
+    return out;
+  };
+}
+
+}  // namespace vlmo
