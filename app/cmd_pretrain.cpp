@@ -10,6 +10,7 @@
 #include "common.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
+#include "vlmo/distributed.h"
 #include "vlmo/error.h"
 #include "vlmo/files.h"
 #include "vlmo/pretrain.h"
@@ -96,6 +97,21 @@ int run_pretrain(const Args& args) {
   spec.image_root = a.get("image-root");
   spec.text = a.get("text");
   spec.images = a.get("images");
+  if (Distributed* d = current_distributed()) spec.rank = d->rank(), spec.world = d->world_size();
+  spec.workers = a.get_int("loader-threads");
+  spec.resample = a.get_flag("resample");
+  if (spec.resample && spec.webdataset.empty()) throw Error("--resample applies to --webdataset shards only");
+  const bool split = webdataset_split_by_rank(spec);
+  if (!spec.webdataset.empty() && spec.rank == 0) {
+    const size_t shards = expand_braces(spec.webdataset).size();
+    if (split)
+      std::cerr << "webdataset: " << shards << " shard(s), " << (spec.resample ? "resampled by" : "split over") << " "
+                << spec.world << " rank(s) x " << spec.workers << " loader thread(s)\n";
+    else
+      std::cerr << "webdataset: " << shards << " shard(s) for " << spec.world << " rank(s) x " << spec.workers
+                << " loader thread(s): one reader per rank, every rank reads every shard and keeps its own batches "
+                   "(give at least ranks x loader threads shards, or --resample)\n";
+  }
   const ExampleKind kind = stage == Stage::kImage  ? ExampleKind::kImage
                            : stage == Stage::kText ? ExampleKind::kText
                                                    : ExampleKind::kImageText;
@@ -108,7 +124,7 @@ int run_pretrain(const Args& args) {
   t.accumulate = a.get_int("accumulate");
   t.batch_size = batch;
   t.checkpoint_every = a.get_int64("checkpoint-every");
-  t.loader_threads = spec.webdataset.empty() ? a.get_int("loader-threads") : 1;  // a stream is sequential
+  t.loader_threads = spec.webdataset.empty() || split ? a.get_int("loader-threads") : 1;  // one reader: sequential
   t.config_json = config_to_json_text(cfg);
   const ObjectiveFn objective = stage == Stage::kImage ? ObjectiveFn(mim_objective)
                                 : stage == Stage::kText ? ObjectiveFn(text_mlm_objective)
@@ -157,7 +173,9 @@ Command pretrain_command() {
                 "caching: exact full-step gradient, one extra encoder forward)"},
                integer_option("image-size", "0", "image size (0: the config's)", 0, 8192),
                integer_option("max-text-len", "0", "text length (0: the --config file's, else 196 for stage text and 40 otherwise)", 0, 4096),
-               integer_option("loader-threads", "2", "background loader threads", 1, 256),
+               integer_option("loader-threads", "2", "background loader threads (WebDataset: each reads its own shards)", 1, 256),
+               {"resample", "false", "WebDataset: each rank and loader thread draws shards at random with replacement "
+                                     "(for fewer shards than ranks x loader threads, or unequal shard sizes)", true},
                integer_option("seed", "1", "seed of the data order, augmentation and masking", 0)};
   for (auto& o : fault_options()) c.options.push_back(std::move(o));
   c.run = run_pretrain;

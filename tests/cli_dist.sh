@@ -5,7 +5,9 @@
 #   - a rank killed mid-run makes the other exit non-zero with a clear error within
 #     --dist-timeout; the last checkpoint resumes on one process (batch 8 = 2 x 4);
 #   - --contrastive-batch global: 3 steps on 2 ranks x 4, on 1 process x 8 and on 1 process x
-#     4 x accumulate 2 end at the same weights (drop path and dropout on).
+#     4 x accumulate 2 end at the same weights (drop path and dropout on);
+#   - 4 shards given as pipe: URLs are split over 2 ranks x 2 loader threads; 1 shard with
+#     --resample feeds 2 ranks x 2 loader threads.
 # usage: cli_dist.sh VLMO GALLERY_DIR WORK
 set -u -o pipefail
 VLMO=$1 GALLERY=$2 WORK=$3
@@ -15,11 +17,16 @@ python3 - "$GALLERY" <<'PY'
 import io, os, sys, tarfile
 g = sys.argv[1]
 words = ["red", "blue", "green", "circle", "square", "triangle", "left", "right"]
-with tarfile.open("pairs.tar", "w") as t:
-    for i, f in enumerate(sorted(os.listdir(g))[:64]):
-        t.add(f"{g}/{f}", arcname=f"{i:05d}.png")
-        cap = " ".join(words[(i * 7 + k * 3) % 8] for k in range(5)).encode()
-        info = tarfile.TarInfo(f"{i:05d}.txt"); info.size = len(cap); t.addfile(info, io.BytesIO(cap))
+files = sorted(os.listdir(g))[:64]
+def write(name, items):
+    with tarfile.open(name, "w") as t:
+        for i, f in items:
+            t.add(f"{g}/{f}", arcname=f"{i:05d}.png")
+            cap = " ".join(words[(i * 7 + k * 3) % 8] for k in range(5)).encode()
+            info = tarfile.TarInfo(f"{i:05d}.txt"); info.size = len(cap); t.addfile(info, io.BytesIO(cap))
+write("pairs.tar", list(enumerate(files)))
+for s in range(4):  # the same pairs in 4 shards
+    write(f"part-{s}.tar", [(i, f) for i, f in enumerate(files) if i % 4 == s])
 PY
 cat > tiny.json <<'J'
 {"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32, "vlffn_start_layer_index": 1,
@@ -123,3 +130,26 @@ print(f"global batch, weights after 3 steps: |2x4 - 1x8| = {d21:.2e}, |2x4 - 1x4
 assert d21 < 2e-5 and d2a < 2e-5, (d21, d2a)
 PY
 echo "ok: --contrastive-batch global: 2 ranks x 4 = 1 x 8 = 1 x 4 x 2"
+
+# 5. Shards split by rank and loader thread, read through pipe: URLs; resampling.
+shards() {  # rank r with the shard arguments
+  local r=$1 p=$2; shift 2
+  RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$p OMP_NUM_THREADS=1 \
+    exec "$VLMO" pretrain --stage vl --config tiny.json --batch-size 4 --accumulate 1 --warmup 1 --steps 4 \
+    --loader-threads 2 --checkpoint-every 0 "$@" > "s$r.log" 2>&1
+}
+mkdir -p s1 s2
+p=$(port)
+(shards 0 "$p" --webdataset "pipe:cat part-{0..3}.tar" --out s1/ck.safetensors --metrics s1/m.jsonl) & p0=$!
+(shards 1 "$p" --webdataset "pipe:cat part-{0..3}.tar" --out s1/ck.safetensors --metrics s1/m.jsonl) & p1=$!
+wait $p0; rc0=$?; wait $p1; rc1=$?
+[ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat s0.log s1.log; fail "pipe: shards: ranks exited $rc0 / $rc1"; }
+grep -q "webdataset: 4 shard(s), split over 2 rank(s) x 2 loader thread(s)" s0.log || { cat s0.log; fail "no shard split"; }
+[ "$(wc -l < s1/m.jsonl)" -eq 4 ] || fail "pipe: shards: $(wc -l < s1/m.jsonl) metrics lines, expected 4"
+p=$(port)
+(shards 0 "$p" --webdataset pairs.tar --resample --out s2/ck.safetensors --metrics s2/m.jsonl) & p0=$!
+(shards 1 "$p" --webdataset pairs.tar --resample --out s2/ck.safetensors --metrics s2/m.jsonl) & p1=$!
+wait $p0; rc0=$?; wait $p1; rc1=$?
+[ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat s0.log s1.log; fail "--resample: ranks exited $rc0 / $rc1"; }
+grep -q "webdataset: 1 shard(s), resampled by 2 rank(s) x 2 loader thread(s)" s0.log || { cat s0.log; fail "no resampling"; }
+echo "ok: 4 pipe: shards split over 2 ranks x 2 loader threads; 1 shard resampled by the same"

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "test_util.h"
 #include "vlmo/checkpoint.h"
@@ -473,4 +474,98 @@ TEST(GlobalBatch, KeyedDrawsFollowTheWeightsAndTheKeys) {
   EXPECT_TRUE(at::allclose(all.narrow(0, 2, 2), part, 1e-5, 1e-6));
   EXPECT_FALSE(at::allclose(all, other, 1e-3, 1e-4));  // other keys, other masks
   expect_error([&] { SampleKeys k({1, 2}); m->infer_image(images); }, {"4 rows under 2 sample keys"});
+}
+
+TEST(WebDataset, ShardsSplitByRankAndLoaderWorker) {
+  // 4 shards of 4 samples, each shard's captions one colour word: with 2 ranks x 2 workers every
+  // (rank, worker) reads one shard of its own per epoch (the assignment is reshuffled each epoch),
+  // and batch i of a rank comes from worker i mod 2.
+  const std::string dir = vlmo::test::temp_dir();
+  const std::string png = vlmo::test::read_file(vlmo::test::fixture("images/camera.png"));
+  const std::vector<std::string> words = {"red", "blue", "green", "yellow"};
+  for (size_t k = 0; k < words.size(); ++k) {
+    std::string t;
+    for (int j = 0; j < 4; ++j) {
+      const std::string key = "s" + std::to_string(k) + "/" + std::to_string(j);
+      tar_add(t, key + ".png", png);
+      tar_add(t, key + ".txt", words[k]);
+    }
+    t.append(1024, '\0');
+    vlmo::test::write_file(dir + "/p-00" + std::to_string(k) + ".tar", t);
+  }
+  auto tok = std::make_shared<const Tokenizer>(bert());
+  std::map<int64_t, int> shard_of;  // token id of the word -> shard
+  for (size_t k = 0; k < words.size(); ++k) shard_of[tok->id(words[k])] = static_cast<int>(k);
+  CollateOptions co;
+  co.image_size = 32;
+  co.max_text_len = 8;
+  auto shards_in = [&](const Batch& b) {
+    std::set<int> s;
+    for (int64_t i = 0; i < b.text_ids.size(0); ++i) s.insert(shard_of.at(b.text_ids[i][1].item<int64_t>()));
+    return s;
+  };
+  SourceSpec spec;
+  spec.webdataset = dir + "/p-{000..003}.tar";
+  spec.world = 2;
+  spec.workers = 2;
+  EXPECT_TRUE(webdataset_split_by_rank(spec));
+  std::set<int> seen[2];
+  for (int r = 0; r < 2; ++r) {
+    spec.rank = r;
+    const BatchFn fn = source_batches(spec, ExampleKind::kImageText, tok, co, 2, 5);
+    std::set<int> worker_shards[2];
+    for (int64_t i = 0; i < 4; ++i) {  // local batch i is global index i * 2 + r; 4 = one epoch
+      const std::set<int> s = shards_in(fn(i * 2 + r));
+      ASSERT_EQ(s.size(), 1u) << "a batch mixes shards";
+      worker_shards[i % 2].insert(*s.begin());
+      seen[r].insert(*s.begin());
+    }
+    EXPECT_EQ(worker_shards[0].size(), 1u);
+    EXPECT_EQ(worker_shards[1].size(), 1u);
+    EXPECT_NE(*worker_shards[0].begin(), *worker_shards[1].begin());
+    expect_error([&] { fn(1 - r); }, {"belongs to rank"});
+    expect_error([&] { fn(r); }, {"asked for after a later one"});
+  }
+  EXPECT_EQ(seen[0].size() + seen[1].size(), 4u);  // the ranks read disjoint shards, all four
+  for (int k : seen[0]) EXPECT_EQ(seen[1].count(k), 0u);
+  // Fewer shards than ranks x workers: without resampling every rank reads every shard (one
+  // reader); with it each reader draws shards at random.
+  spec.webdataset = dir + "/p-000.tar";
+  spec.rank = 1;
+  EXPECT_FALSE(webdataset_split_by_rank(spec));
+  EXPECT_EQ(shards_in(source_batches(spec, ExampleKind::kImageText, tok, co, 2, 5)(3)), std::set<int>{0});
+  spec.resample = true;
+  EXPECT_TRUE(webdataset_split_by_rank(spec));
+  EXPECT_EQ(shards_in(source_batches(spec, ExampleKind::kImageText, tok, co, 2, 5)(3)), std::set<int>{0});
+}
+
+TEST(WebDataset, PipeUrlsReadACommandsOutput) {
+  const std::string dir = vlmo::test::temp_dir();
+  std::string t;
+  tar_add(t, "a/1.txt", "hello");
+  tar_add(t, "a/2.txt", "world");
+  t.append(1024, '\0');
+  vlmo::test::write_file(dir + "/x.tar", t);
+  TarReader direct(dir + "/x.tar"), piped("pipe:cat '" + dir + "/x.tar'");
+  TarEntry a, b;
+  int n = 0;
+  while (direct.next(a)) {
+    ASSERT_TRUE(piped.next(b));
+    EXPECT_EQ(a.name, b.name);
+    EXPECT_EQ(a.data, b.data);
+    ++n;
+  }
+  EXPECT_FALSE(piped.next(b));
+  EXPECT_EQ(n, 2);
+  expect_error([] { TarReader r("pipe:printf abc; exit 3"); }, {"pipe:printf abc; exit 3", "exited with status 3", "after 3 bytes"});
+  // In a stream, a failing command is a skipped shard, counted and named.
+  SkipCounters counters;
+  WebDatasetStream s({"pipe:exit 7", "pipe:cat '" + dir + "/x.tar'"}, 1, 0, 1, 0, 1, &counters);
+  expect_error([&] { s.next(); }, {"no usable sample"});  // (text only: no image member)
+  EXPECT_GT(counters.count("truncated_shard"), 0);  // the failing command, once per epoch tried
+  EXPECT_EQ(counters.count("missing_image"), 2 * counters.count("truncated_shard"));
+  bool named = false;
+  for (const auto& [reason, what] : counters.take_new())
+    named = named || (reason == "truncated_shard" && what.find("pipe:exit 7: the command exited with status 7") != std::string::npos);
+  EXPECT_TRUE(named);
 }

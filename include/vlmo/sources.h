@@ -25,7 +25,10 @@ struct TarEntry {
   std::string data;
 };
 // Reads a tar (ustar / GNU / pax) file entry by entry; throws vlmo::Error on a truncated or
-// corrupt archive, naming the file and the byte offset.
+// corrupt archive, naming the file and the byte offset. A path "pipe:COMMAND" (the WebDataset
+// convention, e.g. "pipe:curl -s https://host/cc-000001.tar" or "pipe:cat FILE") runs COMMAND
+// with /bin/sh and reads the archive from its standard output; a command that exits non-zero
+// is an error naming it and its status.
 class TarReader {
  public:
   explicit TarReader(const std::string& path);
@@ -60,13 +63,17 @@ class SkipCounters {
 };
 
 // Streams image-text examples from shards: shard order shuffled per epoch (seed), shards split
-// across ranks and loader workers (shard i goes to worker (i mod world*workers)). Images are
-// decoded; a sample whose image does not decode or that has no caption ("txt", or "caption" in
-// "json") is skipped and counted, and so is the rest of a truncated shard.
+// across ranks and loader workers (shard i goes to worker (i mod world*workers)). With
+// `resample`, each rank and worker instead draws its shards at random with replacement (as
+// WebDataset's ResampledShards: for fewer or unequal shards than ranks x workers), max(1,
+// shards / (world x workers)) per epoch, from (seed, epoch, rank, worker). Images are decoded; a
+// sample whose image does not decode or that has no caption ("txt", or "caption" in "json") is
+// skipped and counted, and so is the rest of a truncated shard.
 class WebDatasetStream {
  public:
   WebDatasetStream(std::vector<std::string> shards, uint64_t seed, int rank = 0, int world = 1, int worker = 0,
-                   int workers = 1, SkipCounters* counters = nullptr, const DecodeOptions& decode = {});
+                   int workers = 1, SkipCounters* counters = nullptr, const DecodeOptions& decode = {},
+                   bool resample = false);
   Example next();  // endless: wraps to the next epoch
   int64_t epoch() const { return epoch_; }
   SkipCounters& skips() { return *counters_; }  // what next() skipped
@@ -80,6 +87,7 @@ class WebDatasetStream {
   SkipCounters* counters_;
   SkipCounters own_;
   DecodeOptions decode_;
+  bool resample_;
   int64_t epoch_ = -1;
   size_t shard_ = 0;
   std::unique_ptr<TarReader> reader_;
@@ -115,20 +123,31 @@ bool is_image_file_name(const std::string& name);
 
 // Where pre-training examples come from: exactly one of the four.
 struct SourceSpec {
-  std::string webdataset;                   // shard pattern, e.g. "cc-{000000..000099}.tar"
+  std::string webdataset;                   // shard pattern, e.g. "cc-{000000..000099}.tar" or "pipe:..."
   std::string karpathy, image_root = ".";   // Karpathy JSON (its train + restval images)
   std::string text;                         // text files: comma-separated patterns (braces allowed)
   std::string images;                       // an image folder
+  // WebDataset only: this process's rank in a world of `world`, and its loader threads. With at
+  // least world x workers shards (or `resample`), each rank and worker streams its own shards;
+  // with fewer, every rank streams all of them and keeps its own batches.
+  int rank = 0, world = 1, workers = 1;
+  bool resample = false;
 };
 // What each example of a stage carries.
 enum class ExampleKind { kImage, kText, kImageText };
 // Batches for pre-training from a source: map-style sources in a seeded per-epoch order, a
-// WebDataset streamed (skipping ahead on resume). A sample that cannot be used (missing or
+// WebDataset streamed (skipping ahead on resume). Batch indices are the trainer's global ones
+// (local batch i of rank r is i x world + r): a rank-split WebDataset serves rank r's indices only,
+// batch i from worker i mod workers, each worker's batches in order. A sample that cannot be used (missing or
 // corrupt image, blank or non-UTF-8 caption) is skipped and replaced by the next epoch's item at
 // its position; the batch reports each skip (Batch::skipped, Batch::skip_log) for the trainer
 // to count and judge. 100 unusable samples in a row end the run. A source that cannot provide
 // `kind` is an error.
 BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok,
                        const CollateOptions& co, int64_t batch, uint64_t seed);
+// Whether source_batches gives each rank and loader worker its own shards (a WebDataset with
+// resampling, or with at least world x workers shards). When not, a WebDataset is read by one
+// thread per rank, and every rank reads every shard.
+bool webdataset_split_by_rank(const SourceSpec& spec);
 
 }  // namespace vlmo

@@ -1,4 +1,5 @@
 // Pre-training batches from the four kinds of source (vlmo/sources.h: source_batches).
+#include <algorithm>
 #include <mutex>
 #include <optional>
 
@@ -17,7 +18,14 @@ struct Source {
   size_t n = 0;  // map-style: n items ...
   // ... item(i) fills the example, or returns the reason it cannot be used.
   std::function<std::optional<Unusable>(size_t, Example&)> item;
-  std::shared_ptr<WebDatasetStream> stream;  // streaming: sequential examples
+  std::vector<std::string> shards;  // streaming (WebDataset): the shard names
+};
+
+// One sequential WebDataset reader and how many samples it has given.
+struct StreamSlot {
+  std::mutex mu;
+  std::unique_ptr<WebDatasetStream> stream;
+  int64_t pos = 0;
 };
 
 // Reads an image file, or says why it cannot be used.
@@ -43,7 +51,7 @@ Source open_source(const SourceSpec& spec, ExampleKind kind, uint64_t seed) {
   Source s;
   const DecodeOptions decode;
   if (!spec.webdataset.empty()) {
-    s.stream = std::make_shared<WebDatasetStream>(expand_braces(spec.webdataset), seed);
+    s.shards = expand_braces(spec.webdataset);
   } else if (!spec.karpathy.empty()) {
     auto images = std::make_shared<std::vector<KarpathyImage>>();
     for (auto& k : read_karpathy(spec.karpathy, spec.image_root))
@@ -89,23 +97,48 @@ Source open_source(const SourceSpec& spec, ExampleKind kind, uint64_t seed) {
 
 }  // namespace
 
+bool webdataset_split_by_rank(const SourceSpec& spec) {
+  if (spec.webdataset.empty()) return false;
+  const size_t slots = static_cast<size_t>(std::max(1, spec.world)) * static_cast<size_t>(std::max(1, spec.workers));
+  return spec.resample || expand_braces(spec.webdataset).size() >= slots;
+}
+
 BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok,
                        const CollateOptions& co, int64_t batch, uint64_t seed) {
   if (batch < 1) throw Error(cat("batch size must be at least 1, got ", batch));
   const Source src = open_source(spec, kind, seed);
   std::shared_ptr<EpochOrder> order = src.n ? std::make_shared<EpochOrder>(src.n, seed) : nullptr;
-  if (!src.stream && !order) throw Error("the data source has no examples");
-  auto stream_mu = std::make_shared<std::mutex>();
-  auto stream_pos = std::make_shared<int64_t>(0);
+  if (src.shards.empty() && !order) throw Error("the data source has no examples");
+  // WebDataset: one reader per loader worker of this rank over its own shards, or (fewer shards
+  // than ranks x workers, no resampling) one reader of every shard whose position is the global one.
+  const bool split = webdataset_split_by_rank(spec);
+  const int world = std::max(1, spec.world), rank = spec.rank, workers = split ? std::max(1, spec.workers) : 1;
+  if (rank < 0 || rank >= world) throw Error(cat("rank ", rank, " is outside a world of ", world));
+  auto slots = std::make_shared<std::vector<std::unique_ptr<StreamSlot>>>();
+  for (int w = 0; !src.shards.empty() && w < workers; ++w) {
+    slots->push_back(std::make_unique<StreamSlot>());
+    slots->back()->stream = std::make_unique<WebDatasetStream>(src.shards, seed, split ? rank : 0, split ? world : 1, w, workers,
+                                                                nullptr, DecodeOptions{}, spec.resample);
+  }
   return [=](int64_t index) {
     std::vector<Example> ex;
     detail::SkipNotes notes;
-    if (src.stream) {
-      std::lock_guard<std::mutex> lock(*stream_mu);
-      for (; *stream_pos < index * batch; ++*stream_pos) src.stream->next();  // resume: skip ahead
-      src.stream->skips().take_new();                                       // (not this batch's)
-      for (int64_t j = 0; j < batch; ++j, ++*stream_pos) ex.push_back(src.stream->next());
-      for (const auto& [reason, what] : src.stream->skips().take_new()) notes.note({reason, what});
+    if (!slots->empty()) {
+      int64_t local = index;  // this reader's batch number
+      if (split) {
+        if (index % world != rank)
+          throw Error(cat("webdataset: batch ", index, " belongs to rank ", index % world, ", not to rank ", rank));
+        local = index / world;
+      }
+      StreamSlot& slot = *(*slots)[static_cast<size_t>(local % workers)];
+      const int64_t first = local / workers * batch;
+      std::lock_guard<std::mutex> lock(slot.mu);
+      if (slot.pos > first)
+        throw Error(cat("webdataset: batch ", index, " was asked for after a later one (a stream reads forward only)"));
+      for (; slot.pos < first; ++slot.pos) slot.stream->next();  // resume: skip ahead
+      slot.stream->skips().take_new();                            // (not this batch's)
+      for (int64_t j = 0; j < batch; ++j, ++slot.pos) ex.push_back(slot.stream->next());
+      for (const auto& [reason, what] : slot.stream->skips().take_new()) notes.note({reason, what});
     } else {
       for (int64_t j = 0; j < batch; ++j)
         detail::fill_position(*order, index * batch + j, [&](size_t i) {

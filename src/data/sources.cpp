@@ -1,6 +1,7 @@
 #include "vlmo/sources.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
+#include <sys/wait.h>
 #include <utility>
 
 #include "vlmo/error.h"
@@ -61,7 +63,28 @@ std::vector<std::string> expand_braces(const std::string& pattern) {
 
 // ---- tar --------------------------------------------------------------------------------------
 
-TarReader::TarReader(const std::string& path) : path_(path), bytes_(read_input(path, "WebDataset shard (tar)")) {}
+namespace {
+// The standard output of `command` (run with /bin/sh), or an error naming it.
+std::string read_pipe(const std::string& command, const std::string& shard) {
+  FILE* p = ::popen(command.c_str(), "r");
+  if (!p) throw Error(cat(shard, ": cannot start the command (", std::strerror(errno), ")"));
+  std::string bytes;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) bytes.append(buf, n);
+  const int status = ::pclose(p);
+  if (status != 0) {
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    throw Error(cat(shard, ": the command ", code >= 0 ? cat("exited with status ", code) : std::string("was killed by a signal"),
+                    " after ", bytes.size(), " bytes"));
+  }
+  return bytes;
+}
+}  // namespace
+
+TarReader::TarReader(const std::string& path)
+    : path_(path),
+      bytes_(path.rfind("pipe:", 0) == 0 ? read_pipe(path.substr(5), path) : read_input(path, "WebDataset shard (tar)")) {}
 
 bool TarReader::next(TarEntry& out) {
   std::string long_name;
@@ -134,9 +157,9 @@ void split_key(const std::string& name, std::string& key, std::string& ext) {
 }  // namespace
 
 WebDatasetStream::WebDatasetStream(std::vector<std::string> shards, uint64_t seed, int rank, int world, int worker,
-                                   int workers, SkipCounters* counters, const DecodeOptions& decode)
+                                   int workers, SkipCounters* counters, const DecodeOptions& decode, bool resample)
     : shards_(std::move(shards)), seed_(seed), slot_(rank * workers + worker), slots_(world * workers),
-      counters_(counters ? counters : &own_), decode_(decode) {
+      counters_(counters ? counters : &own_), decode_(decode), resample_(resample) {
   if (shards_.empty()) throw Error("webdataset: no shards given");
   if (rank < 0 || rank >= world || worker < 0 || worker >= workers)
     throw Error(cat("webdataset: rank ", rank, "/", world, ", worker ", worker, "/", workers, " is out of range"));
@@ -144,15 +167,23 @@ WebDatasetStream::WebDatasetStream(std::vector<std::string> shards, uint64_t see
 
 void WebDatasetStream::start_epoch() {
   ++epoch_;
-  std::vector<size_t> order(shards_.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::mt19937_64 rng(mix_seed(seed_, static_cast<uint64_t>(epoch_)));
-  std::shuffle(order.begin(), order.end(), rng);
   mine_.clear();
-  for (size_t i = 0; i < order.size(); ++i)
-    if (static_cast<int>(i % slots_) == slot_) mine_.push_back(shards_[order[i]]);
+  if (resample_) {
+    std::mt19937_64 rng(mix_seed(mix_seed(seed_, static_cast<uint64_t>(epoch_)), 0x7265730000ull + static_cast<uint64_t>(slot_)));
+    std::uniform_int_distribution<size_t> pick(0, shards_.size() - 1);
+    const size_t count = std::max<size_t>(1, shards_.size() / static_cast<size_t>(slots_));
+    for (size_t i = 0; i < count; ++i) mine_.push_back(shards_[pick(rng)]);
+  } else {
+    std::vector<size_t> order(shards_.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::mt19937_64 rng(mix_seed(seed_, static_cast<uint64_t>(epoch_)));
+    std::shuffle(order.begin(), order.end(), rng);
+    for (size_t i = 0; i < order.size(); ++i)
+      if (static_cast<int>(i % slots_) == slot_) mine_.push_back(shards_[order[i]]);
+  }
   if (mine_.empty())
-    throw Error(cat("webdataset: ", shards_.size(), " shards cannot feed ", slots_, " ranks x workers"));
+    throw Error(cat("webdataset: ", shards_.size(), " shard(s) cannot feed ", slots_,
+                    " ranks x loader threads (give more shards, fewer loader threads, or resample them)"));
   shard_ = 0;
   reader_.reset();
   has_pending_ = false;
