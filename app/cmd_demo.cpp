@@ -1,5 +1,6 @@
 // vlmo demo: the built-in end-to-end run on the procedural shapes world.
 #include "cli.h"
+#include "common.h"
 #include "demo.h"
 
 namespace vlmo::cli {
@@ -12,6 +13,7 @@ int run_demo_cmd(const Args& a) {
   o.vocab = a.get("vocab");
   o.step_scale = a.get_double("step-scale");
   o.progress = !a.get_flag("quiet");
+  join_distributed(a.get_double("dist-timeout"));  // torchrun --nproc_per_node N: data parallel, same global batches
   run_demo(o);
   return 0;
 }
@@ -26,12 +28,13 @@ Command demo_command() {
       "VLMo in the three official stages (image MIM, text MLM with frozen attention, ITC+ITM+MLM), "
       "fine-tune the dual encoder for retrieval, evaluate on the held-out test split against chance, "
       "and write OUT/report.json.";
-  c.usage = "vlmo demo [--seed N] [--out DIR]";
+  c.usage = "vlmo demo [--seed N] [--out DIR]   (or: torchrun --no-python --nproc_per_node 2 vlmo demo ...)";
   c.options = {integer_option("seed", "1", "seed of the world, the initialisation and every random draw", 0),
                {"out", "demo-out", "output folder (report.json, metrics, checkpoints)"},
                {"vocab", "", "vocab.txt (default: the BERT uncased vocabulary of the set-up)"},
                number_option("step-scale", "1.0", "multiply every stage's number of steps (quick checks)", 1e-6, 1e6),
-               {"quiet", "false", "no progress lines", true}};
+               {"quiet", "false", "no progress lines", true},
+               number_option("dist-timeout", "300", "several processes (torchrun): seconds to wait for another rank before failing", 1, 86400)};
   c.run = run_demo_cmd;
   return c;
 }

@@ -159,15 +159,19 @@ void prepare_training(const Args& a, TrainOptions& t) {
   t.max_skip_rate = a.get_double("max-skip-rate");
   t.skip_window = a.get_int64("skip-window");
   install_stop_handlers();
+  join_distributed(a.get_double("dist-timeout"));
+}
+
+void join_distributed(double timeout_s) {
   // Launched by torchrun / srun / mpirun with more than one process: join the group. It lives
   // for the rest of the process (the trainer and the objectives find it).
   static std::shared_ptr<Distributed> group;
   const LaunchInfo info = launch_info_from_env();
   if (info.world_size > 1 && !group) {
-    group = Distributed::init(info, std::chrono::milliseconds(static_cast<int64_t>(a.get_double("dist-timeout") * 1000)));
+    group = Distributed::init(info, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
     if (info.rank == 0)
-      std::fprintf(stderr, "distributed: %d processes (%s, Gloo), rendezvous %s:%d; global batch = batch x accumulate x %d\n",
-                   info.world_size, info.launcher.c_str(), info.master_addr.c_str(), info.master_port, info.world_size);
+      std::fprintf(stderr, "distributed: %d processes (%s, %s), rendezvous %s:%d; global batch = batch x accumulate x %d\n",
+                   info.world_size, info.launcher.c_str(), info.backend == "nccl" ? "NCCL" : "Gloo", info.master_addr.c_str(), info.master_port, info.world_size);
   }
 }
 

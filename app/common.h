@@ -54,6 +54,9 @@ std::vector<Option> fault_options();
 // installs the SIGINT / SIGTERM handlers (checkpoint at the next step boundary, then exit 130 /
 // 143; a second signal exits at once).
 void prepare_training(const Args& a, TrainOptions& t);
+// Joins the c10d group when a launcher started several processes (torchrun, srun, mpirun); a
+// collective waits at most `timeout_s` for another rank. Nothing on a single process.
+void join_distributed(double timeout_s);
 
 // --input, --batch-size, --json.
 std::vector<Option> request_options();

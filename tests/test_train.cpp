@@ -8,6 +8,7 @@
 #include "test_util.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
+#include "vlmo/distributed.h"
 #include "vlmo/masking.h"
 #include "demo_world.h"
 #include "vlmo/pretrain.h"
@@ -568,4 +569,50 @@ TEST(WebDataset, PipeUrlsReadACommandsOutput) {
   for (const auto& [reason, what] : counters.take_new())
     named = named || (reason == "truncated_shard" && what.find("pipe:exit 7: the command exited with status 7") != std::string::npos);
   EXPECT_TRUE(named);
+}
+
+TEST(Distributed, LaunchInfoFromTheLaunchersVariables) {
+  const char* vars[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+                        "SLURM_LOCALID", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                        "VLMO_DIST_BACKEND"};
+  std::map<std::string, std::string> saved;
+  for (const char* v : vars)
+    if (const char* x = std::getenv(v)) saved[v] = x;
+  auto reset = [&] {
+    for (const char* v : vars) ::unsetenv(v);
+  };
+  reset();
+  LaunchInfo none = launch_info_from_env();
+  EXPECT_EQ(none.world_size, 1);
+  EXPECT_EQ(none.launcher, "none");
+  EXPECT_EQ(none.backend, "gloo");  // this CPU build has no NCCL
+  ::setenv("RANK", "2", 1), ::setenv("WORLD_SIZE", "4", 1), ::setenv("LOCAL_RANK", "0", 1);
+  ::setenv("MASTER_ADDR", "10.1.2.3", 1), ::setenv("MASTER_PORT", "1234", 1);
+  LaunchInfo t = launch_info_from_env();
+  EXPECT_EQ(t.launcher, "torchrun");
+  EXPECT_EQ(t.rank, 2);
+  EXPECT_EQ(t.world_size, 4);
+  EXPECT_EQ(t.master_addr, "10.1.2.3");
+  EXPECT_EQ(t.master_port, 1234);
+  ::setenv("RANK", "4", 1);
+  expect_error([] { launch_info_from_env(); }, {"RANK=\"4\"", "from 0 to 3"});
+  ::setenv("RANK", "1", 1), ::setenv("MASTER_PORT", "http", 1);
+  expect_error([] { launch_info_from_env(); }, {"MASTER_PORT=\"http\""});
+  reset();
+  ::setenv("SLURM_PROCID", "1", 1), ::setenv("SLURM_NTASKS", "2", 1);
+  expect_error([] { launch_info_from_env(); }, {"under Slurm set MASTER_ADDR"});
+  ::setenv("MASTER_ADDR", "node1", 1);
+  EXPECT_EQ(launch_info_from_env().launcher, "slurm");
+  reset();
+  ::setenv("OMPI_COMM_WORLD_RANK", "3", 1), ::setenv("OMPI_COMM_WORLD_SIZE", "8", 1), ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+  LaunchInfo m = launch_info_from_env();
+  EXPECT_EQ(m.launcher, "openmpi");
+  EXPECT_EQ(m.rank, 3);
+  EXPECT_EQ(m.local_rank, 1);
+  ::setenv("VLMO_DIST_BACKEND", "nccl", 1);
+  if (!nccl_available()) expect_error([] { launch_info_from_env(); }, {"VLMO_DIST_BACKEND=nccl", "no NCCL"});
+  ::setenv("VLMO_DIST_BACKEND", "mpi", 1);
+  expect_error([] { launch_info_from_env(); }, {"expected gloo or nccl"});
+  reset();
+  for (const auto& [k, v] : saved) ::setenv(k.c_str(), v.c_str(), 1);
 }

@@ -18,6 +18,7 @@
 #include "demo_world.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
+#include "vlmo/distributed.h"
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
 #include "vlmo/evaluate.h"
@@ -105,6 +106,18 @@ nlohmann::json run_demo(const DemoOptions& o) {
   const auto& train_scenes = world.split("train");
   auto steps = [&](int64_t n) { return std::max<int64_t>(2, static_cast<int64_t>(n * o.step_scale)); };
 
+  // Several processes (torchrun): each trains on its share of every global batch (batch / W
+  // samples per rank: the same global batches as one process); every rank evaluates the same
+  // weights; only rank 0 writes files and prints.
+  const Distributed* dist = current_distributed();
+  const int world_size = dist ? dist->world_size() : 1;
+  const bool writer = !dist || dist->rank() == 0;
+  auto per_rank = [&](int64_t batch) {
+    if (batch % world_size != 0)
+      throw Error(cat("the demo's batch of ", batch, " does not split over ", world_size, " processes (use 1, 2, 4, 8, 16 or 32)"));
+    return batch / world_size;
+  };
+
   VLMo model(cfg);
   init_weights(model, o.seed);
   nlohmann::json report;
@@ -113,8 +126,9 @@ nlohmann::json run_demo(const DemoOptions& o) {
   report["world"] = {{"train_scenes", train_scenes.size()}, {"val_scenes", val.size()},
                      {"test_scenes", test.size()}, {"test_captions", 2 * test.size()},
                      {"image_size", cfg.image_size}};
+  report["processes"] = world_size;
   const std::string metrics = o.out_dir + "/metrics.jsonl";
-  std::remove(metrics.c_str());
+  if (writer) std::remove(metrics.c_str());
 
   // One training run of a stage: examples from the training scenes, in a per-epoch order.
   // Trains `m` with `batches` and records the stage in the report.
@@ -127,7 +141,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
     t.warmup_steps = std::max<int64_t>(1, n_steps / 10);
     t.lr = lr;
     t.head_lr_mult = head_lr_mult;
-    t.batch_size = batch;
+    t.batch_size = per_rank(batch);
     t.progress = o.progress;
     t.log_every = 25;
     t.loader_threads = 1;
@@ -160,17 +174,18 @@ nlohmann::json run_demo(const DemoOptions& o) {
     co.patch_mask = patch_mask;
     co.patch_size = cfg.patch_size;
     const uint64_t stage_seed = mix_seed(o.seed, std::hash<std::string>()(name) + 1);
-    BatchFn batches = [&, order, co, batch, with_images, with_text, stage_seed](int64_t index) {
+    const int64_t rank_batch = per_rank(batch);
+    BatchFn batches = [&, order, co, rank_batch, with_images, with_text, stage_seed](int64_t index) {
       std::vector<Example> ex;
-      for (int64_t j = 0; j < batch; ++j) {
-        const int64_t g = index * batch + j;
+      for (int64_t j = 0; j < rank_batch; ++j) {
+        const int64_t g = index * rank_batch + j;
         const Scene& s = train_scenes[order->at(g)];
         Example e;
         if (with_images) e.image = world.render(s);
         if (with_text) e.text = world.caption(s, static_cast<int>(mix_seed(stage_seed, g) % world.num_caption_variants()));
         ex.push_back(std::move(e));
       }
-      return collate(ex, tok, co, mix_seed(stage_seed, index));
+      return collate(ex, tok, co, stage_seed, index * rank_batch);  // masks keyed by sample, as the scenes
     };
     fit(model, name, objective, batches, n_steps, batch, lr, 1.0, {});
   };
@@ -178,6 +193,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
   run_stage("stage1-image", Stage::kImage, mim_objective, steps(150), 64, 1e-3, true, false, true);
   run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(150), 64, 1e-3, false, true, false);
   run_stage("stage3-vl", Stage::kVL, vl_objective, steps(300), 32, 1e-3, true, true, false);
+  TensorMap stage3_weights;  // the start of VQA and NLVR2 (in memory: every rank has them)
+  for (const auto& p : model->named_parameters()) stage3_weights[p.key()] = p.value().detach().clone();
   // Downstream training draws from the world directly (a fresh caption, question or statement at
   // every visit of a scene); evaluation goes through the library's loops, with scenes as images.
   const ImageLoader scenes = [&world](const std::string& ref) { return world.load(ref); };
@@ -187,8 +204,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   const Recall ft = test_eval.recall, reranked = test_eval.reranked;
   const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;
   const Recall chance = chance_recall(static_cast<int64_t>(test.size()), caption_owner(test));
-  const std::string stage3 = o.out_dir + "/stage3-vl.safetensors";
-  write_gallery(model, world, o.out_dir);
+  if (writer) write_gallery(model, world, o.out_dir);
 
   // ---- VQA: a 13-way answer classifier on the fusion encoder, from the stage-3 weights.
   const std::vector<std::string> answers = DemoWorld::answers();
@@ -197,14 +213,14 @@ nlohmann::json run_demo(const DemoOptions& o) {
   vcfg.vqav2_label_size = static_cast<int>(answers.size());
   VLMo vqa(vcfg);
   init_weights(vqa, o.seed);
-  load_weights(vqa, read_weights(stage3), false);
+  load_weights(vqa, stage3_weights, false);
   auto label_of = [&](const std::string& a) {
     return static_cast<int64_t>(std::find(answers.begin(), answers.end(), a) - answers.begin());
   };
   {
     auto order = std::make_shared<EpochOrder>(train_scenes.size(), mix_seed(o.seed, 501));
-    BatchFn batches = [&, order](int64_t index) {
-      const int64_t B = 32;
+    const int64_t B = per_rank(32);
+    BatchFn batches = [&, order, B](int64_t index) {
       std::vector<at::Tensor> pix;
       std::vector<std::string> qs;
       at::Tensor targets = at::zeros({B, static_cast<int64_t>(answers.size())});
@@ -254,7 +270,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   ncfg.num_token_types = 3;
   VLMo nlvr2(ncfg);
   init_weights(nlvr2, o.seed);
-  load_weights(nlvr2, read_weights(stage3), false);
+  load_weights(nlvr2, stage3_weights, false);
   // The g-th statement of a split: a pair of scenes and a statement about them, from the salt.
   auto statement_at = [&](const std::string& split, uint64_t g, uint64_t salt) {
     const auto& sc = world.split(split);
@@ -263,12 +279,13 @@ nlohmann::json run_demo(const DemoOptions& o) {
     return Nlvr2Example{cat(split, "-", g, "-0-0"), text, DemoWorld::ref(split, l), DemoWorld::ref(split, r), truth};
   };
   {
-    BatchFn batches = [&](int64_t index) {
+    const int64_t B = per_rank(32);
+    BatchFn batches = [&, B](int64_t index) {
       std::vector<at::Tensor> p0, p1;
       std::vector<std::string> st;
       std::vector<int64_t> labels;
-      for (int64_t j = 0; j < 32; ++j) {
-        const Nlvr2Example e = statement_at("train", static_cast<uint64_t>(index * 32 + j), mix_seed(o.seed, 777));
+      for (int64_t j = 0; j < B; ++j) {
+        const Nlvr2Example e = statement_at("train", static_cast<uint64_t>(index * B + j), mix_seed(o.seed, 777));
         p0.push_back(to_normalized_tensor(world.load(e.image0)));
         p1.push_back(to_normalized_tensor(world.load(e.image1)));
         st.push_back(e.sentence);
@@ -302,6 +319,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
                          {"test_after_finetuning_itm_rerank_top8", recall_json(reranked)},
                          {"chance", recall_json(chance)}};
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (!writer) return report;
 
   std::printf("\nVLMo demo: shapes world, %zu test images x 2 captions (seed %llu)\n", test.size(),
               static_cast<unsigned long long>(o.seed));

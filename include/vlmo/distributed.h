@@ -1,7 +1,7 @@
 // Data-parallel training on torch.distributed (c10d): one process per device, launched the way
 // torchrun, Slurm or Open MPI launch them; rendezvous through a TCPStore on MASTER_ADDR:
-// MASTER_PORT; ProcessGroupGloo on CPU. A process started without those variables is a world of
-// one and none of this does anything.
+// MASTER_PORT; ProcessGroupGloo on CPU, ProcessGroupNCCL on CUDA builds (LaunchInfo::backend). A
+// process started without those variables is a world of one and none of this does anything.
 //
 // What the objectives see (reference §2.1, §2.2): gather() concatenates a tensor of every rank
 // along dim 0 with the local chunk first, without autograd (as the official all_gather), so the
@@ -33,8 +33,14 @@ struct LaunchInfo {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string launcher = "none";  // "torchrun", "slurm", "openmpi", "none"
+  // "nccl" when this build has NCCL and a CUDA device is visible, else "gloo"; the variable
+  // VLMO_DIST_BACKEND=gloo|nccl chooses. NCCL runs on cuda:(LOCAL_RANK mod devices); tensors on
+  // the CPU are copied there and back for each collective.
+  std::string backend = "gloo";
 };
 LaunchInfo launch_info_from_env();
+// Whether this build can use ProcessGroupNCCL (LibTorch built with CUDA).
+bool nccl_available();
 
 class ProcessGroupHandle;  // c10d, kept out of this header
 

@@ -1,8 +1,12 @@
 #include "vlmo/distributed.h"
 
 #include <ATen/ATen.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#ifdef VLMO_WITH_NCCL  // CMake sets it (and USE_C10D_NCCL) when LibTorch is a CUDA build
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -14,11 +18,26 @@
 
 namespace vlmo {
 
+// The group's collectives, bound to the concrete c10d class (Gloo or NCCL: their common base
+// differs between LibTorch 1.13 and 2.x), and the device their tensors must live on.
 class ProcessGroupHandle {
  public:
+  using WorkPtr = c10::intrusive_ptr<c10d::Work>;
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
-  std::chrono::milliseconds timeout;
+  std::function<WorkPtr(std::vector<std::vector<at::Tensor>>&, std::vector<at::Tensor>&)> allgather;
+  std::function<WorkPtr(std::vector<at::Tensor>&)> allreduce;
+  std::function<WorkPtr(std::vector<at::Tensor>&, const c10d::BroadcastOptions&)> broadcast;
+  std::function<WorkPtr()> barrier;
+  at::Device device = at::kCPU;
+  std::chrono::milliseconds timeout{0};
+
+  template <typename PG>
+  void bind(const c10::intrusive_ptr<PG>& pg) {
+    allgather = [pg](std::vector<std::vector<at::Tensor>>& out, std::vector<at::Tensor>& in) { return pg->allgather(out, in); };
+    allreduce = [pg](std::vector<at::Tensor>& t) { return pg->allreduce(t); };
+    broadcast = [pg](std::vector<at::Tensor>& t, const c10d::BroadcastOptions& o) { return pg->broadcast(t, o); };
+    barrier = [pg] { return pg->barrier(); };
+  }
 };
 
 namespace {
@@ -79,7 +98,23 @@ LaunchInfo launch_info_from_env() {
   if (env("MASTER_PORT")) info.master_port = env_int("MASTER_PORT", 1, 65535);
   if (info.world_size > 1 && info.launcher == "slurm" && !env("MASTER_ADDR"))
     throw Error("under Slurm set MASTER_ADDR to the first node's address (e.g. $(scontrol show hostnames | head -n1))");
+  info.backend = nccl_available() && at::detail::getCUDAHooks().getNumGPUs() > 0 ? "nccl" : "gloo";
+  if (const char* b = env("VLMO_DIST_BACKEND")) {
+    const std::string want = b;
+    if (want != "gloo" && want != "nccl") throw Error(cat("VLMO_DIST_BACKEND=\"", want, "\": expected gloo or nccl"));
+    if (want == "nccl" && !nccl_available())
+      throw Error("VLMO_DIST_BACKEND=nccl: this build has no NCCL (it needs a LibTorch built with CUDA)");
+    info.backend = want;
+  }
   return info;
+}
+
+bool nccl_available() {
+#ifdef VLMO_WITH_NCCL
+  return true;
+#else
+  return false;
+#endif
 }
 
 std::shared_ptr<Distributed> Distributed::init(const LaunchInfo& info, std::chrono::milliseconds timeout) {
@@ -95,11 +130,24 @@ std::shared_ptr<Distributed> Distributed::init(const LaunchInfo& info, std::chro
     so.waitWorkers = true;
     so.timeout = timeout;
     d->pg_->store = c10::make_intrusive<c10d::TCPStore>(info.master_addr, so);
-    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(info.master_addr));
-    opts->threads = 2;
-    d->pg_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::make_intrusive<c10d::PrefixStore>("vlmo", d->pg_->store), info.rank, info.world_size, opts);
+    auto store = c10::make_intrusive<c10d::PrefixStore>("vlmo", d->pg_->store);
+    if (info.backend == "nccl") {
+#ifdef VLMO_WITH_NCCL
+      const int gpus = static_cast<int>(at::detail::getCUDAHooks().getNumGPUs());
+      if (gpus < 1) throw Error("the NCCL backend needs a CUDA device, and none is visible");
+      d->pg_->device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(info.local_rank % gpus));
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      d->pg_->bind(c10::make_intrusive<c10d::ProcessGroupNCCL>(store, info.rank, info.world_size, opts));
+#else
+      throw Error("this build has no NCCL");
+#endif
+    } else {
+      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(info.master_addr));
+      opts->threads = 2;
+      d->pg_->bind(c10::make_intrusive<c10d::ProcessGroupGloo>(store, info.rank, info.world_size, opts));
+    }
   } catch (const std::exception& e) {
     std::string msg = e.what();
     if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) msg = ce->what_without_backtrace();
@@ -116,14 +164,14 @@ Distributed::~Distributed() {
 
 at::Tensor Distributed::gather(const at::Tensor& t) const {
   at::NoGradGuard guard;
-  const at::Tensor local = t.detach().contiguous();
+  const at::Tensor local = t.detach().to(pg_->device).contiguous();
   std::vector<std::vector<at::Tensor>> out(1);
   for (int r = 0; r < world_size(); ++r) out[0].push_back(at::empty_like(local));
   std::vector<at::Tensor> in = {local};
-  wait(pg_->pg->allgather(out, in), "all_gather", *pg_, rank());
-  std::vector<at::Tensor> ordered = {out[0][static_cast<size_t>(rank())]};
+  wait(pg_->allgather(out, in), "all_gather", *pg_, rank());
+  std::vector<at::Tensor> ordered = {t.detach()};
   for (int r = 0; r < world_size(); ++r)
-    if (r != rank()) ordered.push_back(out[0][static_cast<size_t>(r)]);
+    if (r != rank()) ordered.push_back(out[0][static_cast<size_t>(r)].to(t.device()));
   return at::cat(ordered);
 }
 
@@ -131,23 +179,29 @@ GatherFn Distributed::gather_fn() const {
   return [this](const at::Tensor& t) { return gather(t); };
 }
 
+namespace {
+// Runs an in-place collective on `t`, through a copy on the group's device when `t` lives elsewhere.
+void in_place(at::Tensor& t, const ProcessGroupHandle& h, const std::function<void(std::vector<at::Tensor>&)>& run) {
+  const bool moved = t.device() != h.device || !t.is_contiguous();
+  std::vector<at::Tensor> one = {moved ? t.to(h.device).contiguous() : t};
+  run(one);
+  if (moved) t.copy_(one[0]);
+}
+}  // namespace
+
 void Distributed::all_reduce_sum(std::vector<at::Tensor>& tensors) const {
-  for (auto& t : tensors) {
-    std::vector<at::Tensor> one = {t};
-    wait(pg_->pg->allreduce(one), "all_reduce", *pg_, rank());
-  }
+  for (auto& t : tensors)
+    in_place(t, *pg_, [&](std::vector<at::Tensor>& one) { wait(pg_->allreduce(one), "all_reduce", *pg_, rank()); });
 }
 
 void Distributed::broadcast(std::vector<at::Tensor>& tensors, int root) const {
   c10d::BroadcastOptions o;
   o.rootRank = root;
-  for (auto& t : tensors) {
-    std::vector<at::Tensor> one = {t};
-    wait(pg_->pg->broadcast(one, o), "broadcast", *pg_, rank());
-  }
+  for (auto& t : tensors)
+    in_place(t, *pg_, [&](std::vector<at::Tensor>& one) { wait(pg_->broadcast(one, o), "broadcast", *pg_, rank()); });
 }
 
-void Distributed::barrier() const { wait(pg_->pg->barrier(), "barrier", *pg_, rank()); }
+void Distributed::barrier() const { wait(pg_->barrier(), "barrier", *pg_, rank()); }
 
 namespace {
 
@@ -194,7 +248,7 @@ void Distributed::average_gradients(VLMo& model, size_t bucket_bytes) const {
       bytes += static_cast<size_t>(p.numel()) * p.element_size();
     }
     through_flat(grads, [&](std::vector<at::Tensor>& buf) {
-      wait(pg_->pg->allreduce(buf), "gradient all_reduce", *pg_, rank());
+      in_place(buf[0], *pg_, [&](std::vector<at::Tensor>& one) { wait(pg_->allreduce(one), "gradient all_reduce", *pg_, rank()); });
       buf[0].mul_(inv);
     });
   }
