@@ -19,6 +19,11 @@ int run_finetune(const Args& a) {
   t.metrics_path = a.get("metrics");
   prepare_training(a, t);  // outputs checked before the weights and the data are read
   const FinetuneTask task = parse_finetune_task(a.get("task"));
+  const std::string contrastive = a.get("contrastive-batch");
+  if (contrastive != "local" && contrastive != "global")
+    throw Error(cat("--contrastive-batch: expected local or global, got \"", contrastive, "\""));
+  if (contrastive == "global" && (task == FinetuneTask::kVqa || task == FinetuneTask::kNlvr2))
+    throw Error("--contrastive-batch global applies to the retrieval tasks (coco, f30k) only");
   const Recipe r = official_recipe(task, a.get("preset"));
   if (a.get("init").empty()) throw Error("--init CHECKPOINT (the pre-trained weights) is required");
   WeightsFile init = read_weights_file(a.get("init"));
@@ -82,6 +87,7 @@ int run_finetune(const Args& a) {
     cfg.heads = {"itc", "itm"};
     batches = pair_batches(pairs, tok, co, batch, seed);
     objective = irtr_objective;
+    if (a.get("contrastive-batch") == "global") t.step_objective = irtr_global_step_objective(seed);
     std::vector<KarpathyImage> val;
     for (const auto& k : karpathy)
       if (k.split == "val") val.push_back(k);
@@ -143,6 +149,9 @@ Command finetune_command() {
                number_option("lr", "0", "override the recipe's learning rate", 0, 1),
                integer_option("batch-size", "16", "samples per micro-batch (accumulated to the recipe's batch)", 1, 1048576),
                integer_option("accumulate", "0", "micro-batches per step (0: the recipe's batch / --batch-size)", 0, 1048576),
+               {"contrastive-batch", "local",
+                "coco, f30k: local (official: the contrastive loss over each micro-batch, gathered across ranks) or global "
+                "(over every sample of the optimizer step, by gradient caching: the exact full-step gradient)"},
                {"out", "finetune.safetensors", "checkpoint"},
                integer_option("checkpoint-every", "1000", "steps between checkpoints (0: only at the end)", 0),
                integer_option("val-every", "0", "steps between validations (0: only at the end)", 0),

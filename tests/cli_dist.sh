@@ -7,7 +7,8 @@
 #   - --contrastive-batch global: 3 steps on 2 ranks x 4, on 1 process x 8 and on 1 process x
 #     4 x accumulate 2 end at the same weights (drop path and dropout on);
 #   - 4 shards given as pipe: URLs are split over 2 ranks x 2 loader threads; 1 shard with
-#     --resample feeds 2 ranks x 2 loader threads.
+#     --resample feeds 2 ranks x 2 loader threads;
+#   - `vlmo demo` (step scale 0.01) on 2 ranks: the same global batches, one report by rank 0.
 # usage: cli_dist.sh VLMO GALLERY_DIR WORK
 set -u -o pipefail
 VLMO=$1 GALLERY=$2 WORK=$3
@@ -153,3 +154,25 @@ wait $p0; rc0=$?; wait $p1; rc1=$?
 [ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat s0.log s1.log; fail "--resample: ranks exited $rc0 / $rc1"; }
 grep -q "webdataset: 1 shard(s), resampled by 2 rank(s) x 2 loader thread(s)" s0.log || { cat s0.log; fail "no resampling"; }
 echo "ok: 4 pipe: shards split over 2 ranks x 2 loader threads; 1 shard resampled by the same"
+
+# 6. The demo on 2 processes: every stage keeps its global batch; rank 0 alone reports.
+p=$(port)
+demo() { RANK=$1 WORLD_SIZE=2 LOCAL_RANK=$1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$p OMP_NUM_THREADS=1 \
+  exec "$VLMO" demo --step-scale 0.01 --quiet --seed 3 --out demo2 > "d$1.log" 2>&1; }
+(demo 0) & p0=$!
+(demo 1) & p1=$!
+wait $p0; rc0=$?; wait $p1; rc1=$?
+[ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat d0.log d1.log; fail "demo on 2 processes: exit $rc0 / $rc1"; }
+grep -q "VLMo demo: shapes world" d0.log || fail "rank 0 printed no summary"
+grep -q "VLMo demo" d1.log && fail "rank 1 printed the summary too"
+python3 - <<'PY' || fail "demo on 2 processes: report"
+import json
+r = json.load(open("demo2/report.json"))
+assert r["processes"] == 2, r["processes"]
+batches = {k: v["batch"] for k, v in r["stages"].items()}
+print("demo on 2 processes: global batches", batches)
+assert batches["stage1-image"] == 64 and batches["stage3-vl"] == 32 and batches["finetune-vqa"] == 32, batches
+for k in ("retrieval", "vqa", "nlvr2"):
+    assert k in r, k
+PY
+echo "ok: the demo on 2 processes"

@@ -390,6 +390,17 @@ TEST(GlobalBatch, CachedItcGradientIsTheFullBatchGradient) {
   std::string where;
   EXPECT_LT(max_relative_difference(ga, gb, &where), 1e-9) << "worst: " << where;
   EXPECT_GT(ga.at("logit_scale").abs().item<double>(), 0);
+
+  // Retrieval fine-tuning (the fine-tuned dual encoder, one branch): the same against irtr_objective.
+  for (auto* m : {&a, &b})
+    for (auto& p : (*m)->named_parameters()) p.value().mutable_grad() = at::Tensor();
+  const at::Tensor irtr = irtr_objective(a, full).at("irtr_loss");
+  irtr.backward();
+  const Outputs out2 = irtr_global_step_objective(3)(b, micro);
+  EXPECT_NEAR(out2.at("irtr_loss").item<double>(), irtr.item<double>(), 1e-12 * irtr.item<double>());
+  const auto ra = gradients(a), rb = gradients(b);
+  ASSERT_EQ(ra.size(), rb.size());
+  EXPECT_LT(max_relative_difference(ra, rb, &where), 1e-9) << "worst: " << where;
 }
 
 TEST(GlobalBatch, WeightsDoNotDependOnHowTheStepIsSplit) {

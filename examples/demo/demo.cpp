@@ -134,8 +134,9 @@ nlohmann::json run_demo(const DemoOptions& o) {
   // Trains `m` with `batches` and records the stage in the report.
   auto fit = [&](VLMo& m, const std::string& name, const ObjectiveFn& objective, const BatchFn& batches,
                  int64_t n_steps, int64_t batch, double lr, double head_lr_mult,
-                 const std::map<std::string, std::string>& meta) {
+                 const std::map<std::string, std::string>& meta, const StepObjectiveFn& step_objective = {}) {
     TrainOptions t;
+    t.step_objective = step_objective;
     t.name = name;
     t.max_steps = n_steps;
     t.warmup_steps = std::max<int64_t>(1, n_steps / 10);
@@ -165,7 +166,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
   };
 
   auto run_stage = [&](const std::string& name, Stage stage, const ObjectiveFn& objective, int64_t n_steps,
-                       int64_t batch, double lr, bool with_images, bool with_text, bool patch_mask) {
+                       int64_t batch, double lr, bool with_images, bool with_text, bool patch_mask,
+                       const StepObjectiveFn& step_objective = {}) {
     set_trainable_for_stage(model, stage);
     auto order = std::make_shared<EpochOrder>(train_scenes.size(), mix_seed(o.seed, std::hash<std::string>()(name)));
     CollateOptions co;
@@ -187,19 +189,24 @@ nlohmann::json run_demo(const DemoOptions& o) {
       }
       return collate(ex, tok, co, stage_seed, index * rank_batch);  // masks keyed by sample, as the scenes
     };
-    fit(model, name, objective, batches, n_steps, batch, lr, 1.0, {});
+    fit(model, name, objective, batches, n_steps, batch, lr, 1.0, {}, step_objective);
   };
 
   run_stage("stage1-image", Stage::kImage, mim_objective, steps(150), 64, 1e-3, true, false, true);
   run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(150), 64, 1e-3, false, true, false);
-  run_stage("stage3-vl", Stage::kVL, vl_objective, steps(300), 32, 1e-3, true, true, false);
+  // The contrastive stages use the global contrastive batch: with one process and no
+  // accumulation it is the official loss; with several processes it keeps the one-process
+  // gradient (the official all-gather gives the encoders 1/W of it: README "Several processes").
+  run_stage("stage3-vl", Stage::kVL, vl_objective, steps(300), 32, 1e-3, true, true, false,
+            vl_global_step_objective(mix_seed(o.seed, 3)));
   TensorMap stage3_weights;  // the start of VQA and NLVR2 (in memory: every rank has them)
   for (const auto& p : model->named_parameters()) stage3_weights[p.key()] = p.value().detach().clone();
   // Downstream training draws from the world directly (a fresh caption, question or statement at
   // every visit of a scene); evaluation goes through the library's loops, with scenes as images.
   const ImageLoader scenes = [&world](const std::string& ref) { return world.load(ref); };
   const Recall zero_shot = evaluate_retrieval(model, tok, test, scenes).recall;
-  run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(600), 64, 1e-3, true, true, false);
+  run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(600), 64, 1e-3, true, true, false,
+            irtr_global_step_objective(mix_seed(o.seed, 4)));
   const RetrievalEvaluation test_eval = evaluate_retrieval(model, tok, test, scenes, /*rerank_k=*/8);
   const Recall ft = test_eval.recall, reranked = test_eval.reranked;
   const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;

@@ -34,6 +34,9 @@ Outputs vl_objective(VLMo& model, const Batch& batch);
 // step do not depend on how the step is split over ranks and micro-batches. Models without an
 // itm or mlm head skip those terms. For TrainOptions::step_objective.
 StepObjectiveFn vl_global_step_objective(uint64_t seed);
+// Retrieval fine-tuning with a global contrastive batch: irtr_objective's loss (the fine-tuned
+// dual encoder, one ITC branch) over every sample of the step, as above.
+StepObjectiveFn irtr_global_step_objective(uint64_t seed);
 // One draw per listed row of `weights` (rows need not sum to 1), from each row's key: the
 // column index. Non-finite weights throw NonFiniteError.
 at::Tensor keyed_sample_rows(const at::Tensor& weights, const at::Tensor& rows, const std::vector<uint64_t>& keys);

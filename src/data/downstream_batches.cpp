@@ -80,7 +80,7 @@ BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int
         acc[j][e.targets.labels[k]] = static_cast<float>(e.targets.scores[k]);
       }
     }
-    Batch b = collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+    Batch b = collate(ex, *tok, co, mix_seed(seed, 0x717661), index * batch);  // draws keyed by sample
     b.vqa_targets = targets;
     notes.attach(b);
     return b;
@@ -107,10 +107,10 @@ BatchFn nlvr2_batches(std::shared_ptr<const std::vector<Nlvr2Example>> examples,
         labels.push_back(e.label ? 1 : 0);
         return bad;
       }, notes);
-    Batch b = collate(left, *tok, co, mix_seed(seed, 2 * static_cast<uint64_t>(index)));
+    Batch b = collate(left, *tok, co, mix_seed(seed, 0x6e6c30), index * batch);  // draws keyed by sample
     b.image_0 = b.image;
     b.image = at::Tensor();
-    b.image_1 = collate(right, *tok, co, mix_seed(seed, 2 * static_cast<uint64_t>(index) + 1)).image;
+    b.image_1 = collate(right, *tok, co, mix_seed(seed, 0x6e6c31), index * batch).image;
     b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
     notes.attach(b);
     return b;
@@ -132,7 +132,7 @@ BatchFn pair_batches(std::shared_ptr<const std::vector<ImageText>> pairs, std::s
         if (!bad) ex.push_back({std::move(img), p.text});
         return bad;
       }, notes);
-    Batch b = collate(ex, *tok, co, mix_seed(seed, static_cast<uint64_t>(index)));
+    Batch b = collate(ex, *tok, co, mix_seed(seed, 0x697274), index * batch);  // draws keyed by sample
     notes.attach(b);
     return b;
   };

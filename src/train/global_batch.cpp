@@ -75,163 +75,181 @@ at::Tensor keyed_sample_rows(const at::Tensor& weights, const at::Tensor& rows, 
   return out;
 }
 
+namespace {
+
+// The contrastive features of a pass: pre-training [img | img_vl | txt | txt_vl] (two ITC
+// branches), retrieval fine-tuning [img | txt] (the fine-tuned dual encoder, one branch). With
+// `grads` (the cached gradients of those features): the scalar whose gradient flows through them.
+at::Tensor unimodal_features(VLMo& model, const Batch& b, const std::vector<int64_t>& samples, uint64_t seed, bool retrieval,
+                             const at::Tensor& grads = {}) {
+  UnimodalOutput img, txt;
+  {
+    SampleKeys k(keys_for(seed, samples, kImagePass));
+    img = retrieval ? model->infer_image_ft(b.image) : model->infer_image(b.image);
+  }
+  {
+    SampleKeys k(keys_for(seed, samples, kTextPass));
+    txt = retrieval ? model->infer_text_ft(b.text_ids, b.text_masks) : model->infer_text(b.text_ids, b.text_masks);
+  }
+  const std::vector<at::Tensor> parts = retrieval ? std::vector<at::Tensor>{img.cls_feats, txt.cls_feats}
+                                                  : std::vector<at::Tensor>{img.cls_feats, img.cls_vlffn_feats, txt.cls_feats,
+                                                                            txt.cls_vlffn_feats};
+  if (!grads.defined()) return at::cat(parts, 1);
+  at::Tensor dot;
+  int64_t off = 0;
+  for (const auto& p : parts) {
+    const at::Tensor d = (p * grads.narrow(1, off, p.size(1))).sum();
+    dot = dot.defined() ? dot + d : d;
+    off += p.size(1);
+  }
+  return dot;
+}
+
+Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed, bool retrieval) {
+  if (micro.empty()) throw Error("global contrastive step without micro-batches");
+  Distributed* dist = current_distributed();
+  const bool multi = dist && dist->world_size() > 1;
+  const double world = multi ? dist->world_size() : 1;
+  const bool with_itm = !retrieval && model->config().has_head("itm"), with_mlm = !retrieval && model->config().has_head("mlm");
+  require_head(model, "itc");
+  const int64_t D = model->config().embed_dim;
+
+  // The samples of this rank, micro-batch by micro-batch.
+  std::vector<std::vector<int64_t>> samples(micro.size());
+  std::vector<int64_t> local;
+  for (size_t m = 0; m < micro.size(); ++m) {
+    const Batch& b = micro[m];
+    if (!b.image.defined() || !b.text_ids.defined() || !b.text_masks.defined())
+      throw Error("the global contrastive batch needs image-text batches");
+    if (b.first_sample < 0) throw Error("the global contrastive batch needs the batches' sample indices");
+    for (int64_t j = 0; j < b.image.size(0); ++j) samples[m].push_back(b.first_sample + j);
+    local.insert(local.end(), samples[m].begin(), samples[m].end());
+  }
+  const int64_t n_local = static_cast<int64_t>(local.size());
+
+  // 1. Features of every micro-batch without autograd.
+  std::vector<at::Tensor> feats;
+  {
+    at::NoGradGuard guard;
+    for (size_t m = 0; m < micro.size(); ++m) feats.push_back(unimodal_features(model, micro[m], samples[m], seed, retrieval));
+  }
+  // 2. Every collective of the step, before anything that may fail on one rank only.
+  const GatherFn gather = current_gather();
+  const at::Tensor local_ids = at::tensor(local, at::kLong);
+  const at::Tensor all_ids = gather(local_ids);  // local first, then the other ranks
+  const at::Tensor all_feats = gather(at::cat(feats));
+  at::Tensor pool_images, pool_ids, pool_masks;
+  std::vector<at::Tensor> images, ids, masks;
+  for (const Batch& b : micro) images.push_back(b.image), ids.push_back(b.text_ids), masks.push_back(b.text_masks);
+  if (with_itm) {
+    pool_images = gather(at::cat(images));
+    pool_ids = gather(at::cat(ids));
+    pool_masks = gather(at::cat(masks));
+  }
+  double masked_total = 0;
+  if (with_mlm) {
+    for (const Batch& b : micro) {
+      if (!b.text_labels_mlm.defined()) throw Error("batch field \"text_labels_mlm\" is missing for this objective");
+      masked_total += b.text_labels_mlm.ne(-100).sum().item<double>();
+    }
+    if (multi) {
+      std::vector<at::Tensor> t = {at::tensor({masked_total}, at::kDouble)};
+      dist->all_reduce_sum(t);
+      masked_total = t[0].item<double>();
+    }
+  }
+  // The step's samples in the order of their index (the same matrix on every rank).
+  const at::Tensor order = all_ids.argsort();
+  const int64_t N = all_ids.size(0);
+  at::Tensor inverse = at::empty_like(order);
+  inverse.index_put_({order}, at::arange(N, at::kLong));
+  const at::Tensor local_pos = inverse.narrow(0, 0, n_local);  // this rank's rows in that order
+
+  // ITC over the whole step, differentiated with respect to the cached features.
+  at::Tensor cached = all_feats.index_select(0, order.to(all_feats.device())).detach().requires_grad_(true);
+  const int64_t branches = retrieval ? 1 : 2;  // text features start at column branches x D
+  const ContrastiveOutput itc = contrastive_loss(cached.narrow(1, 0, D), cached.narrow(1, branches * D, D), model->logit_scale);
+  const at::Tensor itc_loss =
+      retrieval ? itc.loss
+                : 0.5 * (itc.loss + contrastive_loss(cached.narrow(1, D, D), cached.narrow(1, 3 * D, D), model->logit_vl_scale).loss);
+  if (!std::isfinite(itc_loss.item<double>())) throw NonFiniteError(cat("ITC loss ", itc_loss.item<double>()));
+  itc_loss.backward();  // the logit scales' gradients are complete here, on every rank
+  const at::Tensor feat_grads = cached.grad().index_select(0, local_pos.to(cached.device())) * world;
+  Outputs out;
+  const std::string name = retrieval ? "irtr" : "itc";
+  out[name + "_loss"] = itc_loss.detach();
+  out[name + "_i2t_acc"] = itc.logits_i2t.argmax(1).eq(at::arange(N, itc.logits_i2t.options().dtype(at::kLong)))
+                           .to(at::kFloat).mean().detach();
+
+  // 3. Hard negatives from the whole step, keyed by sample.
+  at::Tensor neg_image, neg_text;  // per local row: the row in the gathered pool
+  if (with_itm) {
+    const at::Tensor pick_image = keyed_sample_rows(hard_negative_weights(itc.logits_t2i), local_pos, keys_for(seed, local, kDrawImage));
+    const at::Tensor pick_text = keyed_sample_rows(hard_negative_weights(itc.logits_i2t), local_pos, keys_for(seed, local, kDrawText));
+    neg_image = order.index_select(0, pick_image);
+    neg_text = order.index_select(0, pick_text);
+  }
+
+  // 4. Each micro-batch again, with autograd.
+  double itm_sum = 0, itm_correct = 0, mlm_sum = 0, mlm_correct = 0;
+  int64_t row = 0;
+  for (size_t m = 0; m < micro.size(); ++m) {
+    const Batch& b = micro[m];
+    const int64_t B = b.image.size(0);
+    at::Tensor total = unimodal_features(model, b, samples[m], seed, retrieval, feat_grads.narrow(0, row, B));
+    if (with_itm) {
+      at::Tensor ni, nt_ids, nt_masks;
+      {
+        at::NoGradGuard guard;
+        ni = pool_images.index_select(0, neg_image.narrow(0, row, B));
+        nt_ids = pool_ids.index_select(0, neg_text.narrow(0, row, B));
+        nt_masks = pool_masks.index_select(0, neg_text.narrow(0, row, B));
+      }
+      SampleKeys k(concat(concat(keys_for(seed, samples[m], kItmPositive), keys_for(seed, samples[m], kItmNegImage)),
+                          keys_for(seed, samples[m], kItmNegText)));
+      const at::Tensor logits = itm_logits(model, at::cat({b.text_ids, b.text_ids, nt_ids}),
+                                           at::cat({b.text_masks, b.text_masks, nt_masks}), at::cat({b.image, ni, b.image}));
+      const at::Tensor labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)}).to(logits.device());
+      const at::Tensor sum = at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum);
+      itm_sum += sum.item<double>();
+      itm_correct += logits.argmax(1).eq(labels).sum().item<double>();
+      total = total + sum * (world / (3.0 * static_cast<double>(N)));
+    }
+    if (with_mlm && masked_total > 0) {
+      SampleKeys k(keys_for(seed, samples[m], kMlmPass));
+      const double here = b.text_labels_mlm.ne(-100).sum().item<double>();
+      const auto fused = model->infer(b.text_ids_mlm, b.text_masks, b.image);
+      // mlm_loss is 0.25 x the mean over this batch's masked tokens; rescaled to a sum over the step's.
+      const MlmOutput mlm = mlm_loss(model, fused.text_feats, b.text_labels_mlm, 0.25 * here / masked_total);
+      mlm_sum += mlm.loss.item<double>();
+      mlm_correct += mlm.accuracy.item<double>() * here;
+      total = total + mlm.loss * world;
+    }
+    if (!std::isfinite(total.item<double>()))
+      throw NonFiniteError(cat("micro-batch ", m + 1, " of the step has a non-finite ITM or MLM loss"));
+    total.backward();
+    row += B;
+  }
+  // Values whose mean over ranks is the step's value (the trainer averages them).
+  if (with_itm) {
+    out["itm_loss"] = at::scalar_tensor(world * itm_sum / (3.0 * static_cast<double>(N)), at::kDouble);
+    out["itm_acc"] = at::scalar_tensor(world * itm_correct / (3.0 * static_cast<double>(N)), at::kDouble);
+  }
+  if (with_mlm) {
+    out["mlm_loss"] = at::scalar_tensor(world * mlm_sum, at::kDouble);
+    out["mlm_acc"] = at::scalar_tensor(masked_total > 0 ? world * mlm_correct / masked_total : 0.0, at::kDouble);
+  }
+  return out;
+}
+
+}  // namespace
+
 StepObjectiveFn vl_global_step_objective(uint64_t seed) {
-  return [seed](VLMo& model, const std::vector<Batch>& micro) -> Outputs {
-    if (micro.empty()) throw Error("global contrastive step without micro-batches");
-    Distributed* dist = current_distributed();
-    const bool multi = dist && dist->world_size() > 1;
-    const double world = multi ? dist->world_size() : 1;
-    const bool with_itm = model->config().has_head("itm"), with_mlm = model->config().has_head("mlm");
-    require_head(model, "itc");
-    const int64_t D = model->config().embed_dim;
+  return [seed](VLMo& model, const std::vector<Batch>& micro) { return global_step(model, micro, seed, false); };
+}
 
-    // The samples of this rank, micro-batch by micro-batch.
-    std::vector<std::vector<int64_t>> samples(micro.size());
-    std::vector<int64_t> local;
-    for (size_t m = 0; m < micro.size(); ++m) {
-      const Batch& b = micro[m];
-      if (!b.image.defined() || !b.text_ids.defined() || !b.text_masks.defined())
-        throw Error("the global contrastive batch needs image-text batches");
-      if (b.first_sample < 0) throw Error("the global contrastive batch needs the batches' sample indices");
-      for (int64_t j = 0; j < b.image.size(0); ++j) samples[m].push_back(b.first_sample + j);
-      local.insert(local.end(), samples[m].begin(), samples[m].end());
-    }
-    const int64_t n_local = static_cast<int64_t>(local.size());
-
-    // 1. Features of every micro-batch without autograd: [img | img_vl | txt | txt_vl].
-    std::vector<at::Tensor> feats;
-    {
-      at::NoGradGuard guard;
-      for (size_t m = 0; m < micro.size(); ++m) {
-        UnimodalOutput img, txt;
-        {
-          SampleKeys k(keys_for(seed, samples[m], kImagePass));
-          img = model->infer_image(micro[m].image);
-        }
-        {
-          SampleKeys k(keys_for(seed, samples[m], kTextPass));
-          txt = model->infer_text(micro[m].text_ids, micro[m].text_masks);
-        }
-        feats.push_back(at::cat({img.cls_feats, img.cls_vlffn_feats, txt.cls_feats, txt.cls_vlffn_feats}, 1));
-      }
-    }
-    // 2. Every collective of the step, before anything that may fail on one rank only.
-    const GatherFn gather = current_gather();
-    const at::Tensor local_ids = at::tensor(local, at::kLong);
-    const at::Tensor all_ids = gather(local_ids);  // local first, then the other ranks
-    const at::Tensor all_feats = gather(at::cat(feats));
-    at::Tensor pool_images, pool_ids, pool_masks;
-    std::vector<at::Tensor> images, ids, masks;
-    for (const Batch& b : micro) images.push_back(b.image), ids.push_back(b.text_ids), masks.push_back(b.text_masks);
-    if (with_itm) {
-      pool_images = gather(at::cat(images));
-      pool_ids = gather(at::cat(ids));
-      pool_masks = gather(at::cat(masks));
-    }
-    double masked_total = 0;
-    if (with_mlm) {
-      for (const Batch& b : micro) {
-        if (!b.text_labels_mlm.defined()) throw Error("batch field \"text_labels_mlm\" is missing for this objective");
-        masked_total += b.text_labels_mlm.ne(-100).sum().item<double>();
-      }
-      if (multi) {
-        std::vector<at::Tensor> t = {at::tensor({masked_total}, at::kDouble)};
-        dist->all_reduce_sum(t);
-        masked_total = t[0].item<double>();
-      }
-    }
-    // The step's samples in the order of their index (the same matrix on every rank).
-    const at::Tensor order = all_ids.argsort();
-    const int64_t N = all_ids.size(0);
-    at::Tensor inverse = at::empty_like(order);
-    inverse.index_put_({order}, at::arange(N, at::kLong));
-    const at::Tensor local_pos = inverse.narrow(0, 0, n_local);  // this rank's rows in that order
-
-    // ITC over the whole step, differentiated with respect to the cached features.
-    at::Tensor cached = all_feats.index_select(0, order.to(all_feats.device())).detach().requires_grad_(true);
-    const ContrastiveOutput itc = contrastive_loss(cached.narrow(1, 0, D), cached.narrow(1, 2 * D, D), model->logit_scale);
-    const ContrastiveOutput itc_vl =
-        contrastive_loss(cached.narrow(1, D, D), cached.narrow(1, 3 * D, D), model->logit_vl_scale);
-    const at::Tensor itc_loss = 0.5 * (itc.loss + itc_vl.loss);
-    if (!std::isfinite(itc_loss.item<double>())) throw NonFiniteError(cat("ITC loss ", itc_loss.item<double>()));
-    itc_loss.backward();  // the logit scales' gradients are complete here, on every rank
-    const at::Tensor feat_grads = cached.grad().index_select(0, local_pos.to(cached.device())) * world;
-    Outputs out;
-    out["itc_loss"] = itc_loss.detach();
-    out["itc_i2t_acc"] = itc.logits_i2t.argmax(1).eq(at::arange(N, itc.logits_i2t.options().dtype(at::kLong)))
-                             .to(at::kFloat).mean().detach();
-
-    // 3. Hard negatives from the whole step, keyed by sample.
-    at::Tensor neg_image, neg_text;  // per local row: the row in the gathered pool
-    if (with_itm) {
-      const at::Tensor pick_image = keyed_sample_rows(hard_negative_weights(itc.logits_t2i), local_pos, keys_for(seed, local, kDrawImage));
-      const at::Tensor pick_text = keyed_sample_rows(hard_negative_weights(itc.logits_i2t), local_pos, keys_for(seed, local, kDrawText));
-      neg_image = order.index_select(0, pick_image);
-      neg_text = order.index_select(0, pick_text);
-    }
-
-    // 4. Each micro-batch again, with autograd.
-    double itm_sum = 0, itm_correct = 0, mlm_sum = 0, mlm_correct = 0;
-    int64_t row = 0;
-    for (size_t m = 0; m < micro.size(); ++m) {
-      const Batch& b = micro[m];
-      const int64_t B = b.image.size(0);
-      const at::Tensor g = feat_grads.narrow(0, row, B);
-      at::Tensor total;
-      {
-        SampleKeys k(keys_for(seed, samples[m], kImagePass));
-        const UnimodalOutput img = model->infer_image(b.image);
-        total = (img.cls_feats * g.narrow(1, 0, D)).sum() + (img.cls_vlffn_feats * g.narrow(1, D, D)).sum();
-      }
-      {
-        SampleKeys k(keys_for(seed, samples[m], kTextPass));
-        const UnimodalOutput txt = model->infer_text(b.text_ids, b.text_masks);
-        total = total + (txt.cls_feats * g.narrow(1, 2 * D, D)).sum() + (txt.cls_vlffn_feats * g.narrow(1, 3 * D, D)).sum();
-      }
-      if (with_itm) {
-        at::Tensor ni, nt_ids, nt_masks;
-        {
-          at::NoGradGuard guard;
-          ni = pool_images.index_select(0, neg_image.narrow(0, row, B));
-          nt_ids = pool_ids.index_select(0, neg_text.narrow(0, row, B));
-          nt_masks = pool_masks.index_select(0, neg_text.narrow(0, row, B));
-        }
-        SampleKeys k(concat(concat(keys_for(seed, samples[m], kItmPositive), keys_for(seed, samples[m], kItmNegImage)),
-                            keys_for(seed, samples[m], kItmNegText)));
-        const at::Tensor logits = itm_logits(model, at::cat({b.text_ids, b.text_ids, nt_ids}),
-                                             at::cat({b.text_masks, b.text_masks, nt_masks}), at::cat({b.image, ni, b.image}));
-        const at::Tensor labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)}).to(logits.device());
-        const at::Tensor sum = at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum);
-        itm_sum += sum.item<double>();
-        itm_correct += logits.argmax(1).eq(labels).sum().item<double>();
-        total = total + sum * (world / (3.0 * static_cast<double>(N)));
-      }
-      if (with_mlm && masked_total > 0) {
-        SampleKeys k(keys_for(seed, samples[m], kMlmPass));
-        const double here = b.text_labels_mlm.ne(-100).sum().item<double>();
-        const auto fused = model->infer(b.text_ids_mlm, b.text_masks, b.image);
-        // mlm_loss is 0.25 x the mean over this batch's masked tokens; rescaled to a sum over the step's.
-        const MlmOutput mlm = mlm_loss(model, fused.text_feats, b.text_labels_mlm, 0.25 * here / masked_total);
-        mlm_sum += mlm.loss.item<double>();
-        mlm_correct += mlm.accuracy.item<double>() * here;
-        total = total + mlm.loss * world;
-      }
-      if (!std::isfinite(total.item<double>()))
-        throw NonFiniteError(cat("micro-batch ", m + 1, " of the step has a non-finite ITM or MLM loss"));
-      total.backward();
-      row += B;
-    }
-    // Values whose mean over ranks is the step's value (the trainer averages them).
-    if (with_itm) {
-      out["itm_loss"] = at::scalar_tensor(world * itm_sum / (3.0 * static_cast<double>(N)), at::kDouble);
-      out["itm_acc"] = at::scalar_tensor(world * itm_correct / (3.0 * static_cast<double>(N)), at::kDouble);
-    }
-    if (with_mlm) {
-      out["mlm_loss"] = at::scalar_tensor(world * mlm_sum, at::kDouble);
-      out["mlm_acc"] = at::scalar_tensor(masked_total > 0 ? world * mlm_correct / masked_total : 0.0, at::kDouble);
-    }
-    return out;
-  };
+StepObjectiveFn irtr_global_step_objective(uint64_t seed) {
+  return [seed](VLMo& model, const std::vector<Batch>& micro) { return global_step(model, micro, seed, true); };
 }
 
 }  // namespace vlmo
