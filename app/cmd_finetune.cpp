@@ -19,11 +19,8 @@ int run_finetune(const Args& a) {
   t.metrics_path = a.get("metrics");
   prepare_training(a, t);  // outputs checked before the weights and the data are read
   const FinetuneTask task = parse_finetune_task(a.get("task"));
-  const std::string contrastive = a.get("contrastive-batch");
-  if (contrastive != "local" && contrastive != "global")
-    throw Error(cat("--contrastive-batch: expected local or global, got \"", contrastive, "\""));
-  if (contrastive == "global" && (task == FinetuneTask::kVqa || task == FinetuneTask::kNlvr2))
-    throw Error("--contrastive-batch global applies to the retrieval tasks (coco, f30k) only");
+  const bool global_batch =
+      global_contrastive_batch(a, task == FinetuneTask::kRetrievalCoco || task == FinetuneTask::kRetrievalF30k, "the retrieval tasks (coco, f30k)");
   const Recipe r = official_recipe(task, a.get("preset"));
   if (a.get("init").empty()) throw Error("--init CHECKPOINT (the pre-trained weights) is required");
   WeightsFile init = read_weights_file(a.get("init"));
@@ -87,7 +84,7 @@ int run_finetune(const Args& a) {
     cfg.heads = {"itc", "itm"};
     batches = pair_batches(pairs, tok, co, batch, seed);
     objective = irtr_objective;
-    if (a.get("contrastive-batch") == "global") t.step_objective = irtr_global_step_objective(seed);
+    if (global_batch) t.step_objective = irtr_global_step_objective(seed);
     std::vector<KarpathyImage> val;
     for (const auto& k : karpathy)
       if (k.split == "val") val.push_back(k);

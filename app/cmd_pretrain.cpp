@@ -49,11 +49,8 @@ int run_pretrain(const Args& args) {
     }
   }
   const Stage stage = parse_stage(a.get("stage"));
-  const std::string contrastive = a.get("contrastive-batch");
-  if (contrastive != "local" && contrastive != "global")
-    throw Error(cat("--contrastive-batch: expected local or global, got \"", contrastive, "\""));
-  if (contrastive == "global" && stage != Stage::kVL)
-    throw Error("--contrastive-batch global applies to --stage vl only (the other stages have no contrastive loss)");
+  const bool global_batch = global_contrastive_batch(a, stage == Stage::kVL, "--stage vl (the other stages have no contrastive loss)");
+  if (a.get_flag("resample") && a.get("webdataset").empty()) throw Error("--resample applies to --webdataset shards only");
   TrainOptions t;
   t.checkpoint_path = a.get("out");
   t.metrics_path = a.get("metrics");
@@ -100,7 +97,6 @@ int run_pretrain(const Args& args) {
   if (Distributed* d = current_distributed()) spec.rank = d->rank(), spec.world = d->world_size();
   spec.workers = a.get_int("loader-threads");
   spec.resample = a.get_flag("resample");
-  if (spec.resample && spec.webdataset.empty()) throw Error("--resample applies to --webdataset shards only");
   const bool split = webdataset_split_by_rank(spec);
   if (!spec.webdataset.empty() && spec.rank == 0) {
     const size_t shards = expand_braces(spec.webdataset).size();
@@ -129,7 +125,7 @@ int run_pretrain(const Args& args) {
   const ObjectiveFn objective = stage == Stage::kImage ? ObjectiveFn(mim_objective)
                                 : stage == Stage::kText ? ObjectiveFn(text_mlm_objective)
                                                         : ObjectiveFn(vl_objective);
-  if (contrastive == "global") t.step_objective = vl_global_step_objective(seed);
+  if (global_batch) t.step_objective = vl_global_step_objective(seed);
   const TrainResult r = train(model, objective, batches, t, a.get("resume"));
   std::cerr << "trained " << r.steps << " steps in " << r.seconds << " s; checkpoint: " << t.checkpoint_path << "\n";
   return 0;

@@ -162,6 +162,13 @@ void prepare_training(const Args& a, TrainOptions& t) {
   join_distributed(a.get_double("dist-timeout"));
 }
 
+bool global_contrastive_batch(const Args& a, bool applies, const std::string& where) {
+  const std::string mode = a.get("contrastive-batch");
+  if (mode != "local" && mode != "global") throw Error(cat("--contrastive-batch: expected local or global, got \"", mode, "\""));
+  if (mode == "global" && !applies) throw Error(cat("--contrastive-batch global applies to ", where, " only"));
+  return mode == "global";
+}
+
 void join_distributed(double timeout_s) {
   // Launched by torchrun / srun / mpirun with more than one process: join the group. It lives
   // for the rest of the process (the trainer and the objectives find it).

@@ -57,6 +57,9 @@ void prepare_training(const Args& a, TrainOptions& t);
 // Joins the c10d group when a launcher started several processes (torchrun, srun, mpirun); a
 // collective waits at most `timeout_s` for another rank. Nothing on a single process.
 void join_distributed(double timeout_s);
+// --contrastive-batch: true for "global", false for "local"; "global" where `applies` is false
+// is an error that says where it applies (`where`).
+bool global_contrastive_batch(const Args& a, bool applies, const std::string& where);
 
 // --input, --batch-size, --json.
 std::vector<Option> request_options();

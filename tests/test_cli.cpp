@@ -21,6 +21,11 @@ TEST(Cli, NumbersAreTypedAndRangeChecked) {
       {{"preprocess", "--size", "100000", "--out", "x.safetensors", "a.jpg"}, "option --size: must be between 1 and 8192"},
       {{"demo", "--step-scale", "-1"}, "option --step-scale: must be between"},
       {{"info", "--image-size", "12x"}, "option --image-size: expected a whole number, got \"12x\""},
+      {{"pretrain", "--stage", "text", "--contrastive-batch", "global", "--out", "/tmp/x.safetensors"},
+       "--contrastive-batch global applies to --stage vl"},
+      {{"pretrain", "--contrastive-batch", "all", "--out", "/tmp/x.safetensors"}, "--contrastive-batch: expected local or global, got \"all\""},
+      {{"pretrain", "--resample", "--text", "x.txt", "--stage", "text", "--out", "/tmp/x.safetensors"},
+       "--resample applies to --webdataset shards only"},
   };
   for (const auto& c : cases) {
     const auto r = run_cli(c.args);

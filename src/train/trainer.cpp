@@ -287,6 +287,9 @@ class SkipWindow {
   int64_t read_ = 0, skipped_ = 0;
 };
 
+// Keys ending in "loss" are summed and optimised; the others are only logged.
+bool is_loss_key(const std::string& k) { return k.size() >= 4 && k.compare(k.size() - 4, 4, "loss") == 0; }
+
 std::string skip_counts_json(const std::map<std::string, int64_t>& m) { return nlohmann::json(m).dump(); }
 
 }  // namespace
@@ -429,7 +432,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       if (!bad.empty()) continue;
       at::Tensor total;
       for (const auto& [k, v] : out) {
-        if (k.size() >= 4 && k.compare(k.size() - 4, 4, "loss") == 0) total = total.defined() ? total + v : v;
+        if (is_loss_key(k)) total = total.defined() ? total + v : v;
         logged[k] += v.item<double>() / o.accumulate;
       }
       if (!total.defined()) throw Error("objective returned no loss");
@@ -448,7 +451,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
         for (const auto& [k, v] : out) {
           const double value = v.item<double>();
           logged[k] = value;
-          if (k.size() >= 4 && k.compare(k.size() - 4, 4, "loss") == 0) total += value;
+          if (is_loss_key(k)) total += value;
         }
         logged["loss"] = total;
         if (!std::isfinite(total)) bad = cat("non-finite loss (", total, ")");
