@@ -147,10 +147,12 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
     pool_masks = gather(at::cat(masks));
   }
   double masked_total = 0;
+  std::vector<double> masked(micro.size(), 0.0);  // masked tokens per micro-batch
   if (with_mlm) {
-    for (const Batch& b : micro) {
-      if (!b.text_labels_mlm.defined()) throw Error("batch field \"text_labels_mlm\" is missing for this objective");
-      masked_total += b.text_labels_mlm.ne(-100).sum().item<double>();
+    for (size_t m = 0; m < micro.size(); ++m) {
+      if (!micro[m].text_labels_mlm.defined()) throw Error("batch field \"text_labels_mlm\" is missing for this objective");
+      masked[m] = micro[m].text_labels_mlm.ne(-100).sum().item<double>();
+      masked_total += masked[m];
     }
     if (multi) {
       std::vector<at::Tensor> t = {at::tensor({masked_total}, at::kDouble)};
@@ -217,7 +219,7 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
     }
     if (with_mlm && masked_total > 0) {
       SampleKeys k(keys_for(seed, samples[m], kMlmPass));
-      const double here = b.text_labels_mlm.ne(-100).sum().item<double>();
+      const double here = masked[m];
       const auto fused = model->infer(b.text_ids_mlm, b.text_masks, b.image);
       // mlm_loss is 0.25 x the mean over this batch's masked tokens; rescaled to a sum over the step's.
       const MlmOutput mlm = mlm_loss(model, fused.text_feats, b.text_labels_mlm, 0.25 * here / masked_total);
