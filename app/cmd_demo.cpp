@@ -13,6 +13,16 @@ int run_demo_cmd(const Args& a) {
   o.vocab = a.get("vocab");
   o.step_scale = a.get_double("step-scale");
   o.progress = !a.get_flag("quiet");
+  o.pretrain_only = a.get_flag("pretrain-only");
+  if (!a.get("recipe").empty()) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(a.get("recipe"));
+    } catch (const std::exception& e) {
+      throw Error(cat("--recipe: not JSON (", e.what(), ")"));
+    }
+    o.recipe.apply(j);
+  }
   join_distributed(a.get_double("dist-timeout"));  // torchrun --nproc_per_node N: data parallel, same global batches
   run_demo(o);
   return 0;
@@ -34,6 +44,9 @@ Command demo_command() {
                {"vocab", "", "vocab.txt (default: the BERT uncased vocabulary of the set-up)"},
                number_option("step-scale", "1.0", "multiply every stage's number of steps (quick checks)", 1e-6, 1e6),
                {"quiet", "false", "no progress lines", true},
+               {"recipe", "", "JSON object overriding recipe fields, e.g. '{\"stage3_lr\":5e-4,\"layer_scale\":null}' "
+                              "(fields: report.json \"recipe\")"},
+               {"pretrain-only", "false", "stop after pre-training and the zero-shot evaluation", true},
                number_option("dist-timeout", "300", "several processes (torchrun): seconds to wait for another rank before failing", 1, 86400)};
   c.run = run_demo_cmd;
   return c;

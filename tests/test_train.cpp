@@ -1,6 +1,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -10,6 +11,9 @@
 #include "vlmo/data.h"
 #include "vlmo/distributed.h"
 #include "vlmo/masking.h"
+#include "demo.h"
+#include "demo_diagnostics.h"
+#include "vlmo/image_tensor.h"
 #include "demo_world.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/retrieval.h"
@@ -626,4 +630,98 @@ TEST(Distributed, LaunchInfoFromTheLaunchersVariables) {
   expect_error([] { launch_info_from_env(); }, {"expected gloo or nccl"});
   reset();
   for (const auto& [k, v] : saved) ::setenv(k.c_str(), v.c_str(), 1);
+}
+
+TEST(Diagnostics, MeanPairwiseCosineByHand) {
+  // Rows (1,0), (0,2), (3,3): pair cosines 0, 1/sqrt(2), 1/sqrt(2).
+  const at::Tensor f = at::tensor(at::ArrayRef<double>({1.0, 0.0, 0.0, 2.0, 3.0, 3.0})).reshape({3, 2});
+  EXPECT_NEAR(mean_pairwise_cosine(f), std::sqrt(2.0) / 3.0, 1e-12);
+  EXPECT_NEAR(mean_pairwise_cosine(at::ones({4, 5})), 1.0, 1e-12);
+  EXPECT_NEAR(mean_pairwise_cosine(at::eye(3)), 0.0, 1e-12);
+}
+
+TEST(Diagnostics, AttentionRecorderHoldsEveryLayersClsRow) {
+  const Config c = tiny();
+  VLMo m(c);
+  init_weights(m, 3);
+  m->eval();
+  const auto [ids, masks] = encode_batch(bert(), {"a red circle", "a small blue square on the left"}, c.max_text_len);
+  at::NoGradGuard no_grad;
+  {
+    AttentionRecorder outer;
+    {
+      AttentionRecorder inner;
+      m->infer_text_ft(ids, masks);
+      ASSERT_EQ(inner.cls_attention().size(), static_cast<size_t>(c.depth));
+      for (const at::Tensor& p : inner.cls_attention()) {
+        ASSERT_EQ(p.sizes(), (at::IntArrayRef{2, c.num_heads, c.max_text_len}));
+        EXPECT_TRUE(at::allclose(p.sum(-1), at::ones({2, c.num_heads}), 1e-5, 1e-6));
+        // Padded keys get exactly nothing.
+        const at::Tensor padded = (masks == 0).unsqueeze(1).expand_as(p);
+        EXPECT_EQ(p.masked_select(padded).abs().max().item<float>(), 0.0f);
+      }
+      EXPECT_TRUE(outer.cls_attention().empty());  // the innermost guard records
+    }
+    m->infer_image_ft(at::randn({2, 3, c.image_size, c.image_size}));
+    ASSERT_EQ(outer.cls_attention().size(), static_cast<size_t>(c.depth));
+    EXPECT_EQ(outer.cls_attention()[0].size(2), c.grid() * c.grid() + 1);
+  }
+  EXPECT_EQ(AttentionRecorder::current(), nullptr);
+}
+
+// The measurement behind issue 13: an untrained [CLS] output is the same vector for every
+// caption (the [CLS] query attends almost uniformly and its residual stream is its own
+// embedding), which is where stage 3 starts when stages 1 and 2 put no loss on it.
+TEST(Diagnostics, DiagnoseSeesTheUntrainedClsAndLeavesTheModelAsFound) {
+  const Config c = tiny();
+  VLMo m(c);
+  init_weights(m, 5);
+  m->train();
+  m->itm_score->fc->weight.set_requires_grad(false);
+  const DemoWorld w(6, 8, 2, 8, 32);
+  std::vector<at::Tensor> pix;
+  std::vector<std::string> caps;
+  for (const Scene& s : w.split("test")) pix.push_back(to_normalized_tensor(w.render(s))), caps.push_back(w.caption(s, 0));
+  const nlohmann::json d = diagnose_model(m, bert(), at::stack(pix), caps, 1);
+  EXPECT_GT(d["text_hidden_cos"].get<double>(), 0.99) << d.dump();
+  for (const char* k : {"itm_acc_random", "itm_acc_hard"}) {
+    EXPECT_GE(d[k].get<double>(), 0.0);
+    EXPECT_LE(d[k].get<double>(), 1.0);
+  }
+  ASSERT_EQ(d["cls_attention_entropy"].size(), static_cast<size_t>(c.depth));
+  for (double e : d["cls_attention_entropy"].get<std::vector<double>>()) {
+    EXPECT_GT(e, 0.9);  // nearly uniform at initialisation
+    EXPECT_LE(e, 1.0 + 1e-9);
+  }
+  for (double share : d["cls_attention_to_image"].get<std::vector<double>>()) {
+    EXPECT_GT(share, 0.0);
+    EXPECT_LT(share, 1.0);
+  }
+  for (const char* k : {"grad_itm_head", "grad_pooler", "grad_fused_cls"}) {
+    EXPECT_GT(d[k].get<double>(), 0.0) << k;
+    EXPECT_TRUE(std::isfinite(d[k].get<double>())) << k;
+  }
+  EXPECT_TRUE(m->is_training());
+  EXPECT_FALSE(m->itm_score->fc->weight.requires_grad());
+  for (const auto& p : m->parameters()) EXPECT_FALSE(p.grad().defined());
+  expect_error([&] { diagnose_model(m, bert(), at::stack(pix).narrow(0, 0, 2), {caps[0], caps[1]}, 1); }, {"N >= 3"});
+}
+
+TEST(DemoRecipe, OverridesByNameAndNamesWhatIsWrong) {
+  DemoRecipe r;
+  r.apply(nlohmann::json::parse(R"({"stage3_lr": 5e-4, "layer_scale": null, "stage3_steps": 40, "vlffn_start": 2})"));
+  EXPECT_DOUBLE_EQ(r.stage3_lr, 5e-4);
+  EXPECT_FALSE(r.layer_scale.has_value());
+  EXPECT_EQ(r.stage3_steps, 40);
+  EXPECT_EQ(r.vlffn_start, 2);
+  DemoRecipe back;
+  back.apply(r.to_json());  // the report's "recipe" reproduces the run's recipe
+  EXPECT_EQ(back.to_json(), r.to_json());
+  r.apply(nlohmann::json::parse(R"({"layer_scale": 0.5})"));
+  EXPECT_DOUBLE_EQ(*r.layer_scale, 0.5);
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_lrr": 1})")); }, {"unknown field \"stage3_lrr\""});
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 1.5})")); }, {"\"stage3_steps\" must be a positive integer"});
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 0})")); }, {"positive integer"});
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_lr": "fast"})")); }, {"\"stage3_lr\" must be a number"});
+  expect_error([&] { r.apply(nlohmann::json::parse(R"([1, 2])")); }, {"JSON object"});
 }

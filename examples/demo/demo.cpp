@@ -15,6 +15,7 @@
 #include <fstream>
 #include <map>
 
+#include "demo_diagnostics.h"
 #include "demo_world.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
@@ -55,14 +56,17 @@ void write_gallery(VLMo& model, const DemoWorld& world, const std::string& out_d
                     {{"ids", nlohmann::json(ids).dump()}, {"modality", "image"}, {"model", out_dir + "/finetune-retrieval.safetensors"}});
 }
 
-Config demo_config() {
+Config demo_config(const DemoRecipe& r) {
   Config c;
-  c.embed_dim = 128;
-  c.depth = 4;
-  c.num_heads = 4;
-  c.image_size = 64;
+  c.embed_dim = r.embed_dim;
+  c.depth = r.depth;
+  c.num_heads = r.num_heads;
+  c.image_size = r.image_size;
   c.patch_size = 16;
-  c.vlffn_start_layer_index = 3;
+  c.vlffn_start_layer_index = r.vlffn_start;
+  c.layer_scale_init_values = r.layer_scale;
+  c.use_abs_pos_emb = r.absolute_positions;
+  c.need_relative_position_embed = !r.absolute_positions;
   c.max_text_len = 24;
   c.drop_path_rate = 0.0;
   c.heads = {"mlm", "itm", "itc", "mim"};
@@ -94,12 +98,69 @@ nlohmann::json recall_json(const Recall& r) {
 
 }  // namespace
 
+namespace {
+// The recipe's fields by name, for apply() and to_json().
+template <typename F>
+void for_each_field(DemoRecipe& r, F&& f) {
+  f("embed_dim", r.embed_dim), f("depth", r.depth), f("num_heads", r.num_heads), f("image_size", r.image_size);
+  f("vlffn_start", r.vlffn_start), f("layer_scale", r.layer_scale);
+  f("absolute_positions", r.absolute_positions);
+  f("stage1_steps", r.stage1_steps), f("stage2_steps", r.stage2_steps), f("stage3_steps", r.stage3_steps);
+  f("retrieval_steps", r.retrieval_steps), f("vqa_steps", r.vqa_steps), f("nlvr2_steps", r.nlvr2_steps);
+  f("stage1_batch", r.stage1_batch), f("stage2_batch", r.stage2_batch), f("stage3_batch", r.stage3_batch);
+  f("retrieval_batch", r.retrieval_batch), f("vqa_batch", r.vqa_batch), f("nlvr2_batch", r.nlvr2_batch);
+  f("stage1_lr", r.stage1_lr), f("stage2_lr", r.stage2_lr), f("stage3_lr", r.stage3_lr);
+  f("retrieval_lr", r.retrieval_lr), f("vqa_lr", r.vqa_lr), f("nlvr2_lr", r.nlvr2_lr);
+  f("warmup_fraction", r.warmup_fraction);
+}
+}  // namespace
+
+void DemoRecipe::apply(const nlohmann::json& overrides) {
+  if (!overrides.is_object()) throw Error("demo recipe: expected a JSON object of field: value");
+  for (const auto& [key, value] : overrides.items()) {
+    bool found = false;
+    for_each_field(*this, [&](const char* name, auto& field) {
+      if (key != name) return;
+      found = true;
+      using T = std::decay_t<decltype(field)>;
+      if constexpr (std::is_same_v<T, bool>) {
+        if (!value.is_boolean()) throw Error(cat("demo recipe: \"", key, "\" must be true or false"));
+        field = value.get<bool>();
+      } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+        if (value.is_null()) field.reset();
+        else if (value.is_number()) field = value.get<double>();
+        else throw Error(cat("demo recipe: \"", key, "\" must be a number or null"));
+      } else if constexpr (std::is_floating_point_v<T>) {
+        if (!value.is_number()) throw Error(cat("demo recipe: \"", key, "\" must be a number"));
+        field = value.get<T>();
+      } else {
+        if (!value.is_number_integer() || value.get<int64_t>() <= 0)
+          throw Error(cat("demo recipe: \"", key, "\" must be a positive integer"));
+        field = static_cast<T>(value.get<int64_t>());
+      }
+    });
+    if (!found) throw Error(cat("demo recipe: unknown field \"", key, "\" (see vlmo demo --help)"));
+  }
+}
+
+nlohmann::json DemoRecipe::to_json() const {
+  nlohmann::json j;
+  DemoRecipe copy = *this;
+  for_each_field(copy, [&](const char* name, const auto& field) {
+    using T = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same_v<T, std::optional<double>>) j[name] = field ? nlohmann::json(*field) : nlohmann::json();
+    else j[name] = field;
+  });
+  return j;
+}
+
 nlohmann::json run_demo(const DemoOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
   std::error_code mk;
   std::filesystem::create_directories(o.out_dir, mk);  // a folder that cannot be made is named by the first write
   at::manual_seed(o.seed);
-  const Config cfg = demo_config();
+  const DemoRecipe& rc = o.recipe;
+  const Config cfg = demo_config(rc);
   const Tokenizer tok = Tokenizer::from_file(o.vocab.empty() ? Tokenizer::default_vocab_path() : o.vocab);
   const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size);
   const std::vector<KarpathyImage> test = retrieval_split(world, "test", 2), val = retrieval_split(world, "val", 2);
@@ -127,6 +188,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
                      {"test_scenes", test.size()}, {"test_captions", 2 * test.size()},
                      {"image_size", cfg.image_size}};
   report["processes"] = world_size;
+  report["recipe"] = rc.to_json();
   const std::string metrics = o.out_dir + "/metrics.jsonl";
   if (writer) std::remove(metrics.c_str());
 
@@ -139,7 +201,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
     t.step_objective = step_objective;
     t.name = name;
     t.max_steps = n_steps;
-    t.warmup_steps = std::max<int64_t>(1, n_steps / 10);
+    t.warmup_steps = std::max<int64_t>(1, static_cast<int64_t>(n_steps * rc.warmup_fraction));
     t.lr = lr;
     t.head_lr_mult = head_lr_mult;
     t.batch_size = per_rank(batch);
@@ -192,21 +254,46 @@ nlohmann::json run_demo(const DemoOptions& o) {
     fit(model, name, objective, batches, n_steps, batch, lr, 1.0, {}, step_objective);
   };
 
-  run_stage("stage1-image", Stage::kImage, mim_objective, steps(150), 64, 1e-3, true, false, true);
-  run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(150), 64, 1e-3, false, true, false);
-  // The contrastive stages use the global contrastive batch: with one process and no
-  // accumulation it is the official loss; with several processes it keeps the one-process
-  // gradient (the official all-gather gives the encoders 1/W of it: README "Several processes").
-  run_stage("stage3-vl", Stage::kVL, vl_objective, steps(300), 32, 1e-3, true, true, false,
-            vl_global_step_objective(mix_seed(o.seed, 3)));
+  // The model's state on the test split after each stage (report "diagnostics", issue 13).
+  std::vector<std::string> probe_captions;
+  std::vector<at::Tensor> probe_pixels;
+  for (size_t i = 0; i < test.size(); ++i) {
+    probe_captions.push_back(test[i].captions[0]);
+    probe_pixels.push_back(to_normalized_tensor(world.load(test[i].path)));
+  }
+  const at::Tensor probe_images = at::stack(probe_pixels);
+  auto diagnose = [&](const std::string& after) {
+    report["diagnostics"][after] = diagnose_model(model, tok, probe_images, probe_captions, mix_seed(o.seed, 13));
+  };
+  diagnose("init");
+  run_stage("stage1-image", Stage::kImage, mim_objective, steps(rc.stage1_steps), rc.stage1_batch, rc.stage1_lr, true, false, true);
+  diagnose("stage1-image");
+  run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(rc.stage2_steps), rc.stage2_batch, rc.stage2_lr, false, true, false);
+  diagnose("stage2-text");
+  // With several processes the contrastive stages use the global contrastive batch, which keeps
+  // the one-process gradient (the official all-gather gives the encoders 1/W of it: README
+  // "Several processes"). With one process and no accumulation it is the official loss, which
+  // the plain objective computes without the extra feature pass (about 15 % faster).
+  const bool several = world_size > 1;
+  run_stage("stage3-vl", Stage::kVL, vl_objective, steps(rc.stage3_steps), rc.stage3_batch, rc.stage3_lr, true, true, false,
+            several ? vl_global_step_objective(mix_seed(o.seed, 3)) : StepObjectiveFn{});
+  diagnose("stage3-vl");
   TensorMap stage3_weights;  // the start of VQA and NLVR2 (in memory: every rank has them)
   for (const auto& p : model->named_parameters()) stage3_weights[p.key()] = p.value().detach().clone();
   // Downstream training draws from the world directly (a fresh caption, question or statement at
   // every visit of a scene); evaluation goes through the library's loops, with scenes as images.
   const ImageLoader scenes = [&world](const std::string& ref) { return world.load(ref); };
-  const Recall zero_shot = evaluate_retrieval(model, tok, test, scenes).recall;
-  run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(600), 64, 1e-3, true, true, false,
-            irtr_global_step_objective(mix_seed(o.seed, 4)));
+  const RetrievalEvaluation zero_shot_eval = evaluate_retrieval(model, tok, test, scenes, /*rerank_k=*/8);
+  const Recall zero_shot = zero_shot_eval.recall;
+  if (o.pretrain_only) {
+    report["retrieval"] = {{"test_after_pretraining", recall_json(zero_shot)},
+                           {"test_after_pretraining_itm_rerank_top8", recall_json(zero_shot_eval.reranked)}};
+    report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    if (writer) write_file_atomic(o.out_dir + "/report.json", report.dump(2) + "\n");
+    return report;
+  }
+  run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(rc.retrieval_steps), rc.retrieval_batch, rc.retrieval_lr, true, true, false,
+            several ? irtr_global_step_objective(mix_seed(o.seed, 4)) : StepObjectiveFn{});
   const RetrievalEvaluation test_eval = evaluate_retrieval(model, tok, test, scenes, /*rerank_k=*/8);
   const Recall ft = test_eval.recall, reranked = test_eval.reranked;
   const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;
@@ -226,7 +313,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   };
   {
     auto order = std::make_shared<EpochOrder>(train_scenes.size(), mix_seed(o.seed, 501));
-    const int64_t B = per_rank(32);
+    const int64_t B = per_rank(rc.vqa_batch);
     BatchFn batches = [&, order, B](int64_t index) {
       std::vector<at::Tensor> pix;
       std::vector<std::string> qs;
@@ -245,7 +332,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
       b.vqa_targets = targets;
       return b;
     };
-    fit(vqa, "finetune-vqa", vqa_objective, batches, steps(300), 32, 1e-3, 20.0,
+    fit(vqa, "finetune-vqa", vqa_objective, batches, steps(rc.vqa_steps), rc.vqa_batch, rc.vqa_lr, 20.0,
         {{"vqa_answers", nlohmann::json(answers).dump()}});
   }
   {  // Test: two questions per test scene, ten identical human answers each.
@@ -286,7 +373,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
     return Nlvr2Example{cat(split, "-", g, "-0-0"), text, DemoWorld::ref(split, l), DemoWorld::ref(split, r), truth};
   };
   {
-    const int64_t B = per_rank(32);
+    const int64_t B = per_rank(rc.nlvr2_batch);
     BatchFn batches = [&, B](int64_t index) {
       std::vector<at::Tensor> p0, p1;
       std::vector<std::string> st;
@@ -305,7 +392,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
       b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
       return b;
     };
-    fit(nlvr2, "finetune-nlvr2", nlvr2_objective, batches, steps(300), 32, 1e-3, 1.0, {});
+    fit(nlvr2, "finetune-nlvr2", nlvr2_objective, batches, steps(rc.nlvr2_steps), rc.nlvr2_batch, rc.nlvr2_lr, 1.0, {});
   }
   {
     std::vector<Nlvr2Example> test_pairs;
@@ -321,10 +408,15 @@ nlohmann::json run_demo(const DemoOptions& o) {
   }
 
   report["retrieval"] = {{"test_after_pretraining", recall_json(zero_shot)},
+                         {"test_after_pretraining_itm_rerank_top8", recall_json(zero_shot_eval.reranked)},
                          {"test_after_finetuning", recall_json(ft)},
                          {"val_after_finetuning", recall_json(ft_val)},
                          {"test_after_finetuning_itm_rerank_top8", recall_json(reranked)},
                          {"chance", recall_json(chance)}};
+  // The fusion encoder's matching on the test split after pre-training: each caption with its
+  // image and with another test image (random, or the dual encoder's most similar one).
+  const auto& d3 = report["diagnostics"]["stage3-vl"];
+  report["itm"] = {{"test_accuracy_random_negatives", d3["itm_acc_random"]}, {"test_accuracy_hard_negatives", d3["itm_acc_hard"]}};
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   if (!writer) return report;
 

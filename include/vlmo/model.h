@@ -37,6 +37,25 @@ class SampleKeys {
   std::vector<uint64_t> keys_;
   const std::vector<uint64_t>* previous_;
 };
+// Attention probe. While an AttentionRecorder lives on this thread, every attention layer appends
+// the (detached) attention probabilities of its first query, the [CLS] token: (B, heads, N) per
+// layer, in the order the layers run. A diagnostic (`vlmo demo` measures the [CLS] attention
+// entropy with it); it costs one copy per layer. Guards nest like SampleKeys.
+class AttentionRecorder {
+ public:
+  AttentionRecorder();
+  ~AttentionRecorder();
+  AttentionRecorder(const AttentionRecorder&) = delete;
+  AttentionRecorder& operator=(const AttentionRecorder&) = delete;
+  const std::vector<at::Tensor>& cls_attention() const { return rows_; }
+  static AttentionRecorder* current();
+  void record(const at::Tensor& probs) { rows_.push_back(probs); }
+
+ private:
+  std::vector<at::Tensor> rows_;
+  AttentionRecorder* previous_;
+};
+
 // A (rows, shape...) float mask of 1s (kept, probability `keep`) and 0s on the CPU: row i drawn
 // from keys[i] mixed with `salt`.
 at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef row_shape, double keep, uint64_t salt);

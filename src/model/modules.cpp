@@ -14,6 +14,7 @@ namespace nn = torch::nn;
 
 namespace {
 thread_local const std::vector<uint64_t>* active_keys = nullptr;
+thread_local AttentionRecorder* active_recorder = nullptr;
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -49,6 +50,10 @@ SampleKeys::SampleKeys(std::vector<uint64_t> keys) : keys_(std::move(keys)), pre
 }
 SampleKeys::~SampleKeys() { active_keys = previous_; }
 const std::vector<uint64_t>* SampleKeys::current() { return active_keys; }
+
+AttentionRecorder::AttentionRecorder() : previous_(active_recorder) { active_recorder = this; }
+AttentionRecorder::~AttentionRecorder() { active_recorder = previous_; }
+AttentionRecorder* AttentionRecorder::current() { return active_recorder; }
 
 at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef row_shape, double keep, uint64_t salt) {
   std::vector<int64_t> shape = {static_cast<int64_t>(keys.size())};
@@ -96,6 +101,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
                                             at::indexing::None, at::indexing::Slice()}) == 0,
                             -std::numeric_limits<float>::infinity());
   attn = attn.softmax(-1).to(x.scalar_type());
+  if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
   at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, N, C});  // (B, N, C)
   return proj->forward(out);
 }

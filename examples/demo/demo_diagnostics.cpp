@@ -1,0 +1,115 @@
+#include "demo_diagnostics.h"
+
+#include <cmath>
+#include <random>
+
+#include "vlmo/data.h"
+#include "vlmo/error.h"
+
+namespace vlmo {
+
+double mean_pairwise_cosine(const at::Tensor& f) {
+  const at::Tensor u = f.to(at::kDouble) / f.to(at::kDouble).norm(2, -1, true).clamp_min(1e-12);
+  const double n = static_cast<double>(u.size(0));
+  const double total = u.sum(0).pow(2).sum().item<double>();  // sum over all pairs, self-pairs (1 each) included
+  return (total - n) / (n * (n - 1));
+}
+
+namespace {
+
+// Restores training mode, trainability and gradients of a model when it goes out of scope.
+class ModelStateGuard {
+ public:
+  explicit ModelStateGuard(VLMo& m) : model_(m), training_(m->is_training()) {
+    for (auto& p : model_->parameters()) requires_.push_back(p.requires_grad()), grads_.push_back(p.grad());
+  }
+  ~ModelStateGuard() {
+    model_->train(training_);
+    size_t i = 0;
+    for (auto& p : model_->parameters()) {
+      p.set_requires_grad(requires_[i]);
+      p.mutable_grad() = grads_[i];
+      ++i;
+    }
+  }
+
+ private:
+  VLMo& model_;
+  bool training_;
+  std::vector<bool> requires_;
+  std::vector<at::Tensor> grads_;
+};
+
+}  // namespace
+
+nlohmann::json diagnose_model(VLMo& model, const Tokenizer& tok, const at::Tensor& images,
+                              const std::vector<std::string>& captions, uint64_t seed) {
+  const int64_t n = images.size(0);
+  if (n < 3 || static_cast<int64_t>(captions.size()) != n)
+    throw Error(cat("diagnose_model: needs N >= 3 images and as many captions (got ", n, " and ", captions.size(), ")"));
+  ModelStateGuard restore(model);
+  model->eval();
+  const auto [ids, masks] = encode_batch(tok, captions, model->config().max_text_len);
+  nlohmann::json out;
+
+  at::Tensor neg_random = at::empty({n}, at::kLong), neg_hard;
+  {
+    std::mt19937_64 rng(seed);
+    for (int64_t i = 0; i < n; ++i) neg_random[i] = (i + 1 + static_cast<int64_t>(rng() % (n - 1))) % n;
+  }
+  {
+    at::NoGradGuard no_grad;
+    const UnimodalOutput t = model->infer_text_ft(ids, masks), v = model->infer_image_ft(images);
+    out["text_cls_cos"] = mean_pairwise_cosine(t.cls_feats);
+    out["image_cls_cos"] = mean_pairwise_cosine(v.cls_feats);
+    out["text_hidden_cos"] = mean_pairwise_cosine(t.feats.select(1, 0));
+    out["image_hidden_cos"] = mean_pairwise_cosine(v.feats.select(1, 0));
+    const at::Tensor sim = at::matmul(t.cls_feats, v.cls_feats.t()) - 1e9 * at::eye(n);  // caption i vs image j != i
+    neg_hard = sim.argmax(1);
+    const int64_t Lt = ids.size(1);
+    AttentionRecorder rec;
+    const FusionOutput pos = model->infer(ids, masks, images);
+    const at::Tensor neg_r = model->infer(ids, masks, images.index_select(0, neg_random)).cls_feats;
+    const at::Tensor neg_h = model->infer(ids, masks, images.index_select(0, neg_hard)).cls_feats;
+    auto itm_acc = [&](const at::Tensor& neg) {
+      const at::Tensor lp = model->itm_score->forward(pos.cls_feats), ln = model->itm_score->forward(neg);
+      return 0.5 * (lp.argmax(1).eq(1).to(at::kDouble).mean().item<double>() +
+                    ln.argmax(1).eq(0).to(at::kDouble).mean().item<double>());
+    };
+    out["itm_acc_random"] = itm_acc(neg_r);
+    out["itm_acc_hard"] = itm_acc(neg_h);
+    out["fused_pooled_cos"] = mean_pairwise_cosine(at::cat({pos.cls_feats, neg_r}));
+    // The recorder holds the three fusion passes' layers in order; the first depth entries are
+    // the matched pass.
+    const int64_t depth = model->config().depth;
+    const at::Tensor keys = (masks.sum(1) + pos.image_feats.size(1)).to(at::kDouble);  // (N)
+    std::vector<double> entropy, to_image;
+    for (int64_t l = 0; l < depth; ++l) {
+      const at::Tensor p = rec.cls_attention().at(static_cast<size_t>(l)).to(at::kDouble);  // (N, H, keys)
+      const at::Tensor h = -(p * p.clamp_min(1e-300).log()).sum(-1);                         // (N, H)
+      entropy.push_back((h / keys.log().unsqueeze(1)).mean().item<double>());
+      to_image.push_back(p.narrow(2, Lt, p.size(2) - Lt).sum(-1).mean().item<double>());
+    }
+    out["cls_attention_entropy"] = entropy;
+    out["cls_attention_to_image"] = to_image;
+  }
+  {
+    for (auto& p : model->parameters()) p.set_requires_grad(true), p.mutable_grad() = at::Tensor();
+    const FusionOutput pos = model->infer(ids, masks, images);
+    const FusionOutput neg = model->infer(ids, masks, images.index_select(0, neg_random));
+    // The pooler reads token 0 of the final-norm output, the text [CLS]: pool text_feats here so
+    // that the gradient at that hidden state can be read.
+    pos.text_feats.retain_grad();
+    neg.text_feats.retain_grad();
+    const at::Tensor pooled = at::cat({model->pooler->forward(pos.text_feats), model->pooler->forward(neg.text_feats)});
+    const at::Tensor logits = model->itm_score->forward(pooled);
+    const at::Tensor labels = at::cat({at::ones({n}, at::kLong), at::zeros({n}, at::kLong)});
+    at::cross_entropy_loss(logits, labels).backward();
+    out["grad_itm_head"] = model->itm_score->fc->weight.grad().norm().item<double>();
+    out["grad_pooler"] = model->pooler->dense->weight.grad().norm().item<double>();
+    out["grad_fused_cls"] = at::cat({pos.text_feats.grad().select(1, 0), neg.text_feats.grad().select(1, 0)}).norm(2, -1).mean().item<double>();
+  }
+  return out;
+}
+
+}  // namespace vlmo
