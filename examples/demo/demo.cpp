@@ -117,7 +117,9 @@ void for_each_field(DemoRecipe& r, F&& f) {
 
 void DemoRecipe::apply(const nlohmann::json& overrides) {
   if (!overrides.is_object()) throw Error("demo recipe: expected a JSON object of field: value");
-  for (const auto& [key, value] : overrides.items()) {
+  for (auto it = overrides.begin(); it != overrides.end(); ++it) {
+    const std::string key = it.key();  // named copies: clang (C++17) does not capture structured bindings
+    const nlohmann::json& value = it.value();
     bool found = false;
     for_each_field(*this, [&](const char* name, auto& field) {
       if (key != name) return;
