@@ -100,8 +100,8 @@ nlohmann::json recall_json(const Recall& r) {
 
 namespace {
 // The recipe's fields by name, for apply() and to_json().
-template <typename F>
-void for_each_field(DemoRecipe& r, F&& f) {
+template <typename Recipe, typename F>  // Recipe: DemoRecipe or const DemoRecipe
+void for_each_field(Recipe& r, F&& f) {
   f("embed_dim", r.embed_dim), f("depth", r.depth), f("num_heads", r.num_heads), f("image_size", r.image_size);
   f("vlffn_start", r.vlffn_start), f("layer_scale", r.layer_scale);
   f("absolute_positions", r.absolute_positions);
@@ -147,8 +147,7 @@ void DemoRecipe::apply(const nlohmann::json& overrides) {
 
 nlohmann::json DemoRecipe::to_json() const {
   nlohmann::json j;
-  DemoRecipe copy = *this;
-  for_each_field(copy, [&](const char* name, const auto& field) {
+  for_each_field(*this, [&](const char* name, const auto& field) {
     using T = std::decay_t<decltype(field)>;
     if constexpr (std::is_same_v<T, std::optional<double>>) j[name] = field ? nlohmann::json(*field) : nlohmann::json();
     else j[name] = field;

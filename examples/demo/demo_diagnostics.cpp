@@ -5,6 +5,7 @@
 
 #include "vlmo/data.h"
 #include "vlmo/error.h"
+#include "vlmo/tasks.h"
 
 namespace vlmo {
 
@@ -52,7 +53,7 @@ nlohmann::json diagnose_model(VLMo& model, const Tokenizer& tok, const at::Tenso
   const auto [ids, masks] = encode_batch(tok, captions, model->config().max_text_len);
   nlohmann::json out;
 
-  at::Tensor neg_random = at::empty({n}, at::kLong), neg_hard;
+  at::Tensor neg_random = at::empty({n}, at::kLong), hard_logits;
   {
     std::mt19937_64 rng(seed);
     for (int64_t i = 0; i < n; ++i) neg_random[i] = (i + 1 + static_cast<int64_t>(rng() % (n - 1))) % n;
@@ -65,50 +66,45 @@ nlohmann::json diagnose_model(VLMo& model, const Tokenizer& tok, const at::Tenso
     out["text_hidden_cos"] = mean_pairwise_cosine(t.feats.select(1, 0));
     out["image_hidden_cos"] = mean_pairwise_cosine(v.feats.select(1, 0));
     const at::Tensor sim = at::matmul(t.cls_feats, v.cls_feats.t()) - 1e9 * at::eye(n);  // caption i vs image j != i
-    neg_hard = sim.argmax(1);
-    const int64_t Lt = ids.size(1);
-    AttentionRecorder rec;
-    const FusionOutput pos = model->infer(ids, masks, images);
-    const at::Tensor neg_r = model->infer(ids, masks, images.index_select(0, neg_random)).cls_feats;
-    const at::Tensor neg_h = model->infer(ids, masks, images.index_select(0, neg_hard)).cls_feats;
-    auto itm_acc = [&](const at::Tensor& neg) {
-      const at::Tensor lp = model->itm_score->forward(pos.cls_feats), ln = model->itm_score->forward(neg);
-      return 0.5 * (lp.argmax(1).eq(1).to(at::kDouble).mean().item<double>() +
-                    ln.argmax(1).eq(0).to(at::kDouble).mean().item<double>());
-    };
-    out["itm_acc_random"] = itm_acc(neg_r);
-    out["itm_acc_hard"] = itm_acc(neg_h);
-    out["fused_pooled_cos"] = mean_pairwise_cosine(at::cat({pos.cls_feats, neg_r}));
-    // The recorder holds the three fusion passes' layers in order; the first depth entries are
-    // the matched pass.
-    const int64_t depth = model->config().depth;
-    const at::Tensor keys = (masks.sum(1) + pos.image_feats.size(1)).to(at::kDouble);  // (N)
-    std::vector<double> entropy, to_image;
-    for (int64_t l = 0; l < depth; ++l) {
-      const at::Tensor p = rec.cls_attention().at(static_cast<size_t>(l)).to(at::kDouble);  // (N, H, keys)
-      const at::Tensor h = -(p * p.clamp_min(1e-300).log()).sum(-1);                         // (N, H)
-      entropy.push_back((h / keys.log().unsqueeze(1)).mean().item<double>());
-      to_image.push_back(p.narrow(2, Lt, p.size(2) - Lt).sum(-1).mean().item<double>());
-    }
-    out["cls_attention_entropy"] = entropy;
-    out["cls_attention_to_image"] = to_image;
+    hard_logits = itm_logits(model, ids, masks, images.index_select(0, sim.argmax(1)));
   }
-  {
-    for (auto& p : model->parameters()) p.set_requires_grad(true), p.mutable_grad() = at::Tensor();
-    const FusionOutput pos = model->infer(ids, masks, images);
-    const FusionOutput neg = model->infer(ids, masks, images.index_select(0, neg_random));
-    // The pooler reads token 0 of the final-norm output, the text [CLS]: pool text_feats here so
-    // that the gradient at that hidden state can be read.
-    pos.text_feats.retain_grad();
-    neg.text_feats.retain_grad();
-    const at::Tensor pooled = at::cat({model->pooler->forward(pos.text_feats), model->pooler->forward(neg.text_feats)});
-    const at::Tensor logits = model->itm_score->forward(pooled);
-    const at::Tensor labels = at::cat({at::ones({n}, at::kLong), at::zeros({n}, at::kLong)});
-    at::cross_entropy_loss(logits, labels).backward();
-    out["grad_itm_head"] = model->itm_score->fc->weight.grad().norm().item<double>();
-    out["grad_pooler"] = model->pooler->dense->weight.grad().norm().item<double>();
-    out["grad_fused_cls"] = at::cat({pos.text_feats.grad().select(1, 0), neg.text_feats.grad().select(1, 0)}).norm(2, -1).mean().item<double>();
+  // One fusion pass over the matched pairs and one over the random mismatches serve the
+  // accuracies, the spread, the attention (the recorder's first `depth` entries are the matched
+  // pass) and the ITM gradients.
+  for (auto& p : model->parameters()) p.set_requires_grad(true), p.mutable_grad() = at::Tensor();
+  AttentionRecorder rec;
+  const FusionOutput pos = model->infer(ids, masks, images);
+  const FusionOutput neg = model->infer(ids, masks, images.index_select(0, neg_random));
+  // The pooler reads token 0 of the final-norm output, the text [CLS]: pool text_feats here so
+  // that the gradient at that hidden state can be read.
+  pos.text_feats.retain_grad();
+  neg.text_feats.retain_grad();
+  const at::Tensor pooled = at::cat({model->pooler->forward(pos.text_feats), model->pooler->forward(neg.text_feats)});
+  const at::Tensor logits = model->itm_score->forward(pooled);
+  const at::Tensor matched = logits.narrow(0, 0, n).detach();
+  auto balanced_accuracy = [&](const at::Tensor& mismatched) {
+    return 0.5 * (matched.argmax(1).eq(1).to(at::kDouble).mean().item<double>() +
+                  mismatched.argmax(1).eq(0).to(at::kDouble).mean().item<double>());
+  };
+  out["itm_acc_random"] = balanced_accuracy(logits.narrow(0, n, n).detach());
+  out["itm_acc_hard"] = balanced_accuracy(hard_logits);
+  out["fused_pooled_cos"] = mean_pairwise_cosine(pooled.detach());
+  const int64_t depth = model->config().depth, Lt = ids.size(1);
+  const at::Tensor keys = (masks.sum(1) + pos.image_feats.size(1)).to(at::kDouble);  // (N)
+  std::vector<double> entropy, to_image;
+  for (int64_t l = 0; l < depth; ++l) {
+    const at::Tensor p = rec.cls_attention().at(static_cast<size_t>(l)).to(at::kDouble);  // (N, H, keys)
+    const at::Tensor h = -(p * p.clamp_min(1e-300).log()).sum(-1);                         // (N, H)
+    entropy.push_back((h / keys.log().unsqueeze(1)).mean().item<double>());
+    to_image.push_back(p.narrow(2, Lt, p.size(2) - Lt).sum(-1).mean().item<double>());
   }
+  out["cls_attention_entropy"] = entropy;
+  out["cls_attention_to_image"] = to_image;
+  const at::Tensor labels = at::cat({at::ones({n}, at::kLong), at::zeros({n}, at::kLong)});
+  at::cross_entropy_loss(logits, labels).backward();
+  out["grad_itm_head"] = model->itm_score->fc->weight.grad().norm().item<double>();
+  out["grad_pooler"] = model->pooler->dense->weight.grad().norm().item<double>();
+  out["grad_fused_cls"] = at::cat({pos.text_feats.grad().select(1, 0), neg.text_feats.grad().select(1, 0)}).norm(2, -1).mean().item<double>();
   return out;
 }
 
