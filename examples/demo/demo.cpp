@@ -104,7 +104,7 @@ template <typename Recipe, typename F>  // Recipe: DemoRecipe or const DemoRecip
 void for_each_field(Recipe& r, F&& f) {
   f("embed_dim", r.embed_dim), f("depth", r.depth), f("num_heads", r.num_heads), f("image_size", r.image_size);
   f("vlffn_start", r.vlffn_start), f("layer_scale", r.layer_scale);
-  f("absolute_positions", r.absolute_positions);
+  f("absolute_positions", r.absolute_positions), f("background_tint", r.background_tint);
   f("stage1_steps", r.stage1_steps), f("stage2_steps", r.stage2_steps), f("stage3_steps", r.stage3_steps);
   f("retrieval_steps", r.retrieval_steps), f("vqa_steps", r.vqa_steps), f("nlvr2_steps", r.nlvr2_steps);
   f("stage1_batch", r.stage1_batch), f("stage2_batch", r.stage2_batch), f("stage3_batch", r.stage3_batch);
@@ -163,7 +163,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   const DemoRecipe& rc = o.recipe;
   const Config cfg = demo_config(rc);
   const Tokenizer tok = Tokenizer::from_file(o.vocab.empty() ? Tokenizer::default_vocab_path() : o.vocab);
-  const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size);
+  const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size, rc.background_tint);
   const std::vector<KarpathyImage> test = retrieval_split(world, "test", 2), val = retrieval_split(world, "val", 2);
   const auto& train_scenes = world.split("train");
   auto steps = [&](int64_t n) { return std::max<int64_t>(2, static_cast<int64_t>(n * o.step_scale)); };
@@ -266,19 +266,32 @@ nlohmann::json run_demo(const DemoOptions& o) {
   auto diagnose = [&](const std::string& after) {
     report["diagnostics"][after] = diagnose_model(model, tok, probe_images, probe_captions, mix_seed(o.seed, 13));
   };
+  // --start-at: the stages before it are taken from the given checkpoint instead of trained.
+  static const std::vector<std::string> kStarts = {"", "stage2", "stage3", "finetune"};
+  const auto start_pos = std::find(kStarts.begin(), kStarts.end(), o.start_at);
+  if (start_pos == kStarts.end())
+    throw Error(cat("demo: --start-at \"", o.start_at, "\" is not one of stage2, stage3, finetune"));
+  const int start = static_cast<int>(start_pos - kStarts.begin());
+  if (start > 0) {
+    if (o.start_weights.empty()) throw Error("demo: --start-at needs --weights (a checkpoint of an earlier demo run)");
+    const LoadReport lr = load_weights(model, read_weights(o.start_weights), false);
+    if (!lr.missing.empty() || !lr.mismatched.empty())
+      throw Error(cat(o.start_weights, ": not a checkpoint of this demo model\n", lr.describe()));
+    report["started_at"] = {{"stage", o.start_at}, {"weights", o.start_weights}};
+  }
   diagnose("init");
-  run_stage("stage1-image", Stage::kImage, mim_objective, steps(rc.stage1_steps), rc.stage1_batch, rc.stage1_lr, true, false, true);
-  diagnose("stage1-image");
-  run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(rc.stage2_steps), rc.stage2_batch, rc.stage2_lr, false, true, false);
-  diagnose("stage2-text");
+  if (start <= 0) run_stage("stage1-image", Stage::kImage, mim_objective, steps(rc.stage1_steps), rc.stage1_batch, rc.stage1_lr, true, false, true);
+  if (start <= 0) diagnose("stage1-image");
+  if (start <= 1) run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(rc.stage2_steps), rc.stage2_batch, rc.stage2_lr, false, true, false);
+  if (start <= 1) diagnose("stage2-text");
   // With several processes the contrastive stages use the global contrastive batch, which keeps
   // the one-process gradient (the official all-gather gives the encoders 1/W of it: README
   // "Several processes"). With one process and no accumulation it is the official loss, which
   // the plain objective computes without the extra feature pass (about 15 % faster).
   const bool several = world_size > 1;
-  run_stage("stage3-vl", Stage::kVL, vl_objective, steps(rc.stage3_steps), rc.stage3_batch, rc.stage3_lr, true, true, false,
+  if (start <= 2) run_stage("stage3-vl", Stage::kVL, vl_objective, steps(rc.stage3_steps), rc.stage3_batch, rc.stage3_lr, true, true, false,
             several ? vl_global_step_objective(mix_seed(o.seed, 3)) : StepObjectiveFn{});
-  diagnose("stage3-vl");
+  diagnose("stage3-vl");  // the model fine-tuning starts from (also when it was loaded)
   TensorMap stage3_weights;  // the start of VQA and NLVR2 (in memory: every rank has them)
   for (const auto& p : model->named_parameters()) stage3_weights[p.key()] = p.value().detach().clone();
   // Downstream training draws from the world directly (a fresh caption, question or statement at

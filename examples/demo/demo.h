@@ -16,9 +16,10 @@ struct DemoRecipe {
   // about where shapes are, and with base's relative-position-only layout a 4x4-patch image gives
   // the text no absolute location; layer scale 0.1 in 4 layers leaves every [CLS] output at its
   // own embedding. Real pre-training keeps the official presets: this is the demo's recipe only.
-  int embed_dim = 128, depth = 4, num_heads = 4, image_size = 64, vlffn_start = 2;
+  int embed_dim = 128, depth = 4, num_heads = 4, image_size = 48, vlffn_start = 2;
   std::optional<double> layer_scale;  // null: none (base-plus); 0.1 is base's
   bool absolute_positions = true;     // base-plus: absolute positions, no relative bias
+  int background_tint = 4;            // the world's background tint levels per channel (DemoWorld)
   int64_t stage1_steps = 150, stage2_steps = 150, stage3_steps = 300;
   int64_t retrieval_steps = 300, vqa_steps = 300, nlvr2_steps = 300;
   int64_t stage1_batch = 64, stage2_batch = 64, stage3_batch = 32, retrieval_batch = 64, vqa_batch = 32, nlvr2_batch = 32;
@@ -39,6 +40,10 @@ struct DemoOptions {
   DemoRecipe recipe;
   // Stop after pre-training (stages 1-3, zero-shot retrieval and the diagnostics): experiments.
   bool pretrain_only = false;
+  // Experiments on later stages: begin at "stage2", "stage3" or "finetune" (empty: stage 1) from
+  // `start_weights`, the checkpoint a previous run of the same model shape wrote before it.
+  std::string start_at;
+  std::string start_weights;
 };
 
 // Runs everything, writes out_dir/report.json (and metrics.jsonl, checkpoints), returns the report.

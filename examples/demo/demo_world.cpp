@@ -56,9 +56,10 @@ std::string Scene::signature() const {
   return s;
 }
 
-DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size)
-    : image_size_(image_size) {
+DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range)
+    : image_size_(image_size), tint_range_(tint_range) {
   if (image_size < 32) throw Error(cat("demo world: image size ", image_size, " is too small (>= 32)"));
+  if (tint_range < 1 || tint_range > 100) throw Error(cat("demo world: background tint range ", tint_range, " is outside 1..100"));
   std::mt19937_64 rng(seed);
   std::set<std::string> used;
   // Test and validation scenes first, each distinct; training scenes never repeat one of them.
@@ -91,17 +92,20 @@ Image DemoWorld::render(const Scene& s) const {
   Image img;
   img.width = img.height = S;
   img.rgb.resize(static_cast<size_t>(S) * S * 3);
-  const int tint[3] = {static_cast<int>(rng() % 50) + 30, static_cast<int>(rng() % 50) + 30, static_cast<int>(rng() % 50) + 30};
+  int tint[3];
+  for (int& t : tint) t = 55 - tint_range_ / 2 + static_cast<int>(rng() % static_cast<uint64_t>(tint_range_));
   std::normal_distribution<double> noise(0, 6);
   for (int y = 0; y < S; ++y)
     for (int x = 0; x < S; ++x)
       for (int c = 0; c < 3; ++c)
         img.row(y)[3 * x + c] = static_cast<uint8_t>(std::clamp(tint[c] + y * 20.0 / S + noise(rng), 0.0, 255.0));
-  const double centres[5][2] = {{0.25, 0.5}, {0.75, 0.5}, {0.5, 0.25}, {0.5, 0.75}, {0.5, 0.5}};
+  // The places are cells of a 3 x 3 layout (left = middle row, first column, ...): at the demo's
+  // 48 px and 16 px patches each shape lies inside one patch, so a place is a patch position.
+  const double centres[5][2] = {{1 / 6.0, 0.5}, {5 / 6.0, 0.5}, {0.5, 1 / 6.0}, {0.5, 5 / 6.0}, {0.5, 0.5}};
   for (const auto& sh : s.shapes) {
-    std::uniform_real_distribution<double> jitter(-0.05 * S, 0.05 * S);
+    std::uniform_real_distribution<double> jitter(-0.02 * S, 0.02 * S);
     const double cx = centres[sh.place][0] * S + jitter(rng), cy = centres[sh.place][1] * S + jitter(rng);
-    const double r = (sh.large ? 0.17 : 0.09) * S * (0.9 + 0.2 * (rng() % 100) / 100.0);
+    const double r = (sh.large ? 0.14 : 0.08) * S * (0.9 + 0.2 * (rng() % 100) / 100.0);
     int col[3];
     for (int c = 0; c < 3; ++c) col[c] = std::clamp(kColours[sh.colour][c] + static_cast<int>(rng() % 31) - 15, 0, 255);
     for (int y = 0; y < S; ++y)
