@@ -209,6 +209,44 @@ TEST(Data, WorldSplitsAreDisjointAndCaptionsDescribeTheScene) {
   }
 }
 
+// What the demo's contrastive stage needs from its world (issue 13, NOTES.md): an untrained image
+// [CLS] is close to a mean over patches, so it must not be dominated by a per-image nuisance (the
+// background tint), and a place named in a caption must be a patch position the model can attend to.
+TEST(Data, WorldShapesSitInTheirPlacesPatchAndBackgroundsBarelyDiffer) {
+  const int S = 48, P = 16;  // the demo's image: 3 x 3 patches
+  const int cell[5][2] = {{0, 1}, {2, 1}, {1, 0}, {1, 2}, {1, 1}};  // (column, row) of left, right, top, bottom, middle
+  auto background_spread = [&](int tint) {
+    const DemoWorld w(11, 200, 2, 2, S, tint);
+    double lo[3] = {1e9, 1e9, 1e9}, hi[3] = {-1e9, -1e9, -1e9};
+    for (const Scene& sc : w.split("train")) {
+      const Image img = w.render(sc);
+      bool occupied[3][3] = {};
+      for (const Shape& sh : sc.shapes) occupied[cell[sh.place][1]][cell[sh.place][0]] = true;
+      int in_place[5] = {};
+      double sum[3] = {}, n = 0;
+      for (int y = 0; y < S; ++y)
+        for (int x = 0; x < S; ++x) {
+          const uint8_t* px = img.row(y) + 3 * x;
+          if (std::max({px[0], px[1], px[2]}) < 130) {  // background: grey 55 + tint + gradient + noise
+            for (int c = 0; c < 3; ++c) sum[c] += px[c];
+            ++n;
+            continue;
+          }
+          // Every shape pixel lies in the patch of an occupied place.
+          EXPECT_TRUE(occupied[y / P][x / P]) << sc.signature() << " pixel " << x << "," << y;
+          for (const Shape& sh : sc.shapes) in_place[sh.place] += cell[sh.place][0] == x / P && cell[sh.place][1] == y / P;
+        }
+      for (const Shape& sh : sc.shapes) EXPECT_GT(in_place[sh.place], 15) << sc.signature();  // small shapes: ~60 px
+      for (int c = 0; c < 3; ++c) lo[c] = std::min(lo[c], sum[c] / n), hi[c] = std::max(hi[c], sum[c] / n);
+    }
+    double spread = 0;
+    for (int c = 0; c < 3; ++c) spread = std::max(spread, hi[c] - lo[c]);
+    return spread;
+  };
+  EXPECT_LT(background_spread(4), 6.0);    // the demo's default: 4 tint levels
+  EXPECT_GT(background_spread(50), 30.0);  // the parameter is what sets it
+}
+
 TEST(Retrieval, RecallByHand) {
   // 2 images, 4 captions: captions 0,1 -> image 0; 2,3 -> image 1.
   const at::Tensor scores = at::tensor({0.9, 0.1, 0.8, 0.2,    // image 0: best caption 0 (own)

@@ -111,6 +111,7 @@ void for_each_field(Recipe& r, F&& f) {
   f("retrieval_batch", r.retrieval_batch), f("vqa_batch", r.vqa_batch), f("nlvr2_batch", r.nlvr2_batch);
   f("stage1_lr", r.stage1_lr), f("stage2_lr", r.stage2_lr), f("stage3_lr", r.stage3_lr);
   f("retrieval_lr", r.retrieval_lr), f("vqa_lr", r.vqa_lr), f("nlvr2_lr", r.nlvr2_lr);
+  f("vqa_head_lr_mult", r.vqa_head_lr_mult), f("nlvr2_head_lr_mult", r.nlvr2_head_lr_mult);
   f("warmup_fraction", r.warmup_fraction);
 }
 }  // namespace
@@ -346,7 +347,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
       b.vqa_targets = targets;
       return b;
     };
-    fit(vqa, "finetune-vqa", vqa_objective, batches, steps(rc.vqa_steps), rc.vqa_batch, rc.vqa_lr, 20.0,
+    fit(vqa, "finetune-vqa", vqa_objective, batches, steps(rc.vqa_steps), rc.vqa_batch, rc.vqa_lr, rc.vqa_head_lr_mult,
         {{"vqa_answers", nlohmann::json(answers).dump()}});
   }
   {  // Test: two questions per test scene, ten identical human answers each.
@@ -406,7 +407,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
       b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
       return b;
     };
-    fit(nlvr2, "finetune-nlvr2", nlvr2_objective, batches, steps(rc.nlvr2_steps), rc.nlvr2_batch, rc.nlvr2_lr, 1.0, {});
+    fit(nlvr2, "finetune-nlvr2", nlvr2_objective, batches, steps(rc.nlvr2_steps), rc.nlvr2_batch, rc.nlvr2_lr, rc.nlvr2_head_lr_mult, {});
   }
   {
     std::vector<Nlvr2Example> test_pairs;

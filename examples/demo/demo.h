@@ -20,10 +20,11 @@ struct DemoRecipe {
   std::optional<double> layer_scale;  // null: none (base-plus); 0.1 is base's
   bool absolute_positions = true;     // base-plus: absolute positions, no relative bias
   int background_tint = 4;            // the world's background tint levels per channel (DemoWorld)
-  int64_t stage1_steps = 150, stage2_steps = 150, stage3_steps = 300;
-  int64_t retrieval_steps = 300, vqa_steps = 300, nlvr2_steps = 300;
+  int64_t stage1_steps = 150, stage2_steps = 150, stage3_steps = 450;
+  int64_t retrieval_steps = 300, vqa_steps = 1200, nlvr2_steps = 300;
   int64_t stage1_batch = 64, stage2_batch = 64, stage3_batch = 32, retrieval_batch = 64, vqa_batch = 32, nlvr2_batch = 32;
   double stage1_lr = 1e-3, stage2_lr = 1e-3, stage3_lr = 1e-3, retrieval_lr = 1e-3, vqa_lr = 1e-3, nlvr2_lr = 1e-3;
+  double vqa_head_lr_mult = 20, nlvr2_head_lr_mult = 1;  // the classifier heads' lr multipliers (official: 20, 1)
   double warmup_fraction = 0.1;
 
   // Applies the keys of a JSON object; an unknown key or a value of the wrong type is an error.
