@@ -281,10 +281,14 @@ nlohmann::json run_demo(const DemoOptions& o) {
     report["started_at"] = {{"stage", o.start_at}, {"weights", o.start_weights}};
   }
   diagnose("init");
-  if (start <= 0) run_stage("stage1-image", Stage::kImage, mim_objective, steps(rc.stage1_steps), rc.stage1_batch, rc.stage1_lr, true, false, true);
-  if (start <= 0) diagnose("stage1-image");
-  if (start <= 1) run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(rc.stage2_steps), rc.stage2_batch, rc.stage2_lr, false, true, false);
-  if (start <= 1) diagnose("stage2-text");
+  if (start <= 0) {
+    run_stage("stage1-image", Stage::kImage, mim_objective, steps(rc.stage1_steps), rc.stage1_batch, rc.stage1_lr, true, false, true);
+    diagnose("stage1-image");
+  }
+  if (start <= 1) {
+    run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(rc.stage2_steps), rc.stage2_batch, rc.stage2_lr, false, true, false);
+    diagnose("stage2-text");
+  }
   // With several processes the contrastive stages use the global contrastive batch, which keeps
   // the one-process gradient (the official all-gather gives the encoders 1/W of it: README
   // "Several processes"). With one process and no accumulation it is the official loss, which
