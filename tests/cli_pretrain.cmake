@@ -41,6 +41,31 @@ file(READ "${WORK}/demo/report.json" report)
 string(JSON tr1 GET "${report}" retrieval test_after_finetuning tr_r1)
 string(JSON chance GET "${report}" retrieval chance tr_r1)
 message(STATUS "demo at 1% steps: TR@1 ${tr1} (chance ${chance})")
+# --start-at: stage 3 from the stage-2 checkpoint just written, the earlier stages not trained;
+# an unknown stage or a missing --weights is an error that says what is expected.
+execute_process(COMMAND ${VLMO} demo --step-scale 0.01 --quiet --pretrain-only --start-at stage3
+                        --weights ${WORK}/demo/stage2-text.safetensors --out ${WORK}/demo_s3
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT EXISTS "${WORK}/demo_s3/report.json")
+  message(FATAL_ERROR "demo --start-at stage3 failed (${rc}): ${err}")
+endif()
+file(READ "${WORK}/demo_s3/report.json" s3)
+string(JSON started GET "${s3}" started_at stage)
+string(JSON n_stages LENGTH "${s3}" stages)
+string(JSON only_stage MEMBER "${s3}" stages 0)
+if(NOT started STREQUAL "stage3" OR NOT n_stages EQUAL 1 OR NOT only_stage STREQUAL "stage3-vl")
+  message(FATAL_ERROR "demo --start-at stage3 trained other stages: ${s3}")
+endif()
+execute_process(COMMAND ${VLMO} demo --quiet --start-at stage9 --weights ${WORK}/demo/stage2-text.safetensors --out ${WORK}/demo_bad
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "--start-at \"stage9\" is not one of stage2, stage3, finetune")
+  message(FATAL_ERROR "demo --start-at stage9 should fail naming the stages (${rc}): ${err}")
+endif()
+execute_process(COMMAND ${VLMO} demo --quiet --start-at finetune --out ${WORK}/demo_bad
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "--start-at needs --weights")
+  message(FATAL_ERROR "demo --start-at without --weights should fail (${rc}): ${err}")
+endif()
 # Its learning curves, drawn by `vlmo plot`: valid PNG files of the default size.
 foreach(chart loss lr samples_per_s itm_loss)
   if(NOT EXISTS "${WORK}/demo/plots/${chart}.png" OR NOT EXISTS "${WORK}/demo/plots/${chart}.svg")
