@@ -762,5 +762,6 @@ TEST(DemoRecipe, OverridesByNameAndNamesWhatIsWrong) {
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 1.5})")); }, {"\"stage3_steps\" must be a positive integer"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 0})")); }, {"positive integer"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_lr": "fast"})")); }, {"\"stage3_lr\" must be a number"});
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"vqa_head_lr_mult": -1})")); }, {"\"vqa_head_lr_mult\" must be a number >= 0"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"([1, 2])")); }, {"JSON object"});
 }

@@ -134,7 +134,9 @@ void DemoRecipe::apply(const nlohmann::json& overrides) {
         else if (value.is_number()) field = value.get<double>();
         else throw Error(cat("demo recipe: \"", key, "\" must be a number or null"));
       } else if constexpr (std::is_floating_point_v<T>) {
-        if (!value.is_number()) throw Error(cat("demo recipe: \"", key, "\" must be a number"));
+        // Learning rates, their multipliers and the warm-up fraction: a negative one would train backwards.
+        if (!value.is_number() || value.get<double>() < 0)
+          throw Error(cat("demo recipe: \"", key, "\" must be a number >= 0"));
         field = value.get<T>();
       } else {
         if (!value.is_number_integer() || value.get<int64_t>() <= 0)
