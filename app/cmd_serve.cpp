@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -345,6 +346,14 @@ int run_serve(const Args& a) {
   Service svc;
   svc.max_pixels = a.get_int64("max-pixels");
   httplib::Server server;
+  // The listening socket: SO_REUSEADDR only (httplib's default adds SO_REUSEPORT, with which a
+  // second server could silently share the port), and its descriptor kept to widen the backlog.
+  int listen_fd = -1;
+  server.set_socket_options([&listen_fd](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
   // Bind before the models load: a busy port is an error at once. Connections made while they
   // load wait in the listen backlog and are served once ready.
   int bound = port;
@@ -354,6 +363,12 @@ int run_serve(const Args& a) {
   } else if (!server.bind_to_port(host, port)) {
     throw Error(cat("cannot listen on ", host, ":", port, " (in use, or not an address of this machine)"));
   }
+  // httplib listens with a backlog of 5: a burst of clients overflows it, the kernel drops their
+  // handshakes, they retry a second later, and a request whose data arrives after httplib's
+  // keep-alive wait is closed unanswered (seen as lost requests under load). listen() again on
+  // the bound socket only widens the queue (the kernel caps it at net.core.somaxconn).
+  if (listen_fd >= 0 && ::listen(listen_fd, 4096) != 0)
+    throw Error(cat("cannot listen on ", host, ":", bound, ": ", std::strerror(errno)));
 
   // Models: --model for every task, --vqa-model / --nlvr2-model for theirs.
   auto model_at = [&](const std::string& path, const std::string& answers) -> LoadedModel& {
@@ -417,7 +432,7 @@ int run_serve(const Args& a) {
   server.set_read_timeout(10, 0);
   server.set_write_timeout(10, 0);
   server.set_keep_alive_max_count(1000);
-  server.set_keep_alive_timeout(2);
+  server.set_keep_alive_timeout(2);  // short: stop() waits for idle kept-alive connections to time out
   // One thread per open connection (httplib's model): enough of them that kept-alive clients do
   // not make later ones wait for a free thread.
   const size_t http_threads = static_cast<size_t>(a.get_int64("http-threads"));

@@ -232,6 +232,9 @@ def part_http():
     refused = [got for st, got in answered if st == 503]
     check(codes.count(200) + codes.count(503) == 48 and refused and "busy" in refused[0]["error"] and codes.count(200) > 0,
           f"--queue 1 under 16 concurrent clients: {codes.count(200)} answered, {codes.count(503)} refused with 503, none lost")
+    # A second server cannot share the port of a running one (no SO_REUSEPORT).
+    out = subprocess.run([VLMO, "serve", "--model", MODEL, "--port", str(s.port)], capture_output=True, text=True, timeout=60)
+    check(out.returncode != 0 and "cannot listen" in out.stderr, f"port of a running vlmo serve: {out.stderr.strip()[:100]!r}")
     rc, _ = s.stop(signal.SIGINT)
     check(rc == 0, f"SIGINT: exit {rc}")
     # A port in use is a clear error.
