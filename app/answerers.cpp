@@ -79,7 +79,7 @@ Task vqa_task(LoadedModel& m, const Tokenizer& tok, ImageFn image, int64_t top, 
   };
   t.run = [&m, &tok](const std::vector<Prepared>& in) {
     const auto [ids, masks] = texts_of(tok, m, in);
-    const at::Tensor probs = at::sigmoid(vqa_logits(m.model, ids, masks, images_of(in)));
+    const at::Tensor probs = at::sigmoid(vqa_logits(m.model, ids, masks, images_of(in))).cpu();
     const auto [p, idx] = probs.topk(max_top(in), 1);
     std::vector<Answer> out;
     for (size_t i = 0; i < in.size(); ++i) {
@@ -111,7 +111,7 @@ Task nlvr2_task(LoadedModel& m, const Tokenizer& tok, ImageFn image) {
   t.run = [&m, &tok](const std::vector<Prepared>& in) {
     const auto [ids, masks] = texts_of(tok, m, in);
     const at::Tensor p_true =
-        at::softmax(nlvr2_logits(m.model, ids, masks, images_of(in), images_of(in, true)), -1).select(1, 1);
+        at::softmax(nlvr2_logits(m.model, ids, masks, images_of(in), images_of(in, true)), -1).select(1, 1).cpu();
     std::vector<Answer> out;
     for (size_t i = 0; i < in.size(); ++i) {
       const double p = p_true[i].item<double>();
@@ -132,7 +132,7 @@ Task itm_task(LoadedModel& m, const Tokenizer& tok, ImageFn image) {
   };
   t.run = [&m, &tok](const std::vector<Prepared>& in) {
     const auto [ids, masks] = texts_of(tok, m, in);
-    const at::Tensor p_match = at::softmax(itm_logits(m.model, ids, masks, images_of(in)), -1).select(1, 1);
+    const at::Tensor p_match = at::softmax(itm_logits(m.model, ids, masks, images_of(in)), -1).select(1, 1).cpu();
     std::vector<Answer> out;
     for (size_t i = 0; i < in.size(); ++i) {
       const double p = p_match[i].item<double>();

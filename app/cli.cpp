@@ -85,7 +85,7 @@ std::vector<Command> all_commands() {
   return {demo_command(),   pretrain_command(), finetune_command(),  evaluate_command(), vqa_command(),
           nlvr2_command(),  itm_command(),      embed_command(),     search_command(),   convert_command(),
           info_command(),   vqa_answers_command(), check_reference_command(), tokenize_command(),
-          preprocess_command(), plot_command(), index_command(), serve_command()};
+          preprocess_command(), plot_command(), index_command(), serve_command(), bench_command()};
 }
 
 }  // namespace vlmo::cli

@@ -83,5 +83,6 @@ Command evaluate_command();
 Command vqa_answers_command();
 Command plot_command();
 Command index_command();
+Command bench_command();
 
 }  // namespace vlmo::cli

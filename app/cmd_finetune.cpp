@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "common.h"
+#include "vlmo/device.h"
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
 #include "vlmo/evaluate.h"
@@ -100,6 +101,7 @@ int run_finetune(const Args& a) {
   init_weights(model, seed);
   const LoadReport rep = load_weights(model, std::move(init.tensors), false);
   std::cerr << "initialised from " << a.get("init") << " (missing tensors keep their fresh initialisation)\n" << rep.describe();
+  model->to(training_device(a));
   if (r.init == "coco") std::cerr << "note: the official " << finetune_task_name(task) << " recipe starts from the COCO-fine-tuned retrieval weights\n";
   t.accumulate = a.get_int("accumulate") > 0 ? a.get_int("accumulate") : static_cast<int>(std::max<int64_t>(1, r.batch_size / batch));
   t.max_steps = a.get_int64("steps") > 0 ? a.get_int64("steps") : r.total_steps(n);
@@ -123,6 +125,7 @@ Command finetune_command() {
   Command c{"finetune", "Fine-tune a pre-trained checkpoint with the official recipe of a task: vqa (480 px, head lr x20, soft-score BCE; train + trainable_val, validated on rest_val), nlvr2 (384 px, three token types), coco / f30k retrieval (384 px, contrastive). Position tables are resized on load.",
             "vlmo finetune --task {vqa,nlvr2,coco,f30k} --init PRETRAINED [data options] --out CKPT"};
   c.options = {{"task", "vqa", "vqa, nlvr2, coco or f30k (irtr = coco)"},
+               device_option(),
                {"init", "", "pre-trained checkpoint (e.g. a 224-px stage-3 checkpoint)"},
                {"preset", "base", "preset of the recipe (and of the model when --init records no config)"},
                {"config", "", "model config JSON (default: the one --init records)"},

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "vlmo/device.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/distributed.h"
@@ -81,6 +82,7 @@ int run_pretrain(const Args& args) {
     std::cerr << "initialised from " << a.get("init") << "\n" << r.describe();
   }
   set_trainable_for_stage(model, stage);
+  model->to(training_device(a));
 
   CollateOptions co;
   co.image_size = cfg.image_size;
@@ -143,6 +145,7 @@ Command pretrain_command() {
       "196 in stage text, 40 otherwise); --train-config JSON may set the training fields.";
   c.usage = "vlmo pretrain --stage {image,text,vl} (--webdataset P | --karpathy J --image-root D | --text F | --images D) --out CKPT";
   c.options = {{"stage", "vl", "image, text or vl"},
+               device_option(),
                {"preset", "base", "model preset (base, base_plus, large)"},
                {"config", "", "model config JSON (overrides --preset)"},
                {"train-config", "", "JSON with training fields (steps, batch_size, lr, warmup, ...); flags given on the command line win"},

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "vlmo/device.h"
 #include "vlmo/distributed.h"
 #include "vlmo/error.h"
 #include "vlmo/files.h"
@@ -21,9 +22,23 @@ std::vector<Option> model_options() {
       {"preset", "", "preset for a checkpoint that records no config: base, base_plus, large"},
       integer_option("image-size", "0", "image size to run at (position tables resized; 0: the config's)", 0, 8192),
       integer_option("max-text-len", "0", "text length (0: the config's)", 0, 4096),
-      {"answers", "", "VQA answer list: JSON array of strings in label order (vlmo vqa-answers)"}};
+      {"answers", "", "VQA answer list: JSON array of strings in label order (vlmo vqa-answers)"},
+      device_option(),
+      {"quantize", "none", "none, or int8: dynamic int8 weights for the transformer's linear layers (CPU inference; see vlmo bench)"}};
   o.push_back(vocab_option());
   return o;
+}
+
+Option device_option() { return {"device", "cpu", "where the model runs: cpu, cuda or cuda:N"}; }
+
+c10::Device training_device(const Args& a) {
+  c10::Device d = parse_device(a.get("device"));
+  const Distributed* dist = current_distributed();
+  if (d.is_cuda() && !d.has_index() && dist && dist->world_size() > 1) {
+    const int gpus = static_cast<int>(at::getNumGPUs());
+    d = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(dist->info().local_rank % std::max(1, gpus)));
+  }
+  return d;
 }
 
 Option vocab_option() { return {"vocab", "", "vocab.txt (default: the BERT uncased vocabulary of the set-up)"}; }
@@ -36,7 +51,19 @@ LoadedModel load_model_from(const Args& a) {
   spec.image_size = a.get_int("image-size");
   spec.max_text_len = a.get_int("max-text-len");
   spec.answers_path = a.get("answers");
+  // Commands that only read the weights (convert, info) declare neither --device nor --quantize.
+  auto option_or = [&a](const std::string& name, const std::string& fallback) {
+    return a.declared.count(name) ? a.get(name) : fallback;
+  };
+  const c10::Device device = parse_device(option_or("device", "cpu"));  // a bad name fails before the file is read
   LoadedModel m = load_model(a.get("model"), spec);
+  const std::string quantize = option_or("quantize", "none");
+  if (quantize != "none" && quantize != "int8") throw Error(cat("--quantize: expected none or int8, got \"", quantize, "\""));
+  m.model->to(device);
+  if (quantize == "int8") {
+    m.model->eval();
+    quantize_int8(m.model);
+  }
   if (!m.report.unexpected.empty()) {
     std::cerr << "note: " << a.get("model") << ": " << m.report.unexpected.size()
               << " tensors the model does not use were ignored:";

@@ -22,6 +22,10 @@ namespace vlmo::cli {
 // checkpoint, or an official .pt / .ckpt with --config or --preset (and --answers for VQA).
 std::vector<Option> model_options();
 Option vocab_option();
+// --device: cpu, cuda or cuda:N (parse_device checks it).
+Option device_option();
+// The --device of a training command; plain "cuda" under a launcher means cuda:LOCAL_RANK.
+c10::Device training_device(const Args& a);
 // The model those options name; unexpected tensors of the file are listed on stderr.
 LoadedModel load_model_from(const Args& a);
 // The --vocab tokenizer (default: BERT uncased); with a config, its size must match vocab_size.

@@ -185,6 +185,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
 
   VLMo model(cfg);
   init_weights(model, o.seed);
+  model->to(o.device);
   nlohmann::json report;
   report["seed"] = o.seed;
   report["config"] = nlohmann::json::parse(config_to_json_text(cfg));
@@ -329,6 +330,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   VLMo vqa(vcfg);
   init_weights(vqa, o.seed);
   load_weights(vqa, stage3_weights, false);
+  vqa->to(o.device);
   auto label_of = [&](const std::string& a) {
     return static_cast<int64_t>(std::find(answers.begin(), answers.end(), a) - answers.begin());
   };
@@ -386,6 +388,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   VLMo nlvr2(ncfg);
   init_weights(nlvr2, o.seed);
   load_weights(nlvr2, stage3_weights, false);
+  nlvr2->to(o.device);
   // The g-th statement of a split: a pair of scenes and a statement about them, from the salt.
   auto statement_at = [&](const std::string& split, uint64_t g, uint64_t salt) {
     const auto& sc = world.split(split);

@@ -1,6 +1,8 @@
 // The built-in demo: the three pre-training stages, retrieval fine-tuning and evaluation on the
 // procedural shapes world (vlmo/demo_world.h), on a small model, deterministic given the seed.
 #pragma once
+#include <c10/core/Device.h>
+
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -45,6 +47,7 @@ struct DemoOptions {
   // `start_weights`, the checkpoint a previous run of the same model shape wrote before it.
   std::string start_at;
   std::string start_weights;
+  c10::Device device = c10::kCPU;  // where every model of the demo runs
 };
 
 // Runs everything, writes out_dir/report.json (and metrics.jsonl, checkpoints), returns the report.

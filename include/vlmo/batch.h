@@ -2,6 +2,7 @@
 // data builders share. Data-level: no model, no training.
 #pragma once
 #include <ATen/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <functional>
@@ -30,6 +31,10 @@ struct Batch {
   // (vlmo::SampleKeys) under --contrastive-batch global.
   int64_t first_sample = -1;
 };
+
+// The batch with every tensor on `device` (a no-op for tensors already there). Towards a CUDA
+// device the host tensors are pinned first and copied asynchronously on the current stream.
+Batch to_device(const Batch& batch, c10::Device device);
 
 // A batch maker: the batch with this index (in an endless sequence over epochs), a pure
 // function of the index, so that any thread may build it and resumption is exact.

@@ -10,6 +10,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
+#include <memory>
 #include <vector>
 
 #include "vlmo/config.h"
@@ -60,11 +61,16 @@ class AttentionRecorder {
 // from keys[i] mixed with `salt`.
 at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef row_shape, double keep, uint64_t salt);
 
+// A linear layer with int8 weights (one scale per output channel) and activations quantised per
+// call (dynamic quantisation: CPU inference only, no autograd). See quantize_int8.
+struct QuantizedLinear;
+
 // timm Mlp: fc1 -> GELU (erf) -> fc2 (dropout 0).
 struct MlpImpl : torch::nn::Module {
   MlpImpl(int dim, int hidden);
   at::Tensor forward(const at::Tensor& x);
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  std::shared_ptr<const QuantizedLinear> q_fc1, q_fc2;  // set by quantize_int8: used instead of fc1 / fc2
 };
 TORCH_MODULE(Mlp);
 
@@ -77,6 +83,7 @@ struct AttentionImpl : torch::nn::Module {
   double scale;
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
   at::Tensor q_bias, v_bias;
+  std::shared_ptr<const QuantizedLinear> q_qkv, q_proj;  // set by quantize_int8
 };
 TORCH_MODULE(Attention);
 
@@ -214,6 +221,9 @@ struct VLMoImpl : torch::nn::Module {
   std::vector<at::Tensor> relative_biases(Modality modality, int64_t text_len);
 
   const Config& config() const { return cfg; }
+  // Where the weights are. Every infer* entry point moves its inputs there (a no-op when they
+  // are), so callers may pass host tensors to a model on a GPU; outputs stay on this device.
+  c10::Device device() const { return token_type_embeddings->weight.device(); }
 
   Config cfg;
   MultiwayTransformer transformer{nullptr};
@@ -241,6 +251,16 @@ TORCH_MODULE(VLMo);
 // Official initialisation (objectives.init_weights + timm trunc_normal): Linear/Embedding
 // N(0, 0.02) (truncated for the transformer), biases 0, LayerNorm (1, 0).
 void init_weights(VLMo& model, uint64_t seed);
+
+// Dynamic int8 quantisation for CPU inference: every linear layer of the transformer blocks
+// (attention qkv and proj, the fc1 / fc2 of every expert) runs on int8 weights, symmetric with
+// one scale per output channel, and activations quantised per call (LibTorch's quantized
+// engine: x86 / FBGEMM, else oneDNN, else QNNPACK). The float weights stay (checkpoints are
+// unchanged); heads, embeddings, layer norms and attention stay fp32. The model must be on
+// the CPU; inference only (a quantised layer in training mode throws: it passes no gradient).
+void quantize_int8(VLMo& model);
+// Whether quantize_int8 can run here (a LibTorch with a quantized engine).
+bool int8_supported();
 
 // Parameter count of every parameter whose name starts with one of `prefixes` (all if empty).
 int64_t count_parameters(torch::nn::Module& m, const std::vector<std::string>& prefixes = {});

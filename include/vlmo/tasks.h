@@ -39,7 +39,8 @@ at::Tensor mlm_logits(VLMo& model, const at::Tensor& text_feats);
 
 // The retrieval dual encoder (infer_image_ft / infer_text_ft: expert paths, no VL-FFN),
 // L2-normalised projected [CLS] features (N, C), computed without autograd in chunks of
-// `chunk` samples, so that any number of inputs fits in memory.
+// `chunk` samples, so that any number of inputs fits in memory; returned on the host (CPU)
+// whatever the model's device.
 at::Tensor encode_images(VLMo& model, const at::Tensor& images, int64_t chunk = 64);
 at::Tensor encode_texts(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
                         int64_t chunk = 64);

@@ -18,6 +18,19 @@ uint64_t mix_seed(uint64_t a, uint64_t b) {  // splitmix64 of a combined value
   return z ^ (z >> 31);
 }
 
+Batch to_device(const Batch& b, c10::Device device) {
+  auto move = [&](const at::Tensor& t) -> at::Tensor {
+    if (!t.defined() || t.device() == device) return t;
+    if (device.is_cuda() && t.is_cpu()) return t.pin_memory().to(device, /*non_blocking=*/true);
+    return t.to(device);
+  };
+  Batch out = b;
+  for (at::Tensor* t : {&out.text_ids, &out.text_masks, &out.text_ids_mlm, &out.text_labels_mlm, &out.image, &out.image_0,
+                        &out.image_1, &out.vqa_targets, &out.nlvr2_labels, &out.patch_mask})
+    *t = move(*t);
+  return out;
+}
+
 std::pair<at::Tensor, at::Tensor> encode_batch(const Tokenizer& tok, const std::vector<std::string>& texts, int max_len) {
   std::vector<int64_t> ids, masks;
   for (const auto& t : texts) {

@@ -47,7 +47,7 @@ VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<
       text.push_back(qs[j].question);
     }
     const auto [ids, masks] = encode_batch(tok, text, model->config().max_text_len);
-    const at::Tensor pred = vqa_logits(model, ids, masks, at::stack(pix)).argmax(1);
+    const at::Tensor pred = vqa_logits(model, ids, masks, at::stack(pix)).argmax(1).cpu();
     for (size_t j = i; j < end; ++j) {
       const std::string& a = answers[pred[j - i].item<int64_t>()];
       out.predictions.emplace_back(qs[j].question_id, a);
@@ -77,7 +77,7 @@ Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vec
       text.push_back(ex[j].sentence);
     }
     const auto [ids, masks] = encode_batch(tok, text, model->config().max_text_len);
-    const at::Tensor pred = nlvr2_logits(model, ids, masks, at::stack(p0), at::stack(p1)).argmax(1);
+    const at::Tensor pred = nlvr2_logits(model, ids, masks, at::stack(p0), at::stack(p1)).argmax(1).cpu();
     for (size_t j = i; j < end; ++j) {
       const bool says_true = pred[j - i].item<int64_t>() == 1;
       out.predictions.push_back(says_true);

@@ -1,7 +1,10 @@
 // Building blocks of the multiway Transformer and the heads (reference §1.2, §1.3, §1.5).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -66,12 +69,46 @@ at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef ro
   return mask;
 }
 
+struct QuantizedLinear {
+  c10::IValue packed;  // the engine's packed weight (and bias), an opaque custom-class object
+  int64_t out_features = 0;
+
+  static c10::OperatorHandle op(const char* name) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  }
+  QuantizedLinear(const at::Tensor& weight, const at::Tensor& bias) : out_features(weight.size(0)) {
+    at::NoGradGuard guard;
+    const at::Tensor w = weight.detach().to(at::kFloat).contiguous();
+    // Symmetric per output channel: the largest |w| of a row maps to 127.
+    const at::Tensor scales = (w.abs().amax(1) / 127.0).clamp_min(1e-12).to(at::kDouble);
+    const at::Tensor q = at::quantize_per_channel(w, scales, at::zeros({w.size(0)}, at::kLong), 0, at::kQInt8);
+    torch::jit::Stack stack{q, bias.defined() ? c10::IValue(bias.detach().to(at::kFloat).contiguous()) : c10::IValue()};
+    op("quantized::linear_prepack").callBoxed(&stack);
+    packed = stack.at(0);
+  }
+  at::Tensor forward(const at::Tensor& x) const {
+    torch::jit::Stack stack{x.to(at::kFloat).contiguous(), packed, /*reduce_range=*/true};
+    op("quantized::linear_dynamic").callBoxed(&stack);
+    return stack.at(0).toTensor();
+  }
+};
+
+namespace {
+void refuse_training(const torch::nn::Module& m) {
+  if (m.is_training()) throw Error("this model is int8-quantised: inference only (eval mode), it passes no gradient");
+}
+}  // namespace
+
 MlpImpl::MlpImpl(int dim, int hidden) {
   fc1 = register_module("fc1", nn::Linear(dim, hidden));
   fc2 = register_module("fc2", nn::Linear(hidden, dim));
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  if (q_fc1) {
+    refuse_training(*this);
+    return q_fc2->forward(at::gelu(q_fc1->forward(x)));
+  }
   return fc2->forward(at::gelu(fc1->forward(x)));
 }
 
@@ -88,7 +125,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   const at::Tensor bias = at::cat({q_bias, at::zeros_like(v_bias), v_bias});
   // (B, N, 3C) -> (3, B, H, N, hd)
-  at::Tensor qkv_out = at::linear(x, qkv->weight, bias)
+  if (q_qkv) refuse_training(*this);
+  at::Tensor qkv_out = (q_qkv ? q_qkv->forward(x) : at::linear(x, qkv->weight, bias))
                            .reshape({B, N, 3, num_heads, C / num_heads})
                            .permute({2, 0, 3, 1, 4});
   at::Tensor q = qkv_out[0] * scale, k = qkv_out[1], v = qkv_out[2];
@@ -103,7 +141,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   attn = attn.softmax(-1).to(x.scalar_type());
   if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
   at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, N, C});  // (B, N, C)
-  return proj->forward(out);
+  return q_proj ? q_proj->forward(out) : proj->forward(out);
 }
 
 BlockImpl::BlockImpl(const Config& c, int layer_index, double drop_path_prob)
@@ -249,6 +287,39 @@ MIMHeadImpl::MIMHeadImpl(int dim, int patch_pixels) {
 
 FcHeadImpl::FcHeadImpl(int in, int out, bool bias) {
   fc = register_module("fc", nn::Linear(nn::LinearOptions(in, out).bias(bias)));
+}
+
+namespace {
+// The quantized engine for int8 linear layers: x86 (FBGEMM + oneDNN, LibTorch 2), FBGEMM, oneDNN
+// (Debian's LibTorch 1.13 has no FBGEMM), QNNPACK (ARM); NoQEngine when none is built in.
+at::QEngine int8_engine() {
+  const auto engines = at::globalContext().supportedQEngines();
+  for (at::QEngine e : {at::QEngine::X86, at::QEngine::FBGEMM, at::QEngine::ONEDNN, at::QEngine::QNNPACK})
+    if (std::find(engines.begin(), engines.end(), e) != engines.end()) return e;
+  return at::QEngine::NoQEngine;
+}
+}  // namespace
+
+bool int8_supported() {
+  return int8_engine() != at::QEngine::NoQEngine &&
+         c10::Dispatcher::singleton().findSchema({"quantized::linear_dynamic", ""}).has_value();
+}
+
+void quantize_int8(VLMo& model) {
+  if (!model->device().is_cpu()) throw Error("int8 quantisation runs on the CPU only (the model is on " + model->device().str() + ")");
+  if (!int8_supported()) throw Error("int8 quantisation needs LibTorch's quantized operators (FBGEMM, oneDNN or QNNPACK), which this build lacks");
+  at::globalContext().setQEngine(int8_engine());
+  for (Block& b : model->transformer->block_list) {
+    BlockImpl* block = b.get();
+    auto& a = *block->attn;
+    a.q_qkv = std::make_shared<QuantizedLinear>(a.qkv->weight, at::cat({a.q_bias, at::zeros_like(a.v_bias), a.v_bias}));
+    a.q_proj = std::make_shared<QuantizedLinear>(a.proj->weight, a.proj->bias);
+    for (Mlp* m : {&block->mlp_text, &block->mlp_imag, &block->mlp_vl}) {
+      if (m->is_empty()) continue;
+      (*m)->q_fc1 = std::make_shared<QuantizedLinear>((*m)->fc1->weight, (*m)->fc1->bias);
+      (*m)->q_fc2 = std::make_shared<QuantizedLinear>((*m)->fc2->weight, (*m)->fc2->bias);
+    }
+  }
 }
 
 }  // namespace vlmo

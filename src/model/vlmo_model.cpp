@@ -73,7 +73,8 @@ std::vector<at::Tensor> VLMoImpl::relative_biases(Modality modality, int64_t tex
   return all.chunk(cfg.depth, 0);
 }
 
-at::Tensor VLMoImpl::text_embed(const at::Tensor& text_ids) {
+at::Tensor VLMoImpl::text_embed(const at::Tensor& text_ids_in) {
+  const at::Tensor text_ids = text_ids_in.to(device());
   return text_embeddings->forward(text_ids) +
          token_type_embeddings->forward(at::zeros_like(text_ids));
 }
@@ -82,7 +83,7 @@ at::Tensor VLMoImpl::image_embed(const at::Tensor& images, int token_type) {
   if (token_type < 0 || token_type >= cfg.num_token_types)
     throw Error(cat("image token type ", token_type, " is out of range: the model has ",
                     cfg.num_token_types, " token types (num_token_types)"));
-  at::Tensor x = transformer->visual_embed(images);
+  at::Tensor x = transformer->visual_embed(images.to(device()));
   at::Tensor types = at::full({x.size(0), x.size(1)}, token_type,
                               at::TensorOptions().dtype(at::kLong).device(x.device()));
   return x + token_type_embeddings->forward(types);
@@ -95,8 +96,8 @@ FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_
     throw Error(cat("fusion input text has ", Lt, " tokens; it must be padded to exactly "
                     "max_text_len = ", cfg.max_text_len, " (the experts split at that index)"));
   at::Tensor x = at::cat({text_embed(text_ids), image_embed(images, image_token_type)}, 1);
-  at::Tensor image_mask = at::ones({x.size(0), cfg.image_tokens()}, text_masks.options());
-  at::Tensor mask = at::cat({text_masks, image_mask}, 1);  // (B, Lt + W²+1)
+  at::Tensor image_mask = at::ones({x.size(0), cfg.image_tokens()}, text_masks.options().device(x.device()));
+  at::Tensor mask = at::cat({text_masks.to(x.device()), image_mask}, 1);  // (B, Lt + W²+1)
   const auto biases = relative_biases(Modality::kVL, Lt);
   for (int i = 0; i < cfg.depth; ++i)
     x = transformer->block_list[i]->forward(x, mask, Modality::kVL, biases[i], Lt);
@@ -145,7 +146,7 @@ void require_itc(const FcHead& head) {
 
 UnimodalOutput VLMoImpl::infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks) {
   require_itc(itc_text_proj);
-  return unimodal(text_embed(text_ids), text_masks, Modality::kText, itc_text_proj, itc_vl_text_proj);
+  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj, itc_vl_text_proj);
 }
 
 UnimodalOutput VLMoImpl::infer_image(const at::Tensor& images) {
@@ -156,7 +157,7 @@ UnimodalOutput VLMoImpl::infer_image(const at::Tensor& images) {
 
 UnimodalOutput VLMoImpl::infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks) {
   require_itc(itc_text_proj);
-  return unimodal(text_embed(text_ids), text_masks, Modality::kText, itc_text_proj, nullptr);
+  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj, nullptr);
 }
 
 UnimodalOutput VLMoImpl::infer_image_ft(const at::Tensor& images) {
@@ -166,14 +167,14 @@ UnimodalOutput VLMoImpl::infer_image_ft(const at::Tensor& images) {
 
 at::Tensor VLMoImpl::infer_image_masked(const at::Tensor& images, const at::Tensor& patch_mask) {
   if (mim_head.is_empty()) throw Error("this model has no \"mim\" head (add it to the config's \"heads\")");
-  at::Tensor x = transformer->visual_embed(images, patch_mask, mim_head->mask_token);
+  at::Tensor x = transformer->visual_embed(images.to(device()), patch_mask.to(device()), mim_head->mask_token);
   at::Tensor types = at::ones({x.size(0), x.size(1)}, at::TensorOptions().dtype(at::kLong).device(x.device()));
   x = x + token_type_embeddings->forward(types);
   return unimodal(x, at::Tensor(), Modality::kImage, nullptr, nullptr).feats;
 }
 
 at::Tensor VLMoImpl::infer_text_mlm(const at::Tensor& text_ids, const at::Tensor& text_masks) {
-  return unimodal(text_embed(text_ids), text_masks, Modality::kText, nullptr, nullptr).feats;
+  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, nullptr, nullptr).feats;
 }
 
 namespace {

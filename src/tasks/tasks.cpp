@@ -63,7 +63,7 @@ std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> itm_pair_scorer(
       out.push_back(itm_logits(model, text_ids.index_select(0, tt), text_masks.index_select(0, tt),
                                images.index_select(0, ii)).select(1, 1));
     }
-    return at::cat(out);
+    return at::cat(out).cpu();
   };
 }
 
@@ -73,7 +73,7 @@ at::Tensor in_chunks(int64_t n, int64_t chunk, Fn fn) {
   if (chunk < 1) throw Error(cat("chunk size must be at least 1, got ", chunk));
   at::NoGradGuard guard;
   std::vector<at::Tensor> parts;
-  for (int64_t i = 0; i < n; i += chunk) parts.push_back(fn(i, std::min(chunk, n - i)));
+  for (int64_t i = 0; i < n; i += chunk) parts.push_back(fn(i, std::min(chunk, n - i)).cpu());
   if (parts.empty()) throw Error("nothing to encode (0 inputs)");
   return at::cat(parts);
 }

@@ -94,12 +94,13 @@ ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_ima
   at::Tensor neg_images, neg_ids, neg_masks;
   {
     at::NoGradGuard guard;  // negatives are inputs, as in the official (gathered under no_grad)
-    neg_images = images.index_select(0, neg_image_index);
-    neg_ids = ids.index_select(0, neg_text_index);
-    neg_masks = masks.index_select(0, neg_text_index);
+    neg_images = images.index_select(0, neg_image_index.to(images.device()));
+    neg_ids = ids.index_select(0, neg_text_index.to(ids.device()));
+    neg_masks = masks.index_select(0, neg_text_index.to(masks.device()));
   }
   // One fusion pass over the 3B pairs (same numbers as three passes: samples are independent).
-  at::Tensor labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)});
+  const auto label_opts = batch.text_ids.options().dtype(at::kLong);
+  at::Tensor labels = at::cat({at::ones({B}, label_opts), at::zeros({2 * B}, label_opts)});
   return itm_on_pairs(model, at::cat({batch.text_ids, batch.text_ids, neg_ids}),
                       at::cat({batch.text_masks, batch.text_masks, neg_masks}),
                       at::cat({batch.image, neg_images, batch.image}), labels);

@@ -60,7 +60,7 @@ Outputs vl_objective(VLMo& model, const Batch& batch) {
   ItcOutput itc = compute_itc(model, batch, gather);
   out["itc_loss"] = itc.loss;
   const int64_t B = batch.image.size(0);
-  const at::Tensor targets = at::arange(B, at::kLong);
+  const at::Tensor targets = at::arange(B, itc.itc.logits_i2t.options().dtype(at::kLong));
   out["itc_i2t_acc"] = itc.itc.logits_i2t.argmax(1).eq(targets).to(at::kFloat).mean().detach();
   // Global hard negatives: for each text an image drawn from its similarity row, and vice versa,
   // each in one batched multinomial.
@@ -72,7 +72,8 @@ Outputs vl_objective(VLMo& model, const Batch& batch) {
                                        gather(batch.text_masks))
                          : compute_itm(model, batch, neg_image, neg_text);
   out["itm_loss"] = itm.loss;
-  const at::Tensor itm_labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)});
+  const auto label_opts = itm.logits.options().dtype(at::kLong);
+  const at::Tensor itm_labels = at::cat({at::ones({B}, label_opts), at::zeros({2 * B}, label_opts)});
   out["itm_acc"] = itm.logits.argmax(1).eq(itm_labels).to(at::kFloat).mean().detach();
   const MlmOutput mlm = compute_mlm(model, batch);
   out["mlm_loss"] = mlm.loss;
@@ -86,7 +87,7 @@ Outputs irtr_objective(VLMo& model, const Batch& batch) {
   ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, current_gather());
   Outputs out;
   out["irtr_loss"] = c.loss;
-  out["irtr_i2t_acc"] = c.logits_i2t.argmax(1).eq(at::arange(batch.image.size(0), at::kLong)).to(at::kFloat).mean().detach();
+  out["irtr_i2t_acc"] = c.logits_i2t.argmax(1).eq(at::arange(batch.image.size(0), c.logits_i2t.options().dtype(at::kLong))).to(at::kFloat).mean().detach();
   return out;
 }
 

@@ -410,6 +410,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       Batch b = loader.next(&waited);  // every micro-batch is consumed, so the data position stays exact
       data_time += waited;
       b.first_sample = ((step * o.accumulate + micro) * world + rank) * o.batch_size;
+      b = to_device(b, model->device());  // the loader builds batches on the host
       int64_t skipped_here = 0;
       for (const auto& [reason, n] : b.skipped) skipped_now[reason] += n, skipped_here += n;
       for (const auto& line : b.skip_log) std::fprintf(stderr, "%s[%s] skipped sample: %s\n", tty ? "\r\033[K" : "", o.name.c_str(), line.c_str());

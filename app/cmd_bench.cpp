@@ -1,0 +1,145 @@
+// vlmo bench: time real steps of the model on synthetic inputs and set them against the analytic
+// FLOP count and a matrix-product rate measured on the same device.
+#include <ATen/Parallel.h>
+
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli.h"
+#include "vlmo/bench.h"
+#include "vlmo/device.h"
+#include "vlmo/error.h"
+
+namespace vlmo::cli {
+namespace {
+
+std::vector<std::string> split_tasks(const std::string& text) {
+  if (text == "all") return bench_tasks();
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string t; std::getline(in, t, ',');) {
+    bool known = false;
+    for (const auto& k : bench_tasks()) known = known || k == t;
+    if (!known) throw Error(cat("--task: unknown task \"", t, "\" (expected all, or a comma-separated list of pretrain, "
+                                "embed-image, embed-text, vqa, nlvr2, irtr)"));
+    out.push_back(t);
+  }
+  if (out.empty()) throw Error("--task: give at least one task");
+  return out;
+}
+
+std::string memory_text(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
+int run_bench_command(const Args& a) {
+  Config config = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
+  if (a.get_int("image-size") > 0) config.image_size = a.get_int("image-size");
+  if (a.get_int("max-text-len") > 0) config.max_text_len = a.get_int("max-text-len");
+  config.validate();
+  const auto tasks = split_tasks(a.get("task"));
+  const c10::Device device = parse_device(a.get("device"));
+  const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
+  const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
+
+  // The yardstick: an n^3 fp32 matrix product on this device.
+  const int64_t n = a.get_int64("matmul-size") > 0 ? a.get_int64("matmul-size") : (device.is_cuda() ? 8192 : 2048);
+  if (!quiet) std::cerr << "bench: measuring the fp32 matmul rate (" << n << "^3) on " << device.str() << "\n";
+  const double matmul = measure_matmul_flops(device, at::kFloat, n);
+
+  if (!json) {
+    std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s%s, %d threads\n",
+                preset.c_str(), config.image_size, config.max_text_len, static_cast<long long>(a.get_int64("batch")),
+                static_cast<long long>(a.get_int64("steps")), static_cast<long long>(a.get_int64("warmup")),
+                device.str().c_str(), a.get("quantize") == "int8" ? ", int8" : "", at::get_num_threads());
+    std::printf("fp32 matmul %lld^3: %.3f TFLOP/s\n\n", static_cast<long long>(n), matmul / 1e12);
+    std::printf("%-12s %10s %12s %14s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s",
+                "% matmul", "peak memory");
+    std::fflush(stdout);
+  }
+  for (const auto& task : tasks) {
+    BenchOptions o;
+    o.task = task;
+    o.config = config;
+    o.batch = a.get_int64("batch");
+    o.steps = a.get_int64("steps");
+    o.warmup = a.get_int64("warmup");
+    o.device = device;
+    o.seed = a.get_uint64("seed");
+    if (a.get("quantize") != "none" && a.get("quantize") != "int8")
+      throw Error(cat("--quantize: expected none or int8, got \"", a.get("quantize"), "\""));
+    o.quantize_int8 = a.get("quantize") == "int8";
+    if (!quiet)
+      o.on_step = [&](int64_t done, int64_t total, double s) {
+        std::cerr << "bench: " << task << " step " << done << "/" << total << (done <= o.warmup ? " (warm-up)" : "")
+                  << ": " << s << " s\n";
+      };
+    const BenchResult r = run_bench(o);
+    const double percent = 100.0 * r.achieved_flops / matmul;
+    if (json) {
+      const nlohmann::json j = {{"task", task},
+                                {"model", preset},
+                                {"image_size", config.image_size},
+                                {"max_text_len", config.max_text_len},
+                                {"batch", o.batch},
+                                {"steps", o.steps},
+                                {"warmup", o.warmup},
+                                {"device", device.str()},
+                                {"quantize", a.get("quantize")},
+                                {"threads", at::get_num_threads()},
+                                {"seconds_per_step", r.seconds_per_step},
+                                {"step_seconds", r.step_seconds},
+                                {"samples_per_s", r.samples_per_s},
+                                {"flops_per_sample", r.flops_per_sample},
+                                {"tflops", r.achieved_flops / 1e12},
+                                {"matmul_tflops", matmul / 1e12},
+                                {"matmul_size", n},
+                                {"percent_of_matmul", percent},
+                                {"peak_memory_bytes", r.peak_memory_bytes},
+                                {"memory_kind", r.memory_kind}};
+      std::cout << j.dump() << std::endl;
+    } else {
+      std::printf("%-12s %10.3f %12.3f %14.2f %10.4f %9.1f%% %14s%s\n", task.c_str(), r.seconds_per_step, r.samples_per_s,
+                  r.flops_per_sample / 1e9, r.achieved_flops / 1e12, percent, memory_text(r.peak_memory_bytes).c_str(),
+                  r.memory_kind == "process_peak_rss" ? " (RSS)" : "");
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command bench_command() {
+  Command c;
+  c.name = "bench";
+  c.summary =
+      "Time real steps of the model on synthetic inputs (warm-up excluded): samples/s, achieved\n"
+      "TFLOP/s from the analytic FLOP count (docs/performance.md), that as a percentage of an fp32\n"
+      "matrix-product rate measured on the same device, and peak memory (on the CPU the process's\n"
+      "peak resident size). Tasks: pretrain (ITC + ITM + MLM step with AdamW), embed-image,\n"
+      "embed-text (inference), vqa, nlvr2, irtr (fine-tuning steps); `all` runs every one.";
+  c.usage = "vlmo bench [options]";
+  c.options = {{"task", "pretrain", "all, or a comma-separated list of pretrain, embed-image, embed-text, vqa, nlvr2, irtr"},
+               {"preset", "base", "model size: base, base_plus or large"},
+               {"config", "", "a config JSON instead of --preset"},
+               integer_option("image-size", "0", "image side in pixels (0: the preset's, 224)", 0, 4096),
+               integer_option("max-text-len", "0", "text length in word pieces (0: the preset's, 40)", 0, 4096),
+               integer_option("batch", "8", "samples per step", 1, 1 << 20),
+               integer_option("steps", "3", "timed steps", 1, 1 << 20),
+               integer_option("warmup", "1", "untimed steps first", 0, 1 << 20),
+               integer_option("matmul-size", "0", "side of the yardstick matrix product (0: 2048 on CPU, 8192 on CUDA)", 0, 65536),
+               integer_option("seed", "0", "seed of the weights and inputs", 0),
+               {"device", "cpu", "cpu or cuda[:N]"},
+               {"quantize", "none", "none, or int8 (embed tasks, CPU: dynamic int8 linear layers)"},
+               {"json", "false", "one JSON line per task instead of a table", true},
+               {"quiet", "false", "no progress lines on stderr", true}};
+  c.run = run_bench_command;
+  return c;
+}
+
+}  // namespace vlmo::cli

@@ -1,0 +1,61 @@
+// Benchmarks of the model's real work on synthetic inputs (vlmo bench): steps are timed after a
+// warm-up, throughput is set against an analytic FLOP count (the one docs/performance.md uses for
+// the official figures) and against a matrix-product rate measured on the same device.
+#pragma once
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "vlmo/config.h"
+
+namespace vlmo {
+
+// The tasks vlmo bench knows: "pretrain" (stage 3: ITC + ITM with hard negatives + MLM, forward,
+// backward and AdamW), "embed-image" / "embed-text" (dual-encoder features, inference), "vqa",
+// "nlvr2", "irtr" (fine-tuning steps: forward, backward, AdamW).
+const std::vector<std::string>& bench_tasks();
+
+// Forward-pass FLOPs (2 per multiply-add) of one sample of `task` as the official computes it,
+// times 3 for training tasks (backward = 2 x forward). Per block and token the matrix products
+// cost 24·C² and attention 4·N·C (N tokens of the pass); the image passes of pre-training re-run
+// the VL-FFN layers (depth - vlffn_start_layer_index more blocks), every pass that embeds an
+// image adds the patch projection, the MLM head is applied to every text token. With the base
+// preset at 224 px this gives ~663 GFLOP per pre-training sample (docs/performance.md).
+double analytic_flops_per_sample(const Config& c, const std::string& task);
+
+// FLOP/s of an n x n x n matrix product of `dtype` on `device` (the best of `reps` after a
+// warm-up): the yardstick for "percent of matmul".
+double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n, int reps = 5);
+
+struct BenchOptions {
+  std::string task = "pretrain";
+  Config config;           // image_size and max_text_len as the run should use them
+  int64_t batch = 8;
+  int64_t steps = 3;       // timed
+  int64_t warmup = 1;      // not timed
+  c10::Device device = c10::kCPU;
+  uint64_t seed = 0;
+  bool quantize_int8 = false;  // embed tasks only: vlmo::quantize_int8 on the CPU
+  // Called after every step, warm-up included (done counts both): progress for long runs.
+  std::function<void(int64_t done, int64_t total, double seconds)> on_step;
+};
+
+struct BenchResult {
+  std::string task;
+  double seconds_per_step = 0, samples_per_s = 0;
+  double flops_per_sample = 0, achieved_flops = 0;  // FLOP/s
+  std::vector<double> step_seconds;                 // every timed step
+  int64_t peak_memory_bytes = -1;  // CUDA: peak allocated on the device; CPU: the process's peak RSS
+  std::string memory_kind;         // "cuda_peak_allocated" or "process_peak_rss"
+};
+
+// Builds a freshly initialised model of options.config (heads the task needs), runs `warmup`
+// untimed and `steps` timed steps on synthetic inputs (uniform images, random word pieces, 15 %
+// masked), synchronising the device around each step. Throws vlmo::Error on a bad option.
+BenchResult run_bench(const BenchOptions& options);
+
+}  // namespace vlmo

@@ -1,0 +1,213 @@
+#include "vlmo/bench.h"
+
+#include <ATen/ATen.h>
+#include <sys/resource.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "vlmo/error.h"
+#include "vlmo/model.h"
+#include "vlmo/pretrain.h"
+#include "vlmo/tasks.h"
+#include "vlmo/train.h"
+
+#ifdef VLMO_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace vlmo {
+
+const std::vector<std::string>& bench_tasks() {
+  static const std::vector<std::string> kTasks = {"pretrain", "embed-image", "embed-text", "vqa", "nlvr2", "irtr"};
+  return kTasks;
+}
+
+namespace {
+
+bool is_training(const std::string& task) { return task != "embed-image" && task != "embed-text"; }
+
+// Forward FLOPs of `blocks` transformer blocks over a sequence of n tokens.
+double blocks_flops(const Config& c, int64_t blocks, int64_t n) {
+  const double C = c.embed_dim, N = static_cast<double>(n);
+  const double per_token = 2.0 * (4 * C * C + 2 * C * c.mlp_hidden()) + 4 * N * C;  // 24·C² at mlp_ratio 4
+  return static_cast<double>(blocks) * N * per_token;
+}
+
+double patch_embed_flops(const Config& c) {
+  return 2.0 * c.num_patches() * (3.0 * c.patch_size * c.patch_size) * c.embed_dim;
+}
+
+void sync(c10::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+}
+
+int64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;  // Linux: kilobytes
+}
+
+#ifdef VLMO_WITH_CUDA
+void reset_cuda_peak(c10::Device d) {
+  c10::cuda::CUDACachingAllocator::resetPeakStats(d.index() < 0 ? 0 : d.index());
+}
+int64_t cuda_peak_bytes(c10::Device d) {
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index() < 0 ? 0 : d.index());
+  return stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)].peak;
+}
+#endif
+
+// Synthetic inputs on the CPU (a seeded generator: the same numbers on every device), moved once.
+Batch synthetic_batch(const Config& c, const std::string& task, int64_t B, uint64_t seed, c10::Device device) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  const int64_t L = c.max_text_len, S = c.image_size;
+  auto image = [&] { return at::rand({B, 3, S, S}, gen) * 2 - 1; };
+  Batch b;
+  b.text_ids = at::randint(1000, c.vocab_size, {B, L}, gen, at::kLong);
+  b.text_ids.select(1, 0).fill_(101);      // [CLS]
+  b.text_ids.select(1, L - 1).fill_(102);  // [SEP]
+  b.text_masks = at::ones({B, L}, at::kLong);
+  if (task == "pretrain") {
+    const at::Tensor masked = at::rand({B, L}, gen).lt(0.15);
+    masked.select(1, 0).fill_(false);
+    masked.select(1, L - 1).fill_(false);
+    b.text_ids_mlm = b.text_ids.masked_fill(masked, 103);  // [MASK]
+    b.text_labels_mlm = b.text_ids.masked_fill(masked.logical_not(), -100);
+  }
+  if (task == "nlvr2") {
+    b.image_0 = image();
+    b.image_1 = image();
+    b.nlvr2_labels = at::randint(0, 2, {B}, gen, at::kLong);
+  } else if (task != "embed-text") {
+    b.image = image();
+  }
+  if (task == "vqa") b.vqa_targets = at::rand({B, c.vqav2_label_size}, gen).lt(3.0 / c.vqav2_label_size).to(at::kFloat);
+  return to_device(b, device);
+}
+
+}  // namespace
+
+double analytic_flops_per_sample(const Config& c, const std::string& task) {
+  const int64_t L = c.depth, vl_rerun = std::max(0, c.depth - c.vlffn_start_layer_index);
+  const int64_t Ni = c.image_tokens(), Nt = c.max_text_len, Nf = c.fusion_tokens();
+  const double pe = patch_embed_flops(c), C = c.embed_dim;
+  const double fusion = blocks_flops(c, L, Nf) + pe;
+  if (task == "pretrain") {
+    const double image = blocks_flops(c, L + vl_rerun, Ni) + pe;
+    const double text = blocks_flops(c, L + vl_rerun, Nt);
+    const double mlm_head = static_cast<double>(Nt) * (2 * C * C + 2 * C * c.vocab_size);
+    return 3 * (image + text + 4 * fusion + mlm_head);
+  }
+  if (task == "embed-image") return blocks_flops(c, L, Ni) + pe;
+  if (task == "embed-text") return blocks_flops(c, L, Nt);
+  if (task == "vqa") return 3 * (fusion + 2 * C * C + 2 * C * 2 * C + 2 * 2 * C * c.vqav2_label_size);
+  if (task == "nlvr2") return 3 * (2 * fusion + 2 * 2 * C * 2 * C);
+  if (task == "irtr") return 3 * (blocks_flops(c, L, Ni) + pe + blocks_flops(c, L, Nt));
+  throw Error(cat("unknown bench task \"", task, "\" (known: pretrain, embed-image, embed-text, vqa, nlvr2, irtr)"));
+}
+
+double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n, int reps) {
+  at::NoGradGuard no_grad;
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  const at::Tensor a = at::randn({n, n}, opts), b = at::randn({n, n}, opts);
+  at::Tensor c = at::matmul(a, b);  // warm-up
+  sync(device);
+  double best = 1e30;
+  for (int r = 0; r < std::max(1, reps); ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    at::matmul_out(c, a, b);
+    sync(device);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return 2.0 * static_cast<double>(n) * n * n / best;
+}
+
+BenchResult run_bench(const BenchOptions& o) {
+  const auto& known = bench_tasks();
+  if (std::find(known.begin(), known.end(), o.task) == known.end())
+    throw Error(cat("unknown bench task \"", o.task, "\" (known: pretrain, embed-image, embed-text, vqa, nlvr2, irtr)"));
+  if (o.batch < 1) throw Error(cat("batch: must be at least 1, got ", o.batch));
+  if (o.task == "pretrain" && o.batch < 2) throw Error("batch: pre-training needs at least 2 samples (hard negatives)");
+  if (o.steps < 1) throw Error(cat("steps: must be at least 1, got ", o.steps));
+  Config c = o.config;
+  if (o.task == "nlvr2") c.num_token_types = 3;
+  c.heads = {"itc", "itm", "mlm"};
+  if (o.task == "vqa") c.heads = {"vqa"};
+  if (o.task == "nlvr2") c.heads = {"nlvr2"};
+  c.validate();
+
+  at::manual_seed(o.seed);
+  VLMo model(c);
+  init_weights(model, o.seed);
+  model->to(o.device);
+  const bool training = is_training(o.task);
+  model->train(training);
+  if (o.quantize_int8) {
+    if (training) throw Error(cat("int8 quantisation is for inference: task ", o.task, " trains (use embed-image or embed-text)"));
+    quantize_int8(model);
+  }
+  if (o.task == "pretrain") set_trainable_for_stage(model, Stage::kVL);
+  std::unique_ptr<AdamW> opt;
+  if (training) opt = std::make_unique<AdamW>(*model);
+  const Batch batch = synthetic_batch(c, o.task, o.batch, o.seed + 1, o.device);
+
+  auto step = [&] {
+    if (!training) {
+      at::NoGradGuard no_grad;
+      if (o.task == "embed-image") encode_images(model, batch.image, o.batch);
+      else encode_texts(model, batch.text_ids, batch.text_masks, o.batch);
+      return;
+    }
+    const Outputs out = o.task == "pretrain" ? vl_objective(model, batch)
+                        : o.task == "vqa"    ? vqa_objective(model, batch)
+                        : o.task == "nlvr2"  ? nlvr2_objective(model, batch)
+                                             : irtr_objective(model, batch);
+    at::Tensor loss;
+    for (const auto& [k, v] : out)
+      if (k.size() >= 4 && k.compare(k.size() - 4, 4, "loss") == 0) loss = loss.defined() ? loss + v : v;
+    opt->zero_grad();
+    loss.backward();
+    opt->step(1e-5);
+  };
+
+  BenchResult r;
+  r.task = o.task;
+  const int64_t total_steps = o.warmup + o.steps;
+  for (int64_t i = 0; i < o.warmup; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    sync(o.device);
+    if (o.on_step) o.on_step(i + 1, total_steps, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+#ifdef VLMO_WITH_CUDA
+  if (o.device.is_cuda()) reset_cuda_peak(o.device);
+#endif
+  for (int64_t i = 0; i < o.steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    sync(o.device);
+    r.step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (o.on_step) o.on_step(o.warmup + i + 1, total_steps, r.step_seconds.back());
+  }
+  double total = 0;
+  for (double s : r.step_seconds) total += s;
+  r.seconds_per_step = total / static_cast<double>(o.steps);
+  r.samples_per_s = static_cast<double>(o.batch) / r.seconds_per_step;
+  r.flops_per_sample = analytic_flops_per_sample(c, o.task);
+  r.achieved_flops = r.flops_per_sample * r.samples_per_s;
+#ifdef VLMO_WITH_CUDA
+  if (o.device.is_cuda()) {
+    r.peak_memory_bytes = cuda_peak_bytes(o.device);
+    r.memory_kind = "cuda_peak_allocated";
+  }
+#endif
+  if (r.peak_memory_bytes < 0) {
+    r.peak_memory_bytes = peak_rss_bytes();
+    r.memory_kind = "process_peak_rss";
+  }
+  return r;
+}
+
+}  // namespace vlmo

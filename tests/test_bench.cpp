@@ -1,0 +1,96 @@
+// vlmo bench: the analytic FLOP count against hand counts and the documented official figure,
+// and real timed steps of every task on a tiny model.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "test_util.h"
+#include "vlmo/bench.h"
+
+using vlmo::Config;
+
+TEST(Bench, AnalyticFlopsMatchHandCounts) {
+  // tiny_config: width 32, 2 blocks, MLP 128, 32-px images of 16-px patches (5 image tokens),
+  // 16 text tokens. Per block and token: 2·(4·32² + 2·32·128) = 24576, plus attention 4·N·32.
+  const Config c = vlmo::test::tiny_config();
+  const double patch_embed = 2.0 * 4 * (3 * 16 * 16) * 32;                     // 196608
+  EXPECT_DOUBLE_EQ(vlmo::analytic_flops_per_sample(c, "embed-image"), 2 * 5 * (24576 + 4 * 5 * 32) + patch_embed);
+  EXPECT_DOUBLE_EQ(vlmo::analytic_flops_per_sample(c, "embed-text"), 2 * 16 * (24576 + 4 * 16 * 32));
+  // docs/performance.md: "about 663 GFLOP per sample at 224 px" for the base pre-training step.
+  const double pretrain = vlmo::analytic_flops_per_sample(Config::base(), "pretrain");
+  EXPECT_NEAR(pretrain / 1e9, 663, 1.0);
+  // A fine-tuning step is forward + backward: 3x a forward; NLVR2 runs two fusion passes.
+  const double vqa = vlmo::analytic_flops_per_sample(Config::base(), "vqa");
+  const double nlvr2 = vlmo::analytic_flops_per_sample(Config::base(), "nlvr2");
+  EXPECT_GT(nlvr2, 1.9 * vqa);
+  EXPECT_LT(nlvr2, 2.1 * vqa);
+  vlmo::test::expect_error([&] { vlmo::analytic_flops_per_sample(c, "train"); }, {"unknown bench task \"train\""});
+}
+
+TEST(Bench, EveryTaskRunsTimedStepsOnATinyModel) {
+  for (const auto& task : vlmo::bench_tasks()) {
+    vlmo::BenchOptions o;
+    o.task = task;
+    o.config = vlmo::test::tiny_config();
+    o.batch = 3;
+    o.steps = 2;
+    o.warmup = 1;
+    std::vector<int64_t> seen;
+    o.on_step = [&](int64_t done, int64_t total, double s) {
+      EXPECT_EQ(total, 3);
+      EXPECT_GE(s, 0);
+      seen.push_back(done);
+    };
+    const vlmo::BenchResult r = vlmo::run_bench(o);
+    EXPECT_EQ(seen, (std::vector<int64_t>{1, 2, 3})) << task;
+    ASSERT_EQ(r.step_seconds.size(), 2u) << task;
+    EXPECT_NEAR(r.seconds_per_step, (r.step_seconds[0] + r.step_seconds[1]) / 2, 1e-12) << task;
+    EXPECT_TRUE(std::isfinite(r.samples_per_s) && r.samples_per_s > 0) << task;
+    EXPECT_NEAR(r.samples_per_s, 3 / r.seconds_per_step, 1e-9 * r.samples_per_s) << task;
+    EXPECT_DOUBLE_EQ(r.achieved_flops, r.flops_per_sample * r.samples_per_s) << task;
+    EXPECT_GT(r.peak_memory_bytes, 1 << 20) << task;
+    EXPECT_EQ(r.memory_kind, "process_peak_rss") << task;
+  }
+}
+
+TEST(Bench, BadOptionsAreClearErrors) {
+  vlmo::BenchOptions o;
+  o.config = vlmo::test::tiny_config();
+  o.task = "pretrain";
+  o.batch = 1;
+  vlmo::test::expect_error([&] { vlmo::run_bench(o); }, {"at least 2 samples"});
+  o.task = "caption";
+  vlmo::test::expect_error([&] { vlmo::run_bench(o); }, {"unknown bench task \"caption\"", "embed-image"});
+}
+
+TEST(Bench, MatmulRateIsPositive) {
+  const double f = vlmo::measure_matmul_flops(c10::kCPU, at::kFloat, 64, 2);
+  EXPECT_TRUE(std::isfinite(f) && f > 1e6) << f;
+}
+
+TEST(Bench, CommandPrintsOneJsonLinePerTask) {
+  const std::string dir = vlmo::test::temp_dir();
+  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
+    "vlffn_start_layer_index": 1, "max_text_len": 16})");
+  const auto r = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "all", "--batch", "2", "--steps",
+                                      "1", "--warmup", "0", "--matmul-size", "64", "--json", "--quiet"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::vector<std::string> tasks;
+  for (std::string line; std::getline(lines, line);) {
+    const auto j = nlohmann::json::parse(line);
+    tasks.push_back(j.at("task").get<std::string>());
+    for (const char* key : {"samples_per_s", "tflops", "percent_of_matmul", "peak_memory_bytes", "matmul_tflops"})
+      EXPECT_TRUE(j.contains(key)) << key << " missing in " << line;
+    EXPECT_GT(j.at("samples_per_s").get<double>(), 0) << line;
+    EXPECT_NEAR(j.at("percent_of_matmul").get<double>(),
+                100 * j.at("tflops").get<double>() / j.at("matmul_tflops").get<double>(), 1e-9) << line;
+    EXPECT_EQ(j.at("image_size").get<int>(), 32);
+  }
+  EXPECT_EQ(tasks, vlmo::bench_tasks());
+  const auto bad = vlmo::test::run_cli({"bench", "--task", "pretrain,captioning"});
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.err.find("--task: unknown task \"captioning\""), std::string::npos) << bad.err;
+}
