@@ -3,11 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "test_util.h"
 #include "vlmo/bench.h"
+#include "vlmo/model.h"
+#include "vlmo/safetensors.h"
+#include "vlmo/tasks.h"
 
 using vlmo::Config;
 
@@ -93,4 +97,55 @@ TEST(Bench, CommandPrintsOneJsonLinePerTask) {
   const auto bad = vlmo::test::run_cli({"bench", "--task", "pretrain,captioning"});
   EXPECT_EQ(bad.status, 2);
   EXPECT_NE(bad.err.find("--task: unknown task \"captioning\""), std::string::npos) << bad.err;
+}
+
+// --quantize int8: the dual encoder's features on real photographs (the PIL-preprocessed fixture
+// tensors) and on captions stay within cosine 0.99 of the fp32 features of the same model
+// (VLMo-Base shape, official initialisation); a quantised model refuses training mode.
+TEST(Quantize, Int8DualEncoderFeaturesMatchFp32OnRealPhotos) {
+  if (!vlmo::int8_supported()) GTEST_SKIP() << "this LibTorch has no quantized engine";
+  const vlmo::TensorMap photos = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
+  std::vector<at::Tensor> images;
+  for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
+    images.push_back(photos.at(name));
+  const at::Tensor batch = at::stack(images);
+  Config c = Config::base();
+  c.heads = {"itc"};
+  vlmo::VLMo model(c);
+  vlmo::init_weights(model, 3);
+  model->eval();
+  const at::Tensor ids = at::randint(1000, 30000, {4, c.max_text_len}, at::kLong);
+  const at::Tensor masks = at::ones({4, c.max_text_len}, at::kLong);
+  const at::Tensor img32 = vlmo::encode_images(model, batch), txt32 = vlmo::encode_texts(model, ids, masks);
+  vlmo::quantize_int8(model);
+  const at::Tensor img8 = vlmo::encode_images(model, batch), txt8 = vlmo::encode_texts(model, ids, masks);
+  const at::Tensor cos_img = (img32 * img8).sum(1), cos_txt = (txt32 * txt8).sum(1);  // features are unit vectors
+  std::printf("int8 vs fp32 cosine: photos min %.5f mean %.5f, captions min %.5f\n", cos_img.min().item<double>(),
+              cos_img.mean().item<double>(), cos_txt.min().item<double>());
+  EXPECT_GE(cos_img.min().item<double>(), 0.99) << cos_img;
+  EXPECT_GE(cos_txt.min().item<double>(), 0.99) << cos_txt;
+  EXPECT_FALSE(at::equal(img32, img8));  // the int8 path really ran
+  // Retrieval order among the photos is what matters to a user: the same nearest photo per query.
+  EXPECT_TRUE(at::equal(at::matmul(txt32, img32.t()).argmax(1), at::matmul(txt8, img8.t()).argmax(1)));
+  model->train();
+  vlmo::test::expect_error([&] { model->infer_image_ft(batch); }, {"int8-quantised", "inference only"});
+}
+
+TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
+  if (!vlmo::int8_supported()) GTEST_SKIP() << "this LibTorch has no quantized engine";
+  const std::string dir = vlmo::test::temp_dir();
+  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
+    "vlffn_start_layer_index": 1, "max_text_len": 16})");
+  const auto ok = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "embed-image", "--batch", "2",
+                                       "--steps", "1", "--matmul-size", "64", "--json", "--quiet", "--quantize", "int8"});
+  ASSERT_EQ(ok.status, 0) << ok.err;
+  EXPECT_EQ(nlohmann::json::parse(ok.out).at("quantize"), "int8");
+  const auto train = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "vqa", "--quantize", "int8",
+                                          "--matmul-size", "64", "--quiet"});
+  EXPECT_EQ(train.status, 2);
+  EXPECT_NE(train.err.find("int8 quantisation is for inference"), std::string::npos) << train.err;
+  const auto bad = vlmo::test::run_cli({"bench", "--quantize", "int4", "--matmul-size", "64", "--quiet", "--task", "embed-text",
+                                        "--config", dir + "/tiny.json"});
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.err.find("--quantize: expected none or int8, got \"int4\""), std::string::npos) << bad.err;
 }
