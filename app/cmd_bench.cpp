@@ -73,6 +73,7 @@ int run_bench_command(const Args& a) {
     if (a.get("quantize") != "none" && a.get("quantize") != "int8")
       throw Error(cat("--quantize: expected none or int8, got \"", a.get("quantize"), "\""));
     o.quantize_int8 = a.get("quantize") == "int8";
+    if (!a.get("profile").empty()) o.profile_path = tasks.size() == 1 ? a.get("profile") : a.get("profile") + "." + task + ".json";
     if (!quiet)
       o.on_step = [&](int64_t done, int64_t total, double s) {
         std::cerr << "bench: " << task << " step " << done << "/" << total << (done <= o.warmup ? " (warm-up)" : "")
@@ -136,6 +137,7 @@ Command bench_command() {
                integer_option("seed", "0", "seed of the weights and inputs", 0),
                {"device", "cpu", "cpu or cuda[:N]"},
                {"quantize", "none", "none, or int8 (embed tasks, CPU: dynamic int8 linear layers)"},
+               {"profile", "", "write a Chrome trace of the timed steps to this file (several tasks: FILE.TASK.json); profiling slows the steps"},
                {"json", "false", "one JSON line per task instead of a table", true},
                {"quiet", "false", "no progress lines on stderr", true}};
   c.run = run_bench_command;

@@ -149,3 +149,17 @@ TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
   EXPECT_EQ(bad.status, 2);
   EXPECT_NE(bad.err.find("--quantize: expected none or int8, got \"int4\""), std::string::npos) << bad.err;
 }
+
+TEST(Bench, ProfileWritesAChromeTraceOfTheTimedSteps) {
+  const std::string dir = vlmo::test::temp_dir();
+  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
+    "vlffn_start_layer_index": 1, "max_text_len": 16})");
+  const auto r = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "embed-image", "--batch", "2",
+                                      "--steps", "1", "--matmul-size", "64", "--quiet", "--profile", dir + "/trace.json"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto trace = nlohmann::json::parse(vlmo::test::read_file(dir + "/trace.json"));
+  const auto& events = trace.is_object() ? trace.at("traceEvents") : trace;
+  bool saw_linear = false;
+  for (const auto& e : events) saw_linear = saw_linear || (e.contains("name") && e["name"] == "aten::linear");
+  EXPECT_TRUE(saw_linear) << "no aten::linear event in the trace";
+}

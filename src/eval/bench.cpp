@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <sys/resource.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
@@ -184,6 +185,8 @@ BenchResult run_bench(const BenchOptions& o) {
 #ifdef VLMO_WITH_CUDA
   if (o.device.is_cuda()) reset_cuda_peak(o.device);
 #endif
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+  if (!o.profile_path.empty()) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(o.profile_path);
   for (int64_t i = 0; i < o.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     step();
@@ -191,6 +194,7 @@ BenchResult run_bench(const BenchOptions& o) {
     r.step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.on_step) o.on_step(o.warmup + i + 1, total_steps, r.step_seconds.back());
   }
+  profile.reset();  // writes the trace
   double total = 0;
   for (double s : r.step_seconds) total += s;
   r.seconds_per_step = total / static_cast<double>(o.steps);
