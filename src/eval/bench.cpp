@@ -56,7 +56,8 @@ void reset_cuda_peak(c10::Device d) {
 }
 int64_t cuda_peak_bytes(c10::Device d) {
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index() < 0 ? 0 : d.index());
-  return stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)].peak;
+  // Index 0 is StatType::AGGREGATE (every pool); the enum moved namespaces across 2.x releases.
+  return stats.allocated_bytes[0].peak;
 }
 #endif
 
