@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cli.h"
+#include "common.h"
 #include "vlmo/bench.h"
 #include "vlmo/device.h"
 #include "vlmo/error.h"
@@ -43,6 +44,7 @@ int run_bench_command(const Args& a) {
   config.validate();
   const auto tasks = split_tasks(a.get("task"));
   const c10::Device device = parse_device(a.get("device"));
+  const bool int8 = quantize_int8_option(a);  // checked before the yardstick runs
   const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
   const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
 
@@ -70,9 +72,7 @@ int run_bench_command(const Args& a) {
     o.warmup = a.get_int64("warmup");
     o.device = device;
     o.seed = a.get_uint64("seed");
-    if (a.get("quantize") != "none" && a.get("quantize") != "int8")
-      throw Error(cat("--quantize: expected none or int8, got \"", a.get("quantize"), "\""));
-    o.quantize_int8 = a.get("quantize") == "int8";
+    o.quantize_int8 = int8;
     if (!a.get("profile").empty()) o.profile_path = tasks.size() == 1 ? a.get("profile") : a.get("profile") + "." + task + ".json";
     if (!quiet)
       o.on_step = [&](int64_t done, int64_t total, double s) {

@@ -31,6 +31,12 @@ std::vector<Option> model_options() {
 
 Option device_option() { return {"device", "cpu", "where the model runs: cpu, cuda or cuda:N"}; }
 
+bool quantize_int8_option(const Args& a) {
+  const std::string& q = a.get("quantize");
+  if (q != "none" && q != "int8") throw Error(cat("--quantize: expected none or int8, got \"", q, "\""));
+  return q == "int8";
+}
+
 c10::Device training_device(const Args& a) {
   c10::Device d = parse_device(a.get("device"));
   const Distributed* dist = current_distributed();
@@ -57,10 +63,9 @@ LoadedModel load_model_from(const Args& a) {
   };
   const c10::Device device = parse_device(option_or("device", "cpu"));  // a bad name fails before the file is read
   LoadedModel m = load_model(a.get("model"), spec);
-  const std::string quantize = option_or("quantize", "none");
-  if (quantize != "none" && quantize != "int8") throw Error(cat("--quantize: expected none or int8, got \"", quantize, "\""));
+  const bool int8 = a.declared.count("quantize") && quantize_int8_option(a);
   m.model->to(device);
-  if (quantize == "int8") {
+  if (int8) {
     m.model->eval();
     quantize_int8(m.model);
   }

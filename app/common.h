@@ -26,6 +26,8 @@ Option vocab_option();
 Option device_option();
 // The --device of a training command; plain "cuda" under a launcher means cuda:LOCAL_RANK.
 c10::Device training_device(const Args& a);
+// --quantize: true for int8, false for none; anything else is an error naming the option.
+bool quantize_int8_option(const Args& a);
 // The model those options name; unexpected tensors of the file are listed on stderr.
 LoadedModel load_model_from(const Args& a);
 // The --vocab tokenizer (default: BERT uncased); with a config, its size must match vocab_size.

@@ -91,7 +91,16 @@ Batch synthetic_batch(const Config& c, const std::string& task, int64_t B, uint6
 
 }  // namespace
 
+namespace {
+void check_task(const std::string& task) {
+  const auto& known = bench_tasks();
+  if (std::find(known.begin(), known.end(), task) == known.end())
+    throw Error(cat("unknown bench task \"", task, "\" (known: pretrain, embed-image, embed-text, vqa, nlvr2, irtr)"));
+}
+}  // namespace
+
 double analytic_flops_per_sample(const Config& c, const std::string& task) {
+  check_task(task);
   const int64_t L = c.depth, vl_rerun = std::max(0, c.depth - c.vlffn_start_layer_index);
   const int64_t Ni = c.image_tokens(), Nt = c.max_text_len, Nf = c.fusion_tokens();
   const double pe = patch_embed_flops(c), C = c.embed_dim;
@@ -103,11 +112,10 @@ double analytic_flops_per_sample(const Config& c, const std::string& task) {
     return 3 * (image + text + 4 * fusion + mlm_head);
   }
   if (task == "embed-image") return blocks_flops(c, L, Ni) + pe;
-  if (task == "embed-text") return blocks_flops(c, L, Nt);
   if (task == "vqa") return 3 * (fusion + 2 * C * C + 2 * C * 2 * C + 2 * 2 * C * c.vqav2_label_size);
   if (task == "nlvr2") return 3 * (2 * fusion + 2 * 2 * C * 2 * C);
   if (task == "irtr") return 3 * (blocks_flops(c, L, Ni) + pe + blocks_flops(c, L, Nt));
-  throw Error(cat("unknown bench task \"", task, "\" (known: pretrain, embed-image, embed-text, vqa, nlvr2, irtr)"));
+  return blocks_flops(c, L, Nt);  // embed-text
 }
 
 double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n, int reps) {
@@ -127,9 +135,7 @@ double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n
 }
 
 BenchResult run_bench(const BenchOptions& o) {
-  const auto& known = bench_tasks();
-  if (std::find(known.begin(), known.end(), o.task) == known.end())
-    throw Error(cat("unknown bench task \"", o.task, "\" (known: pretrain, embed-image, embed-text, vqa, nlvr2, irtr)"));
+  check_task(o.task);
   if (o.batch < 1) throw Error(cat("batch: must be at least 1, got ", o.batch));
   if (o.task == "pretrain" && o.batch < 2) throw Error("batch: pre-training needs at least 2 samples (hard negatives)");
   if (o.steps < 1) throw Error(cat("steps: must be at least 1, got ", o.steps));
