@@ -259,3 +259,57 @@ TEST(ReferenceCheck, CompareTensorTolerance) {
   EXPECT_FALSE(compare_tensor("x", at::Tensor(), b).pass);
   EXPECT_FALSE(compare_tensor("x", at::zeros({3}), b).pass);
 }
+
+// TokenOutputs::kCls / kText skip the last block's work for the rows nobody reads; the rows that
+// are produced, and the gradients they pass back, must be those of the full pass. fp64 so that a
+// different GEMM blocking cannot hide a real difference behind float rounding.
+TEST(Model, PartialLastBlockGivesTheFullPassRowsAndGradients) {
+  Config c = tiny_config();
+  c.drop_path_rate = 0.1;  // drop path is keyed per sample: the same draw on both paths
+  VLMo m = tiny_model(c);
+  m->to(at::kDouble);
+  Batch b = tiny_batch(c);
+  b.image = b.image.to(at::kDouble);
+  auto grads = [&](const at::Tensor& loss) {
+    m->zero_grad();
+    loss.backward();
+    std::vector<at::Tensor> g;
+    for (const auto& p : m->parameters()) g.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+    return g;
+  };
+  auto expect_same = [](const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b, const char* what) {
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::allclose(a[i], b[i], 1e-10, 1e-12)) << what << " parameter " << i;
+  };
+  for (bool training : {false, true}) {
+    m->train(training);
+    SampleKeys keys({11, 12, 13});
+    // Fusion: [CLS] (ITM / VQA / NLVR2) and text rows (MLM).
+    const FusionOutput full = m->infer(b.text_ids, b.text_masks, b.image);
+    const FusionOutput cls = m->infer(b.text_ids, b.text_masks, b.image, 1, TokenOutputs::kCls);
+    const FusionOutput text = m->infer(b.text_ids, b.text_masks, b.image, 1, TokenOutputs::kText);
+    EXPECT_FALSE(cls.text_feats.defined());
+    EXPECT_FALSE(text.image_feats.defined());
+    EXPECT_TRUE(at::allclose(full.cls_feats, cls.cls_feats, 1e-12, 1e-12));
+    EXPECT_TRUE(at::allclose(full.text_feats, text.text_feats, 1e-12, 1e-12));
+    if (training) {
+      expect_same(grads(full.cls_feats.pow(2).sum()), grads(cls.cls_feats.pow(2).sum()), "fusion [CLS]");
+      const FusionOutput full2 = m->infer(b.text_ids, b.text_masks, b.image);
+      const FusionOutput text2 = m->infer(b.text_ids, b.text_masks, b.image, 1, TokenOutputs::kText);
+      expect_same(grads(full2.text_feats.pow(2).sum()), grads(text2.text_feats.pow(2).sum()), "fusion text");
+    }
+    // Dual encoder with the VL-FFN branch (pre-training ITC) and without (retrieval).
+    const UnimodalOutput img = m->infer_image(b.image), img_cls = m->infer_image(b.image, TokenOutputs::kCls);
+    EXPECT_EQ(img_cls.feats.size(1), 1);
+    EXPECT_TRUE(at::allclose(img.feats.narrow(1, 0, 1), img_cls.feats, 1e-12, 1e-12));
+    EXPECT_TRUE(at::allclose(img.cls_feats, img_cls.cls_feats, 1e-12, 1e-12));
+    EXPECT_TRUE(at::allclose(img.cls_vlffn_feats, img_cls.cls_vlffn_feats, 1e-12, 1e-12));
+    const UnimodalOutput txt = m->infer_text_ft(b.text_ids, b.text_masks),
+                         txt_cls = m->infer_text_ft(b.text_ids, b.text_masks, TokenOutputs::kCls);
+    EXPECT_TRUE(at::allclose(txt.cls_feats, txt_cls.cls_feats, 1e-12, 1e-12));
+    if (training) {
+      expect_same(grads((img.cls_feats * img.cls_vlffn_feats).sum()),
+                  grads((img_cls.cls_feats * img_cls.cls_vlffn_feats).sum()), "image [CLS]");
+    }
+  }
+}

@@ -78,7 +78,10 @@ TORCH_MODULE(Mlp);
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(int dim, int num_heads);
   // x (B, N, C); key_mask (B, N) 1 = attend, or undefined; rel_bias (H, N, N) or undefined.
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias);
+  // `queries` >= 0: only the first `queries` tokens attend (their outputs alone are returned,
+  // (B, queries, C)); every token is still a key and value.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias,
+                     int64_t queries = -1);
   int num_heads;
   double scale;
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
@@ -90,9 +93,11 @@ TORCH_MODULE(Attention);
 // One multiway block: shared attention; V-, L- and (top layers) VL-FFN experts.
 struct BlockImpl : torch::nn::Module {
   BlockImpl(const Config& c, int layer, double drop_path);
-  // `text_len`: the fixed split of "vl" sequences in blocks without a VL expert.
+  // `text_len`: the fixed split of "vl" sequences in blocks without a VL expert. `keep` >= 0:
+  // return only the first `keep` tokens' outputs (B, keep, C), skipping the work of the others
+  // (the last block of a pass whose caller reads [CLS] or the text positions alone).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, Modality modality,
-                     const at::Tensor& rel_bias, int64_t text_len);
+                     const at::Tensor& rel_bias, int64_t text_len, int64_t keep = -1);
   bool has_vl() const { return !mlp_vl.is_empty(); }
   double drop_prob;
   int layer;
@@ -186,9 +191,19 @@ struct MIMHeadImpl : torch::nn::Module {
 };
 TORCH_MODULE(MIMHead);
 
+// Which token outputs a pass must produce. The last block of a pass computes only those rows
+// (attention queries and the FFN expert), which is where the work of the other tokens is saved:
+// about 1/depth of an image embedding, of an ITM / VQA / NLVR2 fusion pass, and of the MLM
+// pass's image tokens. The rows that are produced are the same as with kAll.
+enum class TokenOutputs {
+  kAll,   // every token
+  kText,  // fusion passes: the text positions (MLM); image_feats undefined
+  kCls,   // [CLS] alone: feats (B, 1, C); fusion text_feats / image_feats undefined
+};
+
 // Outputs of a single-modality (dual-encoder) pass.
 struct UnimodalOutput {
-  at::Tensor feats;            // (B, N, C) after the final norm
+  at::Tensor feats;            // (B, N, C) after the final norm; (B, 1, C) with TokenOutputs::kCls
   at::Tensor cls_feats;        // projected, L2-normalised [CLS]
   at::Tensor cls_vlffn_feats;  // VL-FFN branch (pre-training passes only), else undefined
 };
@@ -205,13 +220,16 @@ struct VLMoImpl : torch::nn::Module {
 
   // Fusion encoder: text (padded to max_text_len) then image, every block in "vl" mode.
   FusionOutput infer(const at::Tensor& text_ids, const at::Tensor& text_masks,
-                     const at::Tensor& images, int image_token_type = 1);
+                     const at::Tensor& images, int image_token_type = 1,
+                     TokenOutputs keep = TokenOutputs::kAll);
   // Pre-training dual-encoder passes: expert path plus the VL-FFN branch for ITC.
-  UnimodalOutput infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks);
-  UnimodalOutput infer_image(const at::Tensor& images);
+  UnimodalOutput infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks,
+                            TokenOutputs keep = TokenOutputs::kAll);
+  UnimodalOutput infer_image(const at::Tensor& images, TokenOutputs keep = TokenOutputs::kAll);
   // Retrieval dual encoder: pure expert path, no VL-FFN.
-  UnimodalOutput infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks);
-  UnimodalOutput infer_image_ft(const at::Tensor& images);
+  UnimodalOutput infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks,
+                               TokenOutputs keep = TokenOutputs::kAll);
+  UnimodalOutput infer_image_ft(const at::Tensor& images, TokenOutputs keep = TokenOutputs::kAll);
   // Text-only MLM path (stage 2): all text experts, final norm; returns (B, L, C).
   at::Tensor infer_text_mlm(const at::Tensor& text_ids, const at::Tensor& text_masks);
   // Image-only pass over images with masked patches (stage-1 MIM): (B, W²+1, C) after the norm.
@@ -243,7 +261,7 @@ struct VLMoImpl : torch::nn::Module {
   at::Tensor text_embed(const at::Tensor& text_ids);
   at::Tensor image_embed(const at::Tensor& images, int token_type);
   UnimodalOutput unimodal(at::Tensor x, const at::Tensor& mask, Modality modality,
-                          FcHead proj, FcHead vl_proj);
+                          FcHead proj, FcHead vl_proj, TokenOutputs keep = TokenOutputs::kAll);
   at::Tensor image_index_, text_index_, fusion_index_;  // cached index matrices (CPU)
 };
 TORCH_MODULE(VLMo);

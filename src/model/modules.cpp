@@ -121,26 +121,27 @@ AttentionImpl::AttentionImpl(int dim, int heads)
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask,
-                                  const at::Tensor& rel_bias) {
+                                  const at::Tensor& rel_bias, int64_t queries) {
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  const int64_t Q = queries < 0 ? N : std::min(queries, N);
   const at::Tensor bias = at::cat({q_bias, at::zeros_like(v_bias), v_bias});
   // (B, N, 3C) -> (3, B, H, N, hd)
   if (q_qkv) refuse_training(*this);
   at::Tensor qkv_out = (q_qkv ? q_qkv->forward(x) : at::linear(x, qkv->weight, bias))
                            .reshape({B, N, 3, num_heads, C / num_heads})
                            .permute({2, 0, 3, 1, 4});
-  at::Tensor q = qkv_out[0] * scale, k = qkv_out[1], v = qkv_out[2];
+  at::Tensor q = qkv_out[0].narrow(2, 0, Q) * scale, k = qkv_out[1], v = qkv_out[2];
   // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64).
   const auto logit_type = at::promote_types(q.scalar_type(), at::kFloat);
-  at::Tensor attn = at::matmul(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,N,N)
-  if (rel_bias.defined()) attn = attn + rel_bias.unsqueeze(0);
+  at::Tensor attn = at::matmul(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
+  if (rel_bias.defined()) attn = attn + rel_bias.narrow(1, 0, Q).unsqueeze(0);
   if (key_mask.defined())
     attn = attn.masked_fill(key_mask.index({at::indexing::Slice(), at::indexing::None,
                                             at::indexing::None, at::indexing::Slice()}) == 0,
                             -std::numeric_limits<float>::infinity());
   attn = attn.softmax(-1).to(x.scalar_type());
   if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
-  at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, N, C});  // (B, N, C)
+  at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
   return q_proj ? q_proj->forward(out) : proj->forward(out);
 }
 
@@ -171,8 +172,10 @@ at::Tensor BlockImpl::residual(const at::Tensor& x, const at::Tensor& branch_out
 }
 
 at::Tensor BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& key_mask, Modality modality,
-                              const at::Tensor& rel_bias, int64_t text_len) {
-  at::Tensor x = residual(x_in, attn->forward(norm1->forward(x_in), key_mask, rel_bias), gamma_1, 0);
+                              const at::Tensor& rel_bias, int64_t text_len, int64_t keep) {
+  const int64_t Q = keep < 0 ? x_in.size(1) : std::min(keep, x_in.size(1));
+  at::Tensor x = residual(x_in.narrow(1, 0, Q), attn->forward(norm1->forward(x_in), key_mask, rel_bias, Q),
+                          gamma_1, 0);
   switch (modality) {
     case Modality::kImage:
       return residual(x, mlp_imag->forward(norm2_imag->forward(x)), gamma_2, 1);
@@ -180,6 +183,7 @@ at::Tensor BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& key_mask
       return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2, 1);
     case Modality::kVL:
       if (has_vl()) return residual(x, mlp_vl->forward(norm2_vl->forward(x)), gamma_2, 1);
+      if (Q <= text_len) return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2, 1);
       {
         // Lower layers: the fixed split at max_text_len, text expert then image expert.
         at::Tensor xt = x.narrow(1, 0, text_len), xi = x.narrow(1, text_len, x.size(1) - text_len);

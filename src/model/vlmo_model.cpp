@@ -90,7 +90,7 @@ at::Tensor VLMoImpl::image_embed(const at::Tensor& images, int token_type) {
 }
 
 FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_masks,
-                             const at::Tensor& images, int image_token_type) {
+                             const at::Tensor& images, int image_token_type, TokenOutputs keep) {
   const int64_t Lt = text_ids.size(1);
   if (Lt != cfg.max_text_len)
     throw Error(cat("fusion input text has ", Lt, " tokens; it must be padded to exactly "
@@ -99,12 +99,14 @@ FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_
   at::Tensor image_mask = at::ones({x.size(0), cfg.image_tokens()}, text_masks.options().device(x.device()));
   at::Tensor mask = at::cat({text_masks.to(x.device()), image_mask}, 1);  // (B, Lt + W²+1)
   const auto biases = relative_biases(Modality::kVL, Lt);
+  const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : keep == TokenOutputs::kText ? Lt : -1;
   for (int i = 0; i < cfg.depth; ++i)
-    x = transformer->block_list[i]->forward(x, mask, Modality::kVL, biases[i], Lt);
+    x = transformer->block_list[i]->forward(x, mask, Modality::kVL, biases[i], Lt,
+                                            i == cfg.depth - 1 ? last_keep : -1);
   x = transformer->norm->forward(x);
   FusionOutput out;
-  out.text_feats = x.narrow(1, 0, Lt);
-  out.image_feats = x.narrow(1, Lt, x.size(1) - Lt);
+  if (keep != TokenOutputs::kCls) out.text_feats = x.narrow(1, 0, Lt);
+  if (keep == TokenOutputs::kAll) out.image_feats = x.narrow(1, Lt, x.size(1) - Lt);
   out.cls_feats = pooler->forward(x);
   out.raw_cls_feats = x.select(1, 0);
   return out;
@@ -116,12 +118,14 @@ at::Tensor l2_normalize(const at::Tensor& x) { return x / x.norm(2, {-1}, true).
 }  // namespace
 
 UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality modality,
-                                  FcHead proj, FcHead vl_proj) {
+                                  FcHead proj, FcHead vl_proj, TokenOutputs keep) {
   const int64_t text_len = modality == Modality::kText ? x.size(1) : 0;
   const auto biases = relative_biases(modality, text_len);
+  const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : -1;
   at::Tensor vl_start;  // hidden state after block vlffn_start - 1
   for (int i = 0; i < cfg.depth; ++i) {
-    x = transformer->block_list[i]->forward(x, mask, modality, biases[i], text_len);
+    x = transformer->block_list[i]->forward(x, mask, modality, biases[i], text_len,
+                                            i == cfg.depth - 1 ? last_keep : -1);
     if (i == cfg.vlffn_start_layer_index - 1) vl_start = x;
   }
   UnimodalOutput out;
@@ -130,7 +134,8 @@ UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality
   if (!vl_proj.is_empty()) {
     at::Tensor y = vl_start;
     for (int i = cfg.vlffn_start_layer_index; i < cfg.depth; ++i)
-      y = transformer->block_list[i]->forward(y, mask, Modality::kVL, biases[i], text_len);
+      y = transformer->block_list[i]->forward(y, mask, Modality::kVL, biases[i], text_len,
+                                              i == cfg.depth - 1 ? last_keep : -1);
     y = transformer->norm->forward(y);
     out.cls_vlffn_feats = l2_normalize(vl_proj->forward(y.select(1, 0)));
   }
@@ -144,25 +149,29 @@ void require_itc(const FcHead& head) {
 }
 }  // namespace
 
-UnimodalOutput VLMoImpl::infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks) {
+UnimodalOutput VLMoImpl::infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks,
+                                    TokenOutputs keep) {
   require_itc(itc_text_proj);
-  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj, itc_vl_text_proj);
+  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj,
+                  itc_vl_text_proj, keep);
 }
 
-UnimodalOutput VLMoImpl::infer_image(const at::Tensor& images) {
+UnimodalOutput VLMoImpl::infer_image(const at::Tensor& images, TokenOutputs keep) {
   require_itc(itc_image_proj);
   return unimodal(image_embed(images, 1), at::Tensor(), Modality::kImage, itc_image_proj,
-                  itc_vl_image_proj);
+                  itc_vl_image_proj, keep);
 }
 
-UnimodalOutput VLMoImpl::infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks) {
+UnimodalOutput VLMoImpl::infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks,
+                                       TokenOutputs keep) {
   require_itc(itc_text_proj);
-  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj, nullptr);
+  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj,
+                  nullptr, keep);
 }
 
-UnimodalOutput VLMoImpl::infer_image_ft(const at::Tensor& images) {
+UnimodalOutput VLMoImpl::infer_image_ft(const at::Tensor& images, TokenOutputs keep) {
   require_itc(itc_image_proj);
-  return unimodal(image_embed(images, 1), at::Tensor(), Modality::kImage, itc_image_proj, nullptr);
+  return unimodal(image_embed(images, 1), at::Tensor(), Modality::kImage, itc_image_proj, nullptr, keep);
 }
 
 at::Tensor VLMoImpl::infer_image_masked(const at::Tensor& images, const at::Tensor& patch_mask) {

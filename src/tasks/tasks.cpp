@@ -29,21 +29,21 @@ void require_head(VLMo& model, const std::string& head) {
 at::Tensor vqa_logits(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
                       const at::Tensor& images) {
   require_head(model, "vqa");
-  return model->vqa_classifier->forward(model->infer(text_ids, text_masks, images).cls_feats);
+  return model->vqa_classifier->forward(model->infer(text_ids, text_masks, images, 1, TokenOutputs::kCls).cls_feats);
 }
 
 at::Tensor nlvr2_logits(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
                         const at::Tensor& image_0, const at::Tensor& image_1) {
   require_head(model, "nlvr2");
-  const at::Tensor c0 = model->infer(text_ids, text_masks, image_0, 1).cls_feats;
-  const at::Tensor c1 = model->infer(text_ids, text_masks, image_1, 2).cls_feats;
+  const at::Tensor c0 = model->infer(text_ids, text_masks, image_0, 1, TokenOutputs::kCls).cls_feats;
+  const at::Tensor c1 = model->infer(text_ids, text_masks, image_1, 2, TokenOutputs::kCls).cls_feats;
   return model->nlvr2_classifier->forward(at::cat({c0, c1}, -1));
 }
 
 at::Tensor itm_logits(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
                       const at::Tensor& images) {
   require_head(model, "itm");
-  return model->itm_score->forward(model->infer(text_ids, text_masks, images).cls_feats);
+  return model->itm_score->forward(model->infer(text_ids, text_masks, images, 1, TokenOutputs::kCls).cls_feats);
 }
 
 at::Tensor mlm_logits(VLMo& model, const at::Tensor& text_feats) {
@@ -82,13 +82,13 @@ at::Tensor in_chunks(int64_t n, int64_t chunk, Fn fn) {
 at::Tensor encode_images(VLMo& model, const at::Tensor& images, int64_t chunk) {
   require_head(model, "itc");
   return in_chunks(images.size(0), chunk,
-                   [&](int64_t i, int64_t n) { return model->infer_image_ft(images.narrow(0, i, n)).cls_feats; });
+                   [&](int64_t i, int64_t n) { return model->infer_image_ft(images.narrow(0, i, n), TokenOutputs::kCls).cls_feats; });
 }
 
 at::Tensor encode_texts(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks, int64_t chunk) {
   require_head(model, "itc");
   return in_chunks(text_ids.size(0), chunk, [&](int64_t i, int64_t n) {
-    return model->infer_text_ft(text_ids.narrow(0, i, n), text_masks.narrow(0, i, n)).cls_feats;
+    return model->infer_text_ft(text_ids.narrow(0, i, n), text_masks.narrow(0, i, n), TokenOutputs::kCls).cls_feats;
   });
 }
 

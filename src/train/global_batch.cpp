@@ -85,11 +85,12 @@ at::Tensor unimodal_features(VLMo& model, const Batch& b, const std::vector<int6
   UnimodalOutput img, txt;
   {
     SampleKeys k(keys_for(seed, samples, kImagePass));
-    img = retrieval ? model->infer_image_ft(b.image) : model->infer_image(b.image);
+    img = retrieval ? model->infer_image_ft(b.image, TokenOutputs::kCls) : model->infer_image(b.image, TokenOutputs::kCls);
   }
   {
     SampleKeys k(keys_for(seed, samples, kTextPass));
-    txt = retrieval ? model->infer_text_ft(b.text_ids, b.text_masks) : model->infer_text(b.text_ids, b.text_masks);
+    txt = retrieval ? model->infer_text_ft(b.text_ids, b.text_masks, TokenOutputs::kCls)
+                    : model->infer_text(b.text_ids, b.text_masks, TokenOutputs::kCls);
   }
   const std::vector<at::Tensor> parts = retrieval ? std::vector<at::Tensor>{img.cls_feats, txt.cls_feats}
                                                   : std::vector<at::Tensor>{img.cls_feats, img.cls_vlffn_feats, txt.cls_feats,
@@ -220,7 +221,7 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
     if (with_mlm && masked_total > 0) {
       SampleKeys k(keys_for(seed, samples[m], kMlmPass));
       const double here = masked[m];
-      const auto fused = model->infer(b.text_ids_mlm, b.text_masks, b.image);
+      const auto fused = model->infer(b.text_ids_mlm, b.text_masks, b.image, 1, TokenOutputs::kText);
       // mlm_loss is 0.25 x the mean over this batch's masked tokens; rescaled to a sum over the step's.
       const MlmOutput mlm = mlm_loss(model, fused.text_feats, b.text_labels_mlm, 0.25 * here / masked_total);
       mlm_sum += mlm.loss.item<double>();

@@ -40,8 +40,8 @@ ItcOutput compute_itc(VLMo& model, const Batch& batch, const GatherFn& gather) {
   require(batch.image, "image");
   require(batch.text_ids, "text_ids");
   require(batch.text_masks, "text_masks");
-  auto img = model->infer_image(batch.image);
-  auto txt = model->infer_text(batch.text_ids, batch.text_masks);
+  auto img = model->infer_image(batch.image, TokenOutputs::kCls);
+  auto txt = model->infer_text(batch.text_ids, batch.text_masks, TokenOutputs::kCls);
   ItcOutput out;
   out.itc = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, gather);
   out.itc_vl = contrastive_loss(img.cls_vlffn_feats, txt.cls_vlffn_feats, model->logit_vl_scale, gather);
@@ -140,7 +140,7 @@ MlmOutput compute_mlm(VLMo& model, const Batch& batch, bool full_logits) {
   require(batch.text_ids_mlm, "text_ids_mlm");
   require(batch.text_labels_mlm, "text_labels_mlm");
   require(batch.image, "image");
-  auto fused = model->infer(batch.text_ids_mlm, batch.text_masks, batch.image);
+  auto fused = model->infer(batch.text_ids_mlm, batch.text_masks, batch.image, 1, TokenOutputs::kText);
   return mlm_loss(model, fused.text_feats, batch.text_labels_mlm, 0.25, full_logits);
 }
 

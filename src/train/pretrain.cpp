@@ -82,8 +82,8 @@ Outputs vl_objective(VLMo& model, const Batch& batch) {
 }
 
 Outputs irtr_objective(VLMo& model, const Batch& batch) {
-  auto img = model->infer_image_ft(batch.image);
-  auto txt = model->infer_text_ft(batch.text_ids, batch.text_masks);
+  auto img = model->infer_image_ft(batch.image, TokenOutputs::kCls);
+  auto txt = model->infer_text_ft(batch.text_ids, batch.text_masks, TokenOutputs::kCls);
   ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, current_gather());
   Outputs out;
   out["irtr_loss"] = c.loss;
