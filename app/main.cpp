@@ -27,6 +27,7 @@ void print_usage(std::ostream& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  vlmo::keep_freed_host_memory();
   if (argc < 2) {
     print_usage(std::cerr);
     return 2;

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -12,6 +14,11 @@
 #include "vlmo/model.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/tasks.h"
+#include "vlmo/threads.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 using vlmo::Config;
 
@@ -162,4 +169,35 @@ TEST(Bench, ProfileWritesAChromeTraceOfTheTimedSteps) {
   bool saw_linear = false;
   for (const auto& e : events) saw_linear = saw_linear || (e.contains("name") && e["name"] == "aten::linear");
   EXPECT_TRUE(saw_linear) << "no aten::linear event in the trace";
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define VLMO_TEST_OWN_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || __has_feature(thread_sanitizer)
+#define VLMO_TEST_OWN_MALLOC 1
+#endif
+#endif
+
+// keep_freed_host_memory (called by the vlmo program at start): a block far above glibc's mmap
+// threshold comes from the heap, and freeing it keeps it there for the next step.
+TEST(Allocator, FreedHostMemoryStaysInTheProcessForReuse) {
+#if !defined(__GLIBC__) || defined(VLMO_TEST_OWN_MALLOC)
+  GTEST_SKIP() << "not glibc's malloc";
+#else
+  for (const char* v : {"VLMO_SYSTEM_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"})
+    if (std::getenv(v)) GTEST_SKIP() << v << " is set: the user's malloc settings win";
+  ASSERT_TRUE(vlmo::keep_freed_host_memory());
+  const size_t n = size_t{96} << 20;
+  const struct mallinfo2 before = mallinfo2();
+  auto* p = static_cast<char*>(std::malloc(n));
+  ASSERT_NE(p, nullptr);
+  std::memset(p, 1, n);
+  const struct mallinfo2 during = mallinfo2();
+  EXPECT_EQ(during.hblkhd, before.hblkhd) << "the block was mapped on its own (mmap), not taken from the heap";
+  std::free(p);
+  const struct mallinfo2 after = mallinfo2();
+  EXPECT_GE(after.fordblks, n) << "the freed block was handed back to the kernel";
+  EXPECT_GE(after.arena, before.arena + n);
+#endif
 }

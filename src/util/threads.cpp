@@ -5,6 +5,10 @@
 #include <cstdlib>
 #include <thread>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace vlmo {
 
 int init_threads(int n) {
@@ -16,6 +20,18 @@ int init_threads(int n) {
   }
   at::set_num_threads(n);
   return n;
+}
+
+bool keep_freed_host_memory() {
+#if defined(__GLIBC__)
+  for (const char* v : {"VLMO_SYSTEM_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                        "GLIBC_TUNABLES"})
+    if (std::getenv(v)) return false;
+  // mallopt returns 1 on success; -1 as the trim threshold disables trimming (mallopt(3)).
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1;
+#else
+  return false;
+#endif
 }
 
 }  // namespace vlmo
