@@ -86,6 +86,13 @@ TEST(Train, ScheduleAndParameterGroupsAreOfficial) {
   EXPECT_TRUE(official_no_decay("relative_position_bias_table"));
   EXPECT_TRUE(is_task_head("vqa_classifier.3.weight"));
   EXPECT_FALSE(is_task_head("pooler.dense.weight"));
+  // TrainOptions::head_prefixes: by default the official heads, else names starting with a prefix.
+  EXPECT_TRUE(takes_head_lr("nlvr2_classifier.0.bias", {}));
+  EXPECT_FALSE(takes_head_lr("itm_score.fc.weight", {}));
+  EXPECT_TRUE(takes_head_lr("itm_score.fc.weight", {"itm_score.", "pooler."}));
+  EXPECT_TRUE(takes_head_lr("pooler.dense.bias", {"itm_score.", "pooler."}));
+  EXPECT_FALSE(takes_head_lr("vqa_classifier.0.weight", {"itm_score.", "pooler."}));
+  EXPECT_FALSE(takes_head_lr("transformer.blocks.0.attn.qkv.weight", {"pooler."}));
 }
 
 TEST(Train, EveryStageLowersItsLosses) {

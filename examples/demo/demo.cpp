@@ -112,6 +112,7 @@ void for_each_field(Recipe& r, F&& f) {
   f("stage1_lr", r.stage1_lr), f("stage2_lr", r.stage2_lr), f("stage3_lr", r.stage3_lr);
   f("retrieval_lr", r.retrieval_lr), f("vqa_lr", r.vqa_lr), f("nlvr2_lr", r.nlvr2_lr);
   f("vqa_head_lr_mult", r.vqa_head_lr_mult), f("nlvr2_head_lr_mult", r.nlvr2_head_lr_mult);
+  f("stage3_itm_head_lr_mult", r.stage3_itm_head_lr_mult);
   f("warmup_fraction", r.warmup_fraction);
 }
 }  // namespace
@@ -201,7 +202,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
   // Trains `m` with `batches` and records the stage in the report.
   auto fit = [&](VLMo& m, const std::string& name, const ObjectiveFn& objective, const BatchFn& batches,
                  int64_t n_steps, int64_t batch, double lr, double head_lr_mult,
-                 const std::map<std::string, std::string>& meta, const StepObjectiveFn& step_objective = {}) {
+                 const std::map<std::string, std::string>& meta, const StepObjectiveFn& step_objective = {},
+                 const std::vector<std::string>& heads = {}) {
     TrainOptions t;
     t.step_objective = step_objective;
     t.name = name;
@@ -209,6 +211,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
     t.warmup_steps = std::max<int64_t>(1, static_cast<int64_t>(n_steps * rc.warmup_fraction));
     t.lr = lr;
     t.head_lr_mult = head_lr_mult;
+    t.head_prefixes = heads;
     t.batch_size = per_rank(batch);
     t.progress = o.progress;
     t.log_every = 25;
@@ -234,7 +237,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
 
   auto run_stage = [&](const std::string& name, Stage stage, const ObjectiveFn& objective, int64_t n_steps,
                        int64_t batch, double lr, bool with_images, bool with_text, bool patch_mask,
-                       const StepObjectiveFn& step_objective = {}) {
+                       const StepObjectiveFn& step_objective = {}, double head_lr_mult = 1.0,
+                       const std::vector<std::string>& heads = {}) {
     set_trainable_for_stage(model, stage);
     auto order = std::make_shared<EpochOrder>(train_scenes.size(), mix_seed(o.seed, std::hash<std::string>()(name)));
     CollateOptions co;
@@ -256,7 +260,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
       }
       return collate(ex, tok, co, stage_seed, index * rank_batch);  // masks keyed by sample, as the scenes
     };
-    fit(model, name, objective, batches, n_steps, batch, lr, 1.0, {}, step_objective);
+    fit(model, name, objective, batches, n_steps, batch, lr, head_lr_mult, {}, step_objective, heads);
   };
 
   // The model's state on the test split after each stage (report "diagnostics", issue 13).
@@ -298,7 +302,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
   // the plain objective computes without the extra feature pass (about 15 % faster).
   const bool several = world_size > 1;
   if (start <= 2) run_stage("stage3-vl", Stage::kVL, vl_objective, steps(rc.stage3_steps), rc.stage3_batch, rc.stage3_lr, true, true, false,
-            several ? vl_global_step_objective(mix_seed(o.seed, 3)) : StepObjectiveFn{});
+            several ? vl_global_step_objective(mix_seed(o.seed, 3)) : StepObjectiveFn{}, rc.stage3_itm_head_lr_mult,
+            {"itm_score.", "pooler."});
   diagnose("stage3-vl");  // the model fine-tuning starts from (also when it was loaded)
   TensorMap stage3_weights;  // the start of VQA and NLVR2 (in memory: every rank has them)
   for (const auto& p : model->named_parameters()) stage3_weights[p.key()] = p.value().detach().clone();

@@ -27,6 +27,7 @@ struct DemoRecipe {
   int64_t stage1_batch = 64, stage2_batch = 64, stage3_batch = 32, retrieval_batch = 64, vqa_batch = 32, nlvr2_batch = 32;
   double stage1_lr = 1e-3, stage2_lr = 1e-3, stage3_lr = 1e-3, retrieval_lr = 1e-3, vqa_lr = 1e-3, nlvr2_lr = 1e-3;
   double vqa_head_lr_mult = 20, nlvr2_head_lr_mult = 1;  // the classifier heads' lr multipliers (official: 20, 1)
+  double stage3_itm_head_lr_mult = 1;  // stage 3: lr multiplier of itm_score.* and pooler.* (official: 1)
   double warmup_fraction = 0.1;
 
   // Applies the keys of a JSON object; an unknown key or a value of the wrong type is an error.

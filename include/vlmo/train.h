@@ -20,8 +20,11 @@ namespace vlmo {
 // "norm.bias/.weight", "norm1.*", "norm2.*" (so norm2_text etc. and gamma_* are decayed, and
 // relative_position_bias_table, which contains "bias", is not).
 bool official_no_decay(const std::string& name);
-// lr_mult applies to names containing "vqa_classifier" or "nlvr2_classifier".
+// The official lr_mult applies to names containing "vqa_classifier" or "nlvr2_classifier".
 bool is_task_head(const std::string& name);
+// Whether head_lr_mult applies to a parameter: names starting with one of `heads`, or, when
+// `heads` is empty, the official task heads (is_task_head).
+bool takes_head_lr(const std::string& name, const std::vector<std::string>& heads);
 
 // Linear warm-up from 0 to `peak` over `warmup` steps, then linear decay to 0 at `total`
 // (get_polynomial_decay_schedule_with_warmup, power 1). `step` counts finished optimizer steps.
@@ -32,7 +35,7 @@ double learning_rate(int64_t step, int64_t total, int64_t warmup, double peak);
 class AdamW {
  public:
   AdamW(torch::nn::Module& model, double weight_decay = 0.01, double head_lr_mult = 1.0,
-        double beta1 = 0.9, double beta2 = 0.98, double eps = 1e-8);
+        double beta1 = 0.9, double beta2 = 0.98, double eps = 1e-8, const std::vector<std::string>& heads = {});
   void step(double lr);
   void zero_grad();
   // True when every gradient is finite (no NaN / inf); parameters without a gradient count as finite.
@@ -70,6 +73,7 @@ struct TrainOptions {
   double lr = 1e-4;
   double weight_decay = 0.01;
   double head_lr_mult = 1.0;
+  std::vector<std::string> head_prefixes;  // what head_lr_mult applies to; empty: vqa / nlvr2 classifiers
   int accumulate = 1;           // micro-batches per optimizer step
   int64_t batch_size = 32;      // samples per micro-batch (for samples/s)
   int64_t checkpoint_every = 0; // steps; 0: only at the end

@@ -45,13 +45,20 @@ double learning_rate(int64_t step, int64_t total, int64_t warmup, double peak) {
   return peak * static_cast<double>(total - step) / std::max<int64_t>(1, total - warmup);
 }
 
+bool takes_head_lr(const std::string& name, const std::vector<std::string>& heads) {
+  if (heads.empty()) return is_task_head(name);
+  for (const auto& h : heads)
+    if (name.rfind(h, 0) == 0) return true;
+  return false;
+}
+
 AdamW::AdamW(torch::nn::Module& model, double weight_decay, double head_lr_mult, double beta1, double beta2,
-             double eps)
+             double eps, const std::vector<std::string>& heads)
     : beta1_(beta1), beta2_(beta2), eps_(eps) {
   for (const auto& p : model.named_parameters()) {
     if (!p.value().requires_grad()) continue;
     params_.push_back({p.key(), p.value(), at::zeros_like(p.value()), at::zeros_like(p.value()),
-                       official_no_decay(p.key()) ? 0.0 : weight_decay, is_task_head(p.key()) ? head_lr_mult : 1.0});
+                       official_no_decay(p.key()) ? 0.0 : weight_decay, takes_head_lr(p.key(), heads) ? head_lr_mult : 1.0});
   }
 }
 
@@ -330,7 +337,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     remove_stale_temporaries(o.metrics_path);
   }
 
-  AdamW optim(*model, o.weight_decay, o.head_lr_mult);
+  AdamW optim(*model, o.weight_decay, o.head_lr_mult, 0.9, 0.98, 1e-8, o.head_prefixes);
   int64_t start = 0;
   TrainResult result;
   if (!resume_from.empty()) {
