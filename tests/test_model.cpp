@@ -313,3 +313,46 @@ TEST(Model, PartialLastBlockGivesTheFullPassRowsAndGradients) {
     }
   }
 }
+
+// The CPU inference attention kernel (per sample and head, q / k / v read in place) against the
+// plain path: image passes with the relative bias, fusion passes with padded keys, [CLS]-only
+// last blocks, and int8 weights.
+TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  m->eval();
+  Batch b = tiny_batch(c, 5);
+  auto run = [&](bool fused) {
+    set_fused_attention(fused);
+    torch::NoGradGuard g;
+    const int64_t before = fused_attention_calls();
+    std::vector<at::Tensor> out = {
+        m->infer(b.text_ids, b.text_masks, b.image).text_feats,
+        m->infer(b.text_ids, b.text_masks, b.image).image_feats,
+        m->infer(b.text_ids, b.text_masks, b.image, 2, TokenOutputs::kCls).cls_feats,
+        m->infer_image(b.image).feats,
+        m->infer_image_ft(b.image, TokenOutputs::kCls).cls_feats,
+        m->infer_text(b.text_ids, b.text_masks).cls_vlffn_feats,
+    };
+    EXPECT_EQ(fused_attention_calls() - before, fused ? 6 * c.depth + 2 * (c.depth - c.vlffn_start_layer_index) : 0);
+    set_fused_attention(true);
+    return out;
+  };
+  const auto plain = run(false), fused = run(true);
+  for (size_t i = 0; i < plain.size(); ++i)
+    EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-5, 1e-6)) << "output " << i << ": max diff "
+                                                              << (fused[i] - plain[i]).abs().max().item<double>();
+  // With autograd on, training passes keep the plain path (the kernel has no backward).
+  const int64_t before = fused_attention_calls();
+  m->infer_image(b.image).cls_feats.sum().backward();
+  EXPECT_EQ(fused_attention_calls(), before);
+  // int8 weights: the kernel reads the quantised qkv layer's output the same way.
+  if (!int8_supported()) return;
+  quantize_int8(m);
+  torch::NoGradGuard g;
+  set_fused_attention(false);
+  const at::Tensor q_plain = m->infer_image_ft(b.image).feats;
+  set_fused_attention(true);
+  const at::Tensor q_fused = m->infer_image_ft(b.image).feats;
+  EXPECT_TRUE(at::allclose(q_fused, q_plain, 1e-5, 1e-6)) << (q_fused - q_plain).abs().max().item<double>();
+}

@@ -74,6 +74,13 @@ struct MlpImpl : torch::nn::Module {
 };
 TORCH_MODULE(Mlp);
 
+// Fused attention paths, on by default: on the CPU without autograd (inference) a per-(sample,
+// head) kernel that reads q / k / v in place (modules.cpp). Off: the plain path everywhere (the
+// tests compare the two).
+void set_fused_attention(bool on);
+bool fused_attention();
+int64_t fused_attention_calls();  // attention layers run by a fused path so far (tests, profiling)
+
 // Shared self-attention: qkv without k bias, fp32 logits, additive relative bias, key mask.
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(int dim, int num_heads);

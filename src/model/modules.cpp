@@ -1,11 +1,14 @@
 // Building blocks of the multiway Transformer and the heads (reference §1.2, §1.3, §1.5).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 #include "vlmo/error.h"
@@ -18,6 +21,8 @@ namespace nn = torch::nn;
 namespace {
 thread_local const std::vector<uint64_t>* active_keys = nullptr;
 thread_local AttentionRecorder* active_recorder = nullptr;
+bool fused_attention_on = std::getenv("VLMO_PLAIN_ATTENTION") == nullptr;  // the env switch: A/B benchmarks
+std::atomic<int64_t> fused_attention_count{0};
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -112,6 +117,39 @@ at::Tensor MlpImpl::forward(const at::Tensor& x) {
   return fc2->forward(at::gelu(fc1->forward(x)));
 }
 
+void set_fused_attention(bool on) { fused_attention_on = on; }
+bool fused_attention() { return fused_attention_on; }
+int64_t fused_attention_calls() { return fused_attention_count.load(); }
+
+namespace {
+// CPU inference attention, one (sample, head) pair per task: every product reads q, k and v in
+// place from the qkv output (rows 3C apart: a valid BLAS layout, so no permuted copies), the
+// scale and the relative bias go into the logits' GEMM (addmm), and the small per-head GEMMs run
+// single-threaded side by side instead of each splitting over the threads. The same arithmetic as
+// the plain path (logits = bias + scale * q k^T; the plain path scales q first, which is the same
+// number whenever the scale is a power of two, e.g. head dim 64). Returns (B, Q, C).
+at::Tensor cpu_inference_attention(const at::Tensor& qkv_out, int64_t Q, int64_t H, double scale,
+                                   const at::Tensor& key_mask, const at::Tensor& rel_bias) {
+  const at::Tensor qkv = qkv_out.contiguous();  // (B, N, 3C)
+  const int64_t B = qkv.size(0), C = qkv.size(2) / 3, hd = C / H;
+  at::Tensor out = at::empty({B, Q, C}, qkv.options());
+  const at::Tensor bias = rel_bias.defined() ? rel_bias.narrow(1, 0, Q).to(qkv.scalar_type()).contiguous() : at::Tensor();
+  const at::Tensor masked = key_mask.defined() ? (key_mask == 0).unsqueeze(1) : at::Tensor();  // (B, 1, N)
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / H, h = i % H;
+      const at::Tensor x = qkv[b];  // (N, 3C)
+      const at::Tensor q = x.narrow(0, 0, Q).narrow(1, h * hd, hd), k = x.narrow(1, C + h * hd, hd),
+                       v = x.narrow(1, 2 * C + h * hd, hd);
+      at::Tensor logits = bias.defined() ? at::addmm(bias[h], q, k.t(), 1.0, scale) : at::mm(q, k.t()).mul_(scale);
+      if (masked.defined()) logits.masked_fill_(masked[b], -std::numeric_limits<float>::infinity());
+      out[b].narrow(1, h * hd, hd).copy_(at::mm(logits.softmax(-1), v));
+    }
+  });
+  return out;
+}
+}  // namespace
+
 AttentionImpl::AttentionImpl(int dim, int heads)
     : num_heads(heads), scale(std::pow(static_cast<double>(dim / heads), -0.5)) {
   qkv = register_module("qkv", nn::Linear(nn::LinearOptions(dim, 3 * dim).bias(false)));
@@ -127,9 +165,14 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   const at::Tensor bias = at::cat({q_bias, at::zeros_like(v_bias), v_bias});
   // (B, N, 3C) -> (3, B, H, N, hd)
   if (q_qkv) refuse_training(*this);
-  at::Tensor qkv_out = (q_qkv ? q_qkv->forward(x) : at::linear(x, qkv->weight, bias))
-                           .reshape({B, N, 3, num_heads, C / num_heads})
-                           .permute({2, 0, 3, 1, 4});
+  at::Tensor qkv_lin = q_qkv ? q_qkv->forward(x) : at::linear(x, qkv->weight, bias);  // (B, N, 3C)
+  if (fused_attention_on && !at::GradMode::is_enabled() && qkv_lin.is_cpu() &&
+      qkv_lin.scalar_type() == at::kFloat && !active_recorder) {
+    const at::Tensor out = cpu_inference_attention(qkv_lin, Q, num_heads, scale, key_mask, rel_bias);
+    ++fused_attention_count;
+    return q_proj ? q_proj->forward(out) : proj->forward(out);
+  }
+  at::Tensor qkv_out = qkv_lin.reshape({B, N, 3, num_heads, C / num_heads}).permute({2, 0, 3, 1, 4});
   at::Tensor q = qkv_out[0].narrow(2, 0, Q) * scale, k = qkv_out[1], v = qkv_out[2];
   // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64).
   const auto logit_type = at::promote_types(q.scalar_type(), at::kFloat);
