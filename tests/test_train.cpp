@@ -95,6 +95,61 @@ TEST(Train, ScheduleAndParameterGroupsAreOfficial) {
   EXPECT_FALSE(takes_head_lr("transformer.blocks.0.attn.qkv.weight", {"pooler."}));
 }
 
+// AdamW against the update written out by hand in double precision: decoupled decay (none for
+// "bias"), head lr multiplier (vqa_classifier), bias corrections, and a parameter without a
+// gradient in one step left untouched (its moments too).
+TEST(Train, AdamWStepIsTheDocumentedUpdate) {
+  struct Params : torch::nn::Module {
+    Params() {
+      register_parameter("weight", at::tensor({0.5f, -1.0f, 2.0f}));
+      register_parameter("bias", at::tensor({0.1f, 0.2f}));
+      register_parameter("vqa_classifier", at::tensor({-0.3f}));
+    }
+  } module;
+  const double wd = 0.01, mult = 20, b1 = 0.9, b2 = 0.98, eps = 1e-8;
+  AdamW opt(module, wd, mult);
+  auto params = module.named_parameters();
+  std::map<std::string, std::vector<double>> p, m, v;
+  for (const auto& kv : params) {
+    const at::Tensor t = kv.value().detach().to(at::kDouble);
+    p[kv.key()] = std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+    m[kv.key()] = v[kv.key()] = std::vector<double>(t.numel(), 0.0);
+  }
+  const double lrs[3] = {1e-3, 5e-4, 2e-3};
+  int done = 0;
+  for (int step = 0; step < 3; ++step) {
+    opt.zero_grad();
+    for (const auto& kv : params) {
+      if (step == 1 && kv.key() == "bias") continue;  // no gradient this step
+      at::Tensor gr = at::zeros_like(kv.value());
+      for (int64_t i = 0; i < gr.numel(); ++i) gr[i] = 0.3 * (i + 1) * (step % 2 ? -1 : 1) + 0.05 * step;
+      kv.value().mutable_grad() = gr;
+    }
+    opt.step(lrs[step]);
+    ++done;
+    for (const auto& kv : params) {
+      const std::string& name = kv.key();
+      if (step == 1 && name == "bias") continue;
+      const double lr = lrs[step] * (name == "vqa_classifier" ? mult : 1), decay = name == "bias" ? 0 : wd;
+      // The bias corrections use the optimizer's step count (also for a parameter that skipped one).
+      const double bc1 = 1 - std::pow(b1, done), bc2 = 1 - std::pow(b2, done);
+      for (size_t i = 0; i < p[name].size(); ++i) {
+        const double grad = static_cast<double>(kv.value().grad()[i].item<float>());
+        p[name][i] *= 1 - lr * decay;
+        m[name][i] = b1 * m[name][i] + (1 - b1) * grad;
+        v[name][i] = b2 * v[name][i] + (1 - b2) * grad * grad;
+        p[name][i] -= lr / bc1 * m[name][i] / (std::sqrt(v[name][i] / bc2) + eps);
+      }
+    }
+    for (const auto& kv : params)
+      for (size_t i = 0; i < p[kv.key()].size(); ++i)
+        EXPECT_NEAR(kv.value()[i].item<float>(), p[kv.key()][i], 1e-6) << kv.key() << "[" << i << "] after step " << step;
+  }
+  const TensorMap st = opt.state();
+  EXPECT_NEAR(st.at("exp_avg.bias")[0].item<float>(), m["bias"][0], 1e-7);
+  EXPECT_NEAR(st.at("exp_avg_sq.weight")[2].item<float>(), v["weight"][2], 1e-7 * v["weight"][2]);  // float: ~7 digits
+}
+
 TEST(Train, EveryStageLowersItsLosses) {
   // Eight fixed scenes, every step the same batch: each stage's losses must go down. Backgrounds
   // with 50 tint levels: per-patch MIM targets of a plain background are only its pixel noise.
