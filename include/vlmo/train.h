@@ -34,8 +34,9 @@ double learning_rate(int64_t step, int64_t total, int64_t warmup, double peak);
 // grad; state is kept per parameter name so it can be saved and restored exactly.
 class AdamW {
  public:
+  // head_lr_mult applies to the parameters takes_head_lr(name, heads) selects.
   AdamW(torch::nn::Module& model, double weight_decay = 0.01, double head_lr_mult = 1.0,
-        double beta1 = 0.9, double beta2 = 0.98, double eps = 1e-8, const std::vector<std::string>& heads = {});
+        const std::vector<std::string>& heads = {}, double beta1 = 0.9, double beta2 = 0.98, double eps = 1e-8);
   void step(double lr);
   void zero_grad();
   // True when every gradient is finite (no NaN / inf); parameters without a gradient count as finite.

@@ -52,8 +52,8 @@ bool takes_head_lr(const std::string& name, const std::vector<std::string>& head
   return false;
 }
 
-AdamW::AdamW(torch::nn::Module& model, double weight_decay, double head_lr_mult, double beta1, double beta2,
-             double eps, const std::vector<std::string>& heads)
+AdamW::AdamW(torch::nn::Module& model, double weight_decay, double head_lr_mult,
+             const std::vector<std::string>& heads, double beta1, double beta2, double eps)
     : beta1_(beta1), beta2_(beta2), eps_(eps) {
   for (const auto& p : model.named_parameters()) {
     if (!p.value().requires_grad()) continue;
@@ -350,7 +350,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     remove_stale_temporaries(o.metrics_path);
   }
 
-  AdamW optim(*model, o.weight_decay, o.head_lr_mult, 0.9, 0.98, 1e-8, o.head_prefixes);
+  AdamW optim(*model, o.weight_decay, o.head_lr_mult, o.head_prefixes);
   int64_t start = 0;
   TrainResult result;
   if (!resume_from.empty()) {
