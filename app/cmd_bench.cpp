@@ -45,20 +45,24 @@ int run_bench_command(const Args& a) {
   const auto tasks = split_tasks(a.get("task"));
   const c10::Device device = parse_device(a.get("device"));
   const bool int8 = quantize_int8_option(a);  // checked before the yardstick runs
+  const Precision precision = parse_precision(a.get("precision"));
+  const at::ScalarType matmul_type = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  const std::string matmul_name = precision_name(precision);
   const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
   const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
 
-  // The yardstick: an n^3 fp32 matrix product on this device.
+  // The yardstick: an n^3 matrix product on this device, in the precision of the run's products.
   const int64_t n = a.get_int64("matmul-size") > 0 ? a.get_int64("matmul-size") : (device.is_cuda() ? 8192 : 2048);
-  if (!quiet) std::cerr << "bench: measuring the fp32 matmul rate (" << n << "^3) on " << device.str() << "\n";
-  const double matmul = measure_matmul_flops(device, at::kFloat, n);
+  if (!quiet) std::cerr << "bench: measuring the " << matmul_name << " matmul rate (" << n << "^3) on " << device.str() << "\n";
+  const double matmul = measure_matmul_flops(device, matmul_type, n);
 
   if (!json) {
-    std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s%s, %d threads\n",
+    std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s, %s%s%s, %d threads\n",
                 preset.c_str(), config.image_size, config.max_text_len, static_cast<long long>(a.get_int64("batch")),
                 static_cast<long long>(a.get_int64("steps")), static_cast<long long>(a.get_int64("warmup")),
-                device.str().c_str(), a.get("quantize") == "int8" ? ", int8" : "", at::get_num_threads());
-    std::printf("fp32 matmul %lld^3: %.3f TFLOP/s\n\n", static_cast<long long>(n), matmul / 1e12);
+                device.str().c_str(), matmul_name.c_str(), a.get("quantize") == "int8" ? ", int8" : "",
+                a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads());
+    std::printf("%s matmul %lld^3: %.3f TFLOP/s\n\n", matmul_name.c_str(), static_cast<long long>(n), matmul / 1e12);
     std::printf("%-12s %10s %12s %14s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s",
                 "% matmul", "peak memory");
     std::fflush(stdout);
@@ -73,6 +77,8 @@ int run_bench_command(const Args& a) {
     o.device = device;
     o.seed = a.get_uint64("seed");
     o.quantize_int8 = int8;
+    o.precision = precision;
+    o.activation_checkpointing = a.get_flag("activation-checkpointing");
     if (!a.get("profile").empty()) o.profile_path = tasks.size() == 1 ? a.get("profile") : a.get("profile") + "." + task + ".json";
     if (!quiet)
       o.on_step = [&](int64_t done, int64_t total, double s) {
@@ -91,6 +97,8 @@ int run_bench_command(const Args& a) {
                                 {"warmup", o.warmup},
                                 {"device", device.str()},
                                 {"quantize", a.get("quantize")},
+                                {"precision", matmul_name},
+                                {"activation_checkpointing", o.activation_checkpointing},
                                 {"threads", at::get_num_threads()},
                                 {"seconds_per_step", r.seconds_per_step},
                                 {"step_seconds", r.step_seconds},
@@ -120,8 +128,9 @@ Command bench_command() {
   c.name = "bench";
   c.summary =
       "Time real steps of the model on synthetic inputs (warm-up excluded): samples/s, achieved\n"
-      "TFLOP/s from the analytic FLOP count (docs/performance.md), that as a percentage of an fp32\n"
-      "matrix-product rate measured on the same device, and peak memory (on the CPU the process's\n"
+      "TFLOP/s from the analytic FLOP count (docs/performance.md), that as a percentage of a\n"
+      "matrix-product rate measured on the same device in the run's precision (fp32, or bf16 with\n"
+      "--precision bf16), and peak memory (on the CPU the process's\n"
       "peak resident size). Tasks: pretrain (ITC + ITM + MLM step with AdamW), embed-image,\n"
       "embed-text (inference), vqa, nlvr2, irtr (fine-tuning steps); `all` runs every one.";
   c.usage = "vlmo bench [options]";
@@ -137,6 +146,8 @@ Command bench_command() {
                integer_option("seed", "0", "seed of the weights and inputs", 0),
                {"device", "cpu", "cpu or cuda[:N]"},
                {"quantize", "none", "none, or int8 (embed tasks, CPU: dynamic int8 linear layers)"},
+               precision_option(),
+               checkpointing_option(),
                {"profile", "", "write a Chrome trace of the timed steps to this file (several tasks: FILE.TASK.json); profiling slows the steps"},
                {"json", "false", "one JSON line per task instead of a table", true},
                {"quiet", "false", "no progress lines on stderr", true}};

@@ -16,6 +16,8 @@ int run_demo_cmd(const Args& a) {
   o.pretrain_only = a.get_flag("pretrain-only");
   o.start_at = a.get("start-at");
   o.device = training_device(a);
+  o.precision = parse_precision(a.get("precision"));
+  o.activation_checkpointing = a.get_flag("activation-checkpointing");
   o.start_weights = a.get("weights");
   if (!a.get("recipe").empty()) {
     nlohmann::json j;
@@ -51,6 +53,8 @@ Command demo_command() {
                               "(fields: report.json \"recipe\")"},
                {"pretrain-only", "false", "stop after pre-training and the zero-shot evaluation", true},
                device_option(),
+               precision_option(),
+               checkpointing_option(),
                {"start-at", "", "experiments: begin at stage2, stage3 or finetune from --weights instead of training the stages before"},
                {"weights", "", "with --start-at: the checkpoint an earlier demo run wrote after the previous stage (e.g. OUT/stage2-text.safetensors)"},
                number_option("dist-timeout", "300", "several processes (torchrun): seconds to wait for another rank before failing", 1, 86400)};

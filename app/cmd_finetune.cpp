@@ -102,6 +102,7 @@ int run_finetune(const Args& a) {
   const LoadReport rep = load_weights(model, std::move(init.tensors), false);
   std::cerr << "initialised from " << a.get("init") << " (missing tensors keep their fresh initialisation)\n" << rep.describe();
   model->to(training_device(a));
+  apply_runtime_options(a, model);
   if (r.init == "coco") std::cerr << "note: the official " << finetune_task_name(task) << " recipe starts from the COCO-fine-tuned retrieval weights\n";
   t.accumulate = a.get_int("accumulate") > 0 ? a.get_int("accumulate") : static_cast<int>(std::max<int64_t>(1, r.batch_size / batch));
   t.max_steps = a.get_int64("steps") > 0 ? a.get_int64("steps") : r.total_steps(n);
@@ -126,6 +127,8 @@ Command finetune_command() {
             "vlmo finetune --task {vqa,nlvr2,coco,f30k} --init PRETRAINED [data options] --out CKPT"};
   c.options = {{"task", "vqa", "vqa, nlvr2, coco or f30k (irtr = coco)"},
                device_option(),
+               precision_option(),
+               checkpointing_option(),
                {"init", "", "pre-trained checkpoint (e.g. a 224-px stage-3 checkpoint)"},
                {"preset", "base", "preset of the recipe (and of the model when --init records no config)"},
                {"config", "", "model config JSON (default: the one --init records)"},

@@ -83,6 +83,7 @@ int run_pretrain(const Args& args) {
   }
   set_trainable_for_stage(model, stage);
   model->to(training_device(a));
+  apply_runtime_options(a, model);
 
   CollateOptions co;
   co.image_size = cfg.image_size;
@@ -146,6 +147,8 @@ Command pretrain_command() {
   c.usage = "vlmo pretrain --stage {image,text,vl} (--webdataset P | --karpathy J --image-root D | --text F | --images D) --out CKPT";
   c.options = {{"stage", "vl", "image, text or vl"},
                device_option(),
+               precision_option(),
+               checkpointing_option(),
                {"preset", "base", "model preset (base, base_plus, large)"},
                {"config", "", "model config JSON (overrides --preset)"},
                {"train-config", "", "JSON with training fields (steps, batch_size, lr, warmup, ...); flags given on the command line win"},

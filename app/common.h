@@ -24,6 +24,12 @@ std::vector<Option> model_options();
 Option vocab_option();
 // --device: cpu, cuda or cuda:N (parse_device checks it).
 Option device_option();
+// --precision: fp32, or bf16 (the transformer blocks under bf16 autocast).
+Option precision_option();
+// --activation-checkpointing (training commands): recompute each block in the backward pass.
+Option checkpointing_option();
+// Sets the model's run-time settings from the options above (those the command declares).
+void apply_runtime_options(const Args& a, VLMo& model);
 // The --device of a training command; plain "cuda" under a launcher means cuda:LOCAL_RANK.
 c10::Device training_device(const Args& a);
 // --quantize: true for int8, false for none; anything else is an error naming the option.

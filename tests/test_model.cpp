@@ -4,10 +4,13 @@
 
 #include <cmath>
 #include <filesystem>
+#include <optional>
+#include <set>
 
 #include "test_util.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/objectives.h"
+#include "vlmo/pretrain.h"
 #include "vlmo/reference_check.h"
 #include "vlmo/relative_position.h"
 
@@ -355,4 +358,157 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
   set_fused_attention(true);
   const at::Tensor q_fused = m->infer_image_ft(b.image).feats;
   EXPECT_TRUE(at::allclose(q_fused, q_plain, 1e-5, 1e-6)) << (q_fused - q_plain).abs().max().item<double>();
+}
+
+// Activation checkpointing recomputes each block in the backward pass: the pre-training
+// objective (ITC, ITM on drawn hard negatives, MLM; drop path on) must give the same losses and
+// the same gradients as without it, with drop path drawn from the global generator (its state
+// is replayed) and from sample keys, and the first pass must keep no block activations.
+TEST(Model, ActivationCheckpointingGivesTheSameLossesAndGradients) {
+  Config c = tiny_config();
+  c.drop_path_rate = 0.2;
+  VLMo m = tiny_model(c);
+  m->to(at::kDouble);
+  m->train();
+  Batch b = tiny_batch(c, 4);
+  b.image = b.image.to(at::kDouble);
+  b.text_ids_mlm = b.text_ids.clone();
+  b.text_labels_mlm = at::full_like(b.text_ids, -100);
+  b.text_ids_mlm.select(1, 2).fill_(3);
+  b.text_labels_mlm.select(1, 2).copy_(b.text_ids.select(1, 2));
+  struct Run {
+    std::map<std::string, double> losses;
+    std::vector<at::Tensor> grads;
+  };
+  auto run = [&](bool checkpointing, bool keyed) {
+    m->set_activation_checkpointing(checkpointing);
+    m->zero_grad();
+    at::manual_seed(77);
+    std::optional<SampleKeys> keys;
+    if (keyed) keys.emplace(std::vector<uint64_t>{5, 6, 7, 8});
+    Run r;
+    Outputs out;
+    {
+      // The ITM pass has 3B rows: keys cover the B-row passes only, so the keyed run uses the
+      // ITC and MLM passes (whose rows are the batch's).
+      if (keyed) {
+        const ItcOutput itc = compute_itc(m, b);
+        const MlmOutput mlm = compute_mlm(m, b);
+        out["itc_loss"] = itc.loss;
+        out["mlm_loss"] = mlm.loss;
+      } else {
+        out = vl_objective(m, b);
+      }
+    }
+    at::Tensor total;
+    for (const auto& [k, v] : out)
+      if (k.size() > 5 && k.compare(k.size() - 5, 5, "_loss") == 0) {
+        r.losses[k] = v.item<double>();
+        total = total.defined() ? total + v : v;
+      }
+    total.backward();
+    for (const auto& p : m->parameters()) r.grads.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+    return r;
+  };
+  for (bool keyed : {false, true}) {
+    const Run plain = run(false, keyed), ckpt = run(true, keyed);
+    ASSERT_EQ(plain.losses.size(), keyed ? 2u : 3u);
+    for (const auto& [k, v] : plain.losses) EXPECT_NEAR(ckpt.losses.at(k), v, 1e-12) << k << (keyed ? " keyed" : "");
+    ASSERT_EQ(plain.grads.size(), ckpt.grads.size());
+    int nonzero = 0;
+    for (size_t i = 0; i < plain.grads.size(); ++i) {
+      EXPECT_TRUE(at::allclose(plain.grads[i], ckpt.grads[i], 1e-9, 1e-12))
+          << "parameter " << i << (keyed ? " keyed" : "") << ": max difference "
+          << (plain.grads[i] - ckpt.grads[i]).abs().max().item<double>();
+      nonzero += plain.grads[i].abs().sum().item<double>() > 0;
+    }
+    EXPECT_GT(nonzero, 20);  // the comparison covers the blocks' parameters
+  }
+  // A different draw must show up: the replay is what makes the two runs agree.
+  m->set_activation_checkpointing(false);
+  at::manual_seed(77);
+  const double a = vl_objective(m, b).at("mlm_loss").item<double>();
+  at::manual_seed(78);
+  const double d = vl_objective(m, b).at("mlm_loss").item<double>();
+  EXPECT_NE(a, d);
+  // The checkpointed pass keeps the block inputs only: its graph holds the CheckpointedBlock nodes.
+  m->set_activation_checkpointing(true);
+  const FusionOutput f = m->infer(b.text_ids, b.text_masks, b.image);
+  ASSERT_TRUE(f.cls_feats.requires_grad());
+  int checkpointed = 0;
+  std::vector<torch::autograd::Node*> stack = {f.text_feats.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!stack.empty()) {
+    auto* n = stack.back();
+    stack.pop_back();
+    if (!n || !seen.insert(n).second) continue;
+    checkpointed += n->name().find("CheckpointedBlock") != std::string::npos;
+    for (const auto& e : n->next_edges()) stack.push_back(e.function.get());
+  }
+  EXPECT_EQ(checkpointed, c.depth);
+  m->set_activation_checkpointing(false);
+}
+
+// bf16 autocast: the blocks' matrix products run in bfloat16 while the outputs (and the
+// residual stream, norms and heads) stay fp32; results are close to fp32 but not equal, the
+// gradients reach every parameter in fp32, and fp64 models are untouched.
+TEST(Model, Bf16AutocastRunsTheBlocksInBfloat16) {
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  m->eval();
+  Batch b = tiny_batch(c, 3);
+  auto outputs = [&] {
+    torch::NoGradGuard g;
+    return std::vector<at::Tensor>{m->infer(b.text_ids, b.text_masks, b.image).cls_feats,
+                                   m->infer_image_ft(b.image).cls_feats,
+                                   m->infer_text(b.text_ids, b.text_masks).cls_vlffn_feats};
+  };
+  const auto fp32 = outputs();
+  m->set_precision(Precision::kBFloat16);
+  const auto bf16 = outputs();
+  m->set_precision(Precision::kFloat32);
+  EXPECT_FALSE(autocast_enabled(c10::DeviceType::CPU));  // the guard switched it off again
+  for (size_t i = 0; i < fp32.size(); ++i) {
+    EXPECT_EQ(bf16[i].scalar_type(), at::kFloat) << i;
+    const double diff = (bf16[i] - fp32[i]).abs().max().item<double>();
+    const double scale = fp32[i].abs().max().item<double>();
+    EXPECT_GT(diff, 1e-6 * scale) << i << ": bf16 gave exactly the fp32 result (autocast not on?)";
+    EXPECT_LT(diff, 0.05 * scale) << i;  // bfloat16 keeps 8 bits: ~0.4 % per product
+  }
+  // Training under bf16: fp32 gradients, finite, on the same parameters as fp32.
+  m->train();
+  m->set_precision(Precision::kBFloat16);
+  const at::Tensor loss = m->infer(b.text_ids, b.text_masks, b.image).cls_feats.pow(2).sum();
+  loss.backward();
+  m->set_precision(Precision::kFloat32);
+  int with_grad = 0;
+  for (const auto& p : m->parameters()) {
+    if (!p.grad().defined()) continue;
+    ++with_grad;
+    EXPECT_EQ(p.grad().scalar_type(), at::kFloat);
+    EXPECT_TRUE(p.grad().isfinite().all().item<bool>());
+  }
+  EXPECT_GT(with_grad, 20);
+  // fp64 stays fp64 (autocast casts fp32 only).
+  m->eval();
+  m->to(at::kDouble);
+  b.image = b.image.to(at::kDouble);
+  at::Tensor ref, got;
+  {
+    torch::NoGradGuard g;
+    ref = m->infer(b.text_ids, b.text_masks, b.image).cls_feats;
+    m->set_precision(Precision::kBFloat16);
+    got = m->infer(b.text_ids, b.text_masks, b.image).cls_feats;
+    m->set_precision(Precision::kFloat32);
+  }
+  EXPECT_EQ(got.scalar_type(), at::kDouble);
+  EXPECT_TRUE(at::equal(ref, got));
+}
+
+TEST(Precision, NamesParseAndBadOnesAreErrors) {
+  EXPECT_EQ(parse_precision("fp32"), Precision::kFloat32);
+  EXPECT_EQ(parse_precision("bf16"), Precision::kBFloat16);
+  EXPECT_EQ(parse_precision("bfloat16"), Precision::kBFloat16);
+  EXPECT_EQ(precision_name(Precision::kBFloat16), "bf16");
+  expect_error([] { parse_precision("fp16"); }, {"precision \"fp16\"", "expected fp32 or bf16"});
 }

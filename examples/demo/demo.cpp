@@ -186,7 +186,13 @@ nlohmann::json run_demo(const DemoOptions& o) {
 
   VLMo model(cfg);
   init_weights(model, o.seed);
-  model->to(o.device);
+  // Every model of the demo: on the device, with the run-time settings.
+  auto place = [&o](VLMo& m) {
+    m->to(o.device);
+    m->set_precision(o.precision);
+    m->set_activation_checkpointing(o.activation_checkpointing);
+  };
+  place(model);
   nlohmann::json report;
   report["seed"] = o.seed;
   report["config"] = nlohmann::json::parse(config_to_json_text(cfg));
@@ -195,6 +201,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
                      {"image_size", cfg.image_size}};
   report["processes"] = world_size;
   report["recipe"] = rc.to_json();
+  report["precision"] = precision_name(o.precision);
   const std::string metrics = o.out_dir + "/metrics.jsonl";
   if (writer) std::remove(metrics.c_str());
 
@@ -335,7 +342,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   VLMo vqa(vcfg);
   init_weights(vqa, o.seed);
   load_weights(vqa, stage3_weights, false);
-  vqa->to(o.device);
+  place(vqa);
   auto label_of = [&](const std::string& a) {
     return static_cast<int64_t>(std::find(answers.begin(), answers.end(), a) - answers.begin());
   };
@@ -393,7 +400,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   VLMo nlvr2(ncfg);
   init_weights(nlvr2, o.seed);
   load_weights(nlvr2, stage3_weights, false);
-  nlvr2->to(o.device);
+  place(nlvr2);
   // The g-th statement of a split: a pair of scenes and a statement about them, from the salt.
   auto statement_at = [&](const std::string& split, uint64_t g, uint64_t salt) {
     const auto& sc = world.split(split);

@@ -4,6 +4,8 @@
 #include <c10/core/Device.h>
 
 #include <nlohmann/json.hpp>
+
+#include "vlmo/precision.h"
 #include <optional>
 #include <string>
 
@@ -49,6 +51,8 @@ struct DemoOptions {
   std::string start_at;
   std::string start_weights;
   c10::Device device = c10::kCPU;  // where every model of the demo runs
+  Precision precision = Precision::kFloat32;  // of every model's forward passes
+  bool activation_checkpointing = false;
 };
 
 // Runs everything, writes out_dir/report.json (and metrics.jsonl, checkpoints), returns the report.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "vlmo/config.h"
+#include "vlmo/precision.h"
 
 namespace vlmo {
 
@@ -39,8 +40,10 @@ struct BenchOptions {
   int64_t warmup = 1;      // not timed
   c10::Device device = c10::kCPU;
   uint64_t seed = 0;
-  bool quantize_int8 = false;
-  std::string profile_path;    // non-empty: a Chrome trace (chrome://tracing, Perfetto) of the timed steps  // embed tasks only: vlmo::quantize_int8 on the CPU
+  bool quantize_int8 = false;  // embed tasks only: vlmo::quantize_int8 on the CPU
+  Precision precision = Precision::kFloat32;
+  bool activation_checkpointing = false;  // pretrain and the fine-tuning tasks
+  std::string profile_path;    // non-empty: a Chrome trace (chrome://tracing, Perfetto) of the timed steps
   // Called after every step, warm-up included (done counts both): progress for long runs.
   std::function<void(int64_t done, int64_t total, double seconds)> on_step;
 };

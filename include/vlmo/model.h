@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "vlmo/config.h"
+#include "vlmo/precision.h"
 
 namespace vlmo {
 
@@ -80,6 +81,15 @@ TORCH_MODULE(Mlp);
 void set_fused_attention(bool on);
 bool fused_attention();
 int64_t fused_attention_calls();  // attention layers run by a fused path so far (tests, profiling)
+// While one lives on this thread the fused paths are not taken: the first pass of a checkpointed
+// block, which must compute exactly what its recomputation in the backward pass will.
+class PlainAttentionScope {
+ public:
+  PlainAttentionScope();
+  ~PlainAttentionScope();
+  PlainAttentionScope(const PlainAttentionScope&) = delete;
+  PlainAttentionScope& operator=(const PlainAttentionScope&) = delete;
+};
 
 // Shared self-attention: qkv without k bias, fp32 logits, additive relative bias, key mask.
 struct AttentionImpl : torch::nn::Module {
@@ -246,6 +256,19 @@ struct VLMoImpl : torch::nn::Module {
   std::vector<at::Tensor> relative_biases(Modality modality, int64_t text_len);
 
   const Config& config() const { return cfg; }
+
+  // Run-time settings (not part of checkpoints).
+  // bf16: the transformer blocks of every infer* pass run under autocast (matrix products in
+  // bfloat16); the residual stream, the final norm, the projections and every head stay in the
+  // weights' dtype, so outputs come back in it. fp32 (default): no autocast.
+  void set_precision(Precision p) { precision_ = p; }
+  Precision precision() const { return precision_; }
+  // Activation checkpointing: in training mode with autograd on, a block keeps only its inputs
+  // and runs again in the backward pass (same random draws, same autocast state), trading about
+  // one more forward pass of compute for the activation memory of the blocks. Same losses and
+  // gradients as without it.
+  void set_activation_checkpointing(bool on) { checkpointing_ = on; }
+  bool activation_checkpointing() const { return checkpointing_; }
   // Where the weights are. Every infer* entry point moves its inputs there (a no-op when they
   // are), so callers may pass host tensors to a model on a GPU; outputs stay on this device.
   c10::Device device() const { return token_type_embeddings->weight.device(); }
@@ -269,7 +292,12 @@ struct VLMoImpl : torch::nn::Module {
   at::Tensor image_embed(const at::Tensor& images, int token_type);
   UnimodalOutput unimodal(at::Tensor x, const at::Tensor& mask, Modality modality,
                           FcHead proj, FcHead vl_proj, TokenOutputs keep = TokenOutputs::kAll);
+  // Block i of the transformer (checkpointed when that is on and applies).
+  at::Tensor run_block(int i, const at::Tensor& x, const at::Tensor& mask, Modality modality,
+                       const at::Tensor& rel_bias, int64_t text_len, int64_t keep);
   at::Tensor image_index_, text_index_, fusion_index_;  // cached index matrices (CPU)
+  Precision precision_ = Precision::kFloat32;
+  bool checkpointing_ = false;
 };
 TORCH_MODULE(VLMo);
 

@@ -150,10 +150,13 @@ BenchResult run_bench(const BenchOptions& o) {
   VLMo model(c);
   init_weights(model, o.seed);
   model->to(o.device);
+  model->set_precision(o.precision);
+  model->set_activation_checkpointing(o.activation_checkpointing);
   const bool training = is_training(o.task);
   model->train(training);
   if (o.quantize_int8) {
     if (training) throw Error(cat("int8 quantisation is for inference: task ", o.task, " trains (use embed-image or embed-text)"));
+    if (o.precision != Precision::kFloat32) throw Error("int8 quantisation runs in fp32 (give --precision fp32)");
     quantize_int8(model);
   }
   if (o.task == "pretrain") set_trainable_for_stage(model, Stage::kVL);

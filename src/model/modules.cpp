@@ -21,6 +21,7 @@ namespace nn = torch::nn;
 namespace {
 thread_local const std::vector<uint64_t>* active_keys = nullptr;
 thread_local AttentionRecorder* active_recorder = nullptr;
+thread_local int plain_attention_scopes = 0;
 bool fused_attention_on = std::getenv("VLMO_PLAIN_ATTENTION") == nullptr;  // the env switch: A/B benchmarks
 std::atomic<int64_t> fused_attention_count{0};
 
@@ -58,6 +59,9 @@ SampleKeys::SampleKeys(std::vector<uint64_t> keys) : keys_(std::move(keys)), pre
 }
 SampleKeys::~SampleKeys() { active_keys = previous_; }
 const std::vector<uint64_t>* SampleKeys::current() { return active_keys; }
+
+PlainAttentionScope::PlainAttentionScope() { ++plain_attention_scopes; }
+PlainAttentionScope::~PlainAttentionScope() { --plain_attention_scopes; }
 
 AttentionRecorder::AttentionRecorder() : previous_(active_recorder) { active_recorder = this; }
 AttentionRecorder::~AttentionRecorder() { active_recorder = previous_; }
@@ -167,7 +171,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   if (q_qkv) refuse_training(*this);
   at::Tensor qkv_lin = q_qkv ? q_qkv->forward(x) : at::linear(x, qkv->weight, bias);  // (B, N, 3C)
   if (fused_attention_on && !at::GradMode::is_enabled() && qkv_lin.is_cpu() &&
-      qkv_lin.scalar_type() == at::kFloat && !active_recorder) {
+      qkv_lin.scalar_type() == at::kFloat && !active_recorder && plain_attention_scopes == 0) {
     const at::Tensor out = cpu_inference_attention(qkv_lin, Q, num_heads, scale, key_mask, rel_bias);
     ++fused_attention_count;
     return q_proj ? q_proj->forward(out) : proj->forward(out);

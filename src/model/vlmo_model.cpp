@@ -2,9 +2,11 @@
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
+#include <torch/autograd.h>
 #include <torch/utils.h>
 
 #include <cmath>
+#include <optional>
 
 #include "vlmo/error.h"
 #include "vlmo/model.h"
@@ -100,9 +102,11 @@ FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_
   at::Tensor mask = at::cat({text_masks.to(x.device()), image_mask}, 1);  // (B, Lt + W²+1)
   const auto biases = relative_biases(Modality::kVL, Lt);
   const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : keep == TokenOutputs::kText ? Lt : -1;
-  for (int i = 0; i < cfg.depth; ++i)
-    x = transformer->block_list[i]->forward(x, mask, Modality::kVL, biases[i], Lt,
-                                            i == cfg.depth - 1 ? last_keep : -1);
+  {
+    AutocastGuard autocast(device().type(), precision_);
+    for (int i = 0; i < cfg.depth; ++i)
+      x = run_block(i, x, mask, Modality::kVL, biases[i], Lt, i == cfg.depth - 1 ? last_keep : -1);
+  }
   x = transformer->norm->forward(x);
   FusionOutput out;
   if (keep != TokenOutputs::kCls) out.text_feats = x.narrow(1, 0, Lt);
@@ -123,23 +127,113 @@ UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality
   const auto biases = relative_biases(modality, text_len);
   const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : -1;
   at::Tensor vl_start;  // hidden state after block vlffn_start - 1
+  std::optional<AutocastGuard> autocast(std::in_place, device().type(), precision_);
   for (int i = 0; i < cfg.depth; ++i) {
-    x = transformer->block_list[i]->forward(x, mask, modality, biases[i], text_len,
-                                            i == cfg.depth - 1 ? last_keep : -1);
+    x = run_block(i, x, mask, modality, biases[i], text_len, i == cfg.depth - 1 ? last_keep : -1);
     if (i == cfg.vlffn_start_layer_index - 1) vl_start = x;
   }
+  autocast.reset();
   UnimodalOutput out;
   out.feats = transformer->norm->forward(x);
   if (!proj.is_empty()) out.cls_feats = l2_normalize(proj->forward(out.feats.select(1, 0)));
   if (!vl_proj.is_empty()) {
     at::Tensor y = vl_start;
+    autocast.emplace(device().type(), precision_);
     for (int i = cfg.vlffn_start_layer_index; i < cfg.depth; ++i)
-      y = transformer->block_list[i]->forward(y, mask, Modality::kVL, biases[i], text_len,
-                                              i == cfg.depth - 1 ? last_keep : -1);
+      y = run_block(i, y, mask, Modality::kVL, biases[i], text_len, i == cfg.depth - 1 ? last_keep : -1);
+    autocast.reset();
     y = transformer->norm->forward(y);
     out.cls_vlffn_feats = l2_normalize(vl_proj->forward(y.select(1, 0)));
   }
   return out;
+}
+
+namespace {
+// What the backward pass of a checkpointed block needs to run the block again as it ran.
+struct BlockRerun : torch::CustomClassHolder {
+  Block block{nullptr};
+  at::Tensor mask;
+  Modality modality = Modality::kVL;
+  int64_t text_len = 0, keep = -1;
+  std::optional<std::vector<uint64_t>> keys;  // the SampleKeys then active
+  at::Tensor rng_state;                       // the device generator's state before the pass
+  c10::Device device = c10::kCPU;
+  Precision precision = Precision::kFloat32;  // the autocast state then
+
+  at::Tensor run(const at::Tensor& x, const at::Tensor& bias) {
+    return block->forward(x, mask, modality, bias, text_len, keep);
+  }
+};
+
+// Activation checkpointing of one block (the reentrant form): the first pass runs without
+// autograd and keeps only the inputs; backward sets the random state, keys and autocast back,
+// runs the block again with autograd and back-propagates through it, which accumulates the
+// block's parameter gradients and returns those of the inputs.
+struct CheckpointedBlock : torch::autograd::Function<CheckpointedBlock> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& bias, c10::intrusive_ptr<BlockRerun> rerun) {
+    ctx->save_for_backward({x, bias});
+    ctx->saved_data["rerun"] = c10::IValue::make_capsule(rerun);
+    PlainAttentionScope plain;  // the rerun has autograd on, so it takes the plain path too
+    return rerun->run(x, bias);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto rerun = c10::static_intrusive_pointer_cast<BlockRerun>(ctx->saved_data["rerun"].toCapsule());
+    at::Tensor x = saved[0].detach().requires_grad_(saved[0].requires_grad());
+    at::Tensor bias = saved[1].defined() ? saved[1].detach().requires_grad_(saved[1].requires_grad()) : at::Tensor();
+    at::Tensor out;
+    {
+      torch::AutoGradMode grad_on(true);
+      std::optional<SampleKeys> keys;
+      if (rerun->keys) keys.emplace(*rerun->keys);
+      at::Generator gen;
+      at::Tensor current_state;
+      if (rerun->rng_state.defined()) {
+        gen = at::globalContext().defaultGenerator(rerun->device);
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        current_state = gen.get_state();
+        gen.set_state(rerun->rng_state);
+      }
+      AutocastGuard autocast(rerun->device.type(), rerun->precision);
+      out = rerun->run(x, bias);
+      if (current_state.defined()) {
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(current_state);
+      }
+    }
+    torch::autograd::backward({out}, {grads[0]});
+    return {x.requires_grad() ? x.grad() : at::Tensor(),
+            bias.defined() && bias.requires_grad() ? bias.grad() : at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+at::Tensor VLMoImpl::run_block(int i, const at::Tensor& x, const at::Tensor& mask, Modality modality,
+                               const at::Tensor& rel_bias, int64_t text_len, int64_t keep) {
+  Block& block = transformer->block_list[static_cast<size_t>(i)];
+  // Only in training with autograd on, and only when an input carries a gradient: the reentrant
+  // form sends the parameters' gradients through its inputs' graph.
+  const bool inputs_need_grad = x.requires_grad() || (rel_bias.defined() && rel_bias.requires_grad());
+  if (!checkpointing_ || !is_training() || !at::GradMode::is_enabled() || !inputs_need_grad)
+    return block->forward(x, mask, modality, rel_bias, text_len, keep);
+  auto rerun = c10::make_intrusive<BlockRerun>();
+  rerun->block = block;
+  rerun->mask = mask;
+  rerun->modality = modality;
+  rerun->text_len = text_len;
+  rerun->keep = keep;
+  if (const auto* keys = SampleKeys::current()) rerun->keys = *keys;
+  rerun->device = x.device();
+  rerun->precision = autocast_enabled(x.device().type()) ? Precision::kBFloat16 : Precision::kFloat32;
+  if (block->drop_prob > 0 && !rerun->keys) {  // drop path draws from the device's generator
+    at::Generator gen = at::globalContext().defaultGenerator(x.device());
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    rerun->rng_state = gen.get_state();
+  }
+  return CheckpointedBlock::apply(x, rel_bias, rerun);
 }
 
 namespace {
