@@ -43,21 +43,24 @@ for f in gpu-fixtures/shared/fixtures/reference/*/; do
 done
 
 say "unit tests (CPU paths and the fused/plain attention checks) on this machine"
-OMP_NUM_THREADS=4 timeout 300 ./build-cuda/tests/vlmo_tests --gtest_filter='Bench.*:Quantize.*:Model.*:Objectives.*' 2>&1 | tail -3
+OMP_NUM_THREADS=4 timeout 300 ./build-cuda/tests/vlmo_tests --gtest_filter='Bench.*:Quantize.*:Model.*:Objectives.*:Precision.*' 2>&1 | tail -3
 
-say "vlmo bench --device cuda (base, 224 px; fp32 yardstick 8192^3)"
+say "vlmo bench --device cuda (base; yardstick 8192^3 in the run's precision)"
 B=./build-cuda/vlmo
 {
-  timeout 240 $B bench --device cuda --preset base --task pretrain --batch 32 --steps 5 --json --quiet
-  timeout 120 $B bench --device cuda --preset base --task embed-image --image-size 384 --batch 256 --steps 5 --json --quiet
-  timeout 120 $B bench --device cuda --preset base --task vqa,nlvr2,irtr,embed-text --batch 32 --steps 5 --json --quiet
+  timeout 150 $B bench --device cuda --preset base --task pretrain --batch 32 --steps 5 --json --quiet
+  timeout 150 $B bench --device cuda --preset base --task pretrain --batch 128 --steps 5 --precision bf16 --json --quiet
+  timeout 150 $B bench --device cuda --preset base --task pretrain --batch 128 --steps 5 --precision bf16 --activation-checkpointing --json --quiet
+  timeout 90 $B bench --device cuda --preset base --task embed-image --image-size 384 --batch 256 --steps 5 --json --quiet
+  timeout 90 $B bench --device cuda --preset base --task embed-image --image-size 384 --batch 256 --steps 5 --precision bf16 --json --quiet
+  timeout 120 $B bench --device cuda --preset base --task vqa,nlvr2,irtr,embed-text --batch 32 --steps 5 --precision bf16 --json --quiet
 } | tee "$RESULTS/bench.jsonl"
 python3 - "$RESULTS/bench.jsonl" <<'EOF'
 import json, sys
-print(f"{'task':12} {'size':>5} {'batch':>5} {'samples/s':>10} {'TFLOP/s':>8} {'% matmul':>9} {'peak GiB':>9}")
+print(f"{'task':12} {'prec':>4} {'ckpt':>4} {'size':>5} {'batch':>5} {'samples/s':>10} {'TFLOP/s':>8} {'% matmul':>9} {'peak GiB':>9}")
 for line in open(sys.argv[1]):
     try: j = json.loads(line)
     except ValueError: continue
-    print(f"{j['task']:12} {j['image_size']:5} {j['batch']:5} {j['samples_per_s']:10.1f} {j['tflops']:8.1f} "
+    print(f"{j['task']:12} {j.get('precision', 'fp32'):>4} {'yes' if j.get('activation_checkpointing') else 'no':>4} {j['image_size']:5} {j['batch']:5} {j['samples_per_s']:10.1f} {j['tflops']:8.1f} "
           f"{j['percent_of_matmul']:8.1f}% {j['peak_memory_bytes']/2**30:9.2f}")
 EOF

@@ -157,6 +157,74 @@ TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
   EXPECT_NE(bad.err.find("--quantize: expected none or int8, got \"int4\""), std::string::npos) << bad.err;
 }
 
+// bf16 autocast for the dual encoder on real photos: close to fp32 (cosine >= 0.99, the same
+// nearest photo per caption), and the low-precision weight copies kept between inference passes
+// give exactly what autocast's own per-pass casts give, also after a weight changes.
+TEST(Precision, Bf16DualEncoderFeaturesMatchFp32OnRealPhotos) {
+  const vlmo::TensorMap photos = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
+  std::vector<at::Tensor> images;
+  for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
+    images.push_back(photos.at(name));
+  const at::Tensor batch = at::stack(images);
+  Config c = Config::base();
+  c.heads = {"itc"};
+  c.drop_path_rate = 0;  // train mode below only switches the kept copies off
+  vlmo::VLMo model(c);
+  vlmo::init_weights(model, 3);
+  model->eval();
+  const at::Tensor ids = at::randint(1000, 30000, {4, c.max_text_len}, at::kLong);
+  const at::Tensor masks = at::ones({4, c.max_text_len}, at::kLong);
+  const at::Tensor img32 = vlmo::encode_images(model, batch), txt32 = vlmo::encode_texts(model, ids, masks);
+  model->set_precision(vlmo::Precision::kBFloat16);
+  const at::Tensor img16 = vlmo::encode_images(model, batch), txt16 = vlmo::encode_texts(model, ids, masks);
+  const at::Tensor cos_img = (img32 * img16).sum(1), cos_txt = (txt32 * txt16).sum(1);
+  std::printf("bf16 vs fp32 cosine: photos min %.5f mean %.5f, captions min %.5f\n", cos_img.min().item<double>(),
+              cos_img.mean().item<double>(), cos_txt.min().item<double>());
+  EXPECT_GE(cos_img.min().item<double>(), 0.99) << cos_img;
+  EXPECT_GE(cos_txt.min().item<double>(), 0.99) << cos_txt;
+  EXPECT_FALSE(at::equal(img32, img16));  // bf16 really ran
+  EXPECT_TRUE(at::equal(at::matmul(txt32, img32.t()).argmax(1), at::matmul(txt16, img16.t()).argmax(1)));
+  // Kept copies (eval) against autocast's casts (train mode, no autograd): the same numbers.
+  auto without_kept_copies = [&] {
+    model->train();
+    const at::Tensor out = vlmo::encode_images(model, batch);
+    model->eval();
+    return out;
+  };
+  EXPECT_TRUE(at::equal(img16, without_kept_copies()));
+  {
+    torch::NoGradGuard g;
+    model->transformer->block_list[0]->mlp_imag->fc1->weight.mul_(1.5);
+    model->transformer->block_list[0]->attn->qkv->weight.mul_(0.5);
+  }
+  const at::Tensor changed = vlmo::encode_images(model, batch);
+  EXPECT_FALSE(at::equal(changed, img16));  // the copies followed the weights
+  EXPECT_TRUE(at::equal(changed, without_kept_copies()));
+}
+
+TEST(Precision, BenchTakesPrecisionAndCheckpointing) {
+  const std::string dir = vlmo::test::temp_dir();
+  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
+    "vlffn_start_layer_index": 1, "max_text_len": 16})");
+  const auto ok = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "pretrain", "--batch", "2",
+                                       "--steps", "1", "--matmul-size", "64", "--json", "--quiet", "--precision", "bf16",
+                                       "--activation-checkpointing"});
+  ASSERT_EQ(ok.status, 0) << ok.err;
+  const auto j = nlohmann::json::parse(ok.out);
+  EXPECT_EQ(j.at("precision"), "bf16");
+  EXPECT_EQ(j.at("activation_checkpointing"), true);
+  EXPECT_GT(j.at("samples_per_s").get<double>(), 0);
+  const auto bad = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--precision", "fp16", "--quiet"});
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.err.find("precision \"fp16\": expected fp32 or bf16"), std::string::npos) << bad.err;
+  const auto int8 = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "embed-image", "--quantize", "int8",
+                                         "--precision", "bf16", "--matmul-size", "64", "--quiet"});
+  if (vlmo::int8_supported()) {
+    EXPECT_EQ(int8.status, 2);
+    EXPECT_NE(int8.err.find("int8 quantisation runs in fp32"), std::string::npos) << int8.err;
+  }
+}
+
 TEST(Bench, ProfileWritesAChromeTraceOfTheTimedSteps) {
   const std::string dir = vlmo::test::temp_dir();
   vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,

@@ -65,6 +65,9 @@ at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef ro
 // A linear layer with int8 weights (one scale per output channel) and activations quantised per
 // call (dynamic quantisation: CPU inference only, no autograd). See quantize_int8.
 struct QuantizedLinear;
+// Inference under bf16 autocast: the low-precision copies of a layer's weights, kept between
+// passes (autocast's own cache ends with each pass) and made again when a weight changes.
+struct LowPrecisionWeights;
 
 // timm Mlp: fc1 -> GELU (erf) -> fc2 (dropout 0).
 struct MlpImpl : torch::nn::Module {
@@ -72,6 +75,7 @@ struct MlpImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
   std::shared_ptr<const QuantizedLinear> q_fc1, q_fc2;  // set by quantize_int8: used instead of fc1 / fc2
+  std::shared_ptr<LowPrecisionWeights> low;
 };
 TORCH_MODULE(Mlp);
 
@@ -104,6 +108,7 @@ struct AttentionImpl : torch::nn::Module {
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
   at::Tensor q_bias, v_bias;
   std::shared_ptr<const QuantizedLinear> q_qkv, q_proj;  // set by quantize_int8
+  std::shared_ptr<LowPrecisionWeights> low;
 };
 TORCH_MODULE(Attention);
 

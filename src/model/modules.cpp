@@ -6,6 +6,8 @@
 #include <ATen/core/stack.h>
 
 #include <algorithm>
+#include <array>
+#include <mutex>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -113,10 +115,45 @@ MlpImpl::MlpImpl(int dim, int hidden) {
   fc2 = register_module("fc2", nn::Linear(hidden, dim));
 }
 
+struct LowPrecisionWeights {
+  struct Entry {
+    at::Tensor source, value;
+    int64_t version = -1;
+  };
+  std::mutex mutex;
+  std::array<Entry, 4> entries;
+
+  // Whether a pass may use the kept copies: inference (no autograd, module in eval mode) under
+  // autocast. Training passes leave the casts to autocast (their weights change every step).
+  static bool applies(const torch::nn::Module& m, const at::Tensor& x) {
+    return !at::GradMode::is_enabled() && !m.is_training() && autocast_enabled(x.device().type());
+  }
+  // Entry i's copy of w in autocast's type (undefined stays undefined).
+  at::Tensor get(size_t i, const at::Tensor& w, c10::DeviceType device) {
+    if (!w.defined() || w.scalar_type() != at::kFloat) return w;  // autocast casts fp32 only (fp64 stays)
+    const at::ScalarType t = autocast_dtype(device);
+    std::lock_guard<std::mutex> lock(mutex);
+    Entry& e = entries.at(i);
+    if (!e.value.defined() || !e.source.is_same(w) || e.version != static_cast<int64_t>(w._version()) ||
+        e.value.scalar_type() != t) {
+      e.value = w.detach().to(t);
+      e.source = w;
+      e.version = static_cast<int64_t>(w._version());
+    }
+    return e.value;
+  }
+};
+
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
   if (q_fc1) {
     refuse_training(*this);
     return q_fc2->forward(at::gelu(q_fc1->forward(x)));
+  }
+  if (LowPrecisionWeights::applies(*this, x)) {
+    if (!low) low = std::make_shared<LowPrecisionWeights>();
+    const auto d = x.device().type();
+    const at::Tensor h = at::gelu(at::linear(x, low->get(0, fc1->weight, d), low->get(1, fc1->bias, d)));
+    return at::linear(h, low->get(2, fc2->weight, d), low->get(3, fc2->bias, d));
   }
   return fc2->forward(at::gelu(fc1->forward(x)));
 }
@@ -169,18 +206,33 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   const at::Tensor bias = at::cat({q_bias, at::zeros_like(v_bias), v_bias});
   // (B, N, 3C) -> (3, B, H, N, hd)
   if (q_qkv) refuse_training(*this);
-  at::Tensor qkv_lin = q_qkv ? q_qkv->forward(x) : at::linear(x, qkv->weight, bias);  // (B, N, 3C)
+  const bool keep_low = !q_qkv && LowPrecisionWeights::applies(*this, x);
+  if (keep_low && !low) low = std::make_shared<LowPrecisionWeights>();
+  const auto dev = x.device().type();
+  at::Tensor qkv_lin = q_qkv      ? q_qkv->forward(x)
+                       : keep_low ? at::linear(x, low->get(0, qkv->weight, dev), bias)
+                                  : at::linear(x, qkv->weight, bias);  // (B, N, 3C)
+  auto project = [&](const at::Tensor& o) {
+    return q_proj ? q_proj->forward(o) : keep_low ? at::linear(o, low->get(1, proj->weight, dev), low->get(2, proj->bias, dev))
+                                                  : proj->forward(o);
+  };
+  // (Not for bf16 under autocast: per-head bf16 products measured slower than the plain path's
+  // batched ones, 12.0-12.7 vs 14.3-15.0 images/s, NOTES.md.)
   if (fused_attention_on && !at::GradMode::is_enabled() && qkv_lin.is_cpu() &&
       qkv_lin.scalar_type() == at::kFloat && !active_recorder && plain_attention_scopes == 0) {
     const at::Tensor out = cpu_inference_attention(qkv_lin, Q, num_heads, scale, key_mask, rel_bias);
     ++fused_attention_count;
-    return q_proj ? q_proj->forward(out) : proj->forward(out);
+    return project(out);
   }
   at::Tensor qkv_out = qkv_lin.reshape({B, N, 3, num_heads, C / num_heads}).permute({2, 0, 3, 1, 4});
   at::Tensor q = qkv_out[0].narrow(2, 0, Q) * scale, k = qkv_out[1], v = qkv_out[2];
-  // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64).
-  const auto logit_type = at::promote_types(q.scalar_type(), at::kFloat);
+  // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64). Under
+  // autocast the product itself runs in the low precision whatever its inputs (the official's
+  // q.float() @ k.float() too), so q and k are not converted first; the bias makes them fp32.
+  const bool autocast = autocast_enabled(q.device().type());
+  const auto logit_type = autocast ? q.scalar_type() : at::promote_types(q.scalar_type(), at::kFloat);
   at::Tensor attn = at::matmul(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
+  if (autocast) attn = attn.to(at::promote_types(attn.scalar_type(), at::kFloat));
   if (rel_bias.defined()) attn = attn + rel_bias.narrow(1, 0, Q).unsqueeze(0);
   if (key_mask.defined())
     attn = attn.masked_fill(key_mask.index({at::indexing::Slice(), at::indexing::None,
@@ -189,7 +241,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   attn = attn.softmax(-1).to(x.scalar_type());
   if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
   at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
-  return q_proj ? q_proj->forward(out) : proj->forward(out);
+  return project(out);
 }
 
 BlockImpl::BlockImpl(const Config& c, int layer_index, double drop_path_prob)
