@@ -1,7 +1,12 @@
 // vlmo demo: the built-in end-to-end run on the procedural shapes world.
+#include <cstdio>
+
 #include "cli.h"
 #include "common.h"
 #include "demo.h"
+#include "vlmo/bench.h"
+#include "vlmo/distributed.h"
+#include "vlmo/error.h"
 
 namespace vlmo::cli {
 namespace {
@@ -16,7 +21,8 @@ int run_demo_cmd(const Args& a) {
   o.pretrain_only = a.get_flag("pretrain-only");
   o.start_at = a.get("start-at");
   o.device = training_device(a);
-  o.precision = parse_precision(a.get("precision"));
+  const bool auto_precision = a.get("precision") == "auto";
+  if (!auto_precision) o.precision = parse_precision(a.get("precision"));
   o.activation_checkpointing = a.get_flag("activation-checkpointing");
   o.start_weights = a.get("weights");
   if (!a.get("recipe").empty()) {
@@ -29,6 +35,22 @@ int run_demo_cmd(const Args& a) {
     o.recipe.apply(j);
   }
   join_distributed(a.get_double("dist-timeout"));  // torchrun --nproc_per_node N: data parallel, same global batches
+  if (auto_precision) {
+    // bf16 where its matrix product pays; with several processes only if it pays on every one.
+    double ratio = 0;
+    bool bf16 = bf16_pays(o.device, 1.5, &ratio);
+    if (const Distributed* dist = current_distributed(); dist && dist->world_size() > 1) {
+      std::vector<at::Tensor> votes = {at::tensor({bf16 ? 1.0 : 0.0}, at::kDouble)};
+      dist->all_reduce_sum(votes);
+      bf16 = votes[0].item<double>() == dist->world_size();
+    }
+    o.precision = bf16 ? Precision::kBFloat16 : Precision::kFloat32;
+    char note[160];
+    std::snprintf(note, sizeof note, "auto: bf16 matrix product %.1fx the fp32 rate on %s", ratio, o.device.str().c_str());
+    o.precision_note = note;
+    if (o.progress)
+      std::fprintf(stderr, "demo: %s (%s; --precision fp32|bf16 to choose)\n", precision_name(o.precision).c_str(), note);
+  }
   run_demo(o);
   return 0;
 }
@@ -53,7 +75,7 @@ Command demo_command() {
                               "(fields: report.json \"recipe\")"},
                {"pretrain-only", "false", "stop after pre-training and the zero-shot evaluation", true},
                device_option(),
-               precision_option(),
+               {"precision", "auto", "auto, fp32 or bf16: bf16 autocast for the blocks (auto: bf16 where its matrix product is at least 1.5x fp32's, as on CPUs with AMX and on recent GPUs)"},
                checkpointing_option(),
                {"start-at", "", "experiments: begin at stage2, stage3 or finetune from --weights instead of training the stages before"},
                {"weights", "", "with --start-at: the checkpoint an earlier demo run wrote after the previous stage (e.g. OUT/stage2-text.safetensors)"},

@@ -41,15 +41,26 @@ file(READ "${WORK}/demo/report.json" report)
 string(JSON tr1 GET "${report}" retrieval test_after_finetuning tr_r1)
 string(JSON chance GET "${report}" retrieval chance tr_r1)
 message(STATUS "demo at 1% steps: TR@1 ${tr1} (chance ${chance})")
+# --precision auto (the demo's default) records what it chose and why; an explicit one is kept.
+string(JSON precision GET "${report}" precision)
+string(JSON choice GET "${report}" precision_choice)
+if(NOT (precision STREQUAL "fp32" OR precision STREQUAL "bf16") OR NOT choice MATCHES "^auto: bf16 matrix product")
+  message(FATAL_ERROR "demo report: precision \"${precision}\", precision_choice \"${choice}\"")
+endif()
 # --start-at: stage 3 from the stage-2 checkpoint just written, the earlier stages not trained;
 # an unknown stage or a missing --weights is an error that says what is expected.
 execute_process(COMMAND ${VLMO} demo --step-scale 0.01 --quiet --pretrain-only --start-at stage3
-                        --weights ${WORK}/demo/stage2-text.safetensors --out ${WORK}/demo_s3
+                        --weights ${WORK}/demo/stage2-text.safetensors --out ${WORK}/demo_s3 --precision fp32
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0 OR NOT EXISTS "${WORK}/demo_s3/report.json")
   message(FATAL_ERROR "demo --start-at stage3 failed (${rc}): ${err}")
 endif()
 file(READ "${WORK}/demo_s3/report.json" s3)
+string(JSON s3_precision GET "${s3}" precision)
+string(JSON s3_choice ERROR_VARIABLE no_choice GET "${s3}" precision_choice)
+if(NOT s3_precision STREQUAL "fp32" OR NOT no_choice)
+  message(FATAL_ERROR "demo --precision fp32: the report says \"${s3_precision}\" (${s3_choice})")
+endif()
 string(JSON started GET "${s3}" started_at stage)
 string(JSON n_stages LENGTH "${s3}" stages)
 string(JSON only_stage MEMBER "${s3}" stages 0)

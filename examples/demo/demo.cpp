@@ -202,6 +202,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   report["processes"] = world_size;
   report["recipe"] = rc.to_json();
   report["precision"] = precision_name(o.precision);
+  if (!o.precision_note.empty()) report["precision_choice"] = o.precision_note;
   const std::string metrics = o.out_dir + "/metrics.jsonl";
   if (writer) std::remove(metrics.c_str());
 

@@ -24,7 +24,7 @@ struct DemoRecipe {
   std::optional<double> layer_scale;  // null: none (base-plus); 0.1 is base's
   bool absolute_positions = true;     // base-plus: absolute positions, no relative bias
   int background_tint = 4;            // the world's background tint levels per channel (DemoWorld)
-  int64_t stage1_steps = 150, stage2_steps = 150, stage3_steps = 450;
+  int64_t stage1_steps = 150, stage2_steps = 150, stage3_steps = 1200;  // stage 3: see "Issue 13, session 10" in NOTES.md
   int64_t retrieval_steps = 300, vqa_steps = 1200, nlvr2_steps = 300;
   int64_t stage1_batch = 64, stage2_batch = 64, stage3_batch = 32, retrieval_batch = 64, vqa_batch = 32, nlvr2_batch = 32;
   double stage1_lr = 1e-3, stage2_lr = 1e-3, stage3_lr = 1e-3, retrieval_lr = 1e-3, vqa_lr = 1e-3, nlvr2_lr = 1e-3;
@@ -52,6 +52,7 @@ struct DemoOptions {
   std::string start_weights;
   c10::Device device = c10::kCPU;  // where every model of the demo runs
   Precision precision = Precision::kFloat32;  // of every model's forward passes
+  std::string precision_note;                 // how it was chosen (the report's "precision_choice")
   bool activation_checkpointing = false;
 };
 

@@ -31,6 +31,10 @@ double analytic_flops_per_sample(const Config& c, const std::string& task);
 // FLOP/s of an n x n x n matrix product of `dtype` on `device` (the best of `reps` after a
 // warm-up): the yardstick for "percent of matmul".
 double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n, int reps = 5);
+// Whether bf16 autocast pays on `device`: its bf16 matrix product (n = 1024 on the CPU, 4096 on
+// CUDA) runs at least `min_ratio` times the fp32 rate (CPUs with AMX / AVX512-BF16, GPUs since
+// Ampere). `ratio` (if given) receives the measured bf16 / fp32 rate. Tens of milliseconds on the CPU.
+bool bf16_pays(c10::Device device, double min_ratio = 1.5, double* ratio = nullptr);
 
 struct BenchOptions {
   std::string task = "pretrain";

@@ -134,6 +134,18 @@ double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n
   return 2.0 * static_cast<double>(n) * n * n / best;
 }
 
+bool bf16_pays(c10::Device device, double min_ratio, double* ratio) {
+  const int64_t n = device.is_cuda() ? 4096 : 1024;  // (below ~768 oneDNN bf16 is no faster on the CPU)
+  double r = 0;
+  try {
+    r = measure_matmul_flops(device, at::kBFloat16, n, 3) / measure_matmul_flops(device, at::kFloat, n, 3);
+  } catch (const std::exception&) {
+    r = 0;  // no bf16 matrix product here
+  }
+  if (ratio) *ratio = r;
+  return r >= min_ratio;
+}
+
 BenchResult run_bench(const BenchOptions& o) {
   check_task(o.task);
   if (o.batch < 1) throw Error(cat("batch: must be at least 1, got ", o.batch));
