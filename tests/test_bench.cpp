@@ -106,16 +106,21 @@ TEST(Bench, CommandPrintsOneJsonLinePerTask) {
   EXPECT_NE(bad.err.find("--task: unknown task \"captioning\""), std::string::npos) << bad.err;
 }
 
+// The five PIL-preprocessed fixture photographs at 224 px, as one batch (5, 3, 224, 224).
+static at::Tensor fixture_photos() {
+  const vlmo::TensorMap photos = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
+  std::vector<at::Tensor> images;
+  for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
+    images.push_back(photos.at(name));
+  return at::stack(images);
+}
+
 // --quantize int8: the dual encoder's features on real photographs (the PIL-preprocessed fixture
 // tensors) and on captions stay within cosine 0.99 of the fp32 features of the same model
 // (VLMo-Base shape, official initialisation); a quantised model refuses training mode.
 TEST(Quantize, Int8DualEncoderFeaturesMatchFp32OnRealPhotos) {
   if (!vlmo::int8_supported()) GTEST_SKIP() << "this LibTorch has no quantized engine";
-  const vlmo::TensorMap photos = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
-  std::vector<at::Tensor> images;
-  for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
-    images.push_back(photos.at(name));
-  const at::Tensor batch = at::stack(images);
+  const at::Tensor batch = fixture_photos();
   Config c = Config::base();
   c.heads = {"itc"};
   vlmo::VLMo model(c);
@@ -161,11 +166,7 @@ TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
 // nearest photo per caption), and the low-precision weight copies kept between inference passes
 // give exactly what autocast's own per-pass casts give, also after a weight changes.
 TEST(Precision, Bf16DualEncoderFeaturesMatchFp32OnRealPhotos) {
-  const vlmo::TensorMap photos = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
-  std::vector<at::Tensor> images;
-  for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
-    images.push_back(photos.at(name));
-  const at::Tensor batch = at::stack(images);
+  const at::Tensor batch = fixture_photos();
   Config c = Config::base();
   c.heads = {"itc"};
   c.drop_path_rate = 0;  // train mode below only switches the kept copies off
