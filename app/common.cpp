@@ -81,7 +81,7 @@ LoadedModel load_model_from(const Args& a) {
     return a.declared.count(name) ? a.get(name) : fallback;
   };
   const c10::Device device = parse_device(option_or("device", "cpu"));  // a bad name fails before the file is read
-  parse_precision(option_or("precision", "fp32"));
+  parse_precision(option_or("precision", "fp32"));  // likewise a bad --precision
   LoadedModel m = load_model(a.get("model"), spec);
   const bool int8 = a.declared.count("quantize") && quantize_int8_option(a);
   m.model->to(device);

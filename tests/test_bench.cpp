@@ -106,41 +106,59 @@ TEST(Bench, CommandPrintsOneJsonLinePerTask) {
   EXPECT_NE(bad.err.find("--task: unknown task \"captioning\""), std::string::npos) << bad.err;
 }
 
-// The five PIL-preprocessed fixture photographs at 224 px, as one batch (5, 3, 224, 224).
-static at::Tensor fixture_photos() {
-  const vlmo::TensorMap photos = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
-  std::vector<at::Tensor> images;
-  for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
-    images.push_back(photos.at(name));
-  return at::stack(images);
+namespace {
+
+// VLMo-Base with the ITC heads (official initialisation, no drop path), in eval mode, with the
+// five PIL-preprocessed fixture photographs at 224 px and four random captions.
+struct PhotoRetrieval {
+  vlmo::VLMo model{nullptr};
+  at::Tensor photos, ids, masks;
+  PhotoRetrieval() {
+    const vlmo::TensorMap tensors = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
+    std::vector<at::Tensor> images;
+    for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
+      images.push_back(tensors.at(name));
+    photos = at::stack(images);
+    Config c = Config::base();
+    c.heads = {"itc"};
+    c.drop_path_rate = 0;  // train mode (a test's way to switch inference-only paths off) draws nothing
+    model = vlmo::VLMo(c);
+    vlmo::init_weights(model, 3);
+    model->eval();
+    ids = at::randint(1000, 30000, {4, c.max_text_len}, at::kLong);
+    masks = at::ones({4, c.max_text_len}, at::kLong);
+  }
+  at::Tensor images() { return vlmo::encode_images(model, photos); }
+  at::Tensor texts() { return vlmo::encode_texts(model, ids, masks); }
+};
+
+// A reduced-precision mode against fp32 features of the same model: cosine >= 0.99 for photos and
+// captions (features are unit vectors), not bit-equal (the mode really ran), and the same
+// nearest photo per caption (retrieval order is what matters to a user).
+void expect_close_to_fp32(const char* mode, const at::Tensor& img32, const at::Tensor& txt32, const at::Tensor& img,
+                          const at::Tensor& txt) {
+  const at::Tensor cos_img = (img32 * img).sum(1), cos_txt = (txt32 * txt).sum(1);
+  std::printf("%s vs fp32 cosine: photos min %.5f mean %.5f, captions min %.5f\n", mode, cos_img.min().item<double>(),
+              cos_img.mean().item<double>(), cos_txt.min().item<double>());
+  EXPECT_GE(cos_img.min().item<double>(), 0.99) << mode << " " << cos_img;
+  EXPECT_GE(cos_txt.min().item<double>(), 0.99) << mode << " " << cos_txt;
+  EXPECT_FALSE(at::equal(img32, img)) << mode;
+  EXPECT_TRUE(at::equal(at::matmul(txt32, img32.t()).argmax(1), at::matmul(txt, img.t()).argmax(1))) << mode;
 }
+
+}  // namespace
 
 // --quantize int8: the dual encoder's features on real photographs (the PIL-preprocessed fixture
 // tensors) and on captions stay within cosine 0.99 of the fp32 features of the same model
 // (VLMo-Base shape, official initialisation); a quantised model refuses training mode.
 TEST(Quantize, Int8DualEncoderFeaturesMatchFp32OnRealPhotos) {
   if (!vlmo::int8_supported()) GTEST_SKIP() << "this LibTorch has no quantized engine";
-  const at::Tensor batch = fixture_photos();
-  Config c = Config::base();
-  c.heads = {"itc"};
-  vlmo::VLMo model(c);
-  vlmo::init_weights(model, 3);
-  model->eval();
-  const at::Tensor ids = at::randint(1000, 30000, {4, c.max_text_len}, at::kLong);
-  const at::Tensor masks = at::ones({4, c.max_text_len}, at::kLong);
-  const at::Tensor img32 = vlmo::encode_images(model, batch), txt32 = vlmo::encode_texts(model, ids, masks);
-  vlmo::quantize_int8(model);
-  const at::Tensor img8 = vlmo::encode_images(model, batch), txt8 = vlmo::encode_texts(model, ids, masks);
-  const at::Tensor cos_img = (img32 * img8).sum(1), cos_txt = (txt32 * txt8).sum(1);  // features are unit vectors
-  std::printf("int8 vs fp32 cosine: photos min %.5f mean %.5f, captions min %.5f\n", cos_img.min().item<double>(),
-              cos_img.mean().item<double>(), cos_txt.min().item<double>());
-  EXPECT_GE(cos_img.min().item<double>(), 0.99) << cos_img;
-  EXPECT_GE(cos_txt.min().item<double>(), 0.99) << cos_txt;
-  EXPECT_FALSE(at::equal(img32, img8));  // the int8 path really ran
-  // Retrieval order among the photos is what matters to a user: the same nearest photo per query.
-  EXPECT_TRUE(at::equal(at::matmul(txt32, img32.t()).argmax(1), at::matmul(txt8, img8.t()).argmax(1)));
-  model->train();
-  vlmo::test::expect_error([&] { model->infer_image_ft(batch); }, {"int8-quantised", "inference only"});
+  PhotoRetrieval r;
+  const at::Tensor img32 = r.images(), txt32 = r.texts();
+  vlmo::quantize_int8(r.model);
+  expect_close_to_fp32("int8", img32, txt32, r.images(), r.texts());
+  r.model->train();
+  vlmo::test::expect_error([&] { r.model->infer_image_ft(r.photos); }, {"int8-quantised", "inference only"});
 }
 
 TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
@@ -166,39 +184,25 @@ TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
 // nearest photo per caption), and the low-precision weight copies kept between inference passes
 // give exactly what autocast's own per-pass casts give, also after a weight changes.
 TEST(Precision, Bf16DualEncoderFeaturesMatchFp32OnRealPhotos) {
-  const at::Tensor batch = fixture_photos();
-  Config c = Config::base();
-  c.heads = {"itc"};
-  c.drop_path_rate = 0;  // train mode below only switches the kept copies off
-  vlmo::VLMo model(c);
-  vlmo::init_weights(model, 3);
-  model->eval();
-  const at::Tensor ids = at::randint(1000, 30000, {4, c.max_text_len}, at::kLong);
-  const at::Tensor masks = at::ones({4, c.max_text_len}, at::kLong);
-  const at::Tensor img32 = vlmo::encode_images(model, batch), txt32 = vlmo::encode_texts(model, ids, masks);
-  model->set_precision(vlmo::Precision::kBFloat16);
-  const at::Tensor img16 = vlmo::encode_images(model, batch), txt16 = vlmo::encode_texts(model, ids, masks);
-  const at::Tensor cos_img = (img32 * img16).sum(1), cos_txt = (txt32 * txt16).sum(1);
-  std::printf("bf16 vs fp32 cosine: photos min %.5f mean %.5f, captions min %.5f\n", cos_img.min().item<double>(),
-              cos_img.mean().item<double>(), cos_txt.min().item<double>());
-  EXPECT_GE(cos_img.min().item<double>(), 0.99) << cos_img;
-  EXPECT_GE(cos_txt.min().item<double>(), 0.99) << cos_txt;
-  EXPECT_FALSE(at::equal(img32, img16));  // bf16 really ran
-  EXPECT_TRUE(at::equal(at::matmul(txt32, img32.t()).argmax(1), at::matmul(txt16, img16.t()).argmax(1)));
+  PhotoRetrieval r;
+  const at::Tensor img32 = r.images(), txt32 = r.texts();
+  r.model->set_precision(vlmo::Precision::kBFloat16);
+  const at::Tensor img16 = r.images();
+  expect_close_to_fp32("bf16", img32, txt32, img16, r.texts());
   // Kept copies (eval) against autocast's casts (train mode, no autograd): the same numbers.
   auto without_kept_copies = [&] {
-    model->train();
-    const at::Tensor out = vlmo::encode_images(model, batch);
-    model->eval();
+    r.model->train();
+    const at::Tensor out = r.images();
+    r.model->eval();
     return out;
   };
   EXPECT_TRUE(at::equal(img16, without_kept_copies()));
   {
     torch::NoGradGuard g;
-    model->transformer->block_list[0]->mlp_imag->fc1->weight.mul_(1.5);
-    model->transformer->block_list[0]->attn->qkv->weight.mul_(0.5);
+    r.model->transformer->block_list[0]->mlp_imag->fc1->weight.mul_(1.5);
+    r.model->transformer->block_list[0]->attn->qkv->weight.mul_(0.5);
   }
-  const at::Tensor changed = vlmo::encode_images(model, batch);
+  const at::Tensor changed = r.images();
   EXPECT_FALSE(at::equal(changed, img16));  // the copies followed the weights
   EXPECT_TRUE(at::equal(changed, without_kept_copies()));
 }

@@ -4,10 +4,10 @@
 #include <c10/core/Device.h>
 
 #include <nlohmann/json.hpp>
-
-#include "vlmo/precision.h"
 #include <optional>
 #include <string>
+
+#include "vlmo/precision.h"
 
 namespace vlmo {
 

@@ -7,11 +7,11 @@
 
 #include <algorithm>
 #include <array>
-#include <mutex>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <mutex>
 
 #include "vlmo/error.h"
 #include "vlmo/model.h"
@@ -110,11 +110,6 @@ void refuse_training(const torch::nn::Module& m) {
 }
 }  // namespace
 
-MlpImpl::MlpImpl(int dim, int hidden) {
-  fc1 = register_module("fc1", nn::Linear(dim, hidden));
-  fc2 = register_module("fc2", nn::Linear(hidden, dim));
-}
-
 struct LowPrecisionWeights {
   struct Entry {
     at::Tensor source, value;
@@ -144,13 +139,18 @@ struct LowPrecisionWeights {
   }
 };
 
+MlpImpl::MlpImpl(int dim, int hidden) {
+  fc1 = register_module("fc1", nn::Linear(dim, hidden));
+  fc2 = register_module("fc2", nn::Linear(hidden, dim));
+  low = std::make_shared<LowPrecisionWeights>();  // made here, not on first use: passes may run concurrently
+}
+
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
   if (q_fc1) {
     refuse_training(*this);
     return q_fc2->forward(at::gelu(q_fc1->forward(x)));
   }
   if (LowPrecisionWeights::applies(*this, x)) {
-    if (!low) low = std::make_shared<LowPrecisionWeights>();
     const auto d = x.device().type();
     const at::Tensor h = at::gelu(at::linear(x, low->get(0, fc1->weight, d), low->get(1, fc1->bias, d)));
     return at::linear(h, low->get(2, fc2->weight, d), low->get(3, fc2->bias, d));
@@ -197,6 +197,7 @@ AttentionImpl::AttentionImpl(int dim, int heads)
   q_bias = register_parameter("q_bias", at::zeros({dim}));
   v_bias = register_parameter("v_bias", at::zeros({dim}));
   proj = register_module("proj", nn::Linear(dim, dim));
+  low = std::make_shared<LowPrecisionWeights>();
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask,
@@ -207,7 +208,6 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   // (B, N, 3C) -> (3, B, H, N, hd)
   if (q_qkv) refuse_training(*this);
   const bool keep_low = !q_qkv && LowPrecisionWeights::applies(*this, x);
-  if (keep_low && !low) low = std::make_shared<LowPrecisionWeights>();
   const auto dev = x.device().type();
   at::Tensor qkv_lin = q_qkv      ? q_qkv->forward(x)
                        : keep_low ? at::linear(x, low->get(0, qkv->weight, dev), bias)

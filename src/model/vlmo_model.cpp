@@ -127,21 +127,23 @@ UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality
   const auto biases = relative_biases(modality, text_len);
   const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : -1;
   at::Tensor vl_start;  // hidden state after block vlffn_start - 1
-  std::optional<AutocastGuard> autocast(std::in_place, device().type(), precision_);
-  for (int i = 0; i < cfg.depth; ++i) {
-    x = run_block(i, x, mask, modality, biases[i], text_len, i == cfg.depth - 1 ? last_keep : -1);
-    if (i == cfg.vlffn_start_layer_index - 1) vl_start = x;
+  {
+    AutocastGuard autocast(device().type(), precision_);
+    for (int i = 0; i < cfg.depth; ++i) {
+      x = run_block(i, x, mask, modality, biases[i], text_len, i == cfg.depth - 1 ? last_keep : -1);
+      if (i == cfg.vlffn_start_layer_index - 1) vl_start = x;
+    }
   }
-  autocast.reset();
   UnimodalOutput out;
   out.feats = transformer->norm->forward(x);
   if (!proj.is_empty()) out.cls_feats = l2_normalize(proj->forward(out.feats.select(1, 0)));
   if (!vl_proj.is_empty()) {
     at::Tensor y = vl_start;
-    autocast.emplace(device().type(), precision_);
-    for (int i = cfg.vlffn_start_layer_index; i < cfg.depth; ++i)
-      y = run_block(i, y, mask, Modality::kVL, biases[i], text_len, i == cfg.depth - 1 ? last_keep : -1);
-    autocast.reset();
+    {
+      AutocastGuard autocast(device().type(), precision_);
+      for (int i = cfg.vlffn_start_layer_index; i < cfg.depth; ++i)
+        y = run_block(i, y, mask, Modality::kVL, biases[i], text_len, i == cfg.depth - 1 ? last_keep : -1);
+    }
     y = transformer->norm->forward(y);
     out.cls_vlffn_feats = l2_normalize(vl_proj->forward(y.select(1, 0)));
   }
