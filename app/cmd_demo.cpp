@@ -68,7 +68,7 @@ Command demo_command() {
   c.usage = "vlmo demo [--seed N] [--out DIR]   (or: torchrun --no-python --nproc_per_node 2 vlmo demo ...)";
   c.options = {integer_option("seed", "1", "seed of the world, the initialisation and every random draw", 0),
                {"out", "demo-out", "output folder (report.json, metrics, checkpoints)"},
-               {"vocab", "", "vocab.txt (default: the BERT uncased vocabulary of the set-up)"},
+               {"vocab", "", "vocab.txt (default: the world's own: the special tokens and the BERT uncased pieces its texts use; the checkpoints record it)"},
                number_option("step-scale", "1.0", "multiply every stage's number of steps (quick checks)", 1e-6, 1e6),
                {"quiet", "false", "no progress lines", true},
                {"recipe", "", "JSON object overriding recipe fields, e.g. '{\"stage3_lr\":5e-4,\"layer_scale\":null}' "

@@ -202,7 +202,7 @@ int run_embed(const Args& a) {
   if (images == !a.get("input").empty()) throw Error("give image files or --input texts.jsonl (exactly one of them)");
   LoadedModel m = load_model_from(a);
   require_head(m.model, "itc");
-  const Tokenizer tok = tokenizer_from(a, &m.model->config());
+  const Tokenizer tok = tokenizer_for(a, m);
   const int64_t batch = a.get_int64("batch-size");
   std::vector<std::string> ids;
   std::vector<at::Tensor> feats;
@@ -240,7 +240,7 @@ int run_embed(const Args& a) {
 
 int run_search(const Args& a) {
   LoadedModel m = load_model_from(a);
-  const Tokenizer tok = tokenizer_from(a, &m.model->config());
+  const Tokenizer tok = tokenizer_for(a, m);
   if (a.get("index").empty()) throw Error("--index EMBEDDINGS.safetensors (from vlmo embed or vlmo index build) is required");
   const VectorIndex index = VectorIndex::open(a.get("index"));
   at::NoGradGuard guard;

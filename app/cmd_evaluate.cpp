@@ -19,7 +19,7 @@ int run_evaluate(const Args& a) {
   if (task != "vqa" && task != "nlvr2" && task != "irtr")
     throw Error(cat("unknown task \"", task, "\" (expected vqa, nlvr2 or irtr)"));
   LoadedModel m = load_model_from(a);
-  const Tokenizer tok = tokenizer_from(a, &m.model->config());
+  const Tokenizer tok = tokenizer_for(a, m);
   const int64_t batch = a.get_int64("batch-size");
   nlohmann::json out;
   out["task"] = task;

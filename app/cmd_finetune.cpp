@@ -32,7 +32,8 @@ int run_finetune(const Args& a) {
   spec.image_size = a.get_int("image-size") > 0 ? a.get_int("image-size") : r.image_size;
   Config cfg = model_config(a.get("init"), init.metadata, spec);
   cfg.drop_path_rate = r.drop_path;
-  auto tok = std::make_shared<const Tokenizer>(tokenizer_from(a, &cfg));
+  auto tok = std::make_shared<const Tokenizer>(tokenizer_from(a, &cfg, &init.metadata));
+  record_vocab(*tok, t.metadata);
   const uint64_t seed = a.get_uint64("seed");
   const int64_t batch = a.get_int64("batch-size");
   CollateOptions co;

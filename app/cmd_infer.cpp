@@ -16,7 +16,7 @@ namespace {
 struct Session {
   LoadedModel m;
   Tokenizer tok;
-  explicit Session(const Args& a) : m(load_model_from(a)), tok(tokenizer_from(a, &m.model->config())) {}
+  explicit Session(const Args& a) : m(load_model_from(a)), tok(tokenizer_for(a, m)) {}
 };
 
 int run_vqa(const Args& a) {

@@ -69,6 +69,7 @@ int run_pretrain(const Args& args) {
   if (stage == Stage::kImage && !cfg.has_head("mim")) cfg.heads.push_back("mim");
   cfg.validate();
   const Tokenizer tok = tokenizer_from(a, &cfg);
+  record_vocab(tok, t.metadata);
 
   VLMo model(cfg);
   const uint64_t seed = a.get_uint64("seed");

@@ -383,7 +383,7 @@ int run_serve(const Args& a) {
     return *slot;
   };
   LoadedModel& main_model = model_at(a.get("model"), a.get("vqa-model").empty() ? a.get("answers") : "");
-  svc.tok = std::make_unique<Tokenizer>(tokenizer_from(a, &main_model.model->config()));
+  svc.tok = std::make_unique<Tokenizer>(tokenizer_for(a, main_model));
   if (!a.get("index").empty()) {
     svc.index_path = a.get("index");
     svc.index = std::make_unique<VectorIndex>(VectorIndex::open(svc.index_path));
@@ -398,6 +398,8 @@ int run_serve(const Args& a) {
       LoadedModel& m = model_at(path, answers);
       if (m.model->config().vocab_size != svc.tok->vocab_size())
         throw Error(cat(path, ": vocab_size ", m.model->config().vocab_size, " differs from the tokenizer's ", svc.tok->vocab_size()));
+      if (const auto v = m.metadata.find(kVocabMetadataKey); a.get("vocab").empty() && v != m.metadata.end() && v->second != svc.tok->vocab_text())
+        throw Error(cat(path, ": records a vocabulary other than the one of ", a.get("model"), " (give --vocab)"));
       svc.tasks.emplace(name, make(m));
       svc.task_models[name] = path;
     } catch (const Error& e) {

@@ -99,14 +99,24 @@ LoadedModel load_model_from(const Args& a) {
   return m;
 }
 
-Tokenizer tokenizer_from(const Args& a, const Config* cfg) {
-  const std::string path = a.get("vocab").empty() ? Tokenizer::default_vocab_path() : a.get("vocab");
-  Tokenizer tok = Tokenizer::from_file(path);
+Tokenizer tokenizer_from(const Args& a, const Config* cfg, const std::map<std::string, std::string>* checkpoint_metadata) {
+  std::string path = a.get("vocab");
+  const auto recorded = checkpoint_metadata ? checkpoint_metadata->find(kVocabMetadataKey) : std::map<std::string, std::string>::const_iterator{};
+  const bool from_checkpoint = path.empty() && checkpoint_metadata && recorded != checkpoint_metadata->end();
+  if (path.empty() && !from_checkpoint) path = Tokenizer::default_vocab_path();
+  Tokenizer tok = from_checkpoint ? Tokenizer::from_text(recorded->second, "the checkpoint's vocabulary (metadata \"vocab\")")
+                                  : Tokenizer::from_file(path);
   if (cfg && tok.vocab_size() != cfg->vocab_size)
-    throw Error(cat(path, ": the vocabulary has ", tok.vocab_size(), " entries but the model's vocab_size is ",
+    throw Error(cat(tok.source(), ": the vocabulary has ", tok.vocab_size(), " entries but the model's vocab_size is ",
                     cfg->vocab_size, " (give the model's vocab.txt with --vocab)"));
   return tok;
 }
+
+void record_vocab(const Tokenizer& tok, std::map<std::string, std::string>& metadata) {
+  if (tok.source() != Tokenizer::default_vocab_path()) metadata[kVocabMetadataKey] = tok.vocab_text();
+}
+
+Tokenizer tokenizer_for(const Args& a, const LoadedModel& m) { return tokenizer_from(a, &m.model->config(), &m.metadata); }
 
 std::vector<Option> request_options() {
   return {{"input", "", "JSON-lines file of requests (one JSON object per line) instead of one request"},

@@ -36,8 +36,15 @@ c10::Device training_device(const Args& a);
 bool quantize_int8_option(const Args& a);
 // The model those options name; unexpected tensors of the file are listed on stderr.
 LoadedModel load_model_from(const Args& a);
-// The --vocab tokenizer (default: BERT uncased); with a config, its size must match vocab_size.
-Tokenizer tokenizer_from(const Args& a, const Config* cfg = nullptr);
+// The tokenizer: --vocab, else the vocabulary a checkpoint records in its metadata ("vocab", as
+// the demo's models do), else BERT uncased; with a config, its size must match vocab_size.
+Tokenizer tokenizer_from(const Args& a, const Config* cfg = nullptr,
+                         const std::map<std::string, std::string>* checkpoint_metadata = nullptr);
+// Records the tokenizer's vocabulary in a checkpoint's metadata when it is not the default one,
+// so that the commands that later load the checkpoint tokenize with it.
+void record_vocab(const Tokenizer& tok, std::map<std::string, std::string>& metadata);
+// tokenizer_from for a loaded model: its config and its checkpoint's vocabulary.
+Tokenizer tokenizer_for(const Args& a, const LoadedModel& m);
 
 // Exit status of a batch in which some requests failed (the others were answered).
 constexpr int kSomeRequestsFailed = 3;

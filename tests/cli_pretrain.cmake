@@ -129,6 +129,15 @@ expect_error(vqa_no_config "no model config" ${VLMO} vqa --model ${SHARED}/fixtu
 expect_ok(nlvr2 ${VLMO} nlvr2 --model ${D}/finetune-nlvr2.safetensors --image0 ${IMG}/chelsea.png --image1 ${IMG}/camera.png --sentence "the left image contains a red circle." --json)
 string(JSON label GET "${LAST_OUT}" label)
 expect_error(nlvr2_no_head "no \"nlvr2\" head \\(nlvr2_classifier" ${VLMO} nlvr2 --model ${D}/finetune-vqa.safetensors --image0 ${IMG}/chelsea.png --image1 ${IMG}/camera.png --sentence "x")
+# The demo's models record the world's small vocabulary: without --vocab the commands use it; a
+# vocabulary of another size is refused, naming both sizes.
+string(JSON demo_vocab GET "${report}" config vocab_size)
+if(demo_vocab GREATER 100)
+  message(FATAL_ERROR "the demo's vocabulary should be the world's own (< 100 entries), got ${demo_vocab}")
+endif()
+file(WRITE ${WORK}/bad_vocab.txt "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\n")
+expect_error(itm_vocab_size "6 entries but the model's vocab_size is ${demo_vocab}"
+             ${VLMO} itm --model ${D}/finetune-retrieval.safetensors --vocab ${WORK}/bad_vocab.txt --image ${IMG}/chelsea.png --text "a cat")
 expect_ok(itm ${VLMO} itm --model ${D}/finetune-retrieval.safetensors --image ${IMG}/chelsea.png --text "a cat" --json)
 string(JSON pm GET "${LAST_OUT}" match_probability)
 expect_ok(embed_images ${VLMO} embed --model ${D}/finetune-retrieval.safetensors --out ${WORK}/img.safetensors ${IMG}/chelsea.png ${IMG}/camera.png ${IMG}/messi5.jpg)

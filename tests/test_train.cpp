@@ -309,6 +309,34 @@ TEST(Data, WorldShapesSitInTheirPlacesPatchAndBackgroundsBarelyDiffer) {
   EXPECT_GT(background_spread(50), 30.0);  // the parameter is what sets it
 }
 
+// The demo's own small vocabulary must tokenize every text the world produces exactly as BERT's
+// does (the same pieces, never [UNK]), for worlds of other seeds than the probe it is built from.
+TEST(Data, WorldTokenizerSplitsEveryWorldTextAsBert) {
+  const Tokenizer small = world_tokenizer(bert());
+  EXPECT_LT(small.vocab_size(), 100);
+  EXPECT_EQ(small.token(small.pad_id()), "[PAD]");
+  EXPECT_EQ(small.token(small.mask_id()), "[MASK]");
+  size_t texts = 0;
+  auto same = [&](const std::string& text) {
+    ++texts;
+    const auto pieces = small.tokenize(text);
+    EXPECT_EQ(pieces, bert().tokenize(text)) << text;
+    EXPECT_EQ(std::count(pieces.begin(), pieces.end(), "[UNK]"), 0) << text;
+  };
+  for (uint64_t seed : {3u, 29u}) {
+    const DemoWorld w(seed, 400, 2, 2, 48);
+    const auto& sc = w.split("train");
+    for (size_t i = 0; i < sc.size(); ++i) {
+      for (int v = 0; v < w.num_caption_variants(); ++v) same(w.caption(sc[i], v));
+      same(w.question(sc[i], mix_seed(seed, i)).first);
+      same(w.statement(sc[i], sc[(i + 1) % sc.size()], mix_seed(seed + 1, i)).first);
+    }
+  }
+  EXPECT_GT(texts, 5000u);
+  // A word no world text uses is unknown to it (but not to BERT).
+  EXPECT_EQ(small.tokenize("a zebra"), (std::vector<std::string>{"a", "[UNK]"}));
+}
+
 TEST(Retrieval, RecallByHand) {
   // 2 images, 4 captions: captions 0,1 -> image 0; 2,3 -> image 1.
   const at::Tensor scores = at::tensor({0.9, 0.1, 0.8, 0.2,    // image 0: best caption 0 (own)

@@ -165,8 +165,11 @@ nlohmann::json run_demo(const DemoOptions& o) {
   std::filesystem::create_directories(o.out_dir, mk);  // a folder that cannot be made is named by the first write
   at::manual_seed(o.seed);
   const DemoRecipe& rc = o.recipe;
-  const Config cfg = demo_config(rc);
-  const Tokenizer tok = Tokenizer::from_file(o.vocab.empty() ? Tokenizer::default_vocab_path() : o.vocab);
+  const Tokenizer tok = o.vocab.empty() ? world_tokenizer(Tokenizer::from_file(Tokenizer::default_vocab_path()))
+                                        : Tokenizer::from_file(o.vocab);
+  Config cfg_with_vocab = demo_config(rc);
+  cfg_with_vocab.vocab_size = static_cast<int>(tok.vocab_size());
+  const Config cfg = cfg_with_vocab;
   const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size, rc.background_tint);
   const std::vector<KarpathyImage> test = retrieval_split(world, "test", 2), val = retrieval_split(world, "val", 2);
   const auto& train_scenes = world.split("train");
@@ -227,6 +230,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
     t.checkpoint_path = o.out_dir + "/" + name + ".safetensors";
     t.config_json = config_to_json_text(m->config());
     t.metadata = meta;
+    t.metadata[kVocabMetadataKey] = tok.vocab_text();  // every command that loads the model tokenizes with it
     t.metrics_path = o.out_dir + "/" + name + ".metrics.jsonl";
     const TrainResult r = train(m, objective, batches, t);
     // Summaries: mean of each logged value over the first and the last 10 % of steps.

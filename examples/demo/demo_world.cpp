@@ -4,6 +4,7 @@
 #include <cmath>
 #include <set>
 
+#include "vlmo/data.h"
 #include "vlmo/error.h"
 
 namespace vlmo {
@@ -210,6 +211,33 @@ Image DemoWorld::load(const std::string& ref) const {
   const size_t i = std::stoul(ref.substr(slash + 1));
   if (i >= scenes.size()) throw Error(cat("demo world: no scene ", ref));
   return render(scenes[i]);
+}
+
+Tokenizer world_tokenizer(const Tokenizer& bert) {
+  const DemoWorld probe(0, 0, 0, 0, 48);  // no scenes: only its texts are used
+  std::vector<Scene> singles;
+  for (int kind = 0; kind < 3; ++kind)
+    for (int colour = 0; colour < 6; ++colour)
+      for (int place = 0; place < 5; ++place)
+        for (bool large : {false, true}) singles.push_back(Scene{{Shape{kind, colour, large, place}}, 0});
+  std::vector<std::string> texts;
+  for (size_t i = 0; i < singles.size(); ++i) {
+    const Scene& s = singles[i];
+    Scene pair = s;  // a second shape at another place, for the two-shape phrasings
+    pair.shapes.push_back(Shape{(s.shapes[0].kind + 1) % 3, (s.shapes[0].colour + 1) % 6, !s.shapes[0].large, (s.shapes[0].place + 1) % 5});
+    for (int v = 0; v < probe.num_caption_variants(); ++v) texts.push_back(probe.caption(s, v)), texts.push_back(probe.caption(pair, v));
+    for (uint64_t v = 0; v < 64; ++v) {
+      texts.push_back(probe.question(pair, mix_seed(i, v)).first);
+      texts.push_back(probe.statement(s, pair, mix_seed(i + 1000, v)).first);
+      texts.push_back(probe.statement(pair, s, mix_seed(i + 2000, v)).first);
+    }
+  }
+  std::set<int64_t> ids = {bert.pad_id(), bert.unk_id(), bert.cls_id(), bert.sep_id(), bert.mask_id()};
+  for (const auto& t : texts)
+    for (int64_t id : bert.tokenize_ids(t)) ids.insert(id);
+  std::vector<std::string> vocab;
+  for (int64_t id : ids) vocab.push_back(bert.token(id));
+  return Tokenizer(std::move(vocab), "the demo world's vocabulary");
 }
 
 }  // namespace vlmo

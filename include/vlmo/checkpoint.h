@@ -65,6 +65,11 @@ struct ModelSpec {
 Config model_config(const std::string& path, const std::map<std::string, std::string>& metadata,
                     const ModelSpec& spec);
 
+// The safetensors metadata key under which a checkpoint records its vocabulary (vocab.txt's text)
+// when the model was trained with one other than BERT uncased (the demo's); commands without
+// --vocab tokenize with it.
+inline constexpr const char* kVocabMetadataKey = "vocab";
+
 struct LoadedModel {
   VLMo model{nullptr};
   std::map<std::string, std::string> metadata;  // the file's (empty for torch.save files)

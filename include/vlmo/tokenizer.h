@@ -28,6 +28,8 @@ class Tokenizer {
   // The default vocabulary: $VLMO_VOCAB, else the file the set-up script wrote (or its
   // installed copy).
   static std::string default_vocab_path();
+  // A vocabulary as vocab.txt's text (one token per line); `source` names it in errors.
+  static Tokenizer from_text(const std::string& text, std::string source);
   explicit Tokenizer(std::vector<std::string> vocab, std::string source = "<memory>");
 
   // Word pieces of `text` without [CLS]/[SEP]. Throws vlmo::Error on invalid UTF-8.
@@ -39,6 +41,9 @@ class Tokenizer {
   int64_t id(const std::string& token) const;  // throws if absent
   const std::string& token(int64_t id) const;
   int64_t vocab_size() const { return static_cast<int64_t>(vocab_.size()); }
+  const std::vector<std::string>& vocab() const { return vocab_; }
+  std::string vocab_text() const;  // as vocab.txt: one token per line
+  const std::string& source() const { return source_; }
   int64_t pad_id() const { return pad_; }
   int64_t unk_id() const { return unk_; }
   int64_t cls_id() const { return cls_; }

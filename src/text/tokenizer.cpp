@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 
 #include "vlmo/error.h"
 #include "vlmo/files.h"
@@ -112,13 +113,26 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
   } catch (const Error& e) {
     throw Error(cat(e.what(), "; run scripts/fetch_vocab.sh, or give --vocab / $VLMO_VOCAB"));
   }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return from_text(text.str(), path);
+}
+
+Tokenizer Tokenizer::from_text(const std::string& text, std::string source) {
   std::vector<std::string> vocab;
+  std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     vocab.push_back(line);
   }
-  return Tokenizer(std::move(vocab), path);
+  return Tokenizer(std::move(vocab), std::move(source));
+}
+
+std::string Tokenizer::vocab_text() const {
+  std::string out;
+  for (const auto& t : vocab_) out += t + "\n";
+  return out;
 }
 
 Tokenizer::Tokenizer(std::vector<std::string> vocab, std::string source)
