@@ -66,7 +66,7 @@ c10::Device training_device(const Args& a) {
   return d;
 }
 
-Option vocab_option() { return {"vocab", "", "vocab.txt (default: the BERT uncased vocabulary of the set-up)"}; }
+Option vocab_option() { return {"vocab", "", "vocab.txt (default: the vocabulary the checkpoint records, else the BERT uncased one of the set-up)"}; }
 
 LoadedModel load_model_from(const Args& a) {
   if (a.get("model").empty()) throw Error("--model is required (a checkpoint)");

@@ -113,7 +113,7 @@ void for_each_field(Recipe& r, F&& f) {
   f("retrieval_lr", r.retrieval_lr), f("vqa_lr", r.vqa_lr), f("nlvr2_lr", r.nlvr2_lr);
   f("vqa_head_lr_mult", r.vqa_head_lr_mult), f("nlvr2_head_lr_mult", r.nlvr2_head_lr_mult);
   f("stage3_itm_head_lr_mult", r.stage3_itm_head_lr_mult);
-  f("warmup_fraction", r.warmup_fraction);
+  f("warmup_fraction", r.warmup_fraction), f("finetune_warmup_fraction", r.finetune_warmup_fraction);
 }
 }  // namespace
 
@@ -219,7 +219,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
     t.step_objective = step_objective;
     t.name = name;
     t.max_steps = n_steps;
-    t.warmup_steps = std::max<int64_t>(1, static_cast<int64_t>(n_steps * rc.warmup_fraction));
+    const bool pretraining = name.rfind("stage", 0) == 0;  // "stage1-image" ... "stage3-vl"; else fine-tuning
+    t.warmup_steps = std::max<int64_t>(1, static_cast<int64_t>(n_steps * (pretraining ? rc.warmup_fraction : rc.finetune_warmup_fraction)));
     t.lr = lr;
     t.head_lr_mult = head_lr_mult;
     t.head_prefixes = heads;
