@@ -333,6 +333,10 @@ TEST(Data, WorldTokenizerSplitsEveryWorldTextAsBert) {
     }
   }
   EXPECT_GT(texts, 5000u);
+  // As a checkpoint records it (metadata "vocab") and the commands read it back.
+  const Tokenizer back = Tokenizer::from_text(small.vocab_text(), "metadata");
+  EXPECT_EQ(back.vocab(), small.vocab());
+  EXPECT_EQ(back.mask_id(), small.mask_id());
   // A word no world text uses is unknown to it (but not to BERT).
   EXPECT_EQ(small.tokenize("a zebra"), (std::vector<std::string>{"a", "[UNK]"}));
 }
