@@ -171,7 +171,10 @@ r = json.load(open("demo2/report.json"))
 assert r["processes"] == 2, r["processes"]
 batches = {k: v["batch"] for k, v in r["stages"].items()}
 print("demo on 2 processes: global batches", batches)
-assert batches["stage1-image"] == 64 and batches["stage3-vl"] == 32 and batches["finetune-vqa"] == 32, batches
+rc = r["recipe"]  # every stage keeps the recipe's global batch (each rank takes half of it)
+want = {"stage1-image": rc["stage1_batch"], "stage2-text": rc["stage2_batch"], "stage3-vl": rc["stage3_batch"],
+        "finetune-retrieval": rc["retrieval_batch"], "finetune-vqa": rc["vqa_batch"], "finetune-nlvr2": rc["nlvr2_batch"]}
+assert batches == want, (batches, want)
 for k in ("retrieval", "vqa", "nlvr2"):
     assert k in r, k
 PY
