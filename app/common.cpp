@@ -100,12 +100,13 @@ LoadedModel load_model_from(const Args& a) {
 }
 
 Tokenizer tokenizer_from(const Args& a, const Config* cfg, const std::map<std::string, std::string>* checkpoint_metadata) {
-  std::string path = a.get("vocab");
-  const auto recorded = checkpoint_metadata ? checkpoint_metadata->find(kVocabMetadataKey) : std::map<std::string, std::string>::const_iterator{};
-  const bool from_checkpoint = path.empty() && checkpoint_metadata && recorded != checkpoint_metadata->end();
-  if (path.empty() && !from_checkpoint) path = Tokenizer::default_vocab_path();
-  Tokenizer tok = from_checkpoint ? Tokenizer::from_text(recorded->second, "the checkpoint's vocabulary (metadata \"vocab\")")
-                                  : Tokenizer::from_file(path);
+  Tokenizer tok = [&] {
+    if (!a.get("vocab").empty()) return Tokenizer::from_file(a.get("vocab"));
+    if (checkpoint_metadata)
+      if (const auto it = checkpoint_metadata->find(kVocabMetadataKey); it != checkpoint_metadata->end())
+        return Tokenizer::from_text(it->second, "the checkpoint's vocabulary (metadata \"vocab\")");
+    return Tokenizer::from_file(Tokenizer::default_vocab_path());
+  }();
   if (cfg && tok.vocab_size() != cfg->vocab_size)
     throw Error(cat(tok.source(), ": the vocabulary has ", tok.vocab_size(), " entries but the model's vocab_size is ",
                     cfg->vocab_size, " (give the model's vocab.txt with --vocab)"));

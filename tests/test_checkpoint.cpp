@@ -5,6 +5,7 @@
 
 #include "test_util.h"
 #include "vlmo/checkpoint.h"
+#include "vlmo/safetensors.h"
 
 using namespace vlmo;
 using vlmo::test::expect_error;
@@ -120,6 +121,23 @@ TEST(Checkpoint, CorruptFilesGetClearErrors) {
   // Zero bytes.
   vlmo::test::write_file(dir + "/empty.pt", "");
   expect_error([&] { read_weights(dir + "/empty.pt"); }, {"empty.pt"});
+}
+
+// A safetensors file starts with its header's length (8 bytes, little endian): when the low byte
+// is 0x80 it must not be taken for a legacy pickle's PROTO opcode (the demo's checkpoints met it).
+TEST(Checkpoint, SafetensorsOfAnyHeaderLengthLoads) {
+  const std::string dir = vlmo::test::temp_dir();
+  const TensorMap w = {{"x", at::arange(6, at::kFloat).reshape({2, 3})}};
+  bool met_0x80 = false;
+  for (size_t pad = 0; pad < 300; ++pad) {
+    const std::string p = dir + "/pad.safetensors";
+    write_safetensors(p, w, {{"note", std::string(pad, 'n')}});
+    met_0x80 = met_0x80 || static_cast<unsigned char>(vlmo::test::read_file(p)[0]) == 0x80;
+    const WeightsFile f = read_weights_file(p);
+    ASSERT_EQ(f.tensors.count("x"), 1u) << "padding " << pad;
+    EXPECT_TRUE(at::equal(f.tensors.at("x"), w.at("x"))) << "padding " << pad;
+  }
+  EXPECT_TRUE(met_0x80);
 }
 
 TEST(Checkpoint, RandomByteCorruptionNeverCrashes) {

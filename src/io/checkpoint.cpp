@@ -18,10 +18,13 @@ namespace vlmo {
 
 WeightsFile read_weights_file(const std::string& path) {
   std::ifstream in = open_input(path, "weights", true);
-  char magic[4] = {0, 0, 0, 0};
-  in.read(magic, 4);
-  if (in.gcount() == 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return {read_torch_checkpoint(path), {}};
-  if (in.gcount() >= 1 && static_cast<unsigned char>(magic[0]) == 0x80)
+  char magic[9] = {};
+  in.read(magic, 9);
+  if (in.gcount() >= 4 && std::memcmp(magic, "PK\x03\x04", 4) == 0) return {read_torch_checkpoint(path), {}};
+  // A legacy pickle starts with PROTO (0x80); so does a safetensors file whose 8-byte header
+  // length has 0x80 as its low byte, but its JSON header then begins at byte 8.
+  const bool safetensors_header = in.gcount() == 9 && magic[8] == '{';
+  if (!safetensors_header && in.gcount() >= 1 && static_cast<unsigned char>(magic[0]) == 0x80)
     throw Error(cat(path, ": legacy (pre-1.6, non-zip) torch.save format; re-save it with "
                     "torch.save(..., _use_new_zipfile_serialization=True) or convert it"));
   SafetensorsFile f = read_safetensors(path);
