@@ -56,22 +56,6 @@ void write_gallery(VLMo& model, const DemoWorld& world, const std::string& out_d
                     {{"ids", nlohmann::json(ids).dump()}, {"modality", "image"}, {"model", out_dir + "/finetune-retrieval.safetensors"}});
 }
 
-Config demo_config(const DemoRecipe& r) {
-  Config c;
-  c.embed_dim = r.embed_dim;
-  c.depth = r.depth;
-  c.num_heads = r.num_heads;
-  c.image_size = r.image_size;
-  c.patch_size = 16;
-  c.vlffn_start_layer_index = r.vlffn_start;
-  c.layer_scale_init_values = r.layer_scale;
-  c.use_abs_pos_emb = r.absolute_positions;
-  c.need_relative_position_embed = !r.absolute_positions;
-  c.max_text_len = 24;
-  c.drop_path_rate = 0.0;
-  c.heads = {"mlm", "itm", "itc", "mim"};
-  return c;
-}
 
 // A split as retrieval data: scene references with their captions.
 std::vector<KarpathyImage> retrieval_split(const DemoWorld& w, const std::string& name, int captions_per_image) {
@@ -98,6 +82,23 @@ nlohmann::json recall_json(const Recall& r) {
 
 }  // namespace
 
+Config demo_config(const DemoRecipe& r) {
+  Config c;
+  c.embed_dim = r.embed_dim;
+  c.depth = r.depth;
+  c.num_heads = r.num_heads;
+  c.image_size = r.image_size;
+  c.patch_size = 16;
+  c.vlffn_start_layer_index = r.vlffn_start;
+  c.layer_scale_init_values = r.layer_scale;
+  c.use_abs_pos_emb = r.absolute_positions;
+  c.need_relative_position_embed = !r.absolute_positions;
+  c.max_text_len = 24;
+  c.drop_path_rate = 0.0;
+  c.heads = {"mlm", "itm", "itc", "mim"};
+  return c;
+}
+
 namespace {
 // The recipe's fields by name, for apply() and to_json().
 template <typename Recipe, typename F>  // Recipe: DemoRecipe or const DemoRecipe
@@ -113,6 +114,8 @@ void for_each_field(Recipe& r, F&& f) {
   f("retrieval_lr", r.retrieval_lr), f("vqa_lr", r.vqa_lr), f("nlvr2_lr", r.nlvr2_lr);
   f("vqa_head_lr_mult", r.vqa_head_lr_mult), f("nlvr2_head_lr_mult", r.nlvr2_head_lr_mult);
   f("stage3_itm_head_lr_mult", r.stage3_itm_head_lr_mult);
+  f("stage3_group", r.stage3_group), f("stage3_group_distance", r.stage3_group_distance);
+  f("stage3_group_from", r.stage3_group_from);
   f("warmup_fraction", r.warmup_fraction), f("finetune_warmup_fraction", r.finetune_warmup_fraction);
 }
 }  // namespace
@@ -248,10 +251,17 @@ nlohmann::json run_demo(const DemoOptions& o) {
                               {"first_steps", first}, {"last_steps", last}};
   };
 
+  // Grouped batches (DemoRecipe::stage3_group): from step `from_step` on, the g-th sample of the
+  // run belongs to group g / size, whose first member is the epoch order's scene at that group's
+  // start and whose others are distinct near-duplicates of it, drawn by the group's seed.
+  struct Grouping {
+    int64_t size = 1, from_step = 0;
+    std::shared_ptr<const std::vector<std::vector<uint32_t>>> neighbours;
+  };
   auto run_stage = [&](const std::string& name, Stage stage, const ObjectiveFn& objective, int64_t n_steps,
                        int64_t batch, double lr, bool with_images, bool with_text, bool patch_mask,
                        const StepObjectiveFn& step_objective = {}, double head_lr_mult = 1.0,
-                       const std::vector<std::string>& heads = {}) {
+                       const std::vector<std::string>& heads = {}, const Grouping& grouping = {}) {
     set_trainable_for_stage(model, stage);
     auto order = std::make_shared<EpochOrder>(train_scenes.size(), mix_seed(o.seed, std::hash<std::string>()(name)));
     CollateOptions co;
@@ -261,11 +271,23 @@ nlohmann::json run_demo(const DemoOptions& o) {
     co.patch_size = cfg.patch_size;
     const uint64_t stage_seed = mix_seed(o.seed, std::hash<std::string>()(name) + 1);
     const int64_t rank_batch = per_rank(batch);
-    BatchFn batches = [&, order, co, rank_batch, with_images, with_text, stage_seed](int64_t index) {
+    auto scene_at = [order, grouping, batch, stage_seed](int64_t g) -> size_t {
+      if (grouping.size <= 1 || g / batch < grouping.from_step) return order->at(g);
+      const int64_t k = g / grouping.size, m = g % grouping.size;
+      const size_t anchor = order->at(k * grouping.size);
+      const auto& near = (*grouping.neighbours)[anchor];
+      if (m == 0 || near.empty()) return m == 0 ? anchor : order->at(g);
+      std::vector<uint32_t> pick(near);  // the first size - 1 of a seeded partial shuffle
+      std::mt19937_64 rng(mix_seed(stage_seed ^ 0x67726f7570ULL, static_cast<uint64_t>(k)));
+      for (int64_t i = 0; i < m && i < static_cast<int64_t>(pick.size()); ++i)
+        std::swap(pick[i], pick[i + rng() % (pick.size() - i)]);
+      return pick[static_cast<size_t>(std::min<int64_t>(m, static_cast<int64_t>(pick.size()))) - 1];
+    };
+    BatchFn batches = [&, scene_at, co, rank_batch, with_images, with_text, stage_seed](int64_t index) {
       std::vector<Example> ex;
       for (int64_t j = 0; j < rank_batch; ++j) {
         const int64_t g = index * rank_batch + j;
-        const Scene& s = train_scenes[order->at(g)];
+        const Scene& s = train_scenes[scene_at(g)];
         Example e;
         if (with_images) e.image = world.render(s);
         if (with_text) e.text = world.caption(s, static_cast<int>(mix_seed(stage_seed, g) % world.num_caption_variants()));
@@ -309,6 +331,18 @@ nlohmann::json run_demo(const DemoOptions& o) {
     run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(rc.stage2_steps), rc.stage2_batch, rc.stage2_lr, false, true, false);
     diagnose("stage2-text");
   }
+  auto stage3_grouping = [&] {
+    Grouping g{rc.stage3_group, static_cast<int64_t>(rc.stage3_group_from * static_cast<double>(steps(rc.stage3_steps))), nullptr};
+    if (g.size <= 1) return g;
+    auto near = std::make_shared<std::vector<std::vector<uint32_t>>>(scene_neighbours(train_scenes, static_cast<int>(rc.stage3_group_distance)));
+    size_t total = 0, none = 0;
+    for (const auto& n : *near) total += n.size(), none += n.empty();
+    report["world"]["near_duplicates"] = {{"max_distance", rc.stage3_group_distance},
+                                          {"mean_per_scene", static_cast<double>(total) / static_cast<double>(near->size())},
+                                          {"scenes_without", none}};
+    g.neighbours = near;
+    return g;
+  };
   // With several processes the contrastive stages use the global contrastive batch, which keeps
   // the one-process gradient (the official all-gather gives the encoders 1/W of it: README
   // "Several processes"). With one process and no accumulation it is the official loss, which
@@ -316,7 +350,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
   const bool several = world_size > 1;
   if (start <= 2) run_stage("stage3-vl", Stage::kVL, vl_objective, steps(rc.stage3_steps), rc.stage3_batch, rc.stage3_lr, true, true, false,
             several ? vl_global_step_objective(mix_seed(o.seed, 3)) : StepObjectiveFn{}, rc.stage3_itm_head_lr_mult,
-            {"itm_score.", "pooler."});
+            {"itm_score.", "pooler."},
+            stage3_grouping());
   diagnose("stage3-vl");  // the model fine-tuning starts from (also when it was loaded)
   TensorMap stage3_weights;  // the start of VQA and NLVR2 (in memory: every rank has them)
   for (const auto& p : model->named_parameters()) stage3_weights[p.key()] = p.value().detach().clone();

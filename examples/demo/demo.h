@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "vlmo/config.h"
 #include "vlmo/precision.h"
 
 namespace vlmo {
@@ -33,6 +34,12 @@ struct DemoRecipe {
   double stage1_lr = 1e-3, stage2_lr = 1e-3, stage3_lr = 1e-3, retrieval_lr = 1e-3, vqa_lr = 1e-3, nlvr2_lr = 3e-4;
   double vqa_head_lr_mult = 20, nlvr2_head_lr_mult = 1;  // the classifier heads' lr multipliers (official: 20, 1)
   double stage3_itm_head_lr_mult = 1;  // stage 3: lr multiplier of itm_score.* and pooler.* (official: 1)
+  // Stage-3 batch composition: from step stage3_group_from x steps on, a batch is groups of
+  // stage3_group scenes, each a scene of the epoch order and stage3_group - 1 of its
+  // near-duplicates (scene_distance 1..stage3_group_distance): the in-batch negatives are then as
+  // close as the dual encoder's top candidates at test time. 1: plain shuffled batches.
+  int64_t stage3_group = 1, stage3_group_distance = 2;
+  double stage3_group_from = 0;
   double warmup_fraction = 0.03;           // pre-training stages: warm-up steps / steps
   double finetune_warmup_fraction = 0.1;   // retrieval, VQA and NLVR2 fine-tuning
 
@@ -40,6 +47,10 @@ struct DemoRecipe {
   void apply(const nlohmann::json& overrides);
   nlohmann::json to_json() const;
 };
+
+// The demo's model configuration for a recipe (vocab_size left at BERT's: the demo sets it to its
+// tokenizer's).
+Config demo_config(const DemoRecipe& r);
 
 struct DemoOptions {
   uint64_t seed = 1;

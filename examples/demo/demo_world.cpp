@@ -213,6 +213,30 @@ Image DemoWorld::load(const std::string& ref) const {
   return render(scenes[i]);
 }
 
+int scene_distance(const Scene& a, const Scene& b) {
+  if (a.shapes.size() != b.shapes.size()) return 9;
+  auto diff = [](const Shape& x, const Shape& y) {
+    return static_cast<int>(x.kind != y.kind) + static_cast<int>(x.colour != y.colour) + static_cast<int>(x.place != y.place);
+  };
+  if (a.shapes.size() != 2) {  // the world draws 1 or 2 shapes; any other count pairs them in place order
+    int d = 0;
+    for (size_t i = 0; i < a.shapes.size(); ++i) d += diff(a.shapes[i], b.shapes[i]);
+    return d;
+  }
+  return std::min(diff(a.shapes[0], b.shapes[0]) + diff(a.shapes[1], b.shapes[1]),
+                  diff(a.shapes[0], b.shapes[1]) + diff(a.shapes[1], b.shapes[0]));
+}
+
+std::vector<std::vector<uint32_t>> scene_neighbours(const std::vector<Scene>& scenes, int max_distance) {
+  std::vector<std::vector<uint32_t>> out(scenes.size());
+  for (size_t i = 0; i < scenes.size(); ++i)
+    for (size_t j = i + 1; j < scenes.size(); ++j) {
+      const int d = scene_distance(scenes[i], scenes[j]);
+      if (d >= 1 && d <= max_distance) out[i].push_back(static_cast<uint32_t>(j)), out[j].push_back(static_cast<uint32_t>(i));
+    }
+  return out;
+}
+
 Tokenizer world_tokenizer(const Tokenizer& bert) {
   const DemoWorld probe(0, 0, 0, 0, 48);  // no scenes: only its texts are used
   std::vector<Scene> singles;

@@ -62,6 +62,16 @@ class DemoWorld {
   std::vector<Scene> train_, val_, test_;
 };
 
+// How far apart two scenes are for a reader of their captions: scenes with different shape counts
+// are 9 apart; otherwise the number of differing kinds, colours and places over the best pairing
+// of their shapes (0..6). Sizes are not counted: a third of the caption phrasings leave the size
+// out, so scenes that differ only in size are false negatives for those captions.
+int scene_distance(const Scene& a, const Scene& b);
+
+// For every scene, the indices of the others within distance 1..max_distance (scene_distance):
+// its near-duplicates, the pool of the demo's grouped batches (DemoRecipe::stage3_group).
+std::vector<std::vector<uint32_t>> scene_neighbours(const std::vector<Scene>& scenes, int max_distance);
+
 // The demo's tokenizer: the five special tokens and the BERT uncased word pieces of every text a
 // DemoWorld produces (captions, questions, statements), in BERT's order: about 60 entries instead
 // of 30522. It tokenizes the world's texts exactly as `bert` does (greedy longest match only ever
