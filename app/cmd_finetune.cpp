@@ -23,6 +23,8 @@ int run_finetune(const Args& a) {
   const bool global_batch =
       global_contrastive_batch(a, task == FinetuneTask::kRetrievalCoco || task == FinetuneTask::kRetrievalF30k, "the retrieval tasks (coco, f30k)");
   const Recipe r = official_recipe(task, a.get("preset"));
+  if (a.get_flag("with-itm") && task != FinetuneTask::kRetrievalCoco && task != FinetuneTask::kRetrievalF30k)
+    throw Error(cat("--with-itm is for the retrieval tasks (coco, f30k), not ", finetune_task_name(task)));
   if (a.get("init").empty()) throw Error("--init CHECKPOINT (the pre-trained weights) is required");
   WeightsFile init = read_weights_file(a.get("init"));
   // The model: --config, else --preset if given, else the config the --init checkpoint records.
@@ -85,8 +87,9 @@ int run_finetune(const Args& a) {
     n = static_cast<int64_t>(pairs->size());
     cfg.heads = {"itc", "itm"};
     batches = pair_batches(pairs, tok, co, batch, seed);
-    objective = irtr_objective;
-    if (global_batch) t.step_objective = irtr_global_step_objective(seed);
+    const bool with_itm = a.get_flag("with-itm");
+    objective = with_itm ? irtr_itm_objective : irtr_objective;
+    if (global_batch) t.step_objective = irtr_global_step_objective(seed, with_itm);
     std::vector<KarpathyImage> val;
     for (const auto& k : karpathy)
       if (k.split == "val") val.push_back(k);
@@ -156,6 +159,9 @@ Command finetune_command() {
                {"contrastive-batch", "local",
                 "coco, f30k: local (official: the contrastive loss over each micro-batch, gathered across ranks) or global "
                 "(over every sample of the optimizer step, by gradient caching: the exact full-step gradient)"},
+               {"with-itm", "false",
+                "coco, f30k: also train ITM with hard negatives from the dual encoder (the NeurIPS supplementary's variant, "
+                "for `vlmo evaluate --rerank K`; the official recipe trains the contrastive loss only)", true},
                {"out", "finetune.safetensors", "checkpoint"},
                integer_option("checkpoint-every", "1000", "steps between checkpoints (0: only at the end)", 0),
                integer_option("val-every", "0", "steps between validations (0: only at the end)", 0),

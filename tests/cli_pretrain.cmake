@@ -207,6 +207,14 @@ string(JSON r10 GET "${LAST_OUT}" recall tr_r10)
 if(NOT r10 EQUAL 1)
   message(FATAL_ERROR "irtr: with 2 test images every caption is within the top 10: ${LAST_OUT}")
 endif()
+# --with-itm: the retrieval fine-tuning also trains ITM (its metrics log itm_loss).
+expect_ok(finetune_irtr_itm ${VLMO} finetune --task irtr --with-itm --init ${D}/stage3-vl.safetensors --karpathy ${F}/kp.json --images ${F}/kp
+          --image-size 64 --steps 2 --batch-size 2 --accumulate 1 --out ${F}/irtr-itm.safetensors --metrics ${F}/irtr-itm.jsonl)
+file(READ ${F}/irtr-itm.jsonl itm_metrics)
+if(NOT itm_metrics MATCHES "\"itm_loss\"")
+  message(FATAL_ERROR "finetune --with-itm: no itm_loss in its metrics: ${itm_metrics}")
+endif()
+expect_error(finetune_itm_vqa "--with-itm is for the retrieval tasks" ${VLMO} finetune --task vqa --with-itm --init ${D}/stage3-vl.safetensors)
 expect_error(finetune_bad_task "unknown task" ${VLMO} finetune --task caption --init ${D}/stage3-vl.safetensors)
 
 # `vlmo pretrain` on the other data formats: WebDataset shards (stage vl), an image folder

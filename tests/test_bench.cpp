@@ -66,6 +66,20 @@ TEST(Bench, EveryTaskRunsTimedStepsOnATinyModel) {
   }
 }
 
+// A model with a small vocabulary (the demo's 58 entries) is benchmarked with ids in its range.
+TEST(Bench, SmallVocabularyModelsRun) {
+  vlmo::BenchOptions o;
+  o.task = "pretrain";
+  o.config = vlmo::test::tiny_config();
+  o.config.vocab_size = 58;
+  o.batch = 3;
+  o.steps = 1;
+  o.warmup = 0;
+  EXPECT_GT(vlmo::run_bench(o).samples_per_s, 0);
+  o.config.vocab_size = 5;
+  vlmo::test::expect_error([&] { vlmo::run_bench(o); }, {"vocabulary of 5 entries is too small"});
+}
+
 TEST(Bench, BadOptionsAreClearErrors) {
   vlmo::BenchOptions o;
   o.config = vlmo::test::tiny_config();

@@ -591,6 +591,54 @@ TEST(GlobalBatch, WeightsDoNotDependOnHowTheStepIsSplit) {
   EXPECT_GT(std::abs(local.history[0].at("itc_loss") - r8.history[0].at("itc_loss")), 1e-3);
 }
 
+// Retrieval fine-tuning for ITM re-ranking (ITC + ITM): the contrastive term is irtr_objective's,
+// the ITM term is compute_itm's with hard negatives drawn from the dual encoder's similarities, and
+// its global-batch form ends at the same weights however the step is split.
+TEST(GlobalBatch, RetrievalWithItmIsTheContrastivePlusHardNegativeItm) {
+  const DemoWorld w(3, 32, 2, 2, 32);
+  Config c = vlmo::test::tiny_config({"itc", "itm"});
+  c.drop_path_rate = 0;
+  VLMo m(c);
+  init_weights(m, 5);
+  m->eval();
+  const Batch b = sample_batches(w, 32, 8)(0);
+  at::manual_seed(21);
+  const Outputs both = irtr_itm_objective(m, b);
+  EXPECT_NEAR(both.at("irtr_loss").item<double>(), irtr_objective(m, b).at("irtr_loss").item<double>(), 1e-6);
+  at::manual_seed(21);  // the same draws by hand
+  const auto img = m->infer_image_ft(b.image, TokenOutputs::kCls);
+  const auto txt = m->infer_text_ft(b.text_ids, b.text_masks, TokenOutputs::kCls);
+  const ContrastiveOutput itc = contrastive_loss(img.cls_feats, txt.cls_feats, m->logit_scale);
+  const at::Tensor neg_image = sample_hard_negatives(hard_negative_weights(itc.logits_t2i));
+  const at::Tensor neg_text = sample_hard_negatives(hard_negative_weights(itc.logits_i2t));
+  EXPECT_FALSE(neg_image.eq(at::arange(8, at::kLong)).any().item<bool>());  // never the positive
+  EXPECT_NEAR(both.at("itm_loss").item<double>(), compute_itm(m, b, neg_image, neg_text).loss.item<double>(), 1e-6);
+  EXPECT_GT(both.at("itm_loss").item<double>(), 0.3);
+  EXPECT_EQ(irtr_objective(m, b).count("itm_loss"), 0u);  // the official fine-tuning has no ITM
+
+  auto run = [&](int batch, int accumulate) {
+    VLMo t(c);
+    init_weights(t, 5);
+    set_trainable_for_stage(t, Stage::kVL);
+    TrainOptions o = options(3, 1e-3);
+    o.batch_size = batch;
+    o.accumulate = accumulate;
+    o.step_objective = irtr_global_step_objective(9, /*with_itm=*/true);
+    const TrainResult r = train(t, irtr_itm_objective, sample_batches(w, 32, batch), o);
+    std::map<std::string, at::Tensor> weights;
+    for (auto& p : t->named_parameters()) weights[p.key()] = p.value().detach().clone();
+    return std::make_pair(weights, r);
+  };
+  const auto [w8, r8] = run(8, 1);
+  const auto [w4, r4] = run(4, 2);
+  for (const char* k : {"irtr_loss", "itm_loss", "itm_acc"}) EXPECT_NEAR(r4.history[2].at(k), r8.history[2].at(k), 1e-4) << k;
+  double worst = 0;
+  for (const auto& [k, v] : w8) worst = std::max(worst, (v - w4.at(k)).abs().max().item<double>());
+  EXPECT_LT(worst, 2e-5);
+  EXPECT_GT((w8.at("itm_score.fc.weight") - [&] { VLMo i(c); init_weights(i, 5); return model_state_dict(*i).at("itm_score.fc.weight"); }())
+                .abs().max().item<double>(), 1e-5);  // the ITM head is trained
+}
+
 TEST(GlobalBatch, KeyedDrawsFollowTheWeightsAndTheKeys) {
   const at::Tensor weights = at::tensor({0.0, 1.0, 3.0, 0.0}, at::kDouble).reshape({1, 4}).expand({2000, 4}).contiguous();
   std::vector<uint64_t> keys(2000);

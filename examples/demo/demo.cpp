@@ -115,7 +115,7 @@ void for_each_field(Recipe& r, F&& f) {
   f("vqa_head_lr_mult", r.vqa_head_lr_mult), f("nlvr2_head_lr_mult", r.nlvr2_head_lr_mult);
   f("stage3_itm_head_lr_mult", r.stage3_itm_head_lr_mult);
   f("stage3_group", r.stage3_group), f("stage3_group_distance", r.stage3_group_distance);
-  f("stage3_group_from", r.stage3_group_from);
+  f("stage3_group_from", r.stage3_group_from), f("retrieval_itm", r.retrieval_itm);
   f("warmup_fraction", r.warmup_fraction), f("finetune_warmup_fraction", r.finetune_warmup_fraction);
 }
 }  // namespace
@@ -367,8 +367,9 @@ nlohmann::json run_demo(const DemoOptions& o) {
     if (writer) write_file_atomic(o.out_dir + "/report.json", report.dump(2) + "\n");
     return report;
   }
-  run_stage("finetune-retrieval", Stage::kVL, irtr_objective, steps(rc.retrieval_steps), rc.retrieval_batch, rc.retrieval_lr, true, true, false,
-            several ? irtr_global_step_objective(mix_seed(o.seed, 4)) : StepObjectiveFn{});
+  run_stage("finetune-retrieval", Stage::kVL, rc.retrieval_itm ? irtr_itm_objective : irtr_objective, steps(rc.retrieval_steps),
+            rc.retrieval_batch, rc.retrieval_lr, true, true, false,
+            several ? irtr_global_step_objective(mix_seed(o.seed, 4), rc.retrieval_itm) : StepObjectiveFn{});
   const RetrievalEvaluation test_eval = evaluate_retrieval(model, tok, test, scenes, /*rerank_k=*/8);
   const Recall ft = test_eval.recall, reranked = test_eval.reranked;
   const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;

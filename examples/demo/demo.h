@@ -40,6 +40,9 @@ struct DemoRecipe {
   // close as the dual encoder's top candidates at test time. 1: plain shuffled batches.
   int64_t stage3_group = 1, stage3_group_distance = 2;
   double stage3_group_from = 0;
+  // Retrieval fine-tuning with ITC + ITM (irtr_itm_objective, the supplementary's variant for
+  // ITM re-ranking) instead of the official ITC only.
+  bool retrieval_itm = false;
   double warmup_fraction = 0.03;           // pre-training stages: warm-up steps / steps
   double finetune_warmup_fraction = 0.1;   // retrieval, VQA and NLVR2 fine-tuning
 

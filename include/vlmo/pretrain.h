@@ -36,13 +36,20 @@ Outputs vl_objective(VLMo& model, const Batch& batch);
 StepObjectiveFn vl_global_step_objective(uint64_t seed);
 // Retrieval fine-tuning with a global contrastive batch: irtr_objective's loss (the fine-tuned
 // dual encoder, one ITC branch) over every sample of the step, as above.
-StepObjectiveFn irtr_global_step_objective(uint64_t seed);
+// With with_itm, ITM with hard negatives from the step's dual-encoder similarities is added
+// (irtr_itm_objective's loss).
+StepObjectiveFn irtr_global_step_objective(uint64_t seed, bool with_itm = false);
 // One draw per listed row of `weights` (rows need not sum to 1), from each row's key: the
 // column index. Non-finite weights throw NonFiniteError.
 at::Tensor keyed_sample_rows(const at::Tensor& weights, const at::Tensor& rows, const std::vector<uint64_t>& keys);
 // Fine-tuning objectives: retrieval (dual-encoder contrastive, irtr_loss + irtr_i2t_acc), VQA
 // (vqa_loss + vqa_score: soft score of the top answer), NLVR2 (nlvr2_loss + nlvr2_acc).
 Outputs irtr_objective(VLMo& model, const Batch& batch);
+// Retrieval fine-tuning for ITM re-ranking (the NeurIPS supplementary's ITC + ITM variant; the
+// official recipe is ITC only): irtr_objective's contrastive loss plus ITM with hard negatives
+// drawn from the fine-tuned dual encoder's similarities (itm_loss + itm_acc), so that the fusion
+// encoder and its ITM head keep fitting the encoder that the contrastive loss moves.
+Outputs irtr_itm_objective(VLMo& model, const Batch& batch);
 Outputs vqa_objective(VLMo& model, const Batch& batch);
 Outputs nlvr2_objective(VLMo& model, const Batch& batch);
 

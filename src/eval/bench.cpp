@@ -67,15 +67,20 @@ Batch synthetic_batch(const Config& c, const std::string& task, int64_t B, uint6
   const int64_t L = c.max_text_len, S = c.image_size;
   auto image = [&] { return at::rand({B, 3, S, S}, gen) * 2 - 1; };
   Batch b;
-  b.text_ids = at::randint(1000, c.vocab_size, {B, L}, gen, at::kLong);
-  b.text_ids.select(1, 0).fill_(101);      // [CLS]
-  b.text_ids.select(1, L - 1).fill_(102);  // [SEP]
+  // Word ids past BERT's special and unused entries, and its [CLS] / [SEP] / [MASK]; a small
+  // vocabulary (the demo's, in BERT's order: [PAD] [UNK] [CLS] [SEP] [MASK] first) its own.
+  const bool bert_like = c.vocab_size > 1000;
+  if (c.vocab_size < 6) throw Error(cat("bench: a vocabulary of ", c.vocab_size, " entries is too small (>= 6)"));
+  const int64_t cls = bert_like ? 101 : 2, sep = bert_like ? 102 : 3, mask = bert_like ? 103 : 4;
+  b.text_ids = at::randint(bert_like ? 1000 : 5, c.vocab_size, {B, L}, gen, at::kLong);
+  b.text_ids.select(1, 0).fill_(cls);
+  b.text_ids.select(1, L - 1).fill_(sep);
   b.text_masks = at::ones({B, L}, at::kLong);
   if (task == "pretrain") {
     const at::Tensor masked = at::rand({B, L}, gen).lt(0.15);
     masked.select(1, 0).fill_(false);
     masked.select(1, L - 1).fill_(false);
-    b.text_ids_mlm = b.text_ids.masked_fill(masked, 103);  // [MASK]
+    b.text_ids_mlm = b.text_ids.masked_fill(masked, mask);
     b.text_labels_mlm = b.text_ids.masked_fill(masked.logical_not(), -100);
   }
   if (task == "nlvr2") {

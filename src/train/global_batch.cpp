@@ -106,12 +106,12 @@ at::Tensor unimodal_features(VLMo& model, const Batch& b, const std::vector<int6
   return dot;
 }
 
-Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed, bool retrieval) {
+Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed, bool retrieval, bool retrieval_itm) {
   if (micro.empty()) throw Error("global contrastive step without micro-batches");
   Distributed* dist = current_distributed();
   const bool multi = dist && dist->world_size() > 1;
   const double world = multi ? dist->world_size() : 1;
-  const bool with_itm = !retrieval && model->config().has_head("itm"), with_mlm = !retrieval && model->config().has_head("mlm");
+  const bool with_itm = (!retrieval || retrieval_itm) && model->config().has_head("itm"), with_mlm = !retrieval && model->config().has_head("mlm");
   require_head(model, "itc");
   const int64_t D = model->config().embed_dim;
 
@@ -248,11 +248,11 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
 }  // namespace
 
 StepObjectiveFn vl_global_step_objective(uint64_t seed) {
-  return [seed](VLMo& model, const std::vector<Batch>& micro) { return global_step(model, micro, seed, false); };
+  return [seed](VLMo& model, const std::vector<Batch>& micro) { return global_step(model, micro, seed, false, false); };
 }
 
-StepObjectiveFn irtr_global_step_objective(uint64_t seed) {
-  return [seed](VLMo& model, const std::vector<Batch>& micro) { return global_step(model, micro, seed, true); };
+StepObjectiveFn irtr_global_step_objective(uint64_t seed, bool with_itm) {
+  return [seed, with_itm](VLMo& model, const std::vector<Batch>& micro) { return global_step(model, micro, seed, true, with_itm); };
 }
 
 }  // namespace vlmo

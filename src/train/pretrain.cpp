@@ -91,6 +91,29 @@ Outputs irtr_objective(VLMo& model, const Batch& batch) {
   return out;
 }
 
+Outputs irtr_itm_objective(VLMo& model, const Batch& batch) {
+  auto img = model->infer_image_ft(batch.image, TokenOutputs::kCls);
+  auto txt = model->infer_text_ft(batch.text_ids, batch.text_masks, TokenOutputs::kCls);
+  const GatherFn gather = current_gather();
+  ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, gather);
+  Outputs out;
+  out["irtr_loss"] = c.loss;
+  const int64_t B = batch.image.size(0);
+  out["irtr_i2t_acc"] = c.logits_i2t.argmax(1).eq(at::arange(B, c.logits_i2t.options().dtype(at::kLong))).to(at::kFloat).mean().detach();
+  // Hard negatives from the fine-tuned dual encoder's similarities, as in pre-training.
+  const at::Tensor neg_image = sample_hard_negatives(hard_negative_weights(c.logits_t2i));
+  const at::Tensor neg_text = sample_hard_negatives(hard_negative_weights(c.logits_i2t));
+  const bool pooled = current_distributed() && current_distributed()->world_size() > 1;
+  const ItmOutput itm = pooled ? compute_itm(model, batch, neg_image, neg_text, gather(batch.image), gather(batch.text_ids),
+                                             gather(batch.text_masks))
+                               : compute_itm(model, batch, neg_image, neg_text);
+  out["itm_loss"] = itm.loss;
+  const auto label_opts = itm.logits.options().dtype(at::kLong);
+  out["itm_acc"] = itm.logits.argmax(1).eq(at::cat({at::ones({B}, label_opts), at::zeros({2 * B}, label_opts)}))
+                       .to(at::kFloat).mean().detach();
+  return out;
+}
+
 Outputs vqa_objective(VLMo& model, const Batch& batch) {
   const LogitsLoss l = compute_vqa(model, batch);
   const at::Tensor picked = l.logits.argmax(1).unsqueeze(1);
