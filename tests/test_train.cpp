@@ -310,6 +310,46 @@ TEST(Data, WorldShapesSitInTheirPlacesPatchAndBackgroundsBarelyDiffer) {
   EXPECT_GT(background_spread(50), 30.0);  // the parameter is what sets it
 }
 
+// Near-duplicate scenes for the demo's grouped batches: distance counts differing kinds, colours
+// and places over the best pairing of shapes, never sizes; different shape counts are far apart.
+TEST(Data, SceneDistanceCountsWhatCaptionsTellApart) {
+  const Shape red_circle_left{0, 0, true, 0}, blue_square_right{1, 2, false, 1};
+  const Scene a{{red_circle_left, blue_square_right}, 1};
+  Scene b = a;
+  b.style_seed = 2;
+  EXPECT_EQ(scene_distance(a, b), 0);             // another rendering of the same scene
+  b.shapes[0].large = false;
+  EXPECT_EQ(scene_distance(a, b), 0);             // size only: a third of the phrasings omit it
+  b.shapes[0].colour = 3;
+  EXPECT_EQ(scene_distance(a, b), 1);
+  b.shapes[1].kind = 2, b.shapes[1].place = 4;
+  EXPECT_EQ(scene_distance(a, b), 3);
+  const Scene swapped{{Shape{1, 2, false, 0}, Shape{0, 0, true, 1}}, 3};  // the two shapes trade places
+  EXPECT_EQ(scene_distance(a, swapped), 2);       // best pairing: by kind and colour, two places differ
+  EXPECT_EQ(scene_distance(swapped, a), 2);
+  const Scene one{{red_circle_left}, 4};
+  EXPECT_EQ(scene_distance(a, one), 9);
+  EXPECT_EQ(scene_distance(one, Scene{{Shape{0, 0, false, 0}}, 5}), 0);
+
+  const DemoWorld w(5, 400, 2, 2, 48);
+  const auto& sc = w.split("train");
+  const auto near = scene_neighbours(sc, 2);
+  ASSERT_EQ(near.size(), sc.size());
+  size_t links = 0;
+  for (size_t i = 0; i < sc.size(); ++i)
+    for (uint32_t j : near[i]) {
+      ++links;
+      const int d = scene_distance(sc[i], sc[j]);
+      EXPECT_TRUE(d >= 1 && d <= 2) << sc[i].signature() << " " << sc[j].signature();
+      EXPECT_NE(std::find(near[j].begin(), near[j].end(), i), near[j].end());  // symmetric
+    }
+  size_t expected = 0;  // every pair within 1..2 is listed
+  for (size_t i = 0; i < sc.size(); ++i)
+    for (size_t j = 0; j < sc.size(); ++j) expected += i != j && scene_distance(sc[i], sc[j]) >= 1 && scene_distance(sc[i], sc[j]) <= 2;
+  EXPECT_EQ(links, expected);
+  EXPECT_GT(links, sc.size());
+}
+
 // The demo's own small vocabulary must tokenize every text the world produces exactly as BERT's
 // does (the same pieces, never [UNK]), for worlds of other seeds than the probe it is built from.
 TEST(Data, WorldTokenizerSplitsEveryWorldTextAsBert) {

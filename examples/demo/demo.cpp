@@ -116,6 +116,7 @@ void for_each_field(Recipe& r, F&& f) {
   f("stage3_itm_head_lr_mult", r.stage3_itm_head_lr_mult);
   f("stage3_group", r.stage3_group), f("stage3_group_distance", r.stage3_group_distance);
   f("stage3_group_from", r.stage3_group_from), f("retrieval_itm", r.retrieval_itm);
+  f("retrieval_group", r.retrieval_group);
   f("warmup_fraction", r.warmup_fraction), f("finetune_warmup_fraction", r.finetune_warmup_fraction);
 }
 }  // namespace
@@ -331,16 +332,22 @@ nlohmann::json run_demo(const DemoOptions& o) {
     run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(rc.stage2_steps), rc.stage2_batch, rc.stage2_lr, false, true, false);
     diagnose("stage2-text");
   }
-  auto stage3_grouping = [&] {
-    Grouping g{rc.stage3_group, static_cast<int64_t>(rc.stage3_group_from * static_cast<double>(steps(rc.stage3_steps))), nullptr};
+  // Grouped batches of a stage (DemoRecipe::stage3_group, retrieval_group): the near-duplicate
+  // lists are made once, when a stage first needs them.
+  std::shared_ptr<const std::vector<std::vector<uint32_t>>> near_duplicates;
+  auto grouping = [&](int64_t size, double from_fraction, int64_t n_steps) {
+    Grouping g{size, static_cast<int64_t>(from_fraction * static_cast<double>(n_steps)), nullptr};
     if (g.size <= 1) return g;
-    auto near = std::make_shared<std::vector<std::vector<uint32_t>>>(scene_neighbours(train_scenes, static_cast<int>(rc.stage3_group_distance)));
-    size_t total = 0, none = 0;
-    for (const auto& n : *near) total += n.size(), none += n.empty();
-    report["world"]["near_duplicates"] = {{"max_distance", rc.stage3_group_distance},
-                                          {"mean_per_scene", static_cast<double>(total) / static_cast<double>(near->size())},
-                                          {"scenes_without", none}};
-    g.neighbours = near;
+    if (!near_duplicates) {
+      auto near = std::make_shared<std::vector<std::vector<uint32_t>>>(scene_neighbours(train_scenes, static_cast<int>(rc.stage3_group_distance)));
+      size_t total = 0, none = 0;
+      for (const auto& n : *near) total += n.size(), none += n.empty();
+      report["world"]["near_duplicates"] = {{"max_distance", rc.stage3_group_distance},
+                                            {"mean_per_scene", static_cast<double>(total) / static_cast<double>(near->size())},
+                                            {"scenes_without", none}};
+      near_duplicates = near;
+    }
+    g.neighbours = near_duplicates;
     return g;
   };
   // With several processes the contrastive stages use the global contrastive batch, which keeps
@@ -351,7 +358,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   if (start <= 2) run_stage("stage3-vl", Stage::kVL, vl_objective, steps(rc.stage3_steps), rc.stage3_batch, rc.stage3_lr, true, true, false,
             several ? vl_global_step_objective(mix_seed(o.seed, 3)) : StepObjectiveFn{}, rc.stage3_itm_head_lr_mult,
             {"itm_score.", "pooler."},
-            stage3_grouping());
+            grouping(rc.stage3_group, rc.stage3_group_from, steps(rc.stage3_steps)));
   diagnose("stage3-vl");  // the model fine-tuning starts from (also when it was loaded)
   TensorMap stage3_weights;  // the start of VQA and NLVR2 (in memory: every rank has them)
   for (const auto& p : model->named_parameters()) stage3_weights[p.key()] = p.value().detach().clone();
@@ -369,7 +376,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
   }
   run_stage("finetune-retrieval", Stage::kVL, rc.retrieval_itm ? irtr_itm_objective : irtr_objective, steps(rc.retrieval_steps),
             rc.retrieval_batch, rc.retrieval_lr, true, true, false,
-            several ? irtr_global_step_objective(mix_seed(o.seed, 4), rc.retrieval_itm) : StepObjectiveFn{});
+            several ? irtr_global_step_objective(mix_seed(o.seed, 4), rc.retrieval_itm) : StepObjectiveFn{}, 1.0, {},
+            grouping(rc.retrieval_group, 0.0, steps(rc.retrieval_steps)));
   const RetrievalEvaluation test_eval = evaluate_retrieval(model, tok, test, scenes, /*rerank_k=*/8);
   const Recall ft = test_eval.recall, reranked = test_eval.reranked;
   const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;

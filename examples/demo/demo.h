@@ -40,6 +40,7 @@ struct DemoRecipe {
   // close as the dual encoder's top candidates at test time. 1: plain shuffled batches.
   int64_t stage3_group = 1, stage3_group_distance = 2;
   double stage3_group_from = 0;
+  int64_t retrieval_group = 1;  // the same for the retrieval fine-tuning, from its first step
   // Retrieval fine-tuning with ITC + ITM (irtr_itm_objective, the supplementary's variant for
   // ITM re-ranking) instead of the official ITC only.
   bool retrieval_itm = false;
