@@ -109,6 +109,17 @@ function(expect_error name pattern)
   endif()
 endfunction()
 set(D ${WORK}/demo)
+# The gallery's test.json (Karpathy format) lets `vlmo evaluate` score the demo's retrieval model on
+# the demo's test split: the same recall as the report (same precision).
+expect_ok(evaluate_demo_test ${VLMO} evaluate --task irtr --model ${D}/finetune-retrieval.safetensors --karpathy ${D}/gallery/test.json
+          --images ${D}/gallery --split test --precision ${precision})
+foreach(k tr_r1 tr_r5 ir_r1 ir_r5)
+  string(JSON got GET "${LAST_OUT}" recall ${k})
+  string(JSON want GET "${report}" retrieval test_after_finetuning ${k})
+  if(NOT got EQUAL want)
+    message(FATAL_ERROR "vlmo evaluate on the demo's gallery/test.json: ${k} ${got}, the demo's report says ${want}")
+  endif()
+endforeach()
 expect_ok(vqa ${VLMO} vqa --model ${D}/finetune-vqa.safetensors --image ${IMG}/chelsea.png --question "what color is the shape on the left?" --json)
 string(JSON n LENGTH "${LAST_OUT}" answers)
 string(JSON p GET "${LAST_OUT}" answers 0 probability)

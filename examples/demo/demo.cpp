@@ -35,12 +35,16 @@ namespace {
 // The test scenes as PNG files (OUT/gallery/test-NNN.png) and their dual-encoder embeddings
 // (OUT/gallery.safetensors, the format of `vlmo embed`, ids relative to OUT): a collection that
 // `vlmo serve --index` and `vlmo search` use as it is.
-void write_gallery(VLMo& model, const DemoWorld& world, const std::string& out_dir) {
+// Also OUT/gallery/test.json: the test split's captions in the Karpathy format, so that
+// `vlmo evaluate --task irtr --karpathy OUT/gallery/test.json --images OUT/gallery` scores the
+// demo's models on its test split.
+void write_gallery(VLMo& model, const DemoWorld& world, const std::vector<KarpathyImage>& test, const std::string& out_dir) {
   const std::string dir = out_dir + "/gallery";
   std::error_code mk;
   std::filesystem::create_directories(dir, mk);
   std::vector<std::string> ids;
   std::vector<at::Tensor> pix;
+  nlohmann::json karpathy = nlohmann::json::array();
   const auto& scenes = world.split("test");
   for (size_t i = 0; i < scenes.size(); ++i) {
     char name[32];
@@ -48,8 +52,11 @@ void write_gallery(VLMo& model, const DemoWorld& world, const std::string& out_d
     const std::string png = encode_png(world.render(scenes[i]));
     write_file_atomic(dir + "/" + name, png);
     ids.push_back(std::string("gallery/") + name);
+    karpathy.push_back({{"filename", name}, {"split", "test"}, {"sentences", nlohmann::json::array()}});
+    for (const auto& c : test.at(i).captions) karpathy.back()["sentences"].push_back({{"raw", c}});
     pix.push_back(eval_transform(decode_image(png, name), model->config().image_size));  // as vlmo embed reads it
   }
+  write_file_atomic(dir + "/test.json", nlohmann::json{{"images", karpathy}}.dump(1) + "\n");
   at::NoGradGuard guard;
   const at::Tensor emb = encode_images(model, at::stack(pix));
   write_safetensors(out_dir + "/gallery.safetensors", {{"embeddings", emb}},
@@ -382,7 +389,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   const Recall ft = test_eval.recall, reranked = test_eval.reranked;
   const Recall ft_val = evaluate_retrieval(model, tok, val, scenes).recall;
   const Recall chance = chance_recall(static_cast<int64_t>(test.size()), caption_owner(test));
-  if (writer) write_gallery(model, world, o.out_dir);
+  if (writer) write_gallery(model, world, test, o.out_dir);
 
   // ---- VQA: a 13-way answer classifier on the fusion encoder, from the stage-3 weights.
   const std::vector<std::string> answers = DemoWorld::answers();
