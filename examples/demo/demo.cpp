@@ -509,7 +509,8 @@ nlohmann::json run_demo(const DemoOptions& o) {
   // The fusion encoder's matching on the test split after pre-training: each caption with its
   // image and with another test image (random, or the dual encoder's most similar one).
   const auto& d3 = report["diagnostics"]["stage3-vl"];
-  report["itm"] = {{"test_accuracy_random_negatives", d3["itm_acc_random"]}, {"test_accuracy_hard_negatives", d3["itm_acc_hard"]}};
+  report["itm"] = {{"test_accuracy_random_negatives", d3["itm_acc_random"]}, {"test_accuracy_hard_negatives", d3["itm_acc_hard"]},
+                   {"test_pairwise_hard_itm", d3["itm_pairwise_hard"]}, {"test_pairwise_hard_dual", d3["dual_pairwise_hard"]}};
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   if (!writer) return report;
 

@@ -65,8 +65,11 @@ nlohmann::json diagnose_model(VLMo& model, const Tokenizer& tok, const at::Tenso
     out["image_cls_cos"] = mean_pairwise_cosine(v.cls_feats);
     out["text_hidden_cos"] = mean_pairwise_cosine(t.feats.select(1, 0));
     out["image_hidden_cos"] = mean_pairwise_cosine(v.feats.select(1, 0));
-    const at::Tensor sim = at::matmul(t.cls_feats, v.cls_feats.t()) - 1e9 * at::eye(n);  // caption i vs image j != i
+    const at::Tensor raw = at::matmul(t.cls_feats, v.cls_feats.t());
+    const at::Tensor sim = raw - 1e9 * at::eye(n);  // caption i vs image j != i
     hard_logits = itm_logits(model, ids, masks, images.index_select(0, sim.argmax(1)));
+    // Does the dual encoder score caption i higher with its image than with that hardest other one?
+    out["dual_pairwise_hard"] = raw.diagonal().gt(std::get<0>(sim.max(1))).to(at::kDouble).mean().item<double>();
   }
   // One fusion pass over the matched pairs and one over the random mismatches serve the
   // accuracies, the spread, the attention (the recorder's first `depth` entries are the matched
@@ -88,6 +91,8 @@ nlohmann::json diagnose_model(VLMo& model, const Tokenizer& tok, const at::Tenso
   };
   out["itm_acc_random"] = balanced_accuracy(logits.narrow(0, n, n).detach());
   out["itm_acc_hard"] = balanced_accuracy(hard_logits);
+  // The same question to the fusion encoder (its re-ranking score, the "match" logit).
+  out["itm_pairwise_hard"] = matched.select(1, 1).gt(hard_logits.select(1, 1)).to(at::kDouble).mean().item<double>();
   out["fused_pooled_cos"] = mean_pairwise_cosine(pooled.detach());
   const int64_t depth = model->config().depth, Lt = ids.size(1);
   const at::Tensor keys = (masks.sum(1) + pos.image_feats.size(1)).to(at::kDouble);  // (N)

@@ -23,6 +23,11 @@ double mean_pairwise_cosine(const at::Tensor& f);
 //   fused_pooled_cos: the same of the pooled fusion [CLS] over matched and mismatched pairs;
 //   itm_acc_random, itm_acc_hard: ITM accuracy over the N matched pairs and N mismatched pairs,
 //     whose image is another of the N (random; or the dual encoder's most similar other image);
+//   dual_pairwise_hard, itm_pairwise_hard: the share of captions that the dual encoder (cosine) /
+//     the fusion encoder (ITM "match" logit) score higher with their image than with that most
+//     similar other image: which of the two would rank the pair right (the dual one is, by
+//     construction, its IR@1 over these N captions; the pair is the dual encoder's hardest, which
+//     favours the fusion encoder in the comparison);
 //   cls_attention_entropy[l], cls_attention_to_image[l]: per layer of the fusion pass, the
 //     entropy of the text [CLS] query's attention over its valid keys, divided by log(keys)
 //     (1: uniform), and the share of it on image tokens;
