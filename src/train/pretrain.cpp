@@ -54,53 +54,17 @@ Outputs text_mlm_objective(VLMo& model, const Batch& batch) {
   return {{"textmlm_loss", m.loss}, {"textmlm_acc", m.accuracy}};
 }
 
-Outputs vl_objective(VLMo& model, const Batch& batch) {
-  Outputs out;
-  const GatherFn gather = current_gather();  // every rank's batch (local first); identity on one process
-  ItcOutput itc = compute_itc(model, batch, gather);
-  out["itc_loss"] = itc.loss;
-  const int64_t B = batch.image.size(0);
-  const at::Tensor targets = at::arange(B, itc.itc.logits_i2t.options().dtype(at::kLong));
-  out["itc_i2t_acc"] = itc.itc.logits_i2t.argmax(1).eq(targets).to(at::kFloat).mean().detach();
-  // Global hard negatives: for each text an image drawn from its similarity row, and vice versa,
-  // each in one batched multinomial.
-  const at::Tensor neg_image = sample_hard_negatives(hard_negative_weights(itc.itc.logits_t2i));
-  const at::Tensor neg_text = sample_hard_negatives(hard_negative_weights(itc.itc.logits_i2t));
-  // On several ranks the negatives index the gathered pools (raw images and texts of every rank).
-  const bool pooled = current_distributed() && current_distributed()->world_size() > 1;
-  ItmOutput itm = pooled ? compute_itm(model, batch, neg_image, neg_text, gather(batch.image), gather(batch.text_ids),
-                                       gather(batch.text_masks))
-                         : compute_itm(model, batch, neg_image, neg_text);
-  out["itm_loss"] = itm.loss;
-  const auto label_opts = itm.logits.options().dtype(at::kLong);
-  const at::Tensor itm_labels = at::cat({at::ones({B}, label_opts), at::zeros({2 * B}, label_opts)});
-  out["itm_acc"] = itm.logits.argmax(1).eq(itm_labels).to(at::kFloat).mean().detach();
-  const MlmOutput mlm = compute_mlm(model, batch);
-  out["mlm_loss"] = mlm.loss;
-  out["mlm_acc"] = mlm.accuracy;
-  return out;
+namespace {
+
+// The share of rows whose largest logit is on the diagonal (the matching caption).
+at::Tensor in_batch_accuracy(const at::Tensor& logits_i2t) {
+  return logits_i2t.argmax(1).eq(at::arange(logits_i2t.size(0), logits_i2t.options().dtype(at::kLong))).to(at::kFloat).mean().detach();
 }
 
-Outputs irtr_objective(VLMo& model, const Batch& batch) {
-  auto img = model->infer_image_ft(batch.image, TokenOutputs::kCls);
-  auto txt = model->infer_text_ft(batch.text_ids, batch.text_masks, TokenOutputs::kCls);
-  ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, current_gather());
-  Outputs out;
-  out["irtr_loss"] = c.loss;
-  out["irtr_i2t_acc"] = c.logits_i2t.argmax(1).eq(at::arange(batch.image.size(0), c.logits_i2t.options().dtype(at::kLong))).to(at::kFloat).mean().detach();
-  return out;
-}
-
-Outputs irtr_itm_objective(VLMo& model, const Batch& batch) {
-  auto img = model->infer_image_ft(batch.image, TokenOutputs::kCls);
-  auto txt = model->infer_text_ft(batch.text_ids, batch.text_masks, TokenOutputs::kCls);
-  const GatherFn gather = current_gather();
-  ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, gather);
-  Outputs out;
-  out["irtr_loss"] = c.loss;
-  const int64_t B = batch.image.size(0);
-  out["irtr_i2t_acc"] = c.logits_i2t.argmax(1).eq(at::arange(B, c.logits_i2t.options().dtype(at::kLong))).to(at::kFloat).mean().detach();
-  // Hard negatives from the fine-tuned dual encoder's similarities, as in pre-training.
+// ITM with global hard negatives drawn from a contrastive loss's similarities: for each text an
+// image drawn from its row, and vice versa, each in one batched multinomial (image first). On
+// several ranks the negatives index the gathered pools (raw images and texts of every rank).
+void add_hard_negative_itm(VLMo& model, const Batch& batch, const ContrastiveOutput& c, const GatherFn& gather, Outputs& out) {
   const at::Tensor neg_image = sample_hard_negatives(hard_negative_weights(c.logits_t2i));
   const at::Tensor neg_text = sample_hard_negatives(hard_negative_weights(c.logits_i2t));
   const bool pooled = current_distributed() && current_distributed()->world_size() > 1;
@@ -108,11 +72,44 @@ Outputs irtr_itm_objective(VLMo& model, const Batch& batch) {
                                              gather(batch.text_masks))
                                : compute_itm(model, batch, neg_image, neg_text);
   out["itm_loss"] = itm.loss;
+  const int64_t B = batch.image.size(0);
   const auto label_opts = itm.logits.options().dtype(at::kLong);
-  out["itm_acc"] = itm.logits.argmax(1).eq(at::cat({at::ones({B}, label_opts), at::zeros({2 * B}, label_opts)}))
-                       .to(at::kFloat).mean().detach();
+  const at::Tensor labels = at::cat({at::ones({B}, label_opts), at::zeros({2 * B}, label_opts)});
+  out["itm_acc"] = itm.logits.argmax(1).eq(labels).to(at::kFloat).mean().detach();
+}
+
+// Retrieval fine-tuning: the fine-tuned dual encoder's contrastive loss, and ITM when asked.
+Outputs irtr_outputs(VLMo& model, const Batch& batch, bool with_itm) {
+  const auto img = model->infer_image_ft(batch.image, TokenOutputs::kCls);
+  const auto txt = model->infer_text_ft(batch.text_ids, batch.text_masks, TokenOutputs::kCls);
+  const GatherFn gather = current_gather();
+  const ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, gather);
+  Outputs out;
+  out["irtr_loss"] = c.loss;
+  out["irtr_i2t_acc"] = in_batch_accuracy(c.logits_i2t);
+  if (with_itm) add_hard_negative_itm(model, batch, c, gather, out);
   return out;
 }
+
+}  // namespace
+
+Outputs vl_objective(VLMo& model, const Batch& batch) {
+  Outputs out;
+  const GatherFn gather = current_gather();  // every rank's batch (local first); identity on one process
+  const ItcOutput itc = compute_itc(model, batch, gather);
+  out["itc_loss"] = itc.loss;
+  out["itc_i2t_acc"] = in_batch_accuracy(itc.itc.logits_i2t);
+  add_hard_negative_itm(model, batch, itc.itc, gather, out);
+  const MlmOutput mlm = compute_mlm(model, batch);
+  out["mlm_loss"] = mlm.loss;
+  out["mlm_acc"] = mlm.accuracy;
+  return out;
+}
+
+Outputs irtr_objective(VLMo& model, const Batch& batch) { return irtr_outputs(model, batch, false); }
+
+// Hard negatives from the fine-tuned dual encoder's similarities, as in pre-training.
+Outputs irtr_itm_objective(VLMo& model, const Batch& batch) { return irtr_outputs(model, batch, true); }
 
 Outputs vqa_objective(VLMo& model, const Batch& batch) {
   const LogitsLoss l = compute_vqa(model, batch);
