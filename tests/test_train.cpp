@@ -655,6 +655,9 @@ TEST(GlobalBatch, RetrievalWithItmIsTheContrastivePlusHardNegativeItm) {
   EXPECT_NEAR(both.at("itm_loss").item<double>(), compute_itm(m, b, neg_image, neg_text).loss.item<double>(), 1e-6);
   EXPECT_GT(both.at("itm_loss").item<double>(), 0.3);
   EXPECT_EQ(irtr_objective(m, b).count("itm_loss"), 0u);  // the official fine-tuning has no ITM
+  VLMo no_itm(vlmo::test::tiny_config({"itc"}));
+  expect_error([&] { irtr_global_step_objective(9, true)(no_itm, {b}); }, {"no \"itm\" head"});
+  expect_error([&] { irtr_itm_objective(no_itm, b); }, {"no \"itm\" head"});
 
   auto run = [&](int batch, int accumulate) {
     VLMo t(c);

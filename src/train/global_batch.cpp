@@ -113,6 +113,7 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
   const double world = multi ? dist->world_size() : 1;
   const bool with_itm = (!retrieval || retrieval_itm) && model->config().has_head("itm"), with_mlm = !retrieval && model->config().has_head("mlm");
   require_head(model, "itc");
+  if (retrieval && retrieval_itm) require_head(model, "itm");  // asked for: never skipped silently
   const int64_t D = model->config().embed_dim;
 
   // The samples of this rank, micro-batch by micro-batch.
