@@ -521,6 +521,23 @@ std::map<std::string, at::Tensor> gradients(VLMo& m) {
   return g;
 }
 
+// 3 global-batch steps of stage vl from init seed 5, each step as `accumulate` micro-batches of
+// `batch`: the weights after them and the run's history.
+std::pair<std::map<std::string, at::Tensor>, TrainResult> train_split(const Config& c, const DemoWorld& w, int batch, int accumulate,
+                                                                       const ObjectiveFn& objective, const StepObjectiveFn& step) {
+  VLMo m(c);
+  init_weights(m, 5);
+  set_trainable_for_stage(m, Stage::kVL);
+  TrainOptions o = options(3, 1e-3);
+  o.batch_size = batch;
+  o.accumulate = accumulate;
+  o.step_objective = step;
+  const TrainResult r = train(m, objective, sample_batches(w, 32, batch), o);
+  std::map<std::string, at::Tensor> weights;
+  for (auto& p : m->named_parameters()) weights[p.key()] = p.value().detach().clone();
+  return {weights, r};
+}
+
 double max_relative_difference(const std::map<std::string, at::Tensor>& a, const std::map<std::string, at::Tensor>& b,
                                std::string* where) {
   double worst = 0;
@@ -588,17 +605,7 @@ TEST(GlobalBatch, WeightsDoNotDependOnHowTheStepIsSplit) {
   Config c = tiny();
   c.drop_path_rate = 0.2;
   auto run = [&](int batch, int accumulate) {
-    VLMo m(c);
-    init_weights(m, 5);
-    set_trainable_for_stage(m, Stage::kVL);
-    TrainOptions o = options(3, 1e-3);
-    o.batch_size = batch;
-    o.accumulate = accumulate;
-    o.step_objective = vl_global_step_objective(9);
-    const TrainResult r = train(m, vl_objective, sample_batches(w, 32, batch), o);
-    std::map<std::string, at::Tensor> weights;
-    for (auto& p : m->named_parameters()) weights[p.key()] = p.value().detach().clone();
-    return std::make_pair(weights, r);
+    return train_split(c, w, batch, accumulate, vl_objective, vl_global_step_objective(9));
   };
   const auto [w8, r8] = run(8, 1);
   const auto [w4, r4] = run(4, 2);
@@ -660,17 +667,7 @@ TEST(GlobalBatch, RetrievalWithItmIsTheContrastivePlusHardNegativeItm) {
   expect_error([&] { irtr_itm_objective(no_itm, b); }, {"no \"itm\" head"});
 
   auto run = [&](int batch, int accumulate) {
-    VLMo t(c);
-    init_weights(t, 5);
-    set_trainable_for_stage(t, Stage::kVL);
-    TrainOptions o = options(3, 1e-3);
-    o.batch_size = batch;
-    o.accumulate = accumulate;
-    o.step_objective = irtr_global_step_objective(9, /*with_itm=*/true);
-    const TrainResult r = train(t, irtr_itm_objective, sample_batches(w, 32, batch), o);
-    std::map<std::string, at::Tensor> weights;
-    for (auto& p : t->named_parameters()) weights[p.key()] = p.value().detach().clone();
-    return std::make_pair(weights, r);
+    return train_split(c, w, batch, accumulate, irtr_itm_objective, irtr_global_step_objective(9, /*with_itm=*/true));
   };
   const auto [w8, r8] = run(8, 1);
   const auto [w4, r4] = run(4, 2);
