@@ -54,8 +54,22 @@ if [[ " $PARTS " == *" kill "* ]]; then
       >/dev/null 2>>k.log &
     pid=$!
     if [ $kills -lt 12 ]; then
-      sleep "$((RANDOM % 2)).$((RANDOM % 10))"  # 0 - 1.9 s: start-up, steps and checkpoint writes
-      if kill -9 $pid 2>/dev/null; then kills=$((kills + 1)); fi
+      # Kill after a few more steps (1-8), then 0-90 ms into the next step or checkpoint write;
+      # one run in four is killed at a random moment of start-up instead. Waiting for progress
+      # rather than a fixed time keeps the number of kills independent of the machine's speed.
+      if [ $((RANDOM % 4)) -eq 0 ]; then
+        sleep "0.$((RANDOM % 10))"
+      else
+        last=$(logged_steps k.jsonl 2>/dev/null | tail -n 1)
+        target=$((${last:-0} + 1 + RANDOM % 8))
+        for _ in $(seq 1 1500); do  # at most 30 s
+          ps -o stat= -p $pid 2>/dev/null | grep -qv Z || break  # exited
+          [ "$(logged_steps k.jsonl 2>/dev/null | tail -n 1)" -ge $target ] 2>/dev/null && break
+          sleep 0.02
+        done
+        sleep "0.0$((RANDOM % 10))"
+      fi
+      if ps -o stat= -p $pid 2>/dev/null | grep -qv Z && kill -9 $pid 2>/dev/null; then kills=$((kills + 1)); fi
     fi
     wait $pid 2>/dev/null && done=1
     progress="$progress $(logged_steps k.jsonl 2>/dev/null | tail -n 1)"
