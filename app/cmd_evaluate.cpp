@@ -47,7 +47,11 @@ int run_evaluate(const Args& a) {
     out["images"] = e.images;
     out["captions"] = e.captions;
     out["recall"] = recall_json(e.recall);
-    if (k > 0) out["recall_itm_rerank"] = recall_json(e.reranked), out["recall_itm_rerank"]["k"] = k;
+    if (k > 0) {
+      out["recall_itm_rerank"] = recall_json(e.reranked), out["recall_itm_rerank"]["k"] = k;
+      out["recall_itm_rerank_logits"] = recall_json(e.reranked_logits), out["recall_itm_rerank_logits"]["k"] = k;
+      out["recall_itm_rerank_logits"]["dual_weight"] = e.logit_scale;
+    }
   }
   std::cout << out.dump(2) << "\n";
   return 0;

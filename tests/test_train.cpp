@@ -490,6 +490,20 @@ TEST(Retrieval, ItmRerankingByHand) {
   EXPECT_DOUBLE_EQ(r.tr1, 0.5);
   EXPECT_DOUBLE_EQ(r.ir1, 0.25);
   EXPECT_DOUBLE_EQ(r.tr5, 1.0);
+  // Weighting the dual score by 100 (as a contrastive logit would be): image 1's row scores
+  // caption 2 at 70 and caption 1 at 5 + 60, so caption 2 (its own) comes first. Pairs are scored
+  // once for all weights.
+  calls = 0;
+  const std::vector<Recall> w = rerank_recall(scores, {0, 0, 1, 1}, 2, [&](const at::Tensor& i, const at::Tensor& t) {
+    ++calls;
+    return (i.eq(1) & t.eq(1)).to(at::kFloat) * 5;
+  }, std::vector<double>{1.0, 100.0});
+  EXPECT_EQ(calls, 2);
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_DOUBLE_EQ(w[0].tr1, 0.5);
+  EXPECT_DOUBLE_EQ(w[0].ir1, 0.25);
+  EXPECT_DOUBLE_EQ(w[1].tr1, 1.0);
+  EXPECT_DOUBLE_EQ(w[1].ir1, 0.25);  // caption 1's column: image 1 at 5 + 60 beats image 0 at 10
 }
 
 // --contrastive-batch global (vlmo/pretrain.h vl_global_step_objective).

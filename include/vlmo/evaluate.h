@@ -35,7 +35,11 @@ Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vec
 
 struct RetrievalEvaluation {
   Recall recall;          // dual encoder
-  Recall reranked;        // top rerank_k re-scored with ITM (when rerank_k > 0)
+  Recall reranked;        // top rerank_k re-scored with ITM (when rerank_k > 0): the official sum
+                          // of the ITM "match" logit and the dual cosine
+  Recall reranked_logits; // the same pairs scored by the ITM logit plus the contrastive logit
+                          // (cosine x exp(logit_scale)), both experts on the scale they trained at
+  double logit_scale = 0; // exp(logit_scale) of the model (when rerank_k > 0)
   int64_t rerank_k = 0;
   int64_t images = 0, captions = 0;
 };

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <vector>
 
 #include "vlmo/error.h"
 
@@ -30,24 +31,37 @@ Recall retrieval_recall(const at::Tensor& scores_in, const std::vector<int64_t>&
   return r;
 }
 
-Recall rerank_recall(const at::Tensor& scores_in, const std::vector<int64_t>& caption_image, int64_t k,
-                     const PairScoreFn& pair_score) {
+std::vector<Recall> rerank_recall(const at::Tensor& scores_in, const std::vector<int64_t>& caption_image, int64_t k,
+                                  const PairScoreFn& pair_score, const std::vector<double>& dual_weights) {
   const at::Tensor scores = scores_in.detach().to(at::kCPU).to(at::kFloat);
   const int64_t ni = scores.size(0), nt = scores.size(1);
-  auto rescore = [&](const at::Tensor& rows, const at::Tensor& cols) {
+  // The pairs of each direction are scored once, then combined with each weight of the dual score.
+  const at::Tensor top_t = std::get<1>(scores.topk(std::min(k, nt), 1));  // (Ni, k) captions per image
+  const at::Tensor t_rows = at::arange(ni, at::kLong).unsqueeze(1).expand_as(top_t).reshape({-1});
+  const at::Tensor t_cols = top_t.reshape({-1});
+  const at::Tensor t_pair = pair_score(t_rows, t_cols).to(at::kCPU).to(at::kFloat).reshape({-1});
+  const at::Tensor top_i = std::get<1>(scores.topk(std::min(k, ni), 0));  // (k, Nt) images per caption
+  const at::Tensor i_cols = at::arange(nt, at::kLong).unsqueeze(0).expand_as(top_i).reshape({-1});
+  const at::Tensor i_rows = top_i.reshape({-1});
+  const at::Tensor i_pair = pair_score(i_rows, i_cols).to(at::kCPU).to(at::kFloat).reshape({-1});
+  auto rescore = [&](const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& pair, double w) {
     at::Tensor out = scores - 1e4;  // everything outside the top k stays below, in dual order
-    out.index_put_({rows, cols}, pair_score(rows, cols).to(at::kFloat).reshape({-1}) + scores.index({rows, cols}));
+    out.index_put_({rows, cols}, pair + w * scores.index({rows, cols}));
     return out;
   };
-  const at::Tensor top_t = std::get<1>(scores.topk(std::min(k, nt), 1));  // (Ni, k) captions per image
-  const at::Tensor rows = at::arange(ni, at::kLong).unsqueeze(1).expand_as(top_t).reshape({-1});
-  const Recall tr = retrieval_recall(rescore(rows, top_t.reshape({-1})), caption_image);
-  const at::Tensor top_i = std::get<1>(scores.topk(std::min(k, ni), 0));  // (k, Nt) images per caption
-  const at::Tensor cols = at::arange(nt, at::kLong).unsqueeze(0).expand_as(top_i).reshape({-1});
-  const Recall ir = retrieval_recall(rescore(top_i.reshape({-1}), cols), caption_image);
-  Recall r = tr;
-  r.ir1 = ir.ir1, r.ir5 = ir.ir5, r.ir10 = ir.ir10;
-  return r;
+  std::vector<Recall> out;
+  for (double w : dual_weights) {
+    Recall r = retrieval_recall(rescore(t_rows, t_cols, t_pair, w), caption_image);
+    const Recall ir = retrieval_recall(rescore(i_rows, i_cols, i_pair, w), caption_image);
+    r.ir1 = ir.ir1, r.ir5 = ir.ir5, r.ir10 = ir.ir10;
+    out.push_back(r);
+  }
+  return out;
+}
+
+Recall rerank_recall(const at::Tensor& scores, const std::vector<int64_t>& caption_image, int64_t k,
+                     const PairScoreFn& pair_score, double dual_weight) {
+  return rerank_recall(scores, caption_image, k, pair_score, std::vector<double>{dual_weight}).front();
 }
 
 Recall chance_recall(int64_t ni, const std::vector<int64_t>& caption_image) {
