@@ -106,6 +106,14 @@ Config demo_config(const DemoRecipe& r) {
   return c;
 }
 
+void init_demo_weights(VLMo& model, const DemoRecipe& r, uint64_t seed) {
+  init_weights(model, seed);
+  if (r.image_pos_init_std != 0.02 && model->transformer->pos_embed.defined()) {
+    torch::NoGradGuard no_grad;
+    model->transformer->pos_embed.normal_(0, r.image_pos_init_std);  // after init_weights' draws: seeded
+  }
+}
+
 namespace {
 // The recipe's fields by name, for apply() and to_json().
 template <typename Recipe, typename F>  // Recipe: DemoRecipe or const DemoRecipe
@@ -113,6 +121,7 @@ void for_each_field(Recipe& r, F&& f) {
   f("embed_dim", r.embed_dim), f("depth", r.depth), f("num_heads", r.num_heads), f("image_size", r.image_size);
   f("vlffn_start", r.vlffn_start), f("layer_scale", r.layer_scale);
   f("absolute_positions", r.absolute_positions), f("background_tint", r.background_tint);
+  f("image_pos_init_std", r.image_pos_init_std);
   f("stage1_steps", r.stage1_steps), f("stage2_steps", r.stage2_steps), f("stage3_steps", r.stage3_steps);
   f("retrieval_steps", r.retrieval_steps), f("vqa_steps", r.vqa_steps), f("nlvr2_steps", r.nlvr2_steps);
   f("stage1_batch", r.stage1_batch), f("stage2_batch", r.stage2_batch), f("stage3_batch", r.stage3_batch);
@@ -199,7 +208,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   };
 
   VLMo model(cfg);
-  init_weights(model, o.seed);
+  init_demo_weights(model, rc, o.seed);
   // Every model of the demo: on the device, with the run-time settings.
   auto place = [&o](VLMo& m) {
     m->to(o.device);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "vlmo/config.h"
+#include "vlmo/model.h"
 #include "vlmo/precision.h"
 
 namespace vlmo {
@@ -25,6 +26,10 @@ struct DemoRecipe {
   std::optional<double> layer_scale;  // null: none (base-plus); 0.1 is base's
   bool absolute_positions = true;     // base-plus: absolute positions, no relative bias
   int background_tint = 4;            // the world's background tint levels per channel (DemoWorld)
+  // Standard deviation of the image's absolute position embeddings at initialisation. The
+  // official trunc_normal(0.02) leaves a patch's place ~1/15 of its token beside its content, and
+  // the demo's captions are about places: "Issue 13, session 13" in NOTES.md.
+  double image_pos_init_std = 3.0;
   // Stage 3: ITM leaves its prior only once ITC ranks the positive first in most batches, and then
   // needs ~2000 more steps: "Issue 13, sessions 10 and 11" in NOTES.md.
   int64_t stage1_steps = 150, stage2_steps = 150, stage3_steps = 3000;
@@ -55,6 +60,10 @@ struct DemoRecipe {
 // The demo's model configuration for a recipe (vocab_size left at BERT's: the demo sets it to its
 // tokenizer's).
 Config demo_config(const DemoRecipe& r);
+
+// The demo model's initial weights: the official initialisation (init_weights), then the image
+// position embeddings drawn with the recipe's image_pos_init_std.
+void init_demo_weights(VLMo& model, const DemoRecipe& r, uint64_t seed);
 
 struct DemoOptions {
   uint64_t seed = 1;
