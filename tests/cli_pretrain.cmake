@@ -218,6 +218,13 @@ string(JSON r10 GET "${LAST_OUT}" recall tr_r10)
 if(NOT r10 EQUAL 1)
   message(FATAL_ERROR "irtr: with 2 test images every caption is within the top 10: ${LAST_OUT}")
 endif()
+# The second re-ranking score weights the cosine by the model's exp(logit_scale) (1/0.07 at init,
+# only moved by 2 fine-tuning steps).
+string(JSON lw GET "${LAST_OUT}" recall_itm_rerank_logits dual_weight)
+string(JSON lr10 GET "${LAST_OUT}" recall_itm_rerank_logits tr_r10)
+if(lw LESS 13 OR lw GREATER 16 OR NOT lr10 EQUAL 1)
+  message(FATAL_ERROR "irtr: recall_itm_rerank_logits should weight the cosine by exp(logit_scale) ~ 14.3: ${LAST_OUT}")
+endif()
 # --with-itm: the retrieval fine-tuning also trains ITM (its metrics log itm_loss).
 expect_ok(finetune_irtr_itm ${VLMO} finetune --task irtr --with-itm --init ${D}/stage3-vl.safetensors --karpathy ${F}/kp.json --images ${F}/kp
           --image-size 64 --steps 2 --batch-size 2 --accumulate 1 --out ${F}/irtr-itm.safetensors --metrics ${F}/irtr-itm.jsonl)
