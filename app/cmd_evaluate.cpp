@@ -50,7 +50,7 @@ int run_evaluate(const Args& a) {
     if (k > 0) {
       out["recall_itm_rerank"] = recall_json(e.reranked), out["recall_itm_rerank"]["k"] = k;
       out["recall_itm_rerank_logits"] = recall_json(e.reranked_logits), out["recall_itm_rerank_logits"]["k"] = k;
-      out["recall_itm_rerank_logits"]["dual_weight"] = e.logit_scale;
+      out["recall_itm_rerank_logits"]["dual_weight"] = e.logits_dual_weight;
     }
   }
   std::cout << out.dump(2) << "\n";

@@ -33,6 +33,7 @@ check_metrics_once() {  # FILE N: steps 1..N each exactly once, every line valid
   /usr/bin/python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1]) if l.strip()]' "$1" 2>/dev/null ||
     fail "$1: a line is not a whole JSON object"
 }
+running() { ps -o stat= -p "$1" 2>/dev/null | grep -qv Z; }  # PID: alive and not a zombie
 no_temporaries() {  # DIR
   local left
   left=$(find "$1" -name '*.tmp.*' | head -3)
@@ -63,13 +64,13 @@ if [[ " $PARTS " == *" kill "* ]]; then
         last=$(logged_steps k.jsonl 2>/dev/null | tail -n 1)
         target=$((${last:-0} + 1 + RANDOM % 8))
         for _ in $(seq 1 1500); do  # at most 30 s
-          ps -o stat= -p $pid 2>/dev/null | grep -qv Z || break  # exited
+          running $pid || break
           [ "$(logged_steps k.jsonl 2>/dev/null | tail -n 1)" -ge $target ] 2>/dev/null && break
           sleep 0.02
         done
         sleep "0.0$((RANDOM % 10))"
       fi
-      if ps -o stat= -p $pid 2>/dev/null | grep -qv Z && kill -9 $pid 2>/dev/null; then kills=$((kills + 1)); fi
+      if running $pid && kill -9 $pid 2>/dev/null; then kills=$((kills + 1)); fi
     fi
     wait $pid 2>/dev/null && done=1
     progress="$progress $(logged_steps k.jsonl 2>/dev/null | tail -n 1)"

@@ -383,10 +383,12 @@ nlohmann::json run_demo(const DemoOptions& o) {
   const ImageLoader scenes = [&world](const std::string& ref) { return world.load(ref); };
   const RetrievalEvaluation zero_shot_eval = evaluate_retrieval(model, tok, test, scenes, /*rerank_k=*/8);
   const Recall zero_shot = zero_shot_eval.recall;
+  const nlohmann::json pretraining_retrieval = {
+      {"test_after_pretraining", recall_json(zero_shot)},
+      {"test_after_pretraining_itm_rerank_top8", recall_json(zero_shot_eval.reranked)},
+      {"test_after_pretraining_itm_rerank_top8_logits", recall_json(zero_shot_eval.reranked_logits)}};
   if (o.pretrain_only) {
-    report["retrieval"] = {{"test_after_pretraining", recall_json(zero_shot)},
-                           {"test_after_pretraining_itm_rerank_top8", recall_json(zero_shot_eval.reranked)},
-                           {"test_after_pretraining_itm_rerank_top8_logits", recall_json(zero_shot_eval.reranked_logits)}};
+    report["retrieval"] = pretraining_retrieval;
     report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     if (writer) write_file_atomic(o.out_dir + "/report.json", report.dump(2) + "\n");
     return report;
@@ -510,14 +512,12 @@ nlohmann::json run_demo(const DemoOptions& o) {
                        {"majority_accuracy", std::max(pos, 1 - pos)}};
   }
 
-  report["retrieval"] = {{"test_after_pretraining", recall_json(zero_shot)},
-                         {"test_after_pretraining_itm_rerank_top8", recall_json(zero_shot_eval.reranked)},
-                         {"test_after_finetuning", recall_json(ft)},
-                         {"val_after_finetuning", recall_json(ft_val)},
-                         {"test_after_finetuning_itm_rerank_top8", recall_json(reranked)},
-                         {"test_after_pretraining_itm_rerank_top8_logits", recall_json(zero_shot_eval.reranked_logits)},
-                         {"test_after_finetuning_itm_rerank_top8_logits", recall_json(test_eval.reranked_logits)},
-                         {"chance", recall_json(chance)}};
+  report["retrieval"] = pretraining_retrieval;
+  report["retrieval"].update({{"test_after_finetuning", recall_json(ft)},
+                              {"val_after_finetuning", recall_json(ft_val)},
+                              {"test_after_finetuning_itm_rerank_top8", recall_json(reranked)},
+                              {"test_after_finetuning_itm_rerank_top8_logits", recall_json(test_eval.reranked_logits)},
+                              {"chance", recall_json(chance)}});
   // The fusion encoder's matching on the test split after pre-training: each caption with its
   // image and with another test image (random, or the dual encoder's most similar one).
   const auto& d3 = report["diagnostics"]["stage3-vl"];

@@ -61,8 +61,9 @@ struct DemoRecipe {
 // tokenizer's).
 Config demo_config(const DemoRecipe& r);
 
-// The demo model's initial weights: the official initialisation (init_weights), then the image
-// position embeddings drawn with the recipe's image_pos_init_std.
+// The demo model's initial weights: the official initialisation (init_weights), then, unless the
+// recipe's image_pos_init_std is the official 0.02 (whose trunc_normal draw stays), the image
+// position embeddings drawn from normal(0, image_pos_init_std).
 void init_demo_weights(VLMo& model, const DemoRecipe& r, uint64_t seed);
 
 struct DemoOptions {

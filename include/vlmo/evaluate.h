@@ -39,7 +39,7 @@ struct RetrievalEvaluation {
                           // of the ITM "match" logit and the dual cosine
   Recall reranked_logits; // the same pairs scored by the ITM logit plus the contrastive logit
                           // (cosine x exp(logit_scale)), both experts on the scale they trained at
-  double logit_scale = 0; // exp(logit_scale) of the model (when rerank_k > 0)
+  double logits_dual_weight = 0; // the cosine's weight in reranked_logits: the model's exp(logit_scale)
   int64_t rerank_k = 0;
   int64_t images = 0, captions = 0;
 };

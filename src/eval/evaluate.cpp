@@ -122,9 +122,9 @@ RetrievalEvaluation evaluate_retrieval(VLMo& model, const Tokenizer& tok, const 
   out.recall = retrieval_recall(scores, owner);
   if (rerank_k > 0) {
     out.rerank_k = rerank_k;
-    out.logit_scale = model->logit_scale.detach().exp().item<double>();
+    out.logits_dual_weight = model->logit_scale.detach().exp().item<double>();
     const std::vector<Recall> r = rerank_recall(scores, owner, rerank_k, itm_pair_scorer(model, at::cat(kept), ids, masks),
-                                                {1.0, out.logit_scale});
+                                                {1.0, out.logits_dual_weight});
     out.reranked = r[0], out.reranked_logits = r[1];
   }
   return out;
