@@ -7,6 +7,7 @@
 #include <random>
 
 #include "test_util.h"
+#include "vlmo/data.h"
 #include "vlmo/masking.h"
 #include "vlmo/tokenizer.h"
 
@@ -215,6 +216,21 @@ TEST(Masking, BudgetRoundsHalfToEvenOverThePaddedLength) {
     int masked = 0;
     for (int64_t l : m.labels) masked += l != -100;
     ASSERT_EQ(masked, 4);
+  }
+}
+
+TEST(Masking, CollateMasksAtItsMlmProbability) {
+  // 38 one-piece words fill the 40 positions: the whole-word budget is round(prob x 40) of them,
+  // 6 at the official 0.15 and 20 at 0.5, in every sample of the batch.
+  const Tokenizer& t = bert();
+  const std::string caption = "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l";
+  CollateOptions co;
+  co.max_text_len = 40;
+  for (const auto& [prob, expected] : std::vector<std::pair<double, int>>{{0.15, 6}, {0.5, 20}}) {
+    co.mlm_prob = prob;
+    const Batch b = collate({{Image{}, caption}, {Image{}, caption}, {Image{}, caption}}, t, co, 3);
+    const at::Tensor per_row = b.text_labels_mlm.ne(-100).sum(1);
+    for (int64_t i = 0; i < per_row.size(0); ++i) EXPECT_EQ(per_row[i].item<int64_t>(), expected) << "prob " << prob;
   }
 }
 

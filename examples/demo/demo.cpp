@@ -129,7 +129,7 @@ void for_each_field(Recipe& r, F&& f) {
   f("stage1_lr", r.stage1_lr), f("stage2_lr", r.stage2_lr), f("stage3_lr", r.stage3_lr);
   f("retrieval_lr", r.retrieval_lr), f("vqa_lr", r.vqa_lr), f("nlvr2_lr", r.nlvr2_lr);
   f("vqa_head_lr_mult", r.vqa_head_lr_mult), f("nlvr2_head_lr_mult", r.nlvr2_head_lr_mult);
-  f("stage3_itm_head_lr_mult", r.stage3_itm_head_lr_mult);
+  f("stage3_itm_head_lr_mult", r.stage3_itm_head_lr_mult), f("stage3_mlm_prob", r.stage3_mlm_prob);
   f("stage3_group", r.stage3_group), f("stage3_group_distance", r.stage3_group_distance);
   f("stage3_group_from", r.stage3_group_from), f("retrieval_itm", r.retrieval_itm);
   f("retrieval_group", r.retrieval_group);
@@ -286,6 +286,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
     co.max_text_len = cfg.max_text_len;
     co.patch_mask = patch_mask;
     co.patch_size = cfg.patch_size;
+    if (name == "stage3-vl") co.mlm_prob = rc.stage3_mlm_prob;
     const uint64_t stage_seed = mix_seed(o.seed, std::hash<std::string>()(name) + 1);
     const int64_t rank_batch = per_rank(batch);
     auto scene_at = [order, grouping, batch, stage_seed](int64_t g) -> size_t {

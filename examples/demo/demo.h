@@ -39,6 +39,7 @@ struct DemoRecipe {
   double stage1_lr = 1e-3, stage2_lr = 1e-3, stage3_lr = 1e-3, retrieval_lr = 1e-3, vqa_lr = 1e-3, nlvr2_lr = 3e-4;
   double vqa_head_lr_mult = 20, nlvr2_head_lr_mult = 1;  // the classifier heads' lr multipliers (official: 20, 1)
   double stage3_itm_head_lr_mult = 1;  // stage 3: lr multiplier of itm_score.* and pooler.* (official: 1)
+  double stage3_mlm_prob = 0.15;       // stage 3: MLM masking probability (official mlm_prob: 0.15)
   // Stage-3 batch composition: from step stage3_group_from x steps on, a batch is groups of
   // stage3_group scenes, each a scene of the epoch order and stage3_group - 1 of its
   // near-duplicates (scene_distance 1..stage3_group_distance): the in-batch negatives are then as
