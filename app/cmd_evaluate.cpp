@@ -1,6 +1,7 @@
 // vlmo evaluate: the official metric of a fine-tuned model on a split (vlmo/evaluate.h), printed
 // as JSON; for VQA also the EvalAI submission file.
 #include <iostream>
+#include <optional>
 
 #include "common.h"
 #include "vlmo/downstream_data.h"
@@ -43,7 +44,16 @@ int run_evaluate(const Args& a) {
       if (k.split == a.get("split")) images.push_back(std::move(k));
     if (images.empty()) throw Error(cat(a.get("karpathy"), ": no image in split \"", a.get("split"), "\""));
     const int64_t k = a.get_int64("rerank");
-    const RetrievalEvaluation e = evaluate_retrieval(m.model, tok, images, file_image_loader(), k, batch);
+    std::optional<VLMo> reranker;
+    if (!a.get("rerank-model").empty()) {
+      if (k <= 0) throw Error("--rerank-model needs --rerank K (K > 0): the number of candidates it re-scores");
+      const LoadedModel r = load_model_from(a, "rerank-model");
+      if (const auto it = r.metadata.find(kVocabMetadataKey); it != r.metadata.end() && it->second != tok.vocab_text())
+        throw Error(cat(a.get("rerank-model"), ": records another vocabulary than the one ", a.get("model"),
+                        " is read with (", tok.source(), "): both models must share one tokenizer"));
+      reranker = r.model;
+    }
+    const RetrievalEvaluation e = evaluate_retrieval(m.model, tok, images, file_image_loader(), k, batch, reranker);
     out["images"] = e.images;
     out["captions"] = e.captions;
     out["recall"] = recall_json(e.recall);
@@ -51,6 +61,8 @@ int run_evaluate(const Args& a) {
       out["recall_itm_rerank"] = recall_json(e.reranked), out["recall_itm_rerank"]["k"] = k;
       out["recall_itm_rerank_logits"] = recall_json(e.reranked_logits), out["recall_itm_rerank_logits"]["k"] = k;
       out["recall_itm_rerank_logits"]["dual_weight"] = e.logits_dual_weight;
+      if (reranker)
+        for (const char* key : {"recall_itm_rerank", "recall_itm_rerank_logits"}) out[key]["rerank_model"] = a.get("rerank-model");
     }
   }
   std::cout << out.dump(2) << "\n";
@@ -73,6 +85,7 @@ Command evaluate_command() {
            {"split", "test", "nlvr2: dev or test1; irtr: Karpathy split (test, val)"},
            {"karpathy", "", "irtr: Karpathy JSON"},
            integer_option("rerank", "0", "irtr: re-rank the dual encoder's top K with the ITM head (0: off)", 0, 1000000),
+           {"rerank-model", "", "irtr: with --rerank, score the pairs with this checkpoint's fusion encoder and ITM head instead of --model's (e.g. the pre-trained model after an ITC-only fine-tuning); same tokenizer, image size and text length"},
            {"images", ".", "image folder / root"},
            integer_option("batch-size", "32", "samples per forward pass", 1, 1048576)})
     c.options.push_back(o);

@@ -68,8 +68,9 @@ c10::Device training_device(const Args& a) {
 
 Option vocab_option() { return {"vocab", "", "vocab.txt (default: the vocabulary the checkpoint records, else the BERT uncased one of the set-up)"}; }
 
-LoadedModel load_model_from(const Args& a) {
-  if (a.get("model").empty()) throw Error("--model is required (a checkpoint)");
+LoadedModel load_model_from(const Args& a, const std::string& path_option) {
+  const std::string path = a.get(path_option);
+  if (path.empty()) throw Error(cat("--", path_option, " is required (a checkpoint)"));
   ModelSpec spec;
   spec.config_path = a.get("config");
   spec.preset = a.get("preset");
@@ -82,7 +83,7 @@ LoadedModel load_model_from(const Args& a) {
   };
   const c10::Device device = parse_device(option_or("device", "cpu"));  // a bad name fails before the file is read
   parse_precision(option_or("precision", "fp32"));  // likewise a bad --precision
-  LoadedModel m = load_model(a.get("model"), spec);
+  LoadedModel m = load_model(path, spec);
   const bool int8 = a.declared.count("quantize") && quantize_int8_option(a);
   m.model->to(device);
   apply_runtime_options(a, m.model);
@@ -91,7 +92,7 @@ LoadedModel load_model_from(const Args& a) {
     quantize_int8(m.model);
   }
   if (!m.report.unexpected.empty()) {
-    std::cerr << "note: " << a.get("model") << ": " << m.report.unexpected.size()
+    std::cerr << "note: " << path << ": " << m.report.unexpected.size()
               << " tensors the model does not use were ignored:";
     for (size_t i = 0; i < std::min<size_t>(5, m.report.unexpected.size()); ++i) std::cerr << " " << m.report.unexpected[i];
     std::cerr << (m.report.unexpected.size() > 5 ? " ...\n" : "\n");

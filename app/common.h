@@ -34,8 +34,9 @@ void apply_runtime_options(const Args& a, VLMo& model);
 c10::Device training_device(const Args& a);
 // --quantize: true for int8, false for none; anything else is an error naming the option.
 bool quantize_int8_option(const Args& a);
-// The model those options name; unexpected tensors of the file are listed on stderr.
-LoadedModel load_model_from(const Args& a);
+// The model those options name (the file of option `path_option`: --model unless another, as
+// evaluate's --rerank-model); unexpected tensors of the file are listed on stderr.
+LoadedModel load_model_from(const Args& a, const std::string& path_option = "model");
 // The tokenizer: --vocab, else the vocabulary a checkpoint records in its metadata ("vocab", as
 // the demo's models do), else BERT uncased; with a config, its size must match vocab_size.
 Tokenizer tokenizer_from(const Args& a, const Config* cfg = nullptr,

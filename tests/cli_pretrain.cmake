@@ -120,6 +120,25 @@ foreach(k tr_r1 tr_r5 ir_r1 ir_r5)
     message(FATAL_ERROR "vlmo evaluate on the demo's gallery/test.json: ${k} ${got}, the demo's report says ${want}")
   endif()
 endforeach()
+# --rerank-model: the fine-tuned dual encoder's top 8 re-scored by the pre-trained (stage-3) fusion
+# encoder, as the report's test_after_finetuning_pretrained_itm_rerank_top8(_logits).
+expect_ok(evaluate_demo_rerank ${VLMO} evaluate --task irtr --model ${D}/finetune-retrieval.safetensors --karpathy ${D}/gallery/test.json
+          --images ${D}/gallery --split test --precision ${precision} --batch-size 64 --rerank 8 --rerank-model ${D}/stage3-vl.safetensors)
+foreach(pair "recall_itm_rerank;test_after_finetuning_pretrained_itm_rerank_top8"
+             "recall_itm_rerank_logits;test_after_finetuning_pretrained_itm_rerank_top8_logits")
+  list(GET pair 0 out_key)
+  list(GET pair 1 report_key)
+  foreach(k tr_r1 tr_r5 ir_r1 ir_r5)
+    string(JSON got GET "${LAST_OUT}" ${out_key} ${k})
+    string(JSON want GET "${report}" retrieval ${report_key} ${k})
+    if(NOT got EQUAL want)
+      message(FATAL_ERROR "vlmo evaluate --rerank-model on the demo's test split: ${out_key} ${k} ${got}, the report's ${report_key} says ${want}")
+    endif()
+  endforeach()
+endforeach()
+expect_error(evaluate_rerank_model_alone "--rerank-model needs --rerank" ${VLMO} evaluate --task irtr
+             --model ${D}/finetune-retrieval.safetensors --karpathy ${D}/gallery/test.json --images ${D}/gallery
+             --rerank-model ${D}/stage3-vl.safetensors)
 expect_ok(vqa ${VLMO} vqa --model ${D}/finetune-vqa.safetensors --image ${IMG}/chelsea.png --question "what color is the shape on the left?" --json)
 string(JSON n LENGTH "${LAST_OUT}" answers)
 string(JSON p GET "${LAST_OUT}" answers 0 probability)

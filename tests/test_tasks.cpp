@@ -302,6 +302,57 @@ TEST(Evaluate, Nlvr2AndRetrievalMatchTheirForwards) {
   EXPECT_DOUBLE_EQ(r.reranked.ir10, 1.0);  // 3 images: every caption's image is in its top 10
 }
 
+TEST(Evaluate, RetrievalReRanksWithAnotherModelsItm) {
+  // The dual scores come from `m`, the ITM pair scores from `other` (another init): the result is
+  // rerank_recall over m's scores with other's scorer, and differs from m's own re-ranking.
+  VLMo m = tiny_model(), other(tiny_config());
+  init_weights(other, 11);
+  {
+    at::NoGradGuard g;  // a loud ITM head that ranks against m's, so that the re-rankings differ
+    for (auto& p : other->named_parameters())
+      if (p.key().rfind("itm_score.", 0) == 0) p.value().mul_(-1000);
+  }
+  m->eval(), other->eval();
+  std::vector<KarpathyImage> images;
+  std::vector<std::string> captions;
+  std::vector<int64_t> owner;
+  const std::vector<std::string> words = {"a red one", "a blue one", "the cat", "two dogs", "a man", "the sea", "a car", "one tree"};
+  for (int k = 0; k < 8; ++k) {
+    images.push_back({ref(k), "test", {words[k], words[(k + 3) % 8] + " again"}});
+    for (const auto& c : images.back().captions) captions.push_back(c), owner.push_back(k);
+  }
+  const RetrievalEvaluation own = evaluate_retrieval(m, bert(), images, load_coloured, /*rerank_k=*/4, /*batch=*/3);
+  const RetrievalEvaluation r = evaluate_retrieval(m, bert(), images, load_coloured, /*rerank_k=*/4, /*batch=*/3, other);
+  std::vector<at::Tensor> pix;
+  for (int k = 0; k < 8; ++k) pix.push_back(eval_transform(coloured(k), 32));
+  at::NoGradGuard g;
+  const at::Tensor px = at::stack(pix);
+  const auto [ids, masks] = encode_batch(bert(), captions, 8);
+  const at::Tensor scores = at::matmul(encode_images(m, px), encode_texts(m, ids, masks).t());
+  const double w = m->logit_scale.exp().item<double>();
+  const std::vector<Recall> want = rerank_recall(scores, owner, 4, itm_pair_scorer(other, px, ids, masks), {1.0, w});
+  const std::vector<Recall> mine = rerank_recall(scores, owner, 4, itm_pair_scorer(m, px, ids, masks), {1.0, w});
+  EXPECT_DOUBLE_EQ(r.recall.tr1, own.recall.tr1);  // the dual encoder is m's either way
+  EXPECT_DOUBLE_EQ(r.reranked.tr1, want[0].tr1);
+  EXPECT_DOUBLE_EQ(r.reranked.ir1, want[0].ir1);
+  EXPECT_DOUBLE_EQ(r.reranked.ir5, want[0].ir5);
+  EXPECT_DOUBLE_EQ(r.reranked_logits.tr1, want[1].tr1);
+  EXPECT_DOUBLE_EQ(r.reranked_logits.ir1, want[1].ir1);
+  EXPECT_DOUBLE_EQ(r.logits_dual_weight, w);
+  EXPECT_DOUBLE_EQ(own.reranked.ir1, mine[0].ir1);
+  // On these models the two re-rankings differ, so the checks above tell the scorers apart.
+  auto key = [](const Recall& x) { return std::vector<double>{x.tr1, x.tr5, x.ir1, x.ir5}; };
+  EXPECT_NE(key(want[0]), key(mine[0]));
+  // The two scorers disagree somewhere on these pairs (else the check above could not tell them apart).
+  const at::Tensor pairs_i = at::arange(8, at::kLong).repeat_interleave(2), pairs_t = at::arange(16, at::kLong);
+  EXPECT_FALSE(at::allclose(itm_pair_scorer(other, px, ids, masks)(pairs_i, pairs_t), itm_pair_scorer(m, px, ids, masks)(pairs_i, pairs_t)));
+  // A re-ranker at another image size is refused, naming both.
+  Config big = tiny_config();
+  big.image_size = 48;
+  expect_error([&] { evaluate_retrieval(m, bert(), images, load_coloured, 4, 3, tiny_model(big)); },
+               {"re-ranking model runs at image size 48", "retrieval model at 32"});
+}
+
 TEST(ModelFiles, HeadsFollowTheWeights) {
   const std::string dir = test::temp_dir();
   Config c = tiny_config();

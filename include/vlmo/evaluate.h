@@ -3,6 +3,7 @@
 // retrieval recall of the dual encoder with optional ITM re-ranking. Each runs the model in eval
 // mode without autograd, in batches, and restores the model's training mode afterwards.
 #pragma once
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -45,8 +46,12 @@ struct RetrievalEvaluation {
 };
 // Every caption of `images` is a text query and every image an image query (the official
 // semantics). With rerank_k > 0 the model needs an ITM head (kept images: all in memory).
+// `rerank_model`: another model's fusion encoder scores the pairs instead of `model`'s (for
+// example the pre-trained model after an ITC-only fine-tuning, whose ITM head no longer fits);
+// it must share the tokenizer, the image size and the text length; the logits re-ranking still
+// weights the cosine by `model`'s exp(logit_scale).
 RetrievalEvaluation evaluate_retrieval(VLMo& model, const Tokenizer& tok, const std::vector<KarpathyImage>& images,
                                        const ImageLoader& load = file_image_loader(), int64_t rerank_k = 0,
-                                       int64_t batch = 64);
+                                       int64_t batch = 64, std::optional<VLMo> rerank_model = std::nullopt);
 
 }  // namespace vlmo

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/image_tensor.h"
@@ -90,12 +92,23 @@ Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vec
 }
 
 RetrievalEvaluation evaluate_retrieval(VLMo& model, const Tokenizer& tok, const std::vector<KarpathyImage>& images,
-                                       const ImageLoader& load, int64_t rerank_k, int64_t batch) {
+                                       const ImageLoader& load, int64_t rerank_k, int64_t batch,
+                                       std::optional<VLMo> rerank_model) {
   check_batch(batch);
   require_head(model, "itc");
-  if (rerank_k > 0) require_head(model, "itm");
+  VLMo scorer_model = rerank_model ? *rerank_model : model;
+  if (rerank_k > 0) require_head(scorer_model, "itm");
+  if (rerank_model) {
+    const Config &a = model->config(), &b = scorer_model->config();
+    if (a.image_size != b.image_size || a.max_text_len != b.max_text_len || a.vocab_size != b.vocab_size)
+      throw Error(cat("evaluate_retrieval: the re-ranking model runs at image size ", b.image_size, ", text length ",
+                      b.max_text_len, ", vocabulary ", b.vocab_size, "; the retrieval model at ", a.image_size, ", ",
+                      a.max_text_len, ", ", a.vocab_size, " (they must agree)"));
+  }
   if (images.empty()) throw Error("evaluate_retrieval: no images");
   EvalScope scope(model);
+  std::optional<EvalScope> scorer_scope;
+  if (rerank_model) scorer_scope.emplace(scorer_model);
   const int size = model->config().image_size;
   std::vector<at::Tensor> feats, kept, pix;
   std::vector<std::string> captions;
@@ -123,7 +136,7 @@ RetrievalEvaluation evaluate_retrieval(VLMo& model, const Tokenizer& tok, const 
   if (rerank_k > 0) {
     out.rerank_k = rerank_k;
     out.logits_dual_weight = model->logit_scale.detach().exp().item<double>();
-    const std::vector<Recall> r = rerank_recall(scores, owner, rerank_k, itm_pair_scorer(model, at::cat(kept), ids, masks),
+    const std::vector<Recall> r = rerank_recall(scores, owner, rerank_k, itm_pair_scorer(scorer_model, at::cat(kept), ids, masks),
                                                 {1.0, out.logits_dual_weight});
     out.reranked = r[0], out.reranked_logits = r[1];
   }
