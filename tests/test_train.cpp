@@ -272,6 +272,35 @@ TEST(Data, WorldSplitsAreDisjointAndCaptionsDescribeTheScene) {
   }
 }
 
+TEST(Data, WorldShapeCountFollowsMaxShapes) {
+  // The demo's world: 1 or 2 shapes, count answers "1" and "2". With max_shapes 3 (experiments):
+  // every count 1..3 occurs, at distinct places, the count question answers with one of the
+  // answers, and a caption names every shape.
+  const DemoWorld two(9, 300, 10, 10, 32), three(9, 300, 10, 10, 32, 4, 3);
+  std::set<size_t> counts2, counts3;
+  for (const auto& s : two.split("train")) counts2.insert(s.shapes.size());
+  EXPECT_EQ(counts2, (std::set<size_t>{1, 2}));
+  const std::vector<std::string> answers3 = three.answers();
+  EXPECT_EQ(two.answers().size() + 1, answers3.size());
+  for (size_t i = 0; i < three.split("train").size(); ++i) {
+    const Scene& s = three.split("train")[i];
+    counts3.insert(s.shapes.size());
+    std::set<int> places;
+    for (const auto& sh : s.shapes) places.insert(sh.place);
+    EXPECT_EQ(places.size(), s.shapes.size());
+    for (uint64_t v = 0; v < 8; ++v) {
+      const std::string a = three.question(s, mix_seed(i, v)).second;
+      EXPECT_NE(std::find(answers3.begin(), answers3.end(), a), answers3.end()) << a;
+    }
+    if (s.shapes.size() == 3) {
+      const std::string c = three.caption(s, 0);
+      for (const auto& sh : s.shapes) EXPECT_NE(c.find(DemoWorld::kind_names()[sh.kind]), std::string::npos) << c;
+    }
+  }
+  EXPECT_EQ(counts3, (std::set<size_t>{1, 2, 3}));
+  expect_error([] { DemoWorld(9, 10, 1, 1, 32, 4, 6); }, {"max_shapes 6", "1..5"});
+}
+
 // What the demo's contrastive stage needs from its world (issue 13, NOTES.md): an untrained image
 // [CLS] is close to a mean over patches, so it must not be dominated by a per-image nuisance (the
 // background tint), and a place named in a caption must be a patch position the model can attend to.

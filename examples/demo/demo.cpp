@@ -100,7 +100,7 @@ Config demo_config(const DemoRecipe& r) {
   c.layer_scale_init_values = r.layer_scale;
   c.use_abs_pos_emb = r.absolute_positions;
   c.need_relative_position_embed = !r.absolute_positions;
-  c.max_text_len = 24;
+  c.max_text_len = r.max_text_len;
   c.drop_path_rate = 0.0;
   c.heads = {"mlm", "itm", "itc", "mim"};
   return c;
@@ -121,6 +121,7 @@ void for_each_field(Recipe& r, F&& f) {
   f("embed_dim", r.embed_dim), f("depth", r.depth), f("num_heads", r.num_heads), f("image_size", r.image_size);
   f("vlffn_start", r.vlffn_start), f("layer_scale", r.layer_scale);
   f("absolute_positions", r.absolute_positions), f("background_tint", r.background_tint);
+  f("max_shapes", r.max_shapes), f("max_text_len", r.max_text_len);
   f("image_pos_init_std", r.image_pos_init_std);
   f("stage1_steps", r.stage1_steps), f("stage2_steps", r.stage2_steps), f("stage3_steps", r.stage3_steps);
   f("retrieval_steps", r.retrieval_steps), f("vqa_steps", r.vqa_steps), f("nlvr2_steps", r.nlvr2_steps);
@@ -190,7 +191,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   Config cfg_with_vocab = demo_config(rc);
   cfg_with_vocab.vocab_size = static_cast<int>(tok.vocab_size());
   const Config cfg = cfg_with_vocab;
-  const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size, rc.background_tint);
+  const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size, rc.background_tint, static_cast<int>(rc.max_shapes));
   const std::vector<KarpathyImage> test = retrieval_split(world, "test", 2), val = retrieval_split(world, "val", 2);
   const auto& train_scenes = world.split("train");
   auto steps = [&](int64_t n) { return std::max<int64_t>(2, static_cast<int64_t>(n * o.step_scale)); };
@@ -414,7 +415,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   if (writer) write_gallery(model, world, test, o.out_dir);
 
   // ---- VQA: a 13-way answer classifier on the fusion encoder, from the stage-3 weights.
-  const std::vector<std::string> answers = DemoWorld::answers();
+  const std::vector<std::string> answers = world.answers();
   Config vcfg = cfg;
   vcfg.heads = {"vqa"};
   vcfg.vqav2_label_size = static_cast<int>(answers.size());

@@ -26,6 +26,8 @@ struct DemoRecipe {
   std::optional<double> layer_scale;  // null: none (base-plus); 0.1 is base's
   bool absolute_positions = true;     // base-plus: absolute positions, no relative bias
   int background_tint = 4;            // the world's background tint levels per channel (DemoWorld)
+  int max_shapes = 2;                 // the world's shapes per scene: 1..max_shapes (experiments: 3+ needs max_text_len ~40)
+  int max_text_len = 24;              // the model's text length (a two-shape caption fits in 24 tokens)
   // Standard deviation of the image's absolute position embeddings at initialisation. The
   // official trunc_normal(0.02) leaves a patch's place ~1/15 of its token beside its content, and
   // the demo's captions are about places: "Issue 13, session 13" in NOTES.md.

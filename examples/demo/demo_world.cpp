@@ -23,9 +23,9 @@ std::string where(int place, int style) {
   return style ? kSide[place] : kOn[place];
 }
 
-Scene random_scene(std::mt19937_64& rng) {
+Scene random_scene(std::mt19937_64& rng, int max_shapes) {
   Scene s;
-  const int n = 1 + static_cast<int>(rng() % 2);
+  const int n = 1 + static_cast<int>(rng() % static_cast<uint64_t>(max_shapes));
   std::vector<int> places = {0, 1, 2, 3, 4};
   std::shuffle(places.begin(), places.end(), rng);
   for (int i = 0; i < n; ++i)
@@ -57,8 +57,9 @@ std::string Scene::signature() const {
   return s;
 }
 
-DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range)
-    : image_size_(image_size), tint_range_(tint_range) {
+DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range, int max_shapes)
+    : image_size_(image_size), tint_range_(tint_range), max_shapes_(max_shapes) {
+  if (max_shapes < 1 || max_shapes > 5) throw Error(cat("demo world: max_shapes ", max_shapes, " is outside 1..5 (a scene has 5 places)"));
   if (image_size < 32) throw Error(cat("demo world: image size ", image_size, " is too small (>= 32)"));
   if (tint_range < 1 || tint_range > 100) throw Error(cat("demo world: background tint range ", tint_range, " is outside 1..100"));
   std::mt19937_64 rng(seed);
@@ -68,7 +69,7 @@ DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int imag
     int guard = 0;
     while (static_cast<int>(out.size()) < n) {
       if (++guard > 200 * n + 1000) throw Error("demo world: could not draw enough distinct scenes");
-      Scene s = random_scene(rng);
+      Scene s = random_scene(rng, max_shapes);
       const std::string sig = s.signature();
       if (used.count(sig)) continue;
       if (unique) used.insert(sig);
@@ -143,10 +144,11 @@ std::string DemoWorld::caption(const Scene& s, int variant) const {
   return out + (v % 2 ? "." : "");
 }
 
-std::vector<std::string> DemoWorld::answers() {
+std::vector<std::string> DemoWorld::answers() const {
   std::vector<std::string> a = colour_names();
   for (const auto& k : kind_names()) a.push_back(k);
-  for (const char* x : {"1", "2", "yes", "no"}) a.push_back(x);
+  for (int n = 1; n <= max_shapes_; ++n) a.push_back(std::to_string(n));
+  a.push_back("yes"), a.push_back("no");
   return a;
 }
 

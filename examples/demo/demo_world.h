@@ -20,7 +20,7 @@ struct Shape {
 };
 
 struct Scene {
-  std::vector<Shape> shapes;  // 1 or 2, at different places
+  std::vector<Shape> shapes;  // 1 .. max_shapes (the demo: 2), at different places
   uint64_t style_seed = 0;    // background tint, jitter and noise of the rendering
   std::string signature() const;
 };
@@ -31,7 +31,8 @@ class DemoWorld {
   // centred on it. Background is most of an image, so the range sets how much of an untrained
   // image feature is nuisance (issue 13 in NOTES.md: at 50 levels stage 3's contrastive loss sits
   // at ln(batch) for ~200 steps; at 4 it leaves within ~30).
-  DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range = 4);
+  // max_shapes: a scene holds 1..max_shapes shapes at distinct places (the demo: 2).
+  DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range = 4, int max_shapes = 2);
 
   const std::vector<Scene>& split(const std::string& name) const;  // "train", "val", "test"
   Image render(const Scene& s) const;
@@ -42,8 +43,8 @@ class DemoWorld {
 
   // VQA-style question about a scene, with its single correct answer (variant picks the kind).
   std::pair<std::string, std::string> question(const Scene& s, uint64_t variant) const;
-  // The answer vocabulary of the questions (colours, kinds, "1", "2", "yes", "no").
-  static std::vector<std::string> answers();
+  // The answer vocabulary of the questions (colours, kinds, the counts "1" .. max_shapes, "yes", "no").
+  std::vector<std::string> answers() const;
   // NLVR2-style statement over a pair of scenes, with its truth value (variant picks it).
   std::pair<std::string, bool> statement(const Scene& left, const Scene& right, uint64_t variant) const;
 
@@ -58,7 +59,7 @@ class DemoWorld {
 
  private:
   std::pair<std::string, bool> any_statement(const Scene& left, const Scene& right, uint64_t variant) const;
-  int image_size_, tint_range_;
+  int image_size_, tint_range_, max_shapes_;
   std::vector<Scene> train_, val_, test_;
 };
 
