@@ -340,10 +340,10 @@ TEST(Evaluate, RetrievalReRanksWithAnotherModelsItm) {
   EXPECT_DOUBLE_EQ(r.reranked_logits.ir1, want[1].ir1);
   EXPECT_DOUBLE_EQ(r.logits_dual_weight, w);
   EXPECT_DOUBLE_EQ(own.reranked.ir1, mine[0].ir1);
-  // On these models the two re-rankings differ, so the checks above tell the scorers apart.
+  // On these models the two scorers, and so the two re-rankings, differ: the checks above tell
+  // the scorers apart.
   auto key = [](const Recall& x) { return std::vector<double>{x.tr1, x.tr5, x.ir1, x.ir5}; };
   EXPECT_NE(key(want[0]), key(mine[0]));
-  // The two scorers disagree somewhere on these pairs (else the check above could not tell them apart).
   const at::Tensor pairs_i = at::arange(8, at::kLong).repeat_interleave(2), pairs_t = at::arange(16, at::kLong);
   EXPECT_FALSE(at::allclose(itm_pair_scorer(other, px, ids, masks)(pairs_i, pairs_t), itm_pair_scorer(m, px, ids, masks)(pairs_i, pairs_t)));
   // A re-ranker at another image size is refused, naming both.

@@ -359,6 +359,12 @@ TEST(Data, SceneDistanceCountsWhatCaptionsTellApart) {
   const Scene one{{red_circle_left}, 4};
   EXPECT_EQ(scene_distance(a, one), 9);
   EXPECT_EQ(scene_distance(one, Scene{{Shape{0, 0, false, 0}}, 5}), 0);
+  // Three shapes (max_shapes 3): the best of the 6 pairings. The shapes moved round one place each
+  // differ in 3 places; paired in place order they would differ in 3 kinds and 3 colours (6).
+  const Scene tri{{Shape{0, 0, true, 0}, Shape{1, 2, false, 1}, Shape{2, 4, true, 2}}, 6};
+  const Scene moved{{Shape{2, 4, true, 0}, Shape{0, 0, true, 1}, Shape{1, 2, false, 2}}, 7};
+  EXPECT_EQ(scene_distance(tri, moved), 3);
+  EXPECT_EQ(scene_distance(moved, tri), 3);
 
   const DemoWorld w(5, 400, 2, 2, 48);
   const auto& sc = w.split("train");

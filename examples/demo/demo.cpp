@@ -191,7 +191,7 @@ nlohmann::json run_demo(const DemoOptions& o) {
   Config cfg_with_vocab = demo_config(rc);
   cfg_with_vocab.vocab_size = static_cast<int>(tok.vocab_size());
   const Config cfg = cfg_with_vocab;
-  const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size, rc.background_tint, static_cast<int>(rc.max_shapes));
+  const DemoWorld world(o.seed, 6000, 100, 100, cfg.image_size, rc.background_tint, rc.max_shapes);
   const std::vector<KarpathyImage> test = retrieval_split(world, "test", 2), val = retrieval_split(world, "val", 2);
   const auto& train_scenes = world.split("train");
   auto steps = [&](int64_t n) { return std::max<int64_t>(2, static_cast<int64_t>(n * o.step_scale)); };

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <numeric>
 #include <set>
 
 #include "vlmo/data.h"
@@ -220,13 +222,16 @@ int scene_distance(const Scene& a, const Scene& b) {
   auto diff = [](const Shape& x, const Shape& y) {
     return static_cast<int>(x.kind != y.kind) + static_cast<int>(x.colour != y.colour) + static_cast<int>(x.place != y.place);
   };
-  if (a.shapes.size() != 2) {  // the world draws 1 or 2 shapes; any other count pairs them in place order
+  // The best pairing: every order of b's shapes against a's (at most 5! = 120; the demo's 2: 2).
+  std::vector<size_t> order(b.shapes.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  int best = std::numeric_limits<int>::max();
+  do {
     int d = 0;
-    for (size_t i = 0; i < a.shapes.size(); ++i) d += diff(a.shapes[i], b.shapes[i]);
-    return d;
-  }
-  return std::min(diff(a.shapes[0], b.shapes[0]) + diff(a.shapes[1], b.shapes[1]),
-                  diff(a.shapes[0], b.shapes[1]) + diff(a.shapes[1], b.shapes[0]));
+    for (size_t i = 0; i < order.size(); ++i) d += diff(a.shapes[i], b.shapes[order[i]]);
+    best = std::min(best, d);
+  } while (std::next_permutation(order.begin(), order.end()));
+  return best;
 }
 
 std::vector<std::vector<uint32_t>> scene_neighbours(const std::vector<Scene>& scenes, int max_distance) {

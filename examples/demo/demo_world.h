@@ -64,9 +64,10 @@ class DemoWorld {
 };
 
 // How far apart two scenes are for a reader of their captions: scenes with different shape counts
-// are 9 apart; otherwise the number of differing kinds, colours and places over the best pairing
-// of their shapes (0..6). Sizes are not counted: a third of the caption phrasings leave the size
-// out, so scenes that differ only in size are false negatives for those captions.
+// are 9 apart (beyond any grouping distance used); otherwise the number of differing kinds,
+// colours and places over the best pairing of their shapes (0..3 per shape). Sizes are not
+// counted: a third of the caption phrasings leave the size out, so scenes that differ only in size
+// are false negatives for those captions.
 int scene_distance(const Scene& a, const Scene& b);
 
 // For every scene, the indices of the others within distance 1..max_distance (scene_distance):
