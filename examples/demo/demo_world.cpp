@@ -25,9 +25,9 @@ std::string where(int place, int style) {
   return style ? kSide[place] : kOn[place];
 }
 
-Scene random_scene(std::mt19937_64& rng, int max_shapes) {
+Scene random_scene(std::mt19937_64& rng, int min_shapes, int max_shapes) {
   Scene s;
-  const int n = 1 + static_cast<int>(rng() % static_cast<uint64_t>(max_shapes));
+  const int n = min_shapes + static_cast<int>(rng() % static_cast<uint64_t>(max_shapes - min_shapes + 1));
   std::vector<int> places = {0, 1, 2, 3, 4};
   std::shuffle(places.begin(), places.end(), rng);
   for (int i = 0; i < n; ++i)
@@ -59,9 +59,12 @@ std::string Scene::signature() const {
   return s;
 }
 
-DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range, int max_shapes)
-    : image_size_(image_size), tint_range_(tint_range), max_shapes_(max_shapes) {
+DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range, int max_shapes,
+                     int caption_shapes, int min_shapes)
+    : image_size_(image_size), tint_range_(tint_range), max_shapes_(max_shapes), caption_shapes_(caption_shapes), min_shapes_(min_shapes) {
   if (max_shapes < 1 || max_shapes > 5) throw Error(cat("demo world: max_shapes ", max_shapes, " is outside 1..5 (a scene has 5 places)"));
+  if (min_shapes < 1 || min_shapes > max_shapes) throw Error(cat("demo world: min_shapes ", min_shapes, " is outside 1..max_shapes (", max_shapes, ")"));
+  if (caption_shapes < 0 || caption_shapes > 5) throw Error(cat("demo world: caption_shapes ", caption_shapes, " is outside 0..5 (0: every shape)"));
   if (image_size < 32) throw Error(cat("demo world: image size ", image_size, " is too small (>= 32)"));
   if (tint_range < 1 || tint_range > 100) throw Error(cat("demo world: background tint range ", tint_range, " is outside 1..100"));
   std::mt19937_64 rng(seed);
@@ -71,7 +74,7 @@ DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int imag
     int guard = 0;
     while (static_cast<int>(out.size()) < n) {
       if (++guard > 200 * n + 1000) throw Error("demo world: could not draw enough distinct scenes");
-      Scene s = random_scene(rng, max_shapes);
+      Scene s = random_scene(rng, min_shapes, max_shapes);
       const std::string sig = s.signature();
       if (used.count(sig)) continue;
       if (unique) used.insert(sig);
@@ -126,10 +129,21 @@ Image DemoWorld::render(const Scene& s) const {
   return img;
 }
 
+std::vector<Shape> DemoWorld::named_shapes(const Scene& s, int variant) const {
+  std::vector<Shape> named = s.shapes;
+  if (caption_shapes_ > 0 && static_cast<int>(named.size()) > caption_shapes_) {
+    std::mt19937_64 pick(mix_seed(s.style_seed, static_cast<uint64_t>(variant / 6)));
+    std::shuffle(named.begin(), named.end(), pick);
+    named.resize(static_cast<size_t>(caption_shapes_));
+    std::sort(named.begin(), named.end(), [](const Shape& a, const Shape& b) { return a.place < b.place; });
+  }
+  return named;
+}
+
 std::string DemoWorld::caption(const Scene& s, int variant) const {
-  const int v = variant % num_caption_variants();
+  const int v = variant % 6;
   std::vector<std::string> parts;
-  for (const auto& sh : s.shapes) {
+  for (const auto& sh : named_shapes(s, variant)) {
     switch (v) {
       case 0: parts.push_back("a " + shape_phrase(sh, true) + " " + where(sh.place, 0)); break;
       case 1: parts.push_back("a " + shape_phrase(sh, false) + " " + where(sh.place, 1)); break;
@@ -146,10 +160,63 @@ std::string DemoWorld::caption(const Scene& s, int variant) const {
   return out + (v % 2 ? "." : "");
 }
 
+std::pair<double, double> DemoWorld::retrieval_ceiling(const std::vector<Scene>& scenes,
+                                                       const std::vector<std::pair<size_t, int>>& captions) const {
+  // likelihood[c][j]: probability (up to the phrasing's, common to all scenes) that scene j yields
+  // what caption c says.
+  const size_t ns = scenes.size(), nc = captions.size();
+  std::vector<std::vector<double>> lik(nc, std::vector<double>(ns, 0.0));
+  for (size_t c = 0; c < nc; ++c) {
+    const auto& [owner, variant] = captions[c];
+    if (owner >= ns) throw Error(cat("demo world: caption ", c, " belongs to scene ", owner, " of ", ns));
+    const std::vector<Shape> told = named_shapes(scenes[owner], variant);
+    const bool sized = states_size(variant);
+    for (size_t j = 0; j < ns; ++j) {
+      const auto& shapes = scenes[j].shapes;
+      const size_t n = shapes.size(), k = told.size();
+      const bool all_named = caption_shapes_ == 0 || n <= static_cast<size_t>(caption_shapes_);
+      if (all_named ? k != n : k != static_cast<size_t>(caption_shapes_)) continue;
+      bool fits = true;
+      for (const Shape& t : told) {
+        bool found = false;
+        for (const Shape& x : shapes)
+          found = found || (x.place == t.place && x.kind == t.kind && x.colour == t.colour && (!sized || x.large == t.large));
+        fits = fits && found;
+      }
+      if (!fits) continue;
+      double subsets = 1;  // C(n, k)
+      for (size_t i = 0; i < k; ++i) subsets = subsets * static_cast<double>(n - i) / static_cast<double>(i + 1);
+      lik[c][j] = all_named ? 1.0 : 1.0 / subsets;
+    }
+  }
+  // Expected R@1 when the best-scored candidates tie and one of them is drawn.
+  auto expected_hit = [](const std::vector<double>& score, const std::vector<bool>& own) {
+    const double best = *std::max_element(score.begin(), score.end());
+    if (best <= 0) return 0.0;
+    double ties = 0, hits = 0;
+    for (size_t i = 0; i < score.size(); ++i)
+      if (score[i] >= best * (1 - 1e-9)) ties += 1, hits += own[i] ? 1 : 0;
+    return hits / ties;
+  };
+  double tr = 0, ir = 0;
+  for (size_t c = 0; c < nc; ++c) {
+    std::vector<bool> own(ns, false);
+    own[captions[c].first] = true;
+    ir += expected_hit(lik[c], own);
+  }
+  for (size_t j = 0; j < ns; ++j) {
+    std::vector<double> score(nc);
+    std::vector<bool> own(nc);
+    for (size_t c = 0; c < nc; ++c) score[c] = lik[c][j], own[c] = captions[c].first == j;
+    tr += expected_hit(score, own);
+  }
+  return {ns ? tr / static_cast<double>(ns) : 0.0, nc ? ir / static_cast<double>(nc) : 0.0};
+}
+
 std::vector<std::string> DemoWorld::answers() const {
   std::vector<std::string> a = colour_names();
   for (const auto& k : kind_names()) a.push_back(k);
-  for (int n = 1; n <= max_shapes_; ++n) a.push_back(std::to_string(n));
+  for (int n = min_shapes_; n <= max_shapes_; ++n) a.push_back(std::to_string(n));
   a.push_back("yes"), a.push_back("no");
   return a;
 }

@@ -20,7 +20,7 @@ struct Shape {
 };
 
 struct Scene {
-  std::vector<Shape> shapes;  // 1 .. max_shapes (the demo: 2), at different places
+  std::vector<Shape> shapes;  // min_shapes .. max_shapes of the world, at different places
   uint64_t style_seed = 0;    // background tint, jitter and noise of the rendering
   std::string signature() const;
 };
@@ -31,14 +31,30 @@ class DemoWorld {
   // centred on it. Background is most of an image, so the range sets how much of an untrained
   // image feature is nuisance (issue 13 in NOTES.md: at 50 levels stage 3's contrastive loss sits
   // at ln(batch) for ~200 steps; at 4 it leaves within ~30).
-  // max_shapes: a scene holds 1..max_shapes shapes at distinct places (the demo: 2).
-  DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range = 4, int max_shapes = 2);
+  // A scene holds min_shapes..max_shapes shapes at distinct places. caption_shapes: 0, a caption
+  // names every shape; k > 0, a caption names k of the scene's shapes (all of them when it has k
+  // or fewer), a subset picked by the variant, as real captions leave objects out. The defaults
+  // are the world of issue 13's sessions 1-14 (1..2 shapes, all named); the demo's recipe draws
+  // 2..3 shapes and names 2 (DemoRecipe, demo_world()).
+  DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range = 4, int max_shapes = 2,
+            int caption_shapes = 0, int min_shapes = 1);
 
   const std::vector<Scene>& split(const std::string& name) const;  // "train", "val", "test"
   Image render(const Scene& s) const;
-  // A caption in one of several phrasings, chosen by `variant`.
+  // A caption in one of several phrasings (variant % 6), naming the subset variant / 6 picks when
+  // captions leave shapes out.
   std::string caption(const Scene& s, int variant) const;
-  int num_caption_variants() const { return 6; }
+  // The shapes caption(s, variant) names, in place order, and whether its phrasing states sizes.
+  std::vector<Shape> named_shapes(const Scene& s, int variant) const;
+  static bool states_size(int variant) { return variant % 6 != 1 && variant % 6 != 3; }
+  // R@1 of an ideal reader of the captions, who knows the world's rules but sees only what each
+  // caption says (places, kinds, colours, sizes where stated, how many shapes it names): it ranks
+  // by the probability of the caption given the scene (a caption naming k of a scene's n > k
+  // shapes: 1 / C(n, k)) and breaks ties at random (expected value). {TR@1, IR@1} over `captions`
+  // (owner index into `scenes`, variant); the retrieval figures' upper bound.
+  std::pair<double, double> retrieval_ceiling(const std::vector<Scene>& scenes,
+                                              const std::vector<std::pair<size_t, int>>& captions) const;
+  int num_caption_variants() const { return caption_shapes_ > 0 ? 6 * 16 : 6; }
   int image_size() const { return image_size_; }
 
   // VQA-style question about a scene, with its single correct answer (variant picks the kind).
@@ -59,7 +75,7 @@ class DemoWorld {
 
  private:
   std::pair<std::string, bool> any_statement(const Scene& left, const Scene& right, uint64_t variant) const;
-  int image_size_, tint_range_, max_shapes_;
+  int image_size_, tint_range_, max_shapes_, caption_shapes_, min_shapes_;
   std::vector<Scene> train_, val_, test_;
 };
 
