@@ -132,7 +132,7 @@ Image DemoWorld::render(const Scene& s) const {
 std::vector<Shape> DemoWorld::named_shapes(const Scene& s, int variant) const {
   std::vector<Shape> named = s.shapes;
   if (caption_shapes_ > 0 && static_cast<int>(named.size()) > caption_shapes_) {
-    std::mt19937_64 pick(mix_seed(s.style_seed, static_cast<uint64_t>(variant / 6)));
+    std::mt19937_64 pick(mix_seed(s.style_seed, static_cast<uint64_t>(variant / kPhrasings)));
     std::shuffle(named.begin(), named.end(), pick);
     named.resize(static_cast<size_t>(caption_shapes_));
     std::sort(named.begin(), named.end(), [](const Shape& a, const Shape& b) { return a.place < b.place; });
@@ -141,7 +141,7 @@ std::vector<Shape> DemoWorld::named_shapes(const Scene& s, int variant) const {
 }
 
 std::string DemoWorld::caption(const Scene& s, int variant) const {
-  const int v = variant % 6;
+  const int v = variant % kPhrasings;
   std::vector<std::string> parts;
   for (const auto& sh : named_shapes(s, variant)) {
     switch (v) {

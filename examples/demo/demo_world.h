@@ -41,12 +41,12 @@ class DemoWorld {
 
   const std::vector<Scene>& split(const std::string& name) const;  // "train", "val", "test"
   Image render(const Scene& s) const;
-  // A caption in one of several phrasings (variant % 6), naming the subset variant / 6 picks when
-  // captions leave shapes out.
+  // A caption in one of kPhrasings phrasings (variant % kPhrasings), naming the subset that
+  // variant / kPhrasings picks when captions leave shapes out (kSubsetDraws draws).
   std::string caption(const Scene& s, int variant) const;
   // The shapes caption(s, variant) names, in place order, and whether its phrasing states sizes.
   std::vector<Shape> named_shapes(const Scene& s, int variant) const;
-  static bool states_size(int variant) { return variant % 6 != 1 && variant % 6 != 3; }
+  static bool states_size(int variant) { return variant % kPhrasings != 1 && variant % kPhrasings != 3; }
   // R@1 of an ideal reader of the captions, who knows the world's rules but sees only what each
   // caption says (places, kinds, colours, sizes where stated, how many shapes it names): it ranks
   // by the probability of the caption given the scene (a caption naming k of a scene's n > k
@@ -54,7 +54,8 @@ class DemoWorld {
   // (owner index into `scenes`, variant); the retrieval figures' upper bound.
   std::pair<double, double> retrieval_ceiling(const std::vector<Scene>& scenes,
                                               const std::vector<std::pair<size_t, int>>& captions) const;
-  int num_caption_variants() const { return caption_shapes_ > 0 ? 6 * 16 : 6; }
+  static constexpr int kPhrasings = 6, kSubsetDraws = 16;
+  int num_caption_variants() const { return caption_shapes_ > 0 ? kPhrasings * kSubsetDraws : kPhrasings; }
   int image_size() const { return image_size_; }
 
   // VQA-style question about a scene, with its single correct answer (variant picks the kind).
