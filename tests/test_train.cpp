@@ -1075,6 +1075,9 @@ TEST(DemoRecipe, OverridesByNameAndNamesWhatIsWrong) {
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_lrr": 1})")); }, {"unknown field \"stage3_lrr\""});
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 1.5})")); }, {"\"stage3_steps\" must be a positive integer"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 0})")); }, {"positive integer"});
+  r.apply(nlohmann::json::parse(R"({"caption_shapes": 0})"));  // 0: captions name every shape (the old world)
+  EXPECT_EQ(r.caption_shapes, 0);
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"caption_shapes": -1})")); }, {"\"caption_shapes\" must be an integer >= 0"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_lr": "fast"})")); }, {"\"stage3_lr\" must be a number"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"vqa_head_lr_mult": -1})")); }, {"\"vqa_head_lr_mult\" must be a number >= 0"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"([1, 2])")); }, {"JSON object"});

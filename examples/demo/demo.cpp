@@ -178,8 +178,10 @@ void DemoRecipe::apply(const nlohmann::json& overrides) {
           throw Error(cat("demo recipe: \"", key, "\" must be a number >= 0"));
         field = value.get<T>();
       } else {
-        if (!value.is_number_integer() || value.get<int64_t>() <= 0)
-          throw Error(cat("demo recipe: \"", key, "\" must be a positive integer"));
+        // caption_shapes 0 means "every shape"; every other count or size must be positive.
+        const int64_t least = std::string(key) == "caption_shapes" ? 0 : 1;
+        if (!value.is_number_integer() || value.get<int64_t>() < least)
+          throw Error(cat("demo recipe: \"", key, "\" must be ", least ? "a positive integer" : "an integer >= 0"));
         field = static_cast<T>(value.get<int64_t>());
       }
     });
