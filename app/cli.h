@@ -25,10 +25,13 @@ struct Option {
   enum class Kind { kText, kInteger, kNumber } kind = Kind::kText;
   int64_t int_min = 0, int_max = 0;
   double num_min = 0, num_max = 0;
+  // Text options with a fixed set of values: checked when the command line is parsed too.
+  std::vector<std::string> choices;
 };
 Option integer_option(std::string name, std::string default_value, std::string help, int64_t min,
                       int64_t max = std::numeric_limits<int64_t>::max());
 Option number_option(std::string name, std::string default_value, std::string help, double min, double max);
+Option choice_option(std::string name, std::string default_value, std::string help, std::vector<std::string> choices);
 
 struct Args {
   std::string command;                        // for messages: "vlmo <command>"

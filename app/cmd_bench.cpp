@@ -1,6 +1,7 @@
 // vlmo bench: time real steps of the model on synthetic inputs and set them against the analytic
 // FLOP count and a matrix-product rate measured on the same device.
 #include <ATen/Parallel.h>
+#include <torch/version.h>
 
 #include <cstdio>
 #include <iostream>
@@ -46,8 +47,10 @@ int run_bench_command(const Args& a) {
   const c10::Device device = parse_device(a.get("device"));
   const bool int8 = quantize_int8_option(a);  // checked before the yardstick runs
   const Precision precision = parse_precision(a.get("precision"));
-  const at::ScalarType matmul_type = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  check_precision_supported(precision, device.type());
+  const at::ScalarType matmul_type = precision_dtype(precision);
   const std::string matmul_name = precision_name(precision);
+  set_fused_attention(fused_attention_option(a));
   const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
   const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
 
@@ -57,11 +60,13 @@ int run_bench_command(const Args& a) {
   const double matmul = measure_matmul_flops(device, matmul_type, n);
 
   if (!json) {
-    std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s, %s%s%s, %d threads\n",
+    std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s, %s%s%s, "
+                "%d threads, LibTorch %s, %s attention\n",
                 preset.c_str(), config.image_size, config.max_text_len, static_cast<long long>(a.get_int64("batch")),
                 static_cast<long long>(a.get_int64("steps")), static_cast<long long>(a.get_int64("warmup")),
                 device.str().c_str(), matmul_name.c_str(), a.get("quantize") == "int8" ? ", int8" : "",
-                a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads());
+                a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads(),
+                TORCH_VERSION, fused_attention() ? "fused" : "plain");
     std::printf("%s matmul %lld^3: %.3f TFLOP/s\n\n", matmul_name.c_str(), static_cast<long long>(n), matmul / 1e12);
     std::printf("%-12s %10s %12s %14s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s",
                 "% matmul", "peak memory");
@@ -85,7 +90,11 @@ int run_bench_command(const Args& a) {
         std::cerr << "bench: " << task << " step " << done << "/" << total << (done <= o.warmup ? " (warm-up)" : "")
                   << ": " << s << " s\n";
       };
+    const int64_t fused_before = fused_attention_calls();
     const BenchResult r = run_bench(o);
+    // What ran, not what was asked: "fused" when a fused kernel took the attention layers
+    // (with --attention fused on LibTorch 1.13 a training step still runs the plain path).
+    const std::string attention = fused_attention_calls() > fused_before ? "fused" : "plain";
     const double percent = 100.0 * r.achieved_flops / matmul;
     if (json) {
       const nlohmann::json j = {{"task", task},
@@ -98,6 +107,8 @@ int run_bench_command(const Args& a) {
                                 {"device", device.str()},
                                 {"quantize", a.get("quantize")},
                                 {"precision", matmul_name},
+                                {"attention", attention},
+                                {"libtorch", TORCH_VERSION},
                                 {"activation_checkpointing", o.activation_checkpointing},
                                 {"threads", at::get_num_threads()},
                                 {"seconds_per_step", r.seconds_per_step},
@@ -147,6 +158,7 @@ Command bench_command() {
                {"device", "cpu", "cpu or cuda[:N]"},
                {"quantize", "none", "none, or int8 (embed tasks, CPU: dynamic int8 linear layers)"},
                precision_option(),
+               attention_option(),
                checkpointing_option(),
                {"profile", "", "write a Chrome trace of the timed steps to this file (several tasks: FILE.TASK.json); profiling slows the steps"},
                {"json", "false", "one JSON line per task instead of a table", true},

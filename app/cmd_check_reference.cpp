@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "common.h"
 #include "vlmo/device.h"
 #include "vlmo/error.h"
 #include "vlmo/reference_check.h"
@@ -14,7 +15,11 @@ namespace {
 int run_check(const Args& a) {
   const std::string& dir = a.positional[0];
   const at::Device device = parse_device(a.get("device"));
+  set_fused_attention(fused_attention_option(a));
+  const int64_t fused_before = fused_attention_calls();
   const CheckResult r = check_reference(dir, device);
+  // What ran: "fused" when a fused kernel took attention layers (LibTorch >= 2: SDPA).
+  const std::string attention = fused_attention_calls() > fused_before ? "fused" : "plain";
   double worst = 0;
   for (const auto& row : r.rows) worst = std::max(worst, row.max_abs_err);
   if (a.get_flag("json")) {
@@ -22,6 +27,7 @@ int run_check(const Args& a) {
     j["fixture"] = dir;
     j["kind"] = r.kind;
     j["device"] = device.str();
+    j["attention"] = attention;
     j["passed"] = r.passed();
     j["total"] = r.rows.size();
     j["ok"] = r.ok();
@@ -35,9 +41,9 @@ int run_check(const Args& a) {
       std::printf("%-56s %-18s %12.3e %10.3g  %s%s%s\n", row.name.c_str(), row.shape.c_str(),
                   row.max_abs_err, row.worst_ratio, row.pass ? "pass" : "FAIL",
                   row.note.empty() ? "" : ": ", row.note.c_str());
-    std::printf("%s: %s fixture on %s: %d/%zu tensors pass (tolerance max|a-b| <= 1e-4*(1+|b|), "
+    std::printf("%s: %s fixture on %s, %s attention: %d/%zu tensors pass (tolerance max|a-b| <= 1e-4*(1+|b|), "
                 "largest error %.3e) -> %s\n",
-                dir.c_str(), r.kind.c_str(), device.str().c_str(), r.passed(), r.rows.size(), worst,
+                dir.c_str(), r.kind.c_str(), device.str().c_str(), attention.c_str(), r.passed(), r.rows.size(), worst,
                 r.ok() ? "PASS" : "FAIL");
   }
   return r.ok() ? 0 : 1;
@@ -55,6 +61,7 @@ Command check_reference_command() {
       "malformed fixture.";
   c.usage = "vlmo check-reference [options] DIR";
   c.options = {{"device", "cpu", "cpu or cuda[:N]"},
+               attention_option(),
                {"json", "false", "print JSON instead of a table", true}};
   c.min_positional = c.max_positional = 1;
   c.run = run_check;

@@ -24,6 +24,7 @@ int run_demo_cmd(const Args& a) {
   const bool auto_precision = a.get("precision") == "auto";
   if (!auto_precision) o.precision = parse_precision(a.get("precision"));
   o.activation_checkpointing = a.get_flag("activation-checkpointing");
+  set_fused_attention(fused_attention_option(a));
   o.start_weights = a.get("weights");
   if (!a.get("recipe").empty()) {
     nlohmann::json j;
@@ -76,6 +77,7 @@ Command demo_command() {
                {"pretrain-only", "false", "stop after pre-training and the zero-shot evaluation", true},
                device_option(),
                {"precision", "auto", "auto, fp32 or bf16: bf16 autocast for the blocks (auto: bf16 where its matrix product is at least 1.5x fp32's, as on CPUs with AMX and on recent GPUs)"},
+               attention_option(),
                checkpointing_option(),
                {"start-at", "", "experiments: begin at stage2, stage3 or finetune from --weights instead of training the stages before"},
                {"weights", "", "with --start-at: the checkpoint an earlier demo run wrote after the previous stage (e.g. OUT/stage2-text.safetensors)"},

@@ -132,6 +132,7 @@ Command finetune_command() {
   c.options = {{"task", "vqa", "vqa, nlvr2, coco or f30k (irtr = coco)"},
                device_option(),
                precision_option(),
+               attention_option(),
                checkpointing_option(),
                {"init", "", "pre-trained checkpoint (e.g. a 224-px stage-3 checkpoint)"},
                {"preset", "base", "preset of the recipe (and of the model when --init records no config)"},

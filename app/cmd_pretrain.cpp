@@ -149,6 +149,7 @@ Command pretrain_command() {
   c.options = {{"stage", "vl", "image, text or vl"},
                device_option(),
                precision_option(),
+               attention_option(),
                checkpointing_option(),
                {"preset", "base", "model preset (base, base_plus, large)"},
                {"config", "", "model config JSON (overrides --preset)"},

@@ -26,6 +26,7 @@ std::vector<Option> model_options() {
       {"answers", "", "VQA answer list: JSON array of strings in label order (vlmo vqa-answers)"},
       device_option(),
       precision_option(),
+      attention_option(),
       {"quantize", "none", "none, or int8: dynamic int8 weights for the transformer's linear layers (CPU inference; see vlmo bench)"}};
   o.push_back(vocab_option());
   return o;
@@ -34,9 +35,25 @@ std::vector<Option> model_options() {
 Option device_option() { return {"device", "cpu", "where the model runs: cpu, cuda or cuda:N"}; }
 
 Option precision_option() {
-  return {"precision", "fp32",
-          "fp32, or bf16: the transformer blocks under bf16 autocast (matrix products in bfloat16; weights, "
-          "residual stream, norms and heads in fp32). Fast on GPUs and on CPUs with AMX / AVX512-BF16"};
+  return choice_option("precision", "fp32",
+                       "fp32, bf16 or fp16: bf16 / fp16 run the transformer blocks under autocast (matrix products in "
+                       "bfloat16 / float16; weights, residual stream, norms and heads in fp32). bf16 is fast on GPUs and "
+                       "on CPUs with AMX / AVX512-BF16; fp16 is for GPUs without bf16 (V100, T4) and trains with "
+                       "dynamic loss scaling",
+                       {"fp32", "bf16", "fp16"});
+}
+
+Option attention_option() {
+  return choice_option("attention", "fused",
+                       "fused, or plain: fused attention kernels where they apply (LibTorch >= 2: scaled_dot_product_attention "
+                       "in training and inference; the CPU's fp32 inference kernel), or the plain product-softmax-product everywhere",
+                       {"fused", "plain"});
+}
+
+bool fused_attention_option(const Args& a) {
+  const std::string& v = a.get("attention");
+  if (v != "fused" && v != "plain") throw Error(cat("option --attention: expected fused or plain, got \"", v, "\""));
+  return v == "fused";
 }
 
 Option checkpointing_option() {
@@ -46,7 +63,12 @@ Option checkpointing_option() {
 }
 
 void apply_runtime_options(const Args& a, VLMo& model) {
-  if (a.declared.count("precision")) model->set_precision(parse_precision(a.get("precision")));
+  if (a.declared.count("attention")) set_fused_attention(fused_attention_option(a));
+  if (a.declared.count("precision")) {
+    const Precision p = parse_precision(a.get("precision"));
+    check_precision_supported(p, model->device().type());
+    model->set_precision(p);
+  }
   if (a.declared.count("activation-checkpointing")) model->set_activation_checkpointing(a.get_flag("activation-checkpointing"));
 }
 
@@ -83,6 +105,7 @@ LoadedModel load_model_from(const Args& a, const std::string& path_option) {
   };
   const c10::Device device = parse_device(option_or("device", "cpu"));  // a bad name fails before the file is read
   parse_precision(option_or("precision", "fp32"));  // likewise a bad --precision
+  if (a.declared.count("attention")) fused_attention_option(a);  // and --attention
   LoadedModel m = load_model(path, spec);
   const bool int8 = a.declared.count("quantize") && quantize_int8_option(a);
   m.model->to(device);

@@ -26,6 +26,9 @@ Option vocab_option();
 Option device_option();
 // --precision: fp32, or bf16 (the transformer blocks under bf16 autocast).
 Option precision_option();
+// --attention: fused (the default) or plain; fused_attention_option checks and reads it.
+Option attention_option();
+bool fused_attention_option(const Args& a);
 // --activation-checkpointing (training commands): recompute each block in the backward pass.
 Option checkpointing_option();
 // Sets the model's run-time settings from the options above (those the command declares).

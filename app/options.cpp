@@ -1,5 +1,6 @@
 // Typed option values: integers and numbers are parsed whole and range-checked as their option
 // declares, with one message naming the option (see cli.h).
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
@@ -23,6 +24,12 @@ Option number_option(std::string name, std::string default_value, std::string he
   o.kind = Option::Kind::kNumber;
   o.num_min = min;
   o.num_max = max;
+  return o;
+}
+
+Option choice_option(std::string name, std::string default_value, std::string help, std::vector<std::string> choices) {
+  Option o{std::move(name), std::move(default_value), std::move(help)};
+  o.choices = std::move(choices);
   return o;
 }
 
@@ -99,6 +106,12 @@ void Args::check_numbers() const {
     if (v.empty() && o.default_value.empty()) continue;  // not given, no default
     if (o.kind == Option::Kind::kInteger) parse_integer(o, v);
     if (o.kind == Option::Kind::kNumber) parse_number(o, v);
+    if (!o.choices.empty() && std::find(o.choices.begin(), o.choices.end(), v) == o.choices.end()) {
+      std::string expected;
+      for (size_t i = 0; i < o.choices.size(); ++i)
+        expected += cat(i == 0 ? "" : i + 1 == o.choices.size() ? " or " : ", ", o.choices[i]);
+      throw Error(cat("option --", name, ": expected ", expected, ", got \"", v, "\""));
+    }
   }
 }
 

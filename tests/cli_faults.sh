@@ -233,6 +233,13 @@ EOF
   run_case "step-scale" "option --step-scale: must be between" demo --step-scale -1
   run_case "steps 0" "option --steps: must be at least 1" pretrain --steps 0
   run_case "device" "device \"foo\": expected cpu, cuda or cuda:N" check-reference --device foo "$SHARED/fixtures/reference/tiny-relpos"
+  for cmd in "check-reference $SHARED/fixtures/reference/tiny-relpos" bench demo pretrain finetune vqa serve; do
+    # shellcheck disable=SC2086
+    run_case "$cmd attention" "option --attention: expected fused or plain, got \"flash\"" $cmd --attention flash
+    [ "$(wc -l < case.err)" -eq 1 ] || fail "$cmd --attention flash: more than one line on stderr"
+    # shellcheck disable=SC2086
+    "$VLMO" $cmd --attention flash >/dev/null 2>&1; [ $? -eq 2 ] || fail "$cmd --attention flash: exit status not 2"
+  done
   "$VLMO" pretrain --stage text --text corpus.txt "${V[@]}" --steps 1 --out m1.safetensors --metrics m1.jsonl 2>/dev/null
   run_case "embed empty input" "empty.jsonl: no requests" embed --model m1.safetensors --input empty.jsonl --out e.safetensors
   run_case "tokenize to a full disk" "/dev/full: write failed \(No space left on device\)" \

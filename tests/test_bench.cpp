@@ -233,9 +233,9 @@ TEST(Precision, BenchTakesPrecisionAndCheckpointing) {
   EXPECT_EQ(j.at("precision"), "bf16");
   EXPECT_EQ(j.at("activation_checkpointing"), true);
   EXPECT_GT(j.at("samples_per_s").get<double>(), 0);
-  const auto bad = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--precision", "fp16", "--quiet"});
+  const auto bad = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--precision", "fp8", "--quiet"});
   EXPECT_EQ(bad.status, 2);
-  EXPECT_NE(bad.err.find("precision \"fp16\": expected fp32 or bf16"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("option --precision: expected fp32, bf16 or fp16, got \"fp8\""), std::string::npos) << bad.err;
   const auto int8 = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "embed-image", "--quantize", "int8",
                                          "--precision", "bf16", "--matmul-size", "64", "--quiet"});
   if (vlmo::int8_supported()) {

@@ -1,6 +1,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "test_util.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/objectives.h"
+#include "vlmo/precision.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/reference_check.h"
 #include "vlmo/relative_position.h"
@@ -345,10 +347,11 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
   for (size_t i = 0; i < plain.size(); ++i)
     EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-5, 1e-6)) << "output " << i << ": max diff "
                                                               << (fused[i] - plain[i]).abs().max().item<double>();
-  // With autograd on, training passes keep the plain path (the kernel has no backward).
+  // With autograd on, training passes leave this kernel (it has no backward): the plain path on
+  // LibTorch 1.13, scaled_dot_product_attention on >= 2 (Model.SdpaAndPlainAttentionAgree).
   const int64_t before = fused_attention_calls();
   m->infer_image(b.image).cls_feats.sum().backward();
-  EXPECT_EQ(fused_attention_calls(), before);
+  EXPECT_EQ(fused_attention_calls() - before, sdpa_available() ? c.depth : 0);
   // int8 weights: the kernel reads the quantised qkv layer's output the same way.
   if (!int8_supported()) return;
   quantize_int8(m);
@@ -358,6 +361,55 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
   set_fused_attention(true);
   const at::Tensor q_fused = m->infer_image_ft(b.image).feats;
   EXPECT_TRUE(at::allclose(q_fused, q_plain, 1e-5, 1e-6)) << (q_fused - q_plain).abs().max().item<double>();
+}
+
+// Fused attention on LibTorch >= 2 (scaled_dot_product_attention with the relative bias and the
+// padding mask as its additive mask) against the plain path, with autograd: the fusion pass with
+// padded text keys, the image pass with the relative-position bias, the text pass, and the
+// gradient of every parameter (the relative-position table's comes back through the mask).
+// Tolerances, as max|fused - plain| <= tol * (1 + max|plain|) per tensor: fp32 2e-5 (float
+// rounding of a different summation order); bf16 autocast 3e-2 (both paths round q k^T and the
+// attention output to bfloat16, at different points: ~3 significant digits).
+TEST(Model, SdpaAndPlainAttentionAgree) {
+  if (!sdpa_available()) GTEST_SKIP() << "LibTorch " << TORCH_VERSION << " has no scaled_dot_product_attention";
+  const Config c = tiny_config();
+  for (const Precision precision : {Precision::kFloat32, Precision::kBFloat16}) {
+    SCOPED_TRACE(precision_name(precision));
+    const double tol = precision == Precision::kFloat32 ? 2e-5 : 3e-2;
+    VLMo m = tiny_model(c);
+    m->set_precision(precision);
+    m->train();
+    at::manual_seed(7);
+    const Batch b = tiny_batch(c, 3);
+    auto run = [&](bool fused) {
+      set_fused_attention(fused);
+      m->zero_grad();
+      const int64_t before = fused_attention_calls();
+      const FusionOutput f = m->infer(b.text_ids, b.text_masks, b.image);
+      const UnimodalOutput img = m->infer_image(b.image), txt = m->infer_text(b.text_ids, b.text_masks);
+      std::vector<at::Tensor> out = {f.text_feats, f.image_feats, img.feats, img.cls_vlffn_feats, txt.feats};
+      EXPECT_EQ(fused_attention_calls() - before, fused ? 3 * c.depth + 2 * (c.depth - c.vlffn_start_layer_index) : 0);
+      at::Tensor loss = at::zeros({}, at::kFloat);
+      for (size_t i = 0; i < out.size(); ++i) loss = loss + (out[i] * at::cos(at::arange(out[i].numel()).reshape(out[i].sizes()) * (i + 1.0))).sum();
+      loss.backward();
+      for (const auto& p : m->parameters()) out.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+      set_fused_attention(true);
+      for (auto& t : out) t = t.detach().to(at::kFloat);
+      return out;
+    };
+    const auto plain = run(false), fused = run(true);
+    ASSERT_EQ(plain.size(), fused.size());
+    for (size_t i = 0; i < plain.size(); ++i) {
+      const double diff = (fused[i] - plain[i]).abs().max().item<double>(), scale = plain[i].abs().max().item<double>();
+      EXPECT_LE(diff, tol * (1 + scale)) << (i < 5 ? "output " : "gradient of parameter ") << (i < 5 ? i : i - 5)
+                                         << ": max diff " << diff << ", max |plain| " << scale;
+    }
+    // The relative-position table's gradient is there, and not zero: the bias was learned through the mask.
+    if (m->relative_position_bias_table.defined()) {
+      ASSERT_TRUE(m->relative_position_bias_table.grad().defined());
+      EXPECT_GT(m->relative_position_bias_table.grad().abs().max().item<double>(), 0);
+    }
+  }
 }
 
 // Activation checkpointing recomputes each block in the backward pass: the pre-training
@@ -510,5 +562,9 @@ TEST(Precision, NamesParseAndBadOnesAreErrors) {
   EXPECT_EQ(parse_precision("bf16"), Precision::kBFloat16);
   EXPECT_EQ(parse_precision("bfloat16"), Precision::kBFloat16);
   EXPECT_EQ(precision_name(Precision::kBFloat16), "bf16");
-  expect_error([] { parse_precision("fp16"); }, {"precision \"fp16\"", "expected fp32 or bf16"});
+  EXPECT_EQ(parse_precision("fp16"), Precision::kFloat16);
+  EXPECT_EQ(parse_precision("float16"), Precision::kFloat16);
+  EXPECT_EQ(precision_name(Precision::kFloat16), "fp16");
+  EXPECT_EQ(precision_dtype(Precision::kFloat16), at::kHalf);
+  expect_error([] { parse_precision("fp8"); }, {"precision \"fp8\"", "expected fp32, bf16 or fp16"});
 }

@@ -79,11 +79,15 @@ struct MlpImpl : torch::nn::Module {
 };
 TORCH_MODULE(Mlp);
 
-// Fused attention paths, on by default: on the CPU without autograd (inference) a per-(sample,
-// head) kernel that reads q / k / v in place (modules.cpp). Off: the plain path everywhere (the
-// tests compare the two).
+// Fused attention paths, on by default: on the CPU without autograd in fp32 (inference) a
+// per-(sample, head) kernel that reads q / k / v in place; elsewhere, on LibTorch >= 2,
+// at::scaled_dot_product_attention with the relative bias and the padding mask as its additive
+// mask, in training and inference, fp32 / bf16 / fp16 (modules.cpp). Off: the plain path
+// everywhere (the tests compare the two; `--attention plain`, or VLMO_PLAIN_ATTENTION=1).
 void set_fused_attention(bool on);
 bool fused_attention();
+// Whether this LibTorch has scaled_dot_product_attention (>= 2.0).
+bool sdpa_available();
 int64_t fused_attention_calls();  // attention layers run by a fused path so far (tests, profiling)
 // While one lives on this thread the fused paths are not taken: the first pass of a checkpointed
 // block, which must compute exactly what its recomputation in the backward pass will.

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,8 @@ class AdamW {
   void zero_grad();
   // True when every gradient is finite (no NaN / inf); parameters without a gradient count as finite.
   bool gradients_finite() const;
+  // Multiplies every gradient by `factor` (undoing a loss scale).
+  void scale_gradients(double factor);
   int64_t steps() const { return steps_; }
   TensorMap state() const;  // "exp_avg.<name>", "exp_avg_sq.<name>"
   void load_state(const TensorMap& state, int64_t steps);
@@ -54,6 +57,35 @@ class AdamW {
   std::vector<Param> params_;
   double beta1_, beta2_, eps_;
   int64_t steps_ = 0;
+};
+
+// Dynamic loss scaling for fp16 training, with the defaults of the official recipe's AMP (PyTorch's
+// GradScaler): the loss is multiplied by `scale` before the backward pass, so that small fp16
+// gradients do not flush to zero, and the gradients are divided by it before the update. A step
+// whose (unscaled) gradient overflows is skipped and the scale halved; after `growth_interval`
+// good steps in a row it doubles. Scales stay powers of two, so scaling is exact.
+struct LossScaler {
+  double scale = 65536.0;
+  double growth_factor = 2.0;
+  double backoff_factor = 0.5;
+  int64_t growth_interval = 2000;
+  int64_t good_steps = 0;  // good steps since the scale last changed
+  // After a step: `overflow` when its gradient was not finite.
+  void update(bool overflow);
+};
+
+// The loss scale of the training step running on this thread (1 outside one): a whole-step
+// objective multiplies what it differentiates by it (the trainer does so for the others).
+double current_loss_scale();
+class LossScaleScope {
+ public:
+  explicit LossScaleScope(double scale);
+  ~LossScaleScope();
+  LossScaleScope(const LossScaleScope&) = delete;
+  LossScaleScope& operator=(const LossScaleScope&) = delete;
+
+ private:
+  double previous_;
 };
 
 // Named outputs of one objective evaluation: keys ending in "loss" are summed and optimised;
@@ -100,6 +132,14 @@ struct TrainOptions {
   // read were skipped (judged once that many were read).
   double max_skip_rate = 0.5;
   int64_t skip_window = 1000;
+  // Dynamic loss scaling (LossScaler; its initial state here): on when `loss_scaling` says so,
+  // and by default when the model runs in fp16. Its state is logged ("loss_scale") and kept in
+  // checkpoints, so a resumed run scales as the uninterrupted one would have.
+  std::optional<bool> loss_scaling;
+  LossScaler loss_scaler;
+  // Tests and diagnostics: called after the step's backward passes, before gradients are
+  // averaged and checked (e.g. to inject an overflow).
+  std::function<void(int64_t step, VLMo& model)> after_backward;
   // When set, it replaces the per-micro-batch objective: the trainer reads the step's
   // `accumulate` micro-batches and hands them over together (--contrastive-batch global).
   StepObjectiveFn step_objective;
@@ -111,6 +151,8 @@ struct TrainResult {
   double seconds = 0;
   std::map<std::string, double> validation;  // the last validation's values
   int64_t bad_steps = 0;                       // steps skipped for a non-finite loss or gradient
+  int64_t overflow_steps = 0;                  // fp16 steps skipped for a gradient overflow (loss scaling)
+  LossScaler loss_scaler;                      // the scaler's state after the last step
   std::map<std::string, int64_t> skipped;      // samples skipped per reason (over the whole run)
 };
 

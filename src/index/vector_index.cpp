@@ -162,7 +162,9 @@ std::vector<std::vector<Hit>> VectorIndex::search(const float* queries, int64_t 
   k = static_cast<int>(std::min<int64_t>(k, size()));
   if (k < 1) throw Error("search: k must be at least 1");
   std::vector<float> scores(static_cast<size_t>(n) * k);
-  std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(n) * k);
+  // FAISS labels are int64_t: `faiss::Index::idx_t` in FAISS 1.7.3 (Debian 12), `faiss::idx_t` from
+  // 1.7.4 on (Debian 13); both alias int64_t, so the type is named directly.
+  std::vector<int64_t> labels(static_cast<size_t>(n) * k);
   try {
     index_->search(n, queries, k, scores.data(), labels.data());
   } catch (const faiss::FaissException& e) {
@@ -171,7 +173,7 @@ std::vector<std::vector<Hit>> VectorIndex::search(const float* queries, int64_t 
   std::vector<std::vector<Hit>> out(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i)
     for (int j = 0; j < k; ++j) {
-      const faiss::Index::idx_t l = labels[static_cast<size_t>(i) * k + j];
+      const int64_t l = labels[static_cast<size_t>(i) * k + j];
       if (l >= 0) out[i].push_back({static_cast<int64_t>(l), scores[static_cast<size_t>(i) * k + j]});  // -1: fewer found
     }
   return out;

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <array>
@@ -15,6 +16,13 @@
 
 #include "vlmo/error.h"
 #include "vlmo/model.h"
+#include "vlmo/precision.h"
+
+#if TORCH_VERSION_MAJOR >= 2
+#define VLMO_HAVE_SDPA 1
+#else
+#define VLMO_HAVE_SDPA 0
+#endif
 
 namespace vlmo {
 
@@ -189,7 +197,35 @@ at::Tensor cpu_inference_attention(const at::Tensor& qkv_out, int64_t Q, int64_t
   });
   return out;
 }
+
+#if VLMO_HAVE_SDPA
+// Fused attention on LibTorch >= 2: at::scaled_dot_product_attention (flash / memory-efficient
+// kernels on CUDA, the flash kernel on the CPU), with the relative-position bias and the key
+// padding mask as one additive mask (B or 1, H, Q, N) and SDPA's default scale head_dim^-0.5,
+// which is the official's. The bias keeps its gradient: it flows back through the mask. The same
+// path runs with and without autograd, so a checkpointed block recomputes what it first computed.
+// fp64 takes the plain path (the exact reference of the tests).
+bool sdpa_applies(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+at::Tensor sdpa_attention(const at::Tensor& qkv_out, int64_t Q, const at::Tensor& key_mask, const at::Tensor& rel_bias) {
+  const at::Tensor q = qkv_out[0].narrow(2, 0, Q), k = qkv_out[1], v = qkv_out[2];  // (B, H, Q|N, hd)
+  const int64_t B = q.size(0), H = q.size(1), N = k.size(2), hd = q.size(3);
+  at::Tensor mask;
+  if (rel_bias.defined()) mask = rel_bias.narrow(1, 0, Q).unsqueeze(0);  // (1, H, Q, N)
+  if (key_mask.defined()) {
+    const at::Tensor pad = at::zeros({B, 1, 1, N}, q.options().dtype(at::kFloat))
+                               .masked_fill(key_mask.reshape({B, 1, 1, N}) == 0, -std::numeric_limits<float>::infinity());
+    mask = mask.defined() ? mask + pad : pad;
+  }
+  // SDPA wants the mask in the inputs' type (under bf16 autocast q / k / v are bf16 already).
+  if (mask.defined()) mask = mask.to(q.scalar_type());
+  const at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask);  // (B, H, Q, hd)
+  return out.transpose(1, 2).reshape({B, Q, H * hd});
+}
+#endif
 }  // namespace
+
+bool sdpa_available() { return VLMO_HAVE_SDPA != 0; }
 
 AttentionImpl::AttentionImpl(int dim, int heads)
     : num_heads(heads), scale(std::pow(static_cast<double>(dim / heads), -0.5)) {
@@ -225,6 +261,12 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
     return project(out);
   }
   at::Tensor qkv_out = qkv_lin.reshape({B, N, 3, num_heads, C / num_heads}).permute({2, 0, 3, 1, 4});
+#if VLMO_HAVE_SDPA
+  if (fused_attention_on && !active_recorder && sdpa_applies(qkv_lin.scalar_type())) {
+    ++fused_attention_count;
+    return project(sdpa_attention(qkv_out, Q, key_mask, rel_bias));
+  }
+#endif
   at::Tensor q = qkv_out[0].narrow(2, 0, Q) * scale, k = qkv_out[1], v = qkv_out[2];
   // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64). Under
   // autocast the product itself runs in the low precision whatever its inputs (the official's

@@ -229,7 +229,9 @@ at::Tensor VLMoImpl::run_block(int i, const at::Tensor& x, const at::Tensor& mas
   rerun->keep = keep;
   if (const auto* keys = SampleKeys::current()) rerun->keys = *keys;
   rerun->device = x.device();
-  rerun->precision = autocast_enabled(x.device().type()) ? Precision::kBFloat16 : Precision::kFloat32;
+  rerun->precision = !autocast_enabled(x.device().type())                    ? Precision::kFloat32
+                     : autocast_dtype(x.device().type()) == at::kHalf ? Precision::kFloat16
+                                                                       : Precision::kBFloat16;
   if (block->drop_prob > 0 && !rerun->keys) {  // drop path draws from the device's generator
     at::Generator gen = at::globalContext().defaultGenerator(x.device());
     std::lock_guard<std::mutex> lock(gen.mutex());

@@ -177,8 +177,11 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
       retrieval ? itc.loss
                 : 0.5 * (itc.loss + contrastive_loss(cached.narrow(1, D, D), cached.narrow(1, 3 * D, D), model->logit_vl_scale).loss);
   if (!std::isfinite(itc_loss.item<double>())) throw NonFiniteError(cat("ITC loss ", itc_loss.item<double>()));
-  itc_loss.backward();  // the logit scales' gradients are complete here, on every rank
-  const at::Tensor feat_grads = cached.grad().index_select(0, local_pos.to(cached.device())) * world;
+  // Under loss scaling (fp16) every gradient of the step carries the trainer's scale: the logit
+  // scales' from here, the encoders' through the scaled feature gradients and the scaled total.
+  const double loss_scale = current_loss_scale();
+  (loss_scale == 1 ? itc_loss : itc_loss * loss_scale).backward();  // the logit scales' gradients are complete here, on every rank
+  const at::Tensor feat_grads = cached.grad().index_select(0, local_pos.to(cached.device())) * world / loss_scale;
   Outputs out;
   const std::string name = retrieval ? "irtr" : "itc";
   out[name + "_loss"] = itc_loss.detach();
@@ -231,7 +234,7 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
     }
     if (!std::isfinite(total.item<double>()))
       throw NonFiniteError(cat("micro-batch ", m + 1, " of the step has a non-finite ITM or MLM loss"));
-    total.backward();
+    (loss_scale == 1 ? total : total * loss_scale).backward();
     row += B;
   }
   // Values whose mean over ranks is the step's value (the trainer averages them).

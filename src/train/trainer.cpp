@@ -75,6 +75,32 @@ bool AdamW::gradients_finite() const {
   return flags.empty() || at::cat(flags).all().item<bool>();
 }
 
+void AdamW::scale_gradients(double factor) {
+  at::NoGradGuard guard;
+  std::vector<at::Tensor> g;
+  for (auto& q : params_)
+    if (q.p.grad().defined()) g.push_back(q.p.grad());
+  if (!g.empty()) at::_foreach_mul_(g, factor);
+}
+
+void LossScaler::update(bool overflow) {
+  if (overflow) {
+    scale *= backoff_factor;
+    good_steps = 0;
+  } else if (++good_steps >= growth_interval) {
+    scale *= growth_factor;
+    good_steps = 0;
+  }
+}
+
+namespace {
+thread_local double active_loss_scale = 1.0;
+}  // namespace
+
+double current_loss_scale() { return active_loss_scale; }
+LossScaleScope::LossScaleScope(double scale) : previous_(active_loss_scale) { active_loss_scale = scale; }
+LossScaleScope::~LossScaleScope() { active_loss_scale = previous_; }
+
 void AdamW::step(double lr) {
   at::NoGradGuard guard;
   ++steps_;
@@ -353,6 +379,8 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
   AdamW optim(*model, o.weight_decay, o.head_lr_mult, o.head_prefixes);
   int64_t start = 0;
   TrainResult result;
+  const bool scaling = o.loss_scaling.value_or(model->precision() == Precision::kFloat16);
+  LossScaler scaler = o.loss_scaler;
   if (!resume_from.empty()) {
     SafetensorsFile ck = read_safetensors(resume_from);
     if (ck.metadata["format"] != "vlmo-train-checkpoint")
@@ -370,6 +398,13 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       if (ck.metadata.count("skipped"))
         result.skipped = nlohmann::json::parse(ck.metadata["skipped"]).get<std::map<std::string, int64_t>>();
       if (ck.metadata.count("bad_steps")) result.bad_steps = std::stoll(ck.metadata["bad_steps"]);
+      if (ck.metadata.count("overflow_steps")) result.overflow_steps = std::stoll(ck.metadata["overflow_steps"]);
+      if (ck.metadata.count("loss_scale")) {
+        scaler.scale = std::stod(ck.metadata["loss_scale"]);
+        scaler.good_steps = std::stoll(ck.metadata.at("loss_scale_good_steps"));
+        if (!(scaler.scale > 0) || !std::isfinite(scaler.scale) || scaler.good_steps < 0)
+          throw Error(cat("loss_scale ", ck.metadata["loss_scale"], " / good steps ", scaler.good_steps, " out of range"));
+      }
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
@@ -408,6 +443,11 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     std::map<std::string, std::string> meta = o.metadata;
     meta["skipped"] = skip_counts_json(result.skipped);
     meta["bad_steps"] = std::to_string(result.bad_steps);
+    if (scaling) {
+      meta["overflow_steps"] = std::to_string(result.overflow_steps);
+      meta["loss_scale"] = cat(scaler.scale);
+      meta["loss_scale_good_steps"] = std::to_string(scaler.good_steps);
+    }
     save_checkpoint(o.checkpoint_path, model, optim, steps_done, o.config_json, o.name, meta);
   };
   const bool tty = o.progress && ::isatty(2);
@@ -420,6 +460,8 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
   for (int64_t step = start; step < o.max_steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     optim.zero_grad();
+    const double loss_scale = scaling ? scaler.scale : 1.0;
+    const LossScaleScope scale_scope(loss_scale);
     std::map<std::string, double> logged;
     std::map<std::string, int64_t> skipped_now;
     std::string bad;  // why this step is skipped ("" when it is not)
@@ -463,7 +505,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
         bad = cat("non-finite loss (", value, ")");
         continue;
       }
-      (total / o.accumulate).backward();
+      ((scaling ? total * loss_scale : total) / o.accumulate).backward();
     }
     if (o.step_objective) {
       try {
@@ -480,6 +522,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
         bad = cat("non-finite values (", e.what(), ")");
       }
     }
+    if (o.after_backward) o.after_backward(step, model);
     if (multi) {
       // Every rank skips or steps together; then the gradient mean and the metrics' means.
       std::vector<at::Tensor> flag = {at::tensor({bad.empty() ? 0.0 : 1.0}, at::kDouble)};
@@ -495,9 +538,23 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
         for (auto& [k, v] : logged) v = sums[0][static_cast<int64_t>(i++)].item<double>() / world;
       }
     }
-    if (bad.empty() && !optim.gradients_finite()) bad = "non-finite gradient";
+    // Loss scaling: the gradient (averaged over ranks, so every rank decides alike) is unscaled; an
+    // overflow skips the step and halves the scale. It is a bad step only when the scale has
+    // fallen below 1, where the unscaled gradient itself is not finite.
+    std::string overflow;
+    if (scaling && bad.empty()) optim.scale_gradients(1.0 / loss_scale);
+    if (bad.empty() && !optim.gradients_finite()) {
+      if (scaling && loss_scale >= 1) overflow = cat("fp16 gradient overflow: loss scale ", loss_scale, " -> ", loss_scale * scaler.backoff_factor);
+      else bad = "non-finite gradient";
+    }
     const double lr = learning_rate(step, o.max_steps, o.warmup_steps, o.lr);
-    if (bad.empty()) {
+    if (scaling && bad.empty()) scaler.update(!overflow.empty());
+    if (!overflow.empty()) {
+      optim.zero_grad();
+      ++result.overflow_steps;
+      if (o.progress) std::fprintf(stderr, "%s[%s] step %lld skipped: %s\n", tty ? "\r\033[K" : "", o.name.c_str(),
+                                   static_cast<long long>(step + 1), overflow.c_str());
+    } else if (bad.empty()) {
       optim.step(lr);
       consecutive_bad = 0;
     } else {
@@ -522,6 +579,11 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
       nlohmann::json j = logged;  // NaN values are written as null
       j["stage"] = o.name;
       if (!bad.empty()) j["skipped_step"] = bad;
+      if (scaling) {
+        j["loss_scale"] = loss_scale;
+        j["overflow_steps_total"] = result.overflow_steps;
+        if (!overflow.empty()) j["skipped_step"] = overflow;
+      }
       for (const auto& [reason, n] : skipped_now) j["skipped_" + reason] = n;
       int64_t total_skipped = 0;
       for (const auto& [reason, n] : result.skipped) total_skipped += n;
@@ -587,6 +649,7 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     if (stop_now) break;
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
+  result.loss_scaler = scaler;
   return result;
 }
 

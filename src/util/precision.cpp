@@ -18,10 +18,26 @@ namespace vlmo {
 Precision parse_precision(const std::string& name) {
   if (name == "fp32" || name == "float32") return Precision::kFloat32;
   if (name == "bf16" || name == "bfloat16") return Precision::kBFloat16;
-  throw Error(cat("precision \"", name, "\": expected fp32 or bf16"));
+  if (name == "fp16" || name == "float16") return Precision::kFloat16;
+  throw Error(cat("precision \"", name, "\": expected fp32, bf16 or fp16"));
 }
 
-std::string precision_name(Precision p) { return p == Precision::kBFloat16 ? "bf16" : "fp32"; }
+std::string precision_name(Precision p) {
+  return p == Precision::kBFloat16 ? "bf16" : p == Precision::kFloat16 ? "fp16" : "fp32";
+}
+
+at::ScalarType precision_dtype(Precision p) {
+  return p == Precision::kBFloat16 ? at::kBFloat16 : p == Precision::kFloat16 ? at::kHalf : at::kFloat;
+}
+
+void check_precision_supported(Precision p, c10::DeviceType t) {
+#if !VLMO_AUTOCAST_BY_DEVICE_TYPE
+  // Before 2.4 CPU autocast takes bfloat16 only (LibTorch 1.13 refuses float16 outright).
+  if (p == Precision::kFloat16 && t == c10::DeviceType::CPU)
+    throw Error(cat("precision fp16 on the CPU needs LibTorch >= 2.4 (this is ", TORCH_VERSION,
+                    "); use bf16 or fp32 on the CPU, fp16 on a GPU"));
+#endif
+}
 
 namespace {
 // Autocast exists for the CPU and CUDA here; other device types run in fp32.
@@ -64,8 +80,10 @@ at::ScalarType autocast_dtype(c10::DeviceType t) {
 AutocastGuard::AutocastGuard(c10::DeviceType t, Precision precision)
     : type_(t), previous_enabled_(autocast_enabled(t)), previous_dtype_(autocast_dtype(t)) {
   if (!supported(t)) return;
+  check_precision_supported(precision, t);
   at::autocast::increment_nesting();
-  set_state(t, precision == Precision::kBFloat16, precision == Precision::kBFloat16 ? at::kBFloat16 : previous_dtype_);
+  const bool reduced = precision != Precision::kFloat32;
+  set_state(t, reduced, reduced ? precision_dtype(precision) : previous_dtype_);
 }
 
 AutocastGuard::~AutocastGuard() {
