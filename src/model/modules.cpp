@@ -219,7 +219,9 @@ at::Tensor sdpa_attention(const at::Tensor& qkv_out, int64_t Q, const at::Tensor
   }
   // SDPA wants the mask in the inputs' type (under bf16 autocast q / k / v are bf16 already).
   if (mask.defined()) mask = mask.to(q.scalar_type());
-  const at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask);  // (B, H, Q, hd)
+  // No mask is "none", not an undefined tensor (which 2.x refuses as a mask of no type).
+  const at::Tensor out = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask)
+                                        : at::scaled_dot_product_attention(q, k, v);  // (B, H, Q, hd)
   return out.transpose(1, 2).reshape({B, Q, H * hd});
 }
 #endif
