@@ -8,7 +8,7 @@
 # $VLMO_DEBIAN13_CUDA_ROOT, default /var/tmp/vlmo-debian13-cuda, with contrib / non-free enabled for
 # libtorch-cuda-dev) and is reused when present, so only a new machine pays for making it (~1 min).
 # The command runs as root inside it, in a private mount namespace (nothing stays mounted after
-# it), with /proc, /dev, this clone and ../shared mounted at the same paths as here, so build
+# it), with /proc, /sys, /dev, this clone and ../shared mounted at the same paths as here, so build
 # folders and test paths mean the same inside and out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +59,9 @@ exec unshare --mount --propagation private bash -c '
   set -euo pipefail
   mount -t proc proc "$VLMO_ROOT/proc"
   mount --rbind /dev "$VLMO_ROOT/dev"
+  # /sys too: the cpuinfo library in LibTorch reads the CPU features there; without it the oneDNN bf16 / AMX
+  # matrix products are not chosen and bf16 falls back to a slow reference kernel.
+  mount --rbind /sys "$VLMO_ROOT/sys"
   for d in "$VLMO_SRC" $VLMO_SHARED_MOUNT; do
     mkdir -p "$VLMO_ROOT$d"
     mount --bind "$d" "$VLMO_ROOT$d"
