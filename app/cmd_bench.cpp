@@ -48,26 +48,34 @@ int run_bench_command(const Args& a) {
   const bool int8 = quantize_int8_option(a);  // checked before the yardstick runs
   const Precision precision = parse_precision(a.get("precision"));
   check_precision_supported(precision, device.type());
-  const at::ScalarType matmul_type = precision_dtype(precision);
   const std::string matmul_name = precision_name(precision);
+  // How bf16 products run on the CPU (vlmo/precision.h): LibTorch's bf16 GEMM, or emulated.
+  const std::string bf16_products =
+      precision == Precision::kBFloat16 && device.is_cpu() ? cpu_bf16_products_name() : std::string("native");
   set_fused_attention(fused_attention_option(a));
   const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
   const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
 
-  // The yardstick: an n^3 matrix product on this device, in the precision of the run's products.
+  // The yardstick: the best of an n^3 product and the blocks' linear shapes at n rows, run as the
+  // blocks run them (vlmo/bench.h).
   const int64_t n = a.get_int64("matmul-size") > 0 ? a.get_int64("matmul-size") : (device.is_cuda() ? 8192 : 2048);
-  if (!quiet) std::cerr << "bench: measuring the " << matmul_name << " matmul rate (" << n << "^3) on " << device.str() << "\n";
-  const double matmul = measure_matmul_flops(device, matmul_type, n);
+  if (!quiet)
+    std::cerr << "bench: measuring the " << matmul_name << " matrix-product rate (" << n << "^3 and the layers' shapes at "
+              << n << " rows) on " << device.str() << "\n";
+  const MatmulRate yardstick = measure_matmul_rate(device, precision, n, config);
+  const double matmul = yardstick.flops;
 
   if (!json) {
     std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s, %s%s%s, "
-                "%d threads, LibTorch %s, %s attention\n",
+                "%d threads, LibTorch %s, %s attention%s\n",
                 preset.c_str(), config.image_size, config.max_text_len, static_cast<long long>(a.get_int64("batch")),
                 static_cast<long long>(a.get_int64("steps")), static_cast<long long>(a.get_int64("warmup")),
                 device.str().c_str(), matmul_name.c_str(), a.get("quantize") == "int8" ? ", int8" : "",
                 a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads(),
-                TORCH_VERSION, fused_attention() ? "fused" : "plain");
-    std::printf("%s matmul %lld^3: %.3f TFLOP/s\n\n", matmul_name.c_str(), static_cast<long long>(n), matmul / 1e12);
+                TORCH_VERSION, fused_attention() ? "fused" : "plain",
+                bf16_products == "emulated" ? ", bf16 products emulated in fp32 (no AVX-512)" : "");
+    std::printf("%s matmul (best of %lld^3 and the layers' shapes: %s): %.3f TFLOP/s\n\n", matmul_name.c_str(),
+                static_cast<long long>(n), yardstick.shape.c_str(), matmul / 1e12);
     std::printf("%-12s %10s %12s %14s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s",
                 "% matmul", "peak memory");
     std::fflush(stdout);
@@ -118,6 +126,8 @@ int run_bench_command(const Args& a) {
                                 {"tflops", r.achieved_flops / 1e12},
                                 {"matmul_tflops", matmul / 1e12},
                                 {"matmul_size", n},
+                                {"matmul_shape", yardstick.shape},
+                                {"bf16_products", bf16_products},
                                 {"percent_of_matmul", percent},
                                 {"peak_memory_bytes", r.peak_memory_bytes},
                                 {"memory_kind", r.memory_kind}};
@@ -153,7 +163,7 @@ Command bench_command() {
                integer_option("batch", "8", "samples per step", 1, 1 << 20),
                integer_option("steps", "3", "timed steps", 1, 1 << 20),
                integer_option("warmup", "1", "untimed steps first", 0, 1 << 20),
-               integer_option("matmul-size", "0", "side of the yardstick matrix product (0: 2048 on CPU, 8192 on CUDA)", 0, 65536),
+               integer_option("matmul-size", "0", "side of the yardstick's square product and rows of its layer-shaped ones (0: 2048 on CPU, 8192 on CUDA)", 0, 65536),
                integer_option("seed", "0", "seed of the weights and inputs", 0),
                {"device", "cpu", "cpu or cuda[:N]"},
                {"quantize", "none", "none, or int8 (embed tasks, CPU: dynamic int8 linear layers)"},

@@ -412,6 +412,63 @@ TEST(Model, SdpaAndPlainAttentionAgree) {
   }
 }
 
+// Emulated bf16 products (CPUs without a fast bf16 GEMM): a product of bf16-rounded inputs summed
+// in fp32. Against an fp64 product of the rounded values (independent of any bf16 kernel), and
+// the model under emulation against the model under LibTorch's own bf16 products: outputs and
+// gradients within bf16's tolerance (3e-2 of the largest value, as for SDPA vs plain in bf16).
+TEST(Precision, EmulatedBf16ProductsAreFp32SumsOfBf16RoundedValues) {
+  const CpuBf16Products before = cpu_bf16_products();
+  set_cpu_bf16_products(CpuBf16Products::kEmulated);
+  at::manual_seed(3);
+  const at::Tensor x = at::randn({5, 7, 48}), w = at::randn({24, 48}), b = at::randn({24});
+  const at::Tensor a = at::randn({2, 3, 7, 16}), v = at::randn({2, 3, 16, 9});
+  auto rounded = [](const at::Tensor& t) { return t.to(at::kBFloat16).to(at::kDouble); };
+  {
+    AutocastGuard bf16(c10::kCPU, Precision::kBFloat16);
+    ASSERT_TRUE(bf16_emulated(c10::kCPU));
+    const at::Tensor y = autocast_linear(x, w, b), p = autocast_matmul(a, v);
+    EXPECT_EQ(y.scalar_type(), at::kFloat);
+    const at::Tensor y_ref = at::linear(rounded(x), rounded(w), rounded(b)), p_ref = at::matmul(rounded(a), rounded(v));
+    EXPECT_LE((y.to(at::kDouble) - y_ref).abs().max().item<double>(), 1e-5 * (1 + y_ref.abs().max().item<double>()));
+    EXPECT_LE((p.to(at::kDouble) - p_ref).abs().max().item<double>(), 1e-5 * (1 + p_ref.abs().max().item<double>()));
+    // The rounding happened: the unrounded product is further away than fp32 sums can explain.
+    EXPECT_GT((at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble)) - y_ref).abs().max().item<double>(), 1e-3);
+  }
+  {
+    AutocastGuard fp32(c10::kCPU, Precision::kFloat32);
+    EXPECT_FALSE(bf16_emulated(c10::kCPU));
+    EXPECT_TRUE(at::equal(autocast_linear(x, w, b), at::linear(x, w, b)));  // off: LibTorch's own
+  }
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  m->set_precision(Precision::kBFloat16);
+  m->train();
+  at::manual_seed(7);
+  const Batch batch = tiny_batch(c, 3);
+  auto run = [&](CpuBf16Products mode) {
+    set_cpu_bf16_products(mode);
+    m->zero_grad();
+    const FusionOutput f = m->infer(batch.text_ids, batch.text_masks, batch.image);
+    const UnimodalOutput img = m->infer_image(batch.image), txt = m->infer_text(batch.text_ids, batch.text_masks);
+    std::vector<at::Tensor> out = {f.text_feats, f.image_feats, img.feats, txt.feats};
+    at::Tensor loss = at::zeros({}, at::kFloat);
+    for (size_t i = 0; i < out.size(); ++i)
+      loss = loss + (out[i].to(at::kFloat) * at::cos(at::arange(out[i].numel()).reshape(out[i].sizes()) * (i + 1.0))).sum();
+    loss.backward();
+    for (const auto& p : m->parameters()) out.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+    for (auto& t : out) t = t.detach().to(at::kFloat);
+    return out;
+  };
+  const auto native = run(CpuBf16Products::kNative), emulated = run(CpuBf16Products::kEmulated);
+  set_cpu_bf16_products(before);
+  ASSERT_EQ(native.size(), emulated.size());
+  for (size_t i = 0; i < native.size(); ++i) {
+    const double diff = (emulated[i] - native[i]).abs().max().item<double>(), scale = native[i].abs().max().item<double>();
+    EXPECT_LE(diff, 3e-2 * (1 + scale)) << (i < 4 ? "output " : "gradient of parameter ") << (i < 4 ? i : i - 4)
+                                        << ": max diff " << diff << ", max |native| " << scale;
+  }
+}
+
 // Activation checkpointing recomputes each block in the backward pass: the pre-training
 // objective (ITC, ITM on drawn hard negatives, MLM; drop path on) must give the same losses and
 // the same gradients as without it, with drop path drawn from the global generator (its state

@@ -6,6 +6,7 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 
 #include "vlmo/error.h"
@@ -137,6 +138,30 @@ double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return 2.0 * static_cast<double>(n) * n * n / best;
+}
+
+MatmulRate measure_matmul_rate(c10::Device device, Precision precision, int64_t n, const Config& c, int reps) {
+  at::NoGradGuard no_grad;
+  const int64_t C = c.embed_dim, H = c.mlp_hidden();
+  const std::vector<std::array<int64_t, 3>> shapes = {{n, n, n}, {n, C, 3 * C}, {n, C, H}, {n, H, C}};
+  const auto opts = at::TensorOptions().dtype(precision_dtype(precision)).device(device);
+  AutocastGuard autocast(device.type(), precision);
+  MatmulRate best;
+  for (const auto& [m, k, out] : shapes) {
+    const at::Tensor x = at::randn({m, k}, opts), w = at::randn({out, k}, opts);
+    (void)autocast_linear(x, w, at::Tensor());  // warm-up
+    sync(device);
+    double seconds = 1e30;
+    for (int r = 0; r < std::max(1, reps); ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      (void)autocast_linear(x, w, at::Tensor());
+      sync(device);
+      seconds = std::min(seconds, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    const double flops = 2.0 * static_cast<double>(m) * k * out / seconds;
+    if (flops > best.flops) best = {flops, cat(m, "x", k, "x", out)};
+  }
+  return best;
 }
 
 bool bf16_pays(c10::Device device, double min_ratio, double* ratio) {

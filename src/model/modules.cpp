@@ -160,10 +160,10 @@ at::Tensor MlpImpl::forward(const at::Tensor& x) {
   }
   if (LowPrecisionWeights::applies(*this, x)) {
     const auto d = x.device().type();
-    const at::Tensor h = at::gelu(at::linear(x, low->get(0, fc1->weight, d), low->get(1, fc1->bias, d)));
-    return at::linear(h, low->get(2, fc2->weight, d), low->get(3, fc2->bias, d));
+    const at::Tensor h = at::gelu(autocast_linear(x, low->get(0, fc1->weight, d), low->get(1, fc1->bias, d)));
+    return autocast_linear(h, low->get(2, fc2->weight, d), low->get(3, fc2->bias, d));
   }
-  return fc2->forward(at::gelu(fc1->forward(x)));
+  return autocast_linear(at::gelu(autocast_linear(x, fc1->weight, fc1->bias)), fc2->weight, fc2->bias);
 }
 
 void set_fused_attention(bool on) { fused_attention_on = on; }
@@ -217,6 +217,14 @@ at::Tensor sdpa_attention(const at::Tensor& qkv_out, int64_t Q, const at::Tensor
                                .masked_fill(key_mask.reshape({B, 1, 1, N}) == 0, -std::numeric_limits<float>::infinity());
     mask = mask.defined() ? mask + pad : pad;
   }
+  // Emulated bf16 (vlmo/precision.h): the fp32 kernel on q, k and v rounded to bf16.
+  if (bf16_emulated(q.device().type())) {
+    AutocastGuard fp32(q.device().type(), Precision::kFloat32);
+    const at::Tensor q32 = bf16_rounded_fp32(q), k32 = bf16_rounded_fp32(k), v32 = bf16_rounded_fp32(v);
+    const at::Tensor out = mask.defined() ? at::scaled_dot_product_attention(q32, k32, v32, mask.to(at::kFloat))
+                                          : at::scaled_dot_product_attention(q32, k32, v32);
+    return out.transpose(1, 2).reshape({B, Q, H * hd});
+  }
   // SDPA wants the mask in the inputs' type (under bf16 autocast q / k / v are bf16 already).
   if (mask.defined()) mask = mask.to(q.scalar_type());
   // No mask is "none", not an undefined tensor (which 2.x refuses as a mask of no type).
@@ -248,17 +256,26 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   const bool keep_low = !q_qkv && LowPrecisionWeights::applies(*this, x);
   const auto dev = x.device().type();
   at::Tensor qkv_lin = q_qkv      ? q_qkv->forward(x)
-                       : keep_low ? at::linear(x, low->get(0, qkv->weight, dev), bias)
-                                  : at::linear(x, qkv->weight, bias);  // (B, N, 3C)
+                       : keep_low ? autocast_linear(x, low->get(0, qkv->weight, dev), bias)
+                                  : autocast_linear(x, qkv->weight, bias);  // (B, N, 3C)
   auto project = [&](const at::Tensor& o) {
-    return q_proj ? q_proj->forward(o) : keep_low ? at::linear(o, low->get(1, proj->weight, dev), low->get(2, proj->bias, dev))
-                                                  : proj->forward(o);
+    return q_proj     ? q_proj->forward(o)
+           : keep_low ? autocast_linear(o, low->get(1, proj->weight, dev), low->get(2, proj->bias, dev))
+                      : autocast_linear(o, proj->weight, proj->bias);
   };
   // (Not for bf16 under autocast: per-head bf16 products measured slower than the plain path's
   // batched ones, 12.0-12.7 vs 14.3-15.0 images/s, NOTES.md.)
+  // Emulated bf16 (vlmo/precision.h) takes it too: q, k and v rounded to bf16, products in fp32.
+  const bool emulated = bf16_emulated(dev) && qkv_lin.scalar_type() != at::kDouble;
   if (fused_attention_on && !at::GradMode::is_enabled() && qkv_lin.is_cpu() &&
-      qkv_lin.scalar_type() == at::kFloat && !active_recorder && plain_attention_scopes == 0) {
-    const at::Tensor out = cpu_inference_attention(qkv_lin, Q, num_heads, scale, key_mask, rel_bias);
+      (qkv_lin.scalar_type() == at::kFloat || emulated) && !active_recorder && plain_attention_scopes == 0) {
+    at::Tensor out;
+    if (emulated) {
+      AutocastGuard fp32(dev, Precision::kFloat32);  // the kernel's products in fp32 (autocast would make them bf16)
+      out = cpu_inference_attention(bf16_rounded_fp32(qkv_lin), Q, num_heads, scale, key_mask, rel_bias);
+    } else {
+      out = cpu_inference_attention(qkv_lin, Q, num_heads, scale, key_mask, rel_bias);
+    }
     ++fused_attention_count;
     return project(out);
   }
@@ -275,7 +292,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   // q.float() @ k.float() too), so q and k are not converted first; the bias makes them fp32.
   const bool autocast = autocast_enabled(q.device().type());
   const auto logit_type = autocast ? q.scalar_type() : at::promote_types(q.scalar_type(), at::kFloat);
-  at::Tensor attn = at::matmul(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
+  at::Tensor attn = autocast_matmul(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
   if (autocast) attn = attn.to(at::promote_types(attn.scalar_type(), at::kFloat));
   if (rel_bias.defined()) attn = attn + rel_bias.narrow(1, 0, Q).unsqueeze(0);
   if (key_mask.defined())
@@ -284,7 +301,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
                             -std::numeric_limits<float>::infinity());
   attn = attn.softmax(-1).to(x.scalar_type());
   if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
-  at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
+  at::Tensor out = autocast_matmul(attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
   return project(out);
 }
 

@@ -1,7 +1,12 @@
 #include "vlmo/precision.h"
 
+#include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "vlmo/error.h"
 
@@ -90,6 +95,71 @@ AutocastGuard::~AutocastGuard() {
   if (!supported(type_)) return;
   set_state(type_, previous_enabled_, previous_dtype_);
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+}
+
+namespace {
+CpuBf16Products detect_cpu_bf16_products() {
+  if (const char* env = std::getenv("VLMO_CPU_BF16")) {
+    if (std::strcmp(env, "native") == 0) return CpuBf16Products::kNative;
+    if (std::strcmp(env, "emulated") == 0) return CpuBf16Products::kEmulated;
+    throw Error(cat("environment variable VLMO_CPU_BF16=\"", env, "\": expected native or emulated"));
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  // oneDNN's condition for its bf16 GEMM (LibTorch's mkldnn_bf16_device_check).
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512dq");
+  return avx512 ? CpuBf16Products::kNative : CpuBf16Products::kEmulated;
+#else
+  return CpuBf16Products::kNative;
+#endif
+}
+}  // namespace
+
+namespace {
+std::atomic<int> chosen_cpu_bf16_products{-1};  // -1: not chosen yet
+}
+
+CpuBf16Products cpu_bf16_products() {
+  int mode = chosen_cpu_bf16_products.load();
+  if (mode < 0) {
+    static const CpuBf16Products detected = detect_cpu_bf16_products();
+    int expected = -1;
+    chosen_cpu_bf16_products.compare_exchange_strong(expected, static_cast<int>(detected));
+    mode = chosen_cpu_bf16_products.load();
+  }
+  return static_cast<CpuBf16Products>(mode);
+}
+
+void set_cpu_bf16_products(CpuBf16Products mode) { chosen_cpu_bf16_products = static_cast<int>(mode); }
+
+std::string cpu_bf16_products_name() {
+  return cpu_bf16_products() == CpuBf16Products::kEmulated ? "emulated" : "native";
+}
+
+bool bf16_emulated(c10::DeviceType t) {
+  return t == c10::DeviceType::CPU && autocast_enabled(t) && autocast_dtype(t) == at::kBFloat16 &&
+         cpu_bf16_products() == CpuBf16Products::kEmulated;
+}
+
+at::Tensor bf16_rounded_fp32(const at::Tensor& t) {
+  if (!t.defined() || !t.is_floating_point()) return t;
+  if (t.scalar_type() == at::kBFloat16) return t.to(at::kFloat);
+  return t.to(at::kBFloat16).to(at::kFloat);
+}
+
+at::Tensor autocast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  const auto t = x.device().type();
+  if (!bf16_emulated(t) || x.scalar_type() == at::kDouble) return at::linear(x, weight, bias);
+  AutocastGuard fp32(t, Precision::kFloat32);
+  return at::linear(bf16_rounded_fp32(x), bf16_rounded_fp32(weight), bf16_rounded_fp32(bias));
+}
+
+at::Tensor autocast_matmul(const at::Tensor& a, const at::Tensor& b) {
+  const auto t = a.device().type();
+  if (!bf16_emulated(t) || a.scalar_type() == at::kDouble) return at::matmul(a, b);
+  AutocastGuard fp32(t, Precision::kFloat32);
+  return at::matmul(bf16_rounded_fp32(a), bf16_rounded_fp32(b));
 }
 
 }  // namespace vlmo
