@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the project needs on Debian 12 from Debian's archive, then builds it.
+# Installs everything the project needs on Debian 12 or 13 from Debian's archive, then builds it.
 # Usage: scripts/setup.sh [BUILD_DIR]   (default: build). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,9 +7,9 @@ BUILD_DIR=${1:-build}
 
 PACKAGES=(
   build-essential cmake pkg-config
-  libtorch-dev            # LibTorch 1.13 (CPU)
+  "${VLMO_TORCH_PACKAGE:-libtorch-dev}"  # LibTorch (CPU; scripts/cuda_build.sh takes libtorch-cuda-dev)
   libopenblas0-openmp     # fast fp32 BLAS for LibTorch (else ~30x slower matmul)
-  libgloo-dev             # c10d Gloo headers (distributed training on CPUs)
+  "${VLMO_GLOO_PACKAGE:-libgloo-dev}"  # c10d Gloo headers (distributed training on CPUs; libgloo-cuda-dev with a CUDA LibTorch)
   nlohmann-json3-dev      # JSON (configs, safetensors headers, metrics)
   zlib1g-dev              # deflated zip entries in PyTorch checkpoints
   libgtest-dev            # unit tests
