@@ -11,7 +11,7 @@
 #   ROUNDS (default 1): how many times the whole set repeats, alternating the implementations
 #   (the table keeps each one's best). Env: THREADS (default: every core), STEPS (default 2).
 # Needs: both builds made (scripts/setup.sh build; scripts/debian13.sh scripts/setup.sh build-debian13),
-# python3-torch python3-numpy python3-scipy python3-pil on the host and in the root.
+# python3-torch python3-numpy python3-scipy python3-pil python3-tqdm on the host and in the root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REF=$(cd "${1:?usage: bench/side_by_side.sh OFFICIAL_VLMO_DIR [ROUNDS]}" && pwd -P)
