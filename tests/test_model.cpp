@@ -55,6 +55,35 @@ Batch tiny_batch(const Config& c, int64_t B = 3) {
   return b;
 }
 
+// Every output of the three passes (fusion, image with its VL-FFN features, text) and then every
+// parameter's gradient of a fixed weighted sum of them, all as fp32: what two attention or
+// product paths must agree on. Outputs come first (kPassOutputs of them).
+constexpr size_t kPassOutputs = 5;
+std::vector<at::Tensor> outputs_and_gradients(VLMo& m, const Batch& b) {
+  m->zero_grad();
+  const FusionOutput f = m->infer(b.text_ids, b.text_masks, b.image);
+  const UnimodalOutput img = m->infer_image(b.image), txt = m->infer_text(b.text_ids, b.text_masks);
+  std::vector<at::Tensor> out = {f.text_feats, f.image_feats, img.feats, img.cls_vlffn_feats, txt.feats};
+  at::Tensor loss = at::zeros({}, at::kFloat);
+  for (size_t i = 0; i < out.size(); ++i)
+    loss = loss + (out[i].to(at::kFloat) * at::cos(at::arange(out[i].numel()).reshape(out[i].sizes()) * (i + 1.0))).sum();
+  loss.backward();
+  for (const auto& p : m->parameters()) out.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+  for (auto& t : out) t = t.detach().to(at::kFloat);
+  return out;
+}
+
+// Tensor by tensor, max|a - b| <= tol * (1 + max|b|); failures name the output or parameter.
+void expect_outputs_and_gradients_close(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b, double tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double diff = (a[i] - b[i]).abs().max().item<double>(), scale = b[i].abs().max().item<double>();
+    EXPECT_LE(diff, tol * (1 + scale)) << (i < kPassOutputs ? "output " : "gradient of parameter ")
+                                       << (i < kPassOutputs ? i : i - kPassOutputs) << ": max diff " << diff
+                                       << ", max |reference| " << scale;
+  }
+}
+
 }  // namespace
 
 TEST(RelativePosition, ImageIndexByHand) {
@@ -383,27 +412,14 @@ TEST(Model, SdpaAndPlainAttentionAgree) {
     const Batch b = tiny_batch(c, 3);
     auto run = [&](bool fused) {
       set_fused_attention(fused);
-      m->zero_grad();
       const int64_t before = fused_attention_calls();
-      const FusionOutput f = m->infer(b.text_ids, b.text_masks, b.image);
-      const UnimodalOutput img = m->infer_image(b.image), txt = m->infer_text(b.text_ids, b.text_masks);
-      std::vector<at::Tensor> out = {f.text_feats, f.image_feats, img.feats, img.cls_vlffn_feats, txt.feats};
+      auto out = outputs_and_gradients(m, b);
       EXPECT_EQ(fused_attention_calls() - before, fused ? 3 * c.depth + 2 * (c.depth - c.vlffn_start_layer_index) : 0);
-      at::Tensor loss = at::zeros({}, at::kFloat);
-      for (size_t i = 0; i < out.size(); ++i) loss = loss + (out[i] * at::cos(at::arange(out[i].numel()).reshape(out[i].sizes()) * (i + 1.0))).sum();
-      loss.backward();
-      for (const auto& p : m->parameters()) out.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
       set_fused_attention(true);
-      for (auto& t : out) t = t.detach().to(at::kFloat);
       return out;
     };
     const auto plain = run(false), fused = run(true);
-    ASSERT_EQ(plain.size(), fused.size());
-    for (size_t i = 0; i < plain.size(); ++i) {
-      const double diff = (fused[i] - plain[i]).abs().max().item<double>(), scale = plain[i].abs().max().item<double>();
-      EXPECT_LE(diff, tol * (1 + scale)) << (i < 5 ? "output " : "gradient of parameter ") << (i < 5 ? i : i - 5)
-                                         << ": max diff " << diff << ", max |plain| " << scale;
-    }
+    expect_outputs_and_gradients_close(fused, plain, tol);
     // The relative-position table's gradient is there, and not zero: the bias was learned through the mask.
     if (m->relative_position_bias_table.defined()) {
       ASSERT_TRUE(m->relative_position_bias_table.grad().defined());
@@ -445,28 +461,12 @@ TEST(Precision, EmulatedBf16ProductsAreFp32SumsOfBf16RoundedValues) {
   m->train();
   at::manual_seed(7);
   const Batch batch = tiny_batch(c, 3);
-  auto run = [&](CpuBf16Products mode) {
-    set_cpu_bf16_products(mode);
-    m->zero_grad();
-    const FusionOutput f = m->infer(batch.text_ids, batch.text_masks, batch.image);
-    const UnimodalOutput img = m->infer_image(batch.image), txt = m->infer_text(batch.text_ids, batch.text_masks);
-    std::vector<at::Tensor> out = {f.text_feats, f.image_feats, img.feats, txt.feats};
-    at::Tensor loss = at::zeros({}, at::kFloat);
-    for (size_t i = 0; i < out.size(); ++i)
-      loss = loss + (out[i].to(at::kFloat) * at::cos(at::arange(out[i].numel()).reshape(out[i].sizes()) * (i + 1.0))).sum();
-    loss.backward();
-    for (const auto& p : m->parameters()) out.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
-    for (auto& t : out) t = t.detach().to(at::kFloat);
-    return out;
-  };
-  const auto native = run(CpuBf16Products::kNative), emulated = run(CpuBf16Products::kEmulated);
+  set_cpu_bf16_products(CpuBf16Products::kNative);
+  const auto native = outputs_and_gradients(m, batch);
+  set_cpu_bf16_products(CpuBf16Products::kEmulated);
+  const auto emulated = outputs_and_gradients(m, batch);
   set_cpu_bf16_products(before);
-  ASSERT_EQ(native.size(), emulated.size());
-  for (size_t i = 0; i < native.size(); ++i) {
-    const double diff = (emulated[i] - native[i]).abs().max().item<double>(), scale = native[i].abs().max().item<double>();
-    EXPECT_LE(diff, 3e-2 * (1 + scale)) << (i < 4 ? "output " : "gradient of parameter ") << (i < 4 ? i : i - 4)
-                                        << ": max diff " << diff << ", max |native| " << scale;
-  }
+  expect_outputs_and_gradients_close(emulated, native, 3e-2);
 }
 
 // Activation checkpointing recomputes each block in the backward pass: the pre-training

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <optional>
 
 #include "vlmo/error.h"
 #include "vlmo/model.h"
@@ -269,13 +270,11 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   const bool emulated = bf16_emulated(dev) && qkv_lin.scalar_type() != at::kDouble;
   if (fused_attention_on && !at::GradMode::is_enabled() && qkv_lin.is_cpu() &&
       (qkv_lin.scalar_type() == at::kFloat || emulated) && !active_recorder && plain_attention_scopes == 0) {
-    at::Tensor out;
-    if (emulated) {
-      AutocastGuard fp32(dev, Precision::kFloat32);  // the kernel's products in fp32 (autocast would make them bf16)
-      out = cpu_inference_attention(bf16_rounded_fp32(qkv_lin), Q, num_heads, scale, key_mask, rel_bias);
-    } else {
-      out = cpu_inference_attention(qkv_lin, Q, num_heads, scale, key_mask, rel_bias);
-    }
+    std::optional<AutocastGuard> fp32;  // emulated: the kernel's products in fp32 (autocast would make them bf16)
+    if (emulated) fp32.emplace(dev, Precision::kFloat32);
+    const at::Tensor out =
+        cpu_inference_attention(emulated ? bf16_rounded_fp32(qkv_lin) : qkv_lin, Q, num_heads, scale, key_mask, rel_bias);
+    fp32.reset();
     ++fused_attention_count;
     return project(out);
   }

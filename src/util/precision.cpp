@@ -114,24 +114,17 @@ CpuBf16Products detect_cpu_bf16_products() {
   return CpuBf16Products::kNative;
 #endif
 }
+
+// Detected (or read from the environment) on first use; set_cpu_bf16_products replaces it.
+std::atomic<CpuBf16Products>& cpu_bf16_choice() {
+  static std::atomic<CpuBf16Products> choice{detect_cpu_bf16_products()};
+  return choice;
+}
 }  // namespace
 
-namespace {
-std::atomic<int> chosen_cpu_bf16_products{-1};  // -1: not chosen yet
-}
+CpuBf16Products cpu_bf16_products() { return cpu_bf16_choice().load(); }
 
-CpuBf16Products cpu_bf16_products() {
-  int mode = chosen_cpu_bf16_products.load();
-  if (mode < 0) {
-    static const CpuBf16Products detected = detect_cpu_bf16_products();
-    int expected = -1;
-    chosen_cpu_bf16_products.compare_exchange_strong(expected, static_cast<int>(detected));
-    mode = chosen_cpu_bf16_products.load();
-  }
-  return static_cast<CpuBf16Products>(mode);
-}
-
-void set_cpu_bf16_products(CpuBf16Products mode) { chosen_cpu_bf16_products = static_cast<int>(mode); }
+void set_cpu_bf16_products(CpuBf16Products mode) { cpu_bf16_choice().store(mode); }
 
 std::string cpu_bf16_products_name() {
   return cpu_bf16_products() == CpuBf16Products::kEmulated ? "emulated" : "native";
