@@ -1,7 +1,7 @@
 // A small command-line parser: each subcommand declares its options (with defaults and help),
 // `--help` lists them, unknown options and missing values are errors that say what was expected.
 // Every number goes through one typed, range-checked reader (Args::get_int and friends).
-// Why not CLI11 (NOTES.md): the declarative option tables are also what --train-config files are
+// Why not CLI11 (docs/design.md): the declarative option tables are also what --train-config files are
 // checked against and overridden by, and the parser is ~150 lines with tests.
 #pragma once
 #include <cstdint>

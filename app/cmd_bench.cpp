@@ -13,6 +13,7 @@
 #include "vlmo/bench.h"
 #include "vlmo/device.h"
 #include "vlmo/error.h"
+#include "model/model_internals.h"
 
 namespace vlmo::cli {
 namespace {

@@ -8,6 +8,7 @@
 #include "vlmo/device.h"
 #include "vlmo/error.h"
 #include "vlmo/reference_check.h"
+#include "model/model_internals.h"
 
 namespace vlmo::cli {
 namespace {

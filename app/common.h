@@ -10,13 +10,16 @@
 #include <utility>
 #include <vector>
 
-#include "answerers.h"
+#include "serve/answerers.h"
 #include "cli.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/tokenizer.h"
 #include "vlmo/train.h"
 
 namespace vlmo::cli {
+
+// The inference tasks (prepare / run) that the commands share with the server.
+using namespace vlmo::serve;
 
 // --model, --config, --preset, --image-size, --max-text-len, --answers, --vocab: a vlmo
 // checkpoint, or an official .pt / .ckpt with --config or --preset (and --answers for VQA).

@@ -45,7 +45,9 @@ vlmo_bench() {  # STACK PRECISION TASKS
 }
 official_bench() {  # STACK PRECISION TASKS
   if [ "$1" = debian13 ]; then
-    run "$1" official "$2" "$3" scripts/debian13.sh python3 "$OFFICIAL/cpu_bench.py" "$REF13" --batch 8 --image-size 224 \
+    # Debian 13's python3-torch is built without libuv, which torch.distributed's TCPStore asks
+    # for by default from 2.4 on: USE_LIBUV=0 selects the other store.
+    run "$1" official "$2" "$3" scripts/debian13.sh env USE_LIBUV=0 python3 "$OFFICIAL/cpu_bench.py" "$REF13" --batch 8 --image-size 224 \
       --steps "$STEPS" --threads "$THREADS" --precision "$2" --task "$3"
   else
     run "$1" official "$2" "$3" /usr/bin/python3 "$OFFICIAL/cpu_bench.py" "$REF" --batch 8 --image-size 224 \

@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
 #include "vlmo/vqa_eval.h"
+#include "vlmo/retrieval.h"
+#include <ATen/ATen.h>
+#include "test_util.h"
 
 using namespace vlmo;
 
@@ -104,3 +107,48 @@ TEST(Nlvr2Data, ReadsJsonLinesWithImagePaths) {
   std::ofstream(dir + "/bad.json") << R"({"identifier": "dev-1-0-0", "sentence": "s", "label": "maybe"})" "\n";
   vlmo::test::expect_error([&] { read_nlvr2(dir + "/bad.json", "/r", "dev"); }, {"bad.json:1", "True"});
 }
+
+TEST(Retrieval, RecallByHand) {
+  // 2 images, 4 captions: captions 0,1 -> image 0; 2,3 -> image 1.
+  const at::Tensor scores = at::tensor({0.9, 0.1, 0.8, 0.2,    // image 0: best caption 0 (own)
+                                        0.5, 0.6, 0.7, 0.1}).reshape({2, 4});  // image 1: best caption 2 (own)
+  const Recall r = retrieval_recall(scores, {0, 0, 1, 1});
+  EXPECT_DOUBLE_EQ(r.tr1, 1.0);
+  // IR: caption 0 -> image 0 (0.9 > 0.5) hit; caption 1 -> image 1 (0.6 > 0.1) miss;
+  // caption 2 -> image 0 (0.8 > 0.7) miss; caption 3 -> image 0 (0.2 > 0.1) miss.
+  EXPECT_DOUBLE_EQ(r.ir1, 0.25);
+  EXPECT_DOUBLE_EQ(r.ir5, 1.0);
+  const Recall c = chance_recall(2, {0, 0, 1, 1});
+  EXPECT_DOUBLE_EQ(c.ir1, 0.5);
+  EXPECT_NEAR(c.tr1, 0.5, 1e-12);
+}
+
+TEST(Retrieval, ItmRerankingByHand) {
+  const at::Tensor scores = at::tensor({0.9, 0.1, 0.8, 0.2, 0.5, 0.6, 0.7, 0.1}).reshape({2, 4});
+  // The "ITM" strongly prefers (image 1, caption 1): image 1's row now ranks caption 1 (owned by
+  // image 0) first, a TR miss; caption 1's column already ranked image 1 first.
+  int calls = 0;
+  const Recall r = rerank_recall(scores, {0, 0, 1, 1}, 2, [&](const at::Tensor& i, const at::Tensor& t) {
+    ++calls;
+    return (i.eq(1) & t.eq(1)).to(at::kFloat) * 5;
+  });
+  EXPECT_EQ(calls, 2);  // one batch per direction
+  EXPECT_DOUBLE_EQ(r.tr1, 0.5);
+  EXPECT_DOUBLE_EQ(r.ir1, 0.25);
+  EXPECT_DOUBLE_EQ(r.tr5, 1.0);
+  // Weighting the dual score by 100 (as a contrastive logit would be): image 1's row scores
+  // caption 2 at 70 and caption 1 at 5 + 60, so caption 2 (its own) comes first. Pairs are scored
+  // once for all weights.
+  calls = 0;
+  const std::vector<Recall> w = rerank_recall(scores, {0, 0, 1, 1}, 2, [&](const at::Tensor& i, const at::Tensor& t) {
+    ++calls;
+    return (i.eq(1) & t.eq(1)).to(at::kFloat) * 5;
+  }, std::vector<double>{1.0, 100.0});
+  EXPECT_EQ(calls, 2);
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_DOUBLE_EQ(w[0].tr1, 0.5);
+  EXPECT_DOUBLE_EQ(w[0].ir1, 0.25);
+  EXPECT_DOUBLE_EQ(w[1].tr1, 1.0);
+  EXPECT_DOUBLE_EQ(w[1].ir1, 0.25);  // caption 1's column: image 1 at 5 + 60 beats image 0 at 10
+}
+

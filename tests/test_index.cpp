@@ -1,5 +1,6 @@
-// FAISS indexes over embedding collections: exact flat search equals brute force; approximate
-// kinds over 100,000 synthetic embeddings report build time, latency and recall@10; files round-trip.
+// src/index/: FAISS indexes over embedding collections (exact flat search equals brute force;
+// approximate kinds over 100,000 synthetic embeddings report build time, latency and recall@10;
+// files round-trip), image collections and their resumable embedding folders.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -10,6 +11,8 @@
 #include "test_util.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/vector_index.h"
+#include "vlmo/image_collection.h"
+#include <filesystem>
 
 using namespace vlmo;
 using vlmo::test::expect_error;
@@ -105,4 +108,92 @@ TEST(Index, FilesRoundTripAndShardsConcatenate) {
   expect_error([&] { read_embedding_shards({dir + "/e0.safetensors", dir + "/other.safetensors"}); }, {"other.safetensors", "8-d", "16-d"});
   expect_error([&] { VectorIndex::load(dir + "/e0.safetensors"); }, {"e0.safetensors", "not an index"});
   expect_error([&] { parse_index_kind("lsh"); }, {"lsh", "flat, ivfpq or hnsw"});
+}
+
+TEST(Collection, IdsNameFilesAndShardMembers) {
+  EXPECT_EQ(parse_collection_id("a/b.jpg").file, "a/b.jpg");
+  EXPECT_EQ(parse_collection_id("a/b.jpg").member, "");
+  const CollectionId m = parse_collection_id("d/s-01.tar/x/000001.jpg");
+  EXPECT_EQ(m.file, "d/s-01.tar");
+  EXPECT_EQ(m.member, "x/000001.jpg");
+  EXPECT_EQ(shard_member_id("d/s-01.tar", "x/000001.jpg"), "d/s-01.tar/x/000001.jpg");
+  EXPECT_TRUE(is_shard_file("d/s-01.tar"));
+  EXPECT_FALSE(is_shard_file("d/s-01.tar.gz"));
+}
+
+TEST(Collection, FilesFoldersAndShardsInAFixedOrder) {
+  namespace fs = std::filesystem;
+  const std::string dir = test::temp_dir();
+  const std::string png = test::read_file(test::fixture("images/camera.png"));
+  fs::create_directories(dir + "/f");
+  test::write_file(dir + "/f/b.png", png);
+  test::write_file(dir + "/f/a.png", png);
+  test::write_file(dir + "/f/notes.txt", "not an image");
+  test::write_file(dir + "/one.png", png);
+  std::string tar;
+  test::tar_add(tar, "x/1.png", png);
+  test::tar_add(tar, "x/1.txt", "a caption");
+  test::tar_add(tar, "x/2.png", png);
+  tar.append(1024, '\0');
+  test::write_file(dir + "/s.tar", tar);
+  const ImageCollection files({dir + "/one.png", dir + "/f"});
+  EXPECT_EQ(files.size_if_known(), 3);
+  const ImageCollection col({dir + "/one.png", dir + "/f", dir + "/s.tar"});
+  EXPECT_EQ(col.size_if_known(), -1);  // shards are counted only by reading them
+  std::vector<std::string> ids, bytes_of;
+  col.each(0, [&](const std::string& id, const std::string& path, const std::string& bytes) {
+    ids.push_back(id);
+    bytes_of.push_back(bytes.empty() ? "file " + path : "member of " + path);
+  });
+  EXPECT_EQ(ids, (std::vector<std::string>{dir + "/one.png", dir + "/f/a.png", dir + "/f/b.png", dir + "/s.tar/x/1.png",
+                                           dir + "/s.tar/x/2.png"}));
+  EXPECT_EQ(bytes_of[0], "file " + dir + "/one.png");
+  EXPECT_EQ(bytes_of[3], "member of " + dir + "/s.tar");
+  std::vector<std::string> rest;
+  col.each(3, [&](const std::string& id, const std::string&, const std::string&) { rest.push_back(id); });
+  EXPECT_EQ(rest, (std::vector<std::string>{dir + "/s.tar/x/1.png", dir + "/s.tar/x/2.png"}));
+  expect_error([&] { ImageCollection({dir + "/missing"}); }, {"missing: no such file or folder"});
+}
+
+// Chunks end at multiples of the chunk size in input items; a second writer on the same folder
+// resumes after the last chunk written; a folder of another run is refused.
+TEST(Collection, EmbeddingFolderWritesChunksAndResumes) {
+  const std::string dir = test::temp_dir() + "/emb";
+  const std::vector<std::string> inputs = {"in"};
+  auto row = [](float v) { return at::full({1, 4}, v); };
+  {
+    EmbeddingFolderWriter w(dir, "m.safetensors", inputs, 2);
+    EXPECT_FALSE(w.complete());
+    EXPECT_EQ(w.items_done(), 0);
+    w.add({"i0"}, row(0));
+    w.consume();
+    EXPECT_FALSE(w.at_chunk_end());
+    w.skip("i1", "cannot decode");
+    w.consume();
+    ASSERT_TRUE(w.at_chunk_end());
+    w.write_chunk();
+    w.write_chunk();  // nothing new since the last: no second chunk
+    w.add({"i2"}, row(2));
+    w.consume();  // then killed: item 2 is not in a chunk
+    EXPECT_EQ(w.manifest()["chunks"].size(), 1u);
+  }
+  expect_error([&] { EmbeddingFolderWriter(dir, "other.safetensors", inputs, 2); }, {"holds embeddings of other inputs, model or --chunk"});
+{
+    EmbeddingFolderWriter w(dir, "m.safetensors", inputs, 2);
+    EXPECT_EQ(w.items_done(), 2);
+    EXPECT_EQ(w.consumed(), 2);
+    w.add({"i2", "i3"}, at::cat({row(2), row(3)}));
+    w.consume();
+    w.consume();
+    w.finish();
+    EXPECT_TRUE(w.complete());
+    EXPECT_EQ(w.vectors(), 3);
+    EXPECT_EQ(w.manifest()["skipped"][0]["id"], "i1");
+  }
+  const EmbeddingSet set = read_embedding_shards(embedding_files(dir));
+  EXPECT_EQ(set.ids, (std::vector<std::string>{"i0", "i2", "i3"}));
+  EXPECT_EQ(set.dim, 4);
+  EXPECT_FLOAT_EQ(set.vectors[4], 2.0f);
+  test::write_file(dir + "/manifest.json", "{\"format\": \"vlmo-embeddings\", \"inputs\": [\"in\"], \"chunk\": 2, \"model\": \"m.safetensors\"}");
+  expect_error([&] { EmbeddingFolderWriter(dir, "m.safetensors", inputs, 2); }, {"expected \"items_done\""});
 }

@@ -33,9 +33,7 @@ Batch random_batch(const Config& c, int64_t index) {
 }
 
 Config scaling_config() {
-  Config c = test::tiny_config();
-  c.vocab_size = 64;
-  return c;
+  return test::tiny_config({"mlm", "itm", "itc"}, [](Config& c) { c.vocab_size = 64; });
 }
 
 VLMo fresh_model(Precision p) {

@@ -15,6 +15,7 @@
 #include "vlmo/pretrain.h"
 #include "vlmo/reference_check.h"
 #include "vlmo/relative_position.h"
+#include "model/model_internals.h"
 
 using namespace vlmo;
 using vlmo::test::expect_error;
@@ -22,19 +23,18 @@ using vlmo::test::fixture;
 
 namespace {
 
+// Every head, 3 blocks of 4 heads, a 50-token vocabulary, 3 token types (NLVR2).
 Config tiny_config() {
-  Config c;
-  c.embed_dim = 32;
-  c.depth = 3;
-  c.num_heads = 4;
-  c.image_size = 32;
-  c.max_text_len = 8;
-  c.vocab_size = 50;
-  c.vlffn_start_layer_index = 2;
-  c.vqav2_label_size = 5;
-  c.num_token_types = 3;
-  c.drop_path_rate = 0;
-  return c;
+  return test::tiny_config(Config{}.heads, [](Config& c) {
+    c.depth = 3;
+    c.num_heads = 4;
+    c.max_text_len = 8;
+    c.vocab_size = 50;
+    c.vlffn_start_layer_index = 2;
+    c.vqav2_label_size = 5;
+    c.num_token_types = 3;
+    c.drop_path_rate = 0;
+  });
 }
 
 VLMo tiny_model(const Config& c = tiny_config()) {

@@ -30,10 +30,7 @@ namespace {
 
 Config tiny() { return vlmo::test::tiny_config(); }
 
-const Tokenizer& bert() {
-  static const Tokenizer t = Tokenizer::from_file(Tokenizer::default_vocab_path());
-  return t;
-}
+using vlmo::test::bert;
 
 // Text-only batches of fixed sentences (stage 2), a pure function of the index.
 BatchFn text_batches(int batch) {

@@ -20,19 +20,16 @@ using vlmo::test::run_cli;
 
 namespace {
 
+// Every head, 4 heads per block, BERT's vocabulary, 3 token types (NLVR2).
 Config tiny_config() {
-  Config c;
-  c.embed_dim = 32;
-  c.depth = 2;
-  c.num_heads = 4;
-  c.image_size = 32;
-  c.max_text_len = 8;
-  c.vocab_size = 30522;
-  c.vlffn_start_layer_index = 1;
-  c.vqav2_label_size = 4;
-  c.num_token_types = 3;
-  c.drop_path_rate = 0;
-  return c;
+  return test::tiny_config(Config{}.heads, [](Config& c) {
+    c.num_heads = 4;
+    c.max_text_len = 8;
+    c.vocab_size = 30522;
+    c.vqav2_label_size = 4;
+    c.num_token_types = 3;
+    c.drop_path_rate = 0;
+  });
 }
 
 VLMo tiny_model(const Config& c = tiny_config()) {
@@ -53,10 +50,7 @@ Image coloured(int k) {
 Image load_coloured(const std::string& ref) { return coloured(std::stoi(ref.substr(4))); }
 std::string ref(int k) { return "img/" + std::to_string(k); }
 
-const Tokenizer& bert() {
-  static const Tokenizer tok = Tokenizer::from_file(Tokenizer::default_vocab_path());
-  return tok;
-}
+using vlmo::test::bert;
 
 }  // namespace
 

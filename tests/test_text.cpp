@@ -15,10 +15,7 @@ using namespace vlmo;
 using vlmo::test::expect_error;
 
 namespace {
-const Tokenizer& bert() {
-  static const Tokenizer t = Tokenizer::from_file(Tokenizer::default_vocab_path());
-  return t;
-}
+using vlmo::test::bert;
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   std::ifstream in(path);
@@ -250,3 +247,18 @@ TEST(Masking, TokenMaskingRate) {
   }
   EXPECT_NEAR(masked / static_cast<double>(real * trials), 0.15, 0.005);
 }
+
+TEST(Data, BlockwiseMaskHitsItsTargetAndIsReproducible) {
+  for (int grid : {4, 14}) {
+    const int target = static_cast<int>(0.4 * grid * grid + 0.5);
+    std::mt19937_64 r1(1), r2(1);
+    for (int k = 0; k < 50; ++k) {
+      const auto m = blockwise_mask(grid, target, r1);
+      EXPECT_EQ(m, blockwise_mask(grid, target, r2));
+      int n = 0;
+      for (bool b : m) n += b;
+      EXPECT_EQ(n, target);
+    }
+  }
+}
+

@@ -4,7 +4,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -12,11 +15,14 @@
 
 #include "vlmo/config.h"
 #include "vlmo/error.h"
+#include "vlmo/tokenizer.h"
 
 namespace vlmo::test {
 
-// The small model the unit tests train: 2 blocks of width 32, 32-px images, 16 tokens.
-inline Config tiny_config(std::vector<std::string> heads = {"mlm", "itm", "itc"}) {
+// The small model of the unit tests: 2 blocks of width 32, 2 heads, 32-px images, 16 tokens,
+// the VL-FFN in the top block; `adjust` changes what a test needs (depth, heads, vocabulary...).
+inline Config tiny_config(std::vector<std::string> heads = {"mlm", "itm", "itc"},
+                          const std::function<void(Config&)>& adjust = {}) {
   Config c;
   c.embed_dim = 32;
   c.depth = 2;
@@ -25,7 +31,35 @@ inline Config tiny_config(std::vector<std::string> heads = {"mlm", "itm", "itc"}
   c.vlffn_start_layer_index = 1;
   c.max_text_len = 16;
   c.heads = std::move(heads);
+  if (adjust) adjust(c);
   return c;
+}
+
+// The BERT uncased tokenizer of the set-up.
+inline const Tokenizer& bert() {
+  static const Tokenizer t = Tokenizer::from_file(Tokenizer::default_vocab_path());
+  return t;
+}
+
+// Appends one file to a tar archive in memory (ustar header, padded to 512 bytes).
+inline void tar_add(std::string& tar, const std::string& name, const std::string& data) {
+  char h[512] = {0};
+  std::snprintf(h, 100, "%s", name.c_str());
+  std::snprintf(h + 100, 8, "%07o", 0644);
+  std::snprintf(h + 108, 8, "%07o", 0);
+  std::snprintf(h + 116, 8, "%07o", 0);
+  std::snprintf(h + 124, 12, "%011lo", static_cast<unsigned long>(data.size()));
+  std::snprintf(h + 136, 12, "%011o", 0);
+  h[156] = '0';
+  std::memcpy(h + 257, "ustar", 6);
+  std::memcpy(h + 263, "00", 2);
+  std::memset(h + 148, ' ', 8);
+  unsigned sum = 0;
+  for (int i = 0; i < 512; ++i) sum += static_cast<unsigned char>(h[i]);
+  std::snprintf(h + 148, 8, "%06o", sum);
+  tar.append(h, 512);
+  tar += data;
+  tar.append((512 - data.size() % 512) % 512, '\0');
 }
 
 inline std::string shared_dir() { return VLMO_SHARED_DIR; }

@@ -19,11 +19,11 @@ namespace vlmo {
 struct DemoRecipe {
   // The model is shaped like the official base-plus (no layer scale, absolute image and text
   // positions, no relative-position bias) with the VL-FFN in its top half, like base's top 2 of
-  // 12 scaled to 4 layers. Issue 13 (NOTES.md) measured why: the demo's captions and questions are
+  // 12 scaled to 4 layers (docs/demo.md gives the measurements): the demo's captions and questions are
   // about where shapes are, and with base's relative-position-only layout a 4x4-patch image gives
   // the text no absolute location; layer scale 0.1 in 4 layers leaves every [CLS] output at its
   // own embedding. Real pre-training keeps the official presets: this is the demo's recipe only.
-  int embed_dim = 128, depth = 4, num_heads = 8, image_size = 48, vlffn_start = 2;  // 8 heads: see "Issue 13, session 11" in NOTES.md
+  int embed_dim = 128, depth = 4, num_heads = 8, image_size = 48, vlffn_start = 2;  // 8 heads: more routes for the fused [CLS]
   std::optional<double> layer_scale;  // null: none (base-plus); 0.1 is base's
   bool absolute_positions = true;     // base-plus: absolute positions, no relative bias
   int background_tint = 4;            // the world's background tint levels per channel (DemoWorld)
@@ -31,20 +31,20 @@ struct DemoRecipe {
   // (0: all), as real captions leave objects out. A caption that names every shape lets one vector
   // per image hold all a caption can ask, and the fusion encoder then only matched the dual
   // encoder; with shapes left out, the dual encoder's image vector must hold every shape any
-  // caption might name, while the fusion encoder reads the named ones from the patches: "Issue
-  // 13, session 15" in NOTES.md. Captions naming 3+ shapes need max_text_len ~40.
+  // caption might name, while the fusion encoder reads the named ones from the patches
+  // (docs/demo.md). Captions naming 3+ shapes need max_text_len ~40.
   int min_shapes = 2, max_shapes = 3, caption_shapes = 2;
   int max_text_len = 24;              // the model's text length (a two-shape caption fits in 24 tokens)
   // Standard deviation of the image's absolute position embeddings at initialisation. The
   // official trunc_normal(0.02) leaves a patch's place ~1/15 of its token beside its content, and
-  // the demo's captions are about places: "Issue 13, session 13" in NOTES.md.
+  // the demo's captions are about places (docs/demo.md).
   double image_pos_init_std = 3.0;
   // Stage 3: ITM leaves its prior only once ITC ranks the positive first in most batches, and then
-  // needs ~2000 more steps: "Issue 13, sessions 10 and 11" in NOTES.md.
+  // needs ~2000 more steps.
   int64_t stage1_steps = 150, stage2_steps = 150, stage3_steps = 3000;
   int64_t retrieval_steps = 300, vqa_steps = 3000, nlvr2_steps = 1200;
   int64_t stage1_batch = 64, stage2_batch = 64, stage3_batch = 16, retrieval_batch = 64, vqa_batch = 32, nlvr2_batch = 32;
-  // NLVR2 at 1e-3 collapsed to chance on one seed in three (NOTES.md, issue 13 session 11).
+  // NLVR2 at 1e-3 collapsed to chance on one seed in three.
   double stage1_lr = 1e-3, stage2_lr = 1e-3, stage3_lr = 1e-3, retrieval_lr = 1e-3, vqa_lr = 1e-3, nlvr2_lr = 3e-4;
   double vqa_head_lr_mult = 20, nlvr2_head_lr_mult = 1;  // the classifier heads' lr multipliers (official: 20, 1)
   double stage3_itm_head_lr_mult = 1;  // stage 3: lr multiplier of itm_score.* and pooler.* (official: 1)
@@ -58,7 +58,7 @@ struct DemoRecipe {
   int64_t retrieval_group = 1;  // the same for the retrieval fine-tuning, from its first step
   // Retrieval fine-tuning with ITC + ITM (irtr_itm_objective, the supplementary's variant for
   // ITM re-ranking) instead of the official ITC only, whose fine-tuned encoder no longer fits its
-  // ITM head (re-ranking with it cost up to 32 R@1 points: NOTES.md, issue 13 sessions 14-15).
+  // ITM head (re-ranking with it cost up to 32 R@1 points).
   bool retrieval_itm = true;
   double warmup_fraction = 0.03;           // pre-training stages: warm-up steps / steps
   double finetune_warmup_fraction = 0.1;   // retrieval, VQA and NLVR2 fine-tuning

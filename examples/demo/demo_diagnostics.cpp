@@ -6,6 +6,7 @@
 #include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/tasks.h"
+#include "model/model_internals.h"
 
 namespace vlmo {
 
@@ -83,7 +84,7 @@ nlohmann::json diagnose_model(VLMo& model, const Tokenizer& tok, const at::Tenso
   pos.text_feats.retain_grad();
   neg.text_feats.retain_grad();
   const at::Tensor pooled = at::cat({model->pooler->forward(pos.text_feats), model->pooler->forward(neg.text_feats)});
-  const at::Tensor logits = model->itm_score->forward(pooled);
+  const at::Tensor logits = itm_logits_of_pooled(model, pooled);
   const at::Tensor matched = logits.narrow(0, 0, n).detach();
   auto balanced_accuracy = [&](const at::Tensor& mismatched) {
     return 0.5 * (matched.argmax(1).eq(1).to(at::kDouble).mean().item<double>() +

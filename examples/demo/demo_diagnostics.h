@@ -1,4 +1,4 @@
-// Measurements of a model's state, taken by the demo after each stage (issue 13): how much the
+// Measurements of a model's state, taken by the demo after each stage: how much the
 // [CLS] features of different inputs differ, whether the fusion encoder tells matched pairs from
 // mismatched ones, where the fused [CLS] query attends, and the ITM gradients that reach it.
 #pragma once

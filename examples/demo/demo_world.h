@@ -29,12 +29,12 @@ class DemoWorld {
  public:
   // tint_range: each scene's background is grey 55 plus, per channel, one of `tint_range` levels
   // centred on it. Background is most of an image, so the range sets how much of an untrained
-  // image feature is nuisance (issue 13 in NOTES.md: at 50 levels stage 3's contrastive loss sits
+  // image feature is nuisance (docs/demo.md: at 50 levels stage 3's contrastive loss sits
   // at ln(batch) for ~200 steps; at 4 it leaves within ~30).
   // A scene holds min_shapes..max_shapes shapes at distinct places. caption_shapes: 0, a caption
   // names every shape; k > 0, a caption names k of the scene's shapes (all of them when it has k
   // or fewer), a subset picked by the variant, as real captions leave objects out. The defaults
-  // are the world of issue 13's sessions 1-14 (1..2 shapes, all named); the demo's recipe draws
+  // are the simpler world some tests are about (1..2 shapes, all named); the demo's recipe draws
   // 2..3 shapes and names 2 (DemoRecipe, demo_world()).
   DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range = 4, int max_shapes = 2,
             int caption_shapes = 0, int min_shapes = 1);
@@ -95,7 +95,7 @@ std::vector<std::vector<uint32_t>> scene_neighbours(const std::vector<Scene>& sc
 // DemoWorld produces (captions, questions, statements), in BERT's order: about 60 entries instead
 // of 30522. It tokenizes the world's texts exactly as `bert` does (greedy longest match only ever
 // picks pieces BERT picks), and the word embeddings and the MLM decoder shrink from 2 x 3.9 M
-// parameters to 2 x 7 K, which makes a stage-3 step about 1.6x faster (NOTES.md, issue 13).
+// parameters to 2 x 7 K, which makes a stage-3 step about 1.6x faster.
 Tokenizer world_tokenizer(const Tokenizer& bert);
 
 }  // namespace vlmo

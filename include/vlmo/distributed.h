@@ -13,14 +13,19 @@
 #include <ATen/Tensor.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "vlmo/model.h"
-#include "vlmo/objectives.h"
 
 namespace vlmo {
+
+// Gathers a tensor from every rank along dim 0, the local chunk first, without autograd
+// (as the official all_gather). The identity on one process.
+using GatherFn = std::function<at::Tensor(const at::Tensor&)>;
+at::Tensor gather_local(const at::Tensor& t);
 
 // Who this process is, from the launcher's environment:
 //   torchrun / torch.distributed.launch: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;

@@ -39,28 +39,7 @@ class SampleKeys {
   std::vector<uint64_t> keys_;
   const std::vector<uint64_t>* previous_;
 };
-// Attention probe. While an AttentionRecorder lives on this thread, every attention layer appends
-// the (detached) attention probabilities of its first query, the [CLS] token: (B, heads, N) per
-// layer, in the order the layers run. A diagnostic (`vlmo demo` measures the [CLS] attention
-// entropy with it); it costs one copy per layer. Guards nest like SampleKeys.
-class AttentionRecorder {
- public:
-  AttentionRecorder();
-  ~AttentionRecorder();
-  AttentionRecorder(const AttentionRecorder&) = delete;
-  AttentionRecorder& operator=(const AttentionRecorder&) = delete;
-  const std::vector<at::Tensor>& cls_attention() const { return rows_; }
-  static AttentionRecorder* current();
-  void record(const at::Tensor& probs) { rows_.push_back(probs); }
 
- private:
-  std::vector<at::Tensor> rows_;
-  AttentionRecorder* previous_;
-};
-
-// A (rows, shape...) float mask of 1s (kept, probability `keep`) and 0s on the CPU: row i drawn
-// from keys[i] mixed with `salt`.
-at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef row_shape, double keep, uint64_t salt);
 
 // A linear layer with int8 weights (one scale per output channel) and activations quantised per
 // call (dynamic quantisation: CPU inference only, no autograd). See quantize_int8.
@@ -88,16 +67,6 @@ void set_fused_attention(bool on);
 bool fused_attention();
 // Whether this LibTorch has scaled_dot_product_attention (>= 2.0).
 bool sdpa_available();
-int64_t fused_attention_calls();  // attention layers run by a fused path so far (tests, profiling)
-// While one lives on this thread the fused paths are not taken: the first pass of a checkpointed
-// block, which must compute exactly what its recomputation in the backward pass will.
-class PlainAttentionScope {
- public:
-  PlainAttentionScope();
-  ~PlainAttentionScope();
-  PlainAttentionScope(const PlainAttentionScope&) = delete;
-  PlainAttentionScope& operator=(const PlainAttentionScope&) = delete;
-};
 
 // Shared self-attention: qkv without k bias, fp32 logits, additive relative bias, key mask.
 struct AttentionImpl : torch::nn::Module {
@@ -264,7 +233,7 @@ struct VLMoImpl : torch::nn::Module {
   // Per-layer relative bias [H, N, N] for an index matrix, or undefined tensors without rel-pos.
   std::vector<at::Tensor> relative_biases(Modality modality, int64_t text_len);
 
-  const Config& config() const { return cfg; }
+  const Config& config() const { return cfg_; }
 
   // Run-time settings (not part of checkpoints).
   // bf16: the transformer blocks of every infer* pass run under autocast (matrix products in
@@ -282,7 +251,6 @@ struct VLMoImpl : torch::nn::Module {
   // are), so callers may pass host tensors to a model on a GPU; outputs stay on this device.
   c10::Device device() const { return token_type_embeddings->weight.device(); }
 
-  Config cfg;
   MultiwayTransformer transformer{nullptr};
   at::Tensor relative_position_bias_table;
   BertEmbeddings text_embeddings{nullptr};
@@ -297,6 +265,7 @@ struct VLMoImpl : torch::nn::Module {
   MIMHead mim_head{nullptr};
 
  private:
+  Config cfg_;
   at::Tensor text_embed(const at::Tensor& text_ids);
   at::Tensor image_embed(const at::Tensor& images, int token_type);
   UnimodalOutput unimodal(at::Tensor x, const at::Tensor& mask, Modality modality,

@@ -7,14 +7,10 @@
 #include <functional>
 
 #include "vlmo/batch.h"
+#include "vlmo/distributed.h"
 #include "vlmo/model.h"
 
 namespace vlmo {
-
-// Gathers a tensor from every rank along dim 0, the local chunk first, without autograd
-// (as the official all_gather). The identity on one process.
-using GatherFn = std::function<at::Tensor(const at::Tensor&)>;
-at::Tensor gather_local(const at::Tensor& t);
 
 // Symmetric CLIP loss over L2-normalised features with a learned log-scale; local rows are
 // matched with the gathered columns. Returns the loss and the image->text logits (local rows).

@@ -29,6 +29,10 @@ at::Tensor nlvr2_logits(VLMo& model, const at::Tensor& text_ids, const at::Tenso
 at::Tensor itm_logits(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
                       const at::Tensor& images);
 
+// The same head on pooled features (B, C) that the caller computed (the pooler's output of a
+// fusion pass), e.g. to read gradients at them.
+at::Tensor itm_logits_of_pooled(VLMo& model, const at::Tensor& pooled);
+
 // ITM logit of class 1 for (image i, text j) pairs drawn from stacked inputs, in chunks of 128,
 // without autograd: the pair scorer of retrieval re-ranking (vlmo/retrieval.h rerank_recall).
 std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> itm_pair_scorer(

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "vlmo/error.h"
+#include "vlmo/signals.h"
 #include "vlmo/model.h"
 #include "vlmo/objectives.h"
 #include "vlmo/safetensors.h"
@@ -154,23 +155,6 @@ struct TrainResult {
   int64_t overflow_steps = 0;                  // fp16 steps skipped for a gradient overflow (loss scaling)
   LossScaler loss_scaler;                      // the scaler's state after the last step
   std::map<std::string, int64_t> skipped;      // samples skipped per reason (over the whole run)
-};
-
-// Graceful stop. After install_stop_handlers(), the first SIGINT or SIGTERM asks a running
-// train() to finish its step, save a checkpoint and throw vlmo::Interrupted; a second one ends
-// the process at once (default action). request_stop() does what the handler does.
-void install_stop_handlers();
-void request_stop(int signal);
-int stop_requested();  // the signal number, 0 when none
-void clear_stop_request();
-
-struct Interrupted : Error {
-  Interrupted(int signal, int64_t step, std::string checkpoint);
-  // Other long work stopped by a signal (what was kept, and how to go on, in `message`).
-  Interrupted(int signal, const std::string& message) : Error(message), signal(signal), step(0) {}
-  int signal;
-  int64_t step;            // steps done (and saved)
-  std::string checkpoint;  // where they were saved ("" when the run has no checkpoint path)
 };
 
 // Runs (or resumes, if `resume_from` names a checkpoint) training.

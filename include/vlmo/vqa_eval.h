@@ -1,21 +1,17 @@
-// Downstream metrics with the official semantics: the VQA evaluation (answer normalisation of
-// punctuation, number words, articles and contractions; accuracy min(1, #matching humans / 3)
-// averaged over the ten leave-one-out subsets), VQAv2 soft scores, NLVR2 accuracy and consistency.
+// Downstream metrics with the official semantics: the VQA evaluation (answers normalised as
+// vlmo/vqa_answer.h says; accuracy min(1, #matching humans / 3)
+// averaged over the ten leave-one-out subsets), NLVR2 accuracy and consistency.
 #pragma once
 #include <string>
 #include <vector>
 
-namespace vlmo {
+#include "vlmo/vqa_answer.h"
 
-// The official evaluation's processPunctuation followed by processDigitArticle.
-std::string normalize_vqa_answer(const std::string& answer);
+namespace vlmo {
 
 // Accuracy of one predicted answer against the human answers (normally 10), as the official
 // evaluation computes it: answers are normalised only when the humans disagree.
 double vqa_accuracy(const std::string& predicted, const std::vector<std::string>& human_answers);
-
-// VQAv2 training target for an answer given by `count` of the ten humans: 0, .3, .6, .9, 1.
-double vqa_soft_score(int count);
 
 struct Nlvr2Score {
   double accuracy = 0;     // fraction correct

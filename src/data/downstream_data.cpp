@@ -9,7 +9,7 @@
 #include "vlmo/files.h"
 #include "vlmo/json_lines.h"
 #include "vlmo/safetensors.h"
-#include "vlmo/vqa_eval.h"
+#include "vlmo/vqa_answer.h"
 
 namespace vlmo {
 namespace {

@@ -18,6 +18,7 @@
 #include "vlmo/error.h"
 #include "vlmo/model.h"
 #include "vlmo/precision.h"
+#include "model/model_internals.h"
 
 #if TORCH_VERSION_MAJOR >= 2
 #define VLMO_HAVE_SDPA 1
@@ -265,7 +266,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
                       : autocast_linear(o, proj->weight, proj->bias);
   };
   // (Not for bf16 under autocast: per-head bf16 products measured slower than the plain path's
-  // batched ones, 12.0-12.7 vs 14.3-15.0 images/s, NOTES.md.)
+  // batched ones, 12.0-12.7 vs 14.3-15.0 images/s of base embedding on 2 cores.)
   // Emulated bf16 (vlmo/precision.h) takes it too: q, k and v rounded to bf16, products in fp32.
   const bool emulated = bf16_emulated(dev) && qkv_lin.scalar_type() != at::kDouble;
   if (fused_attention_on && !at::GradMode::is_enabled() && qkv_lin.is_cpu() &&

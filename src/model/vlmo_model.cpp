@@ -11,13 +11,14 @@
 #include "vlmo/error.h"
 #include "vlmo/model.h"
 #include "vlmo/relative_position.h"
+#include "model/model_internals.h"
 
 namespace vlmo {
 
 namespace nn = torch::nn;
 
-VLMoImpl::VLMoImpl(const Config& c) : cfg(c) {
-  cfg.validate();
+VLMoImpl::VLMoImpl(const Config& c) : cfg_(c) {
+  cfg_.validate();
   const int D = c.embed_dim;
   transformer = register_module("transformer", MultiwayTransformer(c));
   if (c.need_relative_position_embed)
@@ -51,20 +52,20 @@ VLMoImpl::VLMoImpl(const Config& c) : cfg(c) {
 }
 
 std::vector<at::Tensor> VLMoImpl::relative_biases(Modality modality, int64_t text_len) {
-  if (!relative_position_bias_table.defined()) return std::vector<at::Tensor>(cfg.depth);
+  if (!relative_position_bias_table.defined()) return std::vector<at::Tensor>(cfg_.depth);
   at::Tensor& cached = modality == Modality::kImage  ? image_index_
                        : modality == Modality::kText ? text_index_
                                                      : fusion_index_;
-  const int64_t n = modality == Modality::kImage  ? cfg.image_tokens()
+  const int64_t n = modality == Modality::kImage  ? cfg_.image_tokens()
                     : modality == Modality::kText ? text_len
-                                                  : text_len + cfg.image_tokens();
+                                                  : text_len + cfg_.image_tokens();
   if (!cached.defined() || cached.size(0) != n ||
       cached.device() != relative_position_bias_table.device()) {
     at::Tensor index =
-        modality == Modality::kImage ? image_relative_position_index(cfg.grid())
+        modality == Modality::kImage ? image_relative_position_index(cfg_.grid())
         : modality == Modality::kText
-            ? text_relative_position_index(text_len, cfg.grid(), cfg.max_text_len_of_initckpt)
-            : fusion_relative_position_index(text_len, cfg.grid(), cfg.max_text_len_of_initckpt);
+            ? text_relative_position_index(text_len, cfg_.grid(), cfg_.max_text_len_of_initckpt)
+            : fusion_relative_position_index(text_len, cfg_.grid(), cfg_.max_text_len_of_initckpt);
     cached = index.to(relative_position_bias_table.device());
   }
   // (N*N, H*L) -> (H*L, N, N) -> L pieces of (H, N, N)
@@ -72,7 +73,7 @@ std::vector<at::Tensor> VLMoImpl::relative_biases(Modality modality, int64_t tex
                        .view({n, n, -1})
                        .permute({2, 0, 1})
                        .contiguous();
-  return all.chunk(cfg.depth, 0);
+  return all.chunk(cfg_.depth, 0);
 }
 
 at::Tensor VLMoImpl::text_embed(const at::Tensor& text_ids_in) {
@@ -82,9 +83,9 @@ at::Tensor VLMoImpl::text_embed(const at::Tensor& text_ids_in) {
 }
 
 at::Tensor VLMoImpl::image_embed(const at::Tensor& images, int token_type) {
-  if (token_type < 0 || token_type >= cfg.num_token_types)
+  if (token_type < 0 || token_type >= cfg_.num_token_types)
     throw Error(cat("image token type ", token_type, " is out of range: the model has ",
-                    cfg.num_token_types, " token types (num_token_types)"));
+                    cfg_.num_token_types, " token types (num_token_types)"));
   at::Tensor x = transformer->visual_embed(images.to(device()));
   at::Tensor types = at::full({x.size(0), x.size(1)}, token_type,
                               at::TensorOptions().dtype(at::kLong).device(x.device()));
@@ -94,18 +95,18 @@ at::Tensor VLMoImpl::image_embed(const at::Tensor& images, int token_type) {
 FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_masks,
                              const at::Tensor& images, int image_token_type, TokenOutputs keep) {
   const int64_t Lt = text_ids.size(1);
-  if (Lt != cfg.max_text_len)
+  if (Lt != cfg_.max_text_len)
     throw Error(cat("fusion input text has ", Lt, " tokens; it must be padded to exactly "
-                    "max_text_len = ", cfg.max_text_len, " (the experts split at that index)"));
+                    "max_text_len = ", cfg_.max_text_len, " (the experts split at that index)"));
   at::Tensor x = at::cat({text_embed(text_ids), image_embed(images, image_token_type)}, 1);
-  at::Tensor image_mask = at::ones({x.size(0), cfg.image_tokens()}, text_masks.options().device(x.device()));
+  at::Tensor image_mask = at::ones({x.size(0), cfg_.image_tokens()}, text_masks.options().device(x.device()));
   at::Tensor mask = at::cat({text_masks.to(x.device()), image_mask}, 1);  // (B, Lt + W²+1)
   const auto biases = relative_biases(Modality::kVL, Lt);
   const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : keep == TokenOutputs::kText ? Lt : -1;
   {
     AutocastGuard autocast(device().type(), precision_);
-    for (int i = 0; i < cfg.depth; ++i)
-      x = run_block(i, x, mask, Modality::kVL, biases[i], Lt, i == cfg.depth - 1 ? last_keep : -1);
+    for (int i = 0; i < cfg_.depth; ++i)
+      x = run_block(i, x, mask, Modality::kVL, biases[i], Lt, i == cfg_.depth - 1 ? last_keep : -1);
   }
   x = transformer->norm->forward(x);
   FusionOutput out;
@@ -129,9 +130,9 @@ UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality
   at::Tensor vl_start;  // hidden state after block vlffn_start - 1
   {
     AutocastGuard autocast(device().type(), precision_);
-    for (int i = 0; i < cfg.depth; ++i) {
-      x = run_block(i, x, mask, modality, biases[i], text_len, i == cfg.depth - 1 ? last_keep : -1);
-      if (i == cfg.vlffn_start_layer_index - 1) vl_start = x;
+    for (int i = 0; i < cfg_.depth; ++i) {
+      x = run_block(i, x, mask, modality, biases[i], text_len, i == cfg_.depth - 1 ? last_keep : -1);
+      if (i == cfg_.vlffn_start_layer_index - 1) vl_start = x;
     }
   }
   UnimodalOutput out;
@@ -141,8 +142,8 @@ UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality
     at::Tensor y = vl_start;
     {
       AutocastGuard autocast(device().type(), precision_);
-      for (int i = cfg.vlffn_start_layer_index; i < cfg.depth; ++i)
-        y = run_block(i, y, mask, Modality::kVL, biases[i], text_len, i == cfg.depth - 1 ? last_keep : -1);
+      for (int i = cfg_.vlffn_start_layer_index; i < cfg_.depth; ++i)
+        y = run_block(i, y, mask, Modality::kVL, biases[i], text_len, i == cfg_.depth - 1 ? last_keep : -1);
     }
     y = transformer->norm->forward(y);
     out.cls_vlffn_feats = l2_normalize(vl_proj->forward(y.select(1, 0)));
@@ -324,8 +325,8 @@ void init_weights(VLMo& model, uint64_t seed) {
     b->attn->q_bias.zero_();
     b->attn->v_bias.zero_();
     if (b->gamma_1.defined()) {
-      b->gamma_1.fill_(*m.cfg.layer_scale_init_values);
-      b->gamma_2.fill_(*m.cfg.layer_scale_init_values);
+      b->gamma_1.fill_(*m.config().layer_scale_init_values);
+      b->gamma_2.fill_(*m.config().layer_scale_init_values);
     }
   }
   if (!m.mlm_score.is_empty()) m.mlm_score->bias.zero_();

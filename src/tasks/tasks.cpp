@@ -42,8 +42,12 @@ at::Tensor nlvr2_logits(VLMo& model, const at::Tensor& text_ids, const at::Tenso
 
 at::Tensor itm_logits(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
                       const at::Tensor& images) {
+  return itm_logits_of_pooled(model, model->infer(text_ids, text_masks, images, 1, TokenOutputs::kCls).cls_feats);
+}
+
+at::Tensor itm_logits_of_pooled(VLMo& model, const at::Tensor& pooled) {
   require_head(model, "itm");
-  return model->itm_score->forward(model->infer(text_ids, text_masks, images, 1, TokenOutputs::kCls).cls_feats);
+  return model->itm_score->forward(pooled);
 }
 
 at::Tensor mlm_logits(VLMo& model, const at::Tensor& text_feats) {

@@ -1,4 +1,4 @@
-// --contrastive-batch global (issue 9, vlmo/pretrain.h): ITC and ITM over every sample of the
+// --contrastive-batch global (vlmo/pretrain.h): ITC and ITM over every sample of the
 // optimizer step, whatever the number of ranks and micro-batches, with the exact gradient of the
 // step's loss, computed by gradient caching:
 //   1. every micro-batch is embedded without autograd (image and text [CLS], both branches);
@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "vlmo/data.h"
 #include "vlmo/distributed.h"
@@ -106,6 +107,87 @@ at::Tensor unimodal_features(VLMo& model, const Batch& b, const std::vector<int6
   return dot;
 }
 
+// The gathered pool of the step that ITM negatives come from, and per local row the pool rows
+// of its negative image and negative text.
+struct NegativePool {
+  at::Tensor images, ids, masks, neg_image, neg_text;
+};
+
+// Running sums of a step's second pass (step 4).
+struct SecondPassSums {
+  double itm_sum = 0, itm_correct = 0, mlm_sum = 0, mlm_correct = 0;
+};
+
+// The masked tokens of each micro-batch and of the whole step (summed over ranks).
+std::pair<std::vector<double>, double> masked_tokens(const std::vector<Batch>& micro, Distributed* dist, bool multi) {
+  double masked_total = 0;
+  std::vector<double> masked(micro.size(), 0.0);
+  for (size_t m = 0; m < micro.size(); ++m) {
+    if (!micro[m].text_labels_mlm.defined()) throw Error("batch field \"text_labels_mlm\" is missing for this objective");
+    masked[m] = micro[m].text_labels_mlm.ne(-100).sum().item<double>();
+    masked_total += masked[m];
+  }
+  if (multi) {
+    std::vector<at::Tensor> t = {at::tensor({masked_total}, at::kDouble)};
+    dist->all_reduce_sum(t);
+    masked_total = t[0].item<double>();
+  }
+  return {masked, masked_total};
+}
+
+// Step 4 for one micro-batch (rows `row`.. of this rank): its features dotted with their cached
+// gradients, plus its ITM pairs (positive, negative image, negative text) and its MLM pass,
+// normalised by the step's counts; one backward.
+void second_pass(VLMo& model, const Batch& b, const std::vector<int64_t>& samples, uint64_t seed, bool retrieval,
+                 const at::Tensor& grads, const NegativePool* pool, int64_t row, double masked, double masked_total,
+                 double world, int64_t N, double loss_scale, size_t m, SecondPassSums& sums) {
+  const int64_t B = b.image.size(0);
+  at::Tensor total = unimodal_features(model, b, samples, seed, retrieval, grads);
+  if (pool) {
+    at::Tensor ni, nt_ids, nt_masks;
+    {
+      at::NoGradGuard guard;
+      ni = pool->images.index_select(0, pool->neg_image.narrow(0, row, B));
+      nt_ids = pool->ids.index_select(0, pool->neg_text.narrow(0, row, B));
+      nt_masks = pool->masks.index_select(0, pool->neg_text.narrow(0, row, B));
+    }
+    SampleKeys k(concat(concat(keys_for(seed, samples, kItmPositive), keys_for(seed, samples, kItmNegImage)),
+                        keys_for(seed, samples, kItmNegText)));
+    const at::Tensor logits = itm_logits(model, at::cat({b.text_ids, b.text_ids, nt_ids}),
+                                         at::cat({b.text_masks, b.text_masks, nt_masks}), at::cat({b.image, ni, b.image}));
+    const at::Tensor labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)}).to(logits.device());
+    const at::Tensor sum = at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum);
+    sums.itm_sum += sum.item<double>();
+    sums.itm_correct += logits.argmax(1).eq(labels).sum().item<double>();
+    total = total + sum * (world / (3.0 * static_cast<double>(N)));
+  }
+  if (masked_total > 0) {
+    SampleKeys k(keys_for(seed, samples, kMlmPass));
+    const auto fused = model->infer(b.text_ids_mlm, b.text_masks, b.image, 1, TokenOutputs::kText);
+    // mlm_loss is 0.25 x the mean over this batch's masked tokens; rescaled to a sum over the step's.
+    const MlmOutput mlm = mlm_loss(model, fused.text_feats, b.text_labels_mlm, 0.25 * masked / masked_total);
+    sums.mlm_sum += mlm.loss.item<double>();
+    sums.mlm_correct += mlm.accuracy.item<double>() * masked;
+    total = total + mlm.loss * world;
+  }
+  if (!std::isfinite(total.item<double>()))
+    throw NonFiniteError(cat("micro-batch ", m + 1, " of the step has a non-finite ITM or MLM loss"));
+  (loss_scale == 1 ? total : total * loss_scale).backward();
+}
+
+// This rank's samples, micro-batch by micro-batch.
+std::vector<std::vector<int64_t>> step_samples(const std::vector<Batch>& micro) {
+  std::vector<std::vector<int64_t>> samples(micro.size());
+  for (size_t m = 0; m < micro.size(); ++m) {
+    const Batch& b = micro[m];
+    if (!b.image.defined() || !b.text_ids.defined() || !b.text_masks.defined())
+      throw Error("the global contrastive batch needs image-text batches");
+    if (b.first_sample < 0) throw Error("the global contrastive batch needs the batches' sample indices");
+    for (int64_t j = 0; j < b.image.size(0); ++j) samples[m].push_back(b.first_sample + j);
+  }
+  return samples;
+}
+
 Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed, bool retrieval, bool retrieval_itm) {
   if (micro.empty()) throw Error("global contrastive step without micro-batches");
   Distributed* dist = current_distributed();
@@ -116,17 +198,9 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
   if (retrieval && retrieval_itm) require_head(model, "itm");  // asked for: never skipped silently
   const int64_t D = model->config().embed_dim;
 
-  // The samples of this rank, micro-batch by micro-batch.
-  std::vector<std::vector<int64_t>> samples(micro.size());
+  const std::vector<std::vector<int64_t>> samples = step_samples(micro);
   std::vector<int64_t> local;
-  for (size_t m = 0; m < micro.size(); ++m) {
-    const Batch& b = micro[m];
-    if (!b.image.defined() || !b.text_ids.defined() || !b.text_masks.defined())
-      throw Error("the global contrastive batch needs image-text batches");
-    if (b.first_sample < 0) throw Error("the global contrastive batch needs the batches' sample indices");
-    for (int64_t j = 0; j < b.image.size(0); ++j) samples[m].push_back(b.first_sample + j);
-    local.insert(local.end(), samples[m].begin(), samples[m].end());
-  }
+  for (const auto& sm : samples) local.insert(local.end(), sm.begin(), sm.end());
   const int64_t n_local = static_cast<int64_t>(local.size());
 
   // 1. Features of every micro-batch without autograd.
@@ -140,28 +214,17 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
   const at::Tensor local_ids = at::tensor(local, at::kLong);
   const at::Tensor all_ids = gather(local_ids);  // local first, then the other ranks
   const at::Tensor all_feats = gather(at::cat(feats));
-  at::Tensor pool_images, pool_ids, pool_masks;
+  NegativePool pool;
   std::vector<at::Tensor> images, ids, masks;
   for (const Batch& b : micro) images.push_back(b.image), ids.push_back(b.text_ids), masks.push_back(b.text_masks);
   if (with_itm) {
-    pool_images = gather(at::cat(images));
-    pool_ids = gather(at::cat(ids));
-    pool_masks = gather(at::cat(masks));
+    pool.images = gather(at::cat(images));
+    pool.ids = gather(at::cat(ids));
+    pool.masks = gather(at::cat(masks));
   }
   double masked_total = 0;
   std::vector<double> masked(micro.size(), 0.0);  // masked tokens per micro-batch
-  if (with_mlm) {
-    for (size_t m = 0; m < micro.size(); ++m) {
-      if (!micro[m].text_labels_mlm.defined()) throw Error("batch field \"text_labels_mlm\" is missing for this objective");
-      masked[m] = micro[m].text_labels_mlm.ne(-100).sum().item<double>();
-      masked_total += masked[m];
-    }
-    if (multi) {
-      std::vector<at::Tensor> t = {at::tensor({masked_total}, at::kDouble)};
-      dist->all_reduce_sum(t);
-      masked_total = t[0].item<double>();
-    }
-  }
+  if (with_mlm) std::tie(masked, masked_total) = masked_tokens(micro, dist, multi);
   // The step's samples in the order of their index (the same matrix on every rank).
   const at::Tensor order = all_ids.argsort();
   const int64_t N = all_ids.size(0);
@@ -189,62 +252,30 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
                            .to(at::kFloat).mean().detach();
 
   // 3. Hard negatives from the whole step, keyed by sample.
-  at::Tensor neg_image, neg_text;  // per local row: the row in the gathered pool
   if (with_itm) {
     const at::Tensor pick_image = keyed_sample_rows(hard_negative_weights(itc.logits_t2i), local_pos, keys_for(seed, local, kDrawImage));
     const at::Tensor pick_text = keyed_sample_rows(hard_negative_weights(itc.logits_i2t), local_pos, keys_for(seed, local, kDrawText));
-    neg_image = order.index_select(0, pick_image);
-    neg_text = order.index_select(0, pick_text);
+    pool.neg_image = order.index_select(0, pick_image);
+    pool.neg_text = order.index_select(0, pick_text);
   }
 
   // 4. Each micro-batch again, with autograd.
-  double itm_sum = 0, itm_correct = 0, mlm_sum = 0, mlm_correct = 0;
+  SecondPassSums sums;
   int64_t row = 0;
   for (size_t m = 0; m < micro.size(); ++m) {
-    const Batch& b = micro[m];
-    const int64_t B = b.image.size(0);
-    at::Tensor total = unimodal_features(model, b, samples[m], seed, retrieval, feat_grads.narrow(0, row, B));
-    if (with_itm) {
-      at::Tensor ni, nt_ids, nt_masks;
-      {
-        at::NoGradGuard guard;
-        ni = pool_images.index_select(0, neg_image.narrow(0, row, B));
-        nt_ids = pool_ids.index_select(0, neg_text.narrow(0, row, B));
-        nt_masks = pool_masks.index_select(0, neg_text.narrow(0, row, B));
-      }
-      SampleKeys k(concat(concat(keys_for(seed, samples[m], kItmPositive), keys_for(seed, samples[m], kItmNegImage)),
-                          keys_for(seed, samples[m], kItmNegText)));
-      const at::Tensor logits = itm_logits(model, at::cat({b.text_ids, b.text_ids, nt_ids}),
-                                           at::cat({b.text_masks, b.text_masks, nt_masks}), at::cat({b.image, ni, b.image}));
-      const at::Tensor labels = at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)}).to(logits.device());
-      const at::Tensor sum = at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum);
-      itm_sum += sum.item<double>();
-      itm_correct += logits.argmax(1).eq(labels).sum().item<double>();
-      total = total + sum * (world / (3.0 * static_cast<double>(N)));
-    }
-    if (with_mlm && masked_total > 0) {
-      SampleKeys k(keys_for(seed, samples[m], kMlmPass));
-      const double here = masked[m];
-      const auto fused = model->infer(b.text_ids_mlm, b.text_masks, b.image, 1, TokenOutputs::kText);
-      // mlm_loss is 0.25 x the mean over this batch's masked tokens; rescaled to a sum over the step's.
-      const MlmOutput mlm = mlm_loss(model, fused.text_feats, b.text_labels_mlm, 0.25 * here / masked_total);
-      mlm_sum += mlm.loss.item<double>();
-      mlm_correct += mlm.accuracy.item<double>() * here;
-      total = total + mlm.loss * world;
-    }
-    if (!std::isfinite(total.item<double>()))
-      throw NonFiniteError(cat("micro-batch ", m + 1, " of the step has a non-finite ITM or MLM loss"));
-    (loss_scale == 1 ? total : total * loss_scale).backward();
+    const int64_t B = micro[m].image.size(0);
+    second_pass(model, micro[m], samples[m], seed, retrieval, feat_grads.narrow(0, row, B), with_itm ? &pool : nullptr, row,
+                masked[m], with_mlm ? masked_total : 0.0, world, N, loss_scale, m, sums);
     row += B;
   }
   // Values whose mean over ranks is the step's value (the trainer averages them).
   if (with_itm) {
-    out["itm_loss"] = at::scalar_tensor(world * itm_sum / (3.0 * static_cast<double>(N)), at::kDouble);
-    out["itm_acc"] = at::scalar_tensor(world * itm_correct / (3.0 * static_cast<double>(N)), at::kDouble);
+    out["itm_loss"] = at::scalar_tensor(world * sums.itm_sum / (3.0 * static_cast<double>(N)), at::kDouble);
+    out["itm_acc"] = at::scalar_tensor(world * sums.itm_correct / (3.0 * static_cast<double>(N)), at::kDouble);
   }
   if (with_mlm) {
-    out["mlm_loss"] = at::scalar_tensor(world * mlm_sum, at::kDouble);
-    out["mlm_acc"] = at::scalar_tensor(masked_total > 0 ? world * mlm_correct / masked_total : 0.0, at::kDouble);
+    out["mlm_loss"] = at::scalar_tensor(world * sums.mlm_sum, at::kDouble);
+    out["mlm_acc"] = at::scalar_tensor(masked_total > 0 ? world * sums.mlm_correct / masked_total : 0.0, at::kDouble);
   }
   return out;
 }

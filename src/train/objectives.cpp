@@ -13,7 +13,6 @@ void require(const at::Tensor& t, const char* what) {
 }
 }  // namespace
 
-at::Tensor gather_local(const at::Tensor& t) { return t; }
 
 ContrastiveOutput contrastive_loss(const at::Tensor& image_feats, const at::Tensor& text_feats,
                                    const at::Tensor& logit_scale, const GatherFn& gather) {

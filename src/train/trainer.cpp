@@ -172,42 +172,6 @@ void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, int
   write_safetensors(path, all, meta);
 }
 
-// ---- graceful stop -----------------------------------------------------------------------
-
-namespace {
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-extern "C" void on_stop_signal(int sig) {
-  if (g_stop_signal != 0) {  // the second signal: stop now
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  g_stop_signal = sig;
-}
-}  // namespace
-
-void install_stop_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-}
-void request_stop(int signal) { g_stop_signal = signal; }
-int stop_requested() { return g_stop_signal; }
-void clear_stop_request() { g_stop_signal = 0; }
-
-Interrupted::Interrupted(int sig, int64_t step_, std::string checkpoint_)
-    : Error(cat("interrupted by ", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal " + std::to_string(sig),
-                " after step ", step_,
-                checkpoint_.empty() ? std::string("; this run has no checkpoint path, nothing was saved")
-                                    : cat("; checkpoint saved to ", checkpoint_, " (continue with --resume ", checkpoint_, ")"))),
-      signal(sig),
-      step(step_),
-      checkpoint(std::move(checkpoint_)) {}
-
 namespace {
 
 // Builds batches index, index+1, ... on background threads, at most `depth` ahead.
@@ -340,28 +304,18 @@ std::string skip_counts_json(const std::map<std::string, int64_t>& m) { return n
 
 }  // namespace
 
-TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches_in, const TrainOptions& options,
-                  const std::string& resume_from) {
-  // Data parallel (vlmo/distributed.h): rank r trains on micro-batches r, r + W, r + 2W, ... of
-  // the map-style source; gradients are averaged over ranks before each update; only rank 0
-  // writes checkpoints, metrics and progress; the step's metrics are means over ranks.
-  Distributed* dist = current_distributed();
-  const bool multi = dist && dist->world_size() > 1;
-  const int world = multi ? dist->world_size() : 1, rank = multi ? dist->rank() : 0;
-  TrainOptions o = options;
-  if (rank != 0) {
-    o.checkpoint_path.clear();
-    o.metrics_path.clear();
-    o.progress = false;
-  }
-  const BatchFn batches = multi ? BatchFn([batches_in, world, rank](int64_t i) { return batches_in(i * world + rank); })
-                                : batches_in;
+namespace {
+
+void check_options(const TrainOptions& o) {
   if (o.max_steps < 1) throw Error(cat("training needs at least 1 step, got ", o.max_steps));
   if (o.accumulate < 1) throw Error(cat("accumulate must be at least 1, got ", o.accumulate));
   if (o.batch_size < 1) throw Error(cat("batch size must be at least 1, got ", o.batch_size));
   if (o.lr < 0 || !std::isfinite(o.lr)) throw Error(cat("learning rate must be finite and >= 0, got ", o.lr));
   if (o.warmup_steps < 0 || o.checkpoint_every < 0) throw Error("warm-up and checkpoint interval must be >= 0");
-  // Outputs: checked and locked before any work, stale temporaries of killed runs removed.
+}
+
+// Outputs: checked and locked before any work, stale temporaries of killed runs removed.
+std::vector<std::unique_ptr<FileLock>> lock_outputs(const TrainOptions& o) {
   std::vector<std::unique_ptr<FileLock>> locks;
   if (!o.checkpoint_path.empty()) {
     check_output_path(o.checkpoint_path, "checkpoint");
@@ -375,282 +329,399 @@ TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batc
     if (o.metrics_path != o.checkpoint_path) locks.push_back(std::make_unique<FileLock>(o.metrics_path, "the metrics file"));
     remove_stale_temporaries(o.metrics_path);
   }
+  return locks;
+}
 
-  AdamW optim(*model, o.weight_decay, o.head_lr_mult, o.head_prefixes);
-  int64_t start = 0;
-  TrainResult result;
-  const bool scaling = o.loss_scaling.value_or(model->precision() == Precision::kFloat16);
-  LossScaler scaler = o.loss_scaler;
-  if (!resume_from.empty()) {
-    SafetensorsFile ck = read_safetensors(resume_from);
-    if (ck.metadata["format"] != "vlmo-train-checkpoint")
-      throw Error(cat(resume_from, ": not a training checkpoint (no optimizer state to resume from)"));
-    TensorMap weights, state;
-    for (auto& [k, v] : ck.tensors) {
-      if (k.rfind("model.", 0) == 0) weights[k.substr(6)] = v;
-      else if (k.rfind("optim.", 0) == 0) state[k.substr(6)] = v;
+// What one optimizer step produced: the logged values, why it is skipped ("" when it is not;
+// `overflow` for an fp16 overflow), the samples skipped by the loader and the time spent waiting
+// for data.
+struct StepRecord {
+  std::map<std::string, double> logged;
+  std::map<std::string, int64_t> skipped_now;
+  std::string bad, overflow;
+  double data_time = 0, loss_scale = 1, lr = 0, seconds = 0;
+};
+
+// One training run: the loop of train() with its parts as named steps.
+class TrainingRun {
+ public:
+  TrainingRun(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches_in, const TrainOptions& options)
+      : model_(model), objective_(objective), o_(options) {
+    // Data parallel (vlmo/distributed.h): rank r trains on micro-batches r, r + W, r + 2W, ... of
+    // the map-style source; gradients are averaged over ranks before each update; only rank 0
+    // writes checkpoints, metrics and progress; the step's metrics are means over ranks.
+    dist_ = current_distributed();
+    multi_ = dist_ && dist_->world_size() > 1;
+    world_ = multi_ ? dist_->world_size() : 1;
+    rank_ = multi_ ? dist_->rank() : 0;
+    if (rank_ != 0) {
+      o_.checkpoint_path.clear();
+      o_.metrics_path.clear();
+      o_.progress = false;
     }
-    load_weights(model, weights, /*strict=*/true);
+    batches_ = multi_ ? BatchFn([batches_in, w = world_, r = rank_](int64_t i) { return batches_in(i * w + r); }) : batches_in;
+    check_options(o_);
+    locks_ = lock_outputs(o_);
+    optim_ = std::make_unique<AdamW>(*model_, o_.weight_decay, o_.head_lr_mult, o_.head_prefixes);
+    scaling_ = o_.loss_scaling.value_or(model_->precision() == Precision::kFloat16);
+    scaler_ = o_.loss_scaler;
+    tty_ = o_.progress && ::isatty(2);
+  }
+
+  TrainResult run(const std::string& resume_from) {
+    if (!resume_from.empty()) resume(resume_from);
+    if (multi_) dist_->broadcast_model(model_);  // the same start on every rank (fresh or resumed)
+    model_->train();
+    open_metrics();
+    const auto t_begin = std::chrono::steady_clock::now();
+    Prefetcher loader(batches_, start_ * o_.accumulate, o_.loader_threads, o_.prefetch);
+    loader_ = &loader;
+    for (int64_t step = start_; step < o_.max_steps; ++step)
+      if (!run_step(step)) break;
+    result_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
+    result_.loss_scaler = scaler_;
+    return result_;
+  }
+
+ private:
+  void resume(const std::string& resume_from);
+  void open_metrics();
+  void write_metrics(const nlohmann::json& j);
+  void save(int64_t steps_done);
+  bool run_step(int64_t step);  // false: stop here (--stop-after)
+  void forward_backward(int64_t step, StepRecord& r);
+  void step_objective(StepRecord& r, std::vector<Batch>& step_batches);
+  void reduce_across_ranks(StepRecord& r);
+  void update(int64_t step, StepRecord& r);
+  void record(int64_t step, const StepRecord& r);
+  void check_limits(int64_t step, const StepRecord& r);
+  void show_progress(int64_t step, const StepRecord& r);
+  void maybe_validate(int64_t step);
+  int stop_signal();
+
+  VLMo& model_;
+  const ObjectiveFn& objective_;
+  TrainOptions o_;
+  Distributed* dist_ = nullptr;
+  bool multi_ = false, scaling_ = false, tty_ = false;
+  int world_ = 1, rank_ = 0;
+  BatchFn batches_;
+  std::vector<std::unique_ptr<FileLock>> locks_;
+  std::unique_ptr<AdamW> optim_;
+  LossScaler scaler_;
+  TrainResult result_;
+  int64_t start_ = 0;
+  std::ofstream metrics_;
+  Prefetcher* loader_ = nullptr;
+  double window_time_ = 0, window_data_ = 0;
+  int64_t window_steps_ = 0;
+  int consecutive_bad_ = 0;
+  std::unique_ptr<SkipWindow> skips_ = std::make_unique<SkipWindow>(o_.skip_window);
+};
+
+void TrainingRun::resume(const std::string& resume_from) {
+  SafetensorsFile ck = read_safetensors(resume_from);
+  if (ck.metadata["format"] != "vlmo-train-checkpoint")
+    throw Error(cat(resume_from, ": not a training checkpoint (no optimizer state to resume from)"));
+  TensorMap weights, state;
+  for (auto& [k, v] : ck.tensors) {
+    if (k.rfind("model.", 0) == 0) weights[k.substr(6)] = v;
+    else if (k.rfind("optim.", 0) == 0) state[k.substr(6)] = v;
+  }
+  load_weights(model_, weights, /*strict=*/true);
+  try {
+    start_ = std::stoll(ck.metadata["step"]);
+    const auto os = ck.metadata.find("optimizer_steps");
+    optim_->load_state(state, os == ck.metadata.end() ? start_ : std::stoll(os->second));
+    if (ck.metadata.count("skipped"))
+      result_.skipped = nlohmann::json::parse(ck.metadata["skipped"]).get<std::map<std::string, int64_t>>();
+    if (ck.metadata.count("bad_steps")) result_.bad_steps = std::stoll(ck.metadata["bad_steps"]);
+    if (ck.metadata.count("overflow_steps")) result_.overflow_steps = std::stoll(ck.metadata["overflow_steps"]);
+    if (ck.metadata.count("loss_scale")) {
+      scaler_.scale = std::stod(ck.metadata["loss_scale"]);
+      scaler_.good_steps = std::stoll(ck.metadata.at("loss_scale_good_steps"));
+      if (!(scaler_.scale > 0) || !std::isfinite(scaler_.scale) || scaler_.good_steps < 0)
+        throw Error(cat("loss_scale ", ck.metadata["loss_scale"], " / good steps ", scaler_.good_steps, " out of range"));
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(cat(resume_from, ": corrupt checkpoint metadata (", e.what(), ")"));
+  }
+  if (start_ < 0 || start_ > o_.max_steps)
+    throw Error(cat(resume_from, ": checkpoint is at step ", start_, ", outside this run's 0..", o_.max_steps, " steps"));
+  auto it = ck.tensors.find("rng.torch");
+  if (it != ck.tensors.end()) {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(it->second);
+  }
+}
+
+void TrainingRun::open_metrics() {
+  if (o_.metrics_path.empty()) return;
+  if (start_ > 0) truncate_metrics(o_.metrics_path, o_.name, start_);
+  metrics_.open(o_.metrics_path, start_ > 0 ? std::ios::app : std::ios::trunc);
+  if (!metrics_) throw Error(cat(o_.metrics_path, ": cannot write metrics (", std::strerror(errno), ")"));
+}
+
+void TrainingRun::write_metrics(const nlohmann::json& j) {
+  if (!metrics_.is_open()) return;
+  metrics_ << j.dump() << "\n";
+  flush_checked(metrics_, o_.metrics_path);
+}
+
+void TrainingRun::save(int64_t steps_done) {
+  {  // never replace a good checkpoint with broken weights
+    at::NoGradGuard guard;
+    for (const auto& p : model_->named_parameters())
+      if (!at::isfinite(p.value()).all().item<bool>())
+        throw Error(cat("stopping: parameter ", p.key(), " is not finite after step ", steps_done,
+                        "; the last checkpoint ", o_.checkpoint_path, " was left as it was"));
+  }
+  std::map<std::string, std::string> meta = o_.metadata;
+  meta["skipped"] = skip_counts_json(result_.skipped);
+  meta["bad_steps"] = std::to_string(result_.bad_steps);
+  if (scaling_) {
+    meta["overflow_steps"] = std::to_string(result_.overflow_steps);
+    meta["loss_scale"] = cat(scaler_.scale);
+    meta["loss_scale_good_steps"] = std::to_string(scaler_.good_steps);
+  }
+  save_checkpoint(o_.checkpoint_path, model_, *optim_, steps_done, o_.config_json, o_.name, meta);
+}
+
+bool TrainingRun::run_step(int64_t step) {
+  const auto t0 = std::chrono::steady_clock::now();
+  optim_->zero_grad();
+  StepRecord r;
+  r.loss_scale = scaling_ ? scaler_.scale : 1.0;
+  const LossScaleScope scale_scope(r.loss_scale);
+  forward_backward(step, r);
+  if (o_.after_backward) o_.after_backward(step, model_);
+  if (multi_) reduce_across_ranks(r);
+  update(step, r);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  record(step, r);
+  check_limits(step, r);
+  show_progress(step, r);
+  maybe_validate(step);
+  const int signal = stop_signal();
+  const bool last = step + 1 == o_.max_steps;
+  const bool stop_now = o_.stop_after > 0 && step + 1 - start_ >= o_.stop_after;
+  if (!o_.checkpoint_path.empty() &&
+      (last || stop_now || signal || (o_.checkpoint_every > 0 && (step + 1) % o_.checkpoint_every == 0)))
+    save(step + 1);
+  result_.steps = step + 1;
+  if (signal && !last) {
+    if (tty_) std::fprintf(stderr, "\n");
+    write_metrics({{"step", step + 1}, {"stage", o_.name}, {"event", "interrupted"}, {"signal", signal}});
+    throw Interrupted(signal, step + 1, o_.checkpoint_path);
+  }
+  return !stop_now;
+}
+
+// The step's micro-batches: each through the objective and backward (or, with a whole-step
+// objective, collected and run together).
+void TrainingRun::forward_backward(int64_t step, StepRecord& r) {
+  std::vector<Batch> step_batches;  // the step's micro-batches, for a whole-step objective
+  for (int micro = 0; micro < o_.accumulate; ++micro) {
+    double waited = 0;
+    Batch b = loader_->next(&waited);  // every micro-batch is consumed, so the data position stays exact
+    r.data_time += waited;
+    b.first_sample = ((step * o_.accumulate + micro) * world_ + rank_) * o_.batch_size;
+    b = to_device(b, model_->device());  // the loader builds batches on the host
+    int64_t skipped_here = 0;
+    for (const auto& [reason, n] : b.skipped) r.skipped_now[reason] += n, skipped_here += n;
+    for (const auto& line : b.skip_log)
+      std::fprintf(stderr, "%s[%s] skipped sample: %s\n", tty_ ? "\r\033[K" : "", o_.name.c_str(), line.c_str());
+    const int64_t rows = b.text_ids.defined() ? b.text_ids.size(0) : b.image.defined() ? b.image.size(0) : o_.batch_size;
+    skips_->add(rows + skipped_here, skipped_here);
+    if (o_.step_objective) {
+      step_batches.push_back(std::move(b));
+      continue;
+    }
+    // After a bad micro-batch one process skips the rest of the step; with several ranks the
+    // objective still runs (without backward), so that its collectives match the other ranks'.
+    if (!r.bad.empty() && !multi_) continue;
+    Outputs out;
     try {
-      start = std::stoll(ck.metadata["step"]);
-      const auto os = ck.metadata.find("optimizer_steps");
-      optim.load_state(state, os == ck.metadata.end() ? start : std::stoll(os->second));
-      if (ck.metadata.count("skipped"))
-        result.skipped = nlohmann::json::parse(ck.metadata["skipped"]).get<std::map<std::string, int64_t>>();
-      if (ck.metadata.count("bad_steps")) result.bad_steps = std::stoll(ck.metadata["bad_steps"]);
-      if (ck.metadata.count("overflow_steps")) result.overflow_steps = std::stoll(ck.metadata["overflow_steps"]);
-      if (ck.metadata.count("loss_scale")) {
-        scaler.scale = std::stod(ck.metadata["loss_scale"]);
-        scaler.good_steps = std::stoll(ck.metadata.at("loss_scale_good_steps"));
-        if (!(scaler.scale > 0) || !std::isfinite(scaler.scale) || scaler.good_steps < 0)
-          throw Error(cat("loss_scale ", ck.metadata["loss_scale"], " / good steps ", scaler.good_steps, " out of range"));
-      }
-    } catch (const Error&) {
-      throw;
-    } catch (const std::exception& e) {
-      throw Error(cat(resume_from, ": corrupt checkpoint metadata (", e.what(), ")"));
+      out = objective_(model_, b);
+    } catch (const NonFiniteError& e) {
+      if (r.bad.empty()) r.bad = cat("non-finite values (", e.what(), ")");
+      continue;
     }
-    if (start < 0 || start > o.max_steps)
-      throw Error(cat(resume_from, ": checkpoint is at step ", start, ", outside this run's 0..", o.max_steps, " steps"));
-    auto it = ck.tensors.find("rng.torch");
-    if (it != ck.tensors.end()) {
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      gen.set_state(it->second);
+    if (!r.bad.empty()) continue;
+    at::Tensor total;
+    for (const auto& [k, v] : out) {
+      if (is_loss_key(k)) total = total.defined() ? total + v : v;
+      r.logged[k] += v.item<double>() / o_.accumulate;
     }
+    if (!total.defined()) throw Error("objective returned no loss");
+    const double value = total.item<double>();
+    r.logged["loss"] += value / o_.accumulate;
+    if (!std::isfinite(value)) {
+      r.bad = cat("non-finite loss (", value, ")");
+      continue;
+    }
+    ((scaling_ ? total * r.loss_scale : total) / o_.accumulate).backward();
   }
-  if (multi) dist->broadcast_model(model);  // the same start on every rank (fresh or resumed)
-  model->train();
-  std::ofstream metrics;
-  if (!o.metrics_path.empty()) {
-    if (start > 0) truncate_metrics(o.metrics_path, o.name, start);
-    metrics.open(o.metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
-    if (!metrics) throw Error(cat(o.metrics_path, ": cannot write metrics (", std::strerror(errno), ")"));
+  if (o_.step_objective) step_objective(r, step_batches);
+}
+
+void TrainingRun::step_objective(StepRecord& r, std::vector<Batch>& step_batches) {
+  try {
+    const Outputs out = o_.step_objective(model_, step_batches);
+    double total = 0;
+    for (const auto& [k, v] : out) {
+      const double value = v.item<double>();
+      r.logged[k] = value;
+      if (is_loss_key(k)) total += value;
+    }
+    r.logged["loss"] = total;
+    if (!std::isfinite(total)) r.bad = cat("non-finite loss (", total, ")");
+  } catch (const NonFiniteError& e) {
+    r.bad = cat("non-finite values (", e.what(), ")");
   }
-  auto write_metrics = [&](const nlohmann::json& j) {
-    if (!metrics.is_open()) return;
-    metrics << j.dump() << "\n";
-    flush_checked(metrics, o.metrics_path);
-  };
-  auto checkpoint = [&](int64_t steps_done) {
-    {  // never replace a good checkpoint with broken weights
-      at::NoGradGuard guard;
-      for (const auto& p : model->named_parameters())
-        if (!at::isfinite(p.value()).all().item<bool>())
-          throw Error(cat("stopping: parameter ", p.key(), " is not finite after step ", steps_done,
-                          "; the last checkpoint ", o.checkpoint_path, " was left as it was"));
-    }
-    std::map<std::string, std::string> meta = o.metadata;
-    meta["skipped"] = skip_counts_json(result.skipped);
-    meta["bad_steps"] = std::to_string(result.bad_steps);
-    if (scaling) {
-      meta["overflow_steps"] = std::to_string(result.overflow_steps);
-      meta["loss_scale"] = cat(scaler.scale);
-      meta["loss_scale_good_steps"] = std::to_string(scaler.good_steps);
-    }
-    save_checkpoint(o.checkpoint_path, model, optim, steps_done, o.config_json, o.name, meta);
-  };
-  const bool tty = o.progress && ::isatty(2);
-  const auto t_begin = std::chrono::steady_clock::now();
-  Prefetcher loader(batches, start * o.accumulate, o.loader_threads, o.prefetch);
-  double window_time = 0, window_data = 0;
-  int64_t window_steps = 0;
-  int consecutive_bad = 0;
-  SkipWindow skips(o.skip_window);
-  for (int64_t step = start; step < o.max_steps; ++step) {
-    const auto t0 = std::chrono::steady_clock::now();
-    optim.zero_grad();
-    const double loss_scale = scaling ? scaler.scale : 1.0;
-    const LossScaleScope scale_scope(loss_scale);
-    std::map<std::string, double> logged;
-    std::map<std::string, int64_t> skipped_now;
-    std::string bad;  // why this step is skipped ("" when it is not)
-    double data_time = 0;
-    std::vector<Batch> step_batches;  // the step's micro-batches, for a whole-step objective
-    for (int micro = 0; micro < o.accumulate; ++micro) {
-      double waited = 0;
-      Batch b = loader.next(&waited);  // every micro-batch is consumed, so the data position stays exact
-      data_time += waited;
-      b.first_sample = ((step * o.accumulate + micro) * world + rank) * o.batch_size;
-      b = to_device(b, model->device());  // the loader builds batches on the host
-      int64_t skipped_here = 0;
-      for (const auto& [reason, n] : b.skipped) skipped_now[reason] += n, skipped_here += n;
-      for (const auto& line : b.skip_log) std::fprintf(stderr, "%s[%s] skipped sample: %s\n", tty ? "\r\033[K" : "", o.name.c_str(), line.c_str());
-      const int64_t rows = b.text_ids.defined() ? b.text_ids.size(0) : b.image.defined() ? b.image.size(0) : o.batch_size;
-      skips.add(rows + skipped_here, skipped_here);
-      if (o.step_objective) {
-        step_batches.push_back(std::move(b));
-        continue;
-      }
-      // After a bad micro-batch one process skips the rest of the step; with several ranks the
-      // objective still runs (without backward), so that its collectives match the other ranks'.
-      if (!bad.empty() && !multi) continue;
-      Outputs out;
-      try {
-        out = objective(model, b);
-      } catch (const NonFiniteError& e) {
-        if (bad.empty()) bad = cat("non-finite values (", e.what(), ")");
-        continue;
-      }
-      if (!bad.empty()) continue;
-      at::Tensor total;
-      for (const auto& [k, v] : out) {
-        if (is_loss_key(k)) total = total.defined() ? total + v : v;
-        logged[k] += v.item<double>() / o.accumulate;
-      }
-      if (!total.defined()) throw Error("objective returned no loss");
-      const double value = total.item<double>();
-      logged["loss"] += value / o.accumulate;
-      if (!std::isfinite(value)) {
-        bad = cat("non-finite loss (", value, ")");
-        continue;
-      }
-      ((scaling ? total * loss_scale : total) / o.accumulate).backward();
-    }
-    if (o.step_objective) {
-      try {
-        const Outputs out = o.step_objective(model, step_batches);
-        double total = 0;
-        for (const auto& [k, v] : out) {
-          const double value = v.item<double>();
-          logged[k] = value;
-          if (is_loss_key(k)) total += value;
-        }
-        logged["loss"] = total;
-        if (!std::isfinite(total)) bad = cat("non-finite loss (", total, ")");
-      } catch (const NonFiniteError& e) {
-        bad = cat("non-finite values (", e.what(), ")");
-      }
-    }
-    if (o.after_backward) o.after_backward(step, model);
-    if (multi) {
-      // Every rank skips or steps together; then the gradient mean and the metrics' means.
-      std::vector<at::Tensor> flag = {at::tensor({bad.empty() ? 0.0 : 1.0}, at::kDouble)};
-      dist->all_reduce_sum(flag);
-      if (bad.empty() && flag[0].item<double>() > 0) bad = "a non-finite loss on another rank";
-      if (flag[0].item<double>() == 0) {  // (a skipping rank may lack some metrics: nothing to average then)
-        dist->average_gradients(model);
-        std::vector<double> values;
-        for (const auto& [k, v] : logged) values.push_back(v);
-        std::vector<at::Tensor> sums = {at::tensor(values, at::kDouble)};
-        if (!values.empty()) dist->all_reduce_sum(sums);
-        size_t i = 0;
-        for (auto& [k, v] : logged) v = sums[0][static_cast<int64_t>(i++)].item<double>() / world;
-      }
-    }
-    // Loss scaling: the gradient (averaged over ranks, so every rank decides alike) is unscaled; an
-    // overflow skips the step and halves the scale. It is a bad step only when the scale has
-    // fallen below 1, where the unscaled gradient itself is not finite.
-    std::string overflow;
-    if (scaling && bad.empty()) optim.scale_gradients(1.0 / loss_scale);
-    if (bad.empty() && !optim.gradients_finite()) {
-      if (scaling && loss_scale >= 1) overflow = cat("fp16 gradient overflow: loss scale ", loss_scale, " -> ", loss_scale * scaler.backoff_factor);
-      else bad = "non-finite gradient";
-    }
-    const double lr = learning_rate(step, o.max_steps, o.warmup_steps, o.lr);
-    if (scaling && bad.empty()) scaler.update(!overflow.empty());
-    if (!overflow.empty()) {
-      optim.zero_grad();
-      ++result.overflow_steps;
-      if (o.progress) std::fprintf(stderr, "%s[%s] step %lld skipped: %s\n", tty ? "\r\033[K" : "", o.name.c_str(),
-                                   static_cast<long long>(step + 1), overflow.c_str());
-    } else if (bad.empty()) {
-      optim.step(lr);
-      consecutive_bad = 0;
-    } else {
-      optim.zero_grad();
-      ++result.bad_steps;
-      ++consecutive_bad;
-      std::fprintf(stderr, "%s[%s] step %lld skipped: %s (%d in a row, limit %d)\n", tty ? "\r\033[K" : "", o.name.c_str(),
-                   static_cast<long long>(step + 1), bad.c_str(), consecutive_bad, o.max_bad_steps);
-    }
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    for (const auto& [reason, n] : skipped_now) result.skipped[reason] += n;
-    logged["lr"] = lr;
-    logged["step"] = static_cast<double>(step + 1);
-    logged["samples_per_s"] = static_cast<double>(o.batch_size * o.accumulate * world) / dt;
-    logged["data_s"] = data_time;
-    logged["step_s"] = dt;
-    result.history.push_back(logged);
-    window_time += dt;
-    window_data += data_time;
-    ++window_steps;
-    {
-      nlohmann::json j = logged;  // NaN values are written as null
-      j["stage"] = o.name;
-      if (!bad.empty()) j["skipped_step"] = bad;
-      if (scaling) {
-        j["loss_scale"] = loss_scale;
-        j["overflow_steps_total"] = result.overflow_steps;
-        if (!overflow.empty()) j["skipped_step"] = overflow;
-      }
-      for (const auto& [reason, n] : skipped_now) j["skipped_" + reason] = n;
-      int64_t total_skipped = 0;
-      for (const auto& [reason, n] : result.skipped) total_skipped += n;
-      j["skipped_samples_total"] = total_skipped;
-      j["bad_steps_total"] = result.bad_steps;
-      write_metrics(j);
-    }
-    if (o.max_bad_steps > 0 && consecutive_bad >= o.max_bad_steps)
-      throw Error(cat("stopping: ", consecutive_bad, " steps in a row had a non-finite loss or gradient (last: step ",
-                      step + 1, ", ", bad, "); no update was made from them",
-                      o.checkpoint_path.empty() ? std::string()
-                                                : cat(" and the last checkpoint ", o.checkpoint_path, " was left as it was"),
-                      ". Lower the learning rate or check the data and the initial weights."));
-    if (skips.full() && skips.rate() > o.max_skip_rate) {
-      std::string reasons;
-      for (const auto& [reason, n] : result.skipped) reasons += cat(reasons.empty() ? "" : ", ", reason, " ", n);
-      throw Error(cat("stopping: ", skips.skipped(), " of the last ", skips.read(), " samples read were skipped (",
-                      100.0 * skips.rate(), "% > the limit of ", 100.0 * o.max_skip_rate,
-                      "%); skipped in this run: ", reasons, ". The log names each file."));
-    }
-    const bool last = step + 1 == o.max_steps;
-    if (tty || (o.progress && ((step + 1) % o.log_every == 0 || last))) {
-      const double per_step = window_time / window_steps;
-      const double eta = per_step * static_cast<double>(o.max_steps - step - 1);
-      char line[256];
-      std::snprintf(line, sizeof line, "[%s] step %lld/%lld %3.0f%% | loss %.4f | lr %.2e | %.1f samples/s | data %.0f%% | eta %s",
-                    o.name.c_str(), static_cast<long long>(step + 1), static_cast<long long>(o.max_steps),
-                    100.0 * (step + 1) / o.max_steps, logged["loss"], lr, static_cast<double>(o.batch_size * o.accumulate * world) / per_step,
-                    100.0 * window_data / std::max(1e-9, window_time), duration(eta).c_str());
-      std::fprintf(stderr, tty ? "\r%s\033[K" : "%s\n", line);
-      if (tty && last) std::fprintf(stderr, "\n");
-      if ((step + 1) % o.log_every == 0) window_time = window_data = 0, window_steps = 0;
-    }
-    if (o.validate && (last || (o.validate_every > 0 && (step + 1) % o.validate_every == 0))) {
-      result.validation = o.validate(model);
-      model->train();
-      nlohmann::json j = {{"step", step + 1}, {"stage", o.name}};
-      std::string shown;
-      for (const auto& [k, v] : result.validation) {
-        j["val_" + k] = v;
-        shown += cat(" ", k, " ", v);
-      }
-      write_metrics(j);
-      if (o.progress) std::fprintf(stderr, "[%s] validation after step %lld:%s\n", o.name.c_str(),
-                                   static_cast<long long>(step + 1), shown.c_str());
-    }
-    int signal = stop_requested();
-    if (multi) {  // a signal to any rank stops every rank after this same step
-      std::vector<at::Tensor> sig = {at::tensor({static_cast<double>(signal)}, at::kDouble)};
-      dist->all_reduce_sum(sig);
-      if (!signal && sig[0].item<double>() > 0) signal = SIGTERM;
-    }
-    const bool stop_now = o.stop_after > 0 && step + 1 - start >= o.stop_after;
-    if (!o.checkpoint_path.empty() &&
-        (last || stop_now || signal || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0)))
-      checkpoint(step + 1);
-    result.steps = step + 1;
-    if (signal && !last) {
-      if (tty) std::fprintf(stderr, "\n");
-      write_metrics({{"step", step + 1}, {"stage", o.name}, {"event", "interrupted"}, {"signal", signal}});
-      throw Interrupted(signal, step + 1, o.checkpoint_path);
-    }
-    if (stop_now) break;
+}
+
+// Every rank skips or steps together; then the gradient mean and the metrics' means.
+void TrainingRun::reduce_across_ranks(StepRecord& r) {
+  std::vector<at::Tensor> flag = {at::tensor({r.bad.empty() ? 0.0 : 1.0}, at::kDouble)};
+  dist_->all_reduce_sum(flag);
+  if (r.bad.empty() && flag[0].item<double>() > 0) r.bad = "a non-finite loss on another rank";
+  if (flag[0].item<double>() != 0) return;  // (a skipping rank may lack some metrics: nothing to average then)
+  dist_->average_gradients(model_);
+  std::vector<double> values;
+  for (const auto& [k, v] : r.logged) values.push_back(v);
+  std::vector<at::Tensor> sums = {at::tensor(values, at::kDouble)};
+  if (!values.empty()) dist_->all_reduce_sum(sums);
+  size_t i = 0;
+  for (auto& [k, v] : r.logged) v = sums[0][static_cast<int64_t>(i++)].item<double>() / world_;
+}
+
+// Loss scaling: the gradient (averaged over ranks, so every rank decides alike) is unscaled; an
+// overflow skips the step and halves the scale. It is a bad step only when the scale has fallen
+// below 1, where the unscaled gradient itself is not finite.
+void TrainingRun::update(int64_t step, StepRecord& r) {
+  if (scaling_ && r.bad.empty()) optim_->scale_gradients(1.0 / r.loss_scale);
+  if (r.bad.empty() && !optim_->gradients_finite()) {
+    if (scaling_ && r.loss_scale >= 1)
+      r.overflow = cat("fp16 gradient overflow: loss scale ", r.loss_scale, " -> ", r.loss_scale * scaler_.backoff_factor);
+    else r.bad = "non-finite gradient";
   }
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
-  result.loss_scaler = scaler;
-  return result;
+  r.lr = learning_rate(step, o_.max_steps, o_.warmup_steps, o_.lr);
+  if (scaling_ && r.bad.empty()) scaler_.update(!r.overflow.empty());
+  if (!r.overflow.empty()) {
+    optim_->zero_grad();
+    ++result_.overflow_steps;
+    if (o_.progress) std::fprintf(stderr, "%s[%s] step %lld skipped: %s\n", tty_ ? "\r\033[K" : "", o_.name.c_str(),
+                                  static_cast<long long>(step + 1), r.overflow.c_str());
+  } else if (r.bad.empty()) {
+    optim_->step(r.lr);
+    consecutive_bad_ = 0;
+  } else {
+    optim_->zero_grad();
+    ++result_.bad_steps;
+    ++consecutive_bad_;
+    std::fprintf(stderr, "%s[%s] step %lld skipped: %s (%d in a row, limit %d)\n", tty_ ? "\r\033[K" : "", o_.name.c_str(),
+                 static_cast<long long>(step + 1), r.bad.c_str(), consecutive_bad_, o_.max_bad_steps);
+  }
+}
+
+// The step into the history and the metrics file.
+void TrainingRun::record(int64_t step, const StepRecord& r) {
+  for (const auto& [reason, n] : r.skipped_now) result_.skipped[reason] += n;
+  std::map<std::string, double> logged = r.logged;
+  logged["lr"] = r.lr;
+  logged["step"] = static_cast<double>(step + 1);
+  logged["samples_per_s"] = static_cast<double>(o_.batch_size * o_.accumulate * world_) / r.seconds;
+  logged["data_s"] = r.data_time;
+  logged["step_s"] = r.seconds;
+  result_.history.push_back(logged);
+  window_time_ += r.seconds;
+  window_data_ += r.data_time;
+  ++window_steps_;
+  nlohmann::json j = logged;  // NaN values are written as null
+  j["stage"] = o_.name;
+  if (!r.bad.empty()) j["skipped_step"] = r.bad;
+  if (scaling_) {
+    j["loss_scale"] = r.loss_scale;
+    j["overflow_steps_total"] = result_.overflow_steps;
+    if (!r.overflow.empty()) j["skipped_step"] = r.overflow;
+  }
+  for (const auto& [reason, n] : r.skipped_now) j["skipped_" + reason] = n;
+  int64_t total_skipped = 0;
+  for (const auto& [reason, n] : result_.skipped) total_skipped += n;
+  j["skipped_samples_total"] = total_skipped;
+  j["bad_steps_total"] = result_.bad_steps;
+  write_metrics(j);
+}
+
+// Too many bad steps in a row, or too many skipped samples: stop with the reason.
+void TrainingRun::check_limits(int64_t step, const StepRecord& r) {
+  if (o_.max_bad_steps > 0 && consecutive_bad_ >= o_.max_bad_steps)
+    throw Error(cat("stopping: ", consecutive_bad_, " steps in a row had a non-finite loss or gradient (last: step ",
+                    step + 1, ", ", r.bad, "); no update was made from them",
+                    o_.checkpoint_path.empty() ? std::string()
+                                               : cat(" and the last checkpoint ", o_.checkpoint_path, " was left as it was"),
+                    ". Lower the learning rate or check the data and the initial weights."));
+  if (skips_->full() && skips_->rate() > o_.max_skip_rate) {
+    std::string reasons;
+    for (const auto& [reason, n] : result_.skipped) reasons += cat(reasons.empty() ? "" : ", ", reason, " ", n);
+    throw Error(cat("stopping: ", skips_->skipped(), " of the last ", skips_->read(), " samples read were skipped (",
+                    100.0 * skips_->rate(), "% > the limit of ", 100.0 * o_.max_skip_rate,
+                    "%); skipped in this run: ", reasons, ". The log names each file."));
+  }
+}
+
+void TrainingRun::show_progress(int64_t step, const StepRecord& r) {
+  const bool last = step + 1 == o_.max_steps;
+  if (!(tty_ || (o_.progress && ((step + 1) % o_.log_every == 0 || last)))) return;
+  const double per_step = window_time_ / window_steps_;
+  const double eta = per_step * static_cast<double>(o_.max_steps - step - 1);
+  const auto loss = r.logged.find("loss");
+  char line[256];
+  std::snprintf(line, sizeof line, "[%s] step %lld/%lld %3.0f%% | loss %.4f | lr %.2e | %.1f samples/s | data %.0f%% | eta %s",
+                o_.name.c_str(), static_cast<long long>(step + 1), static_cast<long long>(o_.max_steps),
+                100.0 * (step + 1) / o_.max_steps, loss == r.logged.end() ? 0.0 : loss->second, r.lr,
+                static_cast<double>(o_.batch_size * o_.accumulate * world_) / per_step,
+                100.0 * window_data_ / std::max(1e-9, window_time_), duration(eta).c_str());
+  std::fprintf(stderr, tty_ ? "\r%s\033[K" : "%s\n", line);
+  if (tty_ && last) std::fprintf(stderr, "\n");
+  if ((step + 1) % o_.log_every == 0) window_time_ = window_data_ = 0, window_steps_ = 0;
+}
+
+void TrainingRun::maybe_validate(int64_t step) {
+  const bool last = step + 1 == o_.max_steps;
+  if (!o_.validate || !(last || (o_.validate_every > 0 && (step + 1) % o_.validate_every == 0))) return;
+  result_.validation = o_.validate(model_);
+  model_->train();
+  nlohmann::json j = {{"step", step + 1}, {"stage", o_.name}};
+  std::string shown;
+  for (const auto& [k, v] : result_.validation) {
+    j["val_" + k] = v;
+    shown += cat(" ", k, " ", v);
+  }
+  write_metrics(j);
+  if (o_.progress) std::fprintf(stderr, "[%s] validation after step %lld:%s\n", o_.name.c_str(),
+                                static_cast<long long>(step + 1), shown.c_str());
+}
+
+// The signal that stops the run after this step; a signal to any rank stops every rank.
+int TrainingRun::stop_signal() {
+  int signal = stop_requested();
+  if (!multi_) return signal;
+  std::vector<at::Tensor> sig = {at::tensor({static_cast<double>(signal)}, at::kDouble)};
+  dist_->all_reduce_sum(sig);
+  if (!signal && sig[0].item<double>() > 0) signal = SIGTERM;
+  return signal;
+}
+
+}  // namespace
+
+TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches, const TrainOptions& options,
+                  const std::string& resume_from) {
+  return TrainingRun(model, objective, batches, options).run(resume_from);
 }
 
 }  // namespace vlmo

@@ -1,4 +1,4 @@
-#include "answerers.h"
+#include "serve/answerers.h"
 
 #include <ATen/ATen.h>
 
@@ -12,7 +12,7 @@
 #include "vlmo/tasks.h"
 #include "vlmo/vector_index.h"
 
-namespace vlmo::cli {
+namespace vlmo::serve {
 namespace {
 
 std::string percent(const char* format, double p) {
@@ -237,4 +237,4 @@ Task embed_task(LoadedModel& m, const Tokenizer& tok, ImageFn image) {
   return t;
 }
 
-}  // namespace vlmo::cli
+}  // namespace vlmo::serve

@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <string>
 
-namespace vlmo::cli {
+namespace vlmo::serve {
 
 struct WebAsset {
   const char* name;          // "index.html", "app.js", "style.css"
@@ -14,4 +14,4 @@ struct WebAsset {
 };
 const WebAsset* find_web_asset(const std::string& name);  // nullptr when unknown
 
-}  // namespace vlmo::cli
+}  // namespace vlmo::serve

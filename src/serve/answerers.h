@@ -17,7 +17,7 @@ namespace vlmo {
 class VectorIndex;
 }
 
-namespace vlmo::cli {
+namespace vlmo::serve {
 
 // A request's model inputs.
 struct Prepared {
@@ -64,4 +64,4 @@ std::string request_error(const nlohmann::json& request, const std::vector<std::
 at::Tensor prepared_image(const std::string& path, int image_size);
 std::string prepared_text(const std::string& text);
 
-}  // namespace vlmo::cli
+}  // namespace vlmo::serve

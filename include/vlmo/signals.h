@@ -1,0 +1,29 @@
+// Graceful stop of long work (training, embedding a collection, serving). After
+// install_stop_handlers(), the first SIGINT or SIGTERM only records the signal: the work polls
+// stop_requested() at its own safe points (a step boundary, a chunk, the accept loop), keeps what
+// it did, and ends; a second signal ends the process at once (default action). request_stop()
+// does what the handler does.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "vlmo/error.h"
+
+namespace vlmo {
+
+void install_stop_handlers();
+void request_stop(int signal);
+int stop_requested();  // the signal number, 0 when none
+void clear_stop_request();
+
+// Work stopped by a signal; the message says what was kept and how to go on.
+struct Interrupted : Error {
+  // Training: `step` steps done and saved to `checkpoint` ("" when the run has no checkpoint path).
+  Interrupted(int signal, int64_t step, std::string checkpoint);
+  Interrupted(int signal, const std::string& message) : Error(message), signal(signal), step(0) {}
+  int signal;
+  int64_t step;
+  std::string checkpoint;
+};
+
+}  // namespace vlmo

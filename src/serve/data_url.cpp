@@ -1,0 +1,54 @@
+#include "serve/data_url.h"
+
+#include <array>
+#include <cctype>
+#include <cstdint>
+
+#include "serve/http_error.h"
+
+namespace vlmo::serve {
+
+std::string base64_decode(const std::string& in, size_t begin, const std::string& field) {
+  static const auto table = [] {
+    std::array<int8_t, 256> t{};
+    t.fill(-1);
+    const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 64; ++i) t[static_cast<uint8_t>(alphabet[i])] = static_cast<int8_t>(i);
+    return t;
+  }();
+  std::string out;
+  out.reserve(in.size() > begin ? (in.size() - begin) / 4 * 3 : 0);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = begin; i < in.size(); ++i) {
+    const char c = in[i];
+    if (c == '=') break;
+    if (c == '\n' || c == '\r' || c == ' ') continue;
+    const int8_t v = table[static_cast<uint8_t>(c)];
+    if (v < 0) throw HttpError(400, cat("\"", field, "\": not valid base64 at character ", i));
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  return out;
+}
+
+bool is_data_url(const std::string& value) {
+  static const std::string scheme = "data:";
+  if (value.size() < scheme.size()) return false;
+  for (size_t i = 0; i < scheme.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(value[i])) != scheme[i]) return false;
+  return true;
+}
+
+std::string data_url_bytes(const std::string& value, const std::string& field) {
+  const size_t comma = value.find(',');
+  if (!is_data_url(value) || comma == std::string::npos || value.substr(0, comma).find(";base64") == std::string::npos)
+    throw HttpError(400, cat("\"", field, "\": a data: URL must be base64 (data:image/png;base64,...)"));
+  return base64_decode(value, comma + 1, field);
+}
+
+}  // namespace vlmo::serve

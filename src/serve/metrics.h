@@ -1,0 +1,45 @@
+// The server's counters, for GET /health (a JSON summary) and GET /metrics (Prometheus text
+// exposition format): requests by endpoint and status, latency histograms, batches, refusals.
+// Thread-safe.
+#pragma once
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace vlmo::serve {
+
+class Metrics {
+ public:
+  static constexpr double kBucketsMs[] = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000};
+
+  // One answered request: its endpoint, status and time from request read to response written.
+  void request(const std::string& endpoint, int status, double ms);
+  void batch(size_t size);  // one model batch of `size` requests
+  void rejected() { ++rejected_; }  // one request refused because the queue was full
+
+  // requests, errors, rejected_queue_full, batches, mean / max batch size, latency p50 / p99
+  // (over the last 10,000 requests).
+  nlohmann::json summary();
+  std::string prometheus(size_t queue_depth, size_t queue_capacity);
+
+ private:
+  struct Endpoint {
+    uint64_t requests = 0, errors = 0;
+    std::map<int, uint64_t> by_status;
+    std::array<uint64_t, std::size(kBucketsMs) + 1> buckets{};
+    double seconds_sum = 0;
+  };
+  std::mutex mu_;
+  std::map<std::string, Endpoint> endpoints_;
+  std::array<double, 10000> recent_{};
+  size_t recent_next_ = 0, recent_count_ = 0;
+  uint64_t batches_ = 0, batched_ = 0;
+  size_t max_batch_ = 0;
+  std::atomic<uint64_t> rejected_{0};
+};
+
+}  // namespace vlmo::serve
