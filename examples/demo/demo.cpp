@@ -469,12 +469,12 @@ int DemoRun::start_position() {
 void DemoRun::pretrain(int start) {
   if (start <= 0) {
     run_stage("stage1-image", Stage::kImage, mim_objective, steps(rc_.stage1_steps), rc_.stage1_batch, rc_.stage1_lr,
-              {true, false, true});
+              StageSpec{true, false, true, {}, 1.0, {}, {}});
     diagnose("stage1-image");
   }
   if (start <= 1) {
     run_stage("stage2-text", Stage::kText, text_mlm_objective, steps(rc_.stage2_steps), rc_.stage2_batch, rc_.stage2_lr,
-              {false, true, false});
+              StageSpec{false, true, false, {}, 1.0, {}, {}});
     diagnose("stage2-text");
   }
   // With several processes the contrastive stages use the global contrastive batch, which keeps
