@@ -41,8 +41,9 @@ install -m 0644 "$VLMO_CUDNN_COPY/libcudnn.so.9" /usr/local/lib/libcudnn.so.9
 ln -sf libcudnn.so.9 /usr/local/lib/libcudnn.so
 ldconfig
 # The CUDA toolkit of the same release as Debian's CUDA runtime (12.4): Caffe2's CMake config looks
-# for nvcc and the toolkit's libraries.
-scripts/apt_install.sh nvidia-cuda-toolkit
+# for nvcc and the toolkit's libraries; the NCCL headers: c10d's ProcessGroupNCCL header includes
+# nccl.h (libtorch-cuda-dev depends on the library only).
+scripts/apt_install.sh nvidia-cuda-toolkit libnccl-dev
 VLMO_TORCH_PACKAGE=libtorch-cuda-dev VLMO_GLOO_PACKAGE=libgloo-cuda-dev scripts/setup.sh "$BUILD_DIR"
 # What was compiled in: the CUDA and NCCL definitions of the library, and libtorch_cuda linked.
 grep -o -E 'VLMO_WITH_(CUDA|NCCL)' "$BUILD_DIR/CMakeFiles/vlmo_lib.dir/flags.make" | sort -u | tr '\n' ' '
