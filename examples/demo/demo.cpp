@@ -295,6 +295,8 @@ Config demo_config_for(const DemoRecipe& rc, const Tokenizer& tok) {
   return c;
 }
 
+// Seeds torch's generator and returns the seed: called in the member initialisers before the
+// world and the model are made, so that every draw happens in the order of a seeded run.
 uint64_t seeded_first(const DemoOptions& o) {
   at::manual_seed(o.seed);
   return o.seed;
