@@ -210,7 +210,10 @@ at::Tensor cpu_inference_attention(const at::Tensor& qkv_out, int64_t Q, int64_t
 bool sdpa_applies(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
 
 at::Tensor sdpa_attention(const at::Tensor& qkv_out, int64_t Q, const at::Tensor& key_mask, const at::Tensor& rel_bias) {
-  const at::Tensor q = qkv_out[0].narrow(2, 0, Q), k = qkv_out[1], v = qkv_out[2];  // (B, H, Q|N, hd)
+  // unbind, not three selects: its backward writes the three gradients into one tensor, where
+  // each select's backward would fill a zero tensor of the whole qkv and the three be summed.
+  const std::vector<at::Tensor> qkv = qkv_out.unbind(0);
+  const at::Tensor q = qkv[0].narrow(2, 0, Q), k = qkv[1], v = qkv[2];  // (B, H, Q|N, hd)
   const int64_t B = q.size(0), H = q.size(1), N = k.size(2), hd = q.size(3);
   at::Tensor mask;
   if (rel_bias.defined()) mask = rel_bias.narrow(1, 0, Q).unsqueeze(0);  // (1, H, Q, N)
@@ -286,7 +289,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
     return project(sdpa_attention(qkv_out, Q, key_mask, rel_bias));
   }
 #endif
-  at::Tensor q = qkv_out[0].narrow(2, 0, Q) * scale, k = qkv_out[1], v = qkv_out[2];
+  const std::vector<at::Tensor> qkv_parts = qkv_out.unbind(0);  // (see sdpa_attention)
+  at::Tensor q = qkv_parts[0].narrow(2, 0, Q) * scale, k = qkv_parts[1], v = qkv_parts[2];
   // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64). Under
   // autocast the product itself runs in the low precision whatever its inputs (the official's
   // q.float() @ k.float() too), so q and k are not converted first; the bias makes them fp32.
@@ -295,10 +299,11 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   at::Tensor attn = autocast_matmul(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
   if (autocast) attn = attn.to(at::promote_types(attn.scalar_type(), at::kFloat));
   if (rel_bias.defined()) attn = attn + rel_bias.narrow(1, 0, Q).unsqueeze(0);
+  // In place: attn is a fresh product or sum here, which no backward function keeps.
   if (key_mask.defined())
-    attn = attn.masked_fill(key_mask.index({at::indexing::Slice(), at::indexing::None,
-                                            at::indexing::None, at::indexing::Slice()}) == 0,
-                            -std::numeric_limits<float>::infinity());
+    attn.masked_fill_(key_mask.index({at::indexing::Slice(), at::indexing::None,
+                                      at::indexing::None, at::indexing::Slice()}) == 0,
+                      -std::numeric_limits<float>::infinity());
   attn = attn.softmax(-1).to(x.scalar_type());
   if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
   at::Tensor out = autocast_matmul(attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
