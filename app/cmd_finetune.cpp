@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "vlmo/device.h"
+#include "vlmo/distributed.h"
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
 #include "vlmo/evaluate.h"
@@ -108,7 +109,13 @@ int run_finetune(const Args& a) {
   model->to(training_device(a));
   apply_runtime_options(a, model);
   if (r.init == "coco") std::cerr << "note: the official " << finetune_task_name(task) << " recipe starts from the COCO-fine-tuned retrieval weights\n";
-  t.accumulate = a.get_int("accumulate") > 0 ? a.get_int("accumulate") : static_cast<int>(std::max<int64_t>(1, r.batch_size / batch));
+  // Each optimizer step sees the recipe's batch over every process (the official divides by the
+  // number of processes too); the step count is the recipe's, from that batch.
+  const Distributed* dist = current_distributed();
+  const int world = dist ? dist->world_size() : 1;
+  const StepBatch sb = recipe_step_batch(r.batch_size, batch, world);
+  if (a.get_int("accumulate") == 0 && !sb.note.empty() && (!dist || dist->rank() == 0)) std::cerr << "note: " << sb.note << "\n";
+  t.accumulate = a.get_int("accumulate") > 0 ? a.get_int("accumulate") : sb.accumulate;
   t.max_steps = a.get_int64("steps") > 0 ? a.get_int64("steps") : r.total_steps(n);
   t.warmup_steps = r.warmup_steps(t.max_steps);
   t.lr = a.get_double("lr") > 0 ? a.get_double("lr") : r.lr;
@@ -118,8 +125,8 @@ int run_finetune(const Args& a) {
   t.validate_every = a.get_int64("val-every");
   t.loader_threads = a.get_int("loader-threads");
   t.config_json = config_to_json_text(cfg);
-  std::cerr << t.name << ": " << n << " examples, " << t.max_steps << " steps of " << batch * t.accumulate
-            << " samples, lr " << t.lr << ", image " << cfg.image_size << " px\n";
+  std::cerr << t.name << ": " << n << " examples, " << t.max_steps << " steps of " << batch * t.accumulate * world
+            << " samples (" << world << " process(es) x " << t.accumulate << " micro-batch(es) x " << batch << "), lr " << t.lr << ", image " << cfg.image_size << " px\n";
   train(model, objective, batches, t, a.get("resume"));
   return 0;
 }

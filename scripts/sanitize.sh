@@ -21,7 +21,7 @@ ctest --test-dir build-asan -L fast --no-tests=error --output-on-failure -j "$(n
 ctest --test-dir build-asan -R 'cli\.faults\.(cases|disk)' --no-tests=error --output-on-failure -j "$(nproc)"
 
 mkdir -p build-asan/fuzz-findings
-for name in safetensors torch_checkpoint tar json_lines image tokenizer; do
+for name in safetensors torch_checkpoint tar json_lines image tokenizer serve; do
   work=build-asan/fuzz-corpus/$name
   mkdir -p "$work"
   echo "sanitize: fuzz_$name for ${FUZZ_SECONDS} s"

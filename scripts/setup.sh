@@ -19,7 +19,7 @@ PACKAGES=(
   libwebp-dev             # WebP decoding
   libcairo2-dev           # learning-curve charts (vlmo plot): PNG and SVG
   libfaiss-dev            # vector indexes over embedding collections (vlmo index build)
-  libcpp-httplib-dev      # HTTP server of vlmo serve
+  libcpp-httplib-dev      # HTTP client of the load generator (vlmo_serve_load)
 )
 
 scripts/apt_install.sh "${PACKAGES[@]}"

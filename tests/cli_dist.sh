@@ -8,7 +8,9 @@
 #     4 x accumulate 2 end at the same weights (drop path and dropout on);
 #   - 4 shards given as pipe: URLs are split over 2 ranks x 2 loader threads; 1 shard with
 #     --resample feeds 2 ranks x 2 loader threads;
-#   - `vlmo demo` (step scale 0.01) on 2 ranks: the same global batches, one report by rank 0.
+#   - `vlmo demo` (step scale 0.01) on 2 ranks: the same global batches, one report by rank 0;
+#   - `vlmo finetune --task coco` on 2 ranks: each optimizer step sees the recipe's batch (3072),
+#     as on 1 process; a micro-batch that does not divide it is rounded down and said.
 # usage: cli_dist.sh VLMO GALLERY_DIR WORK
 set -u -o pipefail
 VLMO=$1 GALLERY=$2 WORK=$3
@@ -179,3 +181,42 @@ for k in ("retrieval", "vqa", "nlvr2"):
     assert k in r, k
 PY
 echo "ok: the demo on 2 processes"
+
+# 7. Fine-tuning on 2 processes: the recipe's batch (COCO retrieval: 3072) per optimizer step,
+# accumulate = 3072 / (--batch-size x 2), as on one process with 3072 / --batch-size.
+python3 - "$GALLERY" <<'PY'
+import json, os, sys
+files = sorted(os.listdir(sys.argv[1]))[:32]
+words = ["red", "blue", "green", "circle", "square", "triangle"]
+images = [{"filename": f, "split": "train" if i < 24 else "val",
+           "sentences": [{"raw": f"a {words[i % 6]} {words[(i + 3) % 6]}"}]} for i, f in enumerate(files)]
+json.dump({"images": images}, open("karpathy.json", "w"))
+PY
+ft() {  # ft RANK PORT WORLD BATCH OUT: one finetune process of WORLD
+  RANK=$1 WORLD_SIZE=$3 LOCAL_RANK=$1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$2 OMP_NUM_THREADS=1 \
+    exec "$VLMO" finetune --task coco --init a/ck.safetensors --karpathy karpathy.json --images "$GALLERY" --image-size 32 \
+    --batch-size "$4" --steps 1 --val-every 0 --checkpoint-every 0 --out "$5/ck.safetensors" --metrics "$5/m.jsonl" > "$5.$1.log" 2>&1
+}
+mkdir -p f2 f1 fr
+p=$(port)
+(ft 0 "$p" 2 32 f2) & p0=$!
+(ft 1 "$p" 2 32 f2) & p1=$!
+wait $p0; rc0=$?; wait $p1; rc1=$?
+[ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat f2.0.log f2.1.log; fail "finetune on 2 processes: exit $rc0 / $rc1"; }
+(ft 0 "$(port)" 1 64 f1) || { cat f1.0.log; fail "finetune on 1 process"; }
+p=$(port)
+(ft 0 "$p" 2 40 fr) & p0=$!
+(ft 1 "$p" 2 40 fr) & p1=$!
+wait $p0; rc0=$?; wait $p1; rc1=$?
+[ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat fr.0.log fr.1.log; fail "finetune on 2 processes, batch 40: exit $rc0 / $rc1"; }
+grep -q "3072 is not a multiple of --batch-size 40 x 2 process(es) = 80: 38 micro-batch(es) per step, 3040 samples" fr.0.log \
+  || { cat fr.0.log; fail "the rounded step batch is not stated"; }
+python3 - <<'PY' || fail "finetune: the optimizer step does not see the recipe's batch"
+import json
+two, one, rounded = (json.loads(open(f"{d}/m.jsonl").readline()) for d in ("f2", "f1", "fr"))
+print(f"finetune coco, samples per optimizer step: 2 processes x 32 = {two['samples']:.0f}, "
+      f"1 process x 64 = {one['samples']:.0f}, 2 processes x 40 = {rounded['samples']:.0f}")
+assert two["samples"] == 3072 and one["samples"] == 3072 and rounded["samples"] == 3040, (two, one, rounded)
+PY
+grep -q "steps of 3072 samples (2 process(es) x 48 micro-batch(es) x 32)" f2.0.log || { cat f2.0.log; fail "the step batch line"; }
+echo "ok: finetune on 2 processes: 3072 samples per step (48 micro-batches x 32 x 2), as on 1 process (48 x 64)"

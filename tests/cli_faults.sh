@@ -254,6 +254,12 @@ EOF
   run_case "negative lr" "option --lr: must be between 0 and 1" pretrain --lr -1
   run_case "image size" "option --image-size: must be between 0 and 8192" pretrain --image-size 100000
   run_case "max-skip-rate" "option --max-skip-rate: must be between 0 and 1" pretrain --max-skip-rate 2
+  run_case "serve max-connections" "option --max-connections: must be between 1" serve --max-connections 0
+  run_case "serve max-image-side" "option --max-image-side: expected a whole number" serve --max-image-side 1e4
+  for opt in max-connections max-image-side; do
+    "$VLMO" serve --$opt -5 >/dev/null 2>case.err; [ $? -eq 2 ] && [ "$(wc -l < case.err)" -eq 1 ] ||
+      fail "serve --$opt -5: not one line with exit 2: $(cat case.err)"
+  done
 
   note "vlmo index build + vlmo search over it equal the exact search of the embedding file"
   "$VLMO" embed --model m1.safetensors --out emb.safetensors img/messi5.jpg img/camera.png img/chelsea.png >/dev/null 2>&1 ||

@@ -5,6 +5,9 @@ usage: serve_test.py VLMO LOAD_TOOL DEMO_DIR WORK_DIR PART
   PART http:  answers equal the CLI's (search, VQA by id and by upload, ITM, NLVR2); malformed,
               oversized, concurrent requests; a full queue answers 503; SIGTERM drains.
   PART load:  vlmo_serve_load from a second process: throughput, p50/p99, nothing lost.
+  PART hostile: what hostile clients send (bad task models, chunked floods, thin images, deep
+              JSON, trickling heads, SIGTERM under slow clients, bad UTF-8, foreign origins).
+  PART soak:  SOAK_SECONDS (default 60) of mixed and hostile requests: none lost, RSS steady.
   PART embed: vlmo embed of a folder and of WebDataset shards into resumable chunks: SIGTERM
               mid-run then resume gives the same ids and vectors as one uninterrupted run; the
               folder feeds vlmo index build, search and serve.
@@ -62,9 +65,14 @@ class Server:
         self.port = int(open(self.port_file).read())
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def stop(self, sig=signal.SIGTERM):
+    def stop(self, sig=signal.SIGTERM, timeout=60):
         self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=60)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # reported as a failed check by the caller
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            return f"still running after {timeout} s", out
         return self.proc.returncode, out
 
 
@@ -364,7 +372,290 @@ def part_embed():
     s.stop()
 
 
-{"http": part_http, "load": part_load, "embed": part_embed}[PART]()
+def rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def raw(port, data, timeout=10, half_close=False):
+    """Sends raw bytes on one connection; returns (status, body) of the answer (status 0: none)."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        c.sendall(data)
+        if half_close:
+            c.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            try:
+                piece = c.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not piece:
+                break
+            got += piece
+            head, sep, rest = got.partition(b"\r\n\r\n")
+            if sep and b"content-length:" in head.lower():
+                n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(rest) >= n:
+                    break
+    finally:
+        c.close()
+    if not got.startswith(b"HTTP/1."):
+        return 0, b""
+    return int(got.split(b" ")[1]), got.partition(b"\r\n\r\n")[2]
+
+
+def get_json(port, target, body=None, headers="", method=None):
+    data = b"" if body is None else body
+    method = method or ("GET" if body is None else "POST")
+    head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{headers}"
+    if body is not None:
+        head += f"Content-Length: {len(data)}\r\n"
+    status, out = raw(port, head.encode() + b"\r\n" + data)
+    try:
+        return status, json.loads(out)
+    except ValueError:
+        return status, {"_raw": out[:200]}
+
+
+JSON = "Content-Type: application/json\r\n"
+
+
+def thin_png(width):
+    """A width x 1 RGB PNG, built by hand (compresses to a few tens of KB)."""
+    import zlib
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    raw_row = b"\x00" + b"\x80" * (3 * width)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw_row, 9)) + chunk(b"IEND", b""))
+
+
+class Tricklers:
+    """`n` clients that send a request head one byte a second and never finish it."""
+    def __init__(self, port, n):
+        self.socks = []
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"POST /api/itm HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            self.socks.append(c)
+        self.stop = False
+        self.thread = concurrent.futures.ThreadPoolExecutor(1).submit(self.run)
+
+    def run(self):
+        while not self.stop:
+            for c in self.socks:
+                try:
+                    c.send(b"a")
+                except OSError:
+                    pass
+            time.sleep(1)
+
+    def answers(self):
+        """The status each got (0: closed without one)."""
+        got = []
+        for c in self.socks:
+            c.settimeout(0.5)
+            try:
+                data = c.recv(4096)
+                got.append(int(data.split(b" ")[1]) if data.startswith(b"HTTP/1.") else 0)
+            except OSError:
+                got.append(0)
+        return got
+
+    def close(self):
+        self.stop = True
+        self.thread.result(timeout=10)
+        for c in self.socks:
+            c.close()
+
+
+def part_hostile():
+    # Bad task models: one line, exit 2 (not a crash).
+    junk = f"{WORK}/random.safetensors"
+    open(junk, "wb").write(os.urandom(4096))
+    notmodel = f"{WORK}/notmodel.safetensors"
+    shutil.copy(INDEX, notmodel)
+    for opt in ["--vqa-model", "--nlvr2-model"]:
+        for bad in [f"{WORK}/missing.safetensors", junk, notmodel]:
+            out = subprocess.run([VLMO, "serve", "--model", MODEL, opt, bad, "--port", "0"], capture_output=True, text=True, timeout=60)
+            last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
+            check(out.returncode == 2 and opt in last, f"serve {opt} {os.path.basename(bad)}: exit {out.returncode}, {last[:110]!r}")
+    try:
+        out = subprocess.run([VLMO, "serve", "--model", MODEL, "--web", f"{WORK}/no-such-folder", "--port", "0"],
+                             capture_output=True, text=True, timeout=30)
+        check(out.returncode == 2 and "--web" in out.stderr and len(out.stderr.strip().splitlines()) == 1,
+              f"--web naming a missing folder: exit {out.returncode}, {out.stderr.strip()[:100]!r}")
+    except subprocess.TimeoutExpired:
+        check(False, "--web naming a missing folder: the server started anyway")
+
+    s = Server("hostile", "--quiet")
+    pid, port = s.proc.pid, s.port
+    base = rss_mb(pid)
+    # Chunked bodies are held to --max-body-mb: 413 once 16 MiB have passed, the rest unread.
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    c.sendall(b"POST /api/vqa HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sent, piece, answer = 0, b"100000\r\n" + b"a" * (1 << 20) + b"\r\n", b""
+    import select
+    try:
+        while sent < (1 << 30) and not answer:
+            c.sendall(piece)
+            sent += 1 << 20
+            if select.select([c], [], [], 0.02)[0]:
+                answer = c.recv(4096)  # the answer came while the client was still sending
+    except OSError:
+        pass
+    c.close()
+    check(sent < (64 << 20) and b" 413 " in answer[:20] and b"too large" in answer,
+          f"1 GiB chunked body: refused with {answer[:12]!r} after {sent >> 20} MiB sent; RSS {base:.0f} -> {rss_mb(pid):.0f} MB")
+    # A thin image under the pixel limit: refused from its header by the side limit.
+    t0 = time.time()
+    url = "data:image/png;base64," + base64.b64encode(thin_png(10_000_000)).decode()
+    status, got = get_json(port, "/api/embed", json.dumps({"image": url}).encode(), JSON)
+    check(status == 400 and "16384" in got.get("error", "") and time.time() - t0 < 5,
+          f"1 x 10,000,000 PNG ({len(url) >> 10} KB): {status} in {time.time() - t0:.2f} s, {got.get('error', '')[:90]!r}")
+    # Deep JSON nesting: 400, and no memory kept (8 at once).
+    before = rss_mb(pid)
+    deep = b"[" * ((16 << 20) - 1024)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: get_json(port, "/api/vqa", deep, JSON)[0], range(8)))
+    after = rss_mb(pid)
+    check(codes == [400] * 8 and after - before < 200,
+          f"8 x 16 MB of nested '[': {sorted(set(codes))}, RSS {before:.0f} -> {after:.0f} MB")
+    # 80 clients trickling a head: normal requests are still answered within 2 s; the tricklers
+    # get 408 once the head deadline (10 s) passes.
+    slow = Tricklers(port, 80)
+    time.sleep(1)
+    waits = []
+    for k in range(10):
+        t0 = time.time()
+        status, _ = get_json(port, "/api/itm", json.dumps({"image": IDS[k % 4], "text": "a red circle"}).encode(), JSON)
+        waits.append((status, time.time() - t0))
+    check(all(st == 200 and w < 2 for st, w in waits), f"10 requests while 80 clients trickle: {[st for st, _ in waits]}, "
+          f"slowest {max(w for _, w in waits):.2f} s")
+    slow.stop = True  # (the deadline runs from each head's first byte, whether or not more comes)
+    slow.thread.result(timeout=10)
+    time.sleep(11)
+    got = slow.answers()
+    slow.close()
+    check(got.count(408) == 80, f"the 80 trickling clients were answered 408 after the head deadline ({got.count(408)} of 80)")
+    # Refused before routing: 414, not counted in the latencies.
+    status, _ = get_json(port, "/api/image?id=" + "a" * 100_000)
+    stats = get_json(port, "/health")[1]["stats"]
+    check(status == 414 and stats["latency_ms_p99"] < 10_000, f"100 KB URI: {status}; /health p99 {stats['latency_ms_p99']:.1f} ms")
+    # Invalid UTF-8: 400 naming the field.
+    status, got = get_json(port, "/api/image?id=%FF")
+    check(status == 400 and '"id": not valid UTF-8' in got.get("error", ""), f"id=%FF: {status} {got.get('error')!r}")
+    status, got = get_json(port, "/api/itm", b'{"image": "' + IDS[0].encode() + b'", "text": "\xff"}', JSON)
+    check(status == 400 and "not valid UTF-8" in got.get("error", ""), f"a body with invalid UTF-8: {status} {got.get('error')!r}")
+    # No server paths: file names only.
+    status, h = get_json(port, "/health")
+    text = json.dumps(h)
+    check(status == 200 and DEMO not in text and os.path.abspath(DEMO) not in text and h["model"]["path"] == os.path.basename(MODEL),
+          f"/health shows file names only (model {h['model']['path']!r}, collection {h.get('collection', {}).get('path')!r})")
+    # Other sites' pages cannot drive the server: JSON only, and the Origin must be this server.
+    body = json.dumps({"image": IDS[0], "text": "a red circle"}).encode()
+    st1, _ = get_json(port, "/api/itm", body, "Content-Type: text/plain\r\nOrigin: http://evil.example\r\n")
+    st2, _ = get_json(port, "/api/itm", body, JSON + "Origin: http://evil.example\r\n")
+    st3, _ = get_json(port, "/api/itm", body, JSON + f"Origin: http://127.0.0.1:{port}\r\n")
+    check((st1, st2, st3) == (415, 403, 200), f"text/plain with a foreign Origin {st1}, JSON with a foreign Origin {st2}, same origin {st3}")
+    # Minor rows.
+    status, _ = get_json(port, "/api/vqa", json.dumps({"image": "DATA:image/png;BASE64," + data_url(IMG[1]).split(",", 1)[1],
+                                                       "question": "what colour?"}).encode(), JSON)
+    check(status == 200, f"DATA: / BASE64 in upper case: {status}")
+    many = "".join(f"X-{i}: v\r\n" for i in range(10_000))
+    status, _ = get_json(port, "/health", headers=many)
+    check(status == 431, f"10,000 request headers: {status}")
+    status, got = raw(port, b"POST /api/itm HTTP/1.1\r\nHost: x\r\n" + JSON.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body,
+                      half_close=True)
+    check(status == 200 and "match_probability" in json.loads(got), f"a client that half-closes after its request: {status}")
+    status, _ = get_json(port, "/api/itm", b"a=" + b"b" * 9000, "Content-Type: application/x-www-form-urlencoded\r\n")
+    check(status == 415, f"a 9 KB form-encoded body: {status}")
+    rc, out = s.stop()
+    check(rc == 0 and "stopped:" in out, f"stopped: exit {rc}")
+
+    # SIGTERM while slow and idle clients hold connections: exit 0 within 5 s, with the summary.
+    s = Server("hostile-stop", "--quiet")
+    slow = Tricklers(s.port, 30)
+    idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(10)]
+    time.sleep(1)
+    t0 = time.time()
+    rc, out = s.stop(timeout=20)
+    took = time.time() - t0
+    slow.close()
+    for c in idle:
+        c.close()
+    check(rc == 0 and "stopped:" in out and took < 5, f"SIGTERM with 30 trickling and 10 idle clients: exit {rc} in {took:.2f} s")
+    # The startup line brackets an IPv6 address.
+    try:
+        s = Server("ipv6", "--quiet", "--host", "::1")
+        line = s.proc.stdout.readline()
+        s.stop()
+        check("http://[::1]:" in line, f"--host ::1 prints {line.strip()[-40:]!r}")
+    except SystemExit:
+        print("skip  --host ::1: no IPv6 loopback here", flush=True)
+
+
+def part_soak():
+    """Mixed requests from several clients, hostile ones among them, for SOAK_SECONDS (default 60):
+    no request lost, and the RSS at the end within 10 % of the RSS after the warm-up."""
+    seconds = float(os.environ.get("SOAK_SECONDS", "60"))
+    s = Server("soak", "--quiet", "--queue", "256")
+    port, pid = s.port, s.proc.pid
+    good = [("/api/search", {"text": "a red circle", "top_k": 5}), ("/api/vqa", {"image": IDS[1], "question": "what colour?"}),
+            ("/api/itm", {"image": IDS[2], "text": "a green triangle"}), ("/api/embed", {"text": "a blue square"}),
+            ("/api/vqa", {"image": data_url(IMG[3]), "question": "is there a circle?"})]
+    deep = b"[" * (1 << 20)
+    hostile = [lambda: get_json(port, "/api/vqa", deep, JSON)[0] == 400,
+               lambda: get_json(port, "/api/vqa", b"{not json", JSON)[0] == 400,
+               lambda: get_json(port, "/api/image?id=%FF")[0] == 400,
+               lambda: get_json(port, "/api/itm", b'{"text": "x"}', "Content-Type: text/plain\r\n")[0] == 415,
+               lambda: get_json(port, "/a?" + "b" * 20000)[0] == 414,
+               lambda: raw(port, b"POST /api/vqa HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n")[0] == 413]
+    counts = {"good": 0, "good_failed": 0, "hostile": 0, "hostile_unexpected": 0}
+    lock = __import__("threading").Lock()
+    end = time.time() + seconds
+    warm = {}
+
+    def client(k):
+        i = 0
+        while time.time() < end:
+            i += 1
+            if k < 6:
+                endpoint, body = good[(k + i) % len(good)]
+                st, got = get_json(port, endpoint, json.dumps(body).encode(), JSON)
+                with lock:
+                    counts["good"] += 1
+                    counts["good_failed"] += st != 200
+            else:
+                ok = hostile[(k + i) % len(hostile)]()
+                with lock:
+                    counts["hostile"] += 1
+                    counts["hostile_unexpected"] += not ok
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        jobs = [pool.submit(client, k) for k in range(10)]
+        slow = Tricklers(port, 20)
+        time.sleep(min(30.0, seconds * 0.2))
+        warm["rss"] = rss_mb(pid)
+        for j in jobs:
+            j.result()
+        slow.close()
+    final = rss_mb(pid)
+    stats = get_json(port, "/health")[1]["stats"]
+    print(json.dumps({"seconds": seconds, **counts, "rss_after_warmup_mb": round(warm["rss"], 1), "rss_end_mb": round(final, 1),
+                      "latency_ms_p50": stats["latency_ms_p50"], "latency_ms_p99": stats["latency_ms_p99"]}), flush=True)
+    check(counts["good"] > 0 and counts["good_failed"] == 0, f"soak {seconds:.0f} s: {counts['good']} normal requests, "
+          f"{counts['good_failed']} not answered 200")
+    check(counts["hostile_unexpected"] == 0, f"{counts['hostile']} hostile requests, {counts['hostile_unexpected']} answered otherwise than expected")
+    check(final <= warm["rss"] * 1.10, f"RSS {warm['rss']:.0f} MB after the warm-up, {final:.0f} MB at the end (at most +10 %)")
+    rc, _ = s.stop()
+    check(rc == 0, "stopped cleanly after the soak")
+
+
+{"http": part_http, "load": part_load, "embed": part_embed, "hostile": part_hostile, "soak": part_soak}[PART]()
 if failures:
     print(f"{len(failures)} checks failed", flush=True)
     sys.exit(1)

@@ -206,6 +206,12 @@ TEST(Objectives, NonFiniteHardNegativeWeightsAreReportedNotCrashed) {
   const at::Tensor w = hard_negative_weights(at::full({4, 4}, std::nan(""), at::kFloat));
   EXPECT_THROW(sample_hard_negatives(w), NonFiniteError);
   expect_error([] { sample_hard_negatives(hard_negative_weights(at::ones({1, 1}))); }, {"at least 2"});
+  // A large logit scale: the positive's softmax weight is 1 and the others underflow to 0 in fp32
+  // (exp(-200) < the smallest float); the error says so instead of asking for more candidates.
+  const at::Tensor sim = at::eye(4) * 200.0;
+  expect_error([&] { sample_hard_negatives(hard_negative_weights(sim)); }, {"row 0 (3 candidates) underflowed to 0", "logit"});
+  expect_error([&] { keyed_sample_rows(hard_negative_weights(sim), at::arange(4), {1, 2, 3, 4}); },
+               {"underflowed to 0", "logit scale"});
 }
 
 TEST(Train, UnusableSamplesAreCountedAndAHighSkipRateStopsTheRun) {

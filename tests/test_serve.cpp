@@ -1,5 +1,6 @@
-// src/serve/: the batcher, the metrics, data: URLs, image lookup in a served collection, and the
-// request -> answer handling of the service, without HTTP (tests/serve_test.py drives the server).
+// src/serve/: the batcher, the metrics, data: URLs, image lookup in a served collection, the
+// HTTP request parser and its limits, the routes' checks, and the request -> answer handling of
+// the service, without sockets (tests/serve_test.py drives the server).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -11,8 +12,10 @@
 #include "serve/batcher.h"
 #include "serve/data_url.h"
 #include "serve/http_error.h"
+#include "serve/http_request.h"
 #include "serve/images.h"
 #include "serve/metrics.h"
+#include "serve/routes.h"
 #include "serve/service.h"
 #include "test_util.h"
 #include "vlmo/image.h"
@@ -149,6 +152,7 @@ TEST(DataUrl, Base64AndTheDataScheme) {
   EXPECT_EQ(data_url_bytes("data:image/png;base64,aGVsbG8="), "hello");
   EXPECT_TRUE(is_data_url("DATA:image/png;base64,aGVsbG8="));  // schemes are case-insensitive
   EXPECT_EQ(data_url_bytes("Data:image/png;base64,aGVsbG8="), "hello");
+  EXPECT_EQ(data_url_bytes("DATA:image/png;BASE64,aGVsbG8="), "hello");
   EXPECT_FALSE(is_data_url("dat"));
   EXPECT_EQ(status_of([] { base64_decode("TW*u", 0); }), 400);
   expect_error([] { base64_decode("TW*u", 0, "image0"); }, {"\"image0\": not valid base64 at character 2"});
@@ -170,7 +174,7 @@ TEST(ServedImages, IdsResolveBesideTheIndexAndShardMembersAreRead) {
   EXPECT_EQ(resolve_collection_file("pics/a.png", index), dir + "/pics/a.png");
   EXPECT_EQ(resolve_collection_file("pics/s.tar/x/1.png", index), dir + "/pics/s.tar/x/1.png");
   EXPECT_EQ(resolve_collection_file("nowhere/b.png", index), "nowhere/b.png");
-  ServedImages images(40'000'000);
+  ServedImages images(40'000'000, 16384);
   images.set_collection({"pics/a.png", "pics/s.tar/x/1.png", "pics/s.tar/x/2.png"}, index);
   EXPECT_EQ(images.bytes("pics/a.png"), png);
   EXPECT_EQ(images.bytes("pics/s.tar/x/1.png"), png);
@@ -204,4 +208,192 @@ TEST(Service, AnswersCheckTheBodyAndNameUnavailableTasks) {
   EXPECT_EQ(d["tasks"]["echo"], "model.safetensors");
   EXPECT_EQ(d["unavailable"]["vqa"], "the model has no \"vqa\" head");
   EXPECT_FALSE(d.contains("collection"));
+}
+
+namespace {
+
+// Feeds `bytes` in pieces of `step` (a slow client's reads); returns the parser.
+RequestParser parse(const std::string& bytes, HttpLimits limits = {}, size_t step = 1 << 20) {
+  RequestParser p(limits);
+  for (size_t at = 0; at < bytes.size() && !p.done() && !p.failed();) {
+    const size_t n = std::min(step, bytes.size() - at);
+    const size_t used = p.feed(bytes.data() + at, n);
+    at += used;
+    if (used < n) break;
+  }
+  return p;
+}
+
+std::string post_of(const std::string& body, const std::string& extra = "") {
+  return "POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n" + extra +
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+}  // namespace
+
+// Requests arrive whole or a byte at a time; a chunked body is reassembled; a pipelined second
+// request is left for the next parse; the path and query are percent-decoded.
+TEST(HttpRequest, ParsesHeadBodyChunksAndQuery) {
+  for (const size_t step : {size_t{1}, size_t{7}, size_t{1} << 20}) {
+    RequestParser p = parse(post_of(R"({"text": "hi"})"), {}, step);
+    ASSERT_TRUE(p.done()) << step;
+    const HttpRequest r = p.take();
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_EQ(r.path, "/api/echo");
+    EXPECT_EQ(r.body, R"({"text": "hi"})");
+    EXPECT_EQ(*r.header("content-type"), "application/json");
+    EXPECT_TRUE(r.keep_alive);
+  }
+  RequestParser c = parse("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nWiki\r\n5\r\npedia\r\n0\r\nT: v\r\n\r\n", {}, 3);
+  ASSERT_TRUE(c.done());
+  EXPECT_EQ(c.request().body, "Wikipedia");
+  const std::string two = "GET /api/image?id=gallery%2Fa%20b.png&x=1+2 HTTP/1.0\r\n\r\nGET /health HTTP/1.1\r\n\r\n";
+  RequestParser g;
+  const size_t used = g.feed(two.data(), two.size());
+  ASSERT_TRUE(g.done());
+  EXPECT_EQ(two.substr(used), "GET /health HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(g.request().query.at("id"), "gallery/a b.png");
+  EXPECT_EQ(g.request().query.at("x"), "1 2");
+  EXPECT_FALSE(g.request().keep_alive);  // HTTP/1.0
+  RequestParser e = parse("POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+  EXPECT_TRUE(e.expects_continue());
+}
+
+// Each limit answers its status as soon as it is passed, without taking in the rest: a body
+// larger than the limit by its Content-Length (before any of it) or chunk by chunk; a long URI;
+// too many headers; a head too large; a malformed request line or chunk; conflicting framing.
+TEST(HttpRequest, LimitsRefuseAsSoonAsPassed) {
+  HttpLimits small;
+  small.max_body_bytes = 100;
+  small.max_headers = 5;
+  small.max_head_bytes = 1024;
+  small.max_uri_bytes = 256;
+  auto status = [&](const std::string& bytes, size_t step = 1 << 20) {
+    const RequestParser p = parse(bytes, small, step);
+    return p.failed() ? p.error_status() : p.done() ? 200 : 0;
+  };
+  EXPECT_EQ(status("POST /a HTTP/1.1\r\nContent-Length: 101\r\n\r\n"), 413);
+  EXPECT_EQ(status(post_of(std::string(100, 'a'))), 200);
+  // Chunked: refused at the chunk that passes the limit, with gigabytes still to come.
+  std::string chunked = "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (int i = 0; i < 3; ++i) chunked += "28\r\n" + std::string(40, 'x') + "\r\n";
+  RequestParser big = parse(chunked + "40000000\r\n", small, 9);
+  EXPECT_TRUE(big.failed());
+  EXPECT_EQ(big.error_status(), 413);
+  EXPECT_LE(big.request().body.size(), 100u);
+  EXPECT_EQ(status("GET /" + std::string(300, 'a') + " HTTP/1.1\r\n\r\n", 16), 414);
+  EXPECT_EQ(status("GET /" + std::string(5000, 'a'), 64), 414);  // refused before the line ends
+  std::string many = "GET / HTTP/1.1\r\n";
+  for (int i = 0; i < 6; ++i) many += "X-" + std::to_string(i) + ": v\r\n";
+  EXPECT_EQ(status(many + "\r\n"), 431);
+  EXPECT_EQ(status("GET / HTTP/1.1\r\nX: " + std::string(2000, 'v'), 100), 431);
+  EXPECT_EQ(status("BAD\r\n\r\n"), 400);
+  EXPECT_EQ(status("GET / HTTP/2.0\r\n\r\n"), 505);
+  EXPECT_EQ(status("GET noslash HTTP/1.1\r\n\r\n"), 400);
+  EXPECT_EQ(status("POST /a HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+  EXPECT_EQ(status("POST /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+  EXPECT_EQ(status("POST /a HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 501);
+  EXPECT_EQ(status("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), 400);
+  EXPECT_EQ(status("GET /a%zz HTTP/1.1\r\n\r\n"), 400);
+}
+
+TEST(HttpRequest, Utf8AndJsonNesting) {
+  EXPECT_TRUE(valid_utf8("plain ascii"));
+  EXPECT_TRUE(valid_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+  size_t bad = 0;
+  EXPECT_FALSE(valid_utf8("ab\xff", &bad));
+  EXPECT_EQ(bad, 2u);
+  EXPECT_FALSE(valid_utf8("\xc0\xaf"));          // overlong '/'
+  EXPECT_FALSE(valid_utf8("\xed\xa0\x80"));      // a surrogate
+  EXPECT_FALSE(valid_utf8("\xe2\x82"));          // cut short
+  EXPECT_EQ(json_nesting(R"({"a": [1, {"b": "[[[[["}]})", 10), 3u);
+  EXPECT_EQ(json_nesting(std::string(1 << 20, '['), 32), 33u);
+}
+
+// Before a request reaches a task: GET-only and POST-only routes answer 405, a POST must be JSON
+// (415: a form or text/plain body, which a page of any site can send) and any Origin must be this
+// server (403); invalid UTF-8 and deep nesting are 400s naming the problem; every answer is JSON.
+TEST(Routes, ChecksBeforeTheTaskAndJsonAnswers) {
+  Service svc(40'000'000);
+  RecordingTask echo("echo");
+  svc.add_task("embed", "model.safetensors", echo.task);
+  Metrics metrics;
+  Batcher batcher(8, 4, std::chrono::microseconds(0), metrics);
+  std::thread model([&] { batcher.run(); });
+  const Routes routes(svc, {{"path", "model.safetensors"}}, batcher, metrics, 4, "");
+  auto answer = [&](const std::string& bytes, std::string* endpoint = nullptr) {
+    RequestParser p = parse(bytes);
+    EXPECT_TRUE(p.done()) << bytes.substr(0, 80);
+    std::string e;
+    const HttpResponse r = routes.handle(p.take(), e);
+    if (endpoint) *endpoint = e;
+    if (r.content_type == "application/json") EXPECT_TRUE(nlohmann::json::accept(r.body)) << r.body;
+    return r;
+  };
+  auto body = [](const std::string& s) { return "POST /api/embed HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n" + s; };
+  std::string endpoint;
+  const HttpResponse ok = answer(body("Content-Type: application/json; charset=utf-8\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}"), &endpoint);
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_EQ(nlohmann::json::parse(ok.body)["echo"], "hi");
+  EXPECT_EQ(endpoint, "/api/embed");
+  EXPECT_EQ(answer(body("Content-Type: text/plain\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 415);
+  EXPECT_EQ(answer(body("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=b")).status, 415);
+  EXPECT_EQ(answer(body("Content-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 415);
+  EXPECT_EQ(answer(body("Content-Type: application/json\r\nOrigin: http://evil.example\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 403);
+  EXPECT_EQ(answer(body("Content-Type: application/json\r\nOrigin: null\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 403);
+  EXPECT_EQ(answer(body("Content-Type: application/json\r\nOrigin: http://127.0.0.1:8080\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 200);
+  const HttpResponse utf = answer(body("Content-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"text\":\"\xff\"}  "));
+  EXPECT_EQ(utf.status, 400);
+  EXPECT_NE(utf.body.find("not valid UTF-8"), std::string::npos);
+  const std::string deep(100000, '[');
+  const HttpResponse nested = answer(body("Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n" + deep));
+  EXPECT_EQ(nested.status, 400);
+  EXPECT_NE(nested.body.find("nested deeper than 32"), std::string::npos);
+  const HttpResponse id = answer("GET /api/image?id=%FF HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(id.status, 400);
+  EXPECT_NE(id.body.find("\\\"id\\\": not valid UTF-8"), std::string::npos) << id.body;
+  EXPECT_EQ(answer("GET /api/embed HTTP/1.1\r\n\r\n").status, 405);
+  EXPECT_EQ(answer("POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n").status, 405);
+  const HttpResponse missing = answer("GET /nope%FF HTTP/1.1\r\n\r\n", &endpoint);
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_EQ(endpoint, "other");
+  EXPECT_EQ(nlohmann::json::parse(answer("GET /health HTTP/1.1\r\n\r\n").body)["model"]["path"], "model.safetensors");
+  batcher.stop();
+  model.join();
+}
+
+// Requests refused before a route are counted by status but not timed.
+TEST(Metrics, RefusedRequestsAreCountedNotTimed) {
+  Metrics m;
+  m.request("/api/vqa", 200, 12.0);
+  m.request("refused", 414, 1.0e7, false);
+  const nlohmann::json s = m.summary();
+  EXPECT_EQ(s["requests"], 2);
+  EXPECT_EQ(s["errors"], 1);
+  EXPECT_DOUBLE_EQ(s["latency_ms_p99"].get<double>(), 12.0);
+  const std::string text = m.prometheus(0, 1);
+  EXPECT_NE(text.find("vlmo_requests_total{endpoint=\"refused\",status=\"414\"} 1"), std::string::npos);
+  EXPECT_EQ(text.find("vlmo_request_duration_seconds_count{endpoint=\"refused\""), std::string::npos);
+}
+
+// A thin image under the pixel limit is refused from its header when a side passes max_side
+// (its resize would build a coefficient table of ~4 taps per pixel of that side), before decoding.
+TEST(ServedImages, ThinImagesAreRefusedByTheSideLimit) {
+  Image thin;
+  thin.width = 20000, thin.height = 1;
+  thin.rgb.assign(20000 * 3, 128);
+  const std::string url = "data:image/png;base64," + [] (const std::string& b) {
+    static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (size_t i = 0; i < b.size(); i += 3) {
+      const uint32_t v = (uint8_t(b[i]) << 16) | (i + 1 < b.size() ? uint8_t(b[i + 1]) << 8 : 0) | (i + 2 < b.size() ? uint8_t(b[i + 2]) : 0);
+      out += a[(v >> 18) & 63], out += a[(v >> 12) & 63];
+      out += i + 1 < b.size() ? a[(v >> 6) & 63] : '=';
+      out += i + 2 < b.size() ? a[v & 63] : '=';
+    }
+    return out;
+  }(encode_png(thin));
+  const ServedImages limited(40'000'000, 16384), wide(40'000'000, 0);
+  expect_error([&] { limited.tensor(url, 32); }, {"20000x1", "longer than the limit of 16384"});
+  EXPECT_EQ(wide.tensor(url, 32).sizes().vec(), (std::vector<int64_t>{3, 32, 32}));
 }

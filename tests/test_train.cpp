@@ -9,6 +9,7 @@
 
 #include "test_util.h"
 #include "train_util.h"
+#include "vlmo/recipes.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/distributed.h"
@@ -644,4 +645,26 @@ TEST(LossScaling, OnByDefaultForFp16Only) {
   ASSERT_TRUE(std::getline(in2, line));
   EXPECT_EQ(nlohmann::json::parse(line).at("loss_scale").get<double>(), 65536.0);
   EXPECT_TRUE(std::isfinite(r.history.at(0).at("loss")));
+}
+
+// The recipe's batch over W processes: accumulate = recipe / (batch x W), rounded down as the
+// official's accumulate_grad_batches, at least 1, and the rounding said.
+TEST(Recipe, StepBatchDividesByProcessesToo) {
+  const StepBatch one = recipe_step_batch(128, 16, 1), eight = recipe_step_batch(128, 16, 8);
+  EXPECT_EQ(one.accumulate, 8);
+  EXPECT_EQ(eight.accumulate, 1);
+  EXPECT_EQ(eight.samples, 128);
+  EXPECT_TRUE(eight.note.empty());
+  const StepBatch two = recipe_step_batch(3072, 32, 2);
+  EXPECT_EQ(two.accumulate, 48);
+  EXPECT_EQ(two.samples, 3072);
+  const StepBatch odd = recipe_step_batch(128, 16, 3);  // 128 / 48 = 2.67
+  EXPECT_EQ(odd.accumulate, 2);
+  EXPECT_EQ(odd.samples, 96);
+  EXPECT_NE(odd.note.find("96 samples per step"), std::string::npos);
+  const StepBatch big = recipe_step_batch(128, 100, 2);  // a micro-batch larger than the step
+  EXPECT_EQ(big.accumulate, 1);
+  EXPECT_EQ(big.samples, 200);
+  EXPECT_FALSE(big.note.empty());
+  EXPECT_THROW(recipe_step_batch(128, 0, 1), Error);
 }

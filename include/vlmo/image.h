@@ -20,6 +20,10 @@ struct DecodeOptions {
   // Decompression-bomb guard: images with more pixels are refused before decoding
   // (PIL refuses above 2 x 89,478,485).
   int64_t max_pixels = 178956970;
+  // Longest side accepted, checked with max_pixels before decoding (0: no limit). Resizing a
+  // side of n pixels keeps a coefficient table of about 4n taps (PIL's bicubic support), so a
+  // thin image under max_pixels (1 x 40,000,000) can still cost gigabytes; this bounds it.
+  int64_t max_side = 0;
   // Fast mode (not PIL-exact): let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is at
   // least that many times larger than `target_size` on its shorter side, with the fast integer
   // IDCT and plain chroma upsampling. 0 = exact decoding (libjpeg defaults, as PIL).

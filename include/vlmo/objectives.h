@@ -31,6 +31,9 @@ ItcOutput compute_itc(VLMo& model, const Batch& batch, const GatherFn& gather = 
 // The distribution hard negatives are drawn from: softmax of the similarity rows with the
 // positives (the diagonal of the local block) zeroed.
 at::Tensor hard_negative_weights(const at::Tensor& sim);
+// Why row `row` of those weights sums to 0 although it has `candidates` candidates: the softmax
+// gave the positive all the mass (the others underflowed in fp32), which the official meets too.
+std::string hard_negative_underflow(int64_t row, int64_t candidates);
 // One negative per row, all rows in one multinomial call (no host round trip).
 at::Tensor sample_hard_negatives(const at::Tensor& weights);
 at::Tensor sample_hard_negatives(const at::Tensor& weights, at::Generator gen);

@@ -29,6 +29,17 @@ struct Recipe {
   int64_t warmup_steps(int64_t total) const;
 };
 
+// How an optimizer step reaches the recipe's (global) batch with micro-batches of `batch` samples on
+// each of `world` processes: accumulate = recipe_batch / (batch x world), rounded down and at least
+// 1, as the official computes its accumulate_grad_batches. `samples` is what one step then sees;
+// `note` says so when the division rounds ("" when exact).
+struct StepBatch {
+  int accumulate = 1;
+  int64_t samples = 0;
+  std::string note;
+};
+StepBatch recipe_step_batch(int64_t recipe_batch, int64_t batch, int world);
+
 // preset: "base", "base_plus" (or "base-plus"), "large"; throws naming the known presets.
 Recipe official_recipe(FinetuneTask task, const std::string& preset);
 

@@ -11,7 +11,10 @@
 
 namespace vlmo {
 
-void install_stop_handlers();
+// `second_signal_exits` false: a second signal is only counted (stop_signal_count), for work
+// that bounds its own stop and still wants to report.
+void install_stop_handlers(bool second_signal_exits = true);
+int stop_signal_count();
 void request_stop(int signal);
 int stop_requested();  // the signal number, 0 when none
 void clear_stop_request();

@@ -15,4 +15,8 @@ int init_threads(int n = 0);
 // MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES), when VLMO_SYSTEM_MALLOC is set,
 // off glibc, or when another allocator (a sanitizer's, jemalloc) ignores mallopt.
 bool keep_freed_host_memory();
+// The opposite, for a long-running server whose peaks come from its clients: blocks of 1 MiB and
+// more are mapped and unmapped, and free heap beyond 4 MiB goes back to the kernel, so a burst of
+// large requests does not stay in the process. Same conditions as above.
+bool return_freed_host_memory();
 }  // namespace vlmo

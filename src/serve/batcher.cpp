@@ -74,6 +74,17 @@ void Batcher::run() {
   }
 }
 
+void Batcher::abandon() {
+  std::deque<std::unique_ptr<Job>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    dropped.swap(queue_);
+  }
+  cv_.notify_all();
+  for (auto& j : dropped) j->done.set_exception(std::make_exception_ptr(HttpError(503, "the server is stopping")));
+}
+
 void Batcher::stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);

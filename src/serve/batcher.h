@@ -28,6 +28,8 @@ class Batcher {
   // The model thread: runs until stop() and the queue is empty.
   void run();
   void stop();
+  // stop(), and every queued request is answered 503 now instead of by the model.
+  void abandon();
 
  private:
   struct Job {

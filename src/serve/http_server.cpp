@@ -1,183 +1,513 @@
 #include "serve/http_server.h"
 
-#include <httplib.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <iostream>
-#include <set>
+#include <map>
+#include <mutex>
 #include <thread>
+#include <vector>
 
-#include "serve/http_error.h"
-#include "serve/web_assets.h"
-#include "vlmo/files.h"
+#include "serve/routes.h"
+#include "vlmo/error.h"
 #include "vlmo/signals.h"
 
 namespace vlmo::serve {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-thread_local Clock::time_point t_request_start;
 
-void send_json(httplib::Response& res, int status, const nlohmann::json& body) {
-  res.status = status;
-  res.set_content(body.dump(), "application/json");
+const char* reason(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+  }
 }
 
-// Every error answer is JSON: {"error": "..."} (the handlers' own, or httplib's 404 / 413 / 400).
-httplib::Server::HandlerResponse json_error(const httplib::Request& req, httplib::Response& res) {
-  if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-  std::string why = cat("HTTP status ", res.status);
-  if (res.status == 400) why = "bad request";
-  if (res.status == 404) why = cat("no such endpoint: ", req.method, " ", req.path, " (see GET /health)");
-  if (res.status == 413) why = "request body too large (--max-body-mb)";
-  send_json(res, res.status, {{"error", why}});
-  return httplib::Server::HandlerResponse::Handled;
+std::string serialize(const HttpResponse& r, bool keep_alive) {
+  std::string s = cat("HTTP/1.1 ", r.status, " ", reason(r.status), "\r\nContent-Type: ", r.content_type,
+                      "\r\nContent-Length: ", r.body.size(), "\r\nConnection: ", keep_alive ? "keep-alive" : "close", "\r\n");
+  for (const auto& [k, v] : r.headers) s += cat(k, ": ", v, "\r\n");
+  return s + "\r\n" + r.body;
+}
+
+// Request threads: answer complete requests (Routes::handle) and hand the answers back.
+class RequestThreads {
+ public:
+  struct Done {
+    uint64_t conn;
+    HttpResponse response;
+    std::string endpoint;
+  };
+  RequestThreads(size_t n, const Routes& routes, int wake_fd) : routes_(routes), wake_fd_(wake_fd) {
+    for (size_t i = 0; i < n; ++i) threads_.emplace_back([this] { work(); });
+  }
+  ~RequestThreads() { close(); }
+  void submit(uint64_t conn, HttpRequest req) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back({conn, std::move(req)});
+    }
+    cv_.notify_one();
+  }
+  std::vector<Done> take_done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Done> d(std::make_move_iterator(done_.begin()), std::make_move_iterator(done_.end()));
+    done_.clear();
+    return d;
+  }
+  void close() {  // finishes the queued jobs, then joins
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      std::pair<uint64_t, HttpRequest> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !jobs_.empty() || closing_; });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      Done d{job.first, {}, "other"};
+      try {
+        d.response = routes_.handle(job.second, d.endpoint);
+      } catch (const std::exception& e) {
+        d.response = json_error(500, e.what());
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        done_.push_back(std::move(d));
+      }
+      const uint64_t one = 1;
+      if (::write(wake_fd_, &one, sizeof(one)) < 0) { /* the loop also polls */ }
+    }
+  }
+  const Routes& routes_;
+  const int wake_fd_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<uint64_t, HttpRequest>> jobs_;
+  std::deque<Done> done_;
+  bool closing_ = false;
+  std::vector<std::thread> threads_;
+};
+
+struct Conn {
+  int fd = -1;
+  RequestParser parser;
+  std::string in, out;
+  size_t out_sent = 0;
+  enum class State { kReading, kBusy, kWriting, kLingering } state = State::kReading;
+  Clock::time_point since;                 // accept / last answer (reading), first byte, write start
+  bool close_after = false, peer_closed = false, continue_sent = false;
+  bool registered = false;                 // in the epoll set (not while a request thread has it)
+  // For the access log and metrics.
+  std::string method, endpoint;
+  int status = 0;
+  size_t bytes_in = 0;
+  bool routed = false;
+  Clock::time_point request_done;
+};
+
+// The network thread: every connection, its deadlines, and the stop.
+class EventLoop {
+ public:
+  EventLoop(const HttpOptions& o, int listen_fd, Metrics& metrics)
+      : o_(o), listen_fd_(listen_fd), metrics_(metrics), epoll_(epoll_create1(EPOLL_CLOEXEC)),
+        wake_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (epoll_ < 0 || wake_ < 0) throw Error(cat("cannot start the server: ", std::strerror(errno)));
+    limits_.max_body_bytes = o.max_body_bytes;
+    watch(listen_fd_, EPOLLIN, kListen, EPOLL_CTL_ADD);
+    watch(wake_, EPOLLIN, kWake, EPOLL_CTL_ADD);
+  }
+  ~EventLoop() {
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+    for (auto& [id, c] : conns_) ::close(c.fd);
+    ::close(epoll_);
+    ::close(wake_);
+  }
+  int wake_fd() const { return wake_; }
+  void run(RequestThreads& threads, Batcher& batcher);
+
+ private:
+  static constexpr uint64_t kListen = 0, kWake = 1;
+  static constexpr size_t kLingerBytes = 16u << 20;  // what a refused client may still send (dropped) before it is cut off
+  void watch(int fd, uint32_t events, uint64_t key, int op) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = key;
+    epoll_ctl(epoll_, op, fd, &ev);
+  }
+  void set_events(uint64_t id, Conn& c, uint32_t events) {
+    if (events == 0) {
+      if (c.registered) epoll_ctl(epoll_, EPOLL_CTL_DEL, c.fd, nullptr);
+    } else {
+      watch(c.fd, events, id, c.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD);
+    }
+    c.registered = events != 0;
+  }
+  void accept_all();
+  void on_event(uint64_t id, uint32_t events);
+  void read_from(uint64_t id, Conn& c);
+  void advance(uint64_t id, Conn& c);
+  void answer(uint64_t id, Conn& c, const HttpResponse& r);
+  void write_to(uint64_t id, Conn& c);
+  void finish(uint64_t id, Conn& c);
+  void drop(uint64_t id);
+  void check_deadlines();
+  void begin_stop();
+  void log(const Conn& c) const;
+
+  const HttpOptions& o_;
+  int listen_fd_;
+  Metrics& metrics_;
+  HttpLimits limits_;
+  int epoll_, wake_;
+  RequestThreads* threads_ = nullptr;
+  std::map<uint64_t, Conn> conns_;
+  uint64_t next_id_ = 2;
+  bool stopping_ = false, accept_paused_ = false;
+  Clock::time_point stop_grace_end_, stop_deadline_;
+};
+
+void EventLoop::accept_all() {
+  for (;;) {
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
+      // Out of descriptors: stop accepting until a connection closes (else the loop would spin).
+      epoll_ctl(epoll_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+      accept_paused_ = true;
+      return;
+    }
+    if (fd < 0) return;  // EAGAIN, or a client gone before it was accepted
+    if (conns_.size() >= o_.max_connections) {
+      ::close(fd);
+      continue;
+    }
+    const uint64_t id = next_id_++;
+    Conn& c = conns_[id];
+    c.fd = fd;
+    c.parser = RequestParser(limits_);
+    c.since = Clock::now();
+    set_events(id, c, EPOLLIN | EPOLLRDHUP);
+  }
+}
+
+void EventLoop::drop(uint64_t id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  set_events(id, it->second, 0);
+  ::close(it->second.fd);
+  conns_.erase(it);
+}
+
+void EventLoop::on_event(uint64_t id, uint32_t events) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn& c = it->second;
+  if (events & EPOLLERR) return drop(id);
+  if (c.state == Conn::State::kWriting) return write_to(id, c);  // writable, or hung up (send then fails)
+  if (c.state == Conn::State::kReading || c.state == Conn::State::kLingering) read_from(id, c);
+}
+
+void EventLoop::read_from(uint64_t id, Conn& c) {
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
+    if (n > 0) {
+      if (c.state == Conn::State::kLingering) {  // discarded (the answer is sent), up to a bound
+        c.bytes_in += static_cast<size_t>(n);
+        if (c.bytes_in > kLingerBytes) return drop(id);
+        continue;
+      }
+      if (!c.parser.started() && c.in.empty()) c.since = Clock::now();
+      c.in.append(buf, static_cast<size_t>(n));
+      advance(id, c);
+      if (!conns_.count(id) || c.state != Conn::State::kReading) return;
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n < 0 && errno == EINTR) continue;
+    // End of the client's data (or an error). A complete request is still answered (a client
+    // may half-close after sending); a partial one cannot be.
+    c.peer_closed = true;
+    if (c.state == Conn::State::kReading) return drop(id);
+    if (c.state == Conn::State::kLingering) return drop(id);
+    return;
+  }
+}
+
+// Parses what has arrived; a complete request goes to a request thread, a bad one is answered.
+void EventLoop::advance(uint64_t id, Conn& c) {
+  while (c.state == Conn::State::kReading && !c.in.empty()) {
+    const size_t used = c.parser.feed(c.in.data(), c.in.size());
+    c.in.erase(0, used);
+    if (c.parser.failed()) {
+      c.close_after = true;
+      c.method = c.parser.request().method;
+      c.endpoint = "refused";
+      c.routed = false;
+      return answer(id, c, json_error(c.parser.error_status(), c.parser.error()));
+    }
+    if (c.parser.expects_continue() && !c.continue_sent) {
+      static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      c.continue_sent = true;
+      if (::send(c.fd, kContinue, sizeof(kContinue) - 1, MSG_NOSIGNAL) < 0) { /* seen at the next read */ }
+    }
+    if (!c.parser.done()) return;
+    HttpRequest req = c.parser.take();
+    c.continue_sent = false;
+    c.close_after = !req.keep_alive || stopping_;
+    c.method = req.method;
+    c.bytes_in = req.body.size();
+    c.routed = true;
+    c.request_done = Clock::now();
+    c.state = Conn::State::kBusy;
+    set_events(id, c, 0);  // nothing more is read until it is answered
+    threads_->submit(id, std::move(req));
+  }
+}
+
+void EventLoop::answer(uint64_t id, Conn& c, const HttpResponse& r) {
+  c.status = r.status;
+  if (c.state != Conn::State::kBusy) c.request_done = Clock::now();
+  c.out = serialize(r, !c.close_after);
+  c.out_sent = 0;
+  c.state = Conn::State::kWriting;
+  c.since = Clock::now();
+  write_to(id, c);
+}
+
+void EventLoop::write_to(uint64_t id, Conn& c) {
+  while (c.out_sent < c.out.size()) {
+    const ssize_t n = ::send(c.fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      c.out_sent += static_cast<size_t>(n);
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      set_events(id, c, EPOLLOUT);
+      return;
+    } else if (!(n < 0 && errno == EINTR)) {
+      return drop(id);  // the client went away
+    }
+  }
+  finish(id, c);
+}
+
+// An answer is written: log it, then read the next request, or close.
+void EventLoop::finish(uint64_t id, Conn& c) {
+  log(c);
+  c.out.clear();
+  c.out.shrink_to_fit();
+  if (c.close_after || c.peer_closed || stopping_) {
+    if (c.parser.failed() && !c.peer_closed) {
+      // The client may still be sending what was refused: closing now would reset the
+      // connection before it reads the answer. Stop writing and discard its data a moment.
+      ::shutdown(c.fd, SHUT_WR);
+      c.state = Conn::State::kLingering;
+      c.bytes_in = 0;
+      c.since = Clock::now();
+      set_events(id, c, EPOLLIN | EPOLLRDHUP);
+      return;
+    }
+    return drop(id);
+  }
+  c.state = Conn::State::kReading;
+  c.since = Clock::now();
+  c.routed = false;
+  set_events(id, c, EPOLLIN | EPOLLRDHUP);
+  advance(id, c);  // a pipelined request may be waiting
+}
+
+void EventLoop::log(const Conn& c) const {
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - c.request_done).count();
+  metrics_.request(c.endpoint, c.status, ms, c.routed);
+  if (o_.quiet) return;
+  std::cerr << json_text({{"method", c.method}, {"path", c.endpoint}, {"status", c.status}, {"ms", std::round(ms * 100) / 100},
+                          {"bytes_in", c.bytes_in}, {"bytes_out", c.out.size()}})
+            << "\n";
+}
+
+void EventLoop::check_deadlines() {
+  const auto now = Clock::now();
+  std::vector<uint64_t> expired;
+  std::vector<std::pair<uint64_t, std::string>> too_slow;
+  for (auto& [id, c] : conns_) {
+    const auto age = now - c.since;
+    // Stopping: a connection gets a moment to complete the request it was sending, then goes.
+    if (c.state == Conn::State::kReading && stopping_ && now > stop_grace_end_) expired.push_back(id);
+    else if (c.state == Conn::State::kReading && !c.parser.started() && age > o_.idle_timeout) expired.push_back(id);
+    else if (c.state == Conn::State::kReading && !c.parser.head_done() && age > o_.head_timeout)
+      too_slow.emplace_back(id, cat("request head not complete within ", o_.head_timeout.count() / 1000.0, " s"));
+    else if (c.state == Conn::State::kReading && age > o_.request_timeout)
+      too_slow.emplace_back(id, cat("request body not complete within ", o_.request_timeout.count() / 1000.0, " s"));
+    else if ((c.state == Conn::State::kWriting && age > o_.write_timeout) ||
+             (c.state == Conn::State::kLingering && age > std::chrono::seconds(2)))
+      expired.push_back(id);
+  }
+  for (const uint64_t id : expired) drop(id);
+  for (const auto& [id, why] : too_slow) {
+    Conn& c = conns_.at(id);
+    c.close_after = true;
+    c.method = c.parser.request().method;
+    c.endpoint = "refused";
+    c.routed = false;
+    answer(id, c, json_error(408, why));
+  }
+}
+
+void EventLoop::begin_stop() {
+  stopping_ = true;
+  stop_grace_end_ = Clock::now() + std::chrono::seconds(1);
+  stop_deadline_ = Clock::now() + o_.drain_timeout;
+  if (!accept_paused_) accept_all();  // connections the kernel completed already are served too
+  epoll_ctl(epoll_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+  ::close(listen_fd_);  // new connections are refused by the kernel
+  listen_fd_ = -1;
+  for (auto& [id, c] : conns_) c.close_after = true;
+}
+
+void EventLoop::run(RequestThreads& threads, Batcher& batcher) {
+  threads_ = &threads;
+  std::vector<epoll_event> events(256);
+  for (;;) {
+    const int n = epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), 50);
+    for (int i = 0; i < n; ++i) {
+      const uint64_t key = events[static_cast<size_t>(i)].data.u64;
+      if (key == kListen) {
+        if (!stopping_) accept_all();
+      } else if (key == kWake) {
+        uint64_t count = 0;
+        if (::read(wake_, &count, sizeof(count)) < 0) { /* nothing to take */ }
+      } else {
+        on_event(key, events[static_cast<size_t>(i)].events);
+      }
+    }
+    for (RequestThreads::Done& d : threads.take_done()) {
+      auto it = conns_.find(d.conn);
+      if (it == conns_.end()) continue;
+      it->second.endpoint = d.endpoint;
+      answer(d.conn, it->second, d.response);
+    }
+    check_deadlines();
+    if (accept_paused_ && !stopping_ && conns_.size() < o_.max_connections) {
+      watch(listen_fd_, EPOLLIN, kListen, EPOLL_CTL_ADD);
+      accept_paused_ = false;
+    }
+    if (!stopping_ && stop_requested()) begin_stop();
+    if (!stopping_) continue;
+    bool busy = false;  // lingering connections are not waited for
+    for (const auto& [id, c] : conns_) busy = busy || c.state != Conn::State::kLingering;
+    if (!busy) return;
+    if (Clock::now() > stop_deadline_ || stop_signal_count() > 1) {
+      batcher.abandon();  // a second signal, or the drain's bound: queued requests answer 503
+      return;
+    }
+  }
 }
 
 }  // namespace
 
-HttpServer::HttpServer(HttpOptions options) : options_(std::move(options)), server_(std::make_unique<httplib::Server>()) {}
-HttpServer::~HttpServer() = default;
+HttpServer::HttpServer(HttpOptions options) : options_(std::move(options)) {}
+HttpServer::~HttpServer() {
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+}
+
+std::string HttpServer::authority() const {
+  const bool v6 = options_.host.find(':') != std::string::npos;
+  return cat(v6 ? "[" : "", options_.host, v6 ? "]" : "", ":", bound_);
+}
 
 int HttpServer::bind() {
-  // The listening socket: SO_REUSEADDR only (httplib's default adds SO_REUSEPORT, with which a
-  // second server could silently share the port), and its descriptor kept to widen the backlog.
-  int listen_fd = -1;
-  server_->set_socket_options([&listen_fd](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd = sock;
-  });
-  const std::string& host = options_.host;
-  bound_ = options_.port;
-  if (options_.port == 0) {
-    bound_ = server_->bind_to_any_port(host);
-    if (bound_ < 0) throw Error(cat("cannot listen on ", host, " (any port)"));
-  } else if (!server_->bind_to_port(host, options_.port)) {
-    throw Error(cat("cannot listen on ", host, ":", options_.port, " (in use, or not an address of this machine)"));
+  // Room for --max-connections descriptors (the soft limit is often 1024, the hard one higher).
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY &&
+      files.rlim_cur < options_.max_connections + 256) {
+    files.rlim_cur = std::min<rlim_t>(files.rlim_max, options_.max_connections + 256);
+    setrlimit(RLIMIT_NOFILE, &files);
   }
-  // httplib listens with a backlog of 5: a burst of clients overflows it, the kernel drops their
-  // handshakes, they retry a second later, and a request whose data arrives after httplib's
-  // keep-alive wait is closed unanswered (seen as lost requests under load). listen() again on
-  // the bound socket only widens the queue (the kernel caps it at net.core.somaxconn).
-  if (listen_fd >= 0 && ::listen(listen_fd, 4096) != 0)
-    throw Error(cat("cannot listen on ", host, ":", bound_, ": ", std::strerror(errno)));
+  const std::string& host = options_.host;
+  addrinfo hints{}, *found = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  if (getaddrinfo(host.c_str(), std::to_string(options_.port).c_str(), &hints, &found) != 0 || !found)
+    throw Error(cat("cannot listen on ", host, ":", options_.port, " (not an address of this machine)"));
+  std::string why = "no address";
+  for (addrinfo* a = found; a && listen_fd_ < 0; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    int yes = 1;  // SO_REUSEADDR only: with SO_REUSEPORT a second server could share the port
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, 4096) == 0) {
+      listen_fd_ = fd;
+    } else {
+      why = std::strerror(errno);
+      ::close(fd);
+    }
+  }
+  freeaddrinfo(found);
+  if (listen_fd_ < 0) throw Error(cat("cannot listen on ", host, ":", options_.port, " (", why, ")"));
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+  bound_ = ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
+                                             : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
   return bound_;
 }
 
-void HttpServer::log_requests(Metrics& metrics) {
-  server_->set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
-    t_request_start = Clock::now();
-    return httplib::Server::HandlerResponse::Unhandled;
-  });
-  static const std::set<std::string> kKnown = {"/", "/health", "/metrics", "/api/image", "/api/search", "/api/vqa",
-                                               "/api/itm", "/api/nlvr2", "/api/embed", "/app.js", "/style.css"};
-  server_->set_logger([&metrics, quiet = options_.quiet](const httplib::Request& req, const httplib::Response& res) {
-    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t_request_start).count();
-    const std::string endpoint = kKnown.count(req.path) ? req.path : "other";
-    metrics.request(endpoint, res.status, ms);
-    if (!quiet)
-      std::cerr << nlohmann::json{{"method", req.method}, {"path", endpoint}, {"status", res.status},
-                                  {"ms", std::round(ms * 100) / 100}, {"bytes_in", req.body.size()}, {"bytes_out", res.body.size()}}
-                       .dump()
-                << "\n";
-  });
-}
-
-void HttpServer::route(const Service& service, const nlohmann::json& model, Batcher& batcher, Metrics& metrics) {
-  server_->Get("/health", [&, model](const httplib::Request&, httplib::Response& res) {
-    nlohmann::json j = service.describe();
-    j["status"] = "ok";
-    j["uptime_s"] = std::chrono::duration<double>(Clock::now() - started_).count();
-    j["queue"] = {{"depth", batcher.depth()}, {"capacity", batcher.capacity()}};
-    j["max_batch"] = options_.max_batch;
-    j["stats"] = metrics.summary();
-    j["model"] = model;
-    send_json(res, 200, j);
-  });
-  server_->Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics.prometheus(batcher.depth(), batcher.capacity()), "text/plain; version=0.0.4");
-  });
-  // The web page: the built-in copy, or the files of --web DIR (for editing it).
-  auto page = [this](const std::string& name) {
-    return [this, name](const httplib::Request&, httplib::Response& res) {
-      const WebAsset* asset = find_web_asset(name);
-      std::string body = asset ? std::string(asset->data, asset->size) : "";
-      if (!options_.web_dir.empty()) body = read_input(options_.web_dir + "/" + name, "web page file");
-      res.set_content(body, asset ? asset->content_type : "text/plain");
-    };
-  };
-  server_->Get("/", page("index.html"));
-  server_->Get("/app.js", page("app.js"));
-  server_->Get("/style.css", page("style.css"));
-  server_->Get("/api/image", [&](const httplib::Request& req, httplib::Response& res) {
-    const std::string id = req.get_param_value("id");
-    try {
-      res.set_content(service.images().bytes(id), image_content_type(id));
-    } catch (const HttpError& e) {
-      send_json(res, e.status, {{"error", e.what()}});
-    } catch (const Error& e) {
-      send_json(res, 404, {{"error", e.what()}});
-    }
-  });
-  for (const std::string name : {"search", "vqa", "itm", "nlvr2", "embed"}) {
-    server_->Post("/api/" + name, [&, name](const httplib::Request& req, httplib::Response& res) {
-      try {
-        send_json(res, 200, service.answer(name, req.body, batcher));
-      } catch (const HttpError& e) {
-        send_json(res, e.status, {{"error", e.what()}});
-      } catch (const Error& e) {
-        send_json(res, 500, {{"error", e.what()}});
-      }
-    });
-  }
-}
-
 nlohmann::json HttpServer::serve(const Service& service, const nlohmann::json& model, const std::function<void()>& ready) {
-  if (bound_ < 0) bind();
+  if (listen_fd_ < 0) bind();
   Metrics metrics;
   Batcher batcher(options_.queue, options_.max_batch, options_.batch_wait, metrics);
-  started_ = Clock::now();
-  server_->set_payload_max_length(options_.max_body_bytes);
-  server_->set_read_timeout(10, 0);
-  server_->set_write_timeout(10, 0);
-  server_->set_keep_alive_max_count(1000);
-  server_->set_keep_alive_timeout(2);  // short: stop() waits for idle kept-alive connections to time out
-  // One thread per open connection (httplib's model): enough of them that kept-alive clients do
-  // not make later ones wait for a free thread.
-  const size_t threads = options_.http_threads;
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  server_->set_error_handler(httplib::Server::HandlerWithResponse(json_error));
-  server_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string why = "internal error";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      why = e.what();
-    } catch (...) {
-    }
-    send_json(res, 500, {{"error", why}});
-  });
-  log_requests(metrics);
-  route(service, model, batcher, metrics);
-
+  const Routes routes(service, model, batcher, metrics, options_.max_batch, options_.web_dir);
+  install_stop_handlers(/*second_signal_exits=*/false);
   std::thread model_thread([&] { batcher.run(); });
-  install_stop_handlers();
-  std::atomic<bool> done{false};
-  std::thread watcher([&] {  // stop() is retried: a signal may come before listening starts
-    while (!done) {
-      if (stop_requested()) server_->stop();
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  });
-  if (ready) ready();
-  server_->listen_after_bind();  // returns after stop(), once the request threads have finished
-  done = true;
-  watcher.join();
-  batcher.stop();
+  {
+    EventLoop loop(options_, listen_fd_, metrics);
+    listen_fd_ = -1;  // the loop closes it at the stop
+    RequestThreads threads(options_.http_threads, routes, loop.wake_fd());
+    if (ready) ready();
+    loop.run(threads, batcher);
+    batcher.stop();   // the model thread answers what is queued, then ends
+    threads.close();  // request threads finish (their answers are no longer sent)
+  }
   model_thread.join();
   return metrics.summary();
 }

@@ -1,53 +1,56 @@
-// `vlmo serve` over HTTP (cpp-httplib): the routes of a Service, the web page, /health and
-// /metrics, the JSON access log, and the stop on SIGINT / SIGTERM. Request threads decode and
-// check their input and queue it; one model thread (Batcher) answers batches of one task. A
-// full queue answers 503, a too large body 413, bad input 400, each with a JSON message.
+// `vlmo serve` over HTTP/1.1: one network thread reads every connection (epoll, non-blocking),
+// parses requests against limits (serve/http_request.h) and deadlines, and hands each complete
+// request to a pool of request threads, which answer it through Routes (checks, then the
+// Service: decode, queue for the model thread, wait). A connection that is idle, slow or
+// half-way through a request holds no request thread, only its socket; one that is too slow
+// is answered 408 and closed. SIGINT / SIGTERM: stop accepting, give open connections 1 s to
+// complete their request, answer every complete request, exit within a bound; a second
+// signal stops waiting for the model. Every answer is JSON (or the page); the access log is
+// JSON lines on stderr.
 #pragma once
 #include <chrono>
 #include <functional>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "serve/service.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace vlmo::serve {
 
 struct HttpOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                // 0: any free port
-  size_t http_threads = 64;       // connections served at once
+  size_t http_threads = 64;       // requests handled at once
+  size_t max_connections = 1024;  // open connections; beyond, new ones are closed at once
   size_t max_batch = 16;          // requests of one task per model batch
   std::chrono::microseconds batch_wait{5000};
   size_t queue = 64;              // requests that may wait for the model
   size_t max_body_bytes = 16u << 20;
   std::string web_dir;            // serve the page from here instead of the built-in copy
   bool quiet = false;             // no access log
+  // Deadlines: a kept-alive connection's wait for its next request; a request's head and its
+  // whole body from its first byte; writing an answer; the drain after a stop signal.
+  std::chrono::milliseconds idle_timeout{5000}, head_timeout{10000}, request_timeout{60000},
+      write_timeout{10000}, drain_timeout{30000};
 };
 
 class HttpServer {
  public:
   explicit HttpServer(HttpOptions options);
   ~HttpServer();
-  // Binds the port (before the models load, so that a busy port is an error at once); returns
-  // it. Connections made before serve() wait in the listen backlog.
+  // Binds and listens (before the models load, so that a busy port is an error at once);
+  // returns the port. Connections made before serve() wait in the listen backlog.
   int bind();
+  // "host:port" for URLs (IPv6 addresses in brackets).
+  std::string authority() const;
   // Serves `service` until SIGINT or SIGTERM, then finishes what was accepted. `model` is the
-  // "model" field of GET /health; `ready` runs once the routes are set, just before the server
-  // accepts. Returns the final statistics (Metrics::summary).
+  // "model" field of GET /health; `ready` runs just before the server accepts. Returns the
+  // final statistics (Metrics::summary).
   nlohmann::json serve(const Service& service, const nlohmann::json& model, const std::function<void()>& ready = {});
 
  private:
-  void route(const Service& service, const nlohmann::json& model, Batcher& batcher, Metrics& metrics);
-  void log_requests(Metrics& metrics);
   HttpOptions options_;
-  std::unique_ptr<httplib::Server> server_;
-  int bound_ = -1;
-  std::chrono::steady_clock::time_point started_;
+  int listen_fd_ = -1, bound_ = -1;
 };
 
 }  // namespace vlmo::serve

@@ -59,6 +59,7 @@ std::string ServedImages::bytes(const std::string& id) const {
 at::Tensor ServedImages::tensor(const std::string& value, int size) const {
   DecodeOptions opt;
   opt.max_pixels = max_pixels_;
+  opt.max_side = max_side_;
   if (is_data_url(value)) return eval_transform(decode_image(data_url_bytes(value), "uploaded image", opt), size);
   if (!contains(value))
     throw HttpError(400, cat("\"image\": \"", value.substr(0, 200), "\" is neither an image of the collection nor a data: URL"));

@@ -17,7 +17,7 @@ namespace vlmo::serve {
 
 class ServedImages {
  public:
-  explicit ServedImages(int64_t max_pixels) : max_pixels_(max_pixels) {}
+  ServedImages(int64_t max_pixels, int64_t max_side) : max_pixels_(max_pixels), max_side_(max_side) {}
   // The ids of an image collection and the index file they came with.
   void set_collection(const std::vector<std::string>& ids, const std::string& index_path);
   bool contains(const std::string& id) const { return files_.count(id) > 0; }
@@ -29,7 +29,7 @@ class ServedImages {
   at::Tensor tensor(const std::string& value, int size) const;
 
  private:
-  int64_t max_pixels_;
+  int64_t max_pixels_, max_side_;
   std::map<std::string, std::string> files_;  // id -> file (or SHARD.tar/MEMBER with the shard resolved)
   mutable std::mutex shard_mu_;
   mutable std::deque<std::pair<std::string, std::map<std::string, std::string>>> shards_;

@@ -7,12 +7,14 @@
 
 namespace vlmo::serve {
 
-void Metrics::request(const std::string& endpoint, int status, double ms) {
+void Metrics::request(const std::string& endpoint, int status, double ms, bool timed) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& e = endpoints_[endpoint];
   ++e.requests;
   if (status >= 400) ++e.errors;
   ++e.by_status[status];
+  if (!timed) return;
+  ++e.timed;
   e.seconds_sum += ms / 1000;
   size_t b = 0;
   while (b < std::size(kBucketsMs) && ms > kBucketsMs[b]) ++b;
@@ -61,6 +63,7 @@ std::string Metrics::prometheus(size_t queue_depth, size_t queue_capacity) {
   for (const auto& [name, e] : endpoints_) s += cat("vlmo_request_errors_total{endpoint=\"", name, "\"} ", e.errors, "\n");
   s += metric_head("vlmo_request_duration_seconds", "Time from request read to response written.", "histogram");
   for (const auto& [name, e] : endpoints_) {
+    if (e.timed == 0) continue;
     uint64_t cum = 0;
     for (size_t b = 0; b <= std::size(kBucketsMs); ++b) {
       cum += e.buckets[b];
@@ -68,7 +71,7 @@ std::string Metrics::prometheus(size_t queue_depth, size_t queue_capacity) {
       s += cat("vlmo_request_duration_seconds_bucket{endpoint=\"", name, "\",le=\"", le, "\"} ", cum, "\n");
     }
     s += cat("vlmo_request_duration_seconds_sum{endpoint=\"", name, "\"} ", e.seconds_sum, "\n");
-    s += cat("vlmo_request_duration_seconds_count{endpoint=\"", name, "\"} ", e.requests, "\n");
+    s += cat("vlmo_request_duration_seconds_count{endpoint=\"", name, "\"} ", e.timed, "\n");
   }
   s += metric_head("vlmo_batches_total", "Model batches run.", "counter") + cat("vlmo_batches_total ", batches_, "\n");
   s += metric_head("vlmo_batched_requests_total", "Requests run in those batches.", "counter") +

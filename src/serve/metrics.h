@@ -17,7 +17,9 @@ class Metrics {
   static constexpr double kBucketsMs[] = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000};
 
   // One answered request: its endpoint, status and time from request read to response written.
-  void request(const std::string& endpoint, int status, double ms);
+  // `timed`: it reached a route; a request refused before (unparsable, too large, too slow) is
+  // counted by status but kept out of the latencies, which would measure the client, not us.
+  void request(const std::string& endpoint, int status, double ms, bool timed = true);
   void batch(size_t size);  // one model batch of `size` requests
   void rejected() { ++rejected_; }  // one request refused because the queue was full
 
@@ -31,6 +33,7 @@ class Metrics {
     uint64_t requests = 0, errors = 0;
     std::map<int, uint64_t> by_status;
     std::array<uint64_t, std::size(kBucketsMs) + 1> buckets{};
+    uint64_t timed = 0;
     double seconds_sum = 0;
   };
   std::mutex mu_;

@@ -5,7 +5,7 @@
 
 namespace vlmo::serve {
 
-Service::Service(int64_t max_pixels) : images_(max_pixels) {}
+Service::Service(int64_t max_pixels, int64_t max_side) : images_(max_pixels, max_side) {}
 Service::~Service() = default;
 
 void Service::set_collection(std::unique_ptr<VectorIndex> index, const std::string& label, const std::string& index_path) {

@@ -20,7 +20,8 @@ namespace vlmo::serve {
 
 class Service {
  public:
-  explicit Service(int64_t max_pixels);
+  // Uploaded and collection images: at most `max_pixels`, no side over `max_side` (DecodeOptions).
+  explicit Service(int64_t max_pixels, int64_t max_side = 16384);
   ~Service();
 
   // The collection that "search" runs over; an image collection's ids become image fields.

@@ -59,9 +59,10 @@ at::Tensor keyed_sample_rows(const at::Tensor& weights, const at::Tensor& rows, 
   for (int64_t i = 0; i < n; ++i) {
     double total = 0;
     for (int64_t j = 0; j < cols; ++j) total += acc[i][j];
-    if (!(total > 0) || cols < 2)
+    if (cols < 2)
       throw Error(cat("hard negatives need at least 2 candidates per row, got ", cols,
                       " (a step of 1 sample has none: use a global batch of at least 2)"));
+    if (!(total > 0)) throw Error(hard_negative_underflow(i, cols));
     const double u = static_cast<double>(mix_seed(keys[i], 0x75) >> 11) * 0x1.0p-53 * total;  // [0, total)
     double cum = 0;
     int64_t pick = -1;

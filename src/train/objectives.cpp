@@ -56,14 +56,23 @@ at::Tensor hard_negative_weights(const at::Tensor& sim) {
   return w;
 }
 
+std::string hard_negative_underflow(int64_t row, int64_t candidates) {
+  return cat("hard negatives: every weight of row ", row, " (", candidates - 1,
+             " candidates) underflowed to 0: its similarity to the positive is so far above the others, at this logit "
+             "scale (1 / temperature), that the softmax gives it all the mass in fp32; the contrastive loss has "
+             "collapsed or the temperature is too low (check the learning rate and the logit_scale)");
+}
+
 namespace {
 // multinomial needs finite, non-negative rows with a positive sum.
 void check_sampling_weights(const at::Tensor& weights) {
   if (!at::isfinite(weights).all().item<bool>())
     throw NonFiniteError("hard-negative weights are not finite (the similarities are NaN or inf)");
-  if (weights.size(1) < 2 || !(weights.sum(1) > 0).all().item<bool>())
+  if (weights.size(1) < 2)
     throw Error(cat("hard negatives need at least 2 candidates per row, got ", weights.size(1),
                     " (a batch of 1 has none: use a batch size of at least 2)"));
+  const at::Tensor empty = (weights.sum(1) > 0).logical_not().nonzero();
+  if (empty.numel() > 0) throw Error(hard_negative_underflow(empty[0].item<int64_t>(), weights.size(1)));
 }
 }  // namespace
 

@@ -16,6 +16,21 @@ Size parse_size(const std::string& preset) {
 }
 }  // namespace
 
+StepBatch recipe_step_batch(int64_t recipe_batch, int64_t batch, int world) {
+  if (recipe_batch < 1 || batch < 1 || world < 1)
+    throw Error(cat("step batch: recipe batch ", recipe_batch, ", micro-batch ", batch, ", processes ", world, " must be positive"));
+  const int64_t per_micro = batch * world;
+  StepBatch s;
+  s.accumulate = static_cast<int>(std::max<int64_t>(1, recipe_batch / per_micro));
+  s.samples = s.accumulate * per_micro;
+  if (s.samples != recipe_batch)
+    s.note = cat("the recipe's batch of ", recipe_batch, " is not a multiple of --batch-size ", batch, " x ", world,
+                 " process(es) = ", per_micro, ": ", s.accumulate, " micro-batch(es) per step, ", s.samples,
+                 " samples per step (rounded as the official rounds; give a --batch-size that divides ", recipe_batch,
+                 " to keep the recipe exact)");
+  return s;
+}
+
 FinetuneTask parse_finetune_task(const std::string& name) {
   if (name == "vqa") return FinetuneTask::kVqa;
   if (name == "nlvr2") return FinetuneTask::kNlvr2;

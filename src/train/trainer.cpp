@@ -634,6 +634,7 @@ void TrainingRun::record(int64_t step, const StepRecord& r) {
   std::map<std::string, double> logged = r.logged;
   logged["lr"] = r.lr;
   logged["step"] = static_cast<double>(step + 1);
+  logged["samples"] = static_cast<double>(o_.batch_size * o_.accumulate * world_);  // in this optimizer step, every process
   logged["samples_per_s"] = static_cast<double>(o_.batch_size * o_.accumulate * world_) / r.seconds;
   logged["data_s"] = r.data_time;
   logged["step_s"] = r.seconds;

@@ -4,10 +4,11 @@
 
 namespace vlmo {
 namespace {
-volatile std::sig_atomic_t g_stop_signal = 0;
+volatile std::sig_atomic_t g_stop_signal = 0, g_stop_count = 0, g_second_exits = 1;
 
 extern "C" void on_stop_signal(int sig) {
-  if (g_stop_signal != 0) {  // the second signal: stop now
+  if (g_stop_count < 1000) g_stop_count = g_stop_count + 1;
+  if (g_stop_signal != 0 && g_second_exits) {  // the second signal: stop now
     std::signal(sig, SIG_DFL);
     std::raise(sig);
     return;
@@ -16,7 +17,8 @@ extern "C" void on_stop_signal(int sig) {
 }
 }  // namespace
 
-void install_stop_handlers() {
+void install_stop_handlers(bool second_signal_exits) {
+  g_second_exits = second_signal_exits ? 1 : 0;
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
@@ -26,7 +28,8 @@ void install_stop_handlers() {
 }
 void request_stop(int signal) { g_stop_signal = signal; }
 int stop_requested() { return g_stop_signal; }
-void clear_stop_request() { g_stop_signal = 0; }
+int stop_signal_count() { return g_stop_count; }
+void clear_stop_request() { g_stop_signal = 0, g_stop_count = 0; }
 
 Interrupted::Interrupted(int sig, int64_t step_, std::string checkpoint_)
     : Error(cat("interrupted by ", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal " + std::to_string(sig),

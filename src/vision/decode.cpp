@@ -12,6 +12,7 @@
 #include <png.h>
 #include <webp/decode.h>
 
+#include <algorithm>
 #include <csetjmp>
 #include <cstring>
 #include <fstream>
@@ -28,6 +29,9 @@ void check_size(int64_t w, int64_t h, const std::string& name, const DecodeOptio
   if (w * h > opt.max_pixels)
     throw Error(cat(name, ": image is ", w, "x", h, " = ", w * h, " pixels, over the limit of ",
                     opt.max_pixels, " (decompression bomb guard; raise max_pixels to allow it)"));
+  if (opt.max_side > 0 && std::max(w, h) > opt.max_side)
+    throw Error(cat(name, ": image is ", w, "x", h, " pixels, a side longer than the limit of ", opt.max_side,
+                    " pixels (resizing cost guard)"));
 }
 
 // ---- JPEG ------------------------------------------------------------------------------------

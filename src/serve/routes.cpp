@@ -1,0 +1,136 @@
+#include "serve/routes.h"
+
+#include <cctype>
+#include <filesystem>
+
+#include "serve/http_error.h"
+#include "serve/web_assets.h"
+#include "vlmo/files.h"
+
+namespace vlmo::serve {
+namespace {
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+HttpResponse json_ok(const nlohmann::json& j) { return {200, "application/json", json_text(j), {}}; }
+
+const std::vector<std::string>& task_names() {
+  static const std::vector<std::string> names = {"search", "vqa", "itm", "nlvr2", "embed"};
+  return names;
+}
+
+}  // namespace
+
+std::string json_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+HttpResponse json_error(int status, const std::string& why) { return {status, "application/json", json_text({{"error", why}}), {}}; }
+
+std::string post_refusal(const HttpRequest& req, int& status) {
+  const std::string* type = req.header("content-type");
+  const std::string media = type ? lower(type->substr(0, type->find(';'))) : "";
+  if (media.find_first_not_of(" \t") == std::string::npos || media.substr(media.find_first_not_of(" \t")).rfind("application/json", 0) != 0) {
+    status = 415;
+    return "POST bodies must be JSON sent as Content-Type: application/json";
+  }
+  const std::string* origin = req.header("origin");
+  if (!origin) return "";
+  const std::string* host = req.header("host");
+  const size_t scheme = origin->find("://");
+  const std::string origin_host = scheme == std::string::npos ? "" : lower(origin->substr(scheme + 3));
+  if (!host || origin_host.empty() || origin_host != lower(*host)) {
+    status = 403;
+    return "cross-origin request refused: the Origin is not this server";
+  }
+  return "";
+}
+
+Routes::Routes(const Service& service, nlohmann::json model, Batcher& batcher, Metrics& metrics, size_t max_batch,
+               std::string web_dir)
+    : service_(service),
+      model_(std::move(model)),
+      batcher_(batcher),
+      metrics_(metrics),
+      max_batch_(max_batch),
+      web_dir_(std::move(web_dir)),
+      started_(std::chrono::steady_clock::now()) {}
+
+HttpResponse Routes::handle(const HttpRequest& req, std::string& endpoint) const {
+  static const std::vector<std::string> gets = {"/", "/health", "/metrics", "/api/image", "/app.js", "/style.css"};
+  endpoint = "other";
+  const bool get = req.method == "GET";
+  for (const std::string& p : gets) {
+    if (req.path != p) continue;
+    endpoint = p;
+    if (!get) return {405, "application/json", json_text({{"error", cat(req.method, " ", p, ": only GET")}}), {{"Allow", "GET"}}};
+    if (p == "/health") return health();
+    if (p == "/metrics") return {200, "text/plain; version=0.0.4", metrics_.prometheus(batcher_.depth(), batcher_.capacity()), {}};
+    if (p == "/api/image") return image(req);
+    return page(p == "/" ? "index.html" : p.substr(1));
+  }
+  for (const std::string& name : task_names()) {
+    if (req.path != "/api/" + name) continue;
+    endpoint = req.path;
+    if (req.method != "POST")
+      return {405, "application/json", json_text({{"error", cat(req.method, " ", req.path, ": only POST")}}), {{"Allow", "POST"}}};
+    return task(name, req);
+  }
+  return json_error(404, cat("no such endpoint: ", req.method, " ", req.path.substr(0, 200), " (see GET /health)"));
+}
+
+HttpResponse Routes::health() const {
+  nlohmann::json j = service_.describe();
+  j["status"] = "ok";
+  j["uptime_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  j["queue"] = {{"depth", batcher_.depth()}, {"capacity", batcher_.capacity()}};
+  j["max_batch"] = max_batch_;
+  j["stats"] = metrics_.summary();
+  j["model"] = model_;
+  return json_ok(j);
+}
+
+HttpResponse Routes::page(const std::string& name) const {
+  const WebAsset* asset = find_web_asset(name);
+  const std::string type = asset ? asset->content_type : "text/plain";
+  if (web_dir_.empty()) return {200, type, asset ? std::string(asset->data, asset->size) : "", {}};
+  try {
+    return {200, type, read_input(web_dir_ + "/" + name, "web page file"), {}};
+  } catch (const Error&) {
+    return json_error(404, cat("the web page folder (--web) has no ", name));
+  }
+}
+
+HttpResponse Routes::image(const HttpRequest& req) const {
+  const auto it = req.query.find("id");
+  const std::string id = it == req.query.end() ? "" : it->second;
+  size_t bad = 0;
+  if (!valid_utf8(id, &bad)) return json_error(400, cat("\"id\": not valid UTF-8 (byte ", bad, ")"));
+  try {
+    const ServedImages& images = service_.images();
+    return {200, image_content_type(id), images.bytes(id), {}};
+  } catch (const HttpError& e) {
+    return json_error(e.status, e.what());
+  } catch (const Error&) {
+    return json_error(404, cat("image \"", id.substr(0, 200), "\" of the collection cannot be read"));
+  }
+}
+
+HttpResponse Routes::task(const std::string& name, const HttpRequest& req) const {
+  int status = 400;
+  if (const std::string why = post_refusal(req, status); !why.empty()) return json_error(status, why);
+  size_t bad = 0;
+  if (!valid_utf8(req.body, &bad)) return json_error(400, cat("request body: not valid UTF-8 (byte ", bad, ")"));
+  if (json_nesting(req.body, kMaxJsonNesting) > kMaxJsonNesting)
+    return json_error(400, cat("request body: JSON nested deeper than ", kMaxJsonNesting, " levels"));
+  try {
+    return json_ok(service_.answer(name, req.body, batcher_));
+  } catch (const HttpError& e) {
+    return json_error(e.status, e.what());
+  } catch (const Error& e) {
+    return json_error(500, e.what());
+  }
+}
+
+}  // namespace vlmo::serve
