@@ -588,6 +588,22 @@ def part_hostile():
     for c in idle:
         c.close()
     check(rc == 0 and "stopped:" in out and took < 5, f"SIGTERM with 30 trickling and 10 idle clients: exit {rc} in {took:.2f} s")
+    # A second SIGTERM stops waiting for the model: queued requests are answered 503 at once.
+    s = Server("hostile-twice", "--quiet", "--batch-wait-ms", "5000", "--max-batch", "64")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(get_json, s.port, "/api/itm", json.dumps({"image": IDS[k % 4], "text": "a red circle"}).encode(), JSON)
+                   for k in range(8)]
+        deadline = time.time() + 10
+        while get_json(s.port, "/health")[1]["queue"]["depth"] < 8 and time.time() < deadline:
+            time.sleep(0.02)
+        t0 = time.time()
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        rc, out = s.stop(timeout=20)
+        took = time.time() - t0
+        codes = [f.result()[0] for f in futures]
+    check(rc == 0 and "stopped:" in out and took < 4 and codes == [503] * 8,
+          f"two SIGTERMs with 8 requests queued for a 5-s batch: exit {rc} in {took:.2f} s, answers {sorted(set(codes))}")
     # The startup line brackets an IPv6 address.
     try:
         s = Server("ipv6", "--quiet", "--host", "::1")

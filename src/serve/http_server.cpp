@@ -203,7 +203,7 @@ class EventLoop {
   RequestThreads* threads_ = nullptr;
   std::map<uint64_t, Conn> conns_;
   uint64_t next_id_ = 2;
-  bool stopping_ = false, accept_paused_ = false;
+  bool stopping_ = false, accept_paused_ = false, abandoned_ = false;
   Clock::time_point stop_grace_end_, stop_deadline_;
 };
 
@@ -435,8 +435,11 @@ void EventLoop::run(RequestThreads& threads, Batcher& batcher) {
     bool busy = false;  // lingering connections are not waited for
     for (const auto& [id, c] : conns_) busy = busy || c.state != Conn::State::kLingering;
     if (!busy) return;
-    if (Clock::now() > stop_deadline_ || stop_signal_count() > 1) {
+    if (!abandoned_ && (Clock::now() > stop_deadline_ || stop_signal_count() > 1)) {
       batcher.abandon();  // a second signal, or the drain's bound: queued requests answer 503
+      abandoned_ = true;
+      stop_deadline_ = Clock::now() + std::chrono::seconds(2);  // to write those answers
+    } else if (abandoned_ && Clock::now() > stop_deadline_) {
       return;
     }
   }
