@@ -44,7 +44,7 @@ while (!fs.existsSync(portFile)) {
   await new Promise((r) => setTimeout(r, 100));
 }
 const url = `http://127.0.0.1:${fs.readFileSync(portFile, "utf8").trim()}`;
-const api = async (endpoint, body) => (await fetch(url + endpoint, { method: "POST", body: JSON.stringify(body) })).json();
+const api = async (endpoint, body) => (await fetch(url + endpoint, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
 const pct = (p) => (100 * p).toFixed(1) + " %";
 
 const browser = await chromium.launch({
