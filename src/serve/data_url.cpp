@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "serve/http_error.h"
+#include "serve/http_request.h"
 
 namespace vlmo::serve {
 
@@ -46,8 +47,7 @@ bool is_data_url(const std::string& value) {
 
 std::string data_url_bytes(const std::string& value, const std::string& field) {
   const size_t comma = value.find(',');
-  std::string head = comma == std::string::npos ? "" : value.substr(0, comma);  // scheme and parameters: case-insensitive
-  for (char& c : head) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string head = ascii_lower(comma == std::string::npos ? "" : value.substr(0, comma));  // case-insensitive
   if (!is_data_url(value) || comma == std::string::npos || head.find(";base64") == std::string::npos)
     throw HttpError(400, cat("\"", field, "\": a data: URL must be base64 (data:image/png;base64,...)"));
   return base64_decode(value, comma + 1, field);

@@ -9,18 +9,6 @@
 namespace vlmo::serve {
 namespace {
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-std::string trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
-  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) --e;
-  return s.substr(b, e - b);
-}
-
 bool is_token(const std::string& s) {
   if (s.empty()) return false;
   for (const char c : s)
@@ -37,6 +25,18 @@ int hex_digit(char c) {
 }
 
 }  // namespace
+
+std::string ascii_lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string trim_blanks(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
+  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) --e;
+  return s.substr(b, e - b);
+}
 
 const std::string* HttpRequest::header(const std::string& name) const {
   for (const auto& [k, v] : headers)
@@ -220,7 +220,7 @@ bool RequestParser::take_header(const std::string& line) {
     return fail(400, "malformed header line", 0), false;
   const std::string name = line.substr(0, colon);
   if (!is_token(name)) return fail(400, "malformed header name", 0), false;
-  req_.headers.emplace_back(lower(name), trim(line.substr(colon + 1)));
+  req_.headers.emplace_back(ascii_lower(name), trim_blanks(line.substr(colon + 1)));
   return true;
 }
 
@@ -233,17 +233,17 @@ bool RequestParser::body_framing() {
       cl = &v;
     }
   if (const std::string* c = req_.header("connection")) {
-    const std::string v = lower(*c);
+    const std::string v = ascii_lower(*c);
     if (v.find("close") != std::string::npos) req_.keep_alive = false;
     else if (v.find("keep-alive") != std::string::npos) req_.keep_alive = true;
   }
   if (te && cl) return fail(400, "both Transfer-Encoding and Content-Length", 0), false;
   if (const std::string* ex = req_.header("expect")) {
-    if (lower(*ex) != "100-continue") return fail(417, cat("unsupported Expect: ", ex->substr(0, 100)), 0), false;
+    if (ascii_lower(*ex) != "100-continue") return fail(417, cat("unsupported Expect: ", ex->substr(0, 100)), 0), false;
     expect_continue_ = true;
   }
   if (te) {
-    if (lower(*te) != "chunked") return fail(501, "only the chunked Transfer-Encoding is supported", 0), false;
+    if (ascii_lower(*te) != "chunked") return fail(501, "only the chunked Transfer-Encoding is supported", 0), false;
     state_ = State::kChunkSize;
     return true;
   }
@@ -305,7 +305,7 @@ size_t RequestParser::feed_chunked(const char* data, size_t size) {
       else if (++trailer_lines_ + req_.headers.size() > limits_.max_headers)
         return fail(431, cat("more than ", limits_.max_headers, " request headers"), used);
     } else {
-      const std::string hex = trim(line.substr(0, line.find(';')));
+      const std::string hex = trim_blanks(line.substr(0, line.find(';')));
       if (hex.empty() || hex.size() > 15 || hex.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
         return fail(400, "chunked body: bad chunk size", used);
       remaining_ = std::stoull(hex, nullptr, 16);

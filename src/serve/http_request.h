@@ -74,6 +74,10 @@ class RequestParser {
   std::string error_;
 };
 
+// ASCII lower case (header names, tokens, schemes); `s` without leading / trailing spaces and tabs.
+std::string ascii_lower(std::string s);
+std::string trim_blanks(const std::string& s);
+
 // Percent-decoding (and '+' as a space in query strings); false on a malformed escape.
 bool percent_decode(const std::string& in, bool plus_is_space, std::string& out);
 // Whether `s` is valid UTF-8 (no overlong forms, no surrogates); `bad` gets the first bad offset.

@@ -1,6 +1,5 @@
 #include "serve/routes.h"
 
-#include <cctype>
 #include <filesystem>
 
 #include "serve/http_error.h"
@@ -9,11 +8,6 @@
 
 namespace vlmo::serve {
 namespace {
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 HttpResponse json_ok(const nlohmann::json& j) { return {200, "application/json", json_text(j), {}}; }
 
@@ -30,8 +24,8 @@ HttpResponse json_error(int status, const std::string& why) { return {status, "a
 
 std::string post_refusal(const HttpRequest& req, int& status) {
   const std::string* type = req.header("content-type");
-  const std::string media = type ? lower(type->substr(0, type->find(';'))) : "";
-  if (media.find_first_not_of(" \t") == std::string::npos || media.substr(media.find_first_not_of(" \t")).rfind("application/json", 0) != 0) {
+  const std::string media = type ? trim_blanks(ascii_lower(type->substr(0, type->find(';')))) : "";
+  if (media.rfind("application/json", 0) != 0) {
     status = 415;
     return "POST bodies must be JSON sent as Content-Type: application/json";
   }
@@ -39,8 +33,8 @@ std::string post_refusal(const HttpRequest& req, int& status) {
   if (!origin) return "";
   const std::string* host = req.header("host");
   const size_t scheme = origin->find("://");
-  const std::string origin_host = scheme == std::string::npos ? "" : lower(origin->substr(scheme + 3));
-  if (!host || origin_host.empty() || origin_host != lower(*host)) {
+  const std::string origin_host = scheme == std::string::npos ? "" : ascii_lower(origin->substr(scheme + 3));
+  if (!host || origin_host.empty() || origin_host != ascii_lower(*host)) {
     status = 403;
     return "cross-origin request refused: the Origin is not this server";
   }
