@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "vlmo/batched_matmul.h"
 #include "vlmo/bench.h"
 #include "vlmo/device.h"
 #include "vlmo/error.h"
@@ -53,6 +54,8 @@ int run_bench_command(const Args& a) {
   // How bf16 products run on the CPU (vlmo/precision.h): LibTorch's bf16 GEMM, or emulated.
   const std::string bf16_products =
       precision == Precision::kBFloat16 && device.is_cpu() ? cpu_bf16_products_name() : std::string("native");
+  // Where the attention layers' batched products run (vlmo/batched_matmul.h).
+  const std::string batched = device.is_cpu() ? batched_matmul_backend() : std::string("aten");
   set_fused_attention(fused_attention_option(a));
   const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
   const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
@@ -68,12 +71,12 @@ int run_bench_command(const Args& a) {
 
   if (!json) {
     std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s, %s%s%s, "
-                "%d threads, LibTorch %s, %s attention%s\n",
+                "%d threads, LibTorch %s, %s attention, batched products: %s%s\n",
                 preset.c_str(), config.image_size, config.max_text_len, static_cast<long long>(a.get_int64("batch")),
                 static_cast<long long>(a.get_int64("steps")), static_cast<long long>(a.get_int64("warmup")),
                 device.str().c_str(), matmul_name.c_str(), a.get("quantize") == "int8" ? ", int8" : "",
                 a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads(),
-                TORCH_VERSION, fused_attention() ? "fused" : "plain",
+                TORCH_VERSION, fused_attention() ? "fused" : "plain", batched.c_str(),
                 bf16_products == "emulated" ? ", bf16 products emulated in fp32 (no AVX-512)" : "");
     std::printf("%s matmul (best of %lld^3 and the layers' shapes: %s): %.3f TFLOP/s\n\n", matmul_name.c_str(),
                 static_cast<long long>(n), yardstick.shape.c_str(), matmul / 1e12);
@@ -129,6 +132,7 @@ int run_bench_command(const Args& a) {
                                 {"matmul_size", n},
                                 {"matmul_shape", yardstick.shape},
                                 {"bf16_products", bf16_products},
+                                {"batched_matmul", batched},
                                 {"percent_of_matmul", percent},
                                 {"peak_memory_bytes", r.peak_memory_bytes},
                                 {"memory_kind", r.memory_kind}};

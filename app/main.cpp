@@ -7,7 +7,9 @@
 #include <iostream>
 
 #include "cli.h"
+#include "vlmo/batched_matmul.h"
 #include "vlmo/error.h"
+#include "vlmo/precision.h"
 #include "vlmo/threads.h"
 #include "vlmo/train.h"
 
@@ -46,6 +48,10 @@ int main(int argc, char** argv) {
         return 0;
       }
       vlmo::init_threads(args.get_int("threads"));
+      // The environment's choices (VLMO_CPU_BF16, VLMO_CPU_BATCHED_MATMUL) are read here, so that
+      // a bad value stops the command before any work rather than at its first product.
+      vlmo::cpu_bf16_products();
+      vlmo::batched_matmul_backend();
       const int status = cmd.run(args);
       // Results written to a full disk or a closed pipe must not end in exit 0.
       std::cout.flush();

@@ -9,6 +9,7 @@ PACKAGES=(
   build-essential cmake pkg-config
   "${VLMO_TORCH_PACKAGE:-libtorch-dev}"  # LibTorch (CPU; scripts/cuda_build.sh takes libtorch-cuda-dev)
   libopenblas0-openmp     # fast fp32 BLAS for LibTorch (else ~30x slower matmul)
+  libdnnl-dev             # oneDNN: the attention layers' batched products on the CPU (optional)
   "${VLMO_GLOO_PACKAGE:-libgloo-dev}"  # c10d Gloo headers (distributed training on CPUs; libgloo-cuda-dev with a CUDA LibTorch)
   nlohmann-json3-dev      # JSON (configs, safetensors headers, metrics)
   zlib1g-dev              # deflated zip entries in PyTorch checkpoints

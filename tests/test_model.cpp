@@ -5,10 +5,12 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <set>
 
 #include "test_util.h"
+#include "vlmo/batched_matmul.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/objectives.h"
 #include "vlmo/precision.h"
@@ -746,4 +748,56 @@ TEST(Config, ParameterCountsMatchOfficial) {
     if (std::string(w.preset) == "base")
       EXPECT_NEAR((total - count_parameters(*model, {"pooler."})) / 1e6, 175.4, 0.05);
   }
+}
+
+// vlmo::batched_matmul (oneDNN for fp32 on the CPU where the build has it): the products and both
+// gradients against fp64 at::matmul of the same values, on the layouts the attention layers pass
+// (q and k as strided views of one qkv output, k transposed, one query row, the gradients'
+// transposed operands), within 1e-5 x (1 + the largest value) per tensor: fp32 sums of at most 64
+// products. fp64 and broadcast batches run at::matmul itself.
+TEST(BatchedMatmul, MatchesFp64ProductsAndGradients) {
+  SCOPED_TRACE("backend " + batched_matmul_backend());
+  at::manual_seed(7);
+  const int64_t B = 3, N = 29, H = 4, hd = 16, C = H * hd;
+  const at::Tensor qkv = at::randn({B, N, 3 * C}).requires_grad_();
+  const at::Tensor p = at::randn({B, H, N, N}).softmax(-1).requires_grad_();
+  auto heads = [&](const at::Tensor& t, int64_t i) {  // (B, H, N, hd) views of the qkv output
+    return t.reshape({B, N, 3, H, hd}).permute({2, 0, 3, 1, 4}).select(0, i);
+  };
+  struct Case {
+    const char* name;
+    std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&)> operands;
+  };
+  const std::vector<Case> cases = {
+      {"q kT", [&](const at::Tensor& x, const at::Tensor&) { return std::make_pair(heads(x, 0), heads(x, 1).transpose(-2, -1)); }},
+      {"one query row", [&](const at::Tensor& x, const at::Tensor&) { return std::make_pair(heads(x, 0).narrow(2, 0, 1), heads(x, 1).transpose(-2, -1)); }},
+      {"p v", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w, heads(x, 2)); }},
+      {"pT q", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w.transpose(-2, -1), heads(x, 0)); }},
+      {"3-D", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w.flatten(0, 1), heads(x, 2).flatten(0, 1)); }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto [a, b] = c.operands(qkv, p);
+    const at::Tensor out = batched_matmul(a, b);
+    const at::Tensor weight = at::randn(out.sizes());
+    const auto grads = torch::autograd::grad({(out * weight).sum()}, {qkv, p}, {}, true, false, true);
+    const at::Tensor qkv64 = qkv.detach().to(at::kDouble).requires_grad_(), p64 = p.detach().to(at::kDouble).requires_grad_();
+    const auto [a64, b64] = c.operands(qkv64, p64);
+    const at::Tensor ref = at::matmul(a64, b64);
+    const auto ref_grads = torch::autograd::grad({(ref * weight.to(at::kDouble)).sum()}, {qkv64, p64}, {}, true, false, true);
+    auto near = [](const at::Tensor& got, const at::Tensor& want) {
+      if (!want.defined()) return !got.defined() || got.abs().max().item<double>() == 0;
+      return (got.to(at::kDouble) - want).abs().max().item<double>() <= 1e-5 * (1 + want.abs().max().item<double>());
+    };
+    ASSERT_EQ(out.sizes(), ref.sizes());
+    EXPECT_EQ(out.scalar_type(), at::kFloat);
+    EXPECT_TRUE(near(out, ref)) << (out.to(at::kDouble) - ref).abs().max().item<double>();
+    EXPECT_TRUE(near(grads[0], ref_grads[0])) << "gradient of the qkv output";
+    EXPECT_TRUE(near(grads[1], ref_grads[1])) << "gradient of the weights";
+  }
+  // fp64 (the tests' exact reference) and broadcast batches: LibTorch's own product.
+  const at::Tensor a64 = at::randn({2, 5, 3}, at::kDouble), b64 = at::randn({2, 3, 4}, at::kDouble);
+  EXPECT_TRUE(at::equal(batched_matmul(a64, b64), at::matmul(a64, b64)));
+  const at::Tensor a = at::randn({2, 5, 3}), b1 = at::randn({1, 3, 4});
+  EXPECT_TRUE(at::allclose(batched_matmul(a, b1), at::matmul(a, b1)));
 }

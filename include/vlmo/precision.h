@@ -60,7 +60,8 @@ std::string cpu_bf16_products_name();  // "native" or "emulated"
 bool bf16_emulated(c10::DeviceType device_type);
 
 // at::linear / at::matmul as the blocks run them: under autocast, in its type (emulated where
-// bf16_emulated()); otherwise as LibTorch runs them. `bias` may be undefined.
+// bf16_emulated()); otherwise as LibTorch runs them, the products of autocast_matmul through
+// vlmo::batched_matmul (oneDNN for fp32 on the CPU). `bias` may be undefined.
 at::Tensor autocast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 at::Tensor autocast_matmul(const at::Tensor& a, const at::Tensor& b);
 // For an emulated product: fp32 copies of bf16-rounded values (a bf16 tensor is widened; an

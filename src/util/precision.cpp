@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "vlmo/batched_matmul.h"
 #include "vlmo/error.h"
 
 // LibTorch 2.4 replaced the per-backend autocast switches (is_cpu_enabled, set_autocast_gpu_dtype,
@@ -150,9 +151,9 @@ at::Tensor autocast_linear(const at::Tensor& x, const at::Tensor& weight, const 
 
 at::Tensor autocast_matmul(const at::Tensor& a, const at::Tensor& b) {
   const auto t = a.device().type();
-  if (!bf16_emulated(t) || a.scalar_type() == at::kDouble) return at::matmul(a, b);
+  if (!bf16_emulated(t) || a.scalar_type() == at::kDouble) return batched_matmul(a, b);
   AutocastGuard fp32(t, Precision::kFloat32);
-  return at::matmul(bf16_rounded_fp32(a), bf16_rounded_fp32(b));
+  return batched_matmul(bf16_rounded_fp32(a), bf16_rounded_fp32(b));
 }
 
 }  // namespace vlmo

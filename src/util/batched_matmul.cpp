@@ -1,0 +1,151 @@
+#include "vlmo/batched_matmul.h"
+
+#include <ATen/ATen.h>
+#include <ATen/record_function.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+#include "vlmo/error.h"
+#include "vlmo/precision.h"
+
+#if VLMO_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace vlmo {
+
+namespace {
+
+bool read_backend() {  // true: oneDNN
+  const char* env = std::getenv("VLMO_CPU_BATCHED_MATMUL");
+  if (!env) return VLMO_HAVE_DNNL != 0;
+  if (std::strcmp(env, "aten") == 0) return false;
+  if (std::strcmp(env, "onednn") == 0) {
+    if (VLMO_HAVE_DNNL) return true;
+    throw Error("environment variable VLMO_CPU_BATCHED_MATMUL=\"onednn\": this build has no oneDNN "
+                "(libdnnl-dev was not found when it was configured); expected aten");
+  }
+  throw Error(cat("environment variable VLMO_CPU_BATCHED_MATMUL=\"", env, "\": expected aten or onednn"));
+}
+
+bool use_onednn() {
+  static const bool on = read_backend();
+  return on;
+}
+
+#if VLMO_HAVE_DNNL
+dnnl::engine& cpu_engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+dnnl::memory::dims dims_of(at::IntArrayRef v) { return dnnl::memory::dims(v.begin(), v.end()); }
+
+// A GEMM kernel reads a matrix whose rows or columns are contiguous; anything else is copied.
+bool gemm_layout(const at::Tensor& t) {
+  const int64_t d = t.dim();
+  for (int64_t i = 0; i < d; ++i)
+    if (t.stride(i) < 0 || (t.size(i) > 1 && t.stride(i) == 0)) return false;
+  const int64_t rows = t.size(d - 2), cols = t.size(d - 1);
+  const bool row_major = t.stride(d - 1) == 1 && t.stride(d - 2) >= std::max<int64_t>(cols, 1);
+  const bool col_major = t.stride(d - 2) == 1 && t.stride(d - 1) >= std::max<int64_t>(rows, 1);
+  return row_major || col_major;
+}
+
+dnnl::memory::desc describe(const at::Tensor& t) {
+  return dnnl::memory::desc(dims_of(t.sizes()), dnnl::memory::data_type::f32, dims_of(t.strides()));
+}
+
+std::optional<dnnl::matmul::primitive_desc> matmul_desc(const at::Tensor& a, const at::Tensor& b,
+                                                        const at::Tensor& c) {
+  try {
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl::matmul::primitive_desc pd(cpu_engine(), describe(a), describe(b), describe(c));
+#else
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(describe(a), describe(b), describe(c)), cpu_engine());
+#endif
+    // The reference implementation is correct but slow: then LibTorch's loop is the better one.
+    if (std::strncmp(pd.impl_info_str(), "ref", 3) == 0) return std::nullopt;
+    return pd;
+  } catch (const dnnl::error&) {
+    return std::nullopt;
+  }
+}
+
+// c = a b through oneDNN; undefined when oneDNN offers no fast kernel for these layouts.
+at::Tensor onednn_matmul(at::Tensor a, at::Tensor b) {
+  if (!gemm_layout(a)) a = a.contiguous();
+  if (!gemm_layout(b)) b = b.contiguous();
+  std::vector<int64_t> sizes = a.sizes().vec();
+  sizes.back() = b.size(-1);
+  at::Tensor c = at::empty(sizes, a.options());
+  auto pd = matmul_desc(a, b, c);
+  if (!pd) {
+    a = a.contiguous();
+    b = b.contiguous();
+    pd = matmul_desc(a, b, c);
+    if (!pd) return at::Tensor();
+  }
+  dnnl::matmul prim(*pd);
+  dnnl::stream stream(cpu_engine());
+  dnnl::memory am(pd->src_desc(), cpu_engine(), a.data_ptr()), bm(pd->weights_desc(), cpu_engine(), b.data_ptr()),
+      cm(pd->dst_desc(), cpu_engine(), c.data_ptr());
+  prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  stream.wait();
+  return c;
+}
+#else
+at::Tensor onednn_matmul(const at::Tensor&, const at::Tensor&) { return at::Tensor(); }
+#endif
+
+bool onednn_applies(const at::Tensor& a, const at::Tensor& b) {
+  if (!use_onednn() || !a.is_cpu() || !b.is_cpu()) return false;
+  if (a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat) return false;
+  if (autocast_enabled(c10::DeviceType::CPU)) return false;  // autocast decides the product's type
+  if (a.dim() != b.dim() || a.dim() < 3 || a.dim() > 4) return false;
+  if (a.size(-1) != b.size(-2) || a.numel() == 0 || b.numel() == 0) return false;
+  for (int64_t i = 0; i + 2 < a.dim(); ++i)
+    if (a.size(i) != b.size(i)) return false;
+  return true;
+}
+
+at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
+  if (onednn_applies(a, b)) {
+    RECORD_FUNCTION("vlmo::onednn_matmul", std::vector<c10::IValue>({a, b}));
+    at::Tensor c = onednn_matmul(a, b);
+    if (c.defined()) return c;
+  }
+  return at::matmul(a, b);
+}
+
+// The gradients are products of the same kind: dA = dC Bᵀ, dB = Aᵀ dC.
+struct BatchedMatmul : public torch::autograd::Function<BatchedMatmul> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b) {
+    ctx->save_for_backward({a, b});
+    return product(a, b);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &a = saved[0], &b = saved[1], &g = grads[0];
+    at::Tensor ga, gb;
+    if (ctx->needs_input_grad(0)) ga = batched_matmul(g, b.transpose(-2, -1));
+    if (ctx->needs_input_grad(1)) gb = batched_matmul(a.transpose(-2, -1), g);
+    return {ga, gb};
+  }
+};
+
+}  // namespace
+
+at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b) {
+  if (!onednn_applies(a, b)) return at::matmul(a, b);
+  if (!a.requires_grad() && !b.requires_grad()) return product(a, b);
+  return BatchedMatmul::apply(a, b);
+}
+
+std::string batched_matmul_backend() { return use_onednn() ? "onednn" : "aten"; }
+
+}  // namespace vlmo
