@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -800,4 +801,30 @@ TEST(BatchedMatmul, MatchesFp64ProductsAndGradients) {
   EXPECT_TRUE(at::equal(batched_matmul(a64, b64), at::matmul(a64, b64)));
   const at::Tensor a = at::randn({2, 5, 3}), b1 = at::randn({1, 3, 4});
   EXPECT_TRUE(at::allclose(batched_matmul(a, b1), at::matmul(a, b1)));
+}
+
+// The emulated bf16 path's rounding (one pass in vlmo) is LibTorch's .to(kBFloat16).to(kFloat)
+// bit for bit: ties to even, infinities, overflow to infinity, subnormals, -0, a strided input;
+// NaN stays NaN (its bits differ between LibTorch versions: 1.13's vector path gives 0xFFFF); and
+// the gradient passes through bf16 the same way.
+TEST(Precision, Bf16RoundingIsLibTorchsBitForBit) {
+  at::manual_seed(3);
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x3F808000u, 0x3F818000u, 0x3F807FFFu, 0x3F808001u,
+                                0x7F7FFFFFu, 0xFF7F8000u, 0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00001u,
+                                0x7F800001u, 0x00000001u, 0x00008000u, 0x00018000u, 0x807FFFFFu};
+  std::vector<float> special(bits.size());
+  std::memcpy(special.data(), bits.data(), bits.size() * sizeof(float));
+  const at::Tensor values = at::cat({at::from_blob(special.data(), {static_cast<int64_t>(special.size())}).clone(),
+                                     at::randn({100000}) * at::pow(10.0, at::randint(-40, 38, {100000}))});
+  const at::Tensor strided = values.narrow(0, 0, 100000).reshape({400, 250}).t();  // not contiguous
+  for (const at::Tensor& x : {values, strided}) {
+    const at::Tensor got = bf16_rounded_fp32(x), want = x.to(at::kBFloat16).to(at::kFloat);
+    ASSERT_EQ(got.sizes(), want.sizes());
+    const at::Tensor nan = at::isnan(want);
+    EXPECT_TRUE(at::equal(at::isnan(got), nan));
+    EXPECT_TRUE(at::equal(got.masked_fill(nan, 0).contiguous().view(at::kInt), want.masked_fill(nan, 0).contiguous().view(at::kInt)));
+  }
+  const at::Tensor x = at::randn({64, 33}).requires_grad_(), g = at::randn({64, 33}) * 1e3;
+  const at::Tensor grad = torch::autograd::grad({bf16_rounded_fp32(x)}, {x}, {g})[0];
+  EXPECT_TRUE(at::equal(grad.view(at::kInt), g.to(at::kBFloat16).to(at::kFloat).view(at::kInt)));
 }

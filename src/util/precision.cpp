@@ -1,10 +1,13 @@
 #include "vlmo/precision.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/version.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -136,10 +139,43 @@ bool bf16_emulated(c10::DeviceType t) {
          cpu_bf16_products() == CpuBf16Products::kEmulated;
 }
 
+namespace {
+// fp32 -> the nearest bf16, ties to even -> fp32, in one pass: c10::BFloat16's rounding (a NaN
+// becomes the quiet NaN 0x7FC0, infinities stay, finite values past bf16's largest become
+// infinite). LibTorch's .to(kBFloat16).to(kFloat) does the same in two passes through a bf16
+// tensor; on LibTorch 1.13 that took 5-7x a copy (docs/performance.md).
+void round_to_bf16(const float* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, in + i, sizeof u);
+    const uint32_t r = (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC00000u : (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    std::memcpy(out + i, &r, sizeof r);
+  }
+}
+
+at::Tensor bf16_rounded_copy(const at::Tensor& t) {
+  const at::Tensor src = t.contiguous();
+  at::Tensor out = at::empty_like(src);
+  const float* in = src.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, src.numel(), int64_t{1} << 15, [&](int64_t b, int64_t e) { round_to_bf16(in + b, o + b, e - b); });
+  return out;
+}
+
+// Differentiable as .to(kBFloat16).to(kFloat) is: the gradient passes through bf16 too.
+struct Bf16Rounding : public torch::autograd::Function<Bf16Rounding> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor& t) { return bf16_rounded_copy(t); }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*, torch::autograd::variable_list g) {
+    return {bf16_rounded_fp32(g[0])};
+  }
+};
+}  // namespace
+
 at::Tensor bf16_rounded_fp32(const at::Tensor& t) {
   if (!t.defined() || !t.is_floating_point()) return t;
   if (t.scalar_type() == at::kBFloat16) return t.to(at::kFloat);
-  return t.to(at::kBFloat16).to(at::kFloat);
+  if (t.scalar_type() != at::kFloat || !t.is_cpu()) return t.to(at::kBFloat16).to(at::kFloat);
+  return t.requires_grad() ? Bf16Rounding::apply(t) : bf16_rounded_copy(t);
 }
 
 at::Tensor autocast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
