@@ -144,6 +144,11 @@ namespace {
 // becomes the quiet NaN 0x7FC0, infinities stay, finite values past bf16's largest become
 // infinite). LibTorch's .to(kBFloat16).to(kFloat) does the same in two passes through a bf16
 // tensor; on LibTorch 1.13 that took 5-7x a copy (docs/performance.md).
+// Compiled for AVX2 and for the baseline x86-64, chosen at load time (the baseline's 16-byte
+// vectors made it compute-bound, 2-4x a copy).
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 void round_to_bf16(const float* in, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     uint32_t u;
