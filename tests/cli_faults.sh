@@ -240,6 +240,13 @@ EOF
     # shellcheck disable=SC2086
     "$VLMO" $cmd --attention flash >/dev/null 2>&1; [ $? -eq 2 ] || fail "$cmd --attention flash: exit status not 2"
   done
+  # The environment's switches are read before any work: a bad value is one line, exit 2.
+  VLMO_CPU_BATCHED_MATMUL=blas run_case "VLMO_CPU_BATCHED_MATMUL" \
+    'environment variable VLMO_CPU_BATCHED_MATMUL="blas": expected aten or onednn' bench --steps 1
+  [ "$(wc -l < case.err)" -eq 1 ] || fail "VLMO_CPU_BATCHED_MATMUL=blas: more than one line on stderr"
+  VLMO_CPU_BF16=fast run_case "VLMO_CPU_BF16" 'environment variable VLMO_CPU_BF16="fast": expected native or emulated' \
+    pretrain --steps 1
+  VLMO_CPU_BF16=fast "$VLMO" pretrain --steps 1 >/dev/null 2>&1; [ $? -eq 2 ] || fail "VLMO_CPU_BF16=fast: exit status not 2"
   "$VLMO" pretrain --stage text --text corpus.txt "${V[@]}" --steps 1 --out m1.safetensors --metrics m1.jsonl 2>/dev/null
   run_case "embed empty input" "empty.jsonl: no requests" embed --model m1.safetensors --input empty.jsonl --out e.safetensors
   run_case "tokenize to a full disk" "/dev/full: write failed \(No space left on device\)" \

@@ -3,7 +3,7 @@
 // LibTorch's CPU bmm runs one BLAS call per matrix of the batch (a serial loop, each 197 x 64 x 197
 // product threaded by the BLAS on its own), which reaches about half the GEMM rate; oneDNN's
 // matmul primitive takes the whole strided batch in one call and spreads it over the threads, at
-// 1.6-2.5x the rate on the base model's attention shapes (docs/performance.md). oneDNN is
+// 1.6-2.6x the rate on the base model's attention shapes (docs/performance.md). oneDNN is
 // Debian's libdnnl (the library LibTorch itself links); a build without it runs at::matmul.
 #pragma once
 #include <ATen/core/Tensor.h>
@@ -22,5 +22,8 @@ at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b);
 // the build has it; VLMO_CPU_BATCHED_MATMUL=aten|onednn overrides (read once; a value this build
 // cannot honour, or any other, throws vlmo::Error naming the variable).
 std::string batched_matmul_backend();
+// For this process, over the environment: "aten" or "onednn" (throws vlmo::Error for anything
+// else, or "onednn" in a build without it).
+void set_batched_matmul_backend(const std::string& name);
 
 }  // namespace vlmo

@@ -17,6 +17,7 @@
 
 #include "vlmo/error.h"
 #include "vlmo/model.h"
+#include "vlmo/batched_matmul.h"
 #include "vlmo/precision.h"
 #include "model/model_internals.h"
 
@@ -284,7 +285,12 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   }
   at::Tensor qkv_out = qkv_lin.reshape({B, N, 3, num_heads, C / num_heads}).permute({2, 0, 3, 1, 4});
 #if VLMO_HAVE_SDPA
-  if (fused_attention_on && !active_recorder && sdpa_applies(qkv_lin.scalar_type())) {
+  // With autograd on the CPU, LibTorch 2.6's SDPA takes its unfused math fallback (a bmm loop)
+  // whenever there is a mask; in fp32 (emulated bf16 included) the plain path's oneDNN products
+  // are the faster of the two (docs/performance.md), so training stays there.
+  const bool cpu_training_plain = qkv_lin.is_cpu() && at::GradMode::is_enabled() &&
+                                  qkv_lin.scalar_type() == at::kFloat && batched_matmul_backend() == "onednn";
+  if (fused_attention_on && !active_recorder && sdpa_applies(qkv_lin.scalar_type()) && !cpu_training_plain) {
     ++fused_attention_count;
     return project(sdpa_attention(qkv_out, Q, key_mask, rel_bias));
   }

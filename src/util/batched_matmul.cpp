@@ -4,6 +4,7 @@
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -31,10 +32,12 @@ bool read_backend() {  // true: oneDNN
   throw Error(cat("environment variable VLMO_CPU_BATCHED_MATMUL=\"", env, "\": expected aten or onednn"));
 }
 
-bool use_onednn() {
-  static const bool on = read_backend();
+std::atomic<bool>& onednn_choice() {
+  static std::atomic<bool> on{read_backend()};
   return on;
 }
+
+bool use_onednn() { return onednn_choice().load(); }
 
 #if VLMO_HAVE_DNNL
 dnnl::engine& cpu_engine() {
@@ -147,5 +150,11 @@ at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b) {
 }
 
 std::string batched_matmul_backend() { return use_onednn() ? "onednn" : "aten"; }
+
+void set_batched_matmul_backend(const std::string& name) {
+  if (name == "onednn" && !VLMO_HAVE_DNNL) throw Error("batched products: this build has no oneDNN; expected aten");
+  if (name != "aten" && name != "onednn") throw Error(cat("batched products: \"", name, "\": expected aten or onednn"));
+  onednn_choice().store(name == "onednn");
+}
 
 }  // namespace vlmo
