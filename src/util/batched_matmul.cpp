@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 
 #include "vlmo/error.h"
 #include "vlmo/precision.h"
@@ -20,16 +21,20 @@ namespace vlmo {
 
 namespace {
 
+// "aten" -> false, "onednn" -> true (where the build has it); `source` names where the value came from.
+bool parse_backend(const std::string& name, const std::string& source) {
+  if (name == "aten") return false;
+  if (name == "onednn") {
+    if (VLMO_HAVE_DNNL) return true;
+    throw Error(cat(source, "\"onednn\": this build has no oneDNN (libdnnl-dev was not found when it was "
+                    "configured); expected aten"));
+  }
+  throw Error(cat(source, "\"", name, "\": expected aten or onednn"));
+}
+
 bool read_backend() {  // true: oneDNN
   const char* env = std::getenv("VLMO_CPU_BATCHED_MATMUL");
-  if (!env) return VLMO_HAVE_DNNL != 0;
-  if (std::strcmp(env, "aten") == 0) return false;
-  if (std::strcmp(env, "onednn") == 0) {
-    if (VLMO_HAVE_DNNL) return true;
-    throw Error("environment variable VLMO_CPU_BATCHED_MATMUL=\"onednn\": this build has no oneDNN "
-                "(libdnnl-dev was not found when it was configured); expected aten");
-  }
-  throw Error(cat("environment variable VLMO_CPU_BATCHED_MATMUL=\"", env, "\": expected aten or onednn"));
+  return env ? parse_backend(env, "environment variable VLMO_CPU_BATCHED_MATMUL=") : VLMO_HAVE_DNNL != 0;
 }
 
 std::atomic<bool>& onednn_choice() {
@@ -115,13 +120,12 @@ bool onednn_applies(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
+// For operands onednn_applies() accepted (batched_matmul checks, the backward's products check
+// again through it): oneDNN, or at::matmul where it has no fast kernel for their layouts.
 at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
-  if (onednn_applies(a, b)) {
-    RECORD_FUNCTION("vlmo::onednn_matmul", std::vector<c10::IValue>({a, b}));
-    at::Tensor c = onednn_matmul(a, b);
-    if (c.defined()) return c;
-  }
-  return at::matmul(a, b);
+  RECORD_FUNCTION("vlmo::onednn_matmul", std::vector<c10::IValue>({a, b}));
+  at::Tensor c = onednn_matmul(a, b);
+  return c.defined() ? c : at::matmul(a, b);
 }
 
 // The gradients are products of the same kind: dA = dC Bᵀ, dB = Aᵀ dC.
@@ -152,9 +156,7 @@ at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b) {
 std::string batched_matmul_backend() { return use_onednn() ? "onednn" : "aten"; }
 
 void set_batched_matmul_backend(const std::string& name) {
-  if (name == "onednn" && !VLMO_HAVE_DNNL) throw Error("batched products: this build has no oneDNN; expected aten");
-  if (name != "aten" && name != "onednn") throw Error(cat("batched products: \"", name, "\": expected aten or onednn"));
-  onednn_choice().store(name == "onednn");
+  onednn_choice().store(parse_backend(name, "batched products: "));
 }
 
 }  // namespace vlmo
