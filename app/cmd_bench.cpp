@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "common.h"
 #include "vlmo/batched_matmul.h"
+#include "vlmo/cpu_features.h"
 #include "vlmo/bench.h"
 #include "vlmo/device.h"
 #include "vlmo/error.h"
@@ -38,6 +39,13 @@ std::string memory_text(int64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
   return buf;
+}
+
+// The CPU's extensions as one line, e.g. "avx2 fma avx512f ...".
+std::string features_text() {
+  std::string text;
+  for (const auto& f : cpu_features().features) text += (text.empty() ? "" : " ") + f;
+  return text;
 }
 
 int run_bench_command(const Args& a) {
@@ -78,6 +86,8 @@ int run_bench_command(const Args& a) {
                 a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads(),
                 TORCH_VERSION, fused_attention() ? "fused" : "plain", batched.c_str(),
                 bf16_products == "emulated" ? ", bf16 products emulated in fp32 (no AVX-512)" : "");
+    std::printf("CPU: %s (%s; %s)\n", cpu_features().model.c_str(), cpu_features().widest().c_str(),
+                cpu_features().features.empty() ? "no extensions reported" : features_text().c_str());
     std::printf("%s matmul (best of %lld^3 and the layers' shapes: %s): %.3f TFLOP/s\n\n", matmul_name.c_str(),
                 static_cast<long long>(n), yardstick.shape.c_str(), matmul / 1e12);
     std::printf("%-12s %10s %12s %14s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s",
@@ -123,6 +133,8 @@ int run_bench_command(const Args& a) {
                                 {"libtorch", TORCH_VERSION},
                                 {"activation_checkpointing", o.activation_checkpointing},
                                 {"threads", at::get_num_threads()},
+                                {"cpu", {{"model", cpu_features().model}, {"isa", cpu_features().widest()},
+                                         {"features", cpu_features().features}}},
                                 {"seconds_per_step", r.seconds_per_step},
                                 {"step_seconds", r.step_seconds},
                                 {"samples_per_s", r.samples_per_s},

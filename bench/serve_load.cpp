@@ -2,12 +2,15 @@
 // (cycled from a JSON-lines file of {"endpoint": "/api/...", "body": {...}}) until N were sent or
 // T seconds passed, check every answer, and print throughput and latency percentiles as JSON.
 // A request is lost when it gets no HTTP answer at all (connection error, timeout) or an answer
-// that differs from the first answer to the same request; 503 (queue full) counts as refused.
+// that differs from the first answer to the same request beyond what batching may change
+// (vlmo::serve::answers_agree); 503 (queue full) counts as refused.
 // Exit status 1 when any request was lost, or when --expect-all-ok and any was refused.
 //
 // usage: vlmo_serve_load --port P --requests FILE.jsonl [--count N] [--concurrency C]
 //                        [--seconds T] [--expect-all-ok]
 #include <httplib.h>
+
+#include "serve/answer_agreement.h"
 
 #include <algorithm>
 #include <cmath>
@@ -29,24 +32,6 @@ namespace {
 struct Probe {
   std::string endpoint, body;
 };
-
-// Same answer: same structure, strings and flags; numbers within 1e-4 (a request batched with
-// others runs through matrix products of another shape, whose last bits may differ).
-bool same_answer(const nlohmann::json& a, const nlohmann::json& b) {
-  if (a.is_number() && b.is_number()) return std::abs(a.get<double>() - b.get<double>()) <= 1e-4 * (1 + std::abs(a.get<double>()));
-  if (a.type() != b.type() || a.size() != b.size()) return false;
-  if (a.is_object()) {
-    for (auto it = a.begin(); it != a.end(); ++it)
-      if (!b.contains(it.key()) || !same_answer(it.value(), b[it.key()])) return false;
-    return true;
-  }
-  if (a.is_array()) {
-    for (size_t i = 0; i < a.size(); ++i)
-      if (!same_answer(a[i], b[i])) return false;
-    return true;
-  }
-  return a == b;
-}
 
 int fail(const std::string& why) {
   std::cerr << "vlmo_serve_load: " << why << "\n";
@@ -128,7 +113,7 @@ int main(int argc, char** argv) {
         if (res->status == 200) {
           const auto answer = nlohmann::json::parse(res->body, nullptr, false);
           auto [it, fresh] = first_answer.emplace(which, answer);
-          if (answer.is_discarded() || (!fresh && !same_answer(it->second, answer))) {
+          if (answer.is_discarded() || (!fresh && !vlmo::serve::answers_agree(it->second, answer))) {
             ++differing;
             if (lost_examples.size() < 3) lost_examples.push_back("answer differs for " + probes[which].endpoint);
           }

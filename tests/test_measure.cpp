@@ -11,6 +11,7 @@
 
 #include "test_util.h"
 #include "vlmo/bench.h"
+#include "vlmo/cpu_features.h"
 #include "vlmo/model.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/tasks.h"
@@ -113,11 +114,34 @@ TEST(Bench, CommandPrintsOneJsonLinePerTask) {
     EXPECT_NEAR(j.at("percent_of_matmul").get<double>(),
                 100 * j.at("tflops").get<double>() / j.at("matmul_tflops").get<double>(), 1e-9) << line;
     EXPECT_EQ(j.at("image_size").get<int>(), 32);
+    // The CPU the run saw: this process's own reading of it.
+    EXPECT_EQ(j.at("cpu").at("isa").get<std::string>(), vlmo::cpu_features().widest()) << line;
+    EXPECT_EQ(j.at("cpu").at("features").get<std::vector<std::string>>(), vlmo::cpu_features().features) << line;
   }
   EXPECT_EQ(tasks, vlmo::bench_tasks());
   const auto bad = vlmo::test::run_cli({"bench", "--task", "pretrain,captioning"});
   EXPECT_EQ(bad.status, 2);
   EXPECT_NE(bad.err.find("--task: unknown task \"captioning\""), std::string::npos) << bad.err;
+}
+
+// /proc/cpuinfo as two kinds of these machines print it (first processor's lines; flags shortened).
+TEST(CpuFeatures, ParsedFromCpuinfoWithTheWidestIsa) {
+  const auto zen5 = vlmo::parse_cpuinfo(
+      "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512dq "
+      "avx512bw avx512vl avx_vnni avx512_bf16 avx512_vnni\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n");
+  EXPECT_EQ(zen5.model, "AMD EPYC");
+  EXPECT_EQ(zen5.features, (std::vector<std::string>{"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                                                     "avx512_vnni", "avx512_bf16", "avx_vnni"}));
+  EXPECT_EQ(zen5.widest(), "avx512_bf16");
+  const auto avx2 = vlmo::parse_cpuinfo("model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: sse4_2 avx avx2 fma\n");
+  EXPECT_EQ(avx2.model, "Intel(R) Xeon(R) CPU @ 2.20GHz");
+  EXPECT_EQ(avx2.widest(), "avx2");
+  EXPECT_TRUE(avx2.has("fma"));
+  EXPECT_FALSE(avx2.has("avx512f"));
+  const auto amx = vlmo::parse_cpuinfo("flags: avx2 fma avx512f avx512bw avx512vl avx512dq avx512_bf16 amx_bf16 amx_tile amx_int8\n");
+  EXPECT_EQ(amx.widest(), "amx");
+  EXPECT_EQ(amx.model, "unknown");
+  EXPECT_EQ(vlmo::parse_cpuinfo("").widest(), "baseline");
 }
 
 namespace {

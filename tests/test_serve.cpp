@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "serve/answer_agreement.h"
 #include "serve/batcher.h"
 #include "serve/data_url.h"
 #include "serve/http_error.h"
@@ -396,4 +397,55 @@ TEST(ServedImages, ThinImagesAreRefusedByTheSideLimit) {
   const ServedImages limited(40'000'000, 16384), wide(40'000'000, 0);
   expect_error([&] { limited.tensor(url, 32); }, {"20000x1", "longer than the limit of 16384"});
   EXPECT_EQ(wide.tensor(url, 32).sizes().vec(), (std::vector<int64_t>{3, 32, 32}));
+}
+
+// The batching promise (serve/answer_agreement.h), on hand-made answers: the ranking of the failing
+// Zen 5 load run (near-tied gallery scores swapped by a 4.5e-8 difference) agrees; a real change does not.
+TEST(AnswerAgreement, NumbersWithinToleranceAndTiedRanksInEitherOrder) {
+  using nlohmann::json;
+  using vlmo::serve::answers_agree;
+  EXPECT_TRUE(answers_agree(json{{"match_probability", 0.25}}, json{{"match_probability", 0.25 + 1e-5}}));
+  EXPECT_FALSE(answers_agree(json{{"match_probability", 0.25}}, json{{"match_probability", 0.25 + 2e-4}}));
+  EXPECT_FALSE(answers_agree(json{{"match_probability", 0.25}}, json{{"probability", 0.25}}));
+
+  const json alone = {{"results", json::array({{{"id", "a"}, {"score", -0.137750}}, {{"id", "b"}, {"score", -0.137763}},
+                                               {{"id", "c"}, {"score", -0.137778}}, {{"id", "d"}, {"score", -0.137803}},
+                                               {{"id", "e"}, {"score", -0.137803}}})}};
+  json batched = alone;  // b and c swap (their scores tie within 1e-4), d and e too
+  batched["results"][1] = {{"id", "c"}, {"score", -0.1377630}};
+  batched["results"][2] = {{"id", "b"}, {"score", -0.1377780}};
+  std::swap(batched["results"][3], batched["results"][4]);
+  EXPECT_TRUE(answers_agree(alone, batched));
+  // At the cut-off an entry may give its place to one that ties with it ...
+  json cut = alone;
+  cut["results"][4] = {{"id", "f"}, {"score", -0.137804}};
+  EXPECT_TRUE(answers_agree(alone, cut));
+  // ... but not one clearly above the cut-off (these five scores all tie within 1e-4: another list).
+  const json three = {{"results", json::array({{{"id", "x"}, {"score", 0.9}}, {{"id", "y"}, {"score", 0.8}}, {{"id", "z"}, {"score", 0.7}}})}};
+  json lost = three;
+  lost["results"][0]["id"] = "w";
+  EXPECT_FALSE(answers_agree(three, lost));
+  json replaced_at_cut = three;
+  replaced_at_cut["results"][2] = {{"id", "w"}, {"score", 0.6}};
+  EXPECT_FALSE(answers_agree(three, replaced_at_cut));
+  replaced_at_cut["results"][2]["score"] = 0.70001;  // w ties with z: the cut-off may take either
+  EXPECT_TRUE(answers_agree(three, replaced_at_cut));
+  const json apart = {{"results", json::array({{{"id", "x"}, {"score", 0.9}}, {{"id", "y"}, {"score", 0.5}}})}};
+  const json swapped = {{"results", json::array({{{"id", "y"}, {"score", 0.9}}, {{"id", "x"}, {"score", 0.5}}})}};
+  EXPECT_FALSE(answers_agree(apart, swapped));
+  const json shorter = {{"results", json::array({{{"id", "x"}, {"score", 0.9}}})}};
+  EXPECT_FALSE(answers_agree(apart, shorter));
+
+  // VQA answers rank by probability; a label follows probability_true and may flip only at 0.5.
+  const json vqa = {{"answers", json::array({{{"answer", "red"}, {"probability", 0.40001}}, {{"answer", "blue"}, {"probability", 0.4}}})}};
+  const json vqa_swapped = {{"answers", json::array({{{"answer", "blue"}, {"probability", 0.40001}}, {{"answer", "red"}, {"probability", 0.4}}})}};
+  EXPECT_TRUE(answers_agree(vqa, vqa_swapped));
+  // (Two tied answers: either may also give its place at the cut-off. Apart, a new answer is a change.)
+  const json vqa_apart = {{"answers", json::array({{{"answer", "red"}, {"probability", 0.7}}, {{"answer", "blue"}, {"probability", 0.2}}})}};
+  json vqa_other = vqa_apart;
+  vqa_other["answers"][0]["answer"] = "green";
+  EXPECT_TRUE(answers_agree(vqa_apart, vqa_apart));
+  EXPECT_FALSE(answers_agree(vqa_apart, vqa_other));
+  EXPECT_TRUE(answers_agree(json{{"label", true}, {"probability_true", 0.50001}}, json{{"label", false}, {"probability_true", 0.49999}}));
+  EXPECT_FALSE(answers_agree(json{{"label", true}, {"probability_true", 0.7}}, json{{"label", false}, {"probability_true", 0.7}}));
 }
