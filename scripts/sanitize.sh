@@ -10,8 +10,8 @@ FUZZ_SECONDS=${1:-30}
 B=${VLMO_ASAN_DIR:-build-asan}  # the build folder (scripts/test.sh's Debian root has its own)
 . scripts/compiler_cache.sh
 scripts/setup.sh --no-build  # the libraries the build needs
-# clang and its libFuzzer / sanitizer runtimes (the release's default clang: 14 on Debian 12, 19 on 13).
-scripts/apt_install.sh clang libclang-rt-dev "${CACHE_PACKAGES[@]}"
+# clang, its libFuzzer / sanitizer runtimes and its OpenMP (FAISS asks for it) -- the release's default clang: 14 on Debian 12, 19 on 13.
+scripts/apt_install.sh clang libclang-rt-dev libomp-dev "${CACHE_PACKAGES[@]}"
 cmake -S . -B "$B" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DVLMO_SANITIZE=ON -DVLMO_FUZZ=ON "${CACHE_LAUNCHER[@]}" >/dev/null
 cache_stats_start

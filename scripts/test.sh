@@ -3,7 +3,8 @@
 # build and test; then the checking build. Every stage prints its wall time; the last lines sum up.
 #
 #   Debian 12 (LibTorch 1.13): set-up and build, the whole suite (web page in headless Chromium
-#     included), the main job's fixture check (scripts/run.sh --check-only)
+#     included), the main job's fixture check (scripts/run.sh --check-only); on a CPU with AVX-512
+#     the unit tests and the cross-batch comparisons again on the AVX2 kernels
 #   Debian 13 (LibTorch 2.6): set-up and build, the unit tests and every reference fixture on both
 #     attention paths, the main job's fixture check
 #   checking build (Debian 12): ASan + UBSan over the unit tests, every fuzzer for 30 s
@@ -14,7 +15,8 @@
 # anew at its first stage. VLMO_ON_HOST=1 runs this machine's own release on the machine itself
 # instead (no roots, no root privileges beyond apt: its Debian 12 or 13 stages only).
 #
-# Switches: VLMO_DEBIAN13=0 skips Debian 13, VLMO_SANITIZE=0 the checking build; VLMO_DEBIAN13_LABELS
+# Switches: VLMO_DEBIAN13=0 skips Debian 13, VLMO_SANITIZE=0 the checking build, VLMO_AVX2_PASS=0
+# the second pass on AVX2 kernels that an AVX-512 CPU gets; VLMO_DEBIAN13_LABELS
 # picks Debian 13's ctest labels ("." for all); arguments go to the Debian 12 ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,19 @@ if wants 12; then
   stage_done "Debian 12: test suite"
   in_release 12 env VLMO_BUILD_DIR="$B12" scripts/run.sh --check-only
   stage_done "Debian 12: scripts/run.sh fixture check"
+  # On a CPU with AVX-512 the suite above ran the AVX-512 kernels; the unit tests, the server's and
+  # the demo's cross-batch comparisons again with every library held to its AVX2 kernels (ATen's
+  # dispatch, OpenBLAS's core type, oneDNN's ISA cap, bf16 emulated as without AVX-512): the paths
+  # an AVX2-only CPU takes. (On an AVX2-only CPU the suite above already took them.) Left out: the one
+  # test that runs LibTorch's native bf16 products next to the emulated ones; LibTorch still sees
+  # the AVX-512 CPU and asks oneDNN for a bf16 kernel that the cap forbids.
+  if grep -q -w avx512f /proc/cpuinfo && [ "${VLMO_AVX2_PASS:-1}" != 0 ]; then
+    in_release 12 env ATEN_CPU_CAPABILITY=avx2 OPENBLAS_CORETYPE=Haswell ONEDNN_MAX_CPU_ISA=AVX2 \
+      VLMO_CPU_BF16=emulated ctest --test-dir "$B12" --output-on-failure -j "$(nproc)" \
+      -R '^(cli\.serve\.(setup|http|load)|cli\.pretrain_and_demo|cli\.dist\.pretrain)$|^[A-Z][A-Za-z0-9]*\.' \
+      -E '^Precision\.EmulatedBf16ProductsAreFp32SumsOfBf16RoundedValues$'
+    stage_done "Debian 12: unit and cross-batch tests on AVX2 kernels"
+  fi
 fi
 
 if [ "${VLMO_DEBIAN13:-1}" != 0 ] && wants 13; then
