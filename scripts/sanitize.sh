@@ -11,7 +11,8 @@ B=${VLMO_ASAN_DIR:-build-asan}  # the build folder (scripts/test.sh's Debian roo
 . scripts/compiler_cache.sh
 scripts/setup.sh --no-build  # the libraries the build needs
 # clang, its libFuzzer / sanitizer runtimes and its OpenMP (FAISS asks for it) -- the release's default clang: 14 on Debian 12, 19 on 13.
-scripts/apt_install.sh clang libclang-rt-dev libomp-dev "${CACHE_PACKAGES[@]}"
+# llvm: llvm-symbolizer, which turns a sanitizer's or fuzzer's report into file:line.
+scripts/apt_install.sh clang libclang-rt-dev libomp-dev llvm "${CACHE_PACKAGES[@]}"
 cmake -S . -B "$B" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DVLMO_SANITIZE=ON -DVLMO_FUZZ=ON "${CACHE_LAUNCHER[@]}" >/dev/null
 cache_stats_start
