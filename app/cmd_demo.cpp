@@ -76,7 +76,7 @@ Command demo_command() {
                               "(fields: report.json \"recipe\")"},
                {"pretrain-only", "false", "stop after pre-training and the zero-shot evaluation", true},
                device_option(),
-               {"precision", "fp32", "fp32, bf16 or auto: bf16 autocast for the blocks (auto: bf16 where a 1024^3 bf16 matrix product measures at least 1.5x fp32's, as on CPUs with AMX and on recent GPUs; a timing, so the choice can differ between runs)"},
+               {"precision", "auto", "auto, fp32 or bf16: bf16 autocast for the blocks (auto: bf16 where a 1024^3 bf16 matrix product measures at least 1.5x fp32's, as on CPUs with AVX-512 BF16 or AMX and on recent GPUs; a timing, so the choice can differ between machines; fp32 or bf16 to fix it)"},
                attention_option(),
                checkpointing_option(),
                {"start-at", "", "experiments: begin at stage2, stage3 or finetune from --weights instead of training the stages before"},

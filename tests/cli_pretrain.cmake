@@ -42,7 +42,7 @@ file(READ "${WORK}/demo/report.json" report)
 string(JSON tr1 GET "${report}" retrieval test_after_finetuning tr_r1)
 string(JSON chance GET "${report}" retrieval chance tr_r1)
 message(STATUS "demo at 1% steps: TR@1 ${tr1} (chance ${chance})")
-# --precision auto records what it chose and why; an explicit one (fp32 is the default) is kept.
+# --precision auto (the default) records what it chose and why; an explicit one is kept.
 string(JSON precision GET "${report}" precision)
 string(JSON choice GET "${report}" precision_choice)
 if(NOT (precision STREQUAL "fp32" OR precision STREQUAL "bf16") OR NOT choice MATCHES "^auto: bf16 matrix product")
