@@ -10,7 +10,6 @@
 
 #include "cli.h"
 #include "common.h"
-#include "vlmo/batched_matmul.h"
 #include "vlmo/cpu_features.h"
 #include "vlmo/bench.h"
 #include "vlmo/device.h"
@@ -56,16 +55,16 @@ int run_bench_command(const Args& a) {
   const auto tasks = split_tasks(a.get("task"));
   const c10::Device device = parse_device(a.get("device"));
   const bool int8 = quantize_int8_option(a);  // checked before the yardstick runs
-  const Precision precision = parse_precision(a.get("precision"));
-  check_precision_supported(precision, device.type());
+  const RunPolicy policy = run_policy_from(a, device);
+  const Precision precision = policy.precision;
   const std::string matmul_name = precision_name(precision);
-  // How bf16 products run on the CPU (vlmo/precision.h): LibTorch's bf16 GEMM, or emulated.
-  const std::string bf16_products =
-      precision == Precision::kBFloat16 && device.is_cpu() ? cpu_bf16_products_name() : std::string("native");
-  // Where the attention layers' batched products run (vlmo/batched_matmul.h).
-  const std::string batched = device.is_cpu() ? batched_matmul_backend() : std::string("aten");
-  set_fused_attention(fused_attention_option(a));
+  // How bf16 products run on the CPU (vlmo/run_policy.h): LibTorch's bf16 GEMM, or emulated.
+  const std::string bf16_products = precision == Precision::kBFloat16 && device.is_cpu()
+                                        ? cpu_bf16_products_name(policy.cpu_bf16) : std::string("native");
+  // Where the attention layers' batched products run (vlmo/ops.h).
+  const std::string batched = device.is_cpu() ? cpu_products_name(policy.cpu_products) : std::string("aten");
   const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
+  if (!quiet) announce_run_policy(policy);
   const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
 
   // The yardstick: the best of an n^3 product and the blocks' linear shapes at n rows, run as the
@@ -74,7 +73,7 @@ int run_bench_command(const Args& a) {
   if (!quiet)
     std::cerr << "bench: measuring the " << matmul_name << " matrix-product rate (" << n << "^3 and the layers' shapes at "
               << n << " rows) on " << device.str() << "\n";
-  const MatmulRate yardstick = measure_matmul_rate(device, precision, n, config);
+  const MatmulRate yardstick = measure_matmul_rate(policy, n, config);
   const double matmul = yardstick.flops;
 
   if (!json) {
@@ -84,7 +83,7 @@ int run_bench_command(const Args& a) {
                 static_cast<long long>(a.get_int64("steps")), static_cast<long long>(a.get_int64("warmup")),
                 device.str().c_str(), matmul_name.c_str(), a.get("quantize") == "int8" ? ", int8" : "",
                 a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads(),
-                TORCH_VERSION, fused_attention() ? "fused" : "plain", batched.c_str(),
+                TORCH_VERSION, attention_path_name(policy.attention).c_str(), batched.c_str(),
                 bf16_products == "emulated" ? ", bf16 products emulated in fp32 (no AVX-512)" : "");
     std::printf("CPU: %s (%s; %s)\n", cpu_features().model.c_str(), cpu_features().widest().c_str(),
                 cpu_features().features.empty() ? "no extensions reported" : features_text().c_str());
@@ -101,10 +100,9 @@ int run_bench_command(const Args& a) {
     o.batch = a.get_int64("batch");
     o.steps = a.get_int64("steps");
     o.warmup = a.get_int64("warmup");
-    o.device = device;
+    o.policy = policy;
     o.seed = a.get_uint64("seed");
     o.quantize_int8 = int8;
-    o.precision = precision;
     o.activation_checkpointing = a.get_flag("activation-checkpointing");
     if (!a.get("profile").empty()) o.profile_path = tasks.size() == 1 ? a.get("profile") : a.get("profile") + "." + task + ".json";
     if (!quiet)
@@ -112,11 +110,14 @@ int run_bench_command(const Args& a) {
         std::cerr << "bench: " << task << " step " << done << "/" << total << (done <= o.warmup ? " (warm-up)" : "")
                   << ": " << s << " s\n";
       };
-    const int64_t fused_before = fused_attention_calls();
+    const auto kernels_before = attention_kernel_counts();
     const BenchResult r = run_bench(o);
-    // What ran, not what was asked: "fused" when a fused kernel took the attention layers
-    // (with --attention fused on LibTorch 1.13 a training step still runs the plain path).
-    const std::string attention = fused_attention_calls() > fused_before ? "fused" : "plain";
+    // What ran, not what was asked: the attention layers' calls by kernel, and "fused" when a fused
+    // kernel took any (with --attention fused on LibTorch 1.13 a training step runs the plain path).
+    nlohmann::json kernels = nlohmann::json::object();
+    for (size_t k = 0; k < kernels_before.size(); ++k)
+      kernels[attention_kernel_name(static_cast<AttentionKernel>(k))] = attention_kernel_counts()[k] - kernels_before[k];
+    const std::string attention = kernels["cpu-inference"].get<int64_t>() + kernels["sdpa"].get<int64_t>() > 0 ? "fused" : "plain";
     const double percent = 100.0 * r.achieved_flops / matmul;
     if (json) {
       const nlohmann::json j = {{"task", task},
@@ -130,6 +131,8 @@ int run_bench_command(const Args& a) {
                                 {"quantize", a.get("quantize")},
                                 {"precision", matmul_name},
                                 {"attention", attention},
+                                {"policy", nlohmann::json::parse(policy.json())},
+                                {"attention_kernels", kernels},
                                 {"libtorch", TORCH_VERSION},
                                 {"activation_checkpointing", o.activation_checkpointing},
                                 {"threads", at::get_num_threads()},

@@ -16,9 +16,10 @@ namespace {
 int run_check(const Args& a) {
   const std::string& dir = a.positional[0];
   const at::Device device = parse_device(a.get("device"));
-  set_fused_attention(fused_attention_option(a));
+  const RunPolicy policy = run_policy_from(a, device);
+  announce_run_policy(policy);
   const int64_t fused_before = fused_attention_calls();
-  const CheckResult r = check_reference(dir, device);
+  const CheckResult r = check_reference(dir, policy);
   // What ran: "fused" when a fused kernel took attention layers (LibTorch >= 2: SDPA).
   const std::string attention = fused_attention_calls() > fused_before ? "fused" : "plain";
   double worst = 0;
@@ -29,6 +30,7 @@ int run_check(const Args& a) {
     j["kind"] = r.kind;
     j["device"] = device.str();
     j["attention"] = attention;
+    j["policy"] = nlohmann::json::parse(policy.json());
     j["passed"] = r.passed();
     j["total"] = r.rows.size();
     j["ok"] = r.ok();

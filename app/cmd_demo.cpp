@@ -20,11 +20,9 @@ int run_demo_cmd(const Args& a) {
   o.progress = !a.get_flag("quiet");
   o.pretrain_only = a.get_flag("pretrain-only");
   o.start_at = a.get("start-at");
-  o.device = training_device(a);
   const bool auto_precision = a.get("precision") == "auto";
-  if (!auto_precision) o.precision = parse_precision(a.get("precision"));
+  o.policy = run_policy_from(a, training_device(a));  // "auto": fp32 until measured below
   o.activation_checkpointing = a.get_flag("activation-checkpointing");
-  set_fused_attention(fused_attention_option(a));
   o.start_weights = a.get("weights");
   if (!a.get("recipe").empty()) {
     nlohmann::json j;
@@ -39,19 +37,20 @@ int run_demo_cmd(const Args& a) {
   if (auto_precision) {
     // bf16 where its matrix product pays; with several processes only if it pays on every one.
     double ratio = 0;
-    bool bf16 = bf16_pays(o.device, 1.5, &ratio);
+    bool bf16 = bf16_pays(o.policy.device, 1.5, &ratio);
     if (const Distributed* dist = current_distributed(); dist && dist->world_size() > 1) {
       std::vector<at::Tensor> votes = {at::tensor({bf16 ? 1.0 : 0.0}, at::kDouble)};
       dist->all_reduce_sum(votes);
       bf16 = votes[0].item<double>() == dist->world_size();
     }
-    o.precision = bf16 ? Precision::kBFloat16 : Precision::kFloat32;
+    o.policy.precision = bf16 ? Precision::kBFloat16 : Precision::kFloat32;
     char note[160];
-    std::snprintf(note, sizeof note, "auto: bf16 matrix product %.1fx the fp32 rate on %s", ratio, o.device.str().c_str());
+    std::snprintf(note, sizeof note, "auto: bf16 matrix product %.1fx the fp32 rate on %s", ratio, o.policy.device.str().c_str());
     o.precision_note = note;
     if (o.progress)
-      std::fprintf(stderr, "demo: %s (%s; --precision fp32|bf16 to choose)\n", precision_name(o.precision).c_str(), note);
+      std::fprintf(stderr, "demo: %s (%s; --precision fp32|bf16 to choose)\n", precision_name(o.policy.precision).c_str(), note);
   }
+  if (o.progress) announce_run_policy(o.policy);
   run_demo(o);
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 
 #include "vlmo/device.h"
 #include "vlmo/distributed.h"
@@ -51,25 +52,29 @@ Option attention_option() {
                        {"fused", "plain"});
 }
 
-bool fused_attention_option(const Args& a) {
-  const std::string& v = a.get("attention");
-  if (v != "fused" && v != "plain") throw Error(cat("option --attention: expected fused or plain, got \"", v, "\""));
-  return v == "fused";
-}
-
 Option checkpointing_option() {
   return {"activation-checkpointing", "false",
           "keep only each block's input in the forward pass and recompute the block in the backward pass "
           "(less activation memory for about one more forward pass; same losses and gradients)", true};
 }
 
+RunPolicy run_policy_from(const Args& a, c10::Device device) {
+  RunOptions o;
+  o.device = device;
+  if (a.declared.count("precision") && a.get("precision") != "auto") o.precision = parse_precision(a.get("precision"));
+  if (a.declared.count("attention")) o.attention = parse_attention_path(a.get("attention"), "option --attention");
+  return resolve_run_policy(o);
+}
+
+void announce_run_policy(const RunPolicy& policy) {
+  static std::once_flag once;
+  std::call_once(once, [&] { std::cerr << "run: " << policy.summary() << "\n"; });
+}
+
 void apply_runtime_options(const Args& a, VLMo& model) {
-  if (a.declared.count("attention")) set_fused_attention(fused_attention_option(a));
-  if (a.declared.count("precision")) {
-    const Precision p = parse_precision(a.get("precision"));
-    check_precision_supported(p, model->device().type());
-    model->set_precision(p);
-  }
+  const RunPolicy policy = run_policy_from(a, model->device());
+  model->set_run_policy(policy);
+  if (a.declared.count("precision") || a.declared.count("attention")) announce_run_policy(policy);
   if (a.declared.count("activation-checkpointing")) model->set_activation_checkpointing(a.get_flag("activation-checkpointing"));
 }
 
@@ -105,8 +110,7 @@ LoadedModel load_model_from(const Args& a, const std::string& path_option) {
     return a.declared.count(name) ? a.get(name) : fallback;
   };
   const c10::Device device = parse_device(option_or("device", "cpu"));  // a bad name fails before the file is read
-  parse_precision(option_or("precision", "fp32"));  // likewise a bad --precision
-  if (a.declared.count("attention")) fused_attention_option(a);  // and --attention
+  run_policy_from(a, device);  // likewise a bad --precision or --attention, or one this platform cannot run
   LoadedModel m = load_model(path, spec);
   const bool int8 = a.declared.count("quantize") && quantize_int8_option(a);
   m.model->to(device);

@@ -29,12 +29,18 @@ Option vocab_option();
 Option device_option();
 // --precision: fp32, or bf16 (the transformer blocks under bf16 autocast).
 Option precision_option();
-// --attention: fused (the default) or plain; fused_attention_option checks and reads it.
+// --attention: fused (the default) or plain.
 Option attention_option();
-bool fused_attention_option(const Args& a);
 // --activation-checkpointing (training commands): recompute each block in the backward pass.
 Option checkpointing_option();
-// Sets the model's run-time settings from the options above (those the command declares).
+// The run policy (vlmo/run_policy.h) of a model on `device` from --precision and --attention
+// (those the command declares; a --precision of "auto" is left to the command), the environment's
+// documented overrides and the platform. Errors name the option or variable.
+RunPolicy run_policy_from(const Args& a, c10::Device device);
+// Prints "run: <the policy>" to stderr, once per process.
+void announce_run_policy(const RunPolicy& policy);
+// Sets the model's run-time settings from the options above (those the command declares): its
+// run policy (announced) and activation checkpointing.
 void apply_runtime_options(const Args& a, VLMo& model);
 // The --device of a training command; plain "cuda" under a launcher means cuda:LOCAL_RANK.
 c10::Device training_device(const Args& a);

@@ -7,7 +7,7 @@
 #include <iostream>
 
 #include "cli.h"
-#include "vlmo/batched_matmul.h"
+#include "vlmo/run_policy.h"
 #include "vlmo/error.h"
 #include "vlmo/precision.h"
 #include "vlmo/threads.h"
@@ -48,10 +48,9 @@ int main(int argc, char** argv) {
         return 0;
       }
       vlmo::init_threads(args.get_int("threads"));
-      // The environment's choices (VLMO_CPU_BF16, VLMO_CPU_BATCHED_MATMUL) are read here, so that
-      // a bad value stops the command before any work rather than at its first product.
-      vlmo::cpu_bf16_products();
-      vlmo::batched_matmul_backend();
+      // The environment's overrides (VLMO_CPU_BF16, VLMO_CPU_BATCHED_MATMUL) are checked here, so
+      // that a bad value stops the command before any work.
+      (void)vlmo::resolve_run_policy();
       const int status = cmd.run(args);
       // Results written to a full disk or a closed pipe must not end in exit 0.
       std::cout.flush();

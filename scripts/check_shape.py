@@ -28,6 +28,8 @@ LAYER_RULES = [
     ("app/cmd_serve.cpp", "vlmo/train.h", "the server does not depend on training"),
     ("src/serve/", "vlmo/train.h", "the server does not depend on training"),
     ("src/util/", "vlmo/model.h", "utilities do not depend on the model"),
+    ("src/util/", "vlmo/ops.h", "utilities hold no numerics and use none"),
+    ("src/ops/", "vlmo/model.h", "the kernels do not depend on the model"),
     ("src/", '"../../app/', "the library does not depend on the command line"),
     ("include/vlmo/", "../src/", "public headers do not include private ones"),
 ]

@@ -124,26 +124,6 @@ TEST(Bench, CommandPrintsOneJsonLinePerTask) {
   EXPECT_NE(bad.err.find("--task: unknown task \"captioning\""), std::string::npos) << bad.err;
 }
 
-// /proc/cpuinfo as two kinds of these machines print it (first processor's lines; flags shortened).
-TEST(CpuFeatures, ParsedFromCpuinfoWithTheWidestIsa) {
-  const auto zen5 = vlmo::parse_cpuinfo(
-      "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512dq "
-      "avx512bw avx512vl avx_vnni avx512_bf16 avx512_vnni\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n");
-  EXPECT_EQ(zen5.model, "AMD EPYC");
-  EXPECT_EQ(zen5.features, (std::vector<std::string>{"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-                                                     "avx512_vnni", "avx512_bf16", "avx_vnni"}));
-  EXPECT_EQ(zen5.widest(), "avx512_bf16");
-  const auto avx2 = vlmo::parse_cpuinfo("model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: sse4_2 avx avx2 fma\n");
-  EXPECT_EQ(avx2.model, "Intel(R) Xeon(R) CPU @ 2.20GHz");
-  EXPECT_EQ(avx2.widest(), "avx2");
-  EXPECT_TRUE(avx2.has("fma"));
-  EXPECT_FALSE(avx2.has("avx512f"));
-  const auto amx = vlmo::parse_cpuinfo("flags: avx2 fma avx512f avx512bw avx512vl avx512dq avx512_bf16 amx_bf16 amx_tile amx_int8\n");
-  EXPECT_EQ(amx.widest(), "amx");
-  EXPECT_EQ(amx.model, "unknown");
-  EXPECT_EQ(vlmo::parse_cpuinfo("").widest(), "baseline");
-}
-
 namespace {
 
 // VLMo-Base with the ITC heads (official initialisation, no drop path), in eval mode, with the

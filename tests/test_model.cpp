@@ -10,11 +10,14 @@
 #include <optional>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "test_util.h"
-#include "vlmo/batched_matmul.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/objectives.h"
 #include "vlmo/precision.h"
+#include "vlmo/ops.h"
+#include "vlmo/run_policy.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/reference_check.h"
 #include "vlmo/relative_position.h"
@@ -85,6 +88,23 @@ void expect_outputs_and_gradients_close(const std::vector<at::Tensor>& a, const 
                                        << (i < kPassOutputs ? i : i - kPassOutputs) << ": max diff " << diff
                                        << ", max |reference| " << scale;
   }
+}
+
+// The model's run policy with one field changed.
+void set_attention(VLMo& m, AttentionPath path) {
+  RunPolicy p = m->run_policy();
+  p.attention = path;
+  m->set_run_policy(p);
+}
+void set_cpu_products(VLMo& m, CpuProducts products) {
+  RunPolicy p = m->run_policy();
+  p.cpu_products = products;
+  m->set_run_policy(p);
+}
+void set_cpu_bf16(VLMo& m, CpuBf16Products mode) {
+  RunPolicy p = m->run_policy();
+  p.cpu_bf16 = mode;
+  m->set_run_policy(p);
 }
 
 }  // namespace
@@ -360,7 +380,7 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
   m->eval();
   Batch b = tiny_batch(c, 5);
   auto run = [&](bool fused) {
-    set_fused_attention(fused);
+    set_attention(m, fused ? AttentionPath::kFused : AttentionPath::kPlain);
     torch::NoGradGuard g;
     const int64_t before = fused_attention_calls();
     std::vector<at::Tensor> out = {
@@ -372,7 +392,7 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
         m->infer_text(b.text_ids, b.text_masks).cls_vlffn_feats,
     };
     EXPECT_EQ(fused_attention_calls() - before, fused ? 6 * c.depth + 2 * (c.depth - c.vlffn_start_layer_index) : 0);
-    set_fused_attention(true);
+    set_attention(m, AttentionPath::kFused);
     return out;
   };
   const auto plain = run(false), fused = run(true);
@@ -385,15 +405,15 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
   m->infer_image(b.image).cls_feats.sum().backward();
   // (In fp32 on the CPU with oneDNN's products, training stays on the plain path: there SDPA
   // would take its unfused math fallback.)
-  const bool sdpa_trains = sdpa_available() && batched_matmul_backend() != "onednn";
+  const bool sdpa_trains = m->run_policy().sdpa && m->run_policy().cpu_products != CpuProducts::kOneDnn;
   EXPECT_EQ(fused_attention_calls() - before, sdpa_trains ? 2 * c.depth - c.vlffn_start_layer_index : 0);
   // int8 weights: the kernel reads the quantised qkv layer's output the same way.
   if (!int8_supported()) return;
   quantize_int8(m);
   torch::NoGradGuard g;
-  set_fused_attention(false);
+  set_attention(m, AttentionPath::kPlain);
   const at::Tensor q_plain = m->infer_image_ft(b.image).feats;
-  set_fused_attention(true);
+  set_attention(m, AttentionPath::kFused);
   const at::Tensor q_fused = m->infer_image_ft(b.image).feats;
   EXPECT_TRUE(at::allclose(q_fused, q_plain, 1e-5, 1e-6)) << (q_fused - q_plain).abs().max().item<double>();
 }
@@ -408,7 +428,7 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
 // its products as it does by default (oneDNN where built); SDPA runs with LibTorch's products,
 // the setting under which it takes CPU training.
 TEST(Model, SdpaAndPlainAttentionAgree) {
-  if (!sdpa_available()) GTEST_SKIP() << "LibTorch " << TORCH_VERSION << " has no scaled_dot_product_attention";
+  if (!resolve_run_policy().sdpa) GTEST_SKIP() << "LibTorch " << TORCH_VERSION << " has no scaled_dot_product_attention";
   const Config c = tiny_config();
   for (const Precision precision : {Precision::kFloat32, Precision::kBFloat16}) {
     SCOPED_TRACE(precision_name(precision));
@@ -419,18 +439,18 @@ TEST(Model, SdpaAndPlainAttentionAgree) {
     at::manual_seed(7);
     const Batch b = tiny_batch(c, 3);
     auto run = [&](bool fused) {
-      set_fused_attention(fused);
+      set_attention(m, fused ? AttentionPath::kFused : AttentionPath::kPlain);
       const int64_t before = fused_attention_calls();
       auto out = outputs_and_gradients(m, b);
       EXPECT_EQ(fused_attention_calls() - before, fused ? 3 * c.depth + 2 * (c.depth - c.vlffn_start_layer_index) : 0);
-      set_fused_attention(true);
+      set_attention(m, AttentionPath::kFused);
       return out;
     };
     const auto plain = run(false);
-    const std::string backend = batched_matmul_backend();
-    set_batched_matmul_backend("aten");
+    const CpuProducts backend = m->run_policy().cpu_products;
+    set_cpu_products(m, CpuProducts::kAten);
     const auto fused = run(true);
-    set_batched_matmul_backend(backend);
+    set_cpu_products(m, backend);
     expect_outputs_and_gradients_close(fused, plain, tol);
     // The relative-position table's gradient is there, and not zero: the bias was learned through the mask.
     if (m->relative_position_bias_table.defined()) {
@@ -440,44 +460,20 @@ TEST(Model, SdpaAndPlainAttentionAgree) {
   }
 }
 
-// Emulated bf16 products (CPUs without a fast bf16 GEMM): a product of bf16-rounded inputs summed
-// in fp32. Against an fp64 product of the rounded values (independent of any bf16 kernel), and
-// the model under emulation against the model under LibTorch's own bf16 products: outputs and
-// gradients within bf16's tolerance (3e-2 of the largest value, as for SDPA vs plain in bf16).
-TEST(Precision, EmulatedBf16ProductsAreFp32SumsOfBf16RoundedValues) {
-  const CpuBf16Products before = cpu_bf16_products();
-  set_cpu_bf16_products(CpuBf16Products::kEmulated);
-  at::manual_seed(3);
-  const at::Tensor x = at::randn({5, 7, 48}), w = at::randn({24, 48}), b = at::randn({24});
-  const at::Tensor a = at::randn({2, 3, 7, 16}), v = at::randn({2, 3, 16, 9});
-  auto rounded = [](const at::Tensor& t) { return t.to(at::kBFloat16).to(at::kDouble); };
-  {
-    AutocastGuard bf16(c10::kCPU, Precision::kBFloat16);
-    ASSERT_TRUE(bf16_emulated(c10::kCPU));
-    const at::Tensor y = autocast_linear(x, w, b), p = autocast_matmul(a, v);
-    EXPECT_EQ(y.scalar_type(), at::kFloat);
-    const at::Tensor y_ref = at::linear(rounded(x), rounded(w), rounded(b)), p_ref = at::matmul(rounded(a), rounded(v));
-    EXPECT_LE((y.to(at::kDouble) - y_ref).abs().max().item<double>(), 1e-5 * (1 + y_ref.abs().max().item<double>()));
-    EXPECT_LE((p.to(at::kDouble) - p_ref).abs().max().item<double>(), 1e-5 * (1 + p_ref.abs().max().item<double>()));
-    // The rounding happened: the unrounded product is further away than fp32 sums can explain.
-    EXPECT_GT((at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble)) - y_ref).abs().max().item<double>(), 1e-3);
-  }
-  {
-    AutocastGuard fp32(c10::kCPU, Precision::kFloat32);
-    EXPECT_FALSE(bf16_emulated(c10::kCPU));
-    EXPECT_TRUE(at::equal(autocast_linear(x, w, b), at::linear(x, w, b)));  // off: LibTorch's own
-  }
+// The model under emulated bf16 products (src/ops: fp32 sums of bf16-rounded values) against the
+// model under LibTorch's own bf16 products: outputs and gradients within bf16's tolerance (3e-2 of
+// the largest value, as for SDPA vs plain in bf16).
+TEST(Precision, EmulatedBf16ModelIsCloseToNativeBf16) {
   const Config c = tiny_config();
   VLMo m = tiny_model(c);
   m->set_precision(Precision::kBFloat16);
   m->train();
   at::manual_seed(7);
   const Batch batch = tiny_batch(c, 3);
-  set_cpu_bf16_products(CpuBf16Products::kNative);
+  set_cpu_bf16(m, CpuBf16Products::kNative);
   const auto native = outputs_and_gradients(m, batch);
-  set_cpu_bf16_products(CpuBf16Products::kEmulated);
+  set_cpu_bf16(m, CpuBf16Products::kEmulated);
   const auto emulated = outputs_and_gradients(m, batch);
-  set_cpu_bf16_products(before);
   expect_outputs_and_gradients_close(emulated, native, 3e-2);
 }
 
@@ -570,6 +566,67 @@ TEST(Model, ActivationCheckpointingGivesTheSameLossesAndGradients) {
   m->set_activation_checkpointing(false);
 }
 
+// Checkpointing in the precisions and attention paths that runs train in (fp32 and bf16, with the
+// fused path's kernels of this build: SDPA in training on LibTorch >= 2 where it applies): the first
+// pass of a checkpointed block takes the kernels its recomputation takes, so the losses are
+// bit-equal to those of a run without checkpointing. Each parameter's gradient is the same sum of
+// per-pass contributions (the ITC, ITM and MLM passes reuse every block), which the autograd engine
+// adds in another order when the blocks run again one by one: equal within 1e-6 x (1 + max|g|),
+// a few fp32 roundings of the largest contribution.
+TEST(Model, CheckpointingRecomputesWhatTheFirstPassComputed) {
+  Config c = tiny_config();
+  c.drop_path_rate = 0.2;
+  for (const Precision precision : {Precision::kFloat32, Precision::kBFloat16}) {
+    std::vector<CpuProducts> products_list = {CpuProducts::kAten};
+    if (onednn_built()) products_list.push_back(CpuProducts::kOneDnn);
+    for (const CpuProducts products : products_list) {
+      SCOPED_TRACE(cat(precision_name(precision), ", ", cpu_products_name(products)));
+      VLMo m = tiny_model(c);
+      m->set_precision(precision);
+      set_cpu_products(m, products);
+      m->train();
+      at::manual_seed(4);
+      Batch b = tiny_batch(c, 4);
+      b.text_ids_mlm = b.text_ids.clone();
+      b.text_labels_mlm = at::full_like(b.text_ids, -100);
+      b.text_ids_mlm.select(1, 2).fill_(3);
+      b.text_labels_mlm.select(1, 2).copy_(b.text_ids.select(1, 2));
+      auto run = [&](bool checkpointing, std::vector<double>& losses) {
+        m->set_activation_checkpointing(checkpointing);
+        m->zero_grad();
+        at::manual_seed(77);
+        const Outputs out = vl_objective(m, b);
+        at::Tensor total;
+        for (const auto& [k, v] : out)
+          if (k.size() > 5 && k.compare(k.size() - 5, 5, "_loss") == 0) {
+            losses.push_back(v.item<double>());
+            total = total.defined() ? total + v : v;
+          }
+        total.backward();
+        std::vector<at::Tensor> grads;
+        for (const auto& p : m->parameters()) grads.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+        return grads;
+      };
+      std::vector<double> plain_losses, ckpt_losses;
+      const int64_t kernels_before = attention_kernel_calls(AttentionKernel::kSdpa);
+      const auto plain = run(false, plain_losses);
+      const bool sdpa_ran = attention_kernel_calls(AttentionKernel::kSdpa) > kernels_before;
+      const auto ckpt = run(true, ckpt_losses);
+      ASSERT_EQ(plain_losses.size(), 3u);
+      for (size_t i = 0; i < plain_losses.size(); ++i) EXPECT_EQ(ckpt_losses[i], plain_losses[i]) << "loss " << i;
+      ASSERT_EQ(plain.size(), ckpt.size());
+      for (size_t i = 0; i < plain.size(); ++i) {
+        const double diff = (plain[i] - ckpt[i]).abs().max().item<double>(), scale = plain[i].abs().max().item<double>();
+        EXPECT_LE(diff, 1e-6 * (1 + scale)) << "parameter " << i << ": max difference " << diff;
+      }
+      // The comparison covers SDPA in training where this LibTorch has it (attention_kernel): with
+      // LibTorch's products, and in native bf16 with either.
+      const bool native_bf16 = precision == Precision::kBFloat16 && m->run_policy().cpu_bf16 == CpuBf16Products::kNative;
+      EXPECT_EQ(sdpa_ran, m->run_policy().sdpa && (products == CpuProducts::kAten || native_bf16));
+    }
+  }
+}
+
 // bf16 autocast: the blocks' matrix products run in bfloat16 while the outputs (and the
 // residual stream, norms and heads) stay fp32; results are close to fp32 but not equal, the
 // gradients reach every parameter in fp32, and fp64 models are untouched.
@@ -624,6 +681,122 @@ TEST(Model, Bf16AutocastRunsTheBlocksInBfloat16) {
   }
   EXPECT_EQ(got.scalar_type(), at::kDouble);
   EXPECT_TRUE(at::equal(ref, got));
+}
+
+// The run policy's resolution as a table: platforms (LibTorch 1.13 / 2.6, with and without oneDNN,
+// with and without a fast bf16 GEMM), explicit options, the environment's overrides; then the
+// attention kernel per call (CPU / CUDA, fp32 / bf16 / fp16 / fp64, training / inference).
+TEST(RunPolicy, ResolutionTable) {
+  const Platform v113{1, 13, true, true}, v113_bare{1, 13, false, false}, v26_avx2{2, 6, true, false}, v26{2, 6, true, true};
+  auto opts = [](std::function<void(RunOptions&)> f) {
+    RunOptions o;
+    f(o);
+    return o;
+  };
+  auto env = [](std::optional<std::string> products, std::optional<std::string> bf16) {
+    RunOverrides e;
+    e.cpu_products = std::move(products);
+    e.cpu_bf16 = std::move(bf16);
+    return e;
+  };
+  struct Row {
+    const char* name;
+    Platform platform;
+    RunOptions asked;
+    RunOverrides overrides;
+    // expected: device, precision, attention, products, bf16, sdpa
+    std::string summary;
+  };
+  const std::vector<Row> rows = {
+      {"1.13 defaults", v113, {}, {}, "device cpu, precision fp32, attention fused (SDPA: no), cpu products onednn, cpu bf16 native"},
+      {"1.13 without oneDNN or AVX-512", v113_bare, {}, {}, "device cpu, precision fp32, attention fused (SDPA: no), cpu products aten, cpu bf16 emulated"},
+      {"2.6 on AVX2", v26_avx2, {}, {}, "device cpu, precision fp32, attention fused (SDPA: yes), cpu products onednn, cpu bf16 emulated"},
+      {"2.6 bf16 plain", v26, opts([](RunOptions& o) { o.precision = Precision::kBFloat16; o.attention = AttentionPath::kPlain; }), {},
+       "device cpu, precision bf16, attention plain (SDPA: yes), cpu products onednn, cpu bf16 native"},
+      {"fp16 on the CPU from 2.4", v26, opts([](RunOptions& o) { o.precision = Precision::kFloat16; }), {},
+       "device cpu, precision fp16, attention fused (SDPA: yes), cpu products onednn, cpu bf16 native"},
+      {"fp16 on CUDA with 1.13", v113, opts([](RunOptions& o) { o.device = c10::Device("cuda:1"); o.precision = Precision::kFloat16; }), {},
+       "device cuda:1, precision fp16, attention fused (SDPA: no), cpu products onednn, cpu bf16 native"},
+      {"environment overrides", v26_avx2, {}, env("aten", "native"),
+       "device cpu, precision fp32, attention fused (SDPA: yes), cpu products aten, cpu bf16 native"},
+      {"explicit options over the environment", v26, opts([](RunOptions& o) { o.cpu_products = CpuProducts::kOneDnn; o.cpu_bf16 = CpuBf16Products::kEmulated; }),
+       env("aten", "native"), "device cpu, precision fp32, attention fused (SDPA: yes), cpu products onednn, cpu bf16 emulated"},
+  };
+  for (const Row& r : rows) {
+    SCOPED_TRACE(r.name);
+    const RunPolicy p = resolve_run_policy(r.asked, r.platform, r.overrides);
+    EXPECT_EQ(p.summary(), r.summary);
+    const auto j = nlohmann::json::parse(p.json());
+    EXPECT_EQ(j.at("precision"), precision_name(p.precision));
+    EXPECT_EQ(j.at("cpu_products"), cpu_products_name(p.cpu_products));
+  }
+  // What the platform cannot do, and override values that are no names, are errors naming the cause.
+  expect_error([&] { resolve_run_policy(opts([](RunOptions& o) { o.precision = Precision::kFloat16; }), v113, {}); },
+               {"fp16 on the CPU needs LibTorch >= 2.4"});
+  expect_error([&] { resolve_run_policy({}, v113_bare, env("onednn", std::nullopt)); }, {"VLMO_CPU_BATCHED_MATMUL", "no oneDNN"});
+  expect_error([&] { resolve_run_policy(opts([](RunOptions& o) { o.cpu_products = CpuProducts::kOneDnn; }), v113_bare, {}); },
+               {"no oneDNN"});
+  expect_error([&] { resolve_run_policy({}, v26, env("blas", std::nullopt)); }, {"VLMO_CPU_BATCHED_MATMUL=\"blas\"", "aten or onednn"});
+  expect_error([&] { resolve_run_policy({}, v26, env(std::nullopt, "fast")); }, {"VLMO_CPU_BF16=\"fast\"", "native or emulated"});
+  expect_error([] { parse_attention_path("flash", "option --attention"); }, {"--attention \"flash\"", "fused or plain"});
+
+  // The kernel of one attention call.
+  auto policy = [](bool sdpa, AttentionPath path, CpuProducts products) {
+    RunPolicy p;
+    p.sdpa = sdpa;
+    p.attention = path;
+    p.cpu_products = products;
+    return p;
+  };
+  const auto cpu = c10::DeviceType::CPU, cuda = c10::DeviceType::CUDA;
+  const auto fused = AttentionPath::kFused, plain = AttentionPath::kPlain;
+  const auto dnnl = CpuProducts::kOneDnn, aten = CpuProducts::kAten;
+  struct KernelRow {
+    const char* name;
+    RunPolicy policy;
+    AttentionCall call;
+    AttentionKernel want;
+  };
+  const std::vector<KernelRow> kernels = {
+      {"1.13 CPU inference fp32", policy(false, fused, dnnl), {cpu, at::kFloat, false, false}, AttentionKernel::kCpuInference},
+      {"2.6 CPU inference fp32 (emulated bf16 too)", policy(true, fused, dnnl), {cpu, at::kFloat, false, false}, AttentionKernel::kCpuInference},
+      {"1.13 CPU inference bf16", policy(false, fused, dnnl), {cpu, at::kBFloat16, false, false}, AttentionKernel::kPlain},
+      {"2.6 CPU inference bf16", policy(true, fused, dnnl), {cpu, at::kBFloat16, false, false}, AttentionKernel::kSdpa},
+      {"1.13 CPU training fp32", policy(false, fused, dnnl), {cpu, at::kFloat, true, false}, AttentionKernel::kPlain},
+      {"2.6 CPU training fp32, oneDNN products", policy(true, fused, dnnl), {cpu, at::kFloat, true, false}, AttentionKernel::kPlain},
+      {"2.6 CPU training fp32, LibTorch products", policy(true, fused, aten), {cpu, at::kFloat, true, false}, AttentionKernel::kSdpa},
+      {"2.6 CPU training bf16", policy(true, fused, dnnl), {cpu, at::kBFloat16, true, false}, AttentionKernel::kSdpa},
+      {"2.6 CPU training fp16", policy(true, fused, dnnl), {cpu, at::kHalf, true, false}, AttentionKernel::kSdpa},
+      {"fp64 (the tests' reference)", policy(true, fused, aten), {cpu, at::kDouble, false, false}, AttentionKernel::kPlain},
+      {"2.6 CUDA inference fp32", policy(true, fused, dnnl), {cuda, at::kFloat, false, false}, AttentionKernel::kSdpa},
+      {"2.6 CUDA training fp16", policy(true, fused, dnnl), {cuda, at::kHalf, true, false}, AttentionKernel::kSdpa},
+      {"1.13 CUDA", policy(false, fused, dnnl), {cuda, at::kFloat, true, false}, AttentionKernel::kPlain},
+      {"plain path", policy(true, plain, aten), {cpu, at::kFloat, false, false}, AttentionKernel::kPlain},
+      {"plain path, CUDA", policy(true, plain, aten), {cuda, at::kBFloat16, true, false}, AttentionKernel::kPlain},
+      {"an attention recorder", policy(true, fused, aten), {cpu, at::kFloat, false, true}, AttentionKernel::kPlain},
+  };
+  for (const KernelRow& r : kernels)
+    EXPECT_EQ(attention_kernel_name(attention_kernel(r.policy, r.call)), attention_kernel_name(r.want)) << r.name;
+}
+
+// The model carries its policy: a new model has resolve_run_policy()'s, set_run_policy reaches every
+// block, and `--attention plain` (the policy's path) changes the kernel that runs.
+TEST(RunPolicy, CarriedByTheModel) {
+  const Config c = tiny_config();
+  VLMo m = tiny_model(c);
+  EXPECT_EQ(m->run_policy(), resolve_run_policy());
+  m->eval();
+  const Batch b = tiny_batch(c, 2);
+  torch::NoGradGuard g;
+  const int64_t inference = attention_kernel_calls(AttentionKernel::kCpuInference),
+                plain = attention_kernel_calls(AttentionKernel::kPlain);
+  m->infer_image_ft(b.image);
+  EXPECT_EQ(attention_kernel_calls(AttentionKernel::kCpuInference) - inference, c.depth);
+  set_attention(m, AttentionPath::kPlain);
+  for (const Block& block : m->transformer->block_list) EXPECT_EQ(block->attn->policy.attention, AttentionPath::kPlain);
+  m->infer_image_ft(b.image);
+  EXPECT_EQ(attention_kernel_calls(AttentionKernel::kPlain) - plain, c.depth);
+  EXPECT_EQ(attention_kernel_calls(AttentionKernel::kCpuInference) - inference, c.depth);
 }
 
 TEST(Precision, NamesParseAndBadOnesAreErrors) {
@@ -760,80 +933,3 @@ TEST(Config, ParameterCountsMatchOfficial) {
   }
 }
 
-// vlmo::batched_matmul (oneDNN for fp32 on the CPU where the build has it): the products and both
-// gradients against fp64 at::matmul of the same values, on the layouts the attention layers pass
-// (q and k as strided views of one qkv output, k transposed, one query row, the gradients'
-// transposed operands), within 1e-5 x (1 + the largest value) per tensor: fp32 sums of at most 64
-// products. fp64 and broadcast batches run at::matmul itself.
-TEST(BatchedMatmul, MatchesFp64ProductsAndGradients) {
-  SCOPED_TRACE("backend " + batched_matmul_backend());
-  at::manual_seed(7);
-  const int64_t B = 3, N = 29, H = 4, hd = 16, C = H * hd;
-  const at::Tensor qkv = at::randn({B, N, 3 * C}).requires_grad_();
-  const at::Tensor p = at::randn({B, H, N, N}).softmax(-1).requires_grad_();
-  auto heads = [&](const at::Tensor& t, int64_t i) {  // (B, H, N, hd) views of the qkv output
-    return t.reshape({B, N, 3, H, hd}).permute({2, 0, 3, 1, 4}).select(0, i);
-  };
-  struct Case {
-    const char* name;
-    std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&)> operands;
-  };
-  const std::vector<Case> cases = {
-      {"q kT", [&](const at::Tensor& x, const at::Tensor&) { return std::make_pair(heads(x, 0), heads(x, 1).transpose(-2, -1)); }},
-      {"one query row", [&](const at::Tensor& x, const at::Tensor&) { return std::make_pair(heads(x, 0).narrow(2, 0, 1), heads(x, 1).transpose(-2, -1)); }},
-      {"p v", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w, heads(x, 2)); }},
-      {"pT q", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w.transpose(-2, -1), heads(x, 0)); }},
-      {"3-D", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w.flatten(0, 1), heads(x, 2).flatten(0, 1)); }},
-  };
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c.name);
-    const auto [a, b] = c.operands(qkv, p);
-    const at::Tensor out = batched_matmul(a, b);
-    const at::Tensor weight = at::randn(out.sizes());
-    const auto grads = torch::autograd::grad({(out * weight).sum()}, {qkv, p}, {}, true, false, true);
-    const at::Tensor qkv64 = qkv.detach().to(at::kDouble).requires_grad_(), p64 = p.detach().to(at::kDouble).requires_grad_();
-    const auto [a64, b64] = c.operands(qkv64, p64);
-    const at::Tensor ref = at::matmul(a64, b64);
-    const auto ref_grads = torch::autograd::grad({(ref * weight.to(at::kDouble)).sum()}, {qkv64, p64}, {}, true, false, true);
-    auto near = [](const at::Tensor& got, const at::Tensor& want) {
-      if (!want.defined()) return !got.defined() || got.abs().max().item<double>() == 0;
-      return (got.to(at::kDouble) - want).abs().max().item<double>() <= 1e-5 * (1 + want.abs().max().item<double>());
-    };
-    ASSERT_EQ(out.sizes(), ref.sizes());
-    EXPECT_EQ(out.scalar_type(), at::kFloat);
-    EXPECT_TRUE(near(out, ref)) << (out.to(at::kDouble) - ref).abs().max().item<double>();
-    EXPECT_TRUE(near(grads[0], ref_grads[0])) << "gradient of the qkv output";
-    EXPECT_TRUE(near(grads[1], ref_grads[1])) << "gradient of the weights";
-  }
-  // fp64 (the tests' exact reference) and broadcast batches: LibTorch's own product.
-  const at::Tensor a64 = at::randn({2, 5, 3}, at::kDouble), b64 = at::randn({2, 3, 4}, at::kDouble);
-  EXPECT_TRUE(at::equal(batched_matmul(a64, b64), at::matmul(a64, b64)));
-  const at::Tensor a = at::randn({2, 5, 3}), b1 = at::randn({1, 3, 4});
-  EXPECT_TRUE(at::allclose(batched_matmul(a, b1), at::matmul(a, b1)));
-}
-
-// The emulated bf16 path's rounding (one pass in vlmo) is LibTorch's .to(kBFloat16).to(kFloat)
-// bit for bit: ties to even, infinities, overflow to infinity, subnormals, -0, a strided input;
-// NaN stays NaN (its bits differ between LibTorch versions: 1.13's vector path gives 0xFFFF); and
-// the gradient passes through bf16 the same way.
-TEST(Precision, Bf16RoundingIsLibTorchsBitForBit) {
-  at::manual_seed(3);
-  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x3F808000u, 0x3F818000u, 0x3F807FFFu, 0x3F808001u,
-                                0x7F7FFFFFu, 0xFF7F8000u, 0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00001u,
-                                0x7F800001u, 0x00000001u, 0x00008000u, 0x00018000u, 0x807FFFFFu};
-  std::vector<float> special(bits.size());
-  std::memcpy(special.data(), bits.data(), bits.size() * sizeof(float));
-  const at::Tensor values = at::cat({at::from_blob(special.data(), {static_cast<int64_t>(special.size())}).clone(),
-                                     at::randn({100000}) * at::pow(10.0, at::randint(-40, 38, {100000}))});
-  const at::Tensor strided = values.narrow(0, 0, 100000).reshape({400, 250}).t();  // not contiguous
-  for (const at::Tensor& x : {values, strided}) {
-    const at::Tensor got = bf16_rounded_fp32(x), want = x.to(at::kBFloat16).to(at::kFloat);
-    ASSERT_EQ(got.sizes(), want.sizes());
-    const at::Tensor nan = at::isnan(want);
-    EXPECT_TRUE(at::equal(at::isnan(got), nan));
-    EXPECT_TRUE(at::equal(got.masked_fill(nan, 0).contiguous().view(at::kInt), want.masked_fill(nan, 0).contiguous().view(at::kInt)));
-  }
-  const at::Tensor x = at::randn({64, 33}).requires_grad_(), g = at::randn({64, 33}) * 1e3;
-  const at::Tensor grad = torch::autograd::grad({bf16_rounded_fp32(x)}, {x}, {g})[0];
-  EXPECT_TRUE(at::equal(grad.view(at::kInt), g.to(at::kBFloat16).to(at::kFloat).view(at::kInt)));
-}

@@ -342,7 +342,7 @@ void DemoRun::describe_world() {
                       {"shapes_per_caption", rc_.caption_shapes}, {"test_ceiling", retrieval_ceiling_json(world_, "test", 2)}};
   report_["processes"] = world_size_;
   report_["recipe"] = rc_.to_json();
-  report_["precision"] = precision_name(o_.precision);
+  report_["precision"] = precision_name(o_.policy.precision);
   if (!o_.precision_note.empty()) report_["precision_choice"] = o_.precision_note;
 }
 
@@ -354,8 +354,8 @@ int64_t DemoRun::per_rank(int64_t batch) const {
 
 // Every model of the demo: on the device, with the run-time settings.
 void DemoRun::place(VLMo& m) const {
-  m->to(o_.device);
-  m->set_precision(o_.precision);
+  m->to(o_.policy.device);
+  m->set_run_policy(o_.policy);
   m->set_activation_checkpointing(o_.activation_checkpointing);
 }
 

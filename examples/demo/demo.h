@@ -11,6 +11,7 @@
 #include "vlmo/config.h"
 #include "vlmo/model.h"
 #include "vlmo/precision.h"
+#include "vlmo/run_policy.h"
 
 namespace vlmo {
 
@@ -93,8 +94,8 @@ struct DemoOptions {
   // `start_weights`, the checkpoint a previous run of the same model shape wrote before it.
   std::string start_at;
   std::string start_weights;
-  c10::Device device = c10::kCPU;  // where every model of the demo runs
-  Precision precision = Precision::kFloat32;  // of every model's forward passes
+  // How every model of the demo runs (vlmo/run_policy.h): device, precision, attention, kernels.
+  RunPolicy policy;
   std::string precision_note;                 // how it was chosen (the report's "precision_choice")
   bool activation_checkpointing = false;
 };

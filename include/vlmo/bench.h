@@ -12,6 +12,7 @@
 
 #include "vlmo/config.h"
 #include "vlmo/precision.h"
+#include "vlmo/run_policy.h"
 
 namespace vlmo {
 
@@ -33,8 +34,8 @@ double analytic_flops_per_sample(const Config& c, const std::string& task);
 double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n, int reps = 5);
 
 // The yardstick for "percent of matmul": the best rate of the products the blocks run, in the
-// run's precision and the way the blocks run them (vlmo::autocast_linear: bf16 emulated where
-// the CPU has no fast bf16 GEMM), over an n x n x n product and the blocks' linear shapes at n
+// run's precision and the way the blocks run them (vlmo::linear_as: bf16 emulated where the
+// policy says so), over an n x n x n product and the blocks' linear shapes at n
 // rows (C -> 3C, C -> 4C, 4C -> C for the config's C). One square shape can run far below the
 // layers' own (LibTorch 2.6 on some CPUs: a square fp32 product at half the rate of the model's
 // layers), which made percentages over 100 %.
@@ -42,7 +43,8 @@ struct MatmulRate {
   double flops = 0;   // FLOP/s of the best shape
   std::string shape;  // "MxKxN" of that shape (M rows, K inputs, N outputs)
 };
-MatmulRate measure_matmul_rate(c10::Device device, Precision precision, int64_t n, const Config& c, int reps = 3);
+// On policy.device in policy.precision.
+MatmulRate measure_matmul_rate(const RunPolicy& policy, int64_t n, const Config& c, int reps = 3);
 // Whether bf16 autocast pays on `device`: its bf16 matrix product (n = 1024 on the CPU, 4096 on
 // CUDA) runs at least `min_ratio` times the fp32 rate (CPUs with AMX / AVX512-BF16, GPUs since
 // Ampere). `ratio` (if given) receives the measured bf16 / fp32 rate. Tens of milliseconds on the CPU.
@@ -54,10 +56,9 @@ struct BenchOptions {
   int64_t batch = 8;
   int64_t steps = 3;       // timed
   int64_t warmup = 1;      // not timed
-  c10::Device device = c10::kCPU;
+  RunPolicy policy;         // device, precision, attention path, product kernels (vlmo/run_policy.h)
   uint64_t seed = 0;
   bool quantize_int8 = false;  // embed tasks only: vlmo::quantize_int8 on the CPU
-  Precision precision = Precision::kFloat32;
   bool activation_checkpointing = false;  // pretrain and the fine-tuning tasks
   std::string profile_path;    // non-empty: a Chrome trace (chrome://tracing, Perfetto) of the timed steps
   // Called after every step, warm-up included (done counts both): progress for long runs.

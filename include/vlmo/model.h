@@ -15,6 +15,7 @@
 
 #include "vlmo/config.h"
 #include "vlmo/precision.h"
+#include "vlmo/run_policy.h"
 
 namespace vlmo {
 
@@ -55,20 +56,15 @@ struct MlpImpl : torch::nn::Module {
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
   std::shared_ptr<const QuantizedLinear> q_fc1, q_fc2;  // set by quantize_int8: used instead of fc1 / fc2
   std::shared_ptr<LowPrecisionWeights> low;
+  RunPolicy policy;  // the model's (VLMoImpl::set_run_policy)
 };
 TORCH_MODULE(Mlp);
 
-// Fused attention paths, on by default: on the CPU without autograd in fp32 (inference) a
-// per-(sample, head) kernel that reads q / k / v in place; elsewhere, on LibTorch >= 2,
-// at::scaled_dot_product_attention with the relative bias and the padding mask as its additive
-// mask, in training and inference, fp32 / bf16 / fp16 (modules.cpp). Off: the plain path
-// everywhere (the tests compare the two; `--attention plain`, or VLMO_PLAIN_ATTENTION=1).
-void set_fused_attention(bool on);
-bool fused_attention();
-// Whether this LibTorch has scaled_dot_product_attention (>= 2.0).
-bool sdpa_available();
-
-// Shared self-attention: qkv without k bias, fp32 logits, additive relative bias, key mask.
+// Shared self-attention: qkv without k bias, fp32 logits, additive relative bias, key mask. The
+// kernel of each call is attention_kernel(policy, ...) (vlmo/run_policy.h): with the fused path, on
+// the CPU without autograd in fp32 a per-(sample, head) kernel that reads q / k / v in place;
+// elsewhere, on LibTorch >= 2, at::scaled_dot_product_attention with the relative bias and the
+// padding mask as its additive mask; the plain product-softmax-product otherwise (src/ops/attention.h).
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(int dim, int num_heads);
   // x (B, N, C); key_mask (B, N) 1 = attend, or undefined; rel_bias (H, N, N) or undefined.
@@ -82,6 +78,7 @@ struct AttentionImpl : torch::nn::Module {
   at::Tensor q_bias, v_bias;
   std::shared_ptr<const QuantizedLinear> q_qkv, q_proj;  // set by quantize_int8
   std::shared_ptr<LowPrecisionWeights> low;
+  RunPolicy policy;  // the model's (VLMoImpl::set_run_policy)
 };
 TORCH_MODULE(Attention);
 
@@ -236,11 +233,15 @@ struct VLMoImpl : torch::nn::Module {
   const Config& config() const { return cfg_; }
 
   // Run-time settings (not part of checkpoints).
-  // bf16: the transformer blocks of every infer* pass run under autocast (matrix products in
-  // bfloat16); the residual stream, the final norm, the projections and every head stay in the
-  // weights' dtype, so outputs come back in it. fp32 (default): no autocast.
-  void set_precision(Precision p) { precision_ = p; }
-  Precision precision() const { return precision_; }
+  // How the blocks run (vlmo/run_policy.h): precision, attention path, the CPU's product kernels.
+  // A new model has resolve_run_policy()'s (the defaults and the environment's overrides).
+  // Precision bf16 / fp16: the transformer blocks of every infer* pass run under autocast (matrix
+  // products in bfloat16 / float16); the residual stream, the final norm, the projections and
+  // every head stay in the weights' dtype, so outputs come back in it. fp32: no autocast.
+  void set_run_policy(const RunPolicy& policy);
+  const RunPolicy& run_policy() const { return policy_; }
+  void set_precision(Precision p);  // the policy with this precision
+  Precision precision() const { return policy_.precision; }
   // Activation checkpointing: in training mode with autograd on, a block keeps only its inputs
   // and runs again in the backward pass (same random draws, same autocast state), trading about
   // one more forward pass of compute for the activation memory of the blocks. Same losses and
@@ -274,7 +275,7 @@ struct VLMoImpl : torch::nn::Module {
   at::Tensor run_block(int i, const at::Tensor& x, const at::Tensor& mask, Modality modality,
                        const at::Tensor& rel_bias, int64_t text_len, int64_t keep);
   at::Tensor image_index_, text_index_, fusion_index_;  // cached index matrices (CPU)
-  Precision precision_ = Precision::kFloat32;
+  RunPolicy policy_;
   bool checkpointing_ = false;
 };
 TORCH_MODULE(VLMo);

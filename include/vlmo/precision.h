@@ -43,29 +43,4 @@ class AutocastGuard {
 bool autocast_enabled(c10::DeviceType device_type);
 at::ScalarType autocast_dtype(c10::DeviceType device_type);
 
-// How bf16 matrix products run on the CPU. LibTorch's bf16 GEMM is fast where oneDNN runs it (x86
-// with AVX-512 BW / VL / DQ, AMX; other architectures are left to LibTorch); on an x86 CPU
-// without AVX-512 it falls back to loops 25-40x slower than the fp32 GEMM (docs/performance.md).
-// There the blocks' products are emulated: inputs rounded to bf16 as autocast rounds them, then
-// the fp32 GEMM (a product of two bf16 numbers is exact in fp32, and a bf16 GEMM sums in fp32
-// too), its result left in fp32 where a bf16 GEMM rounds it to bf16: bf16 inputs and weights, at
-// least a bf16 product's accuracy, at the fp32 rate, with fp32 activations (no memory saved).
-// VLMO_CPU_BF16=native|emulated overrides the choice (read once per process).
-enum class CpuBf16Products { kNative, kEmulated };
-CpuBf16Products cpu_bf16_products();
-void set_cpu_bf16_products(CpuBf16Products mode);  // for this process, over the environment and the CPU
-std::string cpu_bf16_products_name();  // "native" or "emulated"
-// Whether the products of a block on `device_type` run emulated now: bf16 autocast on the CPU
-// with cpu_bf16_products() == kEmulated.
-bool bf16_emulated(c10::DeviceType device_type);
-
-// at::linear / at::matmul as the blocks run them: under autocast, in its type (emulated where
-// bf16_emulated()); otherwise as LibTorch runs them, the products of autocast_matmul through
-// vlmo::batched_matmul (oneDNN for fp32 on the CPU). `bias` may be undefined.
-at::Tensor autocast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
-at::Tensor autocast_matmul(const at::Tensor& a, const at::Tensor& b);
-// For an emulated product: fp32 copies of bf16-rounded values (a bf16 tensor is widened; an
-// undefined or non-floating tensor is returned as it is).
-at::Tensor bf16_rounded_fp32(const at::Tensor& t);
-
 }  // namespace vlmo

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "vlmo/run_policy.h"
+
 namespace vlmo {
 
 struct CheckRow {
@@ -27,7 +29,8 @@ struct CheckResult {
 };
 
 // Throws vlmo::Error for a malformed fixture (missing file, bad config, missing input).
-CheckResult check_reference(const std::string& dir, at::Device device = at::kCPU);
+// The model runs as `policy` says (its device included).
+CheckResult check_reference(const std::string& dir, const RunPolicy& policy = resolve_run_policy());
 
 // Compares one tensor with the tolerance max|a-b| <= 1e-4 * (1 + |b|).
 CheckRow compare_tensor(const std::string& name, const at::Tensor& actual, const at::Tensor& expected);

@@ -11,6 +11,7 @@
 
 #include "vlmo/error.h"
 #include "vlmo/model.h"
+#include "vlmo/ops.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/tasks.h"
 #include "vlmo/train.h"
@@ -140,7 +141,9 @@ double measure_matmul_flops(c10::Device device, c10::ScalarType dtype, int64_t n
   return 2.0 * static_cast<double>(n) * n * n / best;
 }
 
-MatmulRate measure_matmul_rate(c10::Device device, Precision precision, int64_t n, const Config& c, int reps) {
+MatmulRate measure_matmul_rate(const RunPolicy& policy, int64_t n, const Config& c, int reps) {
+  const c10::Device device = policy.device;
+  const Precision precision = policy.precision;
   at::NoGradGuard no_grad;
   const int64_t C = c.embed_dim, H = c.mlp_hidden();
   const std::vector<std::array<int64_t, 3>> shapes = {{n, n, n}, {n, C, 3 * C}, {n, C, H}, {n, H, C}};
@@ -149,12 +152,12 @@ MatmulRate measure_matmul_rate(c10::Device device, Precision precision, int64_t 
   MatmulRate best;
   for (const auto& [m, k, out] : shapes) {
     const at::Tensor x = at::randn({m, k}, opts), w = at::randn({out, k}, opts);
-    (void)autocast_linear(x, w, at::Tensor());  // warm-up
+    (void)linear_as(policy, x, w, at::Tensor());  // warm-up
     sync(device);
     double seconds = 1e30;
     for (int r = 0; r < std::max(1, reps); ++r) {
       const auto t0 = std::chrono::steady_clock::now();
-      (void)autocast_linear(x, w, at::Tensor());
+      (void)linear_as(policy, x, w, at::Tensor());
       sync(device);
       seconds = std::min(seconds, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
@@ -191,20 +194,20 @@ BenchResult run_bench(const BenchOptions& o) {
   at::manual_seed(o.seed);
   VLMo model(c);
   init_weights(model, o.seed);
-  model->to(o.device);
-  model->set_precision(o.precision);
+  model->to(o.policy.device);
+  model->set_run_policy(o.policy);
   model->set_activation_checkpointing(o.activation_checkpointing);
   const bool training = is_training(o.task);
   model->train(training);
   if (o.quantize_int8) {
     if (training) throw Error(cat("int8 quantisation is for inference: task ", o.task, " trains (use embed-image or embed-text)"));
-    if (o.precision != Precision::kFloat32) throw Error("int8 quantisation runs in fp32 (give --precision fp32)");
+    if (o.policy.precision != Precision::kFloat32) throw Error("int8 quantisation runs in fp32 (give --precision fp32)");
     quantize_int8(model);
   }
   if (o.task == "pretrain") set_trainable_for_stage(model, Stage::kVL);
   std::unique_ptr<AdamW> opt;
   if (training) opt = std::make_unique<AdamW>(*model);
-  const Batch batch = synthetic_batch(c, o.task, o.batch, o.seed + 1, o.device);
+  const Batch batch = synthetic_batch(c, o.task, o.batch, o.seed + 1, o.policy.device);
 
   auto step = [&] {
     if (!training) {
@@ -231,18 +234,18 @@ BenchResult run_bench(const BenchOptions& o) {
   for (int64_t i = 0; i < o.warmup; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     step();
-    sync(o.device);
+    sync(o.policy.device);
     if (o.on_step) o.on_step(i + 1, total_steps, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
 #ifdef VLMO_WITH_CUDA
-  if (o.device.is_cuda()) reset_cuda_peak(o.device);
+  if (o.policy.device.is_cuda()) reset_cuda_peak(o.policy.device);
 #endif
   std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
   if (!o.profile_path.empty()) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(o.profile_path);
   for (int64_t i = 0; i < o.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     step();
-    sync(o.device);
+    sync(o.policy.device);
     r.step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (o.on_step) o.on_step(o.warmup + i + 1, total_steps, r.step_seconds.back());
   }
@@ -254,8 +257,8 @@ BenchResult run_bench(const BenchOptions& o) {
   r.flops_per_sample = analytic_flops_per_sample(c, o.task);
   r.achieved_flops = r.flops_per_sample * r.samples_per_s;
 #ifdef VLMO_WITH_CUDA
-  if (o.device.is_cuda()) {
-    r.peak_memory_bytes = cuda_peak_bytes(o.device);
+  if (o.policy.device.is_cuda()) {
+    r.peak_memory_bytes = cuda_peak_bytes(o.policy.device);
     r.memory_kind = "cuda_peak_allocated";
   }
 #endif

@@ -82,11 +82,13 @@ const at::Tensor& input(const TensorMap& m, const std::string& key, const std::s
   return it->second;
 }
 
-CheckResult check_forward(const std::string& dir, at::Device device) {
+CheckResult check_forward(const std::string& dir, const RunPolicy& policy) {
+  const at::Device device = policy.device;
   const Config cfg = fixture_config(dir + "/config.json");
   VLMo model(cfg);
   load_weights(model, load_safetensors(dir + "/weights.safetensors"), /*strict=*/true);
   model->to(device);
+  model->set_run_policy(policy);
   model->train();  // the fixtures were computed in training mode (dropout 0 there)
   const std::string in_file = dir + "/inputs.safetensors";
   const TensorMap in = load_safetensors(in_file);
@@ -190,7 +192,8 @@ CheckResult check_forward(const std::string& dir, at::Device device) {
   return result;
 }
 
-CheckResult check_resize(const std::string& dir, at::Device device) {
+CheckResult check_resize(const std::string& dir, const RunPolicy& policy) {
+  const at::Device device = policy.device;
   const Config cfg = fixture_config(dir + "/config.json");
   VLMo model(cfg);
   init_weights(model, 0);
@@ -208,7 +211,7 @@ CheckResult check_resize(const std::string& dir, at::Device device) {
 
 }  // namespace
 
-CheckResult check_reference(const std::string& dir, at::Device device) {
+CheckResult check_reference(const std::string& dir, const RunPolicy& policy) {
   // The fixtures are exact fp32: TF32 tensor-core maths (cuDNN's default for convolutions)
   // would differ by ~1e-3.
   at::globalContext().setAllowTF32CuDNN(false);
@@ -220,9 +223,9 @@ CheckResult check_reference(const std::string& dir, at::Device device) {
   if (exists(dir + "/weights.safetensors")) {
     if (!exists(dir + "/inputs.safetensors"))
       throw Error(cat(dir, ": forward fixture without inputs.safetensors"));
-    return check_forward(dir, device);
+    return check_forward(dir, policy);
   }
-  if (exists(dir + "/source.safetensors")) return check_resize(dir, device);
+  if (exists(dir + "/source.safetensors")) return check_resize(dir, policy);
   throw Error(cat(dir, ": neither weights.safetensors (forward fixture) nor source.safetensors "
                   "(resize fixture) found"));
 }

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/Tensor.h>
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -34,16 +35,10 @@ class AttentionRecorder {
 // from keys[i] mixed with `salt`.
 at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef row_shape, double keep, uint64_t salt);
 
-int64_t fused_attention_calls();  // attention layers run by a fused path so far (tests, profiling)
-
-// While one lives on this thread the fused paths are not taken: the first pass of a checkpointed
-// block, which must compute exactly what its recomputation in the backward pass will.
-class PlainAttentionScope {
- public:
-  PlainAttentionScope();
-  ~PlainAttentionScope();
-  PlainAttentionScope(const PlainAttentionScope&) = delete;
-  PlainAttentionScope& operator=(const PlainAttentionScope&) = delete;
-};
+// Attention layer calls so far (this process) by the kernel that ran them (tests, vlmo bench), and
+// those of the fused kernels (cpu-inference and SDPA) together.
+int64_t attention_kernel_calls(AttentionKernel k);
+std::array<int64_t, 3> attention_kernel_counts();  // indexed by AttentionKernel
+int64_t fused_attention_calls();
 
 }  // namespace vlmo

@@ -4,28 +4,21 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
-#include <torch/version.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <mutex>
 #include <optional>
 
 #include "vlmo/error.h"
 #include "vlmo/model.h"
-#include "vlmo/batched_matmul.h"
+#include "vlmo/ops.h"
 #include "vlmo/precision.h"
 #include "model/model_internals.h"
-
-#if TORCH_VERSION_MAJOR >= 2
-#define VLMO_HAVE_SDPA 1
-#else
-#define VLMO_HAVE_SDPA 0
-#endif
+#include "ops/attention.h"
 
 namespace vlmo {
 
@@ -34,9 +27,7 @@ namespace nn = torch::nn;
 namespace {
 thread_local const std::vector<uint64_t>* active_keys = nullptr;
 thread_local AttentionRecorder* active_recorder = nullptr;
-thread_local int plain_attention_scopes = 0;
-bool fused_attention_on = std::getenv("VLMO_PLAIN_ATTENTION") == nullptr;  // the env switch: A/B benchmarks
-std::atomic<int64_t> fused_attention_count{0};
+std::array<std::atomic<int64_t>, 3> kernel_counts{};  // by AttentionKernel
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -72,9 +63,6 @@ SampleKeys::SampleKeys(std::vector<uint64_t> keys) : keys_(std::move(keys)), pre
 }
 SampleKeys::~SampleKeys() { active_keys = previous_; }
 const std::vector<uint64_t>* SampleKeys::current() { return active_keys; }
-
-PlainAttentionScope::PlainAttentionScope() { ++plain_attention_scopes; }
-PlainAttentionScope::~PlainAttentionScope() { --plain_attention_scopes; }
 
 AttentionRecorder::AttentionRecorder() : previous_(active_recorder) { active_recorder = this; }
 AttentionRecorder::~AttentionRecorder() { active_recorder = previous_; }
@@ -134,15 +122,15 @@ struct LowPrecisionWeights {
   static bool applies(const torch::nn::Module& m, const at::Tensor& x) {
     return !at::GradMode::is_enabled() && !m.is_training() && autocast_enabled(x.device().type());
   }
-  // Entry i's copy of w in autocast's type (undefined stays undefined).
-  at::Tensor get(size_t i, const at::Tensor& w, c10::DeviceType device) {
+  // Entry i's copy of w as inference under `policy` keeps it (vlmo/ops.h: low_precision_weight).
+  at::Tensor get(const RunPolicy& policy, size_t i, const at::Tensor& w, c10::DeviceType device) {
     if (!w.defined() || w.scalar_type() != at::kFloat) return w;  // autocast casts fp32 only (fp64 stays)
-    const at::ScalarType t = autocast_dtype(device);
+    const at::ScalarType t = policy.bf16_emulated(device) ? at::kFloat : autocast_dtype(device);
     std::lock_guard<std::mutex> lock(mutex);
     Entry& e = entries.at(i);
     if (!e.value.defined() || !e.source.is_same(w) || e.version != static_cast<int64_t>(w._version()) ||
         e.value.scalar_type() != t) {
-      e.value = w.detach().to(t);
+      e.value = low_precision_weight(policy, device, w);
       e.source = w;
       e.version = static_cast<int64_t>(w._version());
     }
@@ -161,87 +149,24 @@ at::Tensor MlpImpl::forward(const at::Tensor& x) {
     refuse_training(*this);
     return q_fc2->forward(at::gelu(q_fc1->forward(x)));
   }
+  const RunPolicy& p = policy;
   if (LowPrecisionWeights::applies(*this, x)) {
     const auto d = x.device().type();
-    const at::Tensor h = at::gelu(autocast_linear(x, low->get(0, fc1->weight, d), low->get(1, fc1->bias, d)));
-    return autocast_linear(h, low->get(2, fc2->weight, d), low->get(3, fc2->bias, d));
+    const at::Tensor h = at::gelu(linear_as(p, x, low->get(p, 0, fc1->weight, d), low->get(p, 1, fc1->bias, d), true));
+    return linear_as(p, h, low->get(p, 2, fc2->weight, d), low->get(p, 3, fc2->bias, d), true);
   }
-  return autocast_linear(at::gelu(autocast_linear(x, fc1->weight, fc1->bias)), fc2->weight, fc2->bias);
+  return linear_as(p, at::gelu(linear_as(p, x, fc1->weight, fc1->bias)), fc2->weight, fc2->bias);
 }
 
-void set_fused_attention(bool on) { fused_attention_on = on; }
-bool fused_attention() { return fused_attention_on; }
-int64_t fused_attention_calls() { return fused_attention_count.load(); }
-
-namespace {
-// CPU inference attention, one (sample, head) pair per task: every product reads q, k and v in
-// place from the qkv output (rows 3C apart: a valid BLAS layout, so no permuted copies), the
-// scale and the relative bias go into the logits' GEMM (addmm), and the small per-head GEMMs run
-// single-threaded side by side instead of each splitting over the threads. The same arithmetic as
-// the plain path (logits = bias + scale * q k^T; the plain path scales q first, which is the same
-// number whenever the scale is a power of two, e.g. head dim 64). Returns (B, Q, C).
-at::Tensor cpu_inference_attention(const at::Tensor& qkv_out, int64_t Q, int64_t H, double scale,
-                                   const at::Tensor& key_mask, const at::Tensor& rel_bias) {
-  const at::Tensor qkv = qkv_out.contiguous();  // (B, N, 3C)
-  const int64_t B = qkv.size(0), C = qkv.size(2) / 3, hd = C / H;
-  at::Tensor out = at::empty({B, Q, C}, qkv.options());
-  const at::Tensor bias = rel_bias.defined() ? rel_bias.narrow(1, 0, Q).to(qkv.scalar_type()).contiguous() : at::Tensor();
-  const at::Tensor masked = key_mask.defined() ? (key_mask == 0).unsqueeze(1) : at::Tensor();  // (B, 1, N)
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / H, h = i % H;
-      const at::Tensor x = qkv[b];  // (N, 3C)
-      const at::Tensor q = x.narrow(0, 0, Q).narrow(1, h * hd, hd), k = x.narrow(1, C + h * hd, hd),
-                       v = x.narrow(1, 2 * C + h * hd, hd);
-      at::Tensor logits = bias.defined() ? at::addmm(bias[h], q, k.t(), 1.0, scale) : at::mm(q, k.t()).mul_(scale);
-      if (masked.defined()) logits.masked_fill_(masked[b], -std::numeric_limits<float>::infinity());
-      out[b].narrow(1, h * hd, hd).copy_(at::mm(logits.softmax(-1), v));
-    }
-  });
-  return out;
+int64_t attention_kernel_calls(AttentionKernel k) { return kernel_counts.at(static_cast<size_t>(k)).load(); }
+std::array<int64_t, 3> attention_kernel_counts() {
+  std::array<int64_t, 3> n{};
+  for (size_t k = 0; k < n.size(); ++k) n[k] = kernel_counts[k].load();
+  return n;
 }
-
-#if VLMO_HAVE_SDPA
-// Fused attention on LibTorch >= 2: at::scaled_dot_product_attention (flash / memory-efficient
-// kernels on CUDA, the flash kernel on the CPU), with the relative-position bias and the key
-// padding mask as one additive mask (B or 1, H, Q, N) and SDPA's default scale head_dim^-0.5,
-// which is the official's. The bias keeps its gradient: it flows back through the mask. The same
-// path runs with and without autograd, so a checkpointed block recomputes what it first computed.
-// fp64 takes the plain path (the exact reference of the tests).
-bool sdpa_applies(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
-
-at::Tensor sdpa_attention(const at::Tensor& qkv_out, int64_t Q, const at::Tensor& key_mask, const at::Tensor& rel_bias) {
-  // unbind, not three selects: its backward writes the three gradients into one tensor, where
-  // each select's backward would fill a zero tensor of the whole qkv and the three be summed.
-  const std::vector<at::Tensor> qkv = qkv_out.unbind(0);
-  const at::Tensor q = qkv[0].narrow(2, 0, Q), k = qkv[1], v = qkv[2];  // (B, H, Q|N, hd)
-  const int64_t B = q.size(0), H = q.size(1), N = k.size(2), hd = q.size(3);
-  at::Tensor mask;
-  if (rel_bias.defined()) mask = rel_bias.narrow(1, 0, Q).unsqueeze(0);  // (1, H, Q, N)
-  if (key_mask.defined()) {
-    const at::Tensor pad = at::zeros({B, 1, 1, N}, q.options().dtype(at::kFloat))
-                               .masked_fill(key_mask.reshape({B, 1, 1, N}) == 0, -std::numeric_limits<float>::infinity());
-    mask = mask.defined() ? mask + pad : pad;
-  }
-  // Emulated bf16 (vlmo/precision.h): the fp32 kernel on q, k and v rounded to bf16.
-  if (bf16_emulated(q.device().type())) {
-    AutocastGuard fp32(q.device().type(), Precision::kFloat32);
-    const at::Tensor q32 = bf16_rounded_fp32(q), k32 = bf16_rounded_fp32(k), v32 = bf16_rounded_fp32(v);
-    const at::Tensor out = mask.defined() ? at::scaled_dot_product_attention(q32, k32, v32, mask.to(at::kFloat))
-                                          : at::scaled_dot_product_attention(q32, k32, v32);
-    return out.transpose(1, 2).reshape({B, Q, H * hd});
-  }
-  // SDPA wants the mask in the inputs' type (under bf16 autocast q / k / v are bf16 already).
-  if (mask.defined()) mask = mask.to(q.scalar_type());
-  // No mask is "none", not an undefined tensor (which 2.x refuses as a mask of no type).
-  const at::Tensor out = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask)
-                                        : at::scaled_dot_product_attention(q, k, v);  // (B, H, Q, hd)
-  return out.transpose(1, 2).reshape({B, Q, H * hd});
+int64_t fused_attention_calls() {
+  return attention_kernel_calls(AttentionKernel::kCpuInference) + attention_kernel_calls(AttentionKernel::kSdpa);
 }
-#endif
-}  // namespace
-
-bool sdpa_available() { return VLMO_HAVE_SDPA != 0; }
 
 AttentionImpl::AttentionImpl(int dim, int heads)
     : num_heads(heads), scale(std::pow(static_cast<double>(dim / heads), -0.5)) {
@@ -261,40 +186,30 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   if (q_qkv) refuse_training(*this);
   const bool keep_low = !q_qkv && LowPrecisionWeights::applies(*this, x);
   const auto dev = x.device().type();
+  const RunPolicy& p = policy;
   at::Tensor qkv_lin = q_qkv      ? q_qkv->forward(x)
-                       : keep_low ? autocast_linear(x, low->get(0, qkv->weight, dev), bias)
-                                  : autocast_linear(x, qkv->weight, bias);  // (B, N, 3C)
+                       : keep_low ? linear_as(p, x, low->get(p, 0, qkv->weight, dev), bias, true)
+                                  : linear_as(p, x, qkv->weight, bias);  // (B, N, 3C)
   auto project = [&](const at::Tensor& o) {
     return q_proj     ? q_proj->forward(o)
-           : keep_low ? autocast_linear(o, low->get(1, proj->weight, dev), low->get(2, proj->bias, dev))
-                      : autocast_linear(o, proj->weight, proj->bias);
+           : keep_low ? linear_as(p, o, low->get(p, 1, proj->weight, dev), low->get(p, 2, proj->bias, dev), true)
+                      : linear_as(p, o, proj->weight, proj->bias);
   };
-  // (Not for bf16 under autocast: per-head bf16 products measured slower than the plain path's
-  // batched ones, 12.0-12.7 vs 14.3-15.0 images/s of base embedding on 2 cores.)
-  // Emulated bf16 (vlmo/precision.h) takes it too: q, k and v rounded to bf16, products in fp32.
-  const bool emulated = bf16_emulated(dev) && qkv_lin.scalar_type() != at::kDouble;
-  if (fused_attention_on && !at::GradMode::is_enabled() && qkv_lin.is_cpu() &&
-      (qkv_lin.scalar_type() == at::kFloat || emulated) && !active_recorder && plain_attention_scopes == 0) {
+  // Emulated bf16 (vlmo/run_policy.h): q, k and v rounded to bf16, the kernels' products in fp32.
+  const bool emulated = p.bf16_emulated(dev) && qkv_lin.scalar_type() != at::kDouble;
+  const AttentionCall call{dev, qkv_lin.scalar_type(), at::GradMode::is_enabled(), active_recorder != nullptr};
+  const AttentionKernel kernel = attention_kernel(p, call);
+  ++kernel_counts.at(static_cast<size_t>(kernel));
+  if (kernel == AttentionKernel::kCpuInference) {
     std::optional<AutocastGuard> fp32;  // emulated: the kernel's products in fp32 (autocast would make them bf16)
     if (emulated) fp32.emplace(dev, Precision::kFloat32);
     const at::Tensor out =
         cpu_inference_attention(emulated ? bf16_rounded_fp32(qkv_lin) : qkv_lin, Q, num_heads, scale, key_mask, rel_bias);
     fp32.reset();
-    ++fused_attention_count;
     return project(out);
   }
   at::Tensor qkv_out = qkv_lin.reshape({B, N, 3, num_heads, C / num_heads}).permute({2, 0, 3, 1, 4});
-#if VLMO_HAVE_SDPA
-  // With autograd on the CPU, LibTorch 2.6's SDPA takes its unfused math fallback (a bmm loop)
-  // whenever there is a mask; in fp32 (emulated bf16 included) the plain path's oneDNN products
-  // are the faster of the two (docs/performance.md), so training stays there.
-  const bool cpu_training_plain = qkv_lin.is_cpu() && at::GradMode::is_enabled() &&
-                                  qkv_lin.scalar_type() == at::kFloat && batched_matmul_backend() == "onednn";
-  if (fused_attention_on && !active_recorder && sdpa_applies(qkv_lin.scalar_type()) && !cpu_training_plain) {
-    ++fused_attention_count;
-    return project(sdpa_attention(qkv_out, Q, key_mask, rel_bias));
-  }
-#endif
+  if (kernel == AttentionKernel::kSdpa) return project(sdpa_attention(qkv_out, Q, key_mask, rel_bias, emulated));
   const std::vector<at::Tensor> qkv_parts = qkv_out.unbind(0);  // (see sdpa_attention)
   at::Tensor q = qkv_parts[0].narrow(2, 0, Q) * scale, k = qkv_parts[1], v = qkv_parts[2];
   // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64). Under
@@ -302,7 +217,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   // q.float() @ k.float() too), so q and k are not converted first; the bias makes them fp32.
   const bool autocast = autocast_enabled(q.device().type());
   const auto logit_type = autocast ? q.scalar_type() : at::promote_types(q.scalar_type(), at::kFloat);
-  at::Tensor attn = autocast_matmul(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
+  at::Tensor attn = matmul_as(p, q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
   if (autocast) attn = attn.to(at::promote_types(attn.scalar_type(), at::kFloat));
   if (rel_bias.defined()) attn = attn + rel_bias.narrow(1, 0, Q).unsqueeze(0);
   // In place: attn is a fresh product or sum here, which no backward function keeps.
@@ -312,7 +227,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
                       -std::numeric_limits<float>::infinity());
   attn = attn.softmax(-1).to(x.scalar_type());
   if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
-  at::Tensor out = autocast_matmul(attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
+  at::Tensor out = matmul_as(p, attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
   return project(out);
 }
 

@@ -49,6 +49,22 @@ VLMoImpl::VLMoImpl(const Config& c) : cfg_(c) {
   if (c.has_head("vqa")) vqa_classifier = register_module("vqa_classifier", classifier(D, c.vqav2_label_size));
   if (c.has_head("nlvr2")) nlvr2_classifier = register_module("nlvr2_classifier", classifier(2 * D, 2));
   if (c.has_head("mim")) mim_head = register_module("mim_head", MIMHead(D, c.patch_size * c.patch_size * 3));
+  set_run_policy(resolve_run_policy());
+}
+
+void VLMoImpl::set_run_policy(const RunPolicy& policy) {
+  policy_ = policy;
+  for (Block& b : transformer->block_list) {
+    b->attn->policy = policy;
+    for (Mlp* m : {&b->mlp_text, &b->mlp_imag, &b->mlp_vl})
+      if (!m->is_empty()) (*m)->policy = policy;
+  }
+}
+
+void VLMoImpl::set_precision(Precision p) {
+  RunPolicy policy = policy_;
+  policy.precision = p;
+  set_run_policy(policy);
 }
 
 std::vector<at::Tensor> VLMoImpl::relative_biases(Modality modality, int64_t text_len) {
@@ -104,7 +120,7 @@ FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_
   const auto biases = relative_biases(Modality::kVL, Lt);
   const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : keep == TokenOutputs::kText ? Lt : -1;
   {
-    AutocastGuard autocast(device().type(), precision_);
+    AutocastGuard autocast(device().type(), policy_.precision);
     for (int i = 0; i < cfg_.depth; ++i)
       x = run_block(i, x, mask, Modality::kVL, biases[i], Lt, i == cfg_.depth - 1 ? last_keep : -1);
   }
@@ -129,7 +145,7 @@ UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality
   const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : -1;
   at::Tensor vl_start;  // hidden state after block vlffn_start - 1
   {
-    AutocastGuard autocast(device().type(), precision_);
+    AutocastGuard autocast(device().type(), policy_.precision);
     for (int i = 0; i < cfg_.depth; ++i) {
       x = run_block(i, x, mask, modality, biases[i], text_len, i == cfg_.depth - 1 ? last_keep : -1);
       if (i == cfg_.vlffn_start_layer_index - 1) vl_start = x;
@@ -141,7 +157,7 @@ UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality
   if (!vl_proj.is_empty()) {
     at::Tensor y = vl_start;
     {
-      AutocastGuard autocast(device().type(), precision_);
+      AutocastGuard autocast(device().type(), policy_.precision);
       for (int i = cfg_.vlffn_start_layer_index; i < cfg_.depth; ++i)
         y = run_block(i, y, mask, Modality::kVL, biases[i], text_len, i == cfg_.depth - 1 ? last_keep : -1);
     }
@@ -168,17 +184,23 @@ struct BlockRerun : torch::CustomClassHolder {
   }
 };
 
-// Activation checkpointing of one block (the reentrant form): the first pass runs without
-// autograd and keeps only the inputs; backward sets the random state, keys and autocast back,
-// runs the block again with autograd and back-propagates through it, which accumulates the
-// block's parameter gradients and returns those of the inputs.
+// Activation checkpointing of one block (the reentrant form): the first pass keeps only the
+// inputs; backward sets the random state, keys and autocast back, runs the block again with
+// autograd and back-propagates through it, which accumulates the block's parameter gradients and
+// returns those of the inputs. The first pass runs with autograd on as the rerun does (its graph is
+// dropped with the detached output as soon as the block is done), so both passes take the same
+// kernels (attention_kernel, and LibTorch's own choices inside SDPA, which depend on whether q, k
+// and v carry a gradient): the rerun computes exactly what the first pass computed.
 struct CheckpointedBlock : torch::autograd::Function<CheckpointedBlock> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& bias, c10::intrusive_ptr<BlockRerun> rerun) {
     ctx->save_for_backward({x, bias});
     ctx->saved_data["rerun"] = c10::IValue::make_capsule(rerun);
-    PlainAttentionScope plain;  // the rerun has autograd on, so it takes the plain path too
-    return rerun->run(x, bias);
+    torch::AutoGradMode grad_on(true);
+    // The inputs as the rerun sees them: detached, with their requires_grad.
+    const at::Tensor xi = x.detach().requires_grad_(x.requires_grad());
+    const at::Tensor bi = bias.defined() ? bias.detach().requires_grad_(bias.requires_grad()) : at::Tensor();
+    return rerun->run(xi, bi).detach();
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,

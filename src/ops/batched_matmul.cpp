@@ -1,11 +1,9 @@
-#include "vlmo/batched_matmul.h"
+#include "vlmo/ops.h"
 
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -20,29 +18,6 @@
 namespace vlmo {
 
 namespace {
-
-// "aten" -> false, "onednn" -> true (where the build has it); `source` names where the value came from.
-bool parse_backend(const std::string& name, const std::string& source) {
-  if (name == "aten") return false;
-  if (name == "onednn") {
-    if (VLMO_HAVE_DNNL) return true;
-    throw Error(cat(source, "\"onednn\": this build has no oneDNN (libdnnl-dev was not found when it was "
-                    "configured); expected aten"));
-  }
-  throw Error(cat(source, "\"", name, "\": expected aten or onednn"));
-}
-
-bool read_backend() {  // true: oneDNN
-  const char* env = std::getenv("VLMO_CPU_BATCHED_MATMUL");
-  return env ? parse_backend(env, "environment variable VLMO_CPU_BATCHED_MATMUL=") : VLMO_HAVE_DNNL != 0;
-}
-
-std::atomic<bool>& onednn_choice() {
-  static std::atomic<bool> on{read_backend()};
-  return on;
-}
-
-bool use_onednn() { return onednn_choice().load(); }
 
 #if VLMO_HAVE_DNNL
 dnnl::engine& cpu_engine() {
@@ -109,8 +84,8 @@ at::Tensor onednn_matmul(at::Tensor a, at::Tensor b) {
 at::Tensor onednn_matmul(const at::Tensor&, const at::Tensor&) { return at::Tensor(); }
 #endif
 
-bool onednn_applies(const at::Tensor& a, const at::Tensor& b) {
-  if (!use_onednn() || !a.is_cpu() || !b.is_cpu()) return false;
+bool onednn_applies(const at::Tensor& a, const at::Tensor& b, CpuProducts backend) {
+  if (backend != CpuProducts::kOneDnn || !a.is_cpu() || !b.is_cpu()) return false;
   if (a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat) return false;
   if (autocast_enabled(c10::DeviceType::CPU)) return false;  // autocast decides the product's type
   if (a.dim() != b.dim() || a.dim() < 3 || a.dim() > 4) return false;
@@ -139,24 +114,22 @@ struct BatchedMatmul : public torch::autograd::Function<BatchedMatmul> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &a = saved[0], &b = saved[1], &g = grads[0];
     at::Tensor ga, gb;
-    if (ctx->needs_input_grad(0)) ga = batched_matmul(g, b.transpose(-2, -1));
-    if (ctx->needs_input_grad(1)) gb = batched_matmul(a.transpose(-2, -1), g);
+    if (ctx->needs_input_grad(0)) ga = batched_matmul(g, b.transpose(-2, -1), CpuProducts::kOneDnn);
+    if (ctx->needs_input_grad(1)) gb = batched_matmul(a.transpose(-2, -1), g, CpuProducts::kOneDnn);
     return {ga, gb};
   }
 };
 
 }  // namespace
 
-at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b) {
-  if (!onednn_applies(a, b)) return at::matmul(a, b);
+at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b, CpuProducts backend) {
+  if (backend == CpuProducts::kOneDnn && !onednn_built())
+    throw Error("batched products: oneDNN was asked for, but this build has none (libdnnl-dev was not found when it was configured)");
+  if (!onednn_applies(a, b, backend)) return at::matmul(a, b);
   if (!a.requires_grad() && !b.requires_grad()) return product(a, b);
   return BatchedMatmul::apply(a, b);
 }
 
-std::string batched_matmul_backend() { return use_onednn() ? "onednn" : "aten"; }
-
-void set_batched_matmul_backend(const std::string& name) {
-  onednn_choice().store(parse_backend(name, "batched products: "));
-}
+bool onednn_built() { return VLMO_HAVE_DNNL != 0; }
 
 }  // namespace vlmo

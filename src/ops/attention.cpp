@@ -1,0 +1,85 @@
+// The fused path's attention kernels (src/ops/attention.h).
+#include "ops/attention.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <torch/version.h>
+
+#include <limits>
+#include <vector>
+
+#include "vlmo/error.h"
+#include "vlmo/ops.h"
+#include "vlmo/precision.h"
+
+#if TORCH_VERSION_MAJOR >= 2
+#define VLMO_HAVE_SDPA 1
+#else
+#define VLMO_HAVE_SDPA 0
+#endif
+
+namespace vlmo {
+
+at::Tensor cpu_inference_attention(const at::Tensor& qkv_out, int64_t Q, int64_t H, double scale,
+                                   const at::Tensor& key_mask, const at::Tensor& rel_bias) {
+  RECORD_FUNCTION("vlmo::cpu_inference_attention", std::vector<c10::IValue>({qkv_out}));
+  const at::Tensor qkv = qkv_out.contiguous();  // (B, N, 3C)
+  const int64_t B = qkv.size(0), C = qkv.size(2) / 3, hd = C / H;
+  at::Tensor out = at::empty({B, Q, C}, qkv.options());
+  const at::Tensor bias = rel_bias.defined() ? rel_bias.narrow(1, 0, Q).to(qkv.scalar_type()).contiguous() : at::Tensor();
+  const at::Tensor masked = key_mask.defined() ? (key_mask == 0).unsqueeze(1) : at::Tensor();  // (B, 1, N)
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / H, h = i % H;
+      const at::Tensor x = qkv[b];  // (N, 3C)
+      const at::Tensor q = x.narrow(0, 0, Q).narrow(1, h * hd, hd), k = x.narrow(1, C + h * hd, hd),
+                       v = x.narrow(1, 2 * C + h * hd, hd);
+      at::Tensor logits = bias.defined() ? at::addmm(bias[h], q, k.t(), 1.0, scale) : at::mm(q, k.t()).mul_(scale);
+      if (masked.defined()) logits.masked_fill_(masked[b], -std::numeric_limits<float>::infinity());
+      out[b].narrow(1, h * hd, hd).copy_(at::mm(logits.softmax(-1), v));
+    }
+  });
+  return out;
+}
+
+bool sdpa_built() { return VLMO_HAVE_SDPA != 0; }
+
+#if VLMO_HAVE_SDPA
+at::Tensor sdpa_attention(const at::Tensor& qkv_out, int64_t Q, const at::Tensor& key_mask, const at::Tensor& rel_bias,
+                          bool emulated_bf16) {
+  // unbind, not three selects: its backward writes the three gradients into one tensor, where
+  // each select's backward would fill a zero tensor of the whole qkv and the three be summed.
+  const std::vector<at::Tensor> qkv = qkv_out.unbind(0);
+  const at::Tensor q = qkv[0].narrow(2, 0, Q), k = qkv[1], v = qkv[2];  // (B, H, Q|N, hd)
+  const int64_t B = q.size(0), H = q.size(1), N = k.size(2), hd = q.size(3);
+  at::Tensor mask;
+  if (rel_bias.defined()) mask = rel_bias.narrow(1, 0, Q).unsqueeze(0);  // (1, H, Q, N)
+  if (key_mask.defined()) {
+    const at::Tensor pad = at::zeros({B, 1, 1, N}, q.options().dtype(at::kFloat))
+                               .masked_fill(key_mask.reshape({B, 1, 1, N}) == 0, -std::numeric_limits<float>::infinity());
+    mask = mask.defined() ? mask + pad : pad;
+  }
+  // Emulated bf16 (vlmo/run_policy.h): the fp32 kernel on q, k and v rounded to bf16.
+  if (emulated_bf16) {
+    AutocastGuard fp32(q.device().type(), Precision::kFloat32);
+    const at::Tensor q32 = bf16_rounded_fp32(q), k32 = bf16_rounded_fp32(k), v32 = bf16_rounded_fp32(v);
+    const at::Tensor out = mask.defined() ? at::scaled_dot_product_attention(q32, k32, v32, mask.to(at::kFloat))
+                                          : at::scaled_dot_product_attention(q32, k32, v32);
+    return out.transpose(1, 2).reshape({B, Q, H * hd});
+  }
+  // SDPA wants the mask in the inputs' type (under bf16 autocast q / k / v are bf16 already).
+  if (mask.defined()) mask = mask.to(q.scalar_type());
+  // No mask is "none", not an undefined tensor (which 2.x refuses as a mask of no type).
+  const at::Tensor out = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask)
+                                        : at::scaled_dot_product_attention(q, k, v);  // (B, H, Q, hd)
+  return out.transpose(1, 2).reshape({B, Q, H * hd});
+}
+#else
+at::Tensor sdpa_attention(const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&, bool) {
+  throw Error(cat("scaled_dot_product_attention needs LibTorch >= 2 (this is ", TORCH_VERSION, ")"));
+}
+#endif
+
+}  // namespace vlmo
+
