@@ -363,6 +363,87 @@ TEST(Routes, ChecksBeforeTheTaskAndJsonAnswers) {
   model.join();
 }
 
+// What the serving core refuses (the queue full, the server stopping, no such task or image, a bad
+// body or field) reaches the client as the status and the JSON body it always had; the model's own
+// failures are 500s. Checked byte for byte: the mapping is the HTTP edge's, the words the core's.
+TEST(Routes, CoreRefusalsKeepTheirStatusAndBody) {
+  Service svc(40'000'000);
+  RecordingTask echo("echo");
+  Task picky{"picky", {"text"}, [](const nlohmann::json&) -> Prepared { throw Error("\"text\": too picky"); }, {}};
+  Task broken{"broken", {"text"}, [](const nlohmann::json&) { return Prepared{}; },
+              [](const std::vector<Prepared>&) -> std::vector<Answer> { throw Error("model failed"); }};
+  svc.add_task("embed", "model.safetensors", echo.task);
+  svc.add_task("itm", "model.safetensors", picky);
+  svc.add_task("search", "model.safetensors", broken);
+  const ImageFn image = svc.image_fn();
+  Task looks{"nlvr2", {"image"}, [&](const nlohmann::json& r) { return Prepared{image(r["image"], 32), {}, ""}; }, {}};
+  svc.add_task("nlvr2", "model.safetensors", looks);
+  svc.set_unavailable("vqa", "the model has no \"vqa\" head");
+  Metrics metrics;
+  auto post = [](const std::string& name, const std::string& json) {
+    return "POST /api/" + name + " HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: " +
+           std::to_string(json.size()) + "\r\n\r\n" + json;
+  };
+  auto expect = [](const HttpResponse& r, int status, const std::string& body) {
+    EXPECT_EQ(r.status, status) << body;
+    EXPECT_EQ(r.content_type, "application/json");
+    EXPECT_EQ(r.body, body);
+    EXPECT_TRUE(r.headers.empty());
+  };
+  {
+    Batcher full(0, 4, std::chrono::microseconds(0), metrics);  // no room: every request is one too many
+    const Routes routes(svc, {}, full, metrics, 4, "");
+    auto answer = [&](const std::string& bytes) {
+      std::string endpoint;
+      return routes.handle(parse(bytes).take(), endpoint);
+    };
+    expect(answer(post("embed", R"({"text":"hi"})")), 503,
+           R"({"error":"the server is busy: 0 requests are waiting (--queue); retry shortly"})");
+    expect(answer(post("vqa", "{}")), 404, R"({"error":"/api/vqa is not available: the model has no \"vqa\" head"})");
+    expect(answer(post("nlvr2", R"({"image":"/etc/passwd"})")), 400,
+           R"({"error":"\"image\": \"/etc/passwd\" is neither an image of the collection nor a data: URL"})");
+    expect(answer(post("nlvr2", R"({"image":"data:image/png,plain"})")), 400,
+           R"j({"error":"\"image\": a data: URL must be base64 (data:image/png;base64,...)"})j");
+    expect(answer(post("nlvr2", R"({"image":"data:image/png;base64,TW*u"})")), 400,
+           R"({"error":"\"image\": not valid base64 at character 24"})");
+    expect(answer(post("embed", R"({"text":3})")), 400, R"({"error":"expected a string field \"text\""})");
+    expect(answer(post("itm", R"({"text":"hi"})")), 400, R"({"error":"\"text\": too picky"})");
+    const HttpResponse not_json = answer(post("embed", "{x"));
+    EXPECT_EQ(not_json.status, 400);
+    EXPECT_EQ(not_json.body.rfind(R"({"error":"request body: not valid JSON ([json.exception.parse_error.101] parse error)", 0), 0u)
+        << not_json.body;
+    expect(answer("GET /api/image?id=nope HTTP/1.1\r\n\r\n"), 404,
+           R"({"error":"no image \"nope\" in the collection"})");
+  }
+  {
+    // Stopping: a request queued when the queue is abandoned, and one that comes after.
+    Batcher stopping(8, 4, std::chrono::microseconds(0), metrics);
+    const Routes routes(svc, {}, stopping, metrics, 4, "");
+    HttpResponse queued;
+    std::thread client([&] {
+      std::string endpoint;
+      queued = routes.handle(parse(post("embed", R"({"text":"hi"})")).take(), endpoint);
+    });
+    while (stopping.depth() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    stopping.abandon();
+    client.join();
+    expect(queued, 503, R"({"error":"the server is stopping"})");
+    std::string endpoint;
+    expect(routes.handle(parse(post("embed", R"({"text":"hi"})")).take(), endpoint), 503,
+           R"({"error":"the server is stopping"})");
+  }
+  {
+    Batcher batcher(8, 4, std::chrono::microseconds(0), metrics);
+    const Routes routes(svc, {}, batcher, metrics, 4, "");
+    std::string endpoint;
+    std::thread model([&] { batcher.run(); });
+    expect(routes.handle(parse(post("search", R"({"text":"hi"})")).take(), endpoint), 500,
+           R"({"error":"model failed"})");
+    batcher.stop();
+    model.join();
+  }
+}
+
 // Requests refused before a route are counted by status but not timed.
 TEST(Metrics, RefusedRequestsAreCountedNotTimed) {
   Metrics m;
