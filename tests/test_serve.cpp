@@ -12,10 +12,10 @@
 #include "serve/answer_agreement.h"
 #include "serve/batcher.h"
 #include "serve/data_url.h"
-#include "serve/http_error.h"
 #include "serve/http_request.h"
 #include "serve/images.h"
 #include "serve/metrics.h"
+#include "serve/refusal.h"
 #include "serve/routes.h"
 #include "serve/service.h"
 #include "test_util.h"
@@ -47,14 +47,19 @@ struct RecordingTask {
   }
 };
 
-int status_of(const std::function<void()>& f) {
+// The kind of Refusal `f` throws; -1 when it throws none.
+int refusal_of(const std::function<void()>& f) {
   try {
     f();
-  } catch (const HttpError& e) {
-    return e.status;
+  } catch (const Refusal& r) {
+    return static_cast<int>(r.kind);
   }
-  return 0;
+  return -1;
 }
+constexpr int kBadRequest = static_cast<int>(RefusalKind::kBadRequest);
+constexpr int kNotFound = static_cast<int>(RefusalKind::kNotFound);
+constexpr int kBusy = static_cast<int>(RefusalKind::kBusy);
+constexpr int kStopping = static_cast<int>(RefusalKind::kStopping);
 
 }  // namespace
 
@@ -82,16 +87,16 @@ TEST(Batcher, BatchesOneTaskInArrivalOrderOldestTaskFirst) {
   EXPECT_EQ(s["max_batch_size"], 3);
 }
 
-TEST(Batcher, FullQueueAndStoppingAnswer503AndQueuedWorkFinishes) {
+TEST(Batcher, FullQueueAndStoppingAreRefusedAndQueuedWorkFinishes) {
   Metrics metrics;
   Batcher batcher(2, 8, std::chrono::microseconds(0), metrics);
   RecordingTask a("a");
   auto f1 = batcher.submit(a.task, Prepared{{}, {}, "1"});
   auto f2 = batcher.submit(a.task, Prepared{{}, {}, "2"});
-  EXPECT_EQ(status_of([&] { batcher.submit(a.task, Prepared{{}, {}, "3"}); }), 503);
+  EXPECT_EQ(refusal_of([&] { batcher.submit(a.task, Prepared{{}, {}, "3"}); }), kBusy);
   EXPECT_EQ(metrics.summary()["rejected_queue_full"], 1);
   batcher.stop();  // before the model thread runs: what was accepted is still answered
-  EXPECT_EQ(status_of([&] { batcher.submit(a.task, Prepared{{}, {}, "4"}); }), 503);
+  EXPECT_EQ(refusal_of([&] { batcher.submit(a.task, Prepared{{}, {}, "4"}); }), kStopping);
   std::thread model([&] { batcher.run(); });
   EXPECT_EQ(f1.get().fields["echo"], "1");
   EXPECT_EQ(f2.get().fields["echo"], "2");
@@ -155,7 +160,7 @@ TEST(DataUrl, Base64AndTheDataScheme) {
   EXPECT_EQ(data_url_bytes("Data:image/png;base64,aGVsbG8="), "hello");
   EXPECT_EQ(data_url_bytes("DATA:image/png;BASE64,aGVsbG8="), "hello");
   EXPECT_FALSE(is_data_url("dat"));
-  EXPECT_EQ(status_of([] { base64_decode("TW*u", 0); }), 400);
+  EXPECT_EQ(refusal_of([] { base64_decode("TW*u", 0); }), kBadRequest);
   expect_error([] { base64_decode("TW*u", 0, "image0"); }, {"\"image0\": not valid base64 at character 2"});
   expect_error([] { data_url_bytes("data:image/png,plain"); }, {"must be base64"});
 }
@@ -179,9 +184,9 @@ TEST(ServedImages, IdsResolveBesideTheIndexAndShardMembersAreRead) {
   images.set_collection({"pics/a.png", "pics/s.tar/x/1.png", "pics/s.tar/x/2.png"}, index);
   EXPECT_EQ(images.bytes("pics/a.png"), png);
   EXPECT_EQ(images.bytes("pics/s.tar/x/1.png"), png);
-  EXPECT_EQ(status_of([&] { images.bytes("pics/s.tar/x/2.png"); }), 404);  // listed, not in the shard
-  EXPECT_EQ(status_of([&] { images.bytes("../etc/passwd"); }), 404);       // not an id of the collection
-  EXPECT_EQ(status_of([&] { images.tensor("/etc/passwd", 32); }), 400);    // never a server path
+  EXPECT_EQ(refusal_of([&] { images.bytes("pics/s.tar/x/2.png"); }), kNotFound);  // listed, not in the shard
+  EXPECT_EQ(refusal_of([&] { images.bytes("../etc/passwd"); }), kNotFound);       // not an id of the collection
+  EXPECT_EQ(refusal_of([&] { images.tensor("/etc/passwd", 32); }), kBadRequest);  // never a server path
   const at::Tensor t = images.tensor("pics/a.png", 32);
   EXPECT_EQ(t.sizes(), (at::IntArrayRef{3, 32, 32}));
   EXPECT_EQ(image_content_type("x.png"), "image/png");
@@ -198,11 +203,11 @@ TEST(Service, AnswersCheckTheBodyAndNameUnavailableTasks) {
   Batcher batcher(8, 4, std::chrono::microseconds(0), metrics);
   std::thread model([&] { batcher.run(); });
   EXPECT_EQ(svc.answer("echo", R"({"text": "hi"})", batcher)["echo"], "hi");
-  EXPECT_EQ(status_of([&] { svc.answer("echo", "{not json", batcher); }), 400);
-  EXPECT_EQ(status_of([&] { svc.answer("echo", R"({"text": 3})", batcher); }), 400);
-  EXPECT_EQ(status_of([&] { svc.answer("echo", R"([1])", batcher); }), 400);
+  EXPECT_EQ(refusal_of([&] { svc.answer("echo", "{not json", batcher); }), kBadRequest);
+  EXPECT_EQ(refusal_of([&] { svc.answer("echo", R"({"text": 3})", batcher); }), kBadRequest);
+  EXPECT_EQ(refusal_of([&] { svc.answer("echo", R"([1])", batcher); }), kBadRequest);
   expect_error([&] { svc.answer("vqa", "{}", batcher); }, {"/api/vqa is not available: the model has no \"vqa\" head"});
-  EXPECT_EQ(status_of([&] { svc.answer("nlvr2", "{}", batcher); }), 404);
+  EXPECT_EQ(refusal_of([&] { svc.answer("nlvr2", "{}", batcher); }), kNotFound);
   batcher.stop();
   model.join();
   const nlohmann::json d = svc.describe();
@@ -361,6 +366,19 @@ TEST(Routes, ChecksBeforeTheTaskAndJsonAnswers) {
   EXPECT_EQ(nlohmann::json::parse(answer("GET /health HTTP/1.1\r\n\r\n").body)["model"]["path"], "model.safetensors");
   batcher.stop();
   model.join();
+}
+
+// The one mapping of the core's refusals to HTTP: each kind has its status, the message is the body.
+TEST(Routes, EachRefusalKindHasOneStatus) {
+  EXPECT_EQ(http_status(RefusalKind::kBadRequest), 400);
+  EXPECT_EQ(http_status(RefusalKind::kNotFound), 404);
+  EXPECT_EQ(http_status(RefusalKind::kBusy), 503);
+  EXPECT_EQ(http_status(RefusalKind::kStopping), 503);
+  const HttpResponse r = refused(Refusal(RefusalKind::kBusy, "the server is busy \xff"));
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.content_type, "application/json");
+  EXPECT_EQ(r.body, "{\"error\":\"the server is busy \xef\xbf\xbd\"}");  // invalid UTF-8 replaced, still JSON
+  EXPECT_TRUE(r.headers.empty());
 }
 
 // What the serving core refuses (the queue full, the server stopping, no such task or image, a bad
