@@ -12,10 +12,10 @@
 #include "serve/answer_agreement.h"
 #include "serve/batcher.h"
 #include "serve/data_url.h"
-#include "serve/http_error.h"
 #include "serve/http_request.h"
 #include "serve/images.h"
 #include "serve/metrics.h"
+#include "serve/refusal.h"
 #include "serve/routes.h"
 #include "serve/service.h"
 #include "test_util.h"
@@ -47,14 +47,19 @@ struct RecordingTask {
   }
 };
 
-int status_of(const std::function<void()>& f) {
+// The kind of Refusal `f` throws; -1 when it throws none.
+int refusal_of(const std::function<void()>& f) {
   try {
     f();
-  } catch (const HttpError& e) {
-    return e.status;
+  } catch (const Refusal& r) {
+    return static_cast<int>(r.kind);
   }
-  return 0;
+  return -1;
 }
+constexpr int kBadRequest = static_cast<int>(RefusalKind::kBadRequest);
+constexpr int kNotFound = static_cast<int>(RefusalKind::kNotFound);
+constexpr int kBusy = static_cast<int>(RefusalKind::kBusy);
+constexpr int kStopping = static_cast<int>(RefusalKind::kStopping);
 
 }  // namespace
 
@@ -82,16 +87,16 @@ TEST(Batcher, BatchesOneTaskInArrivalOrderOldestTaskFirst) {
   EXPECT_EQ(s["max_batch_size"], 3);
 }
 
-TEST(Batcher, FullQueueAndStoppingAnswer503AndQueuedWorkFinishes) {
+TEST(Batcher, FullQueueAndStoppingAreRefusedAndQueuedWorkFinishes) {
   Metrics metrics;
   Batcher batcher(2, 8, std::chrono::microseconds(0), metrics);
   RecordingTask a("a");
   auto f1 = batcher.submit(a.task, Prepared{{}, {}, "1"});
   auto f2 = batcher.submit(a.task, Prepared{{}, {}, "2"});
-  EXPECT_EQ(status_of([&] { batcher.submit(a.task, Prepared{{}, {}, "3"}); }), 503);
+  EXPECT_EQ(refusal_of([&] { batcher.submit(a.task, Prepared{{}, {}, "3"}); }), kBusy);
   EXPECT_EQ(metrics.summary()["rejected_queue_full"], 1);
   batcher.stop();  // before the model thread runs: what was accepted is still answered
-  EXPECT_EQ(status_of([&] { batcher.submit(a.task, Prepared{{}, {}, "4"}); }), 503);
+  EXPECT_EQ(refusal_of([&] { batcher.submit(a.task, Prepared{{}, {}, "4"}); }), kStopping);
   std::thread model([&] { batcher.run(); });
   EXPECT_EQ(f1.get().fields["echo"], "1");
   EXPECT_EQ(f2.get().fields["echo"], "2");
@@ -155,7 +160,7 @@ TEST(DataUrl, Base64AndTheDataScheme) {
   EXPECT_EQ(data_url_bytes("Data:image/png;base64,aGVsbG8="), "hello");
   EXPECT_EQ(data_url_bytes("DATA:image/png;BASE64,aGVsbG8="), "hello");
   EXPECT_FALSE(is_data_url("dat"));
-  EXPECT_EQ(status_of([] { base64_decode("TW*u", 0); }), 400);
+  EXPECT_EQ(refusal_of([] { base64_decode("TW*u", 0); }), kBadRequest);
   expect_error([] { base64_decode("TW*u", 0, "image0"); }, {"\"image0\": not valid base64 at character 2"});
   expect_error([] { data_url_bytes("data:image/png,plain"); }, {"must be base64"});
 }
@@ -179,9 +184,9 @@ TEST(ServedImages, IdsResolveBesideTheIndexAndShardMembersAreRead) {
   images.set_collection({"pics/a.png", "pics/s.tar/x/1.png", "pics/s.tar/x/2.png"}, index);
   EXPECT_EQ(images.bytes("pics/a.png"), png);
   EXPECT_EQ(images.bytes("pics/s.tar/x/1.png"), png);
-  EXPECT_EQ(status_of([&] { images.bytes("pics/s.tar/x/2.png"); }), 404);  // listed, not in the shard
-  EXPECT_EQ(status_of([&] { images.bytes("../etc/passwd"); }), 404);       // not an id of the collection
-  EXPECT_EQ(status_of([&] { images.tensor("/etc/passwd", 32); }), 400);    // never a server path
+  EXPECT_EQ(refusal_of([&] { images.bytes("pics/s.tar/x/2.png"); }), kNotFound);  // listed, not in the shard
+  EXPECT_EQ(refusal_of([&] { images.bytes("../etc/passwd"); }), kNotFound);       // not an id of the collection
+  EXPECT_EQ(refusal_of([&] { images.tensor("/etc/passwd", 32); }), kBadRequest);  // never a server path
   const at::Tensor t = images.tensor("pics/a.png", 32);
   EXPECT_EQ(t.sizes(), (at::IntArrayRef{3, 32, 32}));
   EXPECT_EQ(image_content_type("x.png"), "image/png");
@@ -198,11 +203,11 @@ TEST(Service, AnswersCheckTheBodyAndNameUnavailableTasks) {
   Batcher batcher(8, 4, std::chrono::microseconds(0), metrics);
   std::thread model([&] { batcher.run(); });
   EXPECT_EQ(svc.answer("echo", R"({"text": "hi"})", batcher)["echo"], "hi");
-  EXPECT_EQ(status_of([&] { svc.answer("echo", "{not json", batcher); }), 400);
-  EXPECT_EQ(status_of([&] { svc.answer("echo", R"({"text": 3})", batcher); }), 400);
-  EXPECT_EQ(status_of([&] { svc.answer("echo", R"([1])", batcher); }), 400);
+  EXPECT_EQ(refusal_of([&] { svc.answer("echo", "{not json", batcher); }), kBadRequest);
+  EXPECT_EQ(refusal_of([&] { svc.answer("echo", R"({"text": 3})", batcher); }), kBadRequest);
+  EXPECT_EQ(refusal_of([&] { svc.answer("echo", R"([1])", batcher); }), kBadRequest);
   expect_error([&] { svc.answer("vqa", "{}", batcher); }, {"/api/vqa is not available: the model has no \"vqa\" head"});
-  EXPECT_EQ(status_of([&] { svc.answer("nlvr2", "{}", batcher); }), 404);
+  EXPECT_EQ(refusal_of([&] { svc.answer("nlvr2", "{}", batcher); }), kNotFound);
   batcher.stop();
   model.join();
   const nlohmann::json d = svc.describe();
@@ -361,6 +366,100 @@ TEST(Routes, ChecksBeforeTheTaskAndJsonAnswers) {
   EXPECT_EQ(nlohmann::json::parse(answer("GET /health HTTP/1.1\r\n\r\n").body)["model"]["path"], "model.safetensors");
   batcher.stop();
   model.join();
+}
+
+// The one mapping of the core's refusals to HTTP: each kind has its status, the message is the body.
+TEST(Routes, EachRefusalKindHasOneStatus) {
+  EXPECT_EQ(http_status(RefusalKind::kBadRequest), 400);
+  EXPECT_EQ(http_status(RefusalKind::kNotFound), 404);
+  EXPECT_EQ(http_status(RefusalKind::kBusy), 503);
+  EXPECT_EQ(http_status(RefusalKind::kStopping), 503);
+  const HttpResponse r = refused(Refusal(RefusalKind::kBusy, "the server is busy \xff"));
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.content_type, "application/json");
+  EXPECT_EQ(r.body, "{\"error\":\"the server is busy \xef\xbf\xbd\"}");  // invalid UTF-8 replaced, still JSON
+  EXPECT_TRUE(r.headers.empty());
+}
+
+// What the serving core refuses (the queue full, the server stopping, no such task or image, a bad
+// body or field) reaches the client as the status and the JSON body it always had; the model's own
+// failures are 500s. Checked byte for byte: the mapping is the HTTP edge's, the words the core's.
+TEST(Routes, CoreRefusalsKeepTheirStatusAndBody) {
+  Service svc(40'000'000);
+  RecordingTask echo("echo");
+  Task picky{"picky", {"text"}, [](const nlohmann::json&) -> Prepared { throw Error("\"text\": too picky"); }, {}};
+  Task broken{"broken", {"text"}, [](const nlohmann::json&) { return Prepared{}; },
+              [](const std::vector<Prepared>&) -> std::vector<Answer> { throw Error("model failed"); }};
+  svc.add_task("embed", "model.safetensors", echo.task);
+  svc.add_task("itm", "model.safetensors", picky);
+  svc.add_task("search", "model.safetensors", broken);
+  const ImageFn image = svc.image_fn();
+  Task looks{"nlvr2", {"image"}, [&](const nlohmann::json& r) { return Prepared{image(r["image"], 32), {}, ""}; }, {}};
+  svc.add_task("nlvr2", "model.safetensors", looks);
+  svc.set_unavailable("vqa", "the model has no \"vqa\" head");
+  Metrics metrics;
+  auto post = [](const std::string& name, const std::string& json) {
+    return "POST /api/" + name + " HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: " +
+           std::to_string(json.size()) + "\r\n\r\n" + json;
+  };
+  auto expect = [](const HttpResponse& r, int status, const std::string& body) {
+    EXPECT_EQ(r.status, status) << body;
+    EXPECT_EQ(r.content_type, "application/json");
+    EXPECT_EQ(r.body, body);
+    EXPECT_TRUE(r.headers.empty());
+  };
+  {
+    Batcher full(0, 4, std::chrono::microseconds(0), metrics);  // no room: every request is one too many
+    const Routes routes(svc, {}, full, metrics, 4, "");
+    auto answer = [&](const std::string& bytes) {
+      std::string endpoint;
+      return routes.handle(parse(bytes).take(), endpoint);
+    };
+    expect(answer(post("embed", R"({"text":"hi"})")), 503,
+           R"({"error":"the server is busy: 0 requests are waiting (--queue); retry shortly"})");
+    expect(answer(post("vqa", "{}")), 404, R"({"error":"/api/vqa is not available: the model has no \"vqa\" head"})");
+    expect(answer(post("nlvr2", R"({"image":"/etc/passwd"})")), 400,
+           R"({"error":"\"image\": \"/etc/passwd\" is neither an image of the collection nor a data: URL"})");
+    expect(answer(post("nlvr2", R"({"image":"data:image/png,plain"})")), 400,
+           R"j({"error":"\"image\": a data: URL must be base64 (data:image/png;base64,...)"})j");
+    expect(answer(post("nlvr2", R"({"image":"data:image/png;base64,TW*u"})")), 400,
+           R"({"error":"\"image\": not valid base64 at character 24"})");
+    expect(answer(post("embed", R"({"text":3})")), 400, R"({"error":"expected a string field \"text\""})");
+    expect(answer(post("itm", R"({"text":"hi"})")), 400, R"({"error":"\"text\": too picky"})");
+    const HttpResponse not_json = answer(post("embed", "{x"));
+    EXPECT_EQ(not_json.status, 400);
+    EXPECT_EQ(not_json.body.rfind(R"({"error":"request body: not valid JSON ([json.exception.parse_error.101] parse error)", 0), 0u)
+        << not_json.body;
+    expect(answer("GET /api/image?id=nope HTTP/1.1\r\n\r\n"), 404,
+           R"({"error":"no image \"nope\" in the collection"})");
+  }
+  {
+    // Stopping: a request queued when the queue is abandoned, and one that comes after.
+    Batcher stopping(8, 4, std::chrono::microseconds(0), metrics);
+    const Routes routes(svc, {}, stopping, metrics, 4, "");
+    HttpResponse queued;
+    std::thread client([&] {
+      std::string endpoint;
+      queued = routes.handle(parse(post("embed", R"({"text":"hi"})")).take(), endpoint);
+    });
+    while (stopping.depth() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    stopping.abandon();
+    client.join();
+    expect(queued, 503, R"({"error":"the server is stopping"})");
+    std::string endpoint;
+    expect(routes.handle(parse(post("embed", R"({"text":"hi"})")).take(), endpoint), 503,
+           R"({"error":"the server is stopping"})");
+  }
+  {
+    Batcher batcher(8, 4, std::chrono::microseconds(0), metrics);
+    const Routes routes(svc, {}, batcher, metrics, 4, "");
+    std::string endpoint;
+    std::thread model([&] { batcher.run(); });
+    expect(routes.handle(parse(post("search", R"({"text":"hi"})")).take(), endpoint), 500,
+           R"({"error":"model failed"})");
+    batcher.stop();
+    model.join();
+  }
 }
 
 // Requests refused before a route are counted by status but not timed.

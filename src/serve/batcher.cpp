@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "serve/http_error.h"
+#include "serve/refusal.h"
 
 namespace vlmo::serve {
 
@@ -16,10 +16,11 @@ std::future<Answer> Batcher::submit(const Task& task, Prepared input) {
   std::future<Answer> f = job->done.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) throw HttpError(503, "the server is stopping");
+    if (stopping_) throw Refusal(RefusalKind::kStopping, "the server is stopping");
     if (queue_.size() >= capacity_) {
       metrics_.rejected();
-      throw HttpError(503, cat("the server is busy: ", capacity_, " requests are waiting (--queue); retry shortly"));
+      throw Refusal(RefusalKind::kBusy,
+                    cat("the server is busy: ", capacity_, " requests are waiting (--queue); retry shortly"));
     }
     queue_.push_back(std::move(job));
   }
@@ -82,7 +83,8 @@ void Batcher::abandon() {
     dropped.swap(queue_);
   }
   cv_.notify_all();
-  for (auto& j : dropped) j->done.set_exception(std::make_exception_ptr(HttpError(503, "the server is stopping")));
+  for (auto& j : dropped)
+    j->done.set_exception(std::make_exception_ptr(Refusal(RefusalKind::kStopping, "the server is stopping")));
 }
 
 void Batcher::stop() {

@@ -20,7 +20,7 @@ class Batcher {
  public:
   Batcher(size_t capacity, size_t max_batch, std::chrono::microseconds wait, Metrics& metrics);
 
-  // Queues one prepared request; throws HttpError 503 when the queue is full or stopping.
+  // Queues one prepared request; throws Refusal kBusy when the queue is full, kStopping when stopping.
   std::future<Answer> submit(const Task& task, Prepared input);
   size_t depth();
   size_t capacity() const { return capacity_; }
@@ -28,7 +28,7 @@ class Batcher {
   // The model thread: runs until stop() and the queue is empty.
   void run();
   void stop();
-  // stop(), and every queued request is answered 503 now instead of by the model.
+  // stop(), and every queued request is refused now (kStopping) instead of answered by the model.
   void abandon();
 
  private:

@@ -4,8 +4,8 @@
 #include <cctype>
 #include <cstdint>
 
-#include "serve/http_error.h"
 #include "serve/http_request.h"
+#include "serve/refusal.h"
 
 namespace vlmo::serve {
 
@@ -26,7 +26,7 @@ std::string base64_decode(const std::string& in, size_t begin, const std::string
     if (c == '=') break;
     if (c == '\n' || c == '\r' || c == ' ') continue;
     const int8_t v = table[static_cast<uint8_t>(c)];
-    if (v < 0) throw HttpError(400, cat("\"", field, "\": not valid base64 at character ", i));
+    if (v < 0) throw Refusal(RefusalKind::kBadRequest, cat("\"", field, "\": not valid base64 at character ", i));
     acc = (acc << 6) | static_cast<uint32_t>(v);
     bits += 6;
     if (bits >= 8) {
@@ -49,7 +49,8 @@ std::string data_url_bytes(const std::string& value, const std::string& field) {
   const size_t comma = value.find(',');
   const std::string head = ascii_lower(comma == std::string::npos ? "" : value.substr(0, comma));  // case-insensitive
   if (!is_data_url(value) || comma == std::string::npos || head.find(";base64") == std::string::npos)
-    throw HttpError(400, cat("\"", field, "\": a data: URL must be base64 (data:image/png;base64,...)"));
+    throw Refusal(RefusalKind::kBadRequest,
+                  cat("\"", field, "\": a data: URL must be base64 (data:image/png;base64,...)"));
   return base64_decode(value, comma + 1, field);
 }
 

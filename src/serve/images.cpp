@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "serve/data_url.h"
-#include "serve/http_error.h"
+#include "serve/refusal.h"
 #include "vlmo/files.h"
 #include "vlmo/image.h"
 #include "vlmo/image_collection.h"
@@ -36,7 +36,8 @@ void ServedImages::set_collection(const std::vector<std::string>& ids, const std
 
 std::string ServedImages::bytes(const std::string& id) const {
   const auto it = files_.find(id);
-  if (it == files_.end()) throw HttpError(404, cat("no image \"", id.substr(0, 200), "\" in the collection"));
+  if (it == files_.end())
+    throw Refusal(RefusalKind::kNotFound, cat("no image \"", id.substr(0, 200), "\" in the collection"));
   const std::string& path = it->second;
   const CollectionId parts = parse_collection_id(path);
   if (parts.member.empty() || fs::exists(path)) return read_input(path, "collection image");
@@ -52,7 +53,8 @@ std::string ServedImages::bytes(const std::string& id) const {
     cached = std::prev(shards_.end());
   }
   const auto m = cached->second.find(parts.member);
-  if (m == cached->second.end()) throw HttpError(404, cat(fs::path(parts.file).filename().string(), ": no member ", parts.member));
+  if (m == cached->second.end())
+    throw Refusal(RefusalKind::kNotFound, cat(fs::path(parts.file).filename().string(), ": no member ", parts.member));
   return m->second;
 }
 
@@ -62,7 +64,8 @@ at::Tensor ServedImages::tensor(const std::string& value, int size) const {
   opt.max_side = max_side_;
   if (is_data_url(value)) return eval_transform(decode_image(data_url_bytes(value), "uploaded image", opt), size);
   if (!contains(value))
-    throw HttpError(400, cat("\"image\": \"", value.substr(0, 200), "\" is neither an image of the collection nor a data: URL"));
+    throw Refusal(RefusalKind::kBadRequest, cat("\"image\": \"", value.substr(0, 200),
+                                                "\" is neither an image of the collection nor a data: URL"));
   return eval_transform(decode_image(bytes(value), value, opt), size);
 }
 

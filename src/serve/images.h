@@ -22,9 +22,9 @@ class ServedImages {
   void set_collection(const std::vector<std::string>& ids, const std::string& index_path);
   bool contains(const std::string& id) const { return files_.count(id) > 0; }
 
-  // The bytes of a collection image; HttpError 404 naming the id when it is not one.
+  // The bytes of a collection image; Refusal kNotFound naming the id when it is not one.
   std::string bytes(const std::string& id) const;
-  // An image field through the evaluation transform at `size`; HttpError 400 when it is neither
+  // An image field through the evaluation transform at `size`; Refusal kBadRequest when it is neither
   // a data: URL nor an id of the collection, or does not decode.
   at::Tensor tensor(const std::string& value, int size) const;
 

@@ -2,7 +2,6 @@
 
 #include <filesystem>
 
-#include "serve/http_error.h"
 #include "serve/web_assets.h"
 #include "vlmo/files.h"
 
@@ -21,6 +20,18 @@ const std::vector<std::string>& task_names() {
 std::string json_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
 HttpResponse json_error(int status, const std::string& why) { return {status, "application/json", json_text({{"error", why}}), {}}; }
+
+int http_status(RefusalKind kind) {
+  switch (kind) {
+    case RefusalKind::kBadRequest: return 400;
+    case RefusalKind::kNotFound: return 404;
+    case RefusalKind::kBusy: return 503;
+    case RefusalKind::kStopping: return 503;
+  }
+  return 500;  // not reached: every kind is named above (-Wswitch)
+}
+
+HttpResponse refused(const Refusal& r) { return json_error(http_status(r.kind), r.what()); }
 
 std::string post_refusal(const HttpRequest& req, int& status) {
   const std::string* type = req.header("content-type");
@@ -104,8 +115,8 @@ HttpResponse Routes::image(const HttpRequest& req) const {
   try {
     const ServedImages& images = service_.images();
     return {200, image_content_type(id), images.bytes(id), {}};
-  } catch (const HttpError& e) {
-    return json_error(e.status, e.what());
+  } catch (const Refusal& r) {
+    return refused(r);
   } catch (const Error&) {
     return json_error(404, cat("image \"", id.substr(0, 200), "\" of the collection cannot be read"));
   }
@@ -120,8 +131,8 @@ HttpResponse Routes::task(const std::string& name, const HttpRequest& req) const
     return json_error(400, cat("request body: JSON nested deeper than ", kMaxJsonNesting, " levels"));
   try {
     return json_ok(service_.answer(name, req.body, batcher_));
-  } catch (const HttpError& e) {
-    return json_error(e.status, e.what());
+  } catch (const Refusal& r) {
+    return refused(r);
   } catch (const Error& e) {
     return json_error(500, e.what());
   }

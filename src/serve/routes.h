@@ -12,6 +12,7 @@
 #include "serve/batcher.h"
 #include "serve/http_request.h"
 #include "serve/metrics.h"
+#include "serve/refusal.h"
 #include "serve/service.h"
 
 namespace vlmo::serve {
@@ -27,6 +28,12 @@ struct HttpResponse {
 HttpResponse json_error(int status, const std::string& why);
 // A JSON body, invalid UTF-8 replaced rather than thrown on.
 std::string json_text(const nlohmann::json& j);
+
+// The HTTP status of each kind of refusal of the serving core: the one place where the core's
+// refusals become status codes (bad request 400, not found 404, busy and stopping 503).
+int http_status(RefusalKind kind);
+// What a refused request is answered: that status, and the refusal's message as {"error": ...}.
+HttpResponse refused(const Refusal& r);
 
 constexpr size_t kMaxJsonNesting = 32;
 

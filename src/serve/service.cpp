@@ -1,6 +1,6 @@
 #include "serve/service.h"
 
-#include "serve/http_error.h"
+#include "serve/refusal.h"
 #include "vlmo/vector_index.h"
 
 namespace vlmo::serve {
@@ -30,22 +30,24 @@ nlohmann::json Service::answer(const std::string& name, const std::string& body,
   const auto t = tasks_.find(name);
   if (t == tasks_.end()) {
     const auto why = unavailable_.find(name);
-    throw HttpError(404, cat("/api/", name, " is not available", why == unavailable_.end() ? "" : ": " + why->second));
+    throw Refusal(RefusalKind::kNotFound,
+                  cat("/api/", name, " is not available", why == unavailable_.end() ? "" : ": " + why->second));
   }
   nlohmann::json request;
   try {
     request = nlohmann::json::parse(body);
   } catch (const std::exception& e) {
-    throw HttpError(400, cat("request body: not valid JSON (", e.what(), ")"));
+    throw Refusal(RefusalKind::kBadRequest, cat("request body: not valid JSON (", e.what(), ")"));
   }
-  if (const std::string why = request_error(request, t->second.fields); !why.empty()) throw HttpError(400, why);
+  if (const std::string why = request_error(request, t->second.fields); !why.empty())
+    throw Refusal(RefusalKind::kBadRequest, why);
   Prepared in;
   try {
     in = t->second.prepare(request);
-  } catch (const HttpError&) {
+  } catch (const Refusal&) {
     throw;
   } catch (const Error& e) {
-    throw HttpError(400, e.what());
+    throw Refusal(RefusalKind::kBadRequest, e.what());
   }
   return batcher.submit(t->second, std::move(in)).get().fields;
 }

@@ -38,8 +38,9 @@ class Service {
   const std::map<std::string, Task>& tasks() const { return tasks_; }
   const std::map<std::string, std::string>& unavailable() const { return unavailable_; }
 
-  // POST /api/NAME: the answer's JSON fields. HttpError 404 (no such task), 400 (bad body or
-  // input), 503 (queue full); other errors are the model's (500).
+  // POST /api/NAME: the answer's JSON fields. Throws Refusal: kNotFound (no such task),
+  // kBadRequest (bad body or input), kBusy / kStopping (from the Batcher); other errors are the
+  // model's.
   nlohmann::json answer(const std::string& name, const std::string& body, Batcher& batcher) const;
 
   // The "tasks", "unavailable" and "collection" fields of GET /health.
