@@ -5,6 +5,7 @@
 #include "common.h"
 #include "demo.h"
 #include "vlmo/bench.h"
+#include "vlmo/device.h"
 #include "vlmo/distributed.h"
 #include "vlmo/error.h"
 
@@ -20,7 +21,7 @@ int run_demo_cmd(const Args& a) {
   o.progress = !a.get_flag("quiet");
   o.pretrain_only = a.get_flag("pretrain-only");
   o.start_at = a.get("start-at");
-  o.device = training_device(a);
+  parse_device(a.get("device"));  // a bad --device fails first; which GPU: below, once the processes are known
   const bool auto_precision = a.get("precision") == "auto";
   if (!auto_precision) o.precision = parse_precision(a.get("precision"));
   o.activation_checkpointing = a.get_flag("activation-checkpointing");
@@ -35,12 +36,13 @@ int run_demo_cmd(const Args& a) {
     }
     o.recipe.apply(j);
   }
-  join_distributed(a.get_double("dist-timeout"));  // torchrun --nproc_per_node N: data parallel, same global batches
+  o.group = join_distributed(a.get_double("dist-timeout"));  // torchrun --nproc_per_node N: data parallel, same global batches
+  o.device = training_device(a, o.group.get());
   if (auto_precision) {
     // bf16 where its matrix product pays; with several processes only if it pays on every one.
     double ratio = 0;
     bool bf16 = bf16_pays(o.device, 1.5, &ratio);
-    if (const Distributed* dist = current_distributed(); dist && dist->world_size() > 1) {
+    if (const Distributed* dist = o.group.get(); dist && dist->world_size() > 1) {
       std::vector<at::Tensor> votes = {at::tensor({bf16 ? 1.0 : 0.0}, at::kDouble)};
       dist->all_reduce_sum(votes);
       bf16 = votes[0].item<double>() == dist->world_size();

@@ -106,12 +106,12 @@ int run_finetune(const Args& a) {
   init_weights(model, seed);
   const LoadReport rep = load_weights(model, std::move(init.tensors), false);
   std::cerr << "initialised from " << a.get("init") << " (missing tensors keep their fresh initialisation)\n" << rep.describe();
-  model->to(training_device(a));
+  model->to(training_device(a, t.group.get()));
   apply_runtime_options(a, model);
   if (r.init == "coco") std::cerr << "note: the official " << finetune_task_name(task) << " recipe starts from the COCO-fine-tuned retrieval weights\n";
   // Each optimizer step sees the recipe's batch over every process (the official divides by the
   // number of processes too); the step count is the recipe's, from that batch.
-  const Distributed* dist = current_distributed();
+  const Distributed* dist = t.group.get();
   const int world = dist ? dist->world_size() : 1;
   const StepBatch sb = recipe_step_batch(r.batch_size, batch, world);
   if (a.get_int("accumulate") == 0 && !sb.note.empty() && (!dist || dist->rank() == 0)) std::cerr << "note: " << sb.note << "\n";

@@ -83,7 +83,7 @@ int run_pretrain(const Args& args) {
     std::cerr << "initialised from " << a.get("init") << "\n" << r.describe();
   }
   set_trainable_for_stage(model, stage);
-  model->to(training_device(a));
+  model->to(training_device(a, t.group.get()));
   apply_runtime_options(a, model);
 
   CollateOptions co;
@@ -98,7 +98,7 @@ int run_pretrain(const Args& args) {
   spec.image_root = a.get("image-root");
   spec.text = a.get("text");
   spec.images = a.get("images");
-  if (Distributed* d = current_distributed()) spec.rank = d->rank(), spec.world = d->world_size();
+  if (t.group) spec.rank = t.group->rank(), spec.world = t.group->world_size();
   spec.workers = a.get_int("loader-threads");
   spec.resample = a.get_flag("resample");
   const bool split = webdataset_split_by_rank(spec);

@@ -315,9 +315,8 @@ DemoRun::DemoRun(const DemoOptions& o)
   // Several processes (torchrun): each trains on its share of every global batch (batch / W
   // samples per rank: the same global batches as one process); every rank evaluates the same
   // weights; only rank 0 writes files and prints.
-  const Distributed* dist = current_distributed();
-  world_size_ = dist ? dist->world_size() : 1;
-  writer_ = !dist || dist->rank() == 0;
+  world_size_ = o.group ? o.group->world_size() : 1;
+  writer_ = !o.group || o.group->rank() == 0;
   model_ = VLMo(cfg_);
   init_demo_weights(model_, rc_, o.seed);
   place(model_);
@@ -364,6 +363,7 @@ void DemoRun::fit(VLMo& m, const std::string& name, const ObjectiveFn& objective
                   int64_t batch, double lr, double head_lr_mult, const std::map<std::string, std::string>& meta,
                   const StepObjectiveFn& step_objective, const std::vector<std::string>& heads) {
   TrainOptions t;
+  t.group = o_.group;
   t.step_objective = step_objective;
   t.name = name;
   t.max_steps = n_steps;
