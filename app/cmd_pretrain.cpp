@@ -53,8 +53,6 @@ int run_pretrain(const Args& args) {
   const bool global_batch = global_contrastive_batch(a, stage == Stage::kVL, "--stage vl (the other stages have no contrastive loss)");
   if (a.get_flag("resample") && a.get("webdataset").empty()) throw Error("--resample applies to --webdataset shards only");
   TrainOptions t;
-  t.checkpoint_path = a.get("out");
-  t.metrics_path = a.get("metrics");
   prepare_training(a, t);  // outputs checked before the model and the data are loaded
   Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
   // Text length: --max-text-len, else a --config file's own, else the official per-stage value

@@ -151,6 +151,8 @@ std::vector<Option> fault_options() {
 }
 
 void prepare_training(const Args& a, TrainOptions& t) {
+  t.checkpoint_path = a.get("out");
+  t.metrics_path = a.get("metrics");
   if (!t.checkpoint_path.empty()) check_output_path(t.checkpoint_path, "checkpoint (--out)");
   if (!t.metrics_path.empty()) check_output_path(t.metrics_path, "metrics file (--metrics)");
   t.max_bad_steps = a.get_int("max-bad-steps");

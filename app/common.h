@@ -77,8 +77,9 @@ int answer_requests(const Args& a, std::vector<Request> requests, const PrepareF
 int answer_requests(const Args& a, const Task& task);
 // Options of the training commands for faults: --max-bad-steps, --max-skip-rate, --skip-window.
 std::vector<Option> fault_options();
-// Before any work of a training command: checks that --out and --metrics can be written (a
-// missing folder is found now, not after the training), copies the fault options into `t`,
+// Before any work of a training command: sets `t`'s checkpoint and metrics paths from --out and
+// --metrics and checks that they can be written (a missing folder is found now, not after the
+// training), copies the fault options into `t`,
 // installs the SIGINT / SIGTERM handlers (checkpoint at the next step boundary, then exit 130 /
 // 143; a second signal exits at once) and joins the processes a launcher started (t.group).
 void prepare_training(const Args& a, TrainOptions& t);
