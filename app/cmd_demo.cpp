@@ -5,6 +5,7 @@
 #include "common.h"
 #include "demo.h"
 #include "vlmo/bench.h"
+#include "vlmo/device.h"
 #include "vlmo/distributed.h"
 #include "vlmo/error.h"
 
@@ -21,7 +22,8 @@ int run_demo_cmd(const Args& a) {
   o.pretrain_only = a.get_flag("pretrain-only");
   o.start_at = a.get("start-at");
   const bool auto_precision = a.get("precision") == "auto";
-  o.policy = run_policy_from(a, training_device(a));  // "auto": fp32 until measured below
+  // Options checked first (a bad --device or --precision); which GPU: below, once the processes are known.
+  o.policy = run_policy_from(a, parse_device(a.get("device")));  // "auto": fp32 until measured below
   o.activation_checkpointing = a.get_flag("activation-checkpointing");
   o.start_weights = a.get("weights");
   if (!a.get("recipe").empty()) {
@@ -33,12 +35,13 @@ int run_demo_cmd(const Args& a) {
     }
     o.recipe.apply(j);
   }
-  join_distributed(a.get_double("dist-timeout"));  // torchrun --nproc_per_node N: data parallel, same global batches
+  o.group = join_distributed(a.get_double("dist-timeout"));  // torchrun --nproc_per_node N: data parallel, same global batches
+  o.policy.device = training_device(a, o.group.get());
   if (auto_precision) {
     // bf16 where its matrix product pays; with several processes only if it pays on every one.
     double ratio = 0;
     bool bf16 = bf16_pays(o.policy.device, 1.5, &ratio);
-    if (const Distributed* dist = current_distributed(); dist && dist->world_size() > 1) {
+    if (const Distributed* dist = o.group.get(); dist && dist->world_size() > 1) {
       std::vector<at::Tensor> votes = {at::tensor({bf16 ? 1.0 : 0.0}, at::kDouble)};
       dist->all_reduce_sum(votes);
       bf16 = votes[0].item<double>() == dist->world_size();

@@ -53,8 +53,6 @@ int run_pretrain(const Args& args) {
   const bool global_batch = global_contrastive_batch(a, stage == Stage::kVL, "--stage vl (the other stages have no contrastive loss)");
   if (a.get_flag("resample") && a.get("webdataset").empty()) throw Error("--resample applies to --webdataset shards only");
   TrainOptions t;
-  t.checkpoint_path = a.get("out");
-  t.metrics_path = a.get("metrics");
   prepare_training(a, t);  // outputs checked before the model and the data are loaded
   Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
   // Text length: --max-text-len, else a --config file's own, else the official per-stage value
@@ -83,7 +81,7 @@ int run_pretrain(const Args& args) {
     std::cerr << "initialised from " << a.get("init") << "\n" << r.describe();
   }
   set_trainable_for_stage(model, stage);
-  model->to(training_device(a));
+  model->to(training_device(a, t.group.get()));
   apply_runtime_options(a, model);
 
   CollateOptions co;
@@ -98,7 +96,7 @@ int run_pretrain(const Args& args) {
   spec.image_root = a.get("image-root");
   spec.text = a.get("text");
   spec.images = a.get("images");
-  if (Distributed* d = current_distributed()) spec.rank = d->rank(), spec.world = d->world_size();
+  if (t.group) spec.rank = t.group->rank(), spec.world = t.group->world_size();
   spec.workers = a.get_int("loader-threads");
   spec.resample = a.get_flag("resample");
   const bool split = webdataset_split_by_rank(spec);

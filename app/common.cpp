@@ -84,12 +84,11 @@ bool quantize_int8_option(const Args& a) {
   return q == "int8";
 }
 
-c10::Device training_device(const Args& a) {
+c10::Device training_device(const Args& a, const Distributed* group) {
   c10::Device d = parse_device(a.get("device"));
-  const Distributed* dist = current_distributed();
-  if (d.is_cuda() && !d.has_index() && dist && dist->world_size() > 1) {
+  if (d.is_cuda() && !d.has_index() && group && group->world_size() > 1) {
     const int gpus = static_cast<int>(at::getNumGPUs());
-    d = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(dist->info().local_rank % std::max(1, gpus)));
+    d = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(group->info().local_rank % std::max(1, gpus)));
   }
   return d;
 }
@@ -156,13 +155,15 @@ std::vector<Option> fault_options() {
 }
 
 void prepare_training(const Args& a, TrainOptions& t) {
+  t.checkpoint_path = a.get("out");
+  t.metrics_path = a.get("metrics");
   if (!t.checkpoint_path.empty()) check_output_path(t.checkpoint_path, "checkpoint (--out)");
   if (!t.metrics_path.empty()) check_output_path(t.metrics_path, "metrics file (--metrics)");
   t.max_bad_steps = a.get_int("max-bad-steps");
   t.max_skip_rate = a.get_double("max-skip-rate");
   t.skip_window = a.get_int64("skip-window");
   install_stop_handlers();
-  join_distributed(a.get_double("dist-timeout"));
+  t.group = join_distributed(a.get_double("dist-timeout"));
 }
 
 bool global_contrastive_batch(const Args& a, bool applies, const std::string& where) {
@@ -172,17 +173,14 @@ bool global_contrastive_batch(const Args& a, bool applies, const std::string& wh
   return mode == "global";
 }
 
-void join_distributed(double timeout_s) {
-  // Launched by torchrun / srun / mpirun with more than one process: join the group. It lives
-  // for the rest of the process (the trainer and the objectives find it).
-  static std::shared_ptr<Distributed> group;
+std::shared_ptr<Distributed> join_distributed(double timeout_s) {
   const LaunchInfo info = launch_info_from_env();
-  if (info.world_size > 1 && !group) {
-    group = Distributed::init(info, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
-    if (info.rank == 0)
-      std::fprintf(stderr, "distributed: %d processes (%s, %s), rendezvous %s:%d; global batch = batch x accumulate x %d\n",
-                   info.world_size, info.launcher.c_str(), info.backend == "nccl" ? "NCCL" : "Gloo", info.master_addr.c_str(), info.master_port, info.world_size);
-  }
+  if (info.world_size <= 1) return nullptr;
+  auto group = Distributed::init(info, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  if (info.rank == 0)
+    std::fprintf(stderr, "distributed: %d processes (%s, %s), rendezvous %s:%d; global batch = batch x accumulate x %d\n",
+                 info.world_size, info.launcher.c_str(), info.backend == "nccl" ? "NCCL" : "Gloo", info.master_addr.c_str(), info.master_port, info.world_size);
+  return group;
 }
 
 }  // namespace vlmo::cli

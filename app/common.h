@@ -5,6 +5,7 @@
 #include <ATen/Tensor.h>
 
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -42,8 +43,9 @@ void announce_run_policy(const RunPolicy& policy);
 // Sets the model's run-time settings from the options above (those the command declares): its
 // run policy (announced) and activation checkpointing.
 void apply_runtime_options(const Args& a, VLMo& model);
-// The --device of a training command; plain "cuda" under a launcher means cuda:LOCAL_RANK.
-c10::Device training_device(const Args& a);
+// The --device of a training command; plain "cuda" with a `group` of several processes means
+// cuda:LOCAL_RANK.
+c10::Device training_device(const Args& a, const Distributed* group);
 // --quantize: true for int8, false for none; anything else is an error naming the option.
 bool quantize_int8_option(const Args& a);
 // The model those options name (the file of option `path_option`: --model unless another, as
@@ -81,14 +83,16 @@ int answer_requests(const Args& a, std::vector<Request> requests, const PrepareF
 int answer_requests(const Args& a, const Task& task);
 // Options of the training commands for faults: --max-bad-steps, --max-skip-rate, --skip-window.
 std::vector<Option> fault_options();
-// Before any work of a training command: checks that --out and --metrics can be written (a
-// missing folder is found now, not after the training), copies the fault options into `t`, and
+// Before any work of a training command: sets `t`'s checkpoint and metrics paths from --out and
+// --metrics and checks that they can be written (a missing folder is found now, not after the
+// training), copies the fault options into `t`,
 // installs the SIGINT / SIGTERM handlers (checkpoint at the next step boundary, then exit 130 /
-// 143; a second signal exits at once).
+// 143; a second signal exits at once) and joins the processes a launcher started (t.group).
 void prepare_training(const Args& a, TrainOptions& t);
-// Joins the c10d group when a launcher started several processes (torchrun, srun, mpirun); a
-// collective waits at most `timeout_s` for another rank. Nothing on a single process.
-void join_distributed(double timeout_s);
+// The c10d group of the processes a launcher started (torchrun, srun, mpirun), joined now; a
+// collective waits at most `timeout_s` for another rank. nullptr on a single process. The
+// command keeps it for its run and passes it to whatever trains (TrainOptions::group).
+std::shared_ptr<Distributed> join_distributed(double timeout_s);
 // --contrastive-batch: true for "global", false for "local"; "global" where `applies` is false
 // is an error that says where it applies (`where`).
 bool global_contrastive_batch(const Args& a, bool applies, const std::string& where);

@@ -24,6 +24,9 @@ CONTROL_WORDS = re.compile(r"^\s*(if|for|while|switch|catch|do|else|try|return)\
 LAYER_RULES = [
     ("src/data/", "vlmo/vqa_eval.h", "data does not depend on evaluation"),
     ("src/data/", "vlmo/evaluate.h", "data does not depend on evaluation"),
+    ("src/train/", "vlmo/evaluate.h", "training does not depend on evaluation (validation comes as a function)"),
+    ("src/eval/", "vlmo/finetune.h", "evaluation does not depend on the fine-tuning plans"),
+    ("src/train/", "vlmo/finetune.h", "training does not depend on the fine-tuning plans"),
     ("include/vlmo/distributed.h", "vlmo/objectives.h", "distributed does not depend on the objectives"),
     ("app/cmd_serve.cpp", "vlmo/train.h", "the server does not depend on training"),
     ("src/serve/", "vlmo/train.h", "the server does not depend on training"),

@@ -94,13 +94,14 @@ int main(int argc, char** argv) {
       init_weights(model, 7);
       const Batch all = global_batch(cfg, 8);
       const BatchFn batches = [&](int64_t i) { return slice(all, (i % 2) * 4, 4); };
-      const ObjectiveFn objective = [&](VLMo& m, const Batch& b) {
-        ItcOutput out = compute_itc(m, b, current_gather());  // a collective in every call
+      const ObjectiveFn objective = [&](VLMo& m, const Batch& b, const Distributed* group) {
+        ItcOutput out = compute_itc(m, b, gather_over(group));  // a collective in every call
         // Step 2 (0-based 1), micro-batch 0 of rank 1: batch index (1 * 2 + 0) * 2 + 1 = 5.
         if (r == 1 && b.first_sample == 5 * 4) out.loss = out.loss * std::nan("");
         return Outputs{{"itc_loss", out.loss}};
       };
       TrainOptions o;
+      o.group = dist;
       o.max_steps = 4;
       o.warmup_steps = 1;
       o.lr = 1e-3;
@@ -132,7 +133,7 @@ int main(int argc, char** argv) {
     const int64_t B = 4, N = B * W;
     const Batch all = global_batch(cfg, N);
     model->train();
-    ItcOutput out = compute_itc(model, slice(all, r * B, B), current_gather());
+    ItcOutput out = compute_itc(model, slice(all, r * B, B), gather_over(dist.get()));
     out.loss.backward();
     dist->average_gradients(model);
     const double loss = out.loss.item<double>();

@@ -148,7 +148,7 @@ TEST(Train, NonFiniteLossOrGradientSkipsTheStepWithoutAnUpdate) {
   int calls = 0;
   TensorMap before_bad;
   bool unchanged_over_bad_steps = false;
-  const ObjectiveFn objective = [&](VLMo& model, const Batch& b) {
+  const ObjectiveFn objective = [&](VLMo& model, const Batch& b, const Distributed*) {
     ++calls;
     Outputs out = text_mlm_objective(model, b);
     if (calls == 3) {  // step 3: NaN loss
@@ -321,7 +321,7 @@ TEST(Train, AStopRequestSavesACheckpointAndResumesExactly) {
   VLMo b = fresh();
   t.checkpoint_path = dir + "/cut.safetensors";
   int calls = 0;
-  const ObjectiveFn stop_at_3 = [&](VLMo& model, const Batch& batch) {
+  const ObjectiveFn stop_at_3 = [&](VLMo& model, const Batch& batch, const Distributed*) {
     if (++calls == 3) request_stop(SIGTERM);  // as the handler does, during step 3
     return text_mlm_objective(model, batch);
   };

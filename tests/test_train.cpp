@@ -283,7 +283,7 @@ TEST(GlobalBatch, CachedItcGradientIsTheFullBatchGradient) {
   micro[1].first_sample = 4;
   for (Batch& m : micro) m.image = m.image.to(at::kDouble);
   ASSERT_TRUE(at::equal(at::cat({micro[0].image, micro[1].image}), full.image));  // the same samples
-  const Outputs out = vl_global_step_objective(3)(b, micro);
+  const Outputs out = vl_global_step_objective(3)(b, micro, nullptr);
   EXPECT_NEAR(out.at("itc_loss").item<double>(), ref_loss.item<double>(), 1e-12 * ref_loss.item<double>());
   const auto ga = gradients(a), gb = gradients(b);
   ASSERT_EQ(ga.size(), gb.size());
@@ -296,7 +296,7 @@ TEST(GlobalBatch, CachedItcGradientIsTheFullBatchGradient) {
     for (auto& p : (*m)->named_parameters()) p.value().mutable_grad() = at::Tensor();
   const at::Tensor irtr = irtr_objective(a, full).at("irtr_loss");
   irtr.backward();
-  const Outputs out2 = irtr_global_step_objective(3)(b, micro);
+  const Outputs out2 = irtr_global_step_objective(3)(b, micro, nullptr);
   EXPECT_NEAR(out2.at("irtr_loss").item<double>(), irtr.item<double>(), 1e-12 * irtr.item<double>());
   const auto ra = gradients(a), rb = gradients(b);
   ASSERT_EQ(ra.size(), rb.size());
@@ -368,7 +368,7 @@ TEST(GlobalBatch, RetrievalWithItmIsTheContrastivePlusHardNegativeItm) {
   EXPECT_GT(both.at("itm_loss").item<double>(), 0.3);
   EXPECT_EQ(irtr_objective(m, b).count("itm_loss"), 0u);  // the official fine-tuning has no ITM
   VLMo no_itm(vlmo::test::tiny_config({"itc"}));
-  expect_error([&] { irtr_global_step_objective(9, true)(no_itm, {b}); }, {"no \"itm\" head"});
+  expect_error([&] { irtr_global_step_objective(9, true)(no_itm, {b}, nullptr); }, {"no \"itm\" head"});
   expect_error([&] { irtr_itm_objective(no_itm, b); }, {"no \"itm\" head"});
 
   auto run = [&](int batch, int accumulate) {

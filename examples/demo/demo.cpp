@@ -23,6 +23,7 @@
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
 #include "vlmo/evaluate.h"
+#include "vlmo/finetune.h"
 #include "vlmo/image.h"
 #include "vlmo/image_tensor.h"
 #include "vlmo/pretrain.h"
@@ -251,6 +252,7 @@ class DemoRun {
   void fit(VLMo& m, const std::string& name, const ObjectiveFn& objective, const BatchFn& batches, int64_t n_steps,
            int64_t batch, double lr, double head_lr_mult, const std::map<std::string, std::string>& meta,
            const StepObjectiveFn& step_objective = {}, const std::vector<std::string>& heads = {});
+  void fit(VLMo& m, const FinetunePlan& plan, int64_t n_steps, int64_t batch, double lr, double head_lr_mult);
   void run_stage(const std::string& name, Stage stage, const ObjectiveFn& objective, int64_t n_steps, int64_t batch,
                  double lr, const StageSpec& spec);
   Grouping grouping(int64_t size, double from_fraction, int64_t n_steps);
@@ -315,9 +317,8 @@ DemoRun::DemoRun(const DemoOptions& o)
   // Several processes (torchrun): each trains on its share of every global batch (batch / W
   // samples per rank: the same global batches as one process); every rank evaluates the same
   // weights; only rank 0 writes files and prints.
-  const Distributed* dist = current_distributed();
-  world_size_ = dist ? dist->world_size() : 1;
-  writer_ = !dist || dist->rank() == 0;
+  world_size_ = o.group ? o.group->world_size() : 1;
+  writer_ = !o.group || o.group->rank() == 0;
   model_ = VLMo(cfg_);
   init_demo_weights(model_, rc_, o.seed);
   place(model_);
@@ -364,6 +365,7 @@ void DemoRun::fit(VLMo& m, const std::string& name, const ObjectiveFn& objective
                   int64_t batch, double lr, double head_lr_mult, const std::map<std::string, std::string>& meta,
                   const StepObjectiveFn& step_objective, const std::vector<std::string>& heads) {
   TrainOptions t;
+  t.group = o_.group;
   t.step_objective = step_objective;
   t.name = name;
   t.max_steps = n_steps;
@@ -385,6 +387,11 @@ void DemoRun::fit(VLMo& m, const std::string& name, const ObjectiveFn& objective
   const auto [first, last] = first_and_last_steps(r);
   report_["stages"][name] = {{"steps", r.steps}, {"batch", batch}, {"lr", lr}, {"seconds", r.seconds},
                              {"first_steps", first}, {"last_steps", last}};
+}
+
+// A fine-tuning of the library's plan (vlmo/finetune.h), with the demo's batches and schedule.
+void DemoRun::fit(VLMo& m, const FinetunePlan& plan, int64_t n_steps, int64_t batch, double lr, double head_lr_mult) {
+  fit(m, plan.name, plan.objective, plan.train.batches, n_steps, batch, lr, head_lr_mult, plan.metadata, plan.step_objective);
 }
 
 // A stage on the main model: examples from the training scenes, in a per-epoch order.
@@ -496,11 +503,11 @@ void DemoRun::pretrain(int start) {
 // same top 8 also re-scored by the pre-trained fusion encoder (the stage-3 weights), whose ITM
 // head the official ITC-only fine-tuning has not moved away from its encoder.
 void DemoRun::finetune_retrieval(RetrievalResults& r) {
-  run_stage("finetune-retrieval", Stage::kVL, rc_.retrieval_itm ? irtr_itm_objective : irtr_objective, steps(rc_.retrieval_steps),
-            rc_.retrieval_batch, rc_.retrieval_lr,
-            {true, true, false,
-             world_size_ > 1 ? irtr_global_step_objective(mix_seed(o_.seed, 4), rc_.retrieval_itm) : StepObjectiveFn{}, 1.0,
-             {}, grouping(rc_.retrieval_group, 0.0, steps(rc_.retrieval_steps))});
+  // The library's retrieval plan on the main model (its batches: run_stage's, from the world).
+  const FinetunePlan plan =
+      retrieval_plan({}, rc_.retrieval_itm, world_size_ > 1 ? std::optional<uint64_t>(mix_seed(o_.seed, 4)) : std::nullopt);
+  run_stage("finetune-retrieval", Stage::kVL, plan.objective, steps(rc_.retrieval_steps), rc_.retrieval_batch, rc_.retrieval_lr,
+            {true, true, false, plan.step_objective, 1.0, {}, grouping(rc_.retrieval_group, 0.0, steps(rc_.retrieval_steps))});
   r.test = evaluate_retrieval(model_, tok_, test_, scenes_, /*rerank_k=*/8);
   {
     VLMo pretrained(cfg_);
@@ -517,13 +524,6 @@ void DemoRun::finetune_retrieval(RetrievalResults& r) {
 // questions per test scene, ten identical human answers each.
 void DemoRun::vqa() {
   const std::vector<std::string> answers = world_.answers();
-  Config vcfg = cfg_;
-  vcfg.heads = {"vqa"};
-  vcfg.vqav2_label_size = static_cast<int>(answers.size());
-  VLMo vqa(vcfg);
-  init_weights(vqa, o_.seed);
-  load_weights(vqa, stage3_weights_, false);
-  place(vqa);
   auto label_of = [&](const std::string& a) {
     return static_cast<int64_t>(std::find(answers.begin(), answers.end(), a) - answers.begin());
   };
@@ -547,8 +547,10 @@ void DemoRun::vqa() {
     b.vqa_targets = targets;
     return b;
   };
-  fit(vqa, "finetune-vqa", vqa_objective, batches, steps(rc_.vqa_steps), rc_.vqa_batch, rc_.vqa_lr, rc_.vqa_head_lr_mult,
-      {{"vqa_answers", nlohmann::json(answers).dump()}});
+  const FinetunePlan plan = vqa_plan(answers, {batches});
+  VLMo vqa = finetune_model(plan.model_config(cfg_), stage3_weights_, o_.seed);
+  place(vqa);
+  fit(vqa, plan, steps(rc_.vqa_steps), rc_.vqa_batch, rc_.vqa_lr, rc_.vqa_head_lr_mult);
   std::map<std::string, int> counts;
   for (size_t i = 0; i < train_scenes_.size(); ++i) counts[world_.question(train_scenes_[i], mix_seed(o_.seed + 7, i)).second]++;
   const std::string majority =
@@ -573,13 +575,6 @@ void DemoRun::vqa() {
 
 // NLVR2: statements over image pairs, two fusion passes, three token types; tested on 200 pairs.
 void DemoRun::nlvr2() {
-  Config ncfg = cfg_;
-  ncfg.heads = {"nlvr2"};
-  ncfg.num_token_types = 3;
-  VLMo nlvr2(ncfg);
-  init_weights(nlvr2, o_.seed);
-  load_weights(nlvr2, stage3_weights_, false);
-  place(nlvr2);
   // The g-th statement of a split: a pair of scenes and a statement about them, from the salt.
   auto statement_at = [this](const std::string& split, uint64_t g, uint64_t salt) {
     const auto& sc = world_.split(split);
@@ -606,8 +601,10 @@ void DemoRun::nlvr2() {
     b.nlvr2_labels = at::tensor(at::ArrayRef<int64_t>(labels), at::kLong);
     return b;
   };
-  fit(nlvr2, "finetune-nlvr2", nlvr2_objective, batches, steps(rc_.nlvr2_steps), rc_.nlvr2_batch, rc_.nlvr2_lr,
-      rc_.nlvr2_head_lr_mult, {});
+  const FinetunePlan plan = nlvr2_plan({batches});
+  VLMo nlvr2 = finetune_model(plan.model_config(cfg_), stage3_weights_, o_.seed);
+  place(nlvr2);
+  fit(nlvr2, plan, steps(rc_.nlvr2_steps), rc_.nlvr2_batch, rc_.nlvr2_lr, rc_.nlvr2_head_lr_mult);
   std::vector<Nlvr2Example> test_pairs;
   double pos = 0;
   for (uint64_t g = 0; g < 200; ++g) {

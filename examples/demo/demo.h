@@ -9,6 +9,7 @@
 
 #include "demo_world.h"
 #include "vlmo/config.h"
+#include "vlmo/distributed.h"
 #include "vlmo/model.h"
 #include "vlmo/precision.h"
 #include "vlmo/run_policy.h"
@@ -98,6 +99,9 @@ struct DemoOptions {
   RunPolicy policy;
   std::string precision_note;                 // how it was chosen (the report's "precision_choice")
   bool activation_checkpointing = false;
+  // Several processes (torchrun): the group they joined (nullptr: one process). Each trains on
+  // its share of every global batch; every rank evaluates; rank 0 writes the files and prints.
+  std::shared_ptr<const Distributed> group;
 };
 
 // Runs everything, writes out_dir/report.json (and metrics.jsonl, checkpoints), returns the report.

@@ -52,7 +52,8 @@ class ProcessGroupHandle;  // c10d, kept out of this header
 class Distributed {
  public:
   // Rendezvous (rank 0 hosts the TCPStore) and a Gloo process group. Every collective fails
-  // with vlmo::Error after `timeout` when a rank does not answer (died or hung).
+  // with vlmo::Error after `timeout` when a rank does not answer (died or hung). The group lives
+  // as long as the returned pointer's owners.
   static std::shared_ptr<Distributed> init(const LaunchInfo& info, std::chrono::milliseconds timeout);
   ~Distributed();
 
@@ -83,10 +84,9 @@ class Distributed {
   std::unique_ptr<ProcessGroupHandle> pg_;
 };
 
-// The process's group, set by Distributed::init (nullptr on one process): objectives gather
-// through it.
-Distributed* current_distributed();
-// gather_local on one process, else the group's gather.
-GatherFn current_gather();
+// The gather of the processes `group` (nullptr: one process): gather_local for one process,
+// else the group's gather. Nothing here remembers a group: whoever made it (Distributed::init)
+// passes it on, as TrainOptions::group and the objectives' `group` argument.
+GatherFn gather_over(const Distributed* group);
 
 }  // namespace vlmo

@@ -21,10 +21,12 @@ bool stage2_trainable(const std::string& name);
 void set_trainable_for_stage(VLMo& model, Stage stage);
 
 
-// Objectives. Keys ending in "loss" are optimised; "*_acc" are logged.
-Outputs mim_objective(VLMo& model, const Batch& batch);
-Outputs text_mlm_objective(VLMo& model, const Batch& batch);
-Outputs vl_objective(VLMo& model, const Batch& batch);
+// Objectives (ObjectiveFn). Keys ending in "loss" are optimised; "*_acc" are logged. `group`:
+// the processes training together (nullptr: one process); ITC gathers every rank's features over
+// it and ITM draws its hard negatives from every rank's samples (the official all_gather).
+Outputs mim_objective(VLMo& model, const Batch& batch, const Distributed* group = nullptr);
+Outputs text_mlm_objective(VLMo& model, const Batch& batch, const Distributed* group = nullptr);
+Outputs vl_objective(VLMo& model, const Batch& batch, const Distributed* group = nullptr);
 
 // Stage vl with a global contrastive batch (--contrastive-batch global): ITC and the ITM hard
 // negatives over every sample of the optimizer step (all ranks x all micro-batches), with the
@@ -44,13 +46,13 @@ StepObjectiveFn irtr_global_step_objective(uint64_t seed, bool with_itm = false)
 at::Tensor keyed_sample_rows(const at::Tensor& weights, const at::Tensor& rows, const std::vector<uint64_t>& keys);
 // Fine-tuning objectives: retrieval (dual-encoder contrastive, irtr_loss + irtr_i2t_acc), VQA
 // (vqa_loss + vqa_score: soft score of the top answer), NLVR2 (nlvr2_loss + nlvr2_acc).
-Outputs irtr_objective(VLMo& model, const Batch& batch);
+Outputs irtr_objective(VLMo& model, const Batch& batch, const Distributed* group = nullptr);
 // Retrieval fine-tuning for ITM re-ranking (the NeurIPS supplementary's ITC + ITM variant; the
 // official recipe is ITC only): irtr_objective's contrastive loss plus ITM with hard negatives
 // drawn from the fine-tuned dual encoder's similarities (itm_loss + itm_acc), so that the fusion
 // encoder and its ITM head keep fitting the encoder that the contrastive loss moves.
-Outputs irtr_itm_objective(VLMo& model, const Batch& batch);
-Outputs vqa_objective(VLMo& model, const Batch& batch);
-Outputs nlvr2_objective(VLMo& model, const Batch& batch);
+Outputs irtr_itm_objective(VLMo& model, const Batch& batch, const Distributed* group = nullptr);
+Outputs vqa_objective(VLMo& model, const Batch& batch, const Distributed* group = nullptr);
+Outputs nlvr2_objective(VLMo& model, const Batch& batch, const Distributed* group = nullptr);
 
 }  // namespace vlmo

@@ -10,6 +10,8 @@ enum class FinetuneTask { kVqa, kNlvr2, kRetrievalCoco, kRetrievalF30k };
 // "vqa", "nlvr2", "coco" (or "irtr"), "f30k"; throws naming the known tasks.
 FinetuneTask parse_finetune_task(const std::string& name);
 const char* finetune_task_name(FinetuneTask task);
+// COCO or Flickr30K retrieval.
+bool is_retrieval(FinetuneTask task);
 
 struct Recipe {
   int image_size = 384;

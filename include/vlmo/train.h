@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -90,18 +91,23 @@ class LossScaleScope {
 };
 
 // Named outputs of one objective evaluation: keys ending in "loss" are summed and optimised;
-// other keys (accuracies) are only logged.
+// other keys (accuracies) are only logged. The trainer passes every objective the processes it
+// trains with (TrainOptions::group; nullptr: one process): an objective that compares samples
+// across the batch (ITC, hard negatives) gathers them over that group (gather_over).
 using Outputs = std::map<std::string, at::Tensor>;
-using ObjectiveFn = std::function<Outputs(VLMo&, const Batch&)>;
+using ObjectiveFn = std::function<Outputs(VLMo&, const Batch&, const Distributed* group)>;
 // A whole-step objective: it gets every micro-batch of this rank's optimizer step (each with its
 // first_sample set), runs its own forward and backward passes and returns the step's values
 // (detached; "*loss" keys summed for the log). Its gradients must be such that their mean over
 // ranks (the trainer's all-reduce) is the gradient of the step's loss. It must call the same
 // collectives on every rank, and may throw NonFiniteError only after its last collective.
-using StepObjectiveFn = std::function<Outputs(VLMo&, const std::vector<Batch>&)>;
+using StepObjectiveFn = std::function<Outputs(VLMo&, const std::vector<Batch>&, const Distributed* group)>;
 
 struct TrainOptions {
   std::string name = "train";   // shown in logs ("stage1-image", ...)
+  // Data parallel: the processes that train together (Distributed::init; see vlmo/distributed.h),
+  // passed on to the objectives. nullptr (or a world of one): this process alone.
+  std::shared_ptr<const Distributed> group;
   int64_t max_steps = 100;      // optimizer steps
   int64_t warmup_steps = 10;
   double lr = 1e-4;

@@ -42,8 +42,6 @@ class ProcessGroupHandle {
 
 namespace {
 
-Distributed* g_current = nullptr;
-
 const char* env(const char* name) {
   const char* v = std::getenv(name);
   return v && *v ? v : nullptr;
@@ -154,13 +152,10 @@ std::shared_ptr<Distributed> Distributed::init(const LaunchInfo& info, std::chro
     throw Error(cat("rank ", info.rank, " of ", info.world_size, ": rendezvous at ", info.master_addr, ":", info.master_port,
                     " failed within ", timeout.count() / 1000.0, " s (", msg.substr(0, msg.find('\n')), ")"));
   }
-  g_current = d.get();
   return d;
 }
 
-Distributed::~Distributed() {
-  if (g_current == this) g_current = nullptr;
-}
+Distributed::~Distributed() = default;
 
 at::Tensor Distributed::gather(const at::Tensor& t) const {
   at::NoGradGuard guard;
@@ -254,14 +249,11 @@ void Distributed::average_gradients(VLMo& model, size_t bucket_bytes) const {
   }
 }
 
-Distributed* current_distributed() { return g_current; }
-
 at::Tensor gather_local(const at::Tensor& t) { return t; }
 
-GatherFn current_gather() {
-  Distributed* d = current_distributed();
-  if (!d || d->world_size() == 1) return gather_local;
-  return d->gather_fn();
+GatherFn gather_over(const Distributed* group) {
+  if (!group || group->world_size() == 1) return gather_local;
+  return group->gather_fn();
 }
 
 }  // namespace vlmo

@@ -120,7 +120,7 @@ struct SecondPassSums {
 };
 
 // The masked tokens of each micro-batch and of the whole step (summed over ranks).
-std::pair<std::vector<double>, double> masked_tokens(const std::vector<Batch>& micro, Distributed* dist, bool multi) {
+std::pair<std::vector<double>, double> masked_tokens(const std::vector<Batch>& micro, const Distributed* dist, bool multi) {
   double masked_total = 0;
   std::vector<double> masked(micro.size(), 0.0);
   for (size_t m = 0; m < micro.size(); ++m) {
@@ -189,9 +189,9 @@ std::vector<std::vector<int64_t>> step_samples(const std::vector<Batch>& micro) 
   return samples;
 }
 
-Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed, bool retrieval, bool retrieval_itm) {
+Outputs global_step(VLMo& model, const std::vector<Batch>& micro, const Distributed* dist, uint64_t seed, bool retrieval,
+                    bool retrieval_itm) {
   if (micro.empty()) throw Error("global contrastive step without micro-batches");
-  Distributed* dist = current_distributed();
   const bool multi = dist && dist->world_size() > 1;
   const double world = multi ? dist->world_size() : 1;
   const bool with_itm = (!retrieval || retrieval_itm) && model->config().has_head("itm"), with_mlm = !retrieval && model->config().has_head("mlm");
@@ -211,7 +211,7 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
     for (size_t m = 0; m < micro.size(); ++m) feats.push_back(unimodal_features(model, micro[m], samples[m], seed, retrieval));
   }
   // 2. Every collective of the step, before anything that may fail on one rank only.
-  const GatherFn gather = current_gather();
+  const GatherFn gather = gather_over(dist);
   const at::Tensor local_ids = at::tensor(local, at::kLong);
   const at::Tensor all_ids = gather(local_ids);  // local first, then the other ranks
   const at::Tensor all_feats = gather(at::cat(feats));
@@ -284,11 +284,15 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, uint64_t seed,
 }  // namespace
 
 StepObjectiveFn vl_global_step_objective(uint64_t seed) {
-  return [seed](VLMo& model, const std::vector<Batch>& micro) { return global_step(model, micro, seed, false, false); };
+  return [seed](VLMo& model, const std::vector<Batch>& micro, const Distributed* group) {
+    return global_step(model, micro, group, seed, false, false);
+  };
 }
 
 StepObjectiveFn irtr_global_step_objective(uint64_t seed, bool with_itm) {
-  return [seed, with_itm](VLMo& model, const std::vector<Batch>& micro) { return global_step(model, micro, seed, true, with_itm); };
+  return [seed, with_itm](VLMo& model, const std::vector<Batch>& micro, const Distributed* group) {
+    return global_step(model, micro, group, seed, true, with_itm);
+  };
 }
 
 }  // namespace vlmo

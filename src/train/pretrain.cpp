@@ -32,7 +32,7 @@ void set_trainable_for_stage(VLMo& model, Stage stage) {
     p.value().set_requires_grad(stage != Stage::kText || stage2_trainable(p.key()));
 }
 
-Outputs mim_objective(VLMo& model, const Batch& batch) {
+Outputs mim_objective(VLMo& model, const Batch& batch, const Distributed*) {
   if (!batch.patch_mask.defined()) throw Error("stage-1 batches need a patch mask");
   const Config& c = model->config();
   const int64_t B = batch.image.size(0), W = c.grid(), p = c.patch_size;
@@ -49,7 +49,7 @@ Outputs mim_objective(VLMo& model, const Batch& batch) {
   return out;
 }
 
-Outputs text_mlm_objective(VLMo& model, const Batch& batch) {
+Outputs text_mlm_objective(VLMo& model, const Batch& batch, const Distributed*) {
   const MlmOutput m = compute_text_mlm(model, batch);
   return {{"textmlm_loss", m.loss}, {"textmlm_acc", m.accuracy}};
 }
@@ -64,10 +64,12 @@ at::Tensor in_batch_accuracy(const at::Tensor& logits_i2t) {
 // ITM with global hard negatives drawn from a contrastive loss's similarities: for each text an
 // image drawn from its row, and vice versa, each in one batched multinomial (image first). On
 // several ranks the negatives index the gathered pools (raw images and texts of every rank).
-void add_hard_negative_itm(VLMo& model, const Batch& batch, const ContrastiveOutput& c, const GatherFn& gather, Outputs& out) {
+void add_hard_negative_itm(VLMo& model, const Batch& batch, const ContrastiveOutput& c, const Distributed* group,
+                           Outputs& out) {
   const at::Tensor neg_image = sample_hard_negatives(hard_negative_weights(c.logits_t2i));
   const at::Tensor neg_text = sample_hard_negatives(hard_negative_weights(c.logits_i2t));
-  const bool pooled = current_distributed() && current_distributed()->world_size() > 1;
+  const bool pooled = group && group->world_size() > 1;
+  const GatherFn gather = gather_over(group);
   const ItmOutput itm = pooled ? compute_itm(model, batch, neg_image, neg_text, gather(batch.image), gather(batch.text_ids),
                                              gather(batch.text_masks))
                                : compute_itm(model, batch, neg_image, neg_text);
@@ -79,45 +81,47 @@ void add_hard_negative_itm(VLMo& model, const Batch& batch, const ContrastiveOut
 }
 
 // Retrieval fine-tuning: the fine-tuned dual encoder's contrastive loss, and ITM when asked.
-Outputs irtr_outputs(VLMo& model, const Batch& batch, bool with_itm) {
+Outputs irtr_outputs(VLMo& model, const Batch& batch, const Distributed* group, bool with_itm) {
   const auto img = model->infer_image_ft(batch.image, TokenOutputs::kCls);
   const auto txt = model->infer_text_ft(batch.text_ids, batch.text_masks, TokenOutputs::kCls);
-  const GatherFn gather = current_gather();
-  const ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, gather);
+  const ContrastiveOutput c = contrastive_loss(img.cls_feats, txt.cls_feats, model->logit_scale, gather_over(group));
   Outputs out;
   out["irtr_loss"] = c.loss;
   out["irtr_i2t_acc"] = in_batch_accuracy(c.logits_i2t);
-  if (with_itm) add_hard_negative_itm(model, batch, c, gather, out);
+  if (with_itm) add_hard_negative_itm(model, batch, c, group, out);
   return out;
 }
 
 }  // namespace
 
-Outputs vl_objective(VLMo& model, const Batch& batch) {
+Outputs vl_objective(VLMo& model, const Batch& batch, const Distributed* group) {
   Outputs out;
-  const GatherFn gather = current_gather();  // every rank's batch (local first); identity on one process
-  const ItcOutput itc = compute_itc(model, batch, gather);
+  const ItcOutput itc = compute_itc(model, batch, gather_over(group));  // every rank's batch (local first)
   out["itc_loss"] = itc.loss;
   out["itc_i2t_acc"] = in_batch_accuracy(itc.itc.logits_i2t);
-  add_hard_negative_itm(model, batch, itc.itc, gather, out);
+  add_hard_negative_itm(model, batch, itc.itc, group, out);
   const MlmOutput mlm = compute_mlm(model, batch);
   out["mlm_loss"] = mlm.loss;
   out["mlm_acc"] = mlm.accuracy;
   return out;
 }
 
-Outputs irtr_objective(VLMo& model, const Batch& batch) { return irtr_outputs(model, batch, false); }
+Outputs irtr_objective(VLMo& model, const Batch& batch, const Distributed* group) {
+  return irtr_outputs(model, batch, group, false);
+}
 
 // Hard negatives from the fine-tuned dual encoder's similarities, as in pre-training.
-Outputs irtr_itm_objective(VLMo& model, const Batch& batch) { return irtr_outputs(model, batch, true); }
+Outputs irtr_itm_objective(VLMo& model, const Batch& batch, const Distributed* group) {
+  return irtr_outputs(model, batch, group, true);
+}
 
-Outputs vqa_objective(VLMo& model, const Batch& batch) {
+Outputs vqa_objective(VLMo& model, const Batch& batch, const Distributed*) {
   const LogitsLoss l = compute_vqa(model, batch);
   const at::Tensor picked = l.logits.argmax(1).unsqueeze(1);
   return {{"vqa_loss", l.loss}, {"vqa_score", batch.vqa_targets.gather(1, picked).mean().detach()}};
 }
 
-Outputs nlvr2_objective(VLMo& model, const Batch& batch) {
+Outputs nlvr2_objective(VLMo& model, const Batch& batch, const Distributed*) {
   const LogitsLoss l = compute_nlvr2(model, batch);
   return {{"nlvr2_loss", l.loss},
           {"nlvr2_acc", l.logits.argmax(1).eq(batch.nlvr2_labels).to(at::kFloat).mean().detach()}};

@@ -49,6 +49,10 @@ const char* finetune_task_name(FinetuneTask task) {
   return "?";
 }
 
+bool is_retrieval(FinetuneTask task) {
+  return task == FinetuneTask::kRetrievalCoco || task == FinetuneTask::kRetrievalF30k;
+}
+
 int64_t Recipe::total_steps(int64_t num_examples) const {
   if (epochs <= 0) return steps;
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(epochs * static_cast<double>(num_examples) /

@@ -350,7 +350,7 @@ class TrainingRun {
     // Data parallel (vlmo/distributed.h): rank r trains on micro-batches r, r + W, r + 2W, ... of
     // the map-style source; gradients are averaged over ranks before each update; only rank 0
     // writes checkpoints, metrics and progress; the step's metrics are means over ranks.
-    dist_ = current_distributed();
+    dist_ = o_.group.get();
     multi_ = dist_ && dist_->world_size() > 1;
     world_ = multi_ ? dist_->world_size() : 1;
     rank_ = multi_ ? dist_->rank() : 0;
@@ -402,7 +402,7 @@ class TrainingRun {
   VLMo& model_;
   const ObjectiveFn& objective_;
   TrainOptions o_;
-  Distributed* dist_ = nullptr;
+  const Distributed* dist_ = nullptr;  // o_.group's
   bool multi_ = false, scaling_ = false, tty_ = false;
   int world_ = 1, rank_ = 0;
   BatchFn batches_;
@@ -545,7 +545,7 @@ void TrainingRun::forward_backward(int64_t step, StepRecord& r) {
     if (!r.bad.empty() && !multi_) continue;
     Outputs out;
     try {
-      out = objective_(model_, b);
+      out = objective_(model_, b, dist_);
     } catch (const NonFiniteError& e) {
       if (r.bad.empty()) r.bad = cat("non-finite values (", e.what(), ")");
       continue;
@@ -570,7 +570,7 @@ void TrainingRun::forward_backward(int64_t step, StepRecord& r) {
 
 void TrainingRun::step_objective(StepRecord& r, std::vector<Batch>& step_batches) {
   try {
-    const Outputs out = o_.step_objective(model_, step_batches);
+    const Outputs out = o_.step_objective(model_, step_batches, dist_);
     double total = 0;
     for (const auto& [k, v] : out) {
       const double value = v.item<double>();
