@@ -63,8 +63,7 @@ Args Command::parse(const std::vector<std::string>& argv) const {
       } else if (has_value) {
         args.values[name] = value;
       } else {
-        if (i + 1 >= argv.size())
-          throw Error(cat("vlmo ", this->name, ": option --", name, " needs a value"));
+        if (i + 1 >= argv.size()) throw Error(cat("vlmo ", this->name, ": option --", name, " needs a value"));
         args.values[name] = argv[++i];
       }
     } else {
@@ -74,18 +73,17 @@ Args Command::parse(const std::vector<std::string>& argv) const {
   if (args.get_flag("help")) return args;
   args.check_numbers();
   if (args.positional.size() < min_positional || args.positional.size() > max_positional)
-    throw Error(cat("vlmo ", name, ": expected ", min_positional == max_positional ? "" : "between ",
-                    min_positional,
-                    min_positional == max_positional ? "" : cat(" and ", max_positional),
-                    " positional argument(s), got ", args.positional.size(), "\nusage: ", usage));
+    throw Error(cat("vlmo ", name, ": expected ", min_positional == max_positional ? "" : "between ", min_positional,
+                    min_positional == max_positional ? "" : cat(" and ", max_positional), " positional argument(s), got ",
+                    args.positional.size(), "\nusage: ", usage));
   return args;
 }
 
 std::vector<Command> all_commands() {
-  return {demo_command(),   pretrain_command(), finetune_command(),  evaluate_command(), vqa_command(),
-          nlvr2_command(),  itm_command(),      embed_command(),     search_command(),   convert_command(),
-          info_command(),   vqa_answers_command(), check_reference_command(), tokenize_command(),
-          preprocess_command(), plot_command(), index_command(), serve_command(), bench_command()};
+  return {demo_command(),  pretrain_command(),    finetune_command(),        evaluate_command(), vqa_command(),
+          nlvr2_command(), itm_command(),         embed_command(),           search_command(),   convert_command(),
+          info_command(),  vqa_answers_command(), check_reference_command(), tokenize_command(), preprocess_command(),
+          plot_command(),  index_command(),       serve_command(),           bench_command()};
 }
 
 }  // namespace vlmo::cli

@@ -34,10 +34,10 @@ Option number_option(std::string name, std::string default_value, std::string he
 Option choice_option(std::string name, std::string default_value, std::string help, std::vector<std::string> choices);
 
 struct Args {
-  std::string command;                        // for messages: "vlmo <command>"
+  std::string command;  // for messages: "vlmo <command>"
   std::map<std::string, Option> declared;
   std::map<std::string, std::string> values;
-  std::set<std::string> given;                // options set on the command line
+  std::set<std::string> given;  // options set on the command line
   std::vector<std::string> positional;
   const std::string& get(const std::string& name) const;
   // Typed values of numeric options (range-checked as declared; errors name the option).

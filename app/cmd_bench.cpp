@@ -10,14 +10,16 @@
 
 #include "cli.h"
 #include "common.h"
-#include "vlmo/cpu_features.h"
+#include "model/model_internals.h"
 #include "vlmo/bench.h"
+#include "vlmo/cpu_features.h"
 #include "vlmo/device.h"
 #include "vlmo/error.h"
-#include "model/model_internals.h"
 
 namespace vlmo::cli {
 namespace {
+
+const char* const kTasks = "pretrain, embed-image, embed-text, vqa, nlvr2, irtr";
 
 std::vector<std::string> split_tasks(const std::string& text) {
   if (text == "all") return bench_tasks();
@@ -26,8 +28,7 @@ std::vector<std::string> split_tasks(const std::string& text) {
   for (std::string t; std::getline(in, t, ',');) {
     bool known = false;
     for (const auto& k : bench_tasks()) known = known || k == t;
-    if (!known) throw Error(cat("--task: unknown task \"", t, "\" (expected all, or a comma-separated list of pretrain, "
-                                "embed-image, embed-text, vqa, nlvr2, irtr)"));
+    if (!known) throw Error(cat("--task: unknown task \"", t, "\" (expected all, or a comma-separated list of ", kTasks, ")"));
     out.push_back(t);
   }
   if (out.empty()) throw Error("--task: give at least one task");
@@ -58,11 +59,10 @@ int run_bench_command(const Args& a) {
   const RunPolicy policy = run_policy_from(a, device);
   const Precision precision = policy.precision;
   const std::string matmul_name = precision_name(precision);
-  // How bf16 products run on the CPU (vlmo/run_policy.h): LibTorch's bf16 GEMM, or emulated.
-  const std::string bf16_products = precision == Precision::kBFloat16 && device.is_cpu()
-                                        ? cpu_bf16_products_name(policy.cpu_bf16) : std::string("native");
-  // Where the attention layers' batched products run (vlmo/ops.h).
-  const std::string batched = device.is_cpu() ? cpu_products_name(policy.cpu_products) : std::string("aten");
+  // bf16 products on the CPU: LibTorch's bf16 GEMM or emulated (vlmo/run_policy.h); the attention layers' batched products.
+  const bool cpu = device.is_cpu(), bf16 = precision == Precision::kBFloat16;
+  const std::string bf16_products = bf16 && cpu ? cpu_bf16_products_name(policy.cpu_bf16) : std::string("native");
+  const std::string batched = cpu ? cpu_products_name(policy.cpu_products) : std::string("aten");
   const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
   if (!quiet) announce_run_policy(policy);
   const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
@@ -71,8 +71,8 @@ int run_bench_command(const Args& a) {
   // blocks run them (vlmo/bench.h).
   const int64_t n = a.get_int64("matmul-size") > 0 ? a.get_int64("matmul-size") : (device.is_cuda() ? 8192 : 2048);
   if (!quiet)
-    std::cerr << "bench: measuring the " << matmul_name << " matrix-product rate (" << n << "^3 and the layers' shapes at "
-              << n << " rows) on " << device.str() << "\n";
+    std::cerr << "bench: measuring the " << matmul_name << " matrix-product rate (" << n << "^3 and the layers' shapes at " << n
+              << " rows) on " << device.str() << "\n";
   const MatmulRate yardstick = measure_matmul_rate(policy, n, config);
   const double matmul = yardstick.flops;
 
@@ -80,17 +80,17 @@ int run_bench_command(const Args& a) {
     std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s, %s%s%s, "
                 "%d threads, LibTorch %s, %s attention, batched products: %s%s\n",
                 preset.c_str(), config.image_size, config.max_text_len, static_cast<long long>(a.get_int64("batch")),
-                static_cast<long long>(a.get_int64("steps")), static_cast<long long>(a.get_int64("warmup")),
-                device.str().c_str(), matmul_name.c_str(), a.get("quantize") == "int8" ? ", int8" : "",
-                a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads(),
-                TORCH_VERSION, attention_path_name(policy.attention).c_str(), batched.c_str(),
+                static_cast<long long>(a.get_int64("steps")), static_cast<long long>(a.get_int64("warmup")), device.str().c_str(),
+                matmul_name.c_str(), a.get("quantize") == "int8" ? ", int8" : "",
+                a.get_flag("activation-checkpointing") ? ", activation checkpointing" : "", at::get_num_threads(), TORCH_VERSION,
+                attention_path_name(policy.attention).c_str(), batched.c_str(),
                 bf16_products == "emulated" ? ", bf16 products emulated in fp32 (no AVX-512)" : "");
     std::printf("CPU: %s (%s; %s)\n", cpu_features().model.c_str(), cpu_features().widest().c_str(),
                 cpu_features().features.empty() ? "no extensions reported" : features_text().c_str());
     std::printf("%s matmul (best of %lld^3 and the layers' shapes: %s): %.3f TFLOP/s\n\n", matmul_name.c_str(),
                 static_cast<long long>(n), yardstick.shape.c_str(), matmul / 1e12);
-    std::printf("%-12s %10s %12s %14s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s",
-                "% matmul", "peak memory");
+    std::printf("%-12s %10s %12s %14s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s", "% matmul",
+                "peak memory");
     std::fflush(stdout);
   }
   for (const auto& task : tasks) {
@@ -104,53 +104,52 @@ int run_bench_command(const Args& a) {
     o.seed = a.get_uint64("seed");
     o.quantize_int8 = int8;
     o.activation_checkpointing = a.get_flag("activation-checkpointing");
-    if (!a.get("profile").empty()) o.profile_path = tasks.size() == 1 ? a.get("profile") : a.get("profile") + "." + task + ".json";
+    if (!a.get("profile").empty())
+      o.profile_path = tasks.size() == 1 ? a.get("profile") : a.get("profile") + "." + task + ".json";
     if (!quiet)
       o.on_step = [&](int64_t done, int64_t total, double s) {
-        std::cerr << "bench: " << task << " step " << done << "/" << total << (done <= o.warmup ? " (warm-up)" : "")
-                  << ": " << s << " s\n";
+        std::cerr << "bench: " << task << " step " << done << "/" << total << (done <= o.warmup ? " (warm-up)" : "") << ": " << s
+                  << " s\n";
       };
     const auto kernels_before = attention_kernel_counts();
     const BenchResult r = run_bench(o);
     // What ran, not what was asked: the attention layers' calls by kernel, and "fused" when a fused
     // kernel took any (with --attention fused on LibTorch 1.13 a training step runs the plain path).
-    nlohmann::json kernels = nlohmann::json::object();
-    for (size_t k = 0; k < kernels_before.size(); ++k)
-      kernels[attention_kernel_name(static_cast<AttentionKernel>(k))] = attention_kernel_counts()[k] - kernels_before[k];
-    const std::string attention = kernels["cpu-inference"].get<int64_t>() + kernels["sdpa"].get<int64_t>() > 0 ? "fused" : "plain";
+    const std::map<std::string, int64_t> kernels = attention_kernel_calls_since(kernels_before);
+    const std::string attention = kernels.at("cpu-inference") + kernels.at("sdpa") > 0 ? "fused" : "plain";
     const double percent = 100.0 * r.achieved_flops / matmul;
     if (json) {
-      const nlohmann::json j = {{"task", task},
-                                {"model", preset},
-                                {"image_size", config.image_size},
-                                {"max_text_len", config.max_text_len},
-                                {"batch", o.batch},
-                                {"steps", o.steps},
-                                {"warmup", o.warmup},
-                                {"device", device.str()},
-                                {"quantize", a.get("quantize")},
-                                {"precision", matmul_name},
-                                {"attention", attention},
-                                {"policy", nlohmann::json::parse(policy.json())},
-                                {"attention_kernels", kernels},
-                                {"libtorch", TORCH_VERSION},
-                                {"activation_checkpointing", o.activation_checkpointing},
-                                {"threads", at::get_num_threads()},
-                                {"cpu", {{"model", cpu_features().model}, {"isa", cpu_features().widest()},
-                                         {"features", cpu_features().features}}},
-                                {"seconds_per_step", r.seconds_per_step},
-                                {"step_seconds", r.step_seconds},
-                                {"samples_per_s", r.samples_per_s},
-                                {"flops_per_sample", r.flops_per_sample},
-                                {"tflops", r.achieved_flops / 1e12},
-                                {"matmul_tflops", matmul / 1e12},
-                                {"matmul_size", n},
-                                {"matmul_shape", yardstick.shape},
-                                {"bf16_products", bf16_products},
-                                {"batched_matmul", batched},
-                                {"percent_of_matmul", percent},
-                                {"peak_memory_bytes", r.peak_memory_bytes},
-                                {"memory_kind", r.memory_kind}};
+      const nlohmann::json j = {
+          {"task", task},
+          {"model", preset},
+          {"image_size", config.image_size},
+          {"max_text_len", config.max_text_len},
+          {"batch", o.batch},
+          {"steps", o.steps},
+          {"warmup", o.warmup},
+          {"device", device.str()},
+          {"quantize", a.get("quantize")},
+          {"precision", matmul_name},
+          {"attention", attention},
+          {"policy", nlohmann::json::parse(policy.json())},
+          {"attention_kernels", kernels},
+          {"libtorch", TORCH_VERSION},
+          {"activation_checkpointing", o.activation_checkpointing},
+          {"threads", at::get_num_threads()},
+          {"cpu", {{"model", cpu_features().model}, {"isa", cpu_features().widest()}, {"features", cpu_features().features}}},
+          {"seconds_per_step", r.seconds_per_step},
+          {"step_seconds", r.step_seconds},
+          {"samples_per_s", r.samples_per_s},
+          {"flops_per_sample", r.flops_per_sample},
+          {"tflops", r.achieved_flops / 1e12},
+          {"matmul_tflops", matmul / 1e12},
+          {"matmul_size", n},
+          {"matmul_shape", yardstick.shape},
+          {"bf16_products", bf16_products},
+          {"batched_matmul", batched},
+          {"percent_of_matmul", percent},
+          {"peak_memory_bytes", r.peak_memory_bytes},
+          {"memory_kind", r.memory_kind}};
       std::cout << j.dump() << std::endl;
     } else {
       std::printf("%-12s %10.3f %12.3f %14.2f %10.4f %9.1f%% %14s%s\n", task.c_str(), r.seconds_per_step, r.samples_per_s,
@@ -167,32 +166,33 @@ int run_bench_command(const Args& a) {
 Command bench_command() {
   Command c;
   c.name = "bench";
-  c.summary =
-      "Time real steps of the model on synthetic inputs (warm-up excluded): samples/s, achieved\n"
-      "TFLOP/s from the analytic FLOP count (docs/performance.md), that as a percentage of a\n"
-      "matrix-product rate measured on the same device in the run's precision (fp32, or bf16 with\n"
-      "--precision bf16), and peak memory (on the CPU the process's\n"
-      "peak resident size). Tasks: pretrain (ITC + ITM + MLM step with AdamW), embed-image,\n"
-      "embed-text (inference), vqa, nlvr2, irtr (fine-tuning steps); `all` runs every one.";
+  c.summary = "Time real steps of the model on synthetic inputs (warm-up excluded): samples/s, achieved\n"
+              "TFLOP/s from the analytic FLOP count (docs/performance.md), that as a percentage of a\n"
+              "matrix-product rate measured on the same device in the run's precision (fp32, or bf16 with\n"
+              "--precision bf16), and peak memory (on the CPU the process's peak resident size). Tasks:\n"
+              "pretrain (ITC + ITM + MLM step with AdamW), embed-image, embed-text (inference), vqa, nlvr2,\n"
+              "irtr (fine-tuning steps); `all` runs every one.";
   c.usage = "vlmo bench [options]";
-  c.options = {{"task", "pretrain", "all, or a comma-separated list of pretrain, embed-image, embed-text, vqa, nlvr2, irtr"},
-               {"preset", "base", "model size: base, base_plus or large"},
-               {"config", "", "a config JSON instead of --preset"},
-               integer_option("image-size", "0", "image side in pixels (0: the preset's, 224)", 0, 4096),
-               integer_option("max-text-len", "0", "text length in word pieces (0: the preset's, 40)", 0, 4096),
-               integer_option("batch", "8", "samples per step", 1, 1 << 20),
-               integer_option("steps", "3", "timed steps", 1, 1 << 20),
-               integer_option("warmup", "1", "untimed steps first", 0, 1 << 20),
-               integer_option("matmul-size", "0", "side of the yardstick's square product and rows of its layer-shaped ones (0: 2048 on CPU, 8192 on CUDA)", 0, 65536),
-               integer_option("seed", "0", "seed of the weights and inputs", 0),
-               {"device", "cpu", "cpu or cuda[:N]"},
-               {"quantize", "none", "none, or int8 (embed tasks, CPU: dynamic int8 linear layers)"},
-               precision_option(),
-               attention_option(),
-               checkpointing_option(),
-               {"profile", "", "write a Chrome trace of the timed steps to this file (several tasks: FILE.TASK.json); profiling slows the steps"},
-               {"json", "false", "one JSON line per task instead of a table", true},
-               {"quiet", "false", "no progress lines on stderr", true}};
+  c.options = {
+      {"task", "pretrain", cat("all, or a comma-separated list of ", kTasks)},
+      {"preset", "base", "model size: base, base_plus or large"},
+      {"config", "", "a config JSON instead of --preset"},
+      integer_option("image-size", "0", "image side in pixels (0: the preset's, 224)", 0, 4096),
+      integer_option("max-text-len", "0", "text length in word pieces (0: the preset's, 40)", 0, 4096),
+      integer_option("batch", "8", "samples per step", 1, 1 << 20),
+      integer_option("steps", "3", "timed steps", 1, 1 << 20),
+      integer_option("warmup", "1", "untimed steps first", 0, 1 << 20),
+      integer_option("matmul-size", "0", "yardstick: square product side, layer rows (0: 2048 CPU, 8192 CUDA)", 0, 65536),
+      integer_option("seed", "0", "seed of the weights and inputs", 0),
+      {"device", "cpu", "cpu or cuda[:N]"},
+      {"quantize", "none", "none, or int8 (embed tasks, CPU: dynamic int8 linear layers)"},
+      precision_option(),
+      attention_option(),
+      checkpointing_option(),
+      {"profile", "",
+       "write a Chrome trace of the timed steps to this file (several tasks: FILE.TASK.json); profiling slows the steps"},
+      {"json", "false", "one JSON line per task instead of a table", true},
+      {"quiet", "false", "no progress lines on stderr", true}};
   c.run = run_bench_command;
   return c;
 }

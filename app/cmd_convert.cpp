@@ -34,8 +34,8 @@ int run_convert(const Args& a) {
   if (!m.report.resized.empty()) std::cerr << m.report.describe();
   save_model(out, m.model, m.vqa_answers, {{"converted_from", in}});
   const Config& c = m.model->config();
-  std::cerr << "wrote " << model_state_dict(*m.model).size() << " tensors to " << out << ": " << c.embed_dim << "-d, "
-            << c.depth << " blocks, " << c.image_size << " px, text " << c.max_text_len << ", heads";
+  std::cerr << "wrote " << model_state_dict(*m.model).size() << " tensors to " << out << ": " << c.embed_dim << "-d, " << c.depth
+            << " blocks, " << c.image_size << " px, text " << c.max_text_len << ", heads";
   for (const auto& h : c.heads) std::cerr << " " << h;
   if (!m.vqa_answers.empty()) std::cerr << ", " << m.vqa_answers.size() << " VQA answers";
   std::cerr << "\n";
@@ -47,13 +47,13 @@ int run_convert(const Args& a) {
 Command convert_command() {
   Command c;
   c.name = "convert";
-  c.summary =
-      "Convert an official PyTorch checkpoint (Lightning .ckpt, DeepSpeed or bare state_dict, "
-      "zip-format torch.save) or a safetensors file to safetensors.\nWith --config or --preset the "
-      "weights are loaded into that model (heads follow the weights; position tables resized to "
-      "--image-size / --max-text-len) and the file records the config and --answers, so every "
-      "command that takes --model accepts it.";
-  c.usage = "vlmo convert IN OUT.safetensors [--config C.json | --preset P [--image-size S] [--max-text-len L]] [--answers A.json]";
+  c.summary = "Convert an official PyTorch checkpoint (Lightning .ckpt, DeepSpeed or bare state_dict, "
+              "zip-format torch.save) or a safetensors file to safetensors.\nWith --config or --preset the "
+              "weights are loaded into that model (heads follow the weights; position tables resized to "
+              "--image-size / --max-text-len) and the file records the config and --answers, so every "
+              "command that takes --model accepts it.";
+  c.usage =
+      "vlmo convert IN OUT.safetensors [--config C.json | --preset P [--image-size S] [--max-text-len L]] [--answers A.json]";
   c.options = {{"config", "", "model config JSON (official hyper-parameter names)"},
                {"preset", "", "model preset: base, base_plus, large"},
                integer_option("image-size", "0", "image size of the converted model (0: the config's)", 0, 8192),

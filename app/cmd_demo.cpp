@@ -63,27 +63,32 @@ int run_demo_cmd(const Args& a) {
 Command demo_command() {
   Command c;
   c.name = "demo";
-  c.summary =
-      "Run the built-in demo: a procedural world of coloured shapes with captions; pre-train a small "
-      "VLMo in the three official stages (image MIM, text MLM with frozen attention, ITC+ITM+MLM), "
-      "fine-tune the dual encoder for retrieval, evaluate on the held-out test split against chance, "
-      "and write OUT/report.json.";
+  c.summary = "Run the built-in demo: a procedural world of coloured shapes with captions; pre-train a small "
+              "VLMo in the three official stages (image MIM, text MLM with frozen attention, ITC+ITM+MLM), "
+              "fine-tune the dual encoder for retrieval, evaluate on the held-out test split against chance, "
+              "and write OUT/report.json.";
   c.usage = "vlmo demo [--seed N] [--out DIR]   (or: torchrun --no-python --nproc_per_node 2 vlmo demo ...)";
-  c.options = {integer_option("seed", "1", "seed of the world, the initialisation and every random draw", 0),
-               {"out", "demo-out", "output folder (report.json, metrics, checkpoints)"},
-               {"vocab", "", "vocab.txt (default: the world's own: the special tokens and the BERT uncased pieces its texts use; the checkpoints record it)"},
-               number_option("step-scale", "1.0", "multiply every stage's number of steps (quick checks)", 1e-6, 1e6),
-               {"quiet", "false", "no progress lines", true},
-               {"recipe", "", "JSON object overriding recipe fields, e.g. '{\"stage3_lr\":5e-4,\"layer_scale\":null}' "
-                              "(fields: report.json \"recipe\")"},
-               {"pretrain-only", "false", "stop after pre-training and the zero-shot evaluation", true},
-               device_option(),
-               {"precision", "auto", "auto, fp32 or bf16: bf16 autocast for the blocks (auto: bf16 where a 1024^3 bf16 matrix product measures at least 1.5x fp32's, as on CPUs with AVX-512 BF16 or AMX and on recent GPUs; a timing, so the choice can differ between machines; fp32 or bf16 to fix it)"},
-               attention_option(),
-               checkpointing_option(),
-               {"start-at", "", "experiments: begin at stage2, stage3 or finetune from --weights instead of training the stages before"},
-               {"weights", "", "with --start-at: the checkpoint an earlier demo run wrote after the previous stage (e.g. OUT/stage2-text.safetensors)"},
-               number_option("dist-timeout", "300", "several processes (torchrun): seconds to wait for another rank before failing", 1, 86400)};
+  c.options = {
+      integer_option("seed", "1", "seed of the world, the initialisation and every random draw", 0),
+      {"out", "demo-out", "output folder (report.json, metrics, checkpoints)"},
+      {"vocab", "",
+       "vocab.txt (default: the world's own: the special tokens and the BERT uncased pieces its texts use; the checkpoints record it)"},
+      number_option("step-scale", "1.0", "multiply every stage's number of steps (quick checks)", 1e-6, 1e6),
+      {"quiet", "false", "no progress lines", true},
+      {"recipe", "",
+       "JSON object overriding recipe fields, e.g. '{\"stage3_lr\":5e-4,\"layer_scale\":null}' "
+       "(fields: report.json \"recipe\")"},
+      {"pretrain-only", "false", "stop after pre-training and the zero-shot evaluation", true},
+      device_option(),
+      {"precision", "auto",
+       "auto, fp32 or bf16: bf16 autocast for the blocks (auto: bf16 where a 1024^3 bf16 matrix product measures at least 1.5x fp32's, as on CPUs with AVX-512 BF16 or AMX and on recent GPUs; a timing, so the choice can differ between machines; fp32 or bf16 to fix it)"},
+      attention_option(),
+      checkpointing_option(),
+      {"start-at", "", "experiments: begin at stage2, stage3 or finetune from --weights instead of training the stages before"},
+      {"weights", "",
+       "with --start-at: the checkpoint an earlier demo run wrote after the previous stage (e.g. OUT/stage2-text.safetensors)"},
+      number_option("dist-timeout", "300", "several processes (torchrun): seconds to wait for another rank before failing", 1,
+                    86400)};
   c.run = run_demo_cmd;
   return c;
 }

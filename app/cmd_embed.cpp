@@ -2,26 +2,26 @@
 // in a safetensors file with their ids) and vlmo search (top-k of such a file for text or image
 // queries, by cosine similarity).
 #include <ATen/ATen.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
-#include <unistd.h>
 
 #include "common.h"
-#include "vlmo/vector_index.h"
-#include "vlmo/image_collection.h"
-#include "vlmo/signals.h"
 #include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/files.h"
 #include "vlmo/image.h"
+#include "vlmo/image_collection.h"
 #include "vlmo/image_tensor.h"
 #include "vlmo/safetensors.h"
+#include "vlmo/signals.h"
 #include "vlmo/sources.h"
 #include "vlmo/tasks.h"
+#include "vlmo/vector_index.h"
 
 namespace vlmo::cli {
 namespace {
@@ -40,8 +40,13 @@ void print_summary(const Args& a, const EmbeddingFolderWriter& folder, int64_t s
   const std::string out = a.get("out");
   const size_t chunks = folder.manifest()["chunks"].size(), skipped = folder.manifest()["skipped"].size();
   if (a.get_flag("json"))
-    std::cout << nlohmann::json{{"out", out}, {"chunks", chunks}, {"embedded", folder.vectors()}, {"skipped", skipped},
-                                {"resumed_after", start_at}}.dump() << "\n";
+    std::cout << nlohmann::json{{"out", out},
+                                {"chunks", chunks},
+                                {"embedded", folder.vectors()},
+                                {"skipped", skipped},
+                                {"resumed_after", start_at}}
+                     .dump()
+              << "\n";
   else
     std::cout << "embedded " << folder.vectors() << " images into " << chunks << " chunk files in " << out << " (" << skipped
               << " skipped" << (start_at > 0 ? cat(", resumed after ", start_at) : std::string())
@@ -64,7 +69,8 @@ int embed_collection(const Args& a) {
   const int size = m.model->config().image_size;
   const int64_t batch = a.get_int64("batch-size");
   const bool progress = !a.get_flag("quiet"), tty = progress && ::isatty(2);
-  if (start_at > 0 && progress) std::fprintf(stderr, "embed: resuming %s after %lld images\n", out.c_str(), static_cast<long long>(start_at));
+  if (start_at > 0 && progress)
+    std::fprintf(stderr, "embed: resuming %s after %lld images\n", out.c_str(), static_cast<long long>(start_at));
   DecodeOptions decode;
   decode.target_size = a.get_flag("fast-decode") ? size : 0;
 
@@ -119,12 +125,14 @@ int run_embed(const Args& a) {
   if (a.get("out").empty()) throw Error("--out EMBEDDINGS.safetensors (or a folder, for chunks) is required");
   const bool to_folder = a.get("out").size() < 12 || a.get("out").substr(a.get("out").size() - 12) != ".safetensors";
   if (to_folder) {
-    if (a.positional.empty()) throw Error("embedding into a folder (--out without .safetensors) takes images, folders or .tar shards");
+    if (a.positional.empty())
+      throw Error("embedding into a folder (--out without .safetensors) takes images, folders or .tar shards");
     return embed_collection(a);
   }
   for (const auto& p : a.positional)
     if (fs::is_directory(p) || is_shard_file(p))
-      throw Error(cat(p, ": folders and .tar shards are embedded in chunks into a folder: give --out DIR (not a .safetensors file)"));
+      throw Error(
+          cat(p, ": folders and .tar shards are embedded in chunks into a folder: give --out DIR (not a .safetensors file)"));
   const bool images = !a.positional.empty();
   if (images == !a.get("input").empty()) throw Error("give image files or --input texts.jsonl (exactly one of them)");
   LoadedModel m = load_model_from(a);
@@ -159,21 +167,25 @@ int run_embed(const Args& a) {
   write_safetensors(a.get("out"), {{"embeddings", all}},
                     {{"ids", nlohmann::json(ids).dump()}, {"modality", modality}, {"model", a.get("model")}});
   if (a.get_flag("json"))
-    std::cout << nlohmann::json{{"embedded", ids.size()}, {"modality", modality}, {"dim", all.size(1)}, {"out", a.get("out")}}.dump() << "\n";
+    std::cout
+        << nlohmann::json{{"embedded", ids.size()}, {"modality", modality}, {"dim", all.size(1)}, {"out", a.get("out")}}.dump()
+        << "\n";
   else
-    std::cout << "embedded " << ids.size() << " " << modality << "s (" << all.size(1) << "-d, L2-normalised) into " << a.get("out") << "\n";
+    std::cout << "embedded " << ids.size() << " " << modality << "s (" << all.size(1) << "-d, L2-normalised) into "
+              << a.get("out") << "\n";
   return 0;
 }
 
 }  // namespace
 
 Command embed_command() {
-  Command c{"embed",
-            "Embed images or texts with the dual encoder into L2-normalised vectors: image files, folders or WebDataset .tar "
-            "shards into a folder of resumable chunk files; or images / --input texts (JSON lines with \"text\", optional \"id\") "
-            "into one file.",
-            "vlmo embed --model M --out DIR (IMAGE | FOLDER | SHARD.tar)...  |  vlmo embed --model M --out EMB.safetensors "
-            "(IMAGE... | --input texts.jsonl)"};
+  Command c{
+      "embed",
+      "Embed images or texts with the dual encoder into L2-normalised vectors: image files, folders or WebDataset .tar "
+      "shards into a folder of resumable chunk files; or images / --input texts (JSON lines with \"text\", optional \"id\") "
+      "into one file.",
+      "vlmo embed --model M --out DIR (IMAGE | FOLDER | SHARD.tar)...  |  vlmo embed --model M --out EMB.safetensors "
+      "(IMAGE... | --input texts.jsonl)"};
   c.options = model_options();
   for (const auto& o : request_options()) c.options.push_back(o);
   c.options.push_back({"out", "", "output: an embedding file (.safetensors), or a folder of resumable chunks"});

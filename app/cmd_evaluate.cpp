@@ -49,8 +49,8 @@ int run_evaluate(const Args& a) {
       if (k <= 0) throw Error("--rerank-model needs --rerank K (K > 0): the number of candidates it re-scores");
       const LoadedModel r = load_model_from(a, "rerank-model");
       if (const auto it = r.metadata.find(kVocabMetadataKey); it != r.metadata.end() && it->second != tok.vocab_text())
-        throw Error(cat(a.get("rerank-model"), ": records another vocabulary than the one ", a.get("model"),
-                        " is read with (", tok.source(), "): both models must share one tokenizer"));
+        throw Error(cat(a.get("rerank-model"), ": records another vocabulary than the one ", a.get("model"), " is read with (",
+                        tok.source(), "): both models must share one tokenizer"));
       reranker = r.model;
     }
     const RetrievalEvaluation e = evaluate_retrieval(m.model, tok, images, file_image_loader(), k, batch, reranker);
@@ -62,7 +62,8 @@ int run_evaluate(const Args& a) {
       out["recall_itm_rerank_logits"] = recall_json(e.reranked_logits), out["recall_itm_rerank_logits"]["k"] = k;
       out["recall_itm_rerank_logits"]["dual_weight"] = e.logits_dual_weight;
       if (reranker)
-        for (const char* key : {"recall_itm_rerank", "recall_itm_rerank_logits"}) out[key]["rerank_model"] = a.get("rerank-model");
+        for (const char* key : {"recall_itm_rerank", "recall_itm_rerank_logits"})
+          out[key]["rerank_model"] = a.get("rerank-model");
     }
   }
   std::cout << out.dump(2) << "\n";
@@ -72,22 +73,26 @@ int run_evaluate(const Args& a) {
 }  // namespace
 
 Command evaluate_command() {
-  Command c{"evaluate", "Official metrics of a fine-tuned model: vqa (accuracy with the official normalisation, EvalAI submission file), nlvr2 (accuracy, consistency), irtr (TR/IR R@1/5/10, optional ITM re-ranking).",
-            "vlmo evaluate --task {vqa,nlvr2,irtr} --model CKPT [data options]"};
+  Command c{
+      "evaluate",
+      "Official metrics of a fine-tuned model: vqa (accuracy with the official normalisation, EvalAI submission file), nlvr2 (accuracy, consistency), irtr (TR/IR R@1/5/10, optional ITM re-ranking).",
+      "vlmo evaluate --task {vqa,nlvr2,irtr} --model CKPT [data options]"};
   c.options = model_options();
-  for (const Option& o : std::vector<Option>{
-           {"task", "vqa", "vqa, nlvr2 or irtr"},
-           {"questions", "", "vqa: questions JSON"},
-           {"annotations", "", "vqa: annotations JSON (none for test-dev: submission only)"},
-           {"image-split", "val2014", "vqa: COCO file-name split"},
-           {"submission", "", "vqa: write the EvalAI submission JSON here"},
-           {"data", "", "nlvr2: dev.json or test1.json"},
-           {"split", "test", "nlvr2: dev or test1; irtr: Karpathy split (test, val)"},
-           {"karpathy", "", "irtr: Karpathy JSON"},
-           integer_option("rerank", "0", "irtr: re-rank the dual encoder's top K with the ITM head (0: off)", 0, 1000000),
-           {"rerank-model", "", "irtr: with --rerank, score the pairs with this checkpoint's fusion encoder and ITM head instead of --model's (e.g. the pre-trained model after an ITC-only fine-tuning); same tokenizer, image size and text length"},
-           {"images", ".", "image folder / root"},
-           integer_option("batch-size", "32", "samples per forward pass", 1, 1048576)})
+  for (
+      const Option& o : std::vector<Option>{
+          {"task", "vqa", "vqa, nlvr2 or irtr"},
+          {"questions", "", "vqa: questions JSON"},
+          {"annotations", "", "vqa: annotations JSON (none for test-dev: submission only)"},
+          {"image-split", "val2014", "vqa: COCO file-name split"},
+          {"submission", "", "vqa: write the EvalAI submission JSON here"},
+          {"data", "", "nlvr2: dev.json or test1.json"},
+          {"split", "test", "nlvr2: dev or test1; irtr: Karpathy split (test, val)"},
+          {"karpathy", "", "irtr: Karpathy JSON"},
+          integer_option("rerank", "0", "irtr: re-rank the dual encoder's top K with the ITM head (0: off)", 0, 1000000),
+          {"rerank-model", "",
+           "irtr: with --rerank, score the pairs with this checkpoint's fusion encoder and ITM head instead of --model's (e.g. the pre-trained model after an ITC-only fine-tuning); same tokenizer, image size and text length"},
+          {"images", ".", "image folder / root"},
+          integer_option("batch-size", "32", "samples per forward pass", 1, 1048576)})
     c.options.push_back(o);
   c.run = run_evaluate;
   return c;

@@ -19,7 +19,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 int run_index(const Args& a) {
-  if (a.positional.empty() || a.positional[0] != "build") throw Error("usage: vlmo index build --embeddings E.safetensors... --out INDEX");
+  if (a.positional.empty() || a.positional[0] != "build")
+    throw Error("usage: vlmo index build --embeddings E.safetensors... --out INDEX");
   std::vector<std::string> files(a.positional.begin() + 1, a.positional.end());
   if (!a.get("embeddings").empty()) files.insert(files.begin(), a.get("embeddings"));
   if (files.empty()) throw Error("give --embeddings E.safetensors (more shards may follow as arguments)");
@@ -38,7 +39,7 @@ int run_index(const Args& a) {
   const double build_s = seconds_since(t0);
   index.save(a.get("out"));
   nlohmann::json report = {{"out", a.get("out")}, {"type", index_kind_name(o.kind)}, {"vectors", set.size()},
-                           {"dim", set.dim}, {"modality", set.modality}, {"build_s", build_s}};
+                           {"dim", set.dim},      {"modality", set.modality},        {"build_s", build_s}};
   // Recall of an approximate index: --check queries drawn from the collection, top 10 against
   // an exact flat index.
   const int64_t checks = std::min<int64_t>(a.get_int64("check"), set.size());

@@ -52,7 +52,8 @@ std::vector<Option> options(std::vector<Option> own) {
 Command vqa_command() {
   Command c{"vqa", "Answer a question about an image: the top answers with probabilities.",
             "vlmo vqa --model M --image I --question Q  |  --input batch.jsonl ({\"image\", \"question\"})"};
-  c.options = options({{"image", "", "image file"}, {"question", "", "the question"}, integer_option("top", "5", "answers to show", 1)});
+  c.options =
+      options({{"image", "", "image file"}, {"question", "", "the question"}, integer_option("top", "5", "answers to show", 1)});
   c.run = run_vqa;
   return c;
 }

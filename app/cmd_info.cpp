@@ -23,8 +23,7 @@ int run_info(const Args& a) {
   VLMo model(cfg);
   auto& m = *model;
   const int64_t backbone = count_parameters(
-      m, {"transformer.", "text_embeddings.", "token_type_embeddings.", "pooler.",
-          "relative_position_bias_table"});
+      m, {"transformer.", "text_embeddings.", "token_type_embeddings.", "pooler.", "relative_position_bias_table"});
   int64_t vl_ffn = 0;
   for (const auto& p : m.named_parameters())
     if (p.key().find("mlp_vl.") != std::string::npos || p.key().find("norm2_vl.") != std::string::npos)
@@ -40,10 +39,10 @@ int run_info(const Args& a) {
   if (a.get_flag("json")) {
     nlohmann::json j;
     j["config"] = nlohmann::json::parse(config_to_json_text(cfg));
-    j["parameters"] = {{"backbone", backbone},       {"backbone_without_pooler", backbone - pooler},
-                       {"vl_ffn", vl_ffn},           {"mlm_head", heads_mlm},
-                       {"itm_head", heads_itm},      {"itc_heads", heads_itc},
-                       {"vqa_head", heads_vqa},      {"nlvr2_head", heads_nlvr2},
+    j["parameters"] = {{"backbone", backbone},  {"backbone_without_pooler", backbone - pooler},
+                       {"vl_ffn", vl_ffn},      {"mlm_head", heads_mlm},
+                       {"itm_head", heads_itm}, {"itc_heads", heads_itc},
+                       {"vqa_head", heads_vqa}, {"nlvr2_head", heads_nlvr2},
                        {"total", total}};
     j["tokens"] = {{"image", cfg.image_tokens()}, {"text", cfg.max_text_len}, {"fusion", cfg.fusion_tokens()}};
     std::cout << j.dump(2) << "\n";
@@ -54,19 +53,17 @@ int run_info(const Args& a) {
             << "  depth                      " << cfg.depth << " blocks\n"
             << "  heads                      " << cfg.num_heads << " x " << cfg.head_dim() << " dims\n"
             << "  FFN hidden                 " << cfg.mlp_hidden() << "\n"
-            << "  VL-FFN blocks              " << cfg.vlffn_start_layer_index << ".." << cfg.depth - 1
-            << " (" << cfg.depth - cfg.vlffn_start_layer_index << " layers)\n"
-            << "  image                      " << cfg.image_size << " px, patch " << cfg.patch_size
-            << " px, " << cfg.image_tokens() << " tokens (with [CLS])\n"
-            << "  text                       " << cfg.max_text_len << " tokens, vocabulary "
-            << cfg.vocab_size << "\n"
+            << "  VL-FFN blocks              " << cfg.vlffn_start_layer_index << ".." << cfg.depth - 1 << " ("
+            << cfg.depth - cfg.vlffn_start_layer_index << " layers)\n"
+            << "  image                      " << cfg.image_size << " px, patch " << cfg.patch_size << " px, "
+            << cfg.image_tokens() << " tokens (with [CLS])\n"
+            << "  text                       " << cfg.max_text_len << " tokens, vocabulary " << cfg.vocab_size << "\n"
             << "  fusion sequence            " << cfg.fusion_tokens() << " tokens\n"
             << "  relative position bias     " << (cfg.need_relative_position_embed ? "yes" : "no")
-            << "\n  absolute positions         " << (cfg.use_abs_pos_emb ? "yes" : "no")
-            << "\n  layer scale                "
+            << "\n  absolute positions         " << (cfg.use_abs_pos_emb ? "yes" : "no") << "\n  layer scale                "
             << (cfg.layer_scale_init_values ? std::to_string(*cfg.layer_scale_init_values) : "none")
-            << "\n  token types                " << cfg.num_token_types
-            << "\n  drop path                  " << cfg.drop_path_rate << "\n"
+            << "\n  token types                " << cfg.num_token_types << "\n  drop path                  " << cfg.drop_path_rate
+            << "\n"
             << "parameters\n"
             << "  backbone (no task heads)   " << millions(backbone) << "\n"
             << "    without pooler           " << millions(backbone - pooler) << "\n"

@@ -17,8 +17,8 @@ int run_plot(const Args& a) {
   if (a.get_flag("json")) {
     std::cout << nlohmann::json{{"out", a.get("out")}, {"files", written}}.dump() << "\n";
   } else {
-    std::cout << "wrote " << written.size() / 2 << " charts (" << o.width << "x" << o.height
-              << " px PNG + SVG) to " << a.get("out") << "/\n";
+    std::cout << "wrote " << written.size() / 2 << " charts (" << o.width << "x" << o.height << " px PNG + SVG) to "
+              << a.get("out") << "/\n";
   }
   return 0;
 }

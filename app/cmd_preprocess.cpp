@@ -39,10 +39,9 @@ int run_preprocess(const Args& a) {
 Command preprocess_command() {
   Command c;
   c.name = "preprocess";
-  c.summary =
-      "Apply VLMo's evaluation transform (PIL-exact bicubic resize to SIZE x SIZE, scale to "
-      "[0,1], normalise with mean 0.5 and std 0.5) to JPEG / PNG / WebP files and write each "
-      "as an F32 [3,SIZE,SIZE] tensor named <file name>@<SIZE>.";
+  c.summary = "Apply VLMo's evaluation transform (PIL-exact bicubic resize to SIZE x SIZE, scale to "
+              "[0,1], normalise with mean 0.5 and std 0.5) to JPEG / PNG / WebP files and write each "
+              "as an F32 [3,SIZE,SIZE] tensor named <file name>@<SIZE>.";
   c.usage = "vlmo preprocess --size S --out OUT.safetensors IMAGE...";
   c.options = {integer_option("size", "224", "output side in pixels", 1, 8192),
                {"out", "", "output safetensors file"},

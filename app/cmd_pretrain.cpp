@@ -8,9 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
-#include "vlmo/device.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
+#include "vlmo/device.h"
 #include "vlmo/distributed.h"
 #include "vlmo/error.h"
 #include "vlmo/files.h"
@@ -22,9 +22,9 @@ namespace vlmo::cli {
 namespace {
 
 // Options a --train-config JSON may set (same names as the flags, with '-' or '_').
-const char* kTrainKeys[] = {"steps", "batch-size", "accumulate", "lr", "warmup", "checkpoint-every", "contrastive-batch",
-                            "seed", "loader-threads", "image-size", "max-text-len", "max-bad-steps",
-                            "max-skip-rate", "skip-window"};
+const char* kTrainKeys[] = {
+    "steps", "batch-size",     "accumulate", "lr",           "warmup",        "checkpoint-every", "contrastive-batch",
+    "seed",  "loader-threads", "image-size", "max-text-len", "max-bad-steps", "max-skip-rate",    "skip-window"};
 
 int run_pretrain(const Args& args) {
   Args a = args;
@@ -39,7 +39,8 @@ int run_pretrain(const Args& args) {
     for (auto it = j.begin(); it != j.end(); ++it) {
       std::string key = it.key();
       std::replace(key.begin(), key.end(), '_', '-');
-      if (std::find_if(std::begin(kTrainKeys), std::end(kTrainKeys), [&](const char* k) { return key == k; }) == std::end(kTrainKeys))
+      if (std::find_if(std::begin(kTrainKeys), std::end(kTrainKeys), [&](const char* k) { return key == k; }) ==
+          std::end(kTrainKeys))
         throw Error(cat(a.get("train-config"), ": unknown field \"", it.key(), "\""));
       if (!a.given.count(key)) a.values[key] = it->is_string() ? it->get<std::string>() : it->dump();  // flags win
     }
@@ -50,7 +51,8 @@ int run_pretrain(const Args& args) {
     }
   }
   const Stage stage = parse_stage(a.get("stage"));
-  const bool global_batch = global_contrastive_batch(a, stage == Stage::kVL, "--stage vl (the other stages have no contrastive loss)");
+  const bool global_batch =
+      global_contrastive_batch(a, stage == Stage::kVL, "--stage vl (the other stages have no contrastive loss)");
   if (a.get_flag("resample") && a.get("webdataset").empty()) throw Error("--resample applies to --webdataset shards only");
   TrainOptions t;
   prepare_training(a, t);  // outputs checked before the model and the data are loaded
@@ -124,7 +126,7 @@ int run_pretrain(const Args& args) {
   t.checkpoint_every = a.get_int64("checkpoint-every");
   t.loader_threads = spec.webdataset.empty() || split ? a.get_int("loader-threads") : 1;  // one reader: sequential
   t.config_json = config_to_json_text(cfg);
-  const ObjectiveFn objective = stage == Stage::kImage ? ObjectiveFn(mim_objective)
+  const ObjectiveFn objective = stage == Stage::kImage  ? ObjectiveFn(mim_objective)
                                 : stage == Stage::kText ? ObjectiveFn(text_mlm_objective)
                                                         : ObjectiveFn(vl_objective);
   if (global_batch) t.step_objective = vl_global_step_objective(seed);
@@ -138,47 +140,52 @@ int run_pretrain(const Args& args) {
 Command pretrain_command() {
   Command c;
   c.name = "pretrain";
-  c.summary =
-      "Run one pre-training stage: image (built-in masked image modelling), text (MLM with the "
-      "official frozen set), vl (ITC + ITM with global hard negatives + MLM x 0.25).\nDefaults are "
-      "the official recipe (lr by preset, 200k steps, 2.5k warm-up, AdamW 0.9/0.98, wd 0.01; text length "
-      "196 in stage text, 40 otherwise); --train-config JSON may set the training fields.";
-  c.usage = "vlmo pretrain --stage {image,text,vl} (--webdataset P | --karpathy J --image-root D | --text F | --images D) --out CKPT";
-  c.options = {{"stage", "vl", "image, text or vl"},
-               device_option(),
-               precision_option(),
-               attention_option(),
-               checkpointing_option(),
-               {"preset", "base", "model preset (base, base_plus, large)"},
-               {"config", "", "model config JSON (overrides --preset)"},
-               {"train-config", "", "JSON with training fields (steps, batch_size, lr, warmup, ...); flags given on the command line win"},
-               {"webdataset", "", "tar shards, e.g. data/cc-{000000..000099}.tar"},
-               {"karpathy", "", "Karpathy-split JSON (dataset_coco.json); uses train + restval"},
-               {"image-root", ".", "folder the Karpathy file paths are relative to"},
-               {"text", "", "text corpus files (comma-separated, braces allowed), one sentence per line"},
-               {"images", "", "folder of images (stage image)"},
-               vocab_option(),
-               {"init", "", "weights to start from (checkpoint of the previous stage)"},
-               {"init-beit", "", "BEiT checkpoint to start stage 1 from (official key mapping)"},
-               {"resume", "", "training checkpoint to resume exactly"},
-               {"out", "pretrain.safetensors", "checkpoint file (written atomically)"},
-               {"metrics", "metrics.jsonl", "JSON-lines metrics file"},
-               integer_option("steps", "200000", "optimizer steps", 1),
-               integer_option("warmup", "2500", "warm-up steps", 0),
-               number_option("lr", "", "peak learning rate (default: the preset's official one: base 2e-4, base_plus 1e-4, large 5e-5)", 0, 1),
-               integer_option("batch-size", "32", "samples per micro-batch", 1, 1048576),
-               integer_option("accumulate", "32", "micro-batches per optimizer step (1024 effective by default)", 1, 1048576),
-               integer_option("checkpoint-every", "1000", "steps between checkpoints", 0),
-               {"contrastive-batch", "local",
-                "stage vl: local (official: ITC and ITM hard negatives over each micro-batch, gathered across ranks) or "
-                "global (over every sample of the optimizer step, all ranks x --accumulate micro-batches, by gradient "
-                "caching: exact full-step gradient, one extra encoder forward)"},
-               integer_option("image-size", "0", "image size (0: the config's)", 0, 8192),
-               integer_option("max-text-len", "0", "text length (0: the --config file's, else 196 for stage text and 40 otherwise)", 0, 4096),
-               integer_option("loader-threads", "2", "background loader threads (WebDataset: each reads its own shards)", 1, 256),
-               {"resample", "false", "WebDataset: each rank and loader thread draws shards at random with replacement "
-                                     "(for fewer shards than ranks x loader threads, or unequal shard sizes)", true},
-               integer_option("seed", "1", "seed of the data order, augmentation and masking", 0)};
+  c.summary = "Run one pre-training stage: image (built-in masked image modelling), text (MLM with the "
+              "official frozen set), vl (ITC + ITM with global hard negatives + MLM x 0.25).\nDefaults are "
+              "the official recipe (lr by preset, 200k steps, 2.5k warm-up, AdamW 0.9/0.98, wd 0.01; text length "
+              "196 in stage text, 40 otherwise); --train-config JSON may set the training fields.";
+  c.usage =
+      "vlmo pretrain --stage {image,text,vl} (--webdataset P | --karpathy J --image-root D | --text F | --images D) --out CKPT";
+  c.options = {
+      {"stage", "vl", "image, text or vl"},
+      device_option(),
+      precision_option(),
+      attention_option(),
+      checkpointing_option(),
+      {"preset", "base", "model preset (base, base_plus, large)"},
+      {"config", "", "model config JSON (overrides --preset)"},
+      {"train-config", "", "JSON with training fields (steps, batch_size, lr, warmup, ...); flags given on the command line win"},
+      {"webdataset", "", "tar shards, e.g. data/cc-{000000..000099}.tar"},
+      {"karpathy", "", "Karpathy-split JSON (dataset_coco.json); uses train + restval"},
+      {"image-root", ".", "folder the Karpathy file paths are relative to"},
+      {"text", "", "text corpus files (comma-separated, braces allowed), one sentence per line"},
+      {"images", "", "folder of images (stage image)"},
+      vocab_option(),
+      {"init", "", "weights to start from (checkpoint of the previous stage)"},
+      {"init-beit", "", "BEiT checkpoint to start stage 1 from (official key mapping)"},
+      {"resume", "", "training checkpoint to resume exactly"},
+      {"out", "pretrain.safetensors", "checkpoint file (written atomically)"},
+      {"metrics", "metrics.jsonl", "JSON-lines metrics file"},
+      integer_option("steps", "200000", "optimizer steps", 1),
+      integer_option("warmup", "2500", "warm-up steps", 0),
+      number_option("lr", "", "peak learning rate (default: the preset's official one: base 2e-4, base_plus 1e-4, large 5e-5)", 0,
+                    1),
+      integer_option("batch-size", "32", "samples per micro-batch", 1, 1048576),
+      integer_option("accumulate", "32", "micro-batches per optimizer step (1024 effective by default)", 1, 1048576),
+      integer_option("checkpoint-every", "1000", "steps between checkpoints", 0),
+      {"contrastive-batch", "local",
+       "stage vl: local (official: ITC and ITM hard negatives over each micro-batch, gathered across ranks) or "
+       "global (over every sample of the optimizer step, all ranks x --accumulate micro-batches, by gradient "
+       "caching: exact full-step gradient, one extra encoder forward)"},
+      integer_option("image-size", "0", "image size (0: the config's)", 0, 8192),
+      integer_option("max-text-len", "0", "text length (0: the --config file's, else 196 for stage text and 40 otherwise)", 0,
+                     4096),
+      integer_option("loader-threads", "2", "background loader threads (WebDataset: each reads its own shards)", 1, 256),
+      {"resample", "false",
+       "WebDataset: each rank and loader thread draws shards at random with replacement "
+       "(for fewer shards than ranks x loader threads, or unequal shard sizes)",
+       true},
+      integer_option("seed", "1", "seed of the data order, augmentation and masking", 0)};
   for (auto& o : fault_options()) c.options.push_back(std::move(o));
   c.run = run_pretrain;
   return c;

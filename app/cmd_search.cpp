@@ -19,12 +19,15 @@ int run_search(const Args& a) {
 }  // namespace
 
 Command search_command() {
-  Command c{"search", "Search an embedded collection with a text (image index) or an image (text index): top-k ids with cosine scores.",
+  Command c{"search",
+            "Search an embedded collection with a text (image index) or an image (text index): top-k ids with cosine scores.",
             "vlmo search --model M --index EMB.safetensors (--text Q | --image I | --input queries.jsonl)"};
   c.options = model_options();
   for (const auto& o : request_options()) c.options.push_back(o);
-  for (const Option& o : std::vector<Option>{{"index", "", "embedding file from vlmo embed"}, {"text", "", "text query"},
-                                             {"image", "", "image query"}, integer_option("top-k", "5", "results to show", 1)})
+  for (const Option& o : std::vector<Option>{{"index", "", "embedding file from vlmo embed"},
+                                             {"text", "", "text query"},
+                                             {"image", "", "image query"},
+                                             integer_option("top-k", "5", "results to show", 1)})
     c.options.push_back(o);
   c.run = run_search;
   return c;

@@ -75,8 +75,10 @@ struct ServedModels {
     try {
       LoadedModel& m = at(path, answers);
       if (m.model->config().vocab_size != tok->vocab_size())
-        throw Error(cat(path, ": vocab_size ", m.model->config().vocab_size, " differs from the tokenizer's ", tok->vocab_size()));
-      if (const auto v = m.metadata.find(kVocabMetadataKey); a.get("vocab").empty() && v != m.metadata.end() && v->second != tok->vocab_text())
+        throw Error(
+            cat(path, ": vocab_size ", m.model->config().vocab_size, " differs from the tokenizer's ", tok->vocab_size()));
+      if (const auto v = m.metadata.find(kVocabMetadataKey);
+          a.get("vocab").empty() && v != m.metadata.end() && v->second != tok->vocab_text())
         throw Error(cat(path, ": records a vocabulary other than the one of ", a.get("model"), " (give --vocab)"));
       svc.add_task(name, public_name(path), make(m));
     } catch (const Error& e) {
@@ -98,19 +100,22 @@ int run_serve(const Args& a) {
   LoadedModel& main_model = models.at(a.get("model"), a.get("vqa-model").empty() ? a.get("answers") : "");
   models.tok = std::make_unique<Tokenizer>(tokenizer_for(a, main_model));
   if (!a.get("index").empty())
-    svc.set_collection(std::make_unique<VectorIndex>(VectorIndex::open(a.get("index"))), public_name(a.get("index")), a.get("index"));
+    svc.set_collection(std::make_unique<VectorIndex>(VectorIndex::open(a.get("index"))), public_name(a.get("index")),
+                       a.get("index"));
   const ImageFn image = svc.image_fn();
   const Tokenizer& tok = *models.tok;
   const std::string vqa_path = a.get("vqa-model").empty() ? a.get("model") : a.get("vqa-model");
   const std::string nlvr2_path = a.get("nlvr2-model").empty() ? a.get("model") : a.get("nlvr2-model");
-  models.add("vqa", vqa_path, [&](LoadedModel& m) { return vqa_task(m, tok, image, 5, 100); }, a.get("answers"), "vqa-model");
-  models.add("nlvr2", nlvr2_path, [&](LoadedModel& m) { return nlvr2_task(m, tok, image); }, "", "nlvr2-model");
+  models.add(
+      "vqa", vqa_path, [&](LoadedModel& m) { return vqa_task(m, tok, image, 5, 100); }, a.get("answers"), "vqa-model");
+  models.add(
+      "nlvr2", nlvr2_path, [&](LoadedModel& m) { return nlvr2_task(m, tok, image); }, "", "nlvr2-model");
   models.add("itm", a.get("model"), [&](LoadedModel& m) { return itm_task(m, tok, image); });
   models.add("embed", a.get("model"), [&](LoadedModel& m) { return embed_task(m, tok, image); });
   if (const VectorIndex* index = svc.collection())
-    models.add("search", a.get("model"), [&](LoadedModel& m) { return search_task(m, tok, *index, image, a.get_int64("top-k"), 100); });
-  else
-    svc.set_unavailable("search", "no collection: start the server with --index");
+    models.add("search", a.get("model"),
+               [&](LoadedModel& m) { return search_task(m, tok, *index, image, a.get_int64("top-k"), 100); });
+  else svc.set_unavailable("search", "no collection: start the server with --index");
   if (svc.tasks().empty()) {
     std::string why;
     for (const auto& [name, w] : svc.unavailable()) why += cat("\n  ", name, ": ", w);
@@ -119,19 +124,23 @@ int run_serve(const Args& a) {
   for (auto& [path, m] : models.by_path) m->model->eval();
 
   const Config& c = main_model.model->config();
-  const nlohmann::json model = {{"path", public_name(a.get("model"))}, {"image_size", c.image_size}, {"max_text_len", c.max_text_len},
-                                {"embed_dim", c.embed_dim}, {"depth", c.depth}};
+  const nlohmann::json model = {{"path", public_name(a.get("model"))},
+                                {"image_size", c.image_size},
+                                {"max_text_len", c.max_text_len},
+                                {"embed_dim", c.embed_dim},
+                                {"depth", c.depth}};
   const std::string host = a.get("host");
   if (host != "127.0.0.1" && host != "localhost" && host != "::1")
-    std::cerr << "note: listening on " << host << ": the server has no authentication; anyone who can reach this port can use it\n";
+    std::cerr << "note: listening on " << host
+              << ": the server has no authentication; anyone who can reach this port can use it\n";
   const nlohmann::json s = server.serve(svc, model, [&] {
     if (!a.get("port-file").empty()) write_file_atomic(a.get("port-file"), cat(port, "\n"));
     std::string tasks;
     for (const auto& [name, t] : svc.tasks()) tasks += (tasks.empty() ? "" : ", ") + name;
     const VectorIndex* index = svc.collection();
     std::cout << "serving " << a.get("model") << " (" << tasks << ")"
-              << (index ? cat(" over ", index->size(), " ", index->modality(), "s of ", a.get("index")) : "")
-              << " at http://" << server.authority() << "/" << std::endl;
+              << (index ? cat(" over ", index->size(), " ", index->modality(), "s of ", a.get("index")) : "") << " at http://"
+              << server.authority() << "/" << std::endl;
   });
   std::cout << "stopped: " << s["requests"] << " requests (" << s["errors"] << " errors), p50 "
             << s["latency_ms_p50"].get<double>() << " ms, p99 " << s["latency_ms_p99"].get<double>() << " ms" << std::endl;
@@ -141,12 +150,12 @@ int run_serve(const Args& a) {
 }  // namespace
 
 Command serve_command() {
-  Command c{"serve",
-            "Serve a model over HTTP with a web page: search (--index), VQA, image-text matching, NLVR2, embeddings.",
+  Command c{"serve", "Serve a model over HTTP with a web page: search (--index), VQA, image-text matching, NLVR2, embeddings.",
             "vlmo serve --model M [--index I] [--vqa-model V] [--nlvr2-model N] [--host 127.0.0.1] [--port 8080]"};
   c.options = model_options();
   for (const Option& o : std::vector<Option>{
-           {"index", "", "collection to search: an index (vlmo index build), an embedding file or a folder of chunks (vlmo embed)"},
+           {"index", "",
+            "collection to search: an index (vlmo index build), an embedding file or a folder of chunks (vlmo embed)"},
            {"vqa-model", "", "model for /api/vqa, else --model"},
            {"nlvr2-model", "", "model for /api/nlvr2, else --model"},
            {"host", "127.0.0.1", "address to listen on (0.0.0.0: every interface)"},
@@ -159,7 +168,8 @@ Command serve_command() {
            integer_option("queue", "64", "requests that may wait for the model; beyond it: 503", 1, 1 << 20),
            integer_option("max-body-mb", "16", "largest request body, MiB (beyond it: 413)", 1, 4096),
            integer_option("max-pixels", "40000000", "largest image accepted, pixels", 1),
-           integer_option("max-image-side", "16384", "longest image side accepted, pixels (bounds the resizing work of thin images)", 1),
+           integer_option("max-image-side", "16384",
+                          "longest image side accepted, pixels (bounds the resizing work of thin images)", 1),
            integer_option("top-k", "8", "search hits when a request gives no \"top_k\"", 1, 100),
            {"web", "", "serve the web page from this folder instead of the built-in copy"},
            {"quiet", "false", "no JSON access log on stderr", true}})

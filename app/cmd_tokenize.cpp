@@ -75,10 +75,9 @@ int run_tokenize(const Args& a) {
 Command tokenize_command() {
   Command c;
   c.name = "tokenize";
-  c.summary =
-      "Tokenize JSON lines with a \"text\" field into {\"ids\", \"tokens\"} lines (BERT uncased "
-      "WordPiece, [CLS] ... [SEP]).\nWith --max-len N the pieces are truncated and padded to N, as "
-      "VLMo feeds the model, and \"attention_mask\" is added.";
+  c.summary = "Tokenize JSON lines with a \"text\" field into {\"ids\", \"tokens\"} lines (BERT uncased "
+              "WordPiece, [CLS] ... [SEP]).\nWith --max-len N the pieces are truncated and padded to N, as "
+              "VLMo feeds the model, and \"attention_mask\" is added.";
   c.usage = "vlmo tokenize --input FILE.jsonl [--max-len N] [--vocab vocab.txt]";
   c.options = {{"input", "", "JSON-lines input file, - for standard input"},
                {"output", "", "output file (default: standard output)"},

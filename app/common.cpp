@@ -28,7 +28,8 @@ std::vector<Option> model_options() {
       device_option(),
       precision_option(),
       attention_option(),
-      {"quantize", "none", "none, or int8: dynamic int8 weights for the transformer's linear layers (CPU inference; see vlmo bench)"}};
+      {"quantize", "none",
+       "none, or int8: dynamic int8 weights for the transformer's linear layers (CPU inference; see vlmo bench)"}};
   o.push_back(vocab_option());
   return o;
 }
@@ -55,7 +56,8 @@ Option attention_option() {
 Option checkpointing_option() {
   return {"activation-checkpointing", "false",
           "keep only each block's input in the forward pass and recompute the block in the backward pass "
-          "(less activation memory for about one more forward pass; same losses and gradients)", true};
+          "(less activation memory for about one more forward pass; same losses and gradients)",
+          true};
 }
 
 RunPolicy run_policy_from(const Args& a, c10::Device device) {
@@ -93,7 +95,9 @@ c10::Device training_device(const Args& a, const Distributed* group) {
   return d;
 }
 
-Option vocab_option() { return {"vocab", "", "vocab.txt (default: the vocabulary the checkpoint records, else the BERT uncased one of the set-up)"}; }
+Option vocab_option() {
+  return {"vocab", "", "vocab.txt (default: the vocabulary the checkpoint records, else the BERT uncased one of the set-up)"};
+}
 
 LoadedModel load_model_from(const Args& a, const std::string& path_option) {
   const std::string path = a.get(path_option);
@@ -119,8 +123,7 @@ LoadedModel load_model_from(const Args& a, const std::string& path_option) {
     quantize_int8(m.model);
   }
   if (!m.report.unexpected.empty()) {
-    std::cerr << "note: " << path << ": " << m.report.unexpected.size()
-              << " tensors the model does not use were ignored:";
+    std::cerr << "note: " << path << ": " << m.report.unexpected.size() << " tensors the model does not use were ignored:";
     for (size_t i = 0; i < std::min<size_t>(5, m.report.unexpected.size()); ++i) std::cerr << " " << m.report.unexpected[i];
     std::cerr << (m.report.unexpected.size() > 5 ? " ...\n" : "\n");
   }
@@ -148,10 +151,13 @@ void record_vocab(const Tokenizer& tok, std::map<std::string, std::string>& meta
 Tokenizer tokenizer_for(const Args& a, const LoadedModel& m) { return tokenizer_from(a, &m.model->config(), &m.metadata); }
 
 std::vector<Option> fault_options() {
-  return {integer_option("max-bad-steps", "5", "steps in a row with a non-finite loss or gradient (each skipped) that stop the run", 1),
-          number_option("max-skip-rate", "0.5", "stop when more than this fraction of the last --skip-window samples were unusable", 0, 1),
+  return {integer_option("max-bad-steps", "5",
+                         "steps in a row with a non-finite loss or gradient (each skipped) that stop the run", 1),
+          number_option("max-skip-rate", "0.5",
+                        "stop when more than this fraction of the last --skip-window samples were unusable", 0, 1),
           integer_option("skip-window", "1000", "samples over which the skip rate is judged", 1),
-          number_option("dist-timeout", "300", "several processes (torchrun): seconds to wait for another rank before failing", 1, 86400)};
+          number_option("dist-timeout", "300", "several processes (torchrun): seconds to wait for another rank before failing", 1,
+                        86400)};
 }
 
 void prepare_training(const Args& a, TrainOptions& t) {
@@ -179,7 +185,8 @@ std::shared_ptr<Distributed> join_distributed(double timeout_s) {
   auto group = Distributed::init(info, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
   if (info.rank == 0)
     std::fprintf(stderr, "distributed: %d processes (%s, %s), rendezvous %s:%d; global batch = batch x accumulate x %d\n",
-                 info.world_size, info.launcher.c_str(), info.backend == "nccl" ? "NCCL" : "Gloo", info.master_addr.c_str(), info.master_port, info.world_size);
+                 info.world_size, info.launcher.c_str(), info.backend == "nccl" ? "NCCL" : "Gloo", info.master_addr.c_str(),
+                 info.master_port, info.world_size);
   return group;
 }
 

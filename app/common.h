@@ -11,8 +11,8 @@
 #include <utility>
 #include <vector>
 
-#include "serve/answerers.h"
 #include "cli.h"
+#include "serve/answerers.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/tokenizer.h"
 #include "vlmo/train.h"

@@ -7,9 +7,9 @@
 #include <iostream>
 
 #include "cli.h"
-#include "vlmo/run_policy.h"
 #include "vlmo/error.h"
 #include "vlmo/precision.h"
+#include "vlmo/run_policy.h"
 #include "vlmo/threads.h"
 #include "vlmo/train.h"
 

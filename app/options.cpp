@@ -43,13 +43,11 @@ int64_t parse_integer(const Option& o, const std::string& v) {
   errno = 0;
   char* end = nullptr;
   const long long x = v.empty() ? 0 : std::strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || std::isspace(static_cast<unsigned char>(v[0])))
-    bad_number(o.name, v, "a whole number");
+  if (v.empty() || *end != '\0' || std::isspace(static_cast<unsigned char>(v[0]))) bad_number(o.name, v, "a whole number");
   if (errno == ERANGE || x < o.int_min || x > o.int_max) {
     if (o.int_max != std::numeric_limits<int64_t>::max())
       throw Error(cat("option --", o.name, ": must be between ", o.int_min, " and ", o.int_max, ", got ", v));
-    if (errno != ERANGE && x < o.int_min)
-      throw Error(cat("option --", o.name, ": must be at least ", o.int_min, ", got ", v));
+    if (errno != ERANGE && x < o.int_min) throw Error(cat("option --", o.name, ": must be at least ", o.int_min, ", got ", v));
     throw Error(cat("option --", o.name, ": ", v, " is out of range"));
   }
   return x;

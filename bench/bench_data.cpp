@@ -22,9 +22,7 @@
 
 namespace {
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // A photo-like 640x480 image (smooth shapes, texture, noise) encoded as a baseline JPEG.
 std::string synthetic_jpeg(uint64_t seed) {
@@ -38,7 +36,8 @@ std::string synthetic_jpeg(uint64_t seed) {
       const double r = std::hypot(x - cx, y - cy);
       const double base[3] = {120 + 80 * std::sin(x / 50.0), 100 + 60 * std::cos(y / 37.0), r < 120 ? 200.0 : 60 + y / 4.0};
       for (int c = 0; c < 3; ++c)
-        rgb[(y * W + x) * 3 + c] = static_cast<uint8_t>(std::clamp(base[c] + 20 * std::sin((x + y) / 3.0 + c) + noise(rng), 0.0, 255.0));
+        rgb[(y * W + x) * 3 + c] =
+            static_cast<uint8_t>(std::clamp(base[c] + 20 * std::sin((x + y) / 3.0 + c) + noise(rng), 0.0, 255.0));
     }
   jpeg_compress_struct cinfo;
   jpeg_error_mgr jerr;
@@ -91,8 +90,7 @@ int main(int argc, char** argv) {
           n += t.size(0) == 3;
         }
       const double dt = now() - t0;
-      std::printf("decode + resize + normalise 640x480 -> %3d %-5s %9.1f images/s\n", size,
-                  fast ? "fast" : "exact", n / dt);
+      std::printf("decode + resize + normalise 640x480 -> %3d %-5s %9.1f images/s\n", size, fast ? "fast" : "exact", n / dt);
     }
   }
   // Decode alone, for reference.
@@ -112,7 +110,8 @@ int main(int argc, char** argv) {
     const char* tails[] = {".", " at sunset.", " in the park!", ", while people watch.", " near the café."};
     std::vector<std::string> sentences;
     for (int i = 0; i < 3000; ++i)
-      sentences.push_back(std::string(subjects[i % 6]) + " " + verbs[(i / 6) % 5] + " " + objects[(i / 30) % 5] + tails[(i / 150) % 5]);
+      sentences.push_back(std::string(subjects[i % 6]) + " " + verbs[(i / 6) % 5] + " " + objects[(i / 30) % 5] +
+                          tails[(i / 150) % 5]);
     size_t tokens = 0, count = 0;
     const double t0 = now();
     while (now() - t0 < 2.0)
@@ -125,7 +124,8 @@ int main(int argc, char** argv) {
     for (const auto& s : sentences) real += tok.tokenize_ids(s).size();
     const double tokens_per_sentence = static_cast<double>(real) / sentences.size();
     std::printf("%-44s %9.0f sentences/s\n", "tokenizer (captions, padded to 40)", count / dt);
-    std::printf("%-44s %9.0f tokens/s (%.1f word pieces per caption)\n", "tokenizer word pieces", count / dt * tokens_per_sentence, tokens_per_sentence);
+    std::printf("%-44s %9.0f tokens/s (%.1f word pieces per caption)\n", "tokenizer word pieces",
+                count / dt * tokens_per_sentence, tokens_per_sentence);
   } catch (const std::exception& e) {
     std::printf("tokenizer: skipped (%s)\n", e.what());
   }

@@ -92,8 +92,9 @@ int main(int argc, char** argv) {
     for (size_t s = 1; s < r.history.size(); ++s) seconds[mode] += r.history[s].at("step_s");
   }
   const double samples = static_cast<double>(steps) * batch * accumulate;
-  std::printf("global contrastive batch vs plain accumulation: preset %s, %d px, batch %d x accumulate %d, %d steps, %d threads\n",
-              preset.c_str(), image_size, batch, accumulate, steps, threads);
+  std::printf(
+      "global contrastive batch vs plain accumulation: preset %s, %d px, batch %d x accumulate %d, %d steps, %d threads\n",
+      preset.c_str(), image_size, batch, accumulate, steps, threads);
   std::printf("| mode | contrastive batch | s/step | samples/s |\n|---|---|---|---|\n");
   const char* names[2] = {"local (official)", "global (gradient caching)"};
   for (int mode = 0; mode < 2; ++mode)

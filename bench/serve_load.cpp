@@ -10,12 +10,10 @@
 //                        [--seconds T] [--expect-all-ok]
 #include <httplib.h>
 
-#include "serve/answer_agreement.h"
-
 #include <algorithm>
-#include <cmath>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -26,6 +24,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "serve/answer_agreement.h"
 
 namespace {
 
@@ -64,7 +64,8 @@ int main(int argc, char** argv) {
       return fail(a + ": " + e.what());
     }
   }
-  if (port <= 0 || requests_path.empty() || concurrency < 1 || count < 1) return fail("give --port and --requests (see the usage in the source)");
+  if (port <= 0 || requests_path.empty() || concurrency < 1 || count < 1)
+    return fail("give --port and --requests (see the usage in the source)");
   std::vector<Probe> probes;
   std::ifstream in(requests_path);
   if (!in) return fail(requests_path + ": cannot open");
@@ -125,7 +126,9 @@ int main(int argc, char** argv) {
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::sort(latencies.begin(), latencies.end());
   auto pct = [&](double p) {
-    return latencies.empty() ? 0.0 : latencies[std::min(latencies.size() - 1, static_cast<size_t>(p * static_cast<double>(latencies.size())))];
+    return latencies.empty()
+               ? 0.0
+               : latencies[std::min(latencies.size() - 1, static_cast<size_t>(p * static_cast<double>(latencies.size())))];
   };
   const long sent = std::min<long>(next.load(), count);
   const long ok = statuses[200], refused = statuses[503];

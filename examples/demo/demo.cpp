@@ -2,16 +2,13 @@
 // dual encoder for retrieval, evaluate on the held-out test split, report against chance.
 #include "demo.h"
 
-#include "vlmo/files.h"
-#include "vlmo/metrics_plot.h"
-
 #include <ATen/ATen.h>
 #include <sys/stat.h>
 
-#include <chrono>
-#include <filesystem>
-#include <cstdio>
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -23,9 +20,11 @@
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
 #include "vlmo/evaluate.h"
+#include "vlmo/files.h"
 #include "vlmo/finetune.h"
 #include "vlmo/image.h"
 #include "vlmo/image_tensor.h"
+#include "vlmo/metrics_plot.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/tasks.h"
@@ -60,10 +59,10 @@ void write_gallery(VLMo& model, const DemoWorld& world, const std::vector<Karpat
   write_file_atomic(dir + "/test.json", nlohmann::json{{"images", karpathy}}.dump(1) + "\n");
   at::NoGradGuard guard;
   const at::Tensor emb = encode_images(model, at::stack(pix));
-  write_safetensors(out_dir + "/gallery.safetensors", {{"embeddings", emb}},
-                    {{"ids", nlohmann::json(ids).dump()}, {"modality", "image"}, {"model", out_dir + "/finetune-retrieval.safetensors"}});
+  write_safetensors(
+      out_dir + "/gallery.safetensors", {{"embeddings", emb}},
+      {{"ids", nlohmann::json(ids).dump()}, {"modality", "image"}, {"model", out_dir + "/finetune-retrieval.safetensors"}});
 }
-
 
 // The variant of the c-th caption of scene i in the retrieval splits.
 int split_caption_variant(const DemoWorld& w, size_t i, int c) {
@@ -139,7 +138,8 @@ void for_each_field(Recipe& r, F&& f) {
   f("embed_dim", r.embed_dim), f("depth", r.depth), f("num_heads", r.num_heads), f("image_size", r.image_size);
   f("vlffn_start", r.vlffn_start), f("layer_scale", r.layer_scale);
   f("absolute_positions", r.absolute_positions), f("background_tint", r.background_tint);
-  f("max_shapes", r.max_shapes), f("min_shapes", r.min_shapes), f("caption_shapes", r.caption_shapes), f("max_text_len", r.max_text_len);
+  f("max_shapes", r.max_shapes), f("min_shapes", r.min_shapes), f("caption_shapes", r.caption_shapes),
+      f("max_text_len", r.max_text_len);
   f("image_pos_init_std", r.image_pos_init_std);
   f("stage1_steps", r.stage1_steps), f("stage2_steps", r.stage2_steps), f("stage3_steps", r.stage3_steps);
   f("retrieval_steps", r.retrieval_steps), f("vqa_steps", r.vqa_steps), f("nlvr2_steps", r.nlvr2_steps);
@@ -175,8 +175,7 @@ void DemoRecipe::apply(const nlohmann::json& overrides) {
         else throw Error(cat("demo recipe: \"", key, "\" must be a number or null"));
       } else if constexpr (std::is_floating_point_v<T>) {
         // Learning rates, their multipliers and the warm-up fraction: a negative one would train backwards.
-        if (!value.is_number() || value.get<double>() < 0)
-          throw Error(cat("demo recipe: \"", key, "\" must be a number >= 0"));
+        if (!value.is_number() || value.get<double>() < 0) throw Error(cat("demo recipe: \"", key, "\" must be a number >= 0"));
         field = value.get<T>();
       } else {
         // caption_shapes 0 means "every shape"; every other count or size must be positive.
@@ -249,12 +248,12 @@ class DemoRun {
 
  private:
   void describe_world();
-  void fit(VLMo& m, const std::string& name, const ObjectiveFn& objective, const BatchFn& batches, int64_t n_steps,
-           int64_t batch, double lr, double head_lr_mult, const std::map<std::string, std::string>& meta,
+  void fit(VLMo& m, const std::string& name, const ObjectiveFn& objective, const BatchFn& batches, int64_t n_steps, int64_t batch,
+           double lr, double head_lr_mult, const std::map<std::string, std::string>& meta,
            const StepObjectiveFn& step_objective = {}, const std::vector<std::string>& heads = {});
   void fit(VLMo& m, const FinetunePlan& plan, int64_t n_steps, int64_t batch, double lr, double head_lr_mult);
-  void run_stage(const std::string& name, Stage stage, const ObjectiveFn& objective, int64_t n_steps, int64_t batch,
-                 double lr, const StageSpec& spec);
+  void run_stage(const std::string& name, Stage stage, const ObjectiveFn& objective, int64_t n_steps, int64_t batch, double lr,
+                 const StageSpec& spec);
   Grouping grouping(int64_t size, double from_fraction, int64_t n_steps);
   void diagnose(const std::string& after);
   int start_position();
@@ -337,10 +336,14 @@ DemoRun::DemoRun(const DemoOptions& o)
 void DemoRun::describe_world() {
   report_["seed"] = o_.seed;
   report_["config"] = nlohmann::json::parse(config_to_json_text(cfg_));
-  report_["world"] = {{"train_scenes", train_scenes_.size()}, {"val_scenes", val_.size()},
-                      {"test_scenes", test_.size()}, {"test_captions", 2 * test_.size()},
-                      {"image_size", cfg_.image_size}, {"shapes_per_scene", {rc_.min_shapes, rc_.max_shapes}},
-                      {"shapes_per_caption", rc_.caption_shapes}, {"test_ceiling", retrieval_ceiling_json(world_, "test", 2)}};
+  report_["world"] = {{"train_scenes", train_scenes_.size()},
+                      {"val_scenes", val_.size()},
+                      {"test_scenes", test_.size()},
+                      {"test_captions", 2 * test_.size()},
+                      {"image_size", cfg_.image_size},
+                      {"shapes_per_scene", {rc_.min_shapes, rc_.max_shapes}},
+                      {"shapes_per_caption", rc_.caption_shapes},
+                      {"test_ceiling", retrieval_ceiling_json(world_, "test", 2)}};
   report_["processes"] = world_size_;
   report_["recipe"] = rc_.to_json();
   report_["precision"] = precision_name(o_.policy.precision);
@@ -349,7 +352,8 @@ void DemoRun::describe_world() {
 
 int64_t DemoRun::per_rank(int64_t batch) const {
   if (batch % world_size_ != 0)
-    throw Error(cat("the demo's batch of ", batch, " does not split over ", world_size_, " processes (use 1, 2, 4, 8, 16 or 32)"));
+    throw Error(
+        cat("the demo's batch of ", batch, " does not split over ", world_size_, " processes (use 1, 2, 4, 8, 16 or 32)"));
   return batch / world_size_;
 }
 
@@ -370,7 +374,8 @@ void DemoRun::fit(VLMo& m, const std::string& name, const ObjectiveFn& objective
   t.name = name;
   t.max_steps = n_steps;
   const bool pretraining = name.rfind("stage", 0) == 0;  // "stage1-image" ... "stage3-vl"; else fine-tuning
-  t.warmup_steps = std::max<int64_t>(1, static_cast<int64_t>(n_steps * (pretraining ? rc_.warmup_fraction : rc_.finetune_warmup_fraction)));
+  t.warmup_steps =
+      std::max<int64_t>(1, static_cast<int64_t>(n_steps * (pretraining ? rc_.warmup_fraction : rc_.finetune_warmup_fraction)));
   t.lr = lr;
   t.head_lr_mult = head_lr_mult;
   t.head_prefixes = heads;
@@ -385,8 +390,8 @@ void DemoRun::fit(VLMo& m, const std::string& name, const ObjectiveFn& objective
   t.metrics_path = o_.out_dir + "/" + name + ".metrics.jsonl";
   const TrainResult r = train(m, objective, batches, t);
   const auto [first, last] = first_and_last_steps(r);
-  report_["stages"][name] = {{"steps", r.steps}, {"batch", batch}, {"lr", lr}, {"seconds", r.seconds},
-                             {"first_steps", first}, {"last_steps", last}};
+  report_["stages"][name] = {{"steps", r.steps},     {"batch", batch},       {"lr", lr},
+                             {"seconds", r.seconds}, {"first_steps", first}, {"last_steps", last}};
 }
 
 // A fine-tuning of the library's plan (vlmo/finetune.h), with the demo's batches and schedule.
@@ -441,7 +446,8 @@ Grouping DemoRun::grouping(int64_t size, double from_fraction, int64_t n_steps) 
   Grouping g{size, static_cast<int64_t>(from_fraction * static_cast<double>(n_steps)), nullptr};
   if (g.size <= 1) return g;
   if (!near_duplicates_) {
-    auto near = std::make_shared<std::vector<std::vector<uint32_t>>>(scene_neighbours(train_scenes_, static_cast<int>(rc_.stage3_group_distance)));
+    auto near = std::make_shared<std::vector<std::vector<uint32_t>>>(
+        scene_neighbours(train_scenes_, static_cast<int>(rc_.stage3_group_distance)));
     size_t total = 0, none = 0;
     for (const auto& n : *near) total += n.size(), none += n.empty();
     report_["world"]["near_duplicates"] = {{"max_distance", rc_.stage3_group_distance},
@@ -492,8 +498,12 @@ void DemoRun::pretrain(int start) {
   // the plain objective computes without the extra feature pass (about 15 % faster).
   if (start <= 2)
     run_stage("stage3-vl", Stage::kVL, vl_objective, steps(rc_.stage3_steps), rc_.stage3_batch, rc_.stage3_lr,
-              {true, true, false, world_size_ > 1 ? vl_global_step_objective(mix_seed(o_.seed, 3)) : StepObjectiveFn{},
-               rc_.stage3_itm_head_lr_mult, {"itm_score.", "pooler."},
+              {true,
+               true,
+               false,
+               world_size_ > 1 ? vl_global_step_objective(mix_seed(o_.seed, 3)) : StepObjectiveFn{},
+               rc_.stage3_itm_head_lr_mult,
+               {"itm_score.", "pooler."},
                grouping(rc_.stage3_group, rc_.stage3_group_from, steps(rc_.stage3_steps))});
   diagnose("stage3-vl");  // the model fine-tuning starts from (also when it was loaded)
   for (const auto& p : model_->named_parameters()) stage3_weights_[p.key()] = p.value().detach().clone();
@@ -569,7 +579,9 @@ void DemoRun::vqa() {
       qs.push_back(std::move(q));
     }
   const VqaEvaluation e = evaluate_vqa(vqa, tok_, qs, answers, scenes_);
-  report_["vqa"] = {{"test_questions", qs.size()}, {"accuracy", e.accuracy}, {"majority_answer", majority},
+  report_["vqa"] = {{"test_questions", qs.size()},
+                    {"accuracy", e.accuracy},
+                    {"majority_answer", majority},
                     {"majority_accuracy", majority_acc / static_cast<double>(qs.size())}};
 }
 
@@ -613,23 +625,26 @@ void DemoRun::nlvr2() {
   }
   pos /= static_cast<double>(test_pairs.size());
   const Nlvr2Evaluation e = evaluate_nlvr2(nlvr2, tok_, test_pairs, scenes_);
-  report_["nlvr2"] = {{"test_pairs", test_pairs.size()}, {"accuracy", e.score.accuracy},
-                      {"majority_accuracy", std::max(pos, 1 - pos)}};
+  report_["nlvr2"] = {
+      {"test_pairs", test_pairs.size()}, {"accuracy", e.score.accuracy}, {"majority_accuracy", std::max(pos, 1 - pos)}};
 }
 
 void DemoRun::report_retrieval(const RetrievalResults& r) {
-  report_["retrieval"].update({{"test_after_finetuning", recall_json(r.test.recall)},
-                               {"val_after_finetuning", recall_json(r.val)},
-                               {"test_after_finetuning_itm_rerank_top8", recall_json(r.test.reranked)},
-                               {"test_after_finetuning_itm_rerank_top8_logits", recall_json(r.test.reranked_logits)},
-                               {"test_after_finetuning_pretrained_itm_rerank_top8", recall_json(r.pretrained_rerank.reranked)},
-                               {"test_after_finetuning_pretrained_itm_rerank_top8_logits", recall_json(r.pretrained_rerank.reranked_logits)},
-                               {"chance", recall_json(r.chance)}});
+  report_["retrieval"].update(
+      {{"test_after_finetuning", recall_json(r.test.recall)},
+       {"val_after_finetuning", recall_json(r.val)},
+       {"test_after_finetuning_itm_rerank_top8", recall_json(r.test.reranked)},
+       {"test_after_finetuning_itm_rerank_top8_logits", recall_json(r.test.reranked_logits)},
+       {"test_after_finetuning_pretrained_itm_rerank_top8", recall_json(r.pretrained_rerank.reranked)},
+       {"test_after_finetuning_pretrained_itm_rerank_top8_logits", recall_json(r.pretrained_rerank.reranked_logits)},
+       {"chance", recall_json(r.chance)}});
   // The fusion encoder's matching on the test split after pre-training: each caption with its
   // image and with another test image (random, or the dual encoder's most similar one).
   const auto& d3 = report_["diagnostics"]["stage3-vl"];
-  report_["itm"] = {{"test_accuracy_random_negatives", d3["itm_acc_random"]}, {"test_accuracy_hard_negatives", d3["itm_acc_hard"]},
-                    {"test_pairwise_hard_itm", d3["itm_pairwise_hard"]}, {"test_pairwise_hard_dual", d3["dual_pairwise_hard"]}};
+  report_["itm"] = {{"test_accuracy_random_negatives", d3["itm_acc_random"]},
+                    {"test_accuracy_hard_negatives", d3["itm_acc_hard"]},
+                    {"test_pairwise_hard_itm", d3["itm_pairwise_hard"]},
+                    {"test_pairwise_hard_dual", d3["dual_pairwise_hard"]}};
 }
 
 void DemoRun::print_report(const RetrievalResults& r) const {
@@ -642,7 +657,8 @@ void DemoRun::print_report(const RetrievalResults& r) const {
                 100 * x.ir1, 100 * x.ir5, 100 * x.ir10);
   };
   row("chance", r.chance);
-  std::printf("%-34s %7.1f%% %26.1f%%\n", "ceiling (ideal reader of captions)", 100 * report_["world"]["test_ceiling"]["tr_r1"].get<double>(),
+  std::printf("%-34s %7.1f%% %26.1f%%\n", "ceiling (ideal reader of captions)",
+              100 * report_["world"]["test_ceiling"]["tr_r1"].get<double>(),
               100 * report_["world"]["test_ceiling"]["ir_r1"].get<double>());
   row("after pre-training (no fine-tune)", r.zero_shot.recall);
   row("  + ITM re-ranking of the top 8", r.zero_shot.reranked);
@@ -660,8 +676,10 @@ void DemoRun::print_report(const RetrievalResults& r) const {
               100 * report_["vqa"]["majority_accuracy"].get<double>());
   std::printf("%-34s %7.1f%% %9.1f%%\n", "NLVR2 (200 image pairs)", 100 * report_["nlvr2"]["accuracy"].get<double>(),
               100 * report_["nlvr2"]["majority_accuracy"].get<double>());
-  std::printf("%-34s %7.1f%% %9.1f%%\n", "ITM (pre-trained) vs hardest image", 100 * report_["itm"]["test_accuracy_hard_negatives"].get<double>(), 50.0);
-  std::printf("%-34s %7.1f%% %9.1f%%\n", "ITM (pre-trained) vs random image", 100 * report_["itm"]["test_accuracy_random_negatives"].get<double>(), 50.0);
+  std::printf("%-34s %7.1f%% %9.1f%%\n", "ITM (pre-trained) vs hardest image",
+              100 * report_["itm"]["test_accuracy_hard_negatives"].get<double>(), 50.0);
+  std::printf("%-34s %7.1f%% %9.1f%%\n", "ITM (pre-trained) vs random image",
+              100 * report_["itm"]["test_accuracy_random_negatives"].get<double>(), 50.0);
   std::printf("R@1 over chance: TR %.1fx, IR %.1fx; total time %.0f s; report: %s/report.json\n", ft.tr1 / r.chance.tr1,
               ft.ir1 / r.chance.ir1, report_["seconds"].get<double>(), o_.out_dir.c_str());
 }
@@ -673,10 +691,9 @@ nlohmann::json DemoRun::run() {
   // every visit of a scene); evaluation goes through the library's loops, with scenes as images.
   RetrievalResults r;
   r.zero_shot = evaluate_retrieval(model_, tok_, test_, scenes_, /*rerank_k=*/8);
-  report_["retrieval"] = {
-      {"test_after_pretraining", recall_json(r.zero_shot.recall)},
-      {"test_after_pretraining_itm_rerank_top8", recall_json(r.zero_shot.reranked)},
-      {"test_after_pretraining_itm_rerank_top8_logits", recall_json(r.zero_shot.reranked_logits)}};
+  report_["retrieval"] = {{"test_after_pretraining", recall_json(r.zero_shot.recall)},
+                          {"test_after_pretraining_itm_rerank_top8", recall_json(r.zero_shot.reranked)},
+                          {"test_after_pretraining_itm_rerank_top8_logits", recall_json(r.zero_shot.reranked_logits)}};
   auto seconds = [this] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start_).count(); };
   if (o_.pretrain_only) {
     report_["seconds"] = seconds();
@@ -693,9 +710,10 @@ nlohmann::json DemoRun::run() {
   write_file_atomic(o_.out_dir + "/report.json", report_.dump(2) + "\n");
   const std::vector<std::string> charts = plot_metrics({o_.out_dir}, o_.out_dir + "/plots");
   std::printf("learning curves: %zu charts (PNG + SVG) in %s/plots\n", charts.size() / 2, o_.out_dir.c_str());
-  std::printf("try the models in a browser:\n  vlmo serve --model %s/finetune-retrieval.safetensors --vqa-model %s/finetune-vqa.safetensors "
-              "--nlvr2-model %s/finetune-nlvr2.safetensors --index %s/gallery.safetensors\n",
-              o_.out_dir.c_str(), o_.out_dir.c_str(), o_.out_dir.c_str(), o_.out_dir.c_str());
+  std::printf(
+      "try the models in a browser:\n  vlmo serve --model %s/finetune-retrieval.safetensors --vqa-model %s/finetune-vqa.safetensors "
+      "--nlvr2-model %s/finetune-nlvr2.safetensors --index %s/gallery.safetensors\n",
+      o_.out_dir.c_str(), o_.out_dir.c_str(), o_.out_dir.c_str(), o_.out_dir.c_str());
   return report_;
 }
 

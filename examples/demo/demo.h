@@ -26,9 +26,9 @@ struct DemoRecipe {
   // the text no absolute location; layer scale 0.1 in 4 layers leaves every [CLS] output at its
   // own embedding. Real pre-training keeps the official presets: this is the demo's recipe only.
   int embed_dim = 128, depth = 4, num_heads = 8, image_size = 48, vlffn_start = 2;  // 8 heads: more routes for the fused [CLS]
-  std::optional<double> layer_scale;  // null: none (base-plus); 0.1 is base's
-  bool absolute_positions = true;     // base-plus: absolute positions, no relative bias
-  int background_tint = 4;            // the world's background tint levels per channel (DemoWorld)
+  std::optional<double> layer_scale;                                                // null: none (base-plus); 0.1 is base's
+  bool absolute_positions = true;  // base-plus: absolute positions, no relative bias
+  int background_tint = 4;         // the world's background tint levels per channel (DemoWorld)
   // The world: scenes of min_shapes..max_shapes shapes whose captions name caption_shapes of them
   // (0: all), as real captions leave objects out. A caption that names every shape lets one vector
   // per image hold all a caption can ask, and the fusion encoder then only matched the dual
@@ -36,7 +36,7 @@ struct DemoRecipe {
   // caption might name, while the fusion encoder reads the named ones from the patches
   // (docs/demo.md). Captions naming 3+ shapes need max_text_len ~40.
   int min_shapes = 2, max_shapes = 3, caption_shapes = 2;
-  int max_text_len = 24;              // the model's text length (a two-shape caption fits in 24 tokens)
+  int max_text_len = 24;  // the model's text length (a two-shape caption fits in 24 tokens)
   // Standard deviation of the image's absolute position embeddings at initialisation. The
   // official trunc_normal(0.02) leaves a patch's place ~1/15 of its token beside its content, and
   // the demo's captions are about places (docs/demo.md).
@@ -49,8 +49,8 @@ struct DemoRecipe {
   // NLVR2 at 1e-3 collapsed to chance on one seed in three.
   double stage1_lr = 1e-3, stage2_lr = 1e-3, stage3_lr = 1e-3, retrieval_lr = 1e-3, vqa_lr = 1e-3, nlvr2_lr = 3e-4;
   double vqa_head_lr_mult = 20, nlvr2_head_lr_mult = 1;  // the classifier heads' lr multipliers (official: 20, 1)
-  double stage3_itm_head_lr_mult = 1;  // stage 3: lr multiplier of itm_score.* and pooler.* (official: 1)
-  double stage3_mlm_prob = 0.15;       // stage 3: MLM masking probability (official mlm_prob: 0.15)
+  double stage3_itm_head_lr_mult = 1;                    // stage 3: lr multiplier of itm_score.* and pooler.* (official: 1)
+  double stage3_mlm_prob = 0.15;                         // stage 3: MLM masking probability (official mlm_prob: 0.15)
   // Stage-3 batch composition: from step stage3_group_from x steps on, a batch is groups of
   // stage3_group scenes, each a scene of the epoch order and stage3_group - 1 of its
   // near-duplicates (scene_distance 1..stage3_group_distance): the in-batch negatives are then as
@@ -62,8 +62,8 @@ struct DemoRecipe {
   // ITM re-ranking) instead of the official ITC only, whose fine-tuned encoder no longer fits its
   // ITM head (re-ranking with it cost up to 32 R@1 points).
   bool retrieval_itm = true;
-  double warmup_fraction = 0.03;           // pre-training stages: warm-up steps / steps
-  double finetune_warmup_fraction = 0.1;   // retrieval, VQA and NLVR2 fine-tuning
+  double warmup_fraction = 0.03;          // pre-training stages: warm-up steps / steps
+  double finetune_warmup_fraction = 0.1;  // retrieval, VQA and NLVR2 fine-tuning
 
   // Applies the keys of a JSON object; an unknown key or a value of the wrong type is an error.
   void apply(const nlohmann::json& overrides);
@@ -85,8 +85,8 @@ void init_demo_weights(VLMo& model, const DemoRecipe& r, uint64_t seed);
 struct DemoOptions {
   uint64_t seed = 1;
   std::string out_dir = "demo-out";
-  std::string vocab;       // empty: the default BERT vocabulary
-  double step_scale = 1.0; // multiplies every stage's step count (tests use small values)
+  std::string vocab;        // empty: the default BERT vocabulary
+  double step_scale = 1.0;  // multiplies every stage's step count (tests use small values)
   bool progress = true;
   DemoRecipe recipe;
   // Stop after pre-training (stages 1-3, zero-shot retrieval and the diagnostics): experiments.
@@ -97,7 +97,7 @@ struct DemoOptions {
   std::string start_weights;
   // How every model of the demo runs (vlmo/run_policy.h): device, precision, attention, kernels.
   RunPolicy policy;
-  std::string precision_note;                 // how it was chosen (the report's "precision_choice")
+  std::string precision_note;  // how it was chosen (the report's "precision_choice")
   bool activation_checkpointing = false;
   // Several processes (torchrun): the group they joined (nullptr: one process). Each trains on
   // its share of every global batch; every rank evaluates; rank 0 writes the files and prints.

@@ -3,10 +3,10 @@
 #include <cmath>
 #include <random>
 
+#include "model/model_internals.h"
 #include "vlmo/data.h"
 #include "vlmo/error.h"
 #include "vlmo/tasks.h"
-#include "model/model_internals.h"
 
 namespace vlmo {
 
@@ -100,7 +100,7 @@ nlohmann::json diagnose_model(VLMo& model, const Tokenizer& tok, const at::Tenso
   std::vector<double> entropy, to_image;
   for (int64_t l = 0; l < depth; ++l) {
     const at::Tensor p = rec.cls_attention().at(static_cast<size_t>(l)).to(at::kDouble);  // (N, H, keys)
-    const at::Tensor h = -(p * p.clamp_min(1e-300).log()).sum(-1);                         // (N, H)
+    const at::Tensor h = -(p * p.clamp_min(1e-300).log()).sum(-1);                        // (N, H)
     entropy.push_back((h / keys.log().unsqueeze(1)).mean().item<double>());
     to_image.push_back(p.narrow(2, Lt, p.size(2) - Lt).sum(-1).mean().item<double>());
   }
@@ -110,7 +110,8 @@ nlohmann::json diagnose_model(VLMo& model, const Tokenizer& tok, const at::Tenso
   at::cross_entropy_loss(logits, labels).backward();
   out["grad_itm_head"] = model->itm_score->fc->weight.grad().norm().item<double>();
   out["grad_pooler"] = model->pooler->dense->weight.grad().norm().item<double>();
-  out["grad_fused_cls"] = at::cat({pos.text_feats.grad().select(1, 0), neg.text_feats.grad().select(1, 0)}).norm(2, -1).mean().item<double>();
+  out["grad_fused_cls"] =
+      at::cat({pos.text_feats.grad().select(1, 0), neg.text_feats.grad().select(1, 0)}).norm(2, -1).mean().item<double>();
   return out;
 }
 

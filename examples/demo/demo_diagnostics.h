@@ -3,8 +3,8 @@
 // mismatched ones, where the fused [CLS] query attends, and the ITM gradients that reach it.
 #pragma once
 #include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 

@@ -61,12 +61,20 @@ std::string Scene::signature() const {
 
 DemoWorld::DemoWorld(uint64_t seed, int n_train, int n_val, int n_test, int image_size, int tint_range, int max_shapes,
                      int caption_shapes, int min_shapes)
-    : image_size_(image_size), tint_range_(tint_range), max_shapes_(max_shapes), caption_shapes_(caption_shapes), min_shapes_(min_shapes) {
-  if (max_shapes < 1 || max_shapes > 5) throw Error(cat("demo world: max_shapes ", max_shapes, " is outside 1..5 (a scene has 5 places)"));
-  if (min_shapes < 1 || min_shapes > max_shapes) throw Error(cat("demo world: min_shapes ", min_shapes, " is outside 1..max_shapes (", max_shapes, ")"));
-  if (caption_shapes < 0 || caption_shapes > 5) throw Error(cat("demo world: caption_shapes ", caption_shapes, " is outside 0..5 (0: every shape)"));
+    : image_size_(image_size),
+      tint_range_(tint_range),
+      max_shapes_(max_shapes),
+      caption_shapes_(caption_shapes),
+      min_shapes_(min_shapes) {
+  if (max_shapes < 1 || max_shapes > 5)
+    throw Error(cat("demo world: max_shapes ", max_shapes, " is outside 1..5 (a scene has 5 places)"));
+  if (min_shapes < 1 || min_shapes > max_shapes)
+    throw Error(cat("demo world: min_shapes ", min_shapes, " is outside 1..max_shapes (", max_shapes, ")"));
+  if (caption_shapes < 0 || caption_shapes > 5)
+    throw Error(cat("demo world: caption_shapes ", caption_shapes, " is outside 0..5 (0: every shape)"));
   if (image_size < 32) throw Error(cat("demo world: image size ", image_size, " is too small (>= 32)"));
-  if (tint_range < 1 || tint_range > 100) throw Error(cat("demo world: background tint range ", tint_range, " is outside 1..100"));
+  if (tint_range < 1 || tint_range > 100)
+    throw Error(cat("demo world: background tint range ", tint_range, " is outside 1..100"));
   std::mt19937_64 rng(seed);
   std::set<std::string> used;
   // Test and validation scenes first, each distinct; training scenes never repeat one of them.
@@ -322,8 +330,10 @@ Tokenizer world_tokenizer(const Tokenizer& bert) {
   for (size_t i = 0; i < singles.size(); ++i) {
     const Scene& s = singles[i];
     Scene pair = s;  // a second shape at another place, for the two-shape phrasings
-    pair.shapes.push_back(Shape{(s.shapes[0].kind + 1) % 3, (s.shapes[0].colour + 1) % 6, !s.shapes[0].large, (s.shapes[0].place + 1) % 5});
-    for (int v = 0; v < probe.num_caption_variants(); ++v) texts.push_back(probe.caption(s, v)), texts.push_back(probe.caption(pair, v));
+    pair.shapes.push_back(
+        Shape{(s.shapes[0].kind + 1) % 3, (s.shapes[0].colour + 1) % 6, !s.shapes[0].large, (s.shapes[0].place + 1) % 5});
+    for (int v = 0; v < probe.num_caption_variants(); ++v)
+      texts.push_back(probe.caption(s, v)), texts.push_back(probe.caption(pair, v));
     for (uint64_t v = 0; v < 64; ++v) {
       texts.push_back(probe.question(pair, mix_seed(i, v)).first);
       texts.push_back(probe.statement(s, pair, mix_seed(i + 1000, v)).first);

@@ -13,10 +13,10 @@
 namespace vlmo {
 
 struct Shape {
-  int kind;      // 0 circle, 1 square, 2 triangle
-  int colour;    // index into DemoWorld::colour_names()
+  int kind;    // 0 circle, 1 square, 2 triangle
+  int colour;  // index into DemoWorld::colour_names()
   bool large;
-  int place;     // 0 left, 1 right, 2 top, 3 bottom, 4 middle
+  int place;  // 0 left, 1 right, 2 top, 3 bottom, 4 middle
 };
 
 struct Scene {

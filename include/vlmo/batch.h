@@ -14,13 +14,13 @@ namespace vlmo {
 
 // Tensors a task does not need stay undefined.
 struct Batch {
-  at::Tensor text_ids, text_masks;            // (B, L) int64; 1 = real token
-  at::Tensor text_ids_mlm, text_labels_mlm;   // (B, L) int64; labels -100 = ignore
-  at::Tensor image;                           // (B, 3, S, S) float in [-1, 1]
-  at::Tensor image_0, image_1;                // NLVR2 pairs
-  at::Tensor vqa_targets;                     // (B, num_labels) soft scores
-  at::Tensor nlvr2_labels;                    // (B) int64 in {0, 1}
-  at::Tensor patch_mask;                      // (B, W²) bool: stage-1 masked image modelling
+  at::Tensor text_ids, text_masks;           // (B, L) int64; 1 = real token
+  at::Tensor text_ids_mlm, text_labels_mlm;  // (B, L) int64; labels -100 = ignore
+  at::Tensor image;                          // (B, 3, S, S) float in [-1, 1]
+  at::Tensor image_0, image_1;               // NLVR2 pairs
+  at::Tensor vqa_targets;                    // (B, num_labels) soft scores
+  at::Tensor nlvr2_labels;                   // (B) int64 in {0, 1}
+  at::Tensor patch_mask;                     // (B, W²) bool: stage-1 masked image modelling
   // Data problems met while building this batch: samples skipped per reason ("corrupt_image",
   // "empty_caption", "bad_utf8", "missing_file", "truncated_shard", ...), and one line per
   // skipped sample naming its file and line or archive member. The trainer logs and counts them.

@@ -52,15 +52,15 @@ bool bf16_pays(c10::Device device, double min_ratio = 1.5, double* ratio = nullp
 
 struct BenchOptions {
   std::string task = "pretrain";
-  Config config;           // image_size and max_text_len as the run should use them
+  Config config;  // image_size and max_text_len as the run should use them
   int64_t batch = 8;
-  int64_t steps = 3;       // timed
-  int64_t warmup = 1;      // not timed
-  RunPolicy policy;         // device, precision, attention path, product kernels (vlmo/run_policy.h)
+  int64_t steps = 3;   // timed
+  int64_t warmup = 1;  // not timed
+  RunPolicy policy;    // device, precision, attention path, product kernels (vlmo/run_policy.h)
   uint64_t seed = 0;
-  bool quantize_int8 = false;  // embed tasks only: vlmo::quantize_int8 on the CPU
+  bool quantize_int8 = false;             // embed tasks only: vlmo::quantize_int8 on the CPU
   bool activation_checkpointing = false;  // pretrain and the fine-tuning tasks
-  std::string profile_path;    // non-empty: a Chrome trace (chrome://tracing, Perfetto) of the timed steps
+  std::string profile_path;               // non-empty: a Chrome trace (chrome://tracing, Perfetto) of the timed steps
   // Called after every step, warm-up included (done counts both): progress for long runs.
   std::function<void(int64_t done, int64_t total, double seconds)> on_step;
 };
@@ -70,8 +70,8 @@ struct BenchResult {
   double seconds_per_step = 0, samples_per_s = 0;
   double flops_per_sample = 0, achieved_flops = 0;  // FLOP/s
   std::vector<double> step_seconds;                 // every timed step
-  int64_t peak_memory_bytes = -1;  // CUDA: peak allocated on the device; CPU: the process's peak RSS
-  std::string memory_kind;         // "cuda_peak_allocated" or "process_peak_rss"
+  int64_t peak_memory_bytes = -1;                   // CUDA: peak allocated on the device; CPU: the process's peak RSS
+  std::string memory_kind;                          // "cuda_peak_allocated" or "process_peak_rss"
 };
 
 // Builds a freshly initialised model of options.config (heads the task needs), runs `warmup`

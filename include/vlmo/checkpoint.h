@@ -62,8 +62,7 @@ struct ModelSpec {
 // The architecture of the weight file `path` (with safetensors `metadata`): spec.config_path,
 // else spec.preset, else the file's recorded "config", else an error saying what to give;
 // then spec.image_size / spec.max_text_len override.
-Config model_config(const std::string& path, const std::map<std::string, std::string>& metadata,
-                    const ModelSpec& spec);
+Config model_config(const std::string& path, const std::map<std::string, std::string>& metadata, const ModelSpec& spec);
 
 // The safetensors metadata key under which a checkpoint records its vocabulary (vocab.txt's text)
 // when the model was trained with one other than BERT uncased (the demo's); commands without
@@ -73,8 +72,8 @@ inline constexpr const char* kVocabMetadataKey = "vocab";
 struct LoadedModel {
   VLMo model{nullptr};
   std::map<std::string, std::string> metadata;  // the file's (empty for torch.save files)
-  std::vector<std::string> vqa_answers;          // label order; empty when none is known
-  LoadReport report;                             // unexpected tensors, resizing
+  std::vector<std::string> vqa_answers;         // label order; empty when none is known
+  LoadReport report;                            // unexpected tensors, resizing
 };
 
 // A model ready for inference (eval mode) from any weight file: a vlmo checkpoint or converted

@@ -43,16 +43,14 @@ struct Config {
   // Derived sizes.
   int head_dim() const { return embed_dim / num_heads; }
   int mlp_hidden() const { return static_cast<int>(embed_dim * mlp_ratio); }
-  int grid() const { return image_size / patch_size; }            // W
-  int num_patches() const { return grid() * grid(); }              // W^2
-  int image_tokens() const { return num_patches() + 1; }           // W^2 + [CLS]
+  int grid() const { return image_size / patch_size; }    // W
+  int num_patches() const { return grid() * grid(); }     // W^2
+  int image_tokens() const { return num_patches() + 1; }  // W^2 + [CLS]
   int fusion_tokens() const { return max_text_len + image_tokens(); }
   bool has_head(const std::string& h) const;
   // Rows of the merged relative-position table (reference §1.4).
   int num_relative_distance() const { return (2 * grid() - 1) * (2 * grid() - 1) + 3; }
-  int relative_table_rows() const {
-    return num_relative_distance() + 2 * max_text_len_of_initckpt + 2;
-  }
+  int relative_table_rows() const { return num_relative_distance() + 2 * max_text_len_of_initckpt + 2; }
 
   // Throws vlmo::Error naming the field for impossible values.
   void validate() const;

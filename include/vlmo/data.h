@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "vlmo/image.h"
 #include "vlmo/batch.h"
+#include "vlmo/image.h"
 #include "vlmo/tokenizer.h"
 
 namespace vlmo {
@@ -22,10 +22,10 @@ struct Example {
 struct CollateOptions {
   int image_size = 224;
   int max_text_len = 40;
-  bool train_transform = false;   // RandomResizedCrop + flip + RandomAugment; else square resize
-  bool whole_word_mask = true;    // MLM inputs by whole-word masking, else by token masking
-  double mlm_prob = 0.15;         // MLM masking probability (the official mlm_prob)
-  bool patch_mask = false;        // stage-1 blockwise patch mask
+  bool train_transform = false;  // RandomResizedCrop + flip + RandomAugment; else square resize
+  bool whole_word_mask = true;   // MLM inputs by whole-word masking, else by token masking
+  double mlm_prob = 0.15;        // MLM masking probability (the official mlm_prob)
+  bool patch_mask = false;       // stage-1 blockwise patch mask
   int patch_size = 16;
   double patch_mask_ratio = 0.4;
 };

@@ -78,8 +78,7 @@ struct VqaExample {
 };
 // Questions with soft targets against `answers` (label order); questions none of whose human
 // answers is in the list are dropped, as the official does.
-std::vector<VqaExample> vqa_training_examples(const std::vector<VqaQuestion>& questions,
-                                              const std::vector<std::string>& answers);
+std::vector<VqaExample> vqa_training_examples(const std::vector<VqaQuestion>& questions, const std::vector<std::string>& answers);
 
 // The official VQA fine-tuning data (reference §4): train on train + trainable_val, validate on
 // rest_val (the last `rest_images` val images). The answer list is `answers` when given, else
@@ -104,13 +103,11 @@ std::vector<ImageText> karpathy_pairs(const std::vector<KarpathyImage>& images,
 // function of its index (the trainer's contract). Images go through `co` (train transform or
 // square resize), text is padded to co.max_text_len.
 // VQA: text_ids, text_masks, image, vqa_targets (B, num_labels).
-BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int num_labels,
-                    std::shared_ptr<const Tokenizer> tok, const CollateOptions& co, int64_t batch,
-                    uint64_t seed, ImageLoader load = file_image_loader());
+BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int num_labels, std::shared_ptr<const Tokenizer> tok,
+                    const CollateOptions& co, int64_t batch, uint64_t seed, ImageLoader load = file_image_loader());
 // NLVR2: text_ids, text_masks, image_0, image_1, nlvr2_labels.
-BatchFn nlvr2_batches(std::shared_ptr<const std::vector<Nlvr2Example>> examples,
-                      std::shared_ptr<const Tokenizer> tok, const CollateOptions& co, int64_t batch,
-                      uint64_t seed, ImageLoader load = file_image_loader());
+BatchFn nlvr2_batches(std::shared_ptr<const std::vector<Nlvr2Example>> examples, std::shared_ptr<const Tokenizer> tok,
+                      const CollateOptions& co, int64_t batch, uint64_t seed, ImageLoader load = file_image_loader());
 // Image-text pairs: image, text_ids, text_masks and the MLM fields.
 BatchFn pair_batches(std::shared_ptr<const std::vector<ImageText>> pairs, std::shared_ptr<const Tokenizer> tok,
                      const CollateOptions& co, int64_t batch, uint64_t seed, ImageLoader load = file_image_loader());

@@ -19,8 +19,8 @@ namespace vlmo {
 
 struct VqaEvaluation {
   std::vector<std::pair<int64_t, std::string>> predictions;  // (question_id, answer), input order
-  double accuracy = 0;  // official VQA accuracy, mean over the questions with human answers
-  int64_t scored = 0;   // how many had human answers
+  double accuracy = 0;                                       // official VQA accuracy, mean over the questions with human answers
+  int64_t scored = 0;                                        // how many had human answers
 };
 // `answers`: the classifier's labels in order. Images come from each question's `image`.
 VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<VqaQuestion>& questions,
@@ -35,12 +35,12 @@ Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vec
                                const ImageLoader& load = file_image_loader(), int64_t batch = 16);
 
 struct RetrievalEvaluation {
-  Recall recall;          // dual encoder
-  Recall reranked;        // top rerank_k re-scored with ITM (when rerank_k > 0): the official sum
-                          // of the ITM "match" logit and the dual cosine
-  Recall reranked_logits; // the same pairs scored by the ITM logit plus the contrastive logit
-                          // (cosine x exp(logit_scale)), both experts on the scale they trained at
-  double logits_dual_weight = 0; // the cosine's weight in reranked_logits: the model's exp(logit_scale)
+  Recall recall;                  // dual encoder
+  Recall reranked;                // top rerank_k re-scored with ITM (when rerank_k > 0): the official sum
+                                  // of the ITM "match" logit and the dual cosine
+  Recall reranked_logits;         // the same pairs scored by the ITM logit plus the contrastive logit
+                                  // (cosine x exp(logit_scale)), both experts on the scale they trained at
+  double logits_dual_weight = 0;  // the cosine's weight in reranked_logits: the model's exp(logit_scale)
   int64_t rerank_k = 0;
   int64_t images = 0, captions = 0;
 };
@@ -51,7 +51,7 @@ struct RetrievalEvaluation {
 // it must share the tokenizer, the image size and the text length; the logits re-ranking still
 // weights the cosine by `model`'s exp(logit_scale).
 RetrievalEvaluation evaluate_retrieval(VLMo& model, const Tokenizer& tok, const std::vector<KarpathyImage>& images,
-                                       const ImageLoader& load = file_image_loader(), int64_t rerank_k = 0,
-                                       int64_t batch = 64, std::optional<VLMo> rerank_model = std::nullopt);
+                                       const ImageLoader& load = file_image_loader(), int64_t rerank_k = 0, int64_t batch = 64,
+                                       std::optional<VLMo> rerank_model = std::nullopt);
 
 }  // namespace vlmo

@@ -40,8 +40,8 @@ struct FinetunePlan {
   int token_types = 0;             // NLVR2: 3 (text, image 0, image 1); 0: the config's
   TaskBatches train;
   ObjectiveFn objective;
-  StepObjectiveFn step_objective;  // set: the loss over each optimizer step's whole batch
-  ValidateFn validate;             // empty: no validation data
+  StepObjectiveFn step_objective;               // set: the loss over each optimizer step's whole batch
+  ValidateFn validate;                          // empty: no validation data
   std::map<std::string, std::string> metadata;  // recorded in the checkpoint (VQA: "vqa_answers")
 
   // `base` with the task's heads (and label count, token types).
@@ -92,10 +92,10 @@ struct FinetuneSpec {
   std::string init;  // the pre-trained checkpoint
   ModelSpec model;   // where the architecture comes from (model_config); image_size 0: the recipe's
   FinetuneTask task = FinetuneTask::kVqa;
-  Recipe recipe;     // the task's official recipe (official_recipe)
+  Recipe recipe;  // the task's official recipe (official_recipe)
   FinetuneFiles files;
-  int64_t batch = 16;  // samples per micro-batch
-  uint64_t seed = 1;   // data order, augmentation, the new heads' initialisation
+  int64_t batch = 16;                           // samples per micro-batch
+  uint64_t seed = 1;                            // data order, augmentation, the new heads' initialisation
   bool with_itm = false, global_batch = false;  // retrieval_plan's
   // Overrides of the recipe; 0: the recipe's.
   int64_t steps = 0;

@@ -43,8 +43,7 @@ Image crop(const Image& in, int x, int y, int width, int height);
 Image flip_horizontal(const Image& in);
 
 // torchvision RandomResizedCrop(size, scale=(0.5, 1), ratio=(3/4, 4/3), bicubic).
-Image random_resized_crop(const Image& in, int size, std::mt19937_64& rng, double min_scale = 0.5,
-                          double max_scale = 1.0);
+Image random_resized_crop(const Image& in, int size, std::mt19937_64& rng, double min_scale = 0.5, double max_scale = 1.0);
 
 // ALBEF/VLMo RandomAugment(N=2, M=7): N ops drawn with replacement from Identity, AutoContrast,
 // Equalize, Brightness, Sharpness, ShearX/Y, TranslateX/Y, Rotate, each applied with p = 0.5;

@@ -43,8 +43,8 @@ class ImageCollection {
   int64_t size_if_known() const;
   // visit(id, path, bytes) for the items from number `skip` on: bytes are set for shard members,
   // files are left for the callee to read. A shard is read only when some of its items are to come.
-  void each(int64_t skip, const std::function<void(const std::string& id, const std::string& path,
-                                                     const std::string& bytes)>& visit) const;
+  void each(int64_t skip,
+            const std::function<void(const std::string& id, const std::string& path, const std::string& bytes)>& visit) const;
 
  private:
   std::vector<std::string> inputs_, files_;  // files_: image files (given or found), shards

@@ -21,16 +21,15 @@ struct MaskedText {
 // round(prob * len(ids)) over the *padded* length (at least 1, at most max_predictions); [CLS]
 // and [SEP] are never candidates; special tokens and padding chosen as candidates are unmasked
 // afterwards, so short captions get fewer than prob of their tokens masked (as the official).
-MaskedText whole_word_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std::mt19937_64& rng,
-                           double prob = 0.15, int max_predictions = 512);
+MaskedText whole_word_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std::mt19937_64& rng, double prob = 0.15,
+                           int max_predictions = 512);
 
 // Every non-special position independently with probability `prob`.
-MaskedText token_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std::mt19937_64& rng,
-                      double prob = 0.15);
+MaskedText token_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std::mt19937_64& rng, double prob = 0.15);
 
 // The 80/10/10 replacement on positions selected by `selected` (exposed for tests).
-MaskedText apply_mask(const Tokenizer& tok, const std::vector<int64_t>& ids,
-                      const std::vector<bool>& selected, std::mt19937_64& rng);
+MaskedText apply_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, const std::vector<bool>& selected,
+                      std::mt19937_64& rng);
 
 // BEiT blockwise masking of `num_masked` patches on a grid x grid patch grid (stage-1 masked
 // image modelling): rectangles of random area and aspect until the budget is reached.

@@ -41,7 +41,6 @@ class SampleKeys {
   const std::vector<uint64_t>* previous_;
 };
 
-
 // A linear layer with int8 weights (one scale per output channel) and activations quantised per
 // call (dynamic quantisation: CPU inference only, no autograd). See quantize_int8.
 struct QuantizedLinear;
@@ -70,8 +69,7 @@ struct AttentionImpl : torch::nn::Module {
   // x (B, N, C); key_mask (B, N) 1 = attend, or undefined; rel_bias (H, N, N) or undefined.
   // `queries` >= 0: only the first `queries` tokens attend (their outputs alone are returned,
   // (B, queries, C)); every token is still a key and value.
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias,
-                     int64_t queries = -1);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias, int64_t queries = -1);
   int num_heads;
   double scale;
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
@@ -88,13 +86,12 @@ struct BlockImpl : torch::nn::Module {
   // `text_len`: the fixed split of "vl" sequences in blocks without a VL expert. `keep` >= 0:
   // return only the first `keep` tokens' outputs (B, keep, C), skipping the work of the others
   // (the last block of a pass whose caller reads [CLS] or the text positions alone).
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, Modality modality,
-                     const at::Tensor& rel_bias, int64_t text_len, int64_t keep = -1);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, Modality modality, const at::Tensor& rel_bias,
+                     int64_t text_len, int64_t keep = -1);
   bool has_vl() const { return !mlp_vl.is_empty(); }
   double drop_prob;
   int layer;
-  torch::nn::LayerNorm norm1{nullptr}, norm2_text{nullptr}, norm2_imag{nullptr},
-      norm2_vl{nullptr};
+  torch::nn::LayerNorm norm1{nullptr}, norm2_text{nullptr}, norm2_imag{nullptr}, norm2_vl{nullptr};
   Attention attn{nullptr};
   Mlp mlp_text{nullptr}, mlp_imag{nullptr}, mlp_vl{nullptr};
   at::Tensor gamma_1, gamma_2;  // undefined without layer scale
@@ -117,8 +114,7 @@ struct MultiwayTransformerImpl : torch::nn::Module {
   explicit MultiwayTransformerImpl(const Config& c);
   // Patch tokens with [CLS] prepended (+ absolute position embedding if configured). With a
   // (B, W²) patch mask, masked patch embeddings are replaced by `mask_token` (stage-1 MIM).
-  at::Tensor visual_embed(const at::Tensor& images, const at::Tensor& patch_mask = {},
-                          const at::Tensor& mask_token = {});
+  at::Tensor visual_embed(const at::Tensor& images, const at::Tensor& patch_mask = {}, const at::Tensor& mask_token = {});
   PatchEmbed patch_embed{nullptr};
   at::Tensor cls_token, pos_embed;
   torch::nn::ModuleList blocks{nullptr};
@@ -133,8 +129,7 @@ struct BertEmbeddingsImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& ids);  // (B, L) -> (B, L, C)
   bool add_positions;
   double dropout;
-  torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr},
-      token_type_embeddings{nullptr};
+  torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr}, token_type_embeddings{nullptr};
   torch::nn::LayerNorm LayerNorm{nullptr};
   at::Tensor position_ids;
 };
@@ -178,7 +173,7 @@ TORCH_MODULE(FcHead);
 // per-patch normalised pixels of masked patches, since BEiT's dVAE tokenizer is not available).
 struct MIMHeadImpl : torch::nn::Module {
   MIMHeadImpl(int dim, int patch_pixels);
-  at::Tensor mask_token;      // (1, 1, C)
+  at::Tensor mask_token;               // (1, 1, C)
   torch::nn::Linear decoder{nullptr};  // C -> patch * patch * 3
 };
 TORCH_MODULE(MIMHead);
@@ -211,16 +206,13 @@ struct VLMoImpl : torch::nn::Module {
   explicit VLMoImpl(const Config& c);
 
   // Fusion encoder: text (padded to max_text_len) then image, every block in "vl" mode.
-  FusionOutput infer(const at::Tensor& text_ids, const at::Tensor& text_masks,
-                     const at::Tensor& images, int image_token_type = 1,
+  FusionOutput infer(const at::Tensor& text_ids, const at::Tensor& text_masks, const at::Tensor& images, int image_token_type = 1,
                      TokenOutputs keep = TokenOutputs::kAll);
   // Pre-training dual-encoder passes: expert path plus the VL-FFN branch for ITC.
-  UnimodalOutput infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks,
-                            TokenOutputs keep = TokenOutputs::kAll);
+  UnimodalOutput infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks, TokenOutputs keep = TokenOutputs::kAll);
   UnimodalOutput infer_image(const at::Tensor& images, TokenOutputs keep = TokenOutputs::kAll);
   // Retrieval dual encoder: pure expert path, no VL-FFN.
-  UnimodalOutput infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks,
-                               TokenOutputs keep = TokenOutputs::kAll);
+  UnimodalOutput infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks, TokenOutputs keep = TokenOutputs::kAll);
   UnimodalOutput infer_image_ft(const at::Tensor& images, TokenOutputs keep = TokenOutputs::kAll);
   // Text-only MLM path (stage 2): all text experts, final norm; returns (B, L, C).
   at::Tensor infer_text_mlm(const at::Tensor& text_ids, const at::Tensor& text_masks);
@@ -259,8 +251,7 @@ struct VLMoImpl : torch::nn::Module {
   Pooler pooler{nullptr};
   MLMHead mlm_score{nullptr};
   FcHead itm_score{nullptr};
-  FcHead itc_text_proj{nullptr}, itc_image_proj{nullptr}, itc_vl_text_proj{nullptr},
-      itc_vl_image_proj{nullptr};
+  FcHead itc_text_proj{nullptr}, itc_image_proj{nullptr}, itc_vl_text_proj{nullptr}, itc_vl_image_proj{nullptr};
   at::Tensor logit_scale, logit_vl_scale;
   torch::nn::Sequential vqa_classifier{nullptr}, nlvr2_classifier{nullptr};
   MIMHead mim_head{nullptr};
@@ -269,11 +260,11 @@ struct VLMoImpl : torch::nn::Module {
   Config cfg_;
   at::Tensor text_embed(const at::Tensor& text_ids);
   at::Tensor image_embed(const at::Tensor& images, int token_type);
-  UnimodalOutput unimodal(at::Tensor x, const at::Tensor& mask, Modality modality,
-                          FcHead proj, FcHead vl_proj, TokenOutputs keep = TokenOutputs::kAll);
+  UnimodalOutput unimodal(at::Tensor x, const at::Tensor& mask, Modality modality, FcHead proj, FcHead vl_proj,
+                          TokenOutputs keep = TokenOutputs::kAll);
   // Block i of the transformer (checkpointed when that is on and applies).
-  at::Tensor run_block(int i, const at::Tensor& x, const at::Tensor& mask, Modality modality,
-                       const at::Tensor& rel_bias, int64_t text_len, int64_t keep);
+  at::Tensor run_block(int i, const at::Tensor& x, const at::Tensor& mask, Modality modality, const at::Tensor& rel_bias,
+                       int64_t text_len, int64_t keep);
   at::Tensor image_index_, text_index_, fusion_index_;  // cached index matrices (CPU)
   RunPolicy policy_;
   bool checkpointing_ = false;

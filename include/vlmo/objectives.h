@@ -19,8 +19,8 @@ struct ContrastiveOutput {
   at::Tensor logits_i2t;  // (B, N) = exp(scale) * img @ all_txt^T
   at::Tensor logits_t2i;  // (B, N)
 };
-ContrastiveOutput contrastive_loss(const at::Tensor& image_feats, const at::Tensor& text_feats,
-                                   const at::Tensor& logit_scale, const GatherFn& gather = gather_local);
+ContrastiveOutput contrastive_loss(const at::Tensor& image_feats, const at::Tensor& text_feats, const at::Tensor& logit_scale,
+                                   const GatherFn& gather = gather_local);
 
 struct ItcOutput {
   at::Tensor loss;  // 0.5 * (loss_itc + loss_itc_vl)
@@ -43,15 +43,15 @@ struct ItmOutput {
   at::Tensor logits;  // (3B, 2): positives; (text, negative image); (image, negative text)
 };
 // Scores (text, image) pairs with the ITM head in one fusion pass; CE against `labels`.
-ItmOutput itm_on_pairs(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
-                       const at::Tensor& images, const at::Tensor& labels);
+ItmOutput itm_on_pairs(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks, const at::Tensor& images,
+                       const at::Tensor& labels);
 // The official ITM on 3B pairs: [positives; (text b, image neg_image_index[b]);
 // (image b, text neg_text_index[b])], labels [1]*B + [0]*2B.
 // `neg_image_index[b]`: the image paired with text b; `neg_text_index[b]`: the text paired
 // with image b (indices into the gathered pools, or the local batch on one process).
-ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_image_index,
-                      const at::Tensor& neg_text_index, const at::Tensor& pool_images = {},
-                      const at::Tensor& pool_text_ids = {}, const at::Tensor& pool_text_masks = {});
+ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_image_index, const at::Tensor& neg_text_index,
+                      const at::Tensor& pool_images = {}, const at::Tensor& pool_text_ids = {},
+                      const at::Tensor& pool_text_masks = {});
 
 struct LogitsLoss {
   at::Tensor loss, logits;
@@ -64,8 +64,7 @@ struct LogitsLoss {
 struct MlmOutput {
   at::Tensor loss, accuracy, logits;
 };
-MlmOutput mlm_loss(VLMo& model, const at::Tensor& text_feats, const at::Tensor& labels, double weight,
-                   bool full_logits = false);
+MlmOutput mlm_loss(VLMo& model, const at::Tensor& text_feats, const at::Tensor& labels, double weight, bool full_logits = false);
 MlmOutput compute_mlm(VLMo& model, const Batch& batch, bool full_logits = false);       // fusion pass, x 0.25
 MlmOutput compute_text_mlm(VLMo& model, const Batch& batch, bool full_logits = false);  // stage 2, weight 1
 LogitsLoss compute_vqa(VLMo& model, const Batch& batch);

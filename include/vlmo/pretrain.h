@@ -20,7 +20,6 @@ bool stage2_trainable(const std::string& name);
 // Sets requires_grad for a stage: stage 2 freezes everything else; other stages train all.
 void set_trainable_for_stage(VLMo& model, Stage stage);
 
-
 // Objectives (ObjectiveFn). Keys ending in "loss" are optimised; "*_acc" are logged. `group`:
 // the processes training together (nullptr: one process); ITC gathers every rank's features over
 // it and ITM draws its hard negatives from every rank's samples (the official all_gather).

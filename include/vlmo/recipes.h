@@ -16,11 +16,11 @@ bool is_retrieval(FinetuneTask task);
 struct Recipe {
   int image_size = 384;
   double lr = 3e-5;
-  double head_lr_mult = 1.0;   // lr multiplier of vqa_classifier / nlvr2_classifier
+  double head_lr_mult = 1.0;  // lr multiplier of vqa_classifier / nlvr2_classifier
   double drop_path = 0.1;
-  int64_t batch_size = 128;    // effective (global) batch
-  double epochs = 0;           // > 0: train this many epochs of the data ...
-  int64_t steps = 0;           // ... else this many optimizer steps
+  int64_t batch_size = 128;  // effective (global) batch
+  double epochs = 0;         // > 0: train this many epochs of the data ...
+  int64_t steps = 0;         // ... else this many optimizer steps
   double warmup_fraction = 0.1;
   // What the official starts from: "pretrained" (the stage-3 checkpoint) or "coco" (Flickr30K
   // base and large start from the COCO-fine-tuned retrieval weights).

@@ -18,7 +18,7 @@ struct CheckRow {
   double max_abs_err = 0;  // max |a - b|
   double worst_ratio = 0;  // max |a - b| / (1e-4 * (1 + |b|)); pass iff <= 1
   bool pass = false;
-  std::string note;        // why it failed when no number says it
+  std::string note;  // why it failed when no number says it
 };
 
 struct CheckResult {

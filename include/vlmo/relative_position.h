@@ -20,7 +20,6 @@ at::Tensor resize_relative_position_table(const at::Tensor& table, int src_grid,
 // 1-D not-a-knot cubic spline through (x[i], y[i]) evaluated at `at` (clamped to the range):
 // the interpolating spline FITPACK builds with s = 0, which scipy's interp2d(kind='cubic') uses.
 // Exposed for tests.
-std::vector<double> not_a_knot_spline(const std::vector<double>& x, const std::vector<double>& y,
-                                      const std::vector<double>& at);
+std::vector<double> not_a_knot_spline(const std::vector<double>& x, const std::vector<double>& y, const std::vector<double>& at);
 
 }  // namespace vlmo

@@ -33,8 +33,8 @@ enum class CpuProducts { kAten, kOneDnn };
 // bf16 GEMM sums in fp32 too); the product's result stays fp32 where a bf16 GEMM rounds it to bf16.
 enum class CpuBf16Products { kNative, kEmulated };
 
-std::string attention_path_name(AttentionPath p);   // "fused" / "plain"
-std::string cpu_products_name(CpuProducts p);       // "aten" / "onednn"
+std::string attention_path_name(AttentionPath p);       // "fused" / "plain"
+std::string cpu_products_name(CpuProducts p);           // "aten" / "onednn"
 std::string cpu_bf16_products_name(CpuBf16Products p);  // "native" / "emulated"
 // Parse the names above; anything else throws vlmo::Error naming `what` and the expected values.
 AttentionPath parse_attention_path(const std::string& name, const std::string& what = "attention");
@@ -44,8 +44,8 @@ CpuBf16Products parse_cpu_bf16_products(const std::string& name, const std::stri
 // What the build and the machine offer.
 struct Platform {
   int torch_major = 0, torch_minor = 0;
-  bool onednn = false;         // this build runs products through oneDNN (libdnnl-dev at configure time)
-  bool cpu_fast_bf16 = false;  // oneDNN's bf16 GEMM condition: x86 with AVX-512 BW / VL / DQ (or not x86)
+  bool onednn = false;                            // this build runs products through oneDNN (libdnnl-dev at configure time)
+  bool cpu_fast_bf16 = false;                     // oneDNN's bf16 GEMM condition: x86 with AVX-512 BW / VL / DQ (or not x86)
   bool sdpa() const { return torch_major >= 2; }  // at::scaled_dot_product_attention exists
   // CPU autocast in float16 (LibTorch >= 2.4; before it CPU autocast takes bfloat16 only).
   bool cpu_fp16_autocast() const { return torch_major > 2 || (torch_major == 2 && torch_minor >= 4); }

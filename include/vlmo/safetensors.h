@@ -29,5 +29,4 @@ inline TensorMap load_safetensors(const std::string& path) { return read_safeten
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-
 }  // namespace vlmo

@@ -71,9 +71,8 @@ class SkipCounters {
 // skipped and counted, and so is the rest of a truncated shard.
 class WebDatasetStream {
  public:
-  WebDatasetStream(std::vector<std::string> shards, uint64_t seed, int rank = 0, int world = 1, int worker = 0,
-                   int workers = 1, SkipCounters* counters = nullptr, const DecodeOptions& decode = {},
-                   bool resample = false);
+  WebDatasetStream(std::vector<std::string> shards, uint64_t seed, int rank = 0, int world = 1, int worker = 0, int workers = 1,
+                   SkipCounters* counters = nullptr, const DecodeOptions& decode = {}, bool resample = false);
   Example next();  // endless: wraps to the next epoch
   int64_t epoch() const { return epoch_; }
   SkipCounters& skips() { return *counters_; }  // what next() skipped
@@ -123,10 +122,10 @@ bool is_image_file_name(const std::string& name);
 
 // Where pre-training examples come from: exactly one of the four.
 struct SourceSpec {
-  std::string webdataset;                   // shard pattern, e.g. "cc-{000000..000099}.tar" or "pipe:..."
-  std::string karpathy, image_root = ".";   // Karpathy JSON (its train + restval images)
-  std::string text;                         // text files: comma-separated patterns (braces allowed)
-  std::string images;                       // an image folder
+  std::string webdataset;                  // shard pattern, e.g. "cc-{000000..000099}.tar" or "pipe:..."
+  std::string karpathy, image_root = ".";  // Karpathy JSON (its train + restval images)
+  std::string text;                        // text files: comma-separated patterns (braces allowed)
+  std::string images;                      // an image folder
   // WebDataset only: this process's rank in a world of `world`, and its loader threads. With at
   // least world x workers shards (or `resample`), each rank and worker streams its own shards;
   // with fewer, every rank streams all of them and keeps its own batches.
@@ -143,8 +142,8 @@ enum class ExampleKind { kImage, kText, kImageText };
 // its position; the batch reports each skip (Batch::skipped, Batch::skip_log) for the trainer
 // to count and judge. 100 unusable samples in a row end the run. A source that cannot provide
 // `kind` is an error.
-BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok,
-                       const CollateOptions& co, int64_t batch, uint64_t seed);
+BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok, const CollateOptions& co,
+                       int64_t batch, uint64_t seed);
 // Whether source_batches gives each rank and loader worker its own shards (a WebDataset with
 // resampling, or with at least world x workers shards). When not, a WebDataset is read by one
 // thread per rank, and every rank reads every shard.

@@ -17,8 +17,8 @@ namespace vlmo {
 size_t invalid_utf8_at(std::string_view text);
 
 struct Encoding {
-  std::vector<int64_t> ids;    // [CLS] ... [SEP] (+ [PAD]s when padded)
-  std::vector<int64_t> mask;   // 1 for real tokens, 0 for padding
+  std::vector<int64_t> ids;   // [CLS] ... [SEP] (+ [PAD]s when padded)
+  std::vector<int64_t> mask;  // 1 for real tokens, 0 for padding
 };
 
 class Tokenizer {

@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "vlmo/error.h"
-#include "vlmo/signals.h"
 #include "vlmo/model.h"
 #include "vlmo/objectives.h"
 #include "vlmo/safetensors.h"
+#include "vlmo/signals.h"
 
 namespace vlmo {
 
@@ -104,26 +104,26 @@ using ObjectiveFn = std::function<Outputs(VLMo&, const Batch&, const Distributed
 using StepObjectiveFn = std::function<Outputs(VLMo&, const std::vector<Batch>&, const Distributed* group)>;
 
 struct TrainOptions {
-  std::string name = "train";   // shown in logs ("stage1-image", ...)
+  std::string name = "train";  // shown in logs ("stage1-image", ...)
   // Data parallel: the processes that train together (Distributed::init; see vlmo/distributed.h),
   // passed on to the objectives. nullptr (or a world of one): this process alone.
   std::shared_ptr<const Distributed> group;
-  int64_t max_steps = 100;      // optimizer steps
+  int64_t max_steps = 100;  // optimizer steps
   int64_t warmup_steps = 10;
   double lr = 1e-4;
   double weight_decay = 0.01;
   double head_lr_mult = 1.0;
   std::vector<std::string> head_prefixes;  // what head_lr_mult applies to; empty: vqa / nlvr2 classifiers
-  int accumulate = 1;           // micro-batches per optimizer step
-  int64_t batch_size = 32;      // samples per micro-batch (for samples/s)
-  int64_t checkpoint_every = 0; // steps; 0: only at the end
-  std::string checkpoint_path;  // empty: no checkpoints
-  std::string metrics_path;     // JSON lines; empty: none
+  int accumulate = 1;                      // micro-batches per optimizer step
+  int64_t batch_size = 32;                 // samples per micro-batch (for samples/s)
+  int64_t checkpoint_every = 0;            // steps; 0: only at the end
+  std::string checkpoint_path;             // empty: no checkpoints
+  std::string metrics_path;                // JSON lines; empty: none
   int log_every = 10;
   int loader_threads = 1;
   int prefetch = 2;
   bool progress = true;
-  std::string config_json;      // stored in checkpoints
+  std::string config_json;                      // stored in checkpoints
   std::map<std::string, std::string> metadata;  // more metadata for checkpoints (e.g. answers)
   // Stop after this many steps of this run (for tests of resumption); 0: run to max_steps.
   int64_t stop_after = 0;
@@ -157,20 +157,19 @@ struct TrainResult {
   std::vector<std::map<std::string, double>> history;  // per optimizer step: losses, lr, ...
   double seconds = 0;
   std::map<std::string, double> validation;  // the last validation's values
-  int64_t bad_steps = 0;                       // steps skipped for a non-finite loss or gradient
-  int64_t overflow_steps = 0;                  // fp16 steps skipped for a gradient overflow (loss scaling)
-  LossScaler loss_scaler;                      // the scaler's state after the last step
-  std::map<std::string, int64_t> skipped;      // samples skipped per reason (over the whole run)
+  int64_t bad_steps = 0;                     // steps skipped for a non-finite loss or gradient
+  int64_t overflow_steps = 0;                // fp16 steps skipped for a gradient overflow (loss scaling)
+  LossScaler loss_scaler;                    // the scaler's state after the last step
+  std::map<std::string, int64_t> skipped;    // samples skipped per reason (over the whole run)
 };
 
 // Runs (or resumes, if `resume_from` names a checkpoint) training.
-TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches,
-                  const TrainOptions& options, const std::string& resume_from = "");
+TrainResult train(VLMo& model, const ObjectiveFn& objective, const BatchFn& batches, const TrainOptions& options,
+                  const std::string& resume_from = "");
 
 // Checkpoint files: one safetensors file with "model.*", "optim.*", "rng.torch" and metadata
 // (step: training steps done; optimizer_steps: updates made, fewer when steps were skipped;
 // config; format "vlmo-train-checkpoint"), written atomically with a CRC-32 of the data.
-void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, int64_t step,
-                     const std::string& config_json, const std::string& stage,
-                     const std::map<std::string, std::string>& extra = {});
+void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, int64_t step, const std::string& config_json,
+                     const std::string& stage, const std::map<std::string, std::string>& extra = {});
 }  // namespace vlmo

@@ -37,11 +37,11 @@ const char* index_kind_name(IndexKind kind);
 
 struct IndexOptions {
   IndexKind kind = IndexKind::kFlat;
-  int nlist = 0;         // IVF lists (0: sqrt(N), at most N / 39)
-  int pq_m = 0;          // PQ sub-quantisers (0: the most, up to 64, that divide dim into parts of >= 2)
-  int nprobe = 32;       // IVF lists searched
-  int hnsw_m = 32;       // HNSW neighbours per node
-  int ef_search = 128;   // HNSW search depth
+  int nlist = 0;        // IVF lists (0: sqrt(N), at most N / 39)
+  int pq_m = 0;         // PQ sub-quantisers (0: the most, up to 64, that divide dim into parts of >= 2)
+  int nprobe = 32;      // IVF lists searched
+  int hnsw_m = 32;      // HNSW neighbours per node
+  int ef_search = 128;  // HNSW search depth
 };
 
 // One search hit: the vector's position in the collection and its inner product (cosine).

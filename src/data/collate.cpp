@@ -1,6 +1,6 @@
-#include <algorithm>
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <numeric>
 #include <random>
 
@@ -71,8 +71,8 @@ Batch collate(const std::vector<Example>& ex, const Tokenizer& tok, const Collat
       const Encoding e = tok.encode(ex[i].text, o.max_text_len, true);
       ids.insert(ids.end(), e.ids.begin(), e.ids.end());
       masks.insert(masks.end(), e.mask.begin(), e.mask.end());
-      const MaskedText m = o.whole_word_mask ? whole_word_mask(tok, e.ids, rng, o.mlm_prob)
-                                                  : token_mask(tok, e.ids, rng, o.mlm_prob);
+      const MaskedText m =
+          o.whole_word_mask ? whole_word_mask(tok, e.ids, rng, o.mlm_prob) : token_mask(tok, e.ids, rng, o.mlm_prob);
       mlm_ids.insert(mlm_ids.end(), m.ids.begin(), m.ids.end());
       mlm_labels.insert(mlm_labels.end(), m.labels.begin(), m.labels.end());
     }

@@ -55,9 +55,8 @@ void check(size_t n, int64_t batch, const char* what) {
 }
 }  // namespace
 
-BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int num_labels,
-                    std::shared_ptr<const Tokenizer> tok, const CollateOptions& co, int64_t batch, uint64_t seed,
-                    ImageLoader load) {
+BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int num_labels, std::shared_ptr<const Tokenizer> tok,
+                    const CollateOptions& co, int64_t batch, uint64_t seed, ImageLoader load) {
   check(examples->size(), batch, "VQA");
   auto order = std::make_shared<EpochOrder>(examples->size(), seed);
   return [=](int64_t index) {
@@ -67,12 +66,15 @@ BatchFn vqa_batches(std::shared_ptr<const std::vector<VqaExample>> examples, int
     detail::SkipNotes notes;
     for (int64_t j = 0; j < batch; ++j) {
       const VqaExample* picked = nullptr;
-      detail::fill_position(*order, index * batch + j, [&](size_t i) {
-        Image img;
-        auto bad = detail::try_image(load, (*examples)[i].image, img);
-        if (!bad) ex.push_back({std::move(img), (*examples)[i].question}), picked = &(*examples)[i];
-        return bad;
-      }, notes);
+      detail::fill_position(
+          *order, index * batch + j,
+          [&](size_t i) {
+            Image img;
+            auto bad = detail::try_image(load, (*examples)[i].image, img);
+            if (!bad) ex.push_back({std::move(img), (*examples)[i].question}), picked = &(*examples)[i];
+            return bad;
+          },
+          notes);
       const VqaExample& e = *picked;
       for (size_t k = 0; k < e.targets.labels.size(); ++k) {
         if (e.targets.labels[k] < 0 || e.targets.labels[k] >= num_labels)
@@ -96,17 +98,20 @@ BatchFn nlvr2_batches(std::shared_ptr<const std::vector<Nlvr2Example>> examples,
     std::vector<int64_t> labels;
     detail::SkipNotes notes;
     for (int64_t j = 0; j < batch; ++j)
-      detail::fill_position(*order, index * batch + j, [&](size_t i) {
-        const Nlvr2Example& e = (*examples)[i];
-        Image a, b;
-        auto bad = detail::try_image(load, e.image0, a);
-        if (!bad) bad = detail::try_image(load, e.image1, b);
-        if (bad) return bad;
-        left.push_back({std::move(a), e.sentence});
-        right.push_back({std::move(b), e.sentence});
-        labels.push_back(e.label ? 1 : 0);
-        return bad;
-      }, notes);
+      detail::fill_position(
+          *order, index * batch + j,
+          [&](size_t i) {
+            const Nlvr2Example& e = (*examples)[i];
+            Image a, b;
+            auto bad = detail::try_image(load, e.image0, a);
+            if (!bad) bad = detail::try_image(load, e.image1, b);
+            if (bad) return bad;
+            left.push_back({std::move(a), e.sentence});
+            right.push_back({std::move(b), e.sentence});
+            labels.push_back(e.label ? 1 : 0);
+            return bad;
+          },
+          notes);
     Batch b = collate(left, *tok, co, mix_seed(seed, 0x6e6c30), index * batch);  // draws keyed by sample
     b.image_0 = b.image;
     b.image = at::Tensor();
@@ -125,13 +130,16 @@ BatchFn pair_batches(std::shared_ptr<const std::vector<ImageText>> pairs, std::s
     std::vector<Example> ex;
     detail::SkipNotes notes;
     for (int64_t j = 0; j < batch; ++j)
-      detail::fill_position(*order, index * batch + j, [&](size_t i) {
-        const ImageText& p = (*pairs)[i];
-        Image img;
-        auto bad = detail::try_image(load, p.image, img);
-        if (!bad) ex.push_back({std::move(img), p.text});
-        return bad;
-      }, notes);
+      detail::fill_position(
+          *order, index * batch + j,
+          [&](size_t i) {
+            const ImageText& p = (*pairs)[i];
+            Image img;
+            auto bad = detail::try_image(load, p.image, img);
+            if (!bad) ex.push_back({std::move(img), p.text});
+            return bad;
+          },
+          notes);
     Batch b = collate(ex, *tok, co, mix_seed(seed, 0x697274), index * batch);  // draws keyed by sample
     notes.attach(b);
     return b;

@@ -33,9 +33,8 @@ std::vector<VqaQuestion> read_vqav2(const std::string& questions_json, const std
   std::map<int64_t, size_t> by_id;
   for (size_t i = 0; i < q["questions"].size(); ++i) {
     const auto& e = q["questions"][i];
-    if (!e.is_object() || !e.contains("question_id") || !e["question_id"].is_number_integer() ||
-        !e.contains("image_id") || !e["image_id"].is_number_integer() || !e.contains("question") ||
-        !e["question"].is_string())
+    if (!e.is_object() || !e.contains("question_id") || !e["question_id"].is_number_integer() || !e.contains("image_id") ||
+        !e["image_id"].is_number_integer() || !e.contains("question") || !e["question"].is_string())
       throw Error(cat(questions_json, ": questions[", i, "] needs integer question_id and image_id and a string question"));
     VqaQuestion v;
     v.question_id = e["question_id"].get<int64_t>();
@@ -47,8 +46,7 @@ std::vector<VqaQuestion> read_vqav2(const std::string& questions_json, const std
   if (annotations_json.empty()) return out;
   for (auto& ann : read_vqa_annotations(annotations_json)) {
     auto it = by_id.find(ann.question_id);
-    if (it == by_id.end())
-      throw Error(cat(annotations_json, ": question_id ", ann.question_id, " is not in ", questions_json));
+    if (it == by_id.end()) throw Error(cat(annotations_json, ": question_id ", ann.question_id, " is not in ", questions_json));
     VqaQuestion& v = out[it->second];
     v.multiple_choice_answer = std::move(ann.multiple_choice_answer);
     v.answers = std::move(ann.answers);
@@ -64,8 +62,8 @@ std::vector<VqaQuestion> read_vqa_annotations(const std::string& annotations_jso
   for (size_t i = 0; i < a["annotations"].size(); ++i) {
     const auto& e = a["annotations"][i];
     const std::string where = cat(annotations_json, ": annotations[", i, "]");
-    if (!e.is_object() || !e.contains("question_id") || !e["question_id"].is_number_integer() ||
-        !e.contains("answers") || !e["answers"].is_array())
+    if (!e.is_object() || !e.contains("question_id") || !e["question_id"].is_number_integer() || !e.contains("answers") ||
+        !e["answers"].is_array())
       throw Error(cat(where, ": needs an integer question_id and an answers list"));
     VqaQuestion v;
     v.question_id = e["question_id"].get<int64_t>();
@@ -150,12 +148,14 @@ std::vector<Nlvr2Example> read_nlvr2(const std::string& jsonl, const std::string
     e.identifier = j["identifier"].get<std::string>();
     e.sentence = j["sentence"].get<std::string>();
     const std::string label = j["label"].get<std::string>();
-    if (label != "True" && label != "False") throw Error(cat(jsonl, ":", n, ": label must be \"True\" or \"False\", got \"", label, "\""));
+    if (label != "True" && label != "False")
+      throw Error(cat(jsonl, ":", n, ": label must be \"True\" or \"False\", got \"", label, "\""));
     e.label = label == "True";
     const size_t dash = e.identifier.rfind('-');
     if (dash == std::string::npos) throw Error(cat(jsonl, ":", n, ": identifier \"", e.identifier, "\" has no sentence index"));
     std::string dir = image_root + "/" + split;
-    if (j.contains("directory")) dir += "/" + (j["directory"].is_string() ? j["directory"].get<std::string>() : j["directory"].dump());
+    if (j.contains("directory"))
+      dir += "/" + (j["directory"].is_string() ? j["directory"].get<std::string>() : j["directory"].dump());
     const std::string base = dir + "/" + e.identifier.substr(0, dash);
     e.image0 = base + "-img0.png";
     e.image1 = base + "-img1.png";

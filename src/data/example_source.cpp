@@ -103,8 +103,8 @@ bool webdataset_split_by_rank(const SourceSpec& spec) {
   return spec.resample || expand_braces(spec.webdataset).size() >= slots;
 }
 
-BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok,
-                       const CollateOptions& co, int64_t batch, uint64_t seed) {
+BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr<const Tokenizer> tok, const CollateOptions& co,
+                       int64_t batch, uint64_t seed) {
   if (batch < 1) throw Error(cat("batch size must be at least 1, got ", batch));
   const Source src = open_source(spec, kind, seed);
   std::shared_ptr<EpochOrder> order = src.n ? std::make_shared<EpochOrder>(src.n, seed) : nullptr;
@@ -118,7 +118,7 @@ BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr
   for (int w = 0; !src.shards.empty() && w < workers; ++w) {
     slots->push_back(std::make_unique<StreamSlot>());
     slots->back()->stream = std::make_unique<WebDatasetStream>(src.shards, seed, split ? rank : 0, split ? world : 1, w, workers,
-                                                                nullptr, DecodeOptions{}, spec.resample);
+                                                               nullptr, DecodeOptions{}, spec.resample);
   }
   return [=](int64_t index) {
     std::vector<Example> ex;
@@ -136,17 +136,20 @@ BatchFn source_batches(const SourceSpec& spec, ExampleKind kind, std::shared_ptr
       if (slot.pos > first)
         throw Error(cat("webdataset: batch ", index, " was asked for after a later one (a stream reads forward only)"));
       for (; slot.pos < first; ++slot.pos) slot.stream->next();  // resume: skip ahead
-      slot.stream->skips().take_new();                            // (not this batch's)
+      slot.stream->skips().take_new();                           // (not this batch's)
       for (int64_t j = 0; j < batch; ++j, ++slot.pos) ex.push_back(slot.stream->next());
       for (const auto& [reason, what] : slot.stream->skips().take_new()) notes.note({reason, what});
     } else {
       for (int64_t j = 0; j < batch; ++j)
-        detail::fill_position(*order, index * batch + j, [&](size_t i) {
-          Example e;
-          std::optional<Unusable> bad = src.item(i, e);
-          if (!bad) ex.push_back(std::move(e));
-          return bad;
-        }, notes);
+        detail::fill_position(
+            *order, index * batch + j,
+            [&](size_t i) {
+              Example e;
+              std::optional<Unusable> bad = src.item(i, e);
+              if (!bad) ex.push_back(std::move(e));
+              return bad;
+            },
+            notes);
     }
     for (auto& e : ex) {
       if (kind == ExampleKind::kText) e.image = Image{};

@@ -1,5 +1,7 @@
 #include "vlmo/sources.h"
 
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -9,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
-#include <sys/wait.h>
 #include <utility>
 
 #include "vlmo/error.h"
@@ -156,10 +157,15 @@ void split_key(const std::string& name, std::string& key, std::string& ext) {
 }
 }  // namespace
 
-WebDatasetStream::WebDatasetStream(std::vector<std::string> shards, uint64_t seed, int rank, int world, int worker,
-                                   int workers, SkipCounters* counters, const DecodeOptions& decode, bool resample)
-    : shards_(std::move(shards)), seed_(seed), slot_(rank * workers + worker), slots_(world * workers),
-      counters_(counters ? counters : &own_), decode_(decode), resample_(resample) {
+WebDatasetStream::WebDatasetStream(std::vector<std::string> shards, uint64_t seed, int rank, int world, int worker, int workers,
+                                   SkipCounters* counters, const DecodeOptions& decode, bool resample)
+    : shards_(std::move(shards)),
+      seed_(seed),
+      slot_(rank * workers + worker),
+      slots_(world * workers),
+      counters_(counters ? counters : &own_),
+      decode_(decode),
+      resample_(resample) {
   if (shards_.empty()) throw Error("webdataset: no shards given");
   if (rank < 0 || rank >= world || worker < 0 || worker >= workers)
     throw Error(cat("webdataset: rank ", rank, "/", world, ", worker ", worker, "/", workers, " is out of range"));
@@ -308,8 +314,8 @@ std::vector<KarpathyImage> read_karpathy(const std::string& json_path, const std
   for (size_t i = 0; i < j["images"].size(); ++i) {
     const auto& im = j["images"][i];
     const std::string where = cat(json_path, ": images[", i, "]");
-    if (!im.contains("filename") || !im["filename"].is_string() || !im.contains("split") ||
-        !im.contains("sentences") || !im["sentences"].is_array())
+    if (!im.contains("filename") || !im["filename"].is_string() || !im.contains("split") || !im.contains("sentences") ||
+        !im["sentences"].is_array())
       throw Error(cat(where, ": needs \"filename\", \"split\" and \"sentences\""));
     KarpathyImage k;
     const std::string dir = im.contains("filepath") && im["filepath"].is_string() ? im["filepath"].get<std::string>() + "/" : "";

@@ -34,8 +34,8 @@ VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<
   check_batch(batch);
   require_head(model, "vqa");
   if (static_cast<int>(answers.size()) != model->config().vqav2_label_size)
-    throw Error(cat("evaluate_vqa: ", answers.size(), " answers for a classifier of ",
-                    model->config().vqav2_label_size, " labels"));
+    throw Error(
+        cat("evaluate_vqa: ", answers.size(), " answers for a classifier of ", model->config().vqav2_label_size, " labels"));
   EvalScope scope(model);
   const int size = model->config().image_size;
   VqaEvaluation out;
@@ -60,8 +60,8 @@ VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<
   return out;
 }
 
-Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vector<Nlvr2Example>& ex,
-                               const ImageLoader& load, int64_t batch) {
+Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vector<Nlvr2Example>& ex, const ImageLoader& load,
+                               int64_t batch) {
   check_batch(batch);
   require_head(model, "nlvr2");
   EvalScope scope(model);

@@ -17,13 +17,13 @@ Recall retrieval_recall(const at::Tensor& scores_in, const std::vector<int64_t>&
   const at::Tensor owner = at::tensor(at::ArrayRef<int64_t>(caption_image), at::kLong);
   Recall r;
   auto tr = [&](int64_t k) {
-    const at::Tensor top = std::get<1>(scores.topk(std::min(k, nt), 1));            // (Ni, k) caption ids
-    const at::Tensor hit = owner.index_select(0, top.reshape({-1})).reshape(top.sizes())
-                               .eq(at::arange(ni, at::kLong).unsqueeze(1)).any(1);
+    const at::Tensor top = std::get<1>(scores.topk(std::min(k, nt), 1));  // (Ni, k) caption ids
+    const at::Tensor hit =
+        owner.index_select(0, top.reshape({-1})).reshape(top.sizes()).eq(at::arange(ni, at::kLong).unsqueeze(1)).any(1);
     return hit.to(at::kDouble).mean().item<double>();
   };
   auto ir = [&](int64_t k) {
-    const at::Tensor top = std::get<1>(scores.topk(std::min(k, ni), 0));            // (k, Nt) image ids
+    const at::Tensor top = std::get<1>(scores.topk(std::min(k, ni), 0));  // (k, Nt) image ids
     return top.eq(owner.unsqueeze(0)).any(0).to(at::kDouble).mean().item<double>();
   };
   r.tr1 = tr(1), r.tr5 = tr(5), r.tr10 = tr(10);

@@ -1,7 +1,5 @@
 #include "vlmo/vqa_eval.h"
 
-#include "vlmo/vqa_answer.h"
-
 #include <cctype>
 #include <map>
 #include <set>
@@ -9,6 +7,7 @@
 #include <unordered_map>
 
 #include "vlmo/error.h"
+#include "vlmo/vqa_answer.h"
 
 namespace vlmo {
 

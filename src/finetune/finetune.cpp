@@ -105,8 +105,9 @@ FinetunePlan vqa_files_plan(const FinetuneSpec& s, const CollateOptions& co, std
     val = read_vqav2(f.val_questions, f.val_annotations);
     attach_coco_images(val, f.val_images.empty() ? f.images : f.val_images, f.val_image_split);
   }
-  VqaFinetuneData d = vqa_finetune_data(std::move(train), val, f.answers.empty() ? std::vector<std::string>{} : read_answer_list(f.answers),
-                                        f.min_answer_count, f.rest_val_images);
+  VqaFinetuneData d =
+      vqa_finetune_data(std::move(train), val, f.answers.empty() ? std::vector<std::string>{} : read_answer_list(f.answers),
+                        f.min_answer_count, f.rest_val_images);
   auto examples = std::make_shared<const std::vector<VqaExample>>(std::move(d.train));
   const int labels = static_cast<int>(d.answers.size());
   TaskBatches batches{vqa_batches(examples, labels, tok, co, s.batch, s.seed), static_cast<int64_t>(examples->size())};

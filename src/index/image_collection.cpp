@@ -42,8 +42,8 @@ int64_t ImageCollection::size_if_known() const {
   return static_cast<int64_t>(files_.size());
 }
 
-void ImageCollection::each(int64_t skip, const std::function<void(const std::string&, const std::string&,
-                                                                   const std::string&)>& visit) const {
+void ImageCollection::each(int64_t skip,
+                           const std::function<void(const std::string&, const std::string&, const std::string&)>& visit) const {
   int64_t index = 0;
   for (const auto& p : files_) {
     if (!is_shard_file(p)) {
@@ -64,15 +64,20 @@ EmbeddingFolderWriter::EmbeddingFolderWriter(const std::string& folder, const st
   fs::create_directories(folder, ec);
   if (!fs::is_directory(folder)) throw Error(cat(folder, ": cannot make the output folder (", ec.message(), ")"));
   lock_ = std::make_unique<FileLock>(manifest_path_, "embedding folder (--out)");
-  manifest_ = {{"format", "vlmo-embeddings"}, {"model", model}, {"inputs", inputs},
-               {"chunk", chunk}, {"items_done", 0}, {"chunks", nlohmann::json::array()},
-               {"skipped", nlohmann::json::array()}, {"complete", false}};
+  manifest_ = {{"format", "vlmo-embeddings"},
+               {"model", model},
+               {"inputs", inputs},
+               {"chunk", chunk},
+               {"items_done", 0},
+               {"chunks", nlohmann::json::array()},
+               {"skipped", nlohmann::json::array()},
+               {"complete", false}};
   if (fs::exists(manifest_path_)) {
     const nlohmann::json old = nlohmann::json::parse(read_input(manifest_path_, "embedding manifest"), nullptr, false);
     if (old.is_discarded() || !old.is_object() || old.value("format", "") != "vlmo-embeddings")
       throw Error(cat(manifest_path_, ": not a manifest of vlmo embed"));
-    if (old.value("inputs", nlohmann::json()) != manifest_["inputs"] || old.value("chunk", nlohmann::json()) != manifest_["chunk"] ||
-        old.value("model", nlohmann::json()) != manifest_["model"])
+    if (old.value("inputs", nlohmann::json()) != manifest_["inputs"] ||
+        old.value("chunk", nlohmann::json()) != manifest_["chunk"] || old.value("model", nlohmann::json()) != manifest_["model"])
       throw Error(cat(folder, ": holds embeddings of other inputs, model or --chunk (see manifest.json); use another --out"));
     if (!old.contains("items_done") || !old["items_done"].is_number_integer() || !old.contains("chunks") ||
         !old["chunks"].is_array() || !old.contains("skipped") || !old["skipped"].is_array() || !old.contains("complete") ||
@@ -110,8 +115,9 @@ void EmbeddingFolderWriter::write_chunk() {
   if (!ids_.empty()) {
     char name[64];
     std::snprintf(name, sizeof name, "embeddings-%05zu.safetensors", manifest_["chunks"].size());
-    write_safetensors(folder_ + "/" + name, {{"embeddings", at::cat(rows_)}},
-                      {{"ids", nlohmann::json(ids_).dump()}, {"modality", "image"}, {"model", manifest_["model"].get<std::string>()}});
+    write_safetensors(
+        folder_ + "/" + name, {{"embeddings", at::cat(rows_)}},
+        {{"ids", nlohmann::json(ids_).dump()}, {"modality", "image"}, {"model", manifest_["model"].get<std::string>()}});
     manifest_["chunks"].push_back({{"file", name}, {"count", ids_.size()}});
   }
   manifest_["items_done"] = consumed_;

@@ -58,7 +58,8 @@ std::vector<std::string> embedding_files(const std::string& path) {
     if (m.is_discarded() || !m.contains("chunks") || !m["chunks"].is_array())
       throw Error(cat(manifest, ": not a manifest of vlmo embed (expected a \"chunks\" list)"));
     if (!m.value("complete", false))
-      std::fprintf(stderr, "note: %s: the embedding run is not complete; using its %zu chunks so far\n", path.c_str(), m["chunks"].size());
+      std::fprintf(stderr, "note: %s: the embedding run is not complete; using its %zu chunks so far\n", path.c_str(),
+                   m["chunks"].size());
     for (const auto& c : m["chunks"]) files.push_back(path + "/" + c.at("file").get<std::string>());
   } else {
     for (const auto& e : fs::directory_iterator(path))
@@ -87,8 +88,7 @@ static void append_embeddings(EmbeddingSet& out, SafetensorsFile& s, const std::
   const std::string modality = s.metadata.count("modality") ? s.metadata["modality"] : "";
   if (out.dim == 0) out.dim = e.size(1), out.modality = modality;
   if (e.size(1) != out.dim) throw Error(cat(f, ": ", e.size(1), "-d embeddings, the first file's are ", out.dim, "-d"));
-  if (modality != out.modality)
-    throw Error(cat(f, ": modality \"", modality, "\", the first file's is \"", out.modality, "\""));
+  if (modality != out.modality) throw Error(cat(f, ": modality \"", modality, "\", the first file's is \"", out.modality, "\""));
   const float* p = e.data_ptr<float>();
   out.vectors.insert(out.vectors.end(), p, p + e.numel());
   for (auto& id : ids) out.ids.push_back(std::move(id));
@@ -117,7 +117,8 @@ int64_t VectorIndex::size() const { return index_->ntotal; }
 
 VectorIndex VectorIndex::build(const EmbeddingSet& set, const IndexOptions& o) {
   const int64_t n = set.size(), d = set.dim;
-  if (n == 0 || d == 0 || static_cast<int64_t>(set.vectors.size()) != n * d) throw Error("index: empty or inconsistent embedding set");
+  if (n == 0 || d == 0 || static_cast<int64_t>(set.vectors.size()) != n * d)
+    throw Error("index: empty or inconsistent embedding set");
   VectorIndex out;
   out.ids_ = set.ids;
   out.modality_ = set.modality;
@@ -132,8 +133,8 @@ VectorIndex VectorIndex::build(const EmbeddingSet& set, const IndexOptions& o) {
       out.index_ = std::move(h);
     } else {
       const int nlist = o.nlist > 0 ? o.nlist
-                                    : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(
-                                          static_cast<int64_t>(std::sqrt(static_cast<double>(n))), n / 39)));
+                                    : static_cast<int>(std::max<int64_t>(
+                                          1, std::min<int64_t>(static_cast<int64_t>(std::sqrt(static_cast<double>(n))), n / 39)));
       const int m = o.pq_m > 0 ? o.pq_m : default_pq_m(d);
       if (d % m != 0) throw Error(cat("index: --pq-m ", m, " must divide the dimension ", d));
       if (n < 256) throw Error(cat("index: IVF-PQ needs at least 256 vectors to train its codebooks, got ", n, "; use flat"));
@@ -189,8 +190,11 @@ void VectorIndex::save(const std::string& path) const {
   at::Tensor bytes = at::empty({static_cast<int64_t>(w.data.size())}, at::kByte);
   if (!w.data.empty()) std::memcpy(bytes.data_ptr(), w.data.data(), w.data.size());
   write_safetensors(path, {{"faiss", bytes}},
-                    {{"format", kFormat}, {"kind", index_kind_name(kind_)}, {"modality", modality_},
-                     {"ids", nlohmann::json(ids_).dump()}, {"nprobe", std::to_string(options_.nprobe)},
+                    {{"format", kFormat},
+                     {"kind", index_kind_name(kind_)},
+                     {"modality", modality_},
+                     {"ids", nlohmann::json(ids_).dump()},
+                     {"nprobe", std::to_string(options_.nprobe)},
                      {"ef_search", std::to_string(options_.ef_search)}});
 }
 
@@ -242,7 +246,8 @@ VectorIndex VectorIndex::from_file(SafetensorsFile& s, const std::string& path) 
   }
   if (out.index_->ntotal != static_cast<int64_t>(out.ids_.size()))
     throw Error(cat(path, ": ", out.ids_.size(), " ids for an index of ", out.index_->ntotal, " vectors"));
-  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(out.index_.get())) ivf->nprobe = std::min<size_t>(out.options_.nprobe, ivf->nlist);
+  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(out.index_.get()))
+    ivf->nprobe = std::min<size_t>(out.options_.nprobe, ivf->nlist);
   if (auto* h = dynamic_cast<faiss::IndexHNSW*>(out.index_.get())) h->hnsw.efSearch = out.options_.ef_search;
   return out;
 }

@@ -26,7 +26,7 @@ WeightsFile read_weights_file(const std::string& path) {
   const bool safetensors_header = in.gcount() == 9 && magic[8] == '{';
   if (!safetensors_header && in.gcount() >= 1 && static_cast<unsigned char>(magic[0]) == 0x80)
     throw Error(cat(path, ": legacy (pre-1.6, non-zip) torch.save format; re-save it with "
-                    "torch.save(..., _use_new_zipfile_serialization=True) or convert it"));
+                          "torch.save(..., _use_new_zipfile_serialization=True) or convert it"));
   SafetensorsFile f = read_safetensors(path);
   auto fmt = f.metadata.find("format");
   if (fmt == f.metadata.end() || fmt->second != "vlmo-train-checkpoint") return {std::move(f.tensors), std::move(f.metadata)};
@@ -56,11 +56,10 @@ std::string LoadReport::describe() const {
 namespace {
 
 bool is_index_buffer(const std::string& key) {
-  for (const char* name : {"relative_position_index", "text_relative_position_index",
-                           "text_imag_relative_position_index"}) {
+  for (const char* name : {"relative_position_index", "text_relative_position_index", "text_imag_relative_position_index"}) {
     const std::string n(name);
-    if (key == n || (key.size() > n.size() && key.compare(key.size() - n.size(), n.size(), n) == 0 &&
-                     key[key.size() - n.size() - 1] == '.'))
+    if (key == n ||
+        (key.size() > n.size() && key.compare(key.size() - n.size(), n.size(), n) == 0 && key[key.size() - n.size() - 1] == '.'))
       return true;
   }
   return false;
@@ -72,43 +71,41 @@ std::string shape_str(const at::Tensor& t) { return cat(t.sizes()); }
 void resize_for(const Config& cfg, TensorMap& w, const TensorMap& model, LoadReport& report) {
   auto it = w.find("relative_position_bias_table");
   auto mt = model.find("relative_position_bias_table");
-  if (it != w.end() && mt != model.end() && it->second.dim() == 2 &&
-      it->second.size(0) != mt->second.size(0) && it->second.size(1) == mt->second.size(1)) {
+  if (it != w.end() && mt != model.end() && it->second.dim() == 2 && it->second.size(0) != mt->second.size(0) &&
+      it->second.size(1) == mt->second.size(1)) {
     const int64_t image_rows = it->second.size(0) - 3 - 2 * cfg.max_text_len_of_initckpt - 2;
     const auto side = static_cast<int64_t>(std::llround(std::sqrt(std::max<int64_t>(image_rows, 0))));
     if (image_rows > 0 && side * side == image_rows && side % 2 == 1) {
       const int src_grid = static_cast<int>((side + 1) / 2);
       it->second = resize_relative_position_table(it->second, src_grid, cfg.grid());
-      report.resized.push_back(cat("relative_position_bias_table: image rows ", src_grid, "x",
-                                   src_grid, " -> ", cfg.grid(), "x", cfg.grid(), " patches"));
+      report.resized.push_back(cat("relative_position_bias_table: image rows ", src_grid, "x", src_grid, " -> ", cfg.grid(), "x",
+                                   cfg.grid(), " patches"));
     }
   }
   it = w.find("transformer.pos_embed");
   mt = model.find("transformer.pos_embed");
-  if (it != w.end() && mt != model.end() && it->second.dim() == 3 &&
-      it->second.size(1) != mt->second.size(1) && it->second.size(2) == mt->second.size(2)) {
+  if (it != w.end() && mt != model.end() && it->second.dim() == 3 && it->second.size(1) != mt->second.size(1) &&
+      it->second.size(2) == mt->second.size(2)) {
     const at::Tensor& src = it->second;
     const int64_t n = src.size(1) - 1, D = src.size(2);
     const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(n))));
     if (side * side == n) {
       at::Tensor grid = src.narrow(1, 1, n).reshape({-1, side, side, D}).permute({0, 3, 1, 2});
       const int64_t dst = cfg.grid();
-      at::Tensor resized = torch::nn::functional::interpolate(
-          grid.to(at::kFloat), torch::nn::functional::InterpolateFuncOptions()
-                                   .size(std::vector<int64_t>{dst, dst})
-                                   .mode(torch::kBicubic)
-                                   .align_corners(false));
+      at::Tensor resized = torch::nn::functional::interpolate(grid.to(at::kFloat), torch::nn::functional::InterpolateFuncOptions()
+                                                                                       .size(std::vector<int64_t>{dst, dst})
+                                                                                       .mode(torch::kBicubic)
+                                                                                       .align_corners(false));
       resized = resized.permute({0, 2, 3, 1}).flatten(1, 2).to(src.scalar_type());
       it->second = at::cat({src.narrow(1, 0, 1), resized}, 1);
-      report.resized.push_back(cat("transformer.pos_embed: ", side, "x", side, " -> ", dst, "x",
-                                   dst, " patches (bicubic)"));
+      report.resized.push_back(cat("transformer.pos_embed: ", side, "x", side, " -> ", dst, "x", dst, " patches (bicubic)"));
     }
   }
   // NLVR2 models have a third token type, made after loading as a copy of the image row.
   it = w.find("token_type_embeddings.weight");
   mt = model.find("token_type_embeddings.weight");
-  if (it != w.end() && mt != model.end() && it->second.dim() == 2 && it->second.size(0) == 2 &&
-      mt->second.size(0) == 3 && it->second.size(1) == mt->second.size(1)) {
+  if (it != w.end() && mt != model.end() && it->second.dim() == 2 && it->second.size(0) == 2 && mt->second.size(0) == 3 &&
+      it->second.size(1) == mt->second.size(1)) {
     it->second = at::cat({it->second, it->second.narrow(0, 1, 1)}, 0);
     report.resized.push_back("token_type_embeddings: row 2 (second NLVR2 image) copied from row 1");
   }
@@ -119,8 +116,7 @@ void resize_for(const Config& cfg, TensorMap& w, const TensorMap& model, LoadRep
     const int dim = ids ? 1 : 0;
     if (it != w.end() && mt != model.end() && it->second.dim() == mt->second.dim() &&
         it->second.size(dim) > mt->second.size(dim)) {
-      report.resized.push_back(cat(key, ": truncated from ", it->second.size(dim), " to ",
-                                   mt->second.size(dim), " positions"));
+      report.resized.push_back(cat(key, ": truncated from ", it->second.size(dim), " to ", mt->second.size(dim), " positions"));
       it->second = it->second.narrow(dim, 0, mt->second.size(dim));
     }
   }
@@ -149,9 +145,8 @@ LoadReport load_weights(VLMo& model, TensorMap weights, bool strict) {
   for (const auto& [name, t] : weights)
     if (!target.count(name)) report.unexpected.push_back(name);
   if (strict && !report.clean())
-    throw Error(cat("strict load failed: ", report.missing.size(), " missing, ",
-                    report.unexpected.size(), " unexpected, ", report.mismatched.size(),
-                    " mis-shaped tensors\n", report.describe()));
+    throw Error(cat("strict load failed: ", report.missing.size(), " missing, ", report.unexpected.size(), " unexpected, ",
+                    report.mismatched.size(), " mis-shaped tensors\n", report.describe()));
   torch::NoGradGuard guard;
   for (auto& [name, t] : target) {
     auto it = weights.find(name);
@@ -210,9 +205,12 @@ void adapt_config_to_weights(Config& cfg, const TensorMap& weights) {
     return it != weights.end() && it->first.compare(0, prefix.size(), prefix) == 0;
   };
   std::vector<std::string> heads;
-  for (const auto& [head, prefix] : std::vector<std::pair<std::string, std::string>>{
-           {"mlm", "mlm_score."}, {"itm", "itm_score."}, {"itc", "itc_text_proj."},
-           {"vqa", "vqa_classifier."}, {"nlvr2", "nlvr2_classifier."}, {"mim", "mim_head."}})
+  for (const auto& [head, prefix] : std::vector<std::pair<std::string, std::string>>{{"mlm", "mlm_score."},
+                                                                                     {"itm", "itm_score."},
+                                                                                     {"itc", "itc_text_proj."},
+                                                                                     {"vqa", "vqa_classifier."},
+                                                                                     {"nlvr2", "nlvr2_classifier."},
+                                                                                     {"mim", "mim_head."}})
     if (has_prefix(prefix)) heads.push_back(head);
   cfg.heads = heads;
   if (auto it = weights.find("vqa_classifier.3.weight"); it != weights.end() && it->second.dim() == 2)
@@ -236,7 +234,8 @@ std::vector<std::string> parse_answer_list(const std::string& text, const std::s
   for (size_t i = 0; i < j.size(); ++i) {
     if (!j[i].is_string()) throw Error(cat(where, ": entry ", i, " is not a string"));
     out.push_back(j[i].get<std::string>());
-    if (!seen.insert(out.back()).second) throw Error(cat(where, ": entry ", i, " (\"", out.back(), "\") repeats an earlier answer"));
+    if (!seen.insert(out.back()).second)
+      throw Error(cat(where, ": entry ", i, " (\"", out.back(), "\") repeats an earlier answer"));
   }
   if (out.empty()) throw Error(cat(where, ": the answer list is empty"));
   return out;
@@ -250,8 +249,7 @@ std::vector<std::string> read_answer_list(const std::string& path) {
   return parse_answer_list(text.str(), path);
 }
 
-Config model_config(const std::string& path, const std::map<std::string, std::string>& metadata,
-                    const ModelSpec& spec) {
+Config model_config(const std::string& path, const std::map<std::string, std::string>& metadata, const ModelSpec& spec) {
   Config cfg;
   if (!spec.config_path.empty()) {
     cfg = load_config(spec.config_path);
@@ -261,7 +259,7 @@ Config model_config(const std::string& path, const std::map<std::string, std::st
     cfg = config_from_json_text(it->second, path + " (config)");
   } else {
     throw Error(cat(path, ": no model config recorded in the file (an official checkpoint?): give --config "
-                    "CONFIG.json or --preset {base,base_plus,large}"));
+                          "CONFIG.json or --preset {base,base_plus,large}"));
   }
   if (spec.image_size > 0) cfg.image_size = spec.image_size;
   if (spec.max_text_len > 0) cfg.max_text_len = spec.max_text_len;
@@ -297,8 +295,8 @@ LoadedModel load_model(const std::string& path, const ModelSpec& spec) {
     }
     const std::string where = spec.answers_path.empty() ? path + " (vqa_answers)" : spec.answers_path;
     if (!out.vqa_answers.empty() && static_cast<int>(out.vqa_answers.size()) != cfg.vqav2_label_size)
-      throw Error(cat(where, ": ", out.vqa_answers.size(), " answers, but the VQA classifier has ",
-                      cfg.vqav2_label_size, " labels"));
+      throw Error(
+          cat(where, ": ", out.vqa_answers.size(), " answers, but the VQA classifier has ", cfg.vqav2_label_size, " labels"));
   } else if (!spec.answers_path.empty()) {
     throw Error(cat(path, ": --answers given, but the model has no VQA head (vqa_classifier.*)"));
   }
@@ -311,8 +309,8 @@ void save_model(const std::string& path, VLMo& model, const std::vector<std::str
   metadata["config"] = config_to_json_text(model->config());
   if (!vqa_answers.empty()) {
     if (static_cast<int>(vqa_answers.size()) != model->config().vqav2_label_size)
-      throw Error(cat(path, ": ", vqa_answers.size(), " answers for a classifier of ",
-                      model->config().vqav2_label_size, " labels"));
+      throw Error(
+          cat(path, ": ", vqa_answers.size(), " answers for a classifier of ", model->config().vqav2_label_size, " labels"));
     metadata["vqa_answers"] = nlohmann::json(vqa_answers).dump();
   }
   write_safetensors(path, model_state_dict(*model), metadata);

@@ -19,12 +19,11 @@ struct PyValue;
 using Value = std::shared_ptr<PyValue>;
 
 struct PyValue {
-  enum Kind { kNone, kBool, kInt, kFloat, kStr, kBytes, kList, kTuple, kDict, kSet, kGlobal,
-              kObject, kTensor, kStorage, kMark };
+  enum Kind { kNone, kBool, kInt, kFloat, kStr, kBytes, kList, kTuple, kDict, kSet, kGlobal, kObject, kTensor, kStorage, kMark };
   Kind kind = kNone;
   int64_t i = 0;  // bool, int
   double f = 0;
-  std::string s;  // str, bytes, global "module.name", storage key
+  std::string s;                                 // str, bytes, global "module.name", storage key
   std::vector<Value> items;                      // list, tuple, set; object list-items
   std::vector<std::pair<Value, Value>> entries;  // dict; object dict-items
   Value cls, args, state;                        // object
@@ -46,6 +45,7 @@ class Unpickler {
     while (true) {
       const size_t at = pos_;
       const unsigned char op = static_cast<unsigned char>(byte());
+      // clang-format off
       switch (op) {
         case 0x80: byte(); break;            // PROTO
         case 0x95: bytes(8); break;          // FRAME
@@ -140,6 +140,7 @@ class Unpickler {
         default:
           fail(at, cat("unsupported pickle opcode 0x", std::hex, static_cast<int>(op)));
       }
+      // clang-format on
     }
   }
 
@@ -191,8 +192,7 @@ class Unpickler {
   }
   void push(Value v) { stack_.push_back(std::move(v)); }
   Value pop() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back()))
-      fail(pos_, "pickle stack underflow");
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail(pos_, "pickle stack underflow");
     Value v = stack_.back();
     stack_.pop_back();
     return v;
@@ -216,27 +216,22 @@ class Unpickler {
     return it->second;
   }
   void append(const Value& target, const std::vector<Value>& vs) {
-    if (target->kind == PyValue::kList || target->kind == PyValue::kSet ||
-        target->kind == PyValue::kObject)
+    if (target->kind == PyValue::kList || target->kind == PyValue::kSet || target->kind == PyValue::kObject)
       target->items.insert(target->items.end(), vs.begin(), vs.end());
-    else
-      fail(pos_, "APPEND to something that is not a list");
+    else fail(pos_, "APPEND to something that is not a list");
   }
   void set_items(const Value& target, const std::vector<Value>& kv) {
     if (kv.size() % 2) fail(pos_, "odd number of items for a dict");
-    if (target->kind != PyValue::kDict && target->kind != PyValue::kObject)
-      fail(pos_, "SETITEM on something that is not a dict");
+    if (target->kind != PyValue::kDict && target->kind != PyValue::kObject) fail(pos_, "SETITEM on something that is not a dict");
     for (size_t k = 0; k < kv.size(); k += 2) target->entries.emplace_back(kv[k], kv[k + 1]);
   }
 
   static at::ScalarType storage_dtype(const std::string& cls) {
     static const std::unordered_map<std::string, at::ScalarType> kTypes = {
-        {"torch.FloatStorage", at::kFloat},     {"torch.DoubleStorage", at::kDouble},
-        {"torch.HalfStorage", at::kHalf},       {"torch.BFloat16Storage", at::kBFloat16},
-        {"torch.LongStorage", at::kLong},       {"torch.IntStorage", at::kInt},
-        {"torch.ShortStorage", at::kShort},     {"torch.CharStorage", at::kChar},
-        {"torch.ByteStorage", at::kByte},       {"torch.BoolStorage", at::kBool},
-        {"torch.UntypedStorage", at::kByte},
+        {"torch.FloatStorage", at::kFloat},       {"torch.DoubleStorage", at::kDouble}, {"torch.HalfStorage", at::kHalf},
+        {"torch.BFloat16Storage", at::kBFloat16}, {"torch.LongStorage", at::kLong},     {"torch.IntStorage", at::kInt},
+        {"torch.ShortStorage", at::kShort},       {"torch.CharStorage", at::kChar},     {"torch.ByteStorage", at::kByte},
+        {"torch.BoolStorage", at::kBool},         {"torch.UntypedStorage", at::kByte},
     };
     auto it = kTypes.find(cls);
     if (it == kTypes.end()) throw Error(cat("unsupported storage type ", cls));
@@ -257,8 +252,7 @@ class Unpickler {
     if (n % item) fail(pos_, cat("storage \"", entry, "\" has ", n, " bytes, not a multiple of ", item));
     const int64_t numel = pid->items[4]->kind == PyValue::kInt ? pid->items[4]->i : -1;
     if (numel >= 0 && static_cast<uint64_t>(numel) * item != n)
-      fail(pos_, cat("storage \"", entry, "\" holds ", n, " bytes but the pickle says ", numel,
-                     " elements of ", item, " bytes"));
+      fail(pos_, cat("storage \"", entry, "\" holds ", n, " bytes but the pickle says ", numel, " elements of ", item, " bytes"));
     auto v = make(PyValue::kStorage);
     v->s = key;
     v->tensor = at::empty({static_cast<int64_t>(n / item)}, at::TensorOptions().dtype(type));
@@ -292,9 +286,8 @@ class Unpickler {
       else last += (size[d] - 1) * stride[d];
     }
     if (offset < 0 || (!empty && last >= storage.numel()))
-      fail(pos_, cat("tensor view (offset ", offset, ", size ", at::IntArrayRef(size), ", stride ",
-                     at::IntArrayRef(stride), ") reaches outside its storage of ", storage.numel(),
-                     " elements"));
+      fail(pos_, cat("tensor view (offset ", offset, ", size ", at::IntArrayRef(size), ", stride ", at::IntArrayRef(stride),
+                     ") reaches outside its storage of ", storage.numel(), " elements"));
     auto v = make(PyValue::kTensor);
     v->tensor = empty ? at::empty(size, storage.options()) : storage.as_strided(size, stride, offset);
     return v;
@@ -303,10 +296,8 @@ class Unpickler {
   Value call(const Value& f, const Value& args) {
     const std::vector<Value> a = args->kind == PyValue::kTuple ? args->items : std::vector<Value>{};
     const std::string name = f->kind == PyValue::kGlobal ? f->s : "";
-    if (name == "torch._utils._rebuild_tensor_v2" || name == "torch._utils._rebuild_tensor")
-      return rebuild_tensor(a);
-    if (name == "torch._utils._rebuild_parameter" ||
-        name == "torch._utils._rebuild_parameter_with_state") {
+    if (name == "torch._utils._rebuild_tensor_v2" || name == "torch._utils._rebuild_tensor") return rebuild_tensor(a);
+    if (name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") {
       if (a.empty() || a[0]->kind != PyValue::kTensor) fail(pos_, "malformed _rebuild_parameter");
       return a[0];
     }
@@ -370,8 +361,10 @@ TensorMap read_torch_checkpoint_unchecked(const std::string& path) {
   Value sd = root;
   std::string strip;
   if (const Value* v = dict_get(root, "state_dict")) sd = *v;
-  else if (const Value* v = dict_get(root, "module")) { sd = *v; strip = "module."; }
-  else if (const Value* v = dict_get(root, "model")) sd = *v;
+  else if (const Value* v = dict_get(root, "module")) {
+    sd = *v;
+    strip = "module.";
+  } else if (const Value* v = dict_get(root, "model")) sd = *v;
   if (sd->kind != PyValue::kDict && sd->kind != PyValue::kObject)
     throw Error(cat(path, ": the checkpoint holds no state_dict (a dict of tensors)"));
   TensorMap out;

@@ -27,9 +27,11 @@ ZipReader::ZipReader(const std::string& path) : path_(path), in_(path, std::ios:
   read_at(file_size_ - tail, buf.data(), tail);
   int64_t eocd = -1;
   for (int64_t i = static_cast<int64_t>(tail) - 22; i >= 0; --i)
-    if (le(&buf[i], 4) == 0x06054b50) { eocd = i; break; }
-  if (eocd < 0)
-    throw Error(cat(path, ": zip end-of-directory record not found (truncated or not a zip file)"));
+    if (le(&buf[i], 4) == 0x06054b50) {
+      eocd = i;
+      break;
+    }
+  if (eocd < 0) throw Error(cat(path, ": zip end-of-directory record not found (truncated or not a zip file)"));
   uint64_t count = le(&buf[eocd + 10], 2);
   uint64_t cd_size = le(&buf[eocd + 12], 4);
   uint64_t cd_offset = le(&buf[eocd + 16], 4);
@@ -48,20 +50,18 @@ ZipReader::ZipReader(const std::string& path) : path_(path), in_(path, std::ios:
     cd_offset = le(r + 48, 8);
   }
   if (cd_offset > file_size_ || cd_size > file_size_ - cd_offset)
-    throw Error(cat(path, ": zip central directory [", cd_offset, ", +", cd_size,
-                    ") lies outside the file of ", file_size_, " bytes (truncated?)"));
+    throw Error(cat(path, ": zip central directory [", cd_offset, ", +", cd_size, ") lies outside the file of ", file_size_,
+                    " bytes (truncated?)"));
   std::vector<char> cd(cd_size);
   read_at(cd_offset, cd.data(), cd_size);
   uint64_t p = 0;
   for (uint64_t i = 0; i < count; ++i) {
-    if (p + 46 > cd_size || le(&cd[p], 4) != 0x02014b50)
-      throw Error(cat(path, ": corrupt zip central directory at entry ", i));
+    if (p + 46 > cd_size || le(&cd[p], 4) != 0x02014b50) throw Error(cat(path, ": corrupt zip central directory at entry ", i));
     Entry e;
     e.method = static_cast<uint16_t>(le(&cd[p + 10], 2));
     e.compressed = le(&cd[p + 20], 4);
     e.uncompressed = le(&cd[p + 24], 4);
-    const uint64_t name_len = le(&cd[p + 28], 2), extra_len = le(&cd[p + 30], 2),
-                   comment_len = le(&cd[p + 32], 2);
+    const uint64_t name_len = le(&cd[p + 28], 2), extra_len = le(&cd[p + 30], 2), comment_len = le(&cd[p + 32], 2);
     e.local_offset = le(&cd[p + 42], 4);
     if (p + 46 + name_len + extra_len + comment_len > cd_size)
       throw Error(cat(path, ": corrupt zip central directory at entry ", i));
@@ -75,7 +75,10 @@ ZipReader::ZipReader(const std::string& path) : path_(path), in_(path, std::ios:
       if (id == 0x0001) {
         uint64_t q = x + 4;
         auto take = [&](uint64_t& field) {
-          if (field == 0xffffffff && q + 8 <= x + 4 + len) { field = le(&cd[q], 8); q += 8; }
+          if (field == 0xffffffff && q + 8 <= x + 4 + len) {
+            field = le(&cd[q], 8);
+            q += 8;
+          }
         };
         take(e.uncompressed);
         take(e.compressed);
@@ -84,12 +87,11 @@ ZipReader::ZipReader(const std::string& path) : path_(path), in_(path, std::ios:
       x += 4 + len;
     }
     if (e.method != 0 && e.method != 8)
-      throw Error(cat(path, ": zip entry \"", name, "\" uses compression method ", e.method,
-                      " (only stored and deflate are supported)"));
+      throw Error(
+          cat(path, ": zip entry \"", name, "\" uses compression method ", e.method, " (only stored and deflate are supported)"));
     if (e.local_offset > file_size_ || e.compressed > file_size_ - e.local_offset)
       throw Error(cat(path, ": zip entry \"", name, "\" lies outside the file (truncated?)"));
-    if ((e.method == 0 && e.compressed != e.uncompressed) ||
-        (e.method == 8 && e.uncompressed > e.compressed * 1100 + 4096))
+    if ((e.method == 0 && e.compressed != e.uncompressed) || (e.method == 8 && e.uncompressed > e.compressed * 1100 + 4096))
       throw Error(cat(path, ": zip entry \"", name, "\" has inconsistent sizes (corrupt directory)"));
     entries_[name] = e;
     p += 46 + name_len + extra_len + comment_len;
@@ -98,8 +100,8 @@ ZipReader::ZipReader(const std::string& path) : path_(path), in_(path, std::ios:
 
 void ZipReader::read_at(uint64_t offset, char* out, uint64_t n) {
   if (offset > file_size_ || n > file_size_ - offset)
-    throw Error(cat(path_, ": read of ", n, " bytes at offset ", offset,
-                    " lies outside the file of ", file_size_, " bytes (truncated?)"));
+    throw Error(cat(path_, ": read of ", n, " bytes at offset ", offset, " lies outside the file of ", file_size_,
+                    " bytes (truncated?)"));
   in_.clear();
   in_.seekg(static_cast<std::streamoff>(offset));
   in_.read(out, static_cast<std::streamsize>(n));
@@ -125,12 +127,10 @@ void ZipReader::read(const std::string& name, char* out, uint64_t out_size) {
   if (out_size != e.uncompressed) throw Error(cat(path_, ": internal size mismatch for ", name));
   char local[30];
   read_at(e.local_offset, local, 30);
-  if (le(local, 4) != 0x04034b50)
-    throw Error(cat(path_, ": zip entry \"", name, "\" has a bad local header"));
+  if (le(local, 4) != 0x04034b50) throw Error(cat(path_, ": zip entry \"", name, "\" has a bad local header"));
   const uint64_t data = e.local_offset + 30 + le(local + 26, 2) + le(local + 28, 2);
   if (e.method == 0) {
-    if (e.compressed != e.uncompressed)
-      throw Error(cat(path_, ": stored zip entry \"", name, "\" has inconsistent sizes"));
+    if (e.compressed != e.uncompressed) throw Error(cat(path_, ": stored zip entry \"", name, "\" has inconsistent sizes"));
     read_at(data, out, e.uncompressed);
     return;
   }

@@ -38,9 +38,7 @@ double blocks_flops(const Config& c, int64_t blocks, int64_t n) {
   return static_cast<double>(blocks) * N * per_token;
 }
 
-double patch_embed_flops(const Config& c) {
-  return 2.0 * c.num_patches() * (3.0 * c.patch_size * c.patch_size) * c.embed_dim;
-}
+double patch_embed_flops(const Config& c) { return 2.0 * c.num_patches() * (3.0 * c.patch_size * c.patch_size) * c.embed_dim; }
 
 void sync(c10::Device device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
@@ -53,9 +51,7 @@ int64_t peak_rss_bytes() {
 }
 
 #ifdef VLMO_WITH_CUDA
-void reset_cuda_peak(c10::Device d) {
-  c10::cuda::CUDACachingAllocator::resetPeakStats(d.index() < 0 ? 0 : d.index());
-}
+void reset_cuda_peak(c10::Device d) { c10::cuda::CUDACachingAllocator::resetPeakStats(d.index() < 0 ? 0 : d.index()); }
 int64_t cuda_peak_bytes(c10::Device d) {
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index() < 0 ? 0 : d.index());
   // Index 0 is StatType::AGGREGATE (every pool); the enum moved namespaces across 2.x releases.
@@ -200,7 +196,8 @@ BenchResult run_bench(const BenchOptions& o) {
   const bool training = is_training(o.task);
   model->train(training);
   if (o.quantize_int8) {
-    if (training) throw Error(cat("int8 quantisation is for inference: task ", o.task, " trains (use embed-image or embed-text)"));
+    if (training)
+      throw Error(cat("int8 quantisation is for inference: task ", o.task, " trains (use embed-image or embed-text)"));
     if (o.policy.precision != Precision::kFloat32) throw Error("int8 quantisation runs in fp32 (give --precision fp32)");
     quantize_int8(model);
   }

@@ -142,15 +142,12 @@ CheckResult check_forward(const std::string& dir, const RunPolicy& policy) {
       // text replaced; when the batch also holds image_0, infer() reads image_0 instead, so
       // every pair sees image_0 (the negative images are dropped). Emulate that exactly.
       const at::Tensor neg_img = get("itm.neg_image_index"), neg_txt = get("itm.neg_text_index");
-      const at::Tensor neg_images =
-          batch.image_0.defined() ? batch.image : batch.image.index_select(0, neg_img);
+      const at::Tensor neg_images = batch.image_0.defined() ? batch.image : batch.image.index_select(0, neg_img);
       const int64_t B = batch.text_ids.size(0);
-      auto itm = itm_on_pairs(
-          model,
-          at::cat({batch.text_ids, batch.text_ids, batch.text_ids.index_select(0, neg_txt)}),
-          at::cat({batch.text_masks, batch.text_masks, batch.text_masks.index_select(0, neg_txt)}),
-          at::cat({batch.image, neg_images, batch.image}),
-          at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)}));
+      auto itm = itm_on_pairs(model, at::cat({batch.text_ids, batch.text_ids, batch.text_ids.index_select(0, neg_txt)}),
+                              at::cat({batch.text_masks, batch.text_masks, batch.text_masks.index_select(0, neg_txt)}),
+                              at::cat({batch.image, neg_images, batch.image}),
+                              at::cat({at::ones({B}, at::kLong), at::zeros({2 * B}, at::kLong)}));
       got["itm.logits"] = itm.logits;
       got["itm.loss"] = itm.loss;
       add(itm.loss);
@@ -216,18 +213,15 @@ CheckResult check_reference(const std::string& dir, const RunPolicy& policy) {
   // would differ by ~1e-3.
   at::globalContext().setAllowTF32CuDNN(false);
   at::globalContext().setAllowTF32CuBLAS(false);
-  if (!exists(dir + "/config.json"))
-    throw Error(cat(dir, ": not a reference fixture folder (no config.json)"));
-  if (!exists(dir + "/expected.safetensors"))
-    throw Error(cat(dir, ": not a reference fixture folder (no expected.safetensors)"));
+  if (!exists(dir + "/config.json")) throw Error(cat(dir, ": not a reference fixture folder (no config.json)"));
+  if (!exists(dir + "/expected.safetensors")) throw Error(cat(dir, ": not a reference fixture folder (no expected.safetensors)"));
   if (exists(dir + "/weights.safetensors")) {
-    if (!exists(dir + "/inputs.safetensors"))
-      throw Error(cat(dir, ": forward fixture without inputs.safetensors"));
+    if (!exists(dir + "/inputs.safetensors")) throw Error(cat(dir, ": forward fixture without inputs.safetensors"));
     return check_forward(dir, policy);
   }
   if (exists(dir + "/source.safetensors")) return check_resize(dir, policy);
   throw Error(cat(dir, ": neither weights.safetensors (forward fixture) nor source.safetensors "
-                  "(resize fixture) found"));
+                       "(resize fixture) found"));
 }
 
 }  // namespace vlmo

@@ -40,43 +40,31 @@ Config Config::preset(const std::string& name) {
   throw Error(cat("unknown preset \"", name, "\" (expected base, base_plus or large)"));
 }
 
-bool Config::has_head(const std::string& h) const {
-  return std::find(heads.begin(), heads.end(), h) != heads.end();
-}
+bool Config::has_head(const std::string& h) const { return std::find(heads.begin(), heads.end(), h) != heads.end(); }
 
 void Config::validate() const {
-  auto fail = [](const std::string& field, const std::string& why) {
-    throw Error(cat("config field \"", field, "\": ", why));
-  };
+  auto fail = [](const std::string& field, const std::string& why) { throw Error(cat("config field \"", field, "\": ", why)); };
   if (embed_dim <= 0) fail("embed_dim", cat("must be positive, got ", embed_dim));
   if (depth <= 0) fail("depth", cat("must be positive, got ", depth));
   if (num_heads <= 0) fail("num_heads", cat("must be positive, got ", num_heads));
-  if (embed_dim % num_heads != 0)
-    fail("num_heads", cat(num_heads, " heads do not divide embed_dim ", embed_dim));
-  if (!(mlp_ratio > 0) || embed_dim * mlp_ratio < 1)
-    fail("mlp_ratio", cat("must give a positive hidden width, got ", mlp_ratio));
+  if (embed_dim % num_heads != 0) fail("num_heads", cat(num_heads, " heads do not divide embed_dim ", embed_dim));
+  if (!(mlp_ratio > 0) || embed_dim * mlp_ratio < 1) fail("mlp_ratio", cat("must give a positive hidden width, got ", mlp_ratio));
   if (patch_size <= 0) fail("patch_size", cat("must be positive, got ", patch_size));
   if (image_size <= 0) fail("image_size", cat("must be positive, got ", image_size));
-  if (image_size % patch_size != 0)
-    fail("image_size", cat(image_size, " is not divisible by patch_size ", patch_size));
+  if (image_size % patch_size != 0) fail("image_size", cat(image_size, " is not divisible by patch_size ", patch_size));
   if (vlffn_start_layer_index < 1 || vlffn_start_layer_index > depth)
-    fail("vlffn_start_layer_index",
-         cat(vlffn_start_layer_index, " must lie in [1, depth=", depth,
-             "] (depth means no VL-FFN)"));
+    fail("vlffn_start_layer_index", cat(vlffn_start_layer_index, " must lie in [1, depth=", depth, "] (depth means no VL-FFN)"));
   if (max_text_len < 1) fail("max_text_len", cat("must be at least 1, got ", max_text_len));
-  if (max_text_len_of_initckpt < 2)
-    fail("max_text_len_of_initckpt", cat("must be at least 2, got ", max_text_len_of_initckpt));
+  if (max_text_len_of_initckpt < 2) fail("max_text_len_of_initckpt", cat("must be at least 2, got ", max_text_len_of_initckpt));
   if (need_relative_position_embed && max_text_len > max_text_len_of_initckpt)
-    fail("max_text_len", cat(max_text_len, " exceeds max_text_len_of_initckpt ",
-                             max_text_len_of_initckpt, ": the relative table has no rows for it"));
+    fail("max_text_len", cat(max_text_len, " exceeds max_text_len_of_initckpt ", max_text_len_of_initckpt,
+                             ": the relative table has no rows for it"));
   if (vocab_size < 1) fail("vocab_size", cat("must be positive, got ", vocab_size));
-  if (layer_scale_init_values && !(*layer_scale_init_values > 0))
-    fail("layer_scale_init_values", "must be positive or null");
+  if (layer_scale_init_values && !(*layer_scale_init_values > 0)) fail("layer_scale_init_values", "must be positive or null");
   if (vqav2_label_size < 1) fail("vqav2_label_size", cat("must be positive, got ", vqav2_label_size));
   if (num_token_types < 2 || num_token_types > 3)
     fail("num_token_types", cat("must be 2, or 3 for NLVR2, got ", num_token_types));
-  if (!(drop_path_rate >= 0 && drop_path_rate < 1))
-    fail("drop_path_rate", cat("must lie in [0, 1), got ", drop_path_rate));
+  if (!(drop_path_rate >= 0 && drop_path_rate < 1)) fail("drop_path_rate", cat("must lie in [0, 1), got ", drop_path_rate));
   for (const auto& h : heads)
     if (h != "mim" && std::find(all_heads().begin(), all_heads().end(), h) == all_heads().end())
       fail("heads", cat("unknown head \"", h, "\" (known: mlm itm itc vqa nlvr2 mim)"));
@@ -94,8 +82,7 @@ void read_field(const nlohmann::json& j, const std::string& key, T& out, const s
 }
 
 void read_int(const nlohmann::json& j, const std::string& key, int& out, const std::string& where) {
-  if (!j.is_number_integer())
-    throw Error(cat(where, ": config field \"", key, "\" must be an integer, got ", j.dump()));
+  if (!j.is_number_integer()) throw Error(cat(where, ": config field \"", key, "\" must be an integer, got ", j.dump()));
   out = j.get<int>();
 }
 
@@ -141,8 +128,7 @@ Config config_from_json_text(const std::string& text, const std::string& where) 
       if (!v.is_number()) throw Error(cat(where, ": config field \"", k, "\" must be a number"));
       c.drop_path_rate = v.get<double>();
     } else if (k == "heads") read_field(v, k, c.heads, where);
-    else
-      throw Error(cat(where, ": unknown config field \"", k, "\""));
+    else throw Error(cat(where, ": unknown config field \"", k, "\""));
   }
   try {
     c.validate();
@@ -173,8 +159,7 @@ std::string config_to_json_text(const Config& c) {
   j["vocab_size"] = c.vocab_size;
   j["use_abs_pos_emb"] = c.use_abs_pos_emb;
   j["need_relative_position_embed"] = c.need_relative_position_embed;
-  j["layer_scale_init_values"] =
-      c.layer_scale_init_values ? nlohmann::json(*c.layer_scale_init_values) : nlohmann::json();
+  j["layer_scale_init_values"] = c.layer_scale_init_values ? nlohmann::json(*c.layer_scale_init_values) : nlohmann::json();
   j["vqav2_label_size"] = c.vqav2_label_size;
   j["num_token_types"] = c.num_token_types;
   j["drop_path_rate"] = c.drop_path_rate;

@@ -6,6 +6,8 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "vlmo/model.h"
@@ -39,6 +41,8 @@ at::Tensor keyed_keep_mask(const std::vector<uint64_t>& keys, at::IntArrayRef ro
 // those of the fused kernels (cpu-inference and SDPA) together.
 int64_t attention_kernel_calls(AttentionKernel k);
 std::array<int64_t, 3> attention_kernel_counts();  // indexed by AttentionKernel
+// The calls by kernel name (attention_kernel_name) since attention_kernel_counts() gave `before`.
+std::map<std::string, int64_t> attention_kernel_calls_since(const std::array<int64_t, 3>& before);
 int64_t fused_attention_calls();
 
 }  // namespace vlmo

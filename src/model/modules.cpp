@@ -10,15 +10,16 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <optional>
 
+#include "model/model_internals.h"
+#include "ops/attention.h"
 #include "vlmo/error.h"
 #include "vlmo/model.h"
 #include "vlmo/ops.h"
 #include "vlmo/precision.h"
-#include "model/model_internals.h"
-#include "ops/attention.h"
 
 namespace vlmo {
 
@@ -58,9 +59,7 @@ at::Tensor drop_path(const at::Tensor& x, double p, bool training, uint64_t salt
 }
 }  // namespace
 
-SampleKeys::SampleKeys(std::vector<uint64_t> keys) : keys_(std::move(keys)), previous_(active_keys) {
-  active_keys = &keys_;
-}
+SampleKeys::SampleKeys(std::vector<uint64_t> keys) : keys_(std::move(keys)), previous_(active_keys) { active_keys = &keys_; }
 SampleKeys::~SampleKeys() { active_keys = previous_; }
 const std::vector<uint64_t>* SampleKeys::current() { return active_keys; }
 
@@ -83,9 +82,7 @@ struct QuantizedLinear {
   c10::IValue packed;  // the engine's packed weight (and bias), an opaque custom-class object
   int64_t out_features = 0;
 
-  static c10::OperatorHandle op(const char* name) {
-    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
-  }
+  static c10::OperatorHandle op(const char* name) { return c10::Dispatcher::singleton().findSchemaOrThrow(name, ""); }
   QuantizedLinear(const at::Tensor& weight, const at::Tensor& bias) : out_features(weight.size(0)) {
     at::NoGradGuard guard;
     const at::Tensor w = weight.detach().to(at::kFloat).contiguous();
@@ -164,12 +161,17 @@ std::array<int64_t, 3> attention_kernel_counts() {
   for (size_t k = 0; k < n.size(); ++k) n[k] = kernel_counts[k].load();
   return n;
 }
+std::map<std::string, int64_t> attention_kernel_calls_since(const std::array<int64_t, 3>& before) {
+  std::map<std::string, int64_t> calls;
+  const std::array<int64_t, 3> now = attention_kernel_counts();
+  for (size_t k = 0; k < now.size(); ++k) calls[attention_kernel_name(static_cast<AttentionKernel>(k))] = now[k] - before[k];
+  return calls;
+}
 int64_t fused_attention_calls() {
   return attention_kernel_calls(AttentionKernel::kCpuInference) + attention_kernel_calls(AttentionKernel::kSdpa);
 }
 
-AttentionImpl::AttentionImpl(int dim, int heads)
-    : num_heads(heads), scale(std::pow(static_cast<double>(dim / heads), -0.5)) {
+AttentionImpl::AttentionImpl(int dim, int heads) : num_heads(heads), scale(std::pow(static_cast<double>(dim / heads), -0.5)) {
   qkv = register_module("qkv", nn::Linear(nn::LinearOptions(dim, 3 * dim).bias(false)));
   q_bias = register_parameter("q_bias", at::zeros({dim}));
   v_bias = register_parameter("v_bias", at::zeros({dim}));
@@ -177,8 +179,7 @@ AttentionImpl::AttentionImpl(int dim, int heads)
   low = std::make_shared<LowPrecisionWeights>();
 }
 
-at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask,
-                                  const at::Tensor& rel_bias, int64_t queries) {
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias, int64_t queries) {
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   const int64_t Q = queries < 0 ? N : std::min(queries, N);
   const at::Tensor bias = at::cat({q_bias, at::zeros_like(v_bias), v_bias});
@@ -222,8 +223,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   if (rel_bias.defined()) attn = attn + rel_bias.narrow(1, 0, Q).unsqueeze(0);
   // In place: attn is a fresh product or sum here, which no backward function keeps.
   if (key_mask.defined())
-    attn.masked_fill_(key_mask.index({at::indexing::Slice(), at::indexing::None,
-                                      at::indexing::None, at::indexing::Slice()}) == 0,
+    attn.masked_fill_(key_mask.index({at::indexing::Slice(), at::indexing::None, at::indexing::None, at::indexing::Slice()}) == 0,
                       -std::numeric_limits<float>::infinity());
   attn = attn.softmax(-1).to(x.scalar_type());
   if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
@@ -231,8 +231,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   return project(out);
 }
 
-BlockImpl::BlockImpl(const Config& c, int layer_index, double drop_path_prob)
-    : drop_prob(drop_path_prob), layer(layer_index) {
+BlockImpl::BlockImpl(const Config& c, int layer_index, double drop_path_prob) : drop_prob(drop_path_prob), layer(layer_index) {
   const int D = c.embed_dim;
   auto ln = [&] { return nn::LayerNorm(nn::LayerNormOptions({D}).eps(1e-6)); };
   norm1 = register_module("norm1", ln());
@@ -251,22 +250,18 @@ BlockImpl::BlockImpl(const Config& c, int layer_index, double drop_path_prob)
   }
 }
 
-at::Tensor BlockImpl::residual(const at::Tensor& x, const at::Tensor& branch_out, const at::Tensor& gamma,
-                               int branch) {
+at::Tensor BlockImpl::residual(const at::Tensor& x, const at::Tensor& branch_out, const at::Tensor& gamma, int branch) {
   return x + drop_path(gamma.defined() ? gamma * branch_out : branch_out, drop_prob, is_training(),
                        static_cast<uint64_t>(layer) * 4 + static_cast<uint64_t>(branch) + 1);
 }
 
-at::Tensor BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& key_mask, Modality modality,
-                              const at::Tensor& rel_bias, int64_t text_len, int64_t keep) {
+at::Tensor BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& key_mask, Modality modality, const at::Tensor& rel_bias,
+                              int64_t text_len, int64_t keep) {
   const int64_t Q = keep < 0 ? x_in.size(1) : std::min(keep, x_in.size(1));
-  at::Tensor x = residual(x_in.narrow(1, 0, Q), attn->forward(norm1->forward(x_in), key_mask, rel_bias, Q),
-                          gamma_1, 0);
+  at::Tensor x = residual(x_in.narrow(1, 0, Q), attn->forward(norm1->forward(x_in), key_mask, rel_bias, Q), gamma_1, 0);
   switch (modality) {
-    case Modality::kImage:
-      return residual(x, mlp_imag->forward(norm2_imag->forward(x)), gamma_2, 1);
-    case Modality::kText:
-      return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2, 1);
+    case Modality::kImage: return residual(x, mlp_imag->forward(norm2_imag->forward(x)), gamma_2, 1);
+    case Modality::kText: return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2, 1);
     case Modality::kVL:
       if (has_vl()) return residual(x, mlp_vl->forward(norm2_vl->forward(x)), gamma_2, 1);
       if (Q <= text_len) return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2, 1);
@@ -282,23 +277,19 @@ at::Tensor BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& key_mask
 }
 
 PatchEmbedImpl::PatchEmbedImpl(const Config& c) : image_size(c.image_size) {
-  proj = register_module(
-      "proj", nn::Conv2d(nn::Conv2dOptions(3, c.embed_dim, c.patch_size).stride(c.patch_size)));
+  proj = register_module("proj", nn::Conv2d(nn::Conv2dOptions(3, c.embed_dim, c.patch_size).stride(c.patch_size)));
 }
 
 at::Tensor PatchEmbedImpl::forward(const at::Tensor& images) {
-  if (images.dim() != 4 || images.size(1) != 3 || images.size(2) != image_size ||
-      images.size(3) != image_size)
-    throw Error(cat("image batch has shape ", images.sizes(), ", the model expects (B, 3, ",
-                    image_size, ", ", image_size, ")"));
+  if (images.dim() != 4 || images.size(1) != 3 || images.size(2) != image_size || images.size(3) != image_size)
+    throw Error(cat("image batch has shape ", images.sizes(), ", the model expects (B, 3, ", image_size, ", ", image_size, ")"));
   return proj->forward(images).flatten(2).transpose(1, 2);  // (B, W², C)
 }
 
 MultiwayTransformerImpl::MultiwayTransformerImpl(const Config& c) {
   patch_embed = register_module("patch_embed", PatchEmbed(c));
   cls_token = register_parameter("cls_token", at::zeros({1, 1, c.embed_dim}));
-  if (c.use_abs_pos_emb)
-    pos_embed = register_parameter("pos_embed", at::zeros({1, c.image_tokens(), c.embed_dim}));
+  if (c.use_abs_pos_emb) pos_embed = register_parameter("pos_embed", at::zeros({1, c.image_tokens(), c.embed_dim}));
   blocks = register_module("blocks", nn::ModuleList());
   for (int i = 0; i < c.depth; ++i) {
     const double dpr = c.depth > 1 ? c.drop_path_rate * i / (c.depth - 1) : 0.0;
@@ -320,11 +311,9 @@ at::Tensor MultiwayTransformerImpl::visual_embed(const at::Tensor& images, const
   return x;
 }
 
-BertEmbeddingsImpl::BertEmbeddingsImpl(const Config& c)
-    : add_positions(c.use_abs_pos_emb), dropout(c.drop_path_rate) {
+BertEmbeddingsImpl::BertEmbeddingsImpl(const Config& c) : add_positions(c.use_abs_pos_emb), dropout(c.drop_path_rate) {
   const int D = c.embed_dim;
-  word_embeddings = register_module(
-      "word_embeddings", nn::Embedding(nn::EmbeddingOptions(c.vocab_size, D).padding_idx(0)));
+  word_embeddings = register_module("word_embeddings", nn::Embedding(nn::EmbeddingOptions(c.vocab_size, D).padding_idx(0)));
   position_embeddings = register_module("position_embeddings", nn::Embedding(c.max_text_len, D));
   token_type_embeddings = register_module("token_type_embeddings", nn::Embedding(2, D));
   LayerNorm = register_module("LayerNorm", nn::LayerNorm(nn::LayerNormOptions({D}).eps(1e-12)));
@@ -333,10 +322,8 @@ BertEmbeddingsImpl::BertEmbeddingsImpl(const Config& c)
 
 at::Tensor BertEmbeddingsImpl::forward(const at::Tensor& ids) {
   const int64_t L = ids.size(1);
-  if (L > position_ids.size(1))
-    throw Error(cat("text of ", L, " tokens is longer than max_text_len ", position_ids.size(1)));
-  at::Tensor x = word_embeddings->forward(ids) +
-                 token_type_embeddings->forward(at::zeros_like(ids));
+  if (L > position_ids.size(1)) throw Error(cat("text of ", L, " tokens is longer than max_text_len ", position_ids.size(1)));
+  at::Tensor x = word_embeddings->forward(ids) + token_type_embeddings->forward(at::zeros_like(ids));
   if (add_positions) x = x + position_embeddings->forward(position_ids.narrow(1, 0, L));
   x = LayerNorm->forward(x);
   if (dropout <= 0 || !is_training()) return x;
@@ -347,18 +334,14 @@ at::Tensor BertEmbeddingsImpl::forward(const at::Tensor& ids) {
 
 PoolerImpl::PoolerImpl(int dim) { dense = register_module("dense", nn::Linear(dim, dim)); }
 
-at::Tensor PoolerImpl::forward(const at::Tensor& x) {
-  return at::tanh(dense->forward(x.select(1, 0)));
-}
+at::Tensor PoolerImpl::forward(const at::Tensor& x) { return at::tanh(dense->forward(x.select(1, 0))); }
 
 PredictionTransformImpl::PredictionTransformImpl(int dim) {
   dense = register_module("dense", nn::Linear(dim, dim));
   LayerNorm = register_module("LayerNorm", nn::LayerNorm(nn::LayerNormOptions({dim}).eps(1e-12)));
 }
 
-at::Tensor PredictionTransformImpl::forward(const at::Tensor& x) {
-  return LayerNorm->forward(at::gelu(dense->forward(x)));
-}
+at::Tensor PredictionTransformImpl::forward(const at::Tensor& x) { return LayerNorm->forward(at::gelu(dense->forward(x))); }
 
 MLMHeadImpl::MLMHeadImpl(int dim, int vocab) {
   transform = register_module("transform", PredictionTransform(dim));
@@ -366,9 +349,7 @@ MLMHeadImpl::MLMHeadImpl(int dim, int vocab) {
   bias = register_parameter("bias", at::zeros({vocab}));
 }
 
-at::Tensor MLMHeadImpl::forward(const at::Tensor& x) {
-  return decoder->forward(transform->forward(x)) + bias;
-}
+at::Tensor MLMHeadImpl::forward(const at::Tensor& x) { return decoder->forward(transform->forward(x)) + bias; }
 
 MIMHeadImpl::MIMHeadImpl(int dim, int patch_pixels) {
   mask_token = register_parameter("mask_token", at::zeros({1, 1, dim}));
@@ -396,8 +377,10 @@ bool int8_supported() {
 }
 
 void quantize_int8(VLMo& model) {
-  if (!model->device().is_cpu()) throw Error("int8 quantisation runs on the CPU only (the model is on " + model->device().str() + ")");
-  if (!int8_supported()) throw Error("int8 quantisation needs LibTorch's quantized operators (FBGEMM, oneDNN or QNNPACK), which this build lacks");
+  if (!model->device().is_cpu())
+    throw Error("int8 quantisation runs on the CPU only (the model is on " + model->device().str() + ")");
+  if (!int8_supported())
+    throw Error("int8 quantisation needs LibTorch's quantized operators (FBGEMM, oneDNN or QNNPACK), which this build lacks");
   at::globalContext().setQEngine(int8_engine());
   for (Block& b : model->transformer->block_list) {
     BlockImpl* block = b.get();

@@ -46,7 +46,8 @@ at::Tensor fusion_relative_position_index(int text_len, int grid, int max_text_l
   const int64_t nrd = static_cast<int64_t>(2 * grid - 1) * (2 * grid - 1) + 3;
   const int img = grid * grid + 1;
   at::Tensor index = at::empty({text_len + img, text_len + img}, at::kLong);
-  index.narrow(0, 0, text_len).narrow(1, 0, text_len)
+  index.narrow(0, 0, text_len)
+      .narrow(1, 0, text_len)
       .copy_(text_relative_position_index(text_len, grid, max_text_len_of_initckpt));
   index.narrow(0, text_len, img).narrow(1, text_len, img).copy_(image_relative_position_index(grid));
   index.narrow(0, 0, text_len).narrow(1, text_len, img).fill_(nrd);      // text -> image
@@ -54,11 +55,9 @@ at::Tensor fusion_relative_position_index(int text_len, int grid, int max_text_l
   return index;
 }
 
-std::vector<double> not_a_knot_spline(const std::vector<double>& x, const std::vector<double>& y,
-                                      const std::vector<double>& at) {
+std::vector<double> not_a_knot_spline(const std::vector<double>& x, const std::vector<double>& y, const std::vector<double>& at) {
   const int n = static_cast<int>(x.size());
-  if (n < 4 || y.size() != x.size())
-    throw Error("not_a_knot_spline: needs at least 4 points and as many values as abscissae");
+  if (n < 4 || y.size() != x.size()) throw Error("not_a_knot_spline: needs at least 4 points and as many values as abscissae");
   // Unknowns: second derivatives M[0..n-1]. Interior rows are the usual C2 conditions; the
   // first and last rows ask the third derivative to be continuous at x[1] and x[n-2].
   std::vector<double> h(n - 1);
@@ -104,8 +103,8 @@ std::vector<double> not_a_knot_spline(const std::vector<double>& x, const std::v
     int i = 0;
     while (i < n - 2 && t > x[i + 1]) ++i;
     const double a = x[i + 1] - t, b = t - x[i], hi = h[i];
-    out.push_back(M[i] * a * a * a / (6 * hi) + M[i + 1] * b * b * b / (6 * hi) +
-                  (y[i] / hi - M[i] * hi / 6) * a + (y[i + 1] / hi - M[i + 1] * hi / 6) * b);
+    out.push_back(M[i] * a * a * a / (6 * hi) + M[i + 1] * b * b * b / (6 * hi) + (y[i] / hi - M[i] * hi / 6) * a +
+                  (y[i + 1] / hi - M[i + 1] * hi / 6) * b);
   }
   return out;
 }
@@ -114,8 +113,8 @@ at::Tensor resize_relative_position_table(const at::Tensor& table, int src_grid,
   const int src_size = 2 * src_grid - 1, dst_size = 2 * dst_grid - 1;
   const int64_t src_rows = static_cast<int64_t>(src_size) * src_size;
   if (table.dim() != 2 || table.size(0) < src_rows)
-    throw Error(cat("relative_position_bias_table: shape ", table.sizes(),
-                    " has fewer rows than a ", src_grid, "x", src_grid, " patch grid needs"));
+    throw Error(cat("relative_position_bias_table: shape ", table.sizes(), " has fewer rows than a ", src_grid, "x", src_grid,
+                    " patch grid needs"));
   if (src_grid == dst_grid) return table.clone();
   // BEiT: find the ratio q of a geometric progression whose src_size/2 steps reach dst_size/2,
   // by bisection (the last midpoint is the q that is used, as in the official code).
@@ -139,8 +138,7 @@ at::Tensor resize_relative_position_table(const at::Tensor& table, int src_grid,
   const double t = dst_size / 2;  // integer division, as the official `dst_size // 2.0`
   std::vector<double> targets;
   for (double v = -t; v < t + 0.1; v += 1.0) targets.push_back(v);
-  if (static_cast<int>(targets.size()) != dst_size)
-    throw Error("resize_relative_position_table: internal grid size mismatch");
+  if (static_cast<int>(targets.size()) != dst_size) throw Error("resize_relative_position_table: internal grid size mismatch");
 
   const int64_t cols = table.size(1);
   at::Tensor src = table.narrow(0, 0, src_rows).to(at::kDouble).contiguous();

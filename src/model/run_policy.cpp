@@ -14,9 +14,7 @@ namespace vlmo {
 
 std::string attention_path_name(AttentionPath p) { return p == AttentionPath::kPlain ? "plain" : "fused"; }
 std::string cpu_products_name(CpuProducts p) { return p == CpuProducts::kOneDnn ? "onednn" : "aten"; }
-std::string cpu_bf16_products_name(CpuBf16Products p) {
-  return p == CpuBf16Products::kEmulated ? "emulated" : "native";
-}
+std::string cpu_bf16_products_name(CpuBf16Products p) { return p == CpuBf16Products::kEmulated ? "emulated" : "native"; }
 
 namespace {
 // `what` then the quoted value: "option --attention \"x\"", "environment variable V=\"x\"".
@@ -51,8 +49,8 @@ Platform Platform::current() {
 #if defined(__x86_64__) || defined(__i386__)
   // oneDNN's condition for its bf16 GEMM (LibTorch's mkldnn_bf16_device_check).
   __builtin_cpu_init();
-  p.cpu_fast_bf16 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512dq");
+  p.cpu_fast_bf16 =
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #else
   p.cpu_fast_bf16 = true;  // other architectures: LibTorch's own choice
 #endif
@@ -71,8 +69,8 @@ RunPolicy resolve_run_policy(const RunOptions& asked, const Platform& platform, 
   p.device = asked.device.value_or(c10::Device(c10::kCPU));
   p.precision = asked.precision.value_or(Precision::kFloat32);
   if (p.precision == Precision::kFloat16 && p.device.is_cpu() && !platform.cpu_fp16_autocast())
-    throw Error(cat("precision fp16 on the CPU needs LibTorch >= 2.4 (this is ", platform.torch_major, ".",
-                    platform.torch_minor, "); use bf16 or fp32 on the CPU, fp16 on a GPU"));
+    throw Error(cat("precision fp16 on the CPU needs LibTorch >= 2.4 (this is ", platform.torch_major, ".", platform.torch_minor,
+                    "); use bf16 or fp32 on the CPU, fp16 on a GPU"));
   p.attention = asked.attention.value_or(AttentionPath::kFused);
   p.sdpa = platform.sdpa();
   if (asked.cpu_products) p.cpu_products = *asked.cpu_products;
@@ -107,16 +105,15 @@ std::string RunPolicy::summary() const {
 
 std::string RunPolicy::json() const {
   std::ostringstream s;
-  s << "{\"device\": \"" << device.str() << "\", \"precision\": \"" << precision_name(precision)
-    << "\", \"attention\": \"" << attention_path_name(attention) << "\", \"sdpa\": " << (sdpa ? "true" : "false")
-    << ", \"cpu_products\": \"" << cpu_products_name(cpu_products) << "\", \"cpu_bf16\": \""
-    << cpu_bf16_products_name(cpu_bf16) << "\"}";
+  s << "{\"device\": \"" << device.str() << "\", \"precision\": \"" << precision_name(precision) << "\", \"attention\": \""
+    << attention_path_name(attention) << "\", \"sdpa\": " << (sdpa ? "true" : "false") << ", \"cpu_products\": \""
+    << cpu_products_name(cpu_products) << "\", \"cpu_bf16\": \"" << cpu_bf16_products_name(cpu_bf16) << "\"}";
   return s.str();
 }
 
 bool RunPolicy::operator==(const RunPolicy& o) const {
-  return device == o.device && precision == o.precision && attention == o.attention &&
-         cpu_products == o.cpu_products && cpu_bf16 == o.cpu_bf16 && sdpa == o.sdpa;
+  return device == o.device && precision == o.precision && attention == o.attention && cpu_products == o.cpu_products &&
+         cpu_bf16 == o.cpu_bf16 && sdpa == o.sdpa;
 }
 
 std::string attention_kernel_name(AttentionKernel k) {
@@ -133,8 +130,7 @@ AttentionKernel attention_kernel(const RunPolicy& policy, const AttentionCall& c
   const bool cpu = call.device == c10::DeviceType::CPU;
   if (cpu && !call.autograd && call.dtype == at::kFloat) return AttentionKernel::kCpuInference;
   const bool sdpa_dtype = call.dtype == at::kFloat || call.dtype == at::kBFloat16 || call.dtype == at::kHalf;
-  const bool cpu_training_plain =
-      cpu && call.autograd && call.dtype == at::kFloat && policy.cpu_products == CpuProducts::kOneDnn;
+  const bool cpu_training_plain = cpu && call.autograd && call.dtype == at::kFloat && policy.cpu_products == CpuProducts::kOneDnn;
   if (policy.sdpa && sdpa_dtype && !cpu_training_plain) return AttentionKernel::kSdpa;
   return AttentionKernel::kPlain;
 }

@@ -1,17 +1,17 @@
 // The VLMo model and its forward paths (reference §1.7).
 #include <ATen/ATen.h>
+#include <torch/autograd.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
-#include <torch/autograd.h>
 #include <torch/utils.h>
 
 #include <cmath>
 #include <optional>
 
+#include "model/model_internals.h"
 #include "vlmo/error.h"
 #include "vlmo/model.h"
 #include "vlmo/relative_position.h"
-#include "model/model_internals.h"
 
 namespace vlmo {
 
@@ -22,11 +22,10 @@ VLMoImpl::VLMoImpl(const Config& c) : cfg_(c) {
   const int D = c.embed_dim;
   transformer = register_module("transformer", MultiwayTransformer(c));
   if (c.need_relative_position_embed)
-    relative_position_bias_table = register_parameter(
-        "relative_position_bias_table", at::zeros({c.relative_table_rows(), c.num_heads * c.depth}));
+    relative_position_bias_table =
+        register_parameter("relative_position_bias_table", at::zeros({c.relative_table_rows(), c.num_heads * c.depth}));
   text_embeddings = register_module("text_embeddings", BertEmbeddings(c));
-  token_type_embeddings =
-      register_module("token_type_embeddings", nn::Embedding(c.num_token_types, D));
+  token_type_embeddings = register_module("token_type_embeddings", nn::Embedding(c.num_token_types, D));
   pooler = register_module("pooler", Pooler(D));
   if (c.has_head("mlm")) mlm_score = register_module("mlm_score", MLMHead(D, c.vocab_size));
   if (c.has_head("itm")) itm_score = register_module("itm_score", FcHead(D, 2, true));
@@ -69,51 +68,44 @@ void VLMoImpl::set_precision(Precision p) {
 
 std::vector<at::Tensor> VLMoImpl::relative_biases(Modality modality, int64_t text_len) {
   if (!relative_position_bias_table.defined()) return std::vector<at::Tensor>(cfg_.depth);
-  at::Tensor& cached = modality == Modality::kImage  ? image_index_
-                       : modality == Modality::kText ? text_index_
-                                                     : fusion_index_;
+  at::Tensor& cached = modality == Modality::kImage ? image_index_ : modality == Modality::kText ? text_index_ : fusion_index_;
   const int64_t n = modality == Modality::kImage  ? cfg_.image_tokens()
                     : modality == Modality::kText ? text_len
                                                   : text_len + cfg_.image_tokens();
-  if (!cached.defined() || cached.size(0) != n ||
-      cached.device() != relative_position_bias_table.device()) {
-    at::Tensor index =
-        modality == Modality::kImage ? image_relative_position_index(cfg_.grid())
-        : modality == Modality::kText
-            ? text_relative_position_index(text_len, cfg_.grid(), cfg_.max_text_len_of_initckpt)
-            : fusion_relative_position_index(text_len, cfg_.grid(), cfg_.max_text_len_of_initckpt);
+  if (!cached.defined() || cached.size(0) != n || cached.device() != relative_position_bias_table.device()) {
+    at::Tensor index = modality == Modality::kImage ? image_relative_position_index(cfg_.grid())
+                       : modality == Modality::kText
+                           ? text_relative_position_index(text_len, cfg_.grid(), cfg_.max_text_len_of_initckpt)
+                           : fusion_relative_position_index(text_len, cfg_.grid(), cfg_.max_text_len_of_initckpt);
     cached = index.to(relative_position_bias_table.device());
   }
   // (N*N, H*L) -> (H*L, N, N) -> L pieces of (H, N, N)
-  at::Tensor all = relative_position_bias_table.index_select(0, cached.view(-1))
-                       .view({n, n, -1})
-                       .permute({2, 0, 1})
-                       .contiguous();
+  at::Tensor all = relative_position_bias_table.index_select(0, cached.view(-1)).view({n, n, -1}).permute({2, 0, 1}).contiguous();
   return all.chunk(cfg_.depth, 0);
 }
 
 at::Tensor VLMoImpl::text_embed(const at::Tensor& text_ids_in) {
   const at::Tensor text_ids = text_ids_in.to(device());
-  return text_embeddings->forward(text_ids) +
-         token_type_embeddings->forward(at::zeros_like(text_ids));
+  return text_embeddings->forward(text_ids) + token_type_embeddings->forward(at::zeros_like(text_ids));
 }
 
 at::Tensor VLMoImpl::image_embed(const at::Tensor& images, int token_type) {
   if (token_type < 0 || token_type >= cfg_.num_token_types)
-    throw Error(cat("image token type ", token_type, " is out of range: the model has ",
-                    cfg_.num_token_types, " token types (num_token_types)"));
+    throw Error(cat("image token type ", token_type, " is out of range: the model has ", cfg_.num_token_types,
+                    " token types (num_token_types)"));
   at::Tensor x = transformer->visual_embed(images.to(device()));
-  at::Tensor types = at::full({x.size(0), x.size(1)}, token_type,
-                              at::TensorOptions().dtype(at::kLong).device(x.device()));
+  at::Tensor types = at::full({x.size(0), x.size(1)}, token_type, at::TensorOptions().dtype(at::kLong).device(x.device()));
   return x + token_type_embeddings->forward(types);
 }
 
-FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_masks,
-                             const at::Tensor& images, int image_token_type, TokenOutputs keep) {
+FusionOutput VLMoImpl::infer(const at::Tensor& text_ids, const at::Tensor& text_masks, const at::Tensor& images,
+                             int image_token_type, TokenOutputs keep) {
   const int64_t Lt = text_ids.size(1);
   if (Lt != cfg_.max_text_len)
-    throw Error(cat("fusion input text has ", Lt, " tokens; it must be padded to exactly "
-                    "max_text_len = ", cfg_.max_text_len, " (the experts split at that index)"));
+    throw Error(cat("fusion input text has ", Lt,
+                    " tokens; it must be padded to exactly "
+                    "max_text_len = ",
+                    cfg_.max_text_len, " (the experts split at that index)"));
   at::Tensor x = at::cat({text_embed(text_ids), image_embed(images, image_token_type)}, 1);
   at::Tensor image_mask = at::ones({x.size(0), cfg_.image_tokens()}, text_masks.options().device(x.device()));
   at::Tensor mask = at::cat({text_masks.to(x.device()), image_mask}, 1);  // (B, Lt + W²+1)
@@ -138,8 +130,8 @@ namespace {
 at::Tensor l2_normalize(const at::Tensor& x) { return x / x.norm(2, {-1}, true).clamp_min(1e-12); }
 }  // namespace
 
-UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality modality,
-                                  FcHead proj, FcHead vl_proj, TokenOutputs keep) {
+UnimodalOutput VLMoImpl::unimodal(at::Tensor x, const at::Tensor& mask, Modality modality, FcHead proj, FcHead vl_proj,
+                                  TokenOutputs keep) {
   const int64_t text_len = modality == Modality::kText ? x.size(1) : 0;
   const auto biases = relative_biases(modality, text_len);
   const int64_t last_keep = keep == TokenOutputs::kCls ? 1 : -1;
@@ -179,9 +171,7 @@ struct BlockRerun : torch::CustomClassHolder {
   c10::Device device = c10::kCPU;
   Precision precision = Precision::kFloat32;  // the autocast state then
 
-  at::Tensor run(const at::Tensor& x, const at::Tensor& bias) {
-    return block->forward(x, mask, modality, bias, text_len, keep);
-  }
+  at::Tensor run(const at::Tensor& x, const at::Tensor& bias) { return block->forward(x, mask, modality, bias, text_len, keep); }
 };
 
 // Activation checkpointing of one block (the reentrant form): the first pass keeps only the
@@ -192,8 +182,8 @@ struct BlockRerun : torch::CustomClassHolder {
 // kernels (attention_kernel, and LibTorch's own choices inside SDPA, which depend on whether q, k
 // and v carry a gradient): the rerun computes exactly what the first pass computed.
 struct CheckpointedBlock : torch::autograd::Function<CheckpointedBlock> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& bias, c10::intrusive_ptr<BlockRerun> rerun) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
+                            c10::intrusive_ptr<BlockRerun> rerun) {
     ctx->save_for_backward({x, bias});
     ctx->saved_data["rerun"] = c10::IValue::make_capsule(rerun);
     torch::AutoGradMode grad_on(true);
@@ -203,8 +193,7 @@ struct CheckpointedBlock : torch::autograd::Function<CheckpointedBlock> {
     return rerun->run(xi, bi).detach();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     auto rerun = c10::static_intrusive_pointer_cast<BlockRerun>(ctx->saved_data["rerun"].toCapsule());
     at::Tensor x = saved[0].detach().requires_grad_(saved[0].requires_grad());
@@ -230,14 +219,14 @@ struct CheckpointedBlock : torch::autograd::Function<CheckpointedBlock> {
       }
     }
     torch::autograd::backward({out}, {grads[0]});
-    return {x.requires_grad() ? x.grad() : at::Tensor(),
-            bias.defined() && bias.requires_grad() ? bias.grad() : at::Tensor(), at::Tensor()};
+    return {x.requires_grad() ? x.grad() : at::Tensor(), bias.defined() && bias.requires_grad() ? bias.grad() : at::Tensor(),
+            at::Tensor()};
   }
 };
 }  // namespace
 
-at::Tensor VLMoImpl::run_block(int i, const at::Tensor& x, const at::Tensor& mask, Modality modality,
-                               const at::Tensor& rel_bias, int64_t text_len, int64_t keep) {
+at::Tensor VLMoImpl::run_block(int i, const at::Tensor& x, const at::Tensor& mask, Modality modality, const at::Tensor& rel_bias,
+                               int64_t text_len, int64_t keep) {
   Block& block = transformer->block_list[static_cast<size_t>(i)];
   // Only in training with autograd on, and only when an input carries a gradient: the reentrant
   // form sends the parameters' gradients through its inputs' graph.
@@ -252,9 +241,9 @@ at::Tensor VLMoImpl::run_block(int i, const at::Tensor& x, const at::Tensor& mas
   rerun->keep = keep;
   if (const auto* keys = SampleKeys::current()) rerun->keys = *keys;
   rerun->device = x.device();
-  rerun->precision = !autocast_enabled(x.device().type())                    ? Precision::kFloat32
+  rerun->precision = !autocast_enabled(x.device().type())             ? Precision::kFloat32
                      : autocast_dtype(x.device().type()) == at::kHalf ? Precision::kFloat16
-                                                                       : Precision::kBFloat16;
+                                                                      : Precision::kBFloat16;
   if (block->drop_prob > 0 && !rerun->keys) {  // drop path draws from the device's generator
     at::Generator gen = at::globalContext().defaultGenerator(x.device());
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -265,29 +254,23 @@ at::Tensor VLMoImpl::run_block(int i, const at::Tensor& x, const at::Tensor& mas
 
 namespace {
 void require_itc(const FcHead& head) {
-  if (head.is_empty())
-    throw Error("this model has no ITC projection heads (config \"heads\" lacks \"itc\")");
+  if (head.is_empty()) throw Error("this model has no ITC projection heads (config \"heads\" lacks \"itc\")");
 }
 }  // namespace
 
-UnimodalOutput VLMoImpl::infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks,
-                                    TokenOutputs keep) {
+UnimodalOutput VLMoImpl::infer_text(const at::Tensor& text_ids, const at::Tensor& text_masks, TokenOutputs keep) {
   require_itc(itc_text_proj);
-  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj,
-                  itc_vl_text_proj, keep);
+  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj, itc_vl_text_proj, keep);
 }
 
 UnimodalOutput VLMoImpl::infer_image(const at::Tensor& images, TokenOutputs keep) {
   require_itc(itc_image_proj);
-  return unimodal(image_embed(images, 1), at::Tensor(), Modality::kImage, itc_image_proj,
-                  itc_vl_image_proj, keep);
+  return unimodal(image_embed(images, 1), at::Tensor(), Modality::kImage, itc_image_proj, itc_vl_image_proj, keep);
 }
 
-UnimodalOutput VLMoImpl::infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks,
-                                       TokenOutputs keep) {
+UnimodalOutput VLMoImpl::infer_text_ft(const at::Tensor& text_ids, const at::Tensor& text_masks, TokenOutputs keep) {
   require_itc(itc_text_proj);
-  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj,
-                  nullptr, keep);
+  return unimodal(text_embed(text_ids), text_masks.to(device()), Modality::kText, itc_text_proj, nullptr, keep);
 }
 
 UnimodalOutput VLMoImpl::infer_image_ft(const at::Tensor& images, TokenOutputs keep) {

@@ -21,8 +21,8 @@
 
 namespace vlmo {
 
-at::Tensor cpu_inference_attention(const at::Tensor& qkv_out, int64_t Q, int64_t H, double scale,
-                                   const at::Tensor& key_mask, const at::Tensor& rel_bias) {
+at::Tensor cpu_inference_attention(const at::Tensor& qkv_out, int64_t Q, int64_t H, double scale, const at::Tensor& key_mask,
+                                   const at::Tensor& rel_bias) {
   RECORD_FUNCTION("vlmo::cpu_inference_attention", std::vector<c10::IValue>({qkv_out}));
   const at::Tensor qkv = qkv_out.contiguous();  // (B, N, 3C)
   const int64_t B = qkv.size(0), C = qkv.size(2) / 3, hd = C / H;
@@ -82,4 +82,3 @@ at::Tensor sdpa_attention(const at::Tensor&, int64_t, const at::Tensor&, const a
 #endif
 
 }  // namespace vlmo
-

@@ -16,8 +16,8 @@ namespace vlmo {
 // scales q first, which is the same number whenever the scale is a power of two, e.g. head dim
 // 64). The first `Q` tokens are the queries; key_mask (B, N), 1 = attend, may be undefined, as may
 // rel_bias. Returns (B, Q, C). No autograd.
-at::Tensor cpu_inference_attention(const at::Tensor& qkv, int64_t Q, int64_t heads, double scale,
-                                   const at::Tensor& key_mask, const at::Tensor& rel_bias);
+at::Tensor cpu_inference_attention(const at::Tensor& qkv, int64_t Q, int64_t heads, double scale, const at::Tensor& key_mask,
+                                   const at::Tensor& rel_bias);
 
 // Whether this LibTorch has at::scaled_dot_product_attention (>= 2.0).
 bool sdpa_built();

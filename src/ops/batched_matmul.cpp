@@ -1,5 +1,3 @@
-#include "vlmo/ops.h"
-
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -9,6 +7,7 @@
 #include <string>
 
 #include "vlmo/error.h"
+#include "vlmo/ops.h"
 #include "vlmo/precision.h"
 
 #if VLMO_HAVE_DNNL
@@ -42,8 +41,7 @@ dnnl::memory::desc describe(const at::Tensor& t) {
   return dnnl::memory::desc(dims_of(t.sizes()), dnnl::memory::data_type::f32, dims_of(t.strides()));
 }
 
-std::optional<dnnl::matmul::primitive_desc> matmul_desc(const at::Tensor& a, const at::Tensor& b,
-                                                        const at::Tensor& c) {
+std::optional<dnnl::matmul::primitive_desc> matmul_desc(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
   try {
 #if DNNL_VERSION_MAJOR >= 3
     dnnl::matmul::primitive_desc pd(cpu_engine(), describe(a), describe(b), describe(c));
@@ -109,8 +107,7 @@ struct BatchedMatmul : public torch::autograd::Function<BatchedMatmul> {
     ctx->save_for_backward({a, b});
     return product(a, b);
   }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &a = saved[0], &b = saved[1], &g = grads[0];
     at::Tensor ga, gb;
@@ -124,7 +121,8 @@ struct BatchedMatmul : public torch::autograd::Function<BatchedMatmul> {
 
 at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b, CpuProducts backend) {
   if (backend == CpuProducts::kOneDnn && !onednn_built())
-    throw Error("batched products: oneDNN was asked for, but this build has none (libdnnl-dev was not found when it was configured)");
+    throw Error(
+        "batched products: oneDNN was asked for, but this build has none (libdnnl-dev was not found when it was configured)");
   if (!onednn_applies(a, b, backend)) return at::matmul(a, b);
   if (!a.requires_grad() && !b.requires_grad()) return product(a, b);
   return BatchedMatmul::apply(a, b);

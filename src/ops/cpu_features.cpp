@@ -8,9 +8,9 @@
 namespace vlmo {
 
 const std::vector<std::string>& cpu_feature_names() {
-  static const std::vector<std::string> names = {"avx2",        "fma",         "avx512f",  "avx512bw", "avx512vl",
-                                                 "avx512dq",    "avx512_vnni", "avx512_bf16", "avx512_fp16",
-                                                 "avx_vnni",    "amx_tile",    "amx_bf16", "amx_int8"};
+  static const std::vector<std::string> names = {"avx2",     "fma",         "avx512f",     "avx512bw",    "avx512vl",
+                                                 "avx512dq", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                                                 "amx_tile", "amx_bf16",    "amx_int8"};
   return names;
 }
 

@@ -24,9 +24,8 @@ namespace fs = std::filesystem;
 namespace {
 
 // Tableau-10 line colours (RGB 0-255).
-constexpr unsigned char kPalette[][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39, 40},
-                                         {148, 103, 189}, {140, 86, 75}, {227, 119, 194}, {127, 127, 127},
-                                         {188, 189, 34},  {23, 190, 207}};
+constexpr unsigned char kPalette[][3] = {{31, 119, 180}, {255, 127, 14},  {44, 160, 44},   {214, 39, 40},  {148, 103, 189},
+                                         {140, 86, 75},  {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207}};
 
 std::string run_label(const std::string& file) {
   std::string stem = fs::path(file).filename().string();
@@ -60,7 +59,8 @@ void draw(cairo_t* cr, const std::string& title, const std::vector<Series>& seri
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
   for (const auto& s : series)
     for (const auto& [x, y] : s.points)
-      if (std::isfinite(x) && std::isfinite(y)) x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
+      if (std::isfinite(x) && std::isfinite(y))
+        x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
   if (!std::isfinite(x0)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
   if (x1 == x0) x1 = x0 + 1;
   if (y1 == y0) y0 -= 0.5, y1 += 0.5;

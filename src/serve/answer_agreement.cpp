@@ -25,7 +25,8 @@ struct Agreement {
     return e;
   }
   static bool ranked(const nlohmann::json& l) {
-    return l.is_array() && !l.empty() && std::all_of(l.begin(), l.end(), [](const nlohmann::json& e) { return score_of(e) != nullptr; });
+    return l.is_array() && !l.empty() &&
+           std::all_of(l.begin(), l.end(), [](const nlohmann::json& e) { return score_of(e) != nullptr; });
   }
 
   // Every entry of x is in y with a close score, or ties with x's cut-off (its last score).
@@ -46,8 +47,8 @@ struct Agreement {
   }
 
   bool object(const nlohmann::json& a, const nlohmann::json& b) const {
-    const bool label_ties = a.contains("probability_true") && a["probability_true"].is_number() &&
-                            close(0.5, a["probability_true"].get<double>());
+    const bool label_ties =
+        a.contains("probability_true") && a["probability_true"].is_number() && close(0.5, a["probability_true"].get<double>());
     for (auto it = a.begin(); it != a.end(); ++it) {
       if (!b.contains(it.key())) return false;
       if (it.key() == "label" && label_ties && b["label"].is_boolean() && it.value().is_boolean()) continue;

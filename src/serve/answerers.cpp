@@ -66,15 +66,16 @@ std::string prepared_text(const std::string& text) {
 
 Task vqa_task(LoadedModel& m, const Tokenizer& tok, ImageFn image, int64_t top, int64_t max_top_answers) {
   require_head(m.model, "vqa");
-  if (m.vqa_answers.empty())
-    throw Error("the VQA model records no answer list; give --answers ANSWERS.json (vlmo vqa-answers)");
+  if (m.vqa_answers.empty()) throw Error("the VQA model records no answer list; give --answers ANSWERS.json (vlmo vqa-answers)");
   const int64_t labels = static_cast<int64_t>(m.vqa_answers.size());
   const int64_t limit = std::min(max_top_answers, labels);
   top = std::min(top, labels);
   const int size = m.model->config().image_size;
   Task t{"vqa", {"image", "question"}, {}, {}};
   t.prepare = [=](const nlohmann::json& r) {
-    return Prepared{image(r["image"].get<std::string>(), size), {}, prepared_text(r["question"].get<std::string>()),
+    return Prepared{image(r["image"].get<std::string>(), size),
+                    {},
+                    prepared_text(r["question"].get<std::string>()),
                     top_of(r, "top", top, limit)};
   };
   t.run = [&m, &tok](const std::vector<Prepared>& in) {
@@ -224,7 +225,7 @@ Task embed_task(LoadedModel& m, const Tokenizer& tok, ImageFn image) {
         const float* row = f[static_cast<int64_t>(j)].data_ptr<float>();
         std::vector<float> v(row, row + f.size(1));
         out[where[j]] = {nlohmann::json{{"embedding", v}, {"dim", f.size(1)}, {"modality", modality}},
-                      cat(modality, " embedding, ", f.size(1), "-d\n")};
+                         cat(modality, " embedding, ", f.size(1), "-d\n")};
       }
     };
     if (!texts.empty()) {

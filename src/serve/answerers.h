@@ -23,7 +23,7 @@ namespace vlmo::serve {
 struct Prepared {
   at::Tensor image, image1;  // (3, S, S)
   std::string text;
-  int64_t top = 0;           // answers / hits wanted (search, vqa)
+  int64_t top = 0;  // answers / hits wanted (search, vqa)
 };
 // One answer: the JSON fields added to the request, and the text shown to people.
 struct Answer {
@@ -51,8 +51,7 @@ Task vqa_task(LoadedModel& m, const Tokenizer& tok, ImageFn image, int64_t top, 
 Task nlvr2_task(LoadedModel& m, const Tokenizer& tok, ImageFn image);
 Task itm_task(LoadedModel& m, const Tokenizer& tok, ImageFn image);
 // Text queries over an image index, image queries over a text index.
-Task search_task(LoadedModel& m, const Tokenizer& tok, const VectorIndex& index, ImageFn image,
-                 int64_t top_k, int64_t max_top);
+Task search_task(LoadedModel& m, const Tokenizer& tok, const VectorIndex& index, ImageFn image, int64_t top_k, int64_t max_top);
 // {"text"} or {"image"} -> {"embedding": [...], "dim", "modality"} (L2-normalised dual encoder).
 Task embed_task(LoadedModel& m, const Tokenizer& tok, ImageFn image);
 

@@ -19,8 +19,7 @@ std::future<Answer> Batcher::submit(const Task& task, Prepared input) {
     if (stopping_) throw Refusal(RefusalKind::kStopping, "the server is stopping");
     if (queue_.size() >= capacity_) {
       metrics_.rejected();
-      throw Refusal(RefusalKind::kBusy,
-                    cat("the server is busy: ", capacity_, " requests are waiting (--queue); retry shortly"));
+      throw Refusal(RefusalKind::kBusy, cat("the server is busy: ", capacity_, " requests are waiting (--queue); retry shortly"));
     }
     queue_.push_back(std::move(job));
   }

@@ -49,8 +49,7 @@ std::string data_url_bytes(const std::string& value, const std::string& field) {
   const size_t comma = value.find(',');
   const std::string head = ascii_lower(comma == std::string::npos ? "" : value.substr(0, comma));  // case-insensitive
   if (!is_data_url(value) || comma == std::string::npos || head.find(";base64") == std::string::npos)
-    throw Refusal(RefusalKind::kBadRequest,
-                  cat("\"", field, "\": a data: URL must be base64 (data:image/png;base64,...)"));
+    throw Refusal(RefusalKind::kBadRequest, cat("\"", field, "\": a data: URL must be base64 (data:image/png;base64,...)"));
   return base64_decode(value, comma + 1, field);
 }
 

@@ -216,8 +216,7 @@ bool RequestParser::parse_request_line(const std::string& line) {
 
 bool RequestParser::take_header(const std::string& line) {
   const size_t colon = line.find(':');
-  if (colon == std::string::npos || line[0] == ' ' || line[0] == '\t')
-    return fail(400, "malformed header line", 0), false;
+  if (colon == std::string::npos || line[0] == ' ' || line[0] == '\t') return fail(400, "malformed header line", 0), false;
   const std::string name = line.substr(0, colon);
   if (!is_token(name)) return fail(400, "malformed header name", 0), false;
   req_.headers.emplace_back(ascii_lower(name), trim_blanks(line.substr(colon + 1)));
@@ -252,8 +251,11 @@ bool RequestParser::body_framing() {
       return fail(400, "Content-Length is not a number", 0), false;
     remaining_ = std::stoull(*cl);
     if (remaining_ > limits_.max_body_bytes)
-      return fail(413, cat("request body too large: ", remaining_, " bytes, the limit is ", limits_.max_body_bytes,
-                           " bytes (--max-body-mb)"), 0), false;
+      return fail(413,
+                  cat("request body too large: ", remaining_, " bytes, the limit is ", limits_.max_body_bytes,
+                      " bytes (--max-body-mb)"),
+                  0),
+             false;
     req_.body.reserve(remaining_);
   }
   state_ = remaining_ > 0 ? State::kBody : State::kDone;
@@ -310,7 +312,8 @@ size_t RequestParser::feed_chunked(const char* data, size_t size) {
         return fail(400, "chunked body: bad chunk size", used);
       remaining_ = std::stoull(hex, nullptr, 16);
       if (req_.body.size() + remaining_ > limits_.max_body_bytes)
-        return fail(413, cat("request body too large: over the limit of ", limits_.max_body_bytes, " bytes (--max-body-mb)"), used);
+        return fail(413, cat("request body too large: over the limit of ", limits_.max_body_bytes, " bytes (--max-body-mb)"),
+                    used);
       state_ = remaining_ == 0 ? State::kTrailer : State::kChunkData;
     }
   }

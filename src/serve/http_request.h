@@ -14,19 +14,19 @@
 namespace vlmo::serve {
 
 struct HttpLimits {
-  size_t max_head_bytes = 32 << 10;  // request line + headers (431 beyond; 414 when the URI is)
-  size_t max_uri_bytes = 8 << 10;    // 414 beyond
-  size_t max_headers = 100;          // header (and trailer) lines; 431 beyond
-  size_t max_body_bytes = 16u << 20; // Content-Length or the chunks' sum; 413 as soon as passed
+  size_t max_head_bytes = 32 << 10;   // request line + headers (431 beyond; 414 when the URI is)
+  size_t max_uri_bytes = 8 << 10;     // 414 beyond
+  size_t max_headers = 100;           // header (and trailer) lines; 431 beyond
+  size_t max_body_bytes = 16u << 20;  // Content-Length or the chunks' sum; 413 as soon as passed
 };
 
 struct HttpRequest {
-  std::string method, target, version;  // as sent ("GET", "/api/image?id=x", "HTTP/1.1")
-  std::string path;                     // the target's path, percent-decoded
-  std::map<std::string, std::string> query;        // decoded query parameters (the last of a name)
+  std::string method, target, version;                       // as sent ("GET", "/api/image?id=x", "HTTP/1.1")
+  std::string path;                                          // the target's path, percent-decoded
+  std::map<std::string, std::string> query;                  // decoded query parameters (the last of a name)
   std::vector<std::pair<std::string, std::string>> headers;  // names in lower case
-  std::string body;                     // de-chunked
-  bool keep_alive = true;               // the connection stays open after the answer
+  std::string body;                                          // de-chunked
+  bool keep_alive = true;                                    // the connection stays open after the answer
   // The value of header `name` (lower case), or nullptr.
   const std::string* header(const std::string& name) const;
 };
@@ -39,11 +39,11 @@ class RequestParser {
   // pipelined one). Stops at the end of the request or at the first error.
   size_t feed(const char* data, size_t size);
 
-  bool started() const { return started_; }   // a byte of this request has arrived
+  bool started() const { return started_; }  // a byte of this request has arrived
   bool head_done() const { return state_ != State::kHead; }
   bool done() const { return state_ == State::kDone; }
   bool failed() const { return state_ == State::kError; }
-  int error_status() const { return error_status_; }       // 400, 413, 414, 431, 501, 505
+  int error_status() const { return error_status_; }  // 400, 413, 414, 431, 501, 505
   const std::string& error() const { return error_; }
   // The head asked for "Expect: 100-continue" and a body is still to come.
   bool expects_continue() const { return expect_continue_ && state_ != State::kDone && state_ != State::kError; }

@@ -116,7 +116,8 @@ class RequestThreads {
         done_.push_back(std::move(d));
       }
       const uint64_t one = 1;
-      if (::write(wake_fd_, &one, sizeof(one)) < 0) { /* the loop also polls */ }
+      if (::write(wake_fd_, &one, sizeof(one)) < 0) { /* the loop also polls */
+      }
     }
   }
   const Routes& routes_;
@@ -135,9 +136,9 @@ struct Conn {
   std::string in, out;
   size_t out_sent = 0;
   enum class State { kReading, kBusy, kWriting, kLingering } state = State::kReading;
-  Clock::time_point since;                 // accept / last answer (reading), first byte, write start
+  Clock::time_point since;  // accept / last answer (reading), first byte, write start
   bool close_after = false, peer_closed = false, continue_sent = false;
-  bool registered = false;                 // in the epoll set (not while a request thread has it)
+  bool registered = false;  // in the epoll set (not while a request thread has it)
   // For the access log and metrics.
   std::string method, endpoint;
   int status = 0;
@@ -150,7 +151,10 @@ struct Conn {
 class EventLoop {
  public:
   EventLoop(const HttpOptions& o, int listen_fd, Metrics& metrics)
-      : o_(o), listen_fd_(listen_fd), metrics_(metrics), epoll_(epoll_create1(EPOLL_CLOEXEC)),
+      : o_(o),
+        listen_fd_(listen_fd),
+        metrics_(metrics),
+        epoll_(epoll_create1(EPOLL_CLOEXEC)),
         wake_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
     if (epoll_ < 0 || wake_ < 0) throw Error(cat("cannot start the server: ", std::strerror(errno)));
     limits_.max_body_bytes = o.max_body_bytes;
@@ -289,7 +293,8 @@ void EventLoop::advance(uint64_t id, Conn& c) {
     if (c.parser.expects_continue() && !c.continue_sent) {
       static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
       c.continue_sent = true;
-      if (::send(c.fd, kContinue, sizeof(kContinue) - 1, MSG_NOSIGNAL) < 0) { /* seen at the next read */ }
+      if (::send(c.fd, kContinue, sizeof(kContinue) - 1, MSG_NOSIGNAL) < 0) { /* seen at the next read */
+      }
     }
     if (!c.parser.done()) return;
     HttpRequest req = c.parser.take();
@@ -359,8 +364,12 @@ void EventLoop::log(const Conn& c) const {
   const double ms = std::chrono::duration<double, std::milli>(Clock::now() - c.request_done).count();
   metrics_.request(c.endpoint, c.status, ms, c.routed);
   if (o_.quiet) return;
-  std::cerr << json_text({{"method", c.method}, {"path", c.endpoint}, {"status", c.status}, {"ms", std::round(ms * 100) / 100},
-                          {"bytes_in", c.bytes_in}, {"bytes_out", c.out.size()}})
+  std::cerr << json_text({{"method", c.method},
+                          {"path", c.endpoint},
+                          {"status", c.status},
+                          {"ms", std::round(ms * 100) / 100},
+                          {"bytes_in", c.bytes_in},
+                          {"bytes_out", c.out.size()}})
             << "\n";
 }
 
@@ -414,7 +423,8 @@ void EventLoop::run(RequestThreads& threads, Batcher& batcher) {
         if (!stopping_) accept_all();
       } else if (key == kWake) {
         uint64_t count = 0;
-        if (::read(wake_, &count, sizeof(count)) < 0) { /* nothing to take */ }
+        if (::read(wake_, &count, sizeof(count)) < 0) { /* nothing to take */
+        }
       } else {
         on_event(key, events[static_cast<size_t>(i)].events);
       }
@@ -491,7 +501,7 @@ int HttpServer::bind() {
   socklen_t len = sizeof(addr);
   getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
   bound_ = ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
-                                             : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+                                            : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
   return bound_;
 }
 

@@ -24,14 +24,14 @@ struct HttpOptions {
   size_t max_connections = 1024;  // open connections; beyond, new ones are closed at once
   size_t max_batch = 16;          // requests of one task per model batch
   std::chrono::microseconds batch_wait{5000};
-  size_t queue = 64;              // requests that may wait for the model
+  size_t queue = 64;  // requests that may wait for the model
   size_t max_body_bytes = 16u << 20;
-  std::string web_dir;            // serve the page from here instead of the built-in copy
-  bool quiet = false;             // no access log
+  std::string web_dir;  // serve the page from here instead of the built-in copy
+  bool quiet = false;   // no access log
   // Deadlines: a kept-alive connection's wait for its next request; a request's head and its
   // whole body from its first byte; writing an answer; the drain after a stop signal.
-  std::chrono::milliseconds idle_timeout{5000}, head_timeout{10000}, request_timeout{60000},
-      write_timeout{10000}, drain_timeout{30000};
+  std::chrono::milliseconds idle_timeout{5000}, head_timeout{10000}, request_timeout{60000}, write_timeout{10000},
+      drain_timeout{30000};
 };
 
 class HttpServer {

@@ -36,8 +36,7 @@ void ServedImages::set_collection(const std::vector<std::string>& ids, const std
 
 std::string ServedImages::bytes(const std::string& id) const {
   const auto it = files_.find(id);
-  if (it == files_.end())
-    throw Refusal(RefusalKind::kNotFound, cat("no image \"", id.substr(0, 200), "\" in the collection"));
+  if (it == files_.end()) throw Refusal(RefusalKind::kNotFound, cat("no image \"", id.substr(0, 200), "\" in the collection"));
   const std::string& path = it->second;
   const CollectionId parts = parse_collection_id(path);
   if (parts.member.empty() || fs::exists(path)) return read_input(path, "collection image");
@@ -64,8 +63,8 @@ at::Tensor ServedImages::tensor(const std::string& value, int size) const {
   opt.max_side = max_side_;
   if (is_data_url(value)) return eval_transform(decode_image(data_url_bytes(value), "uploaded image", opt), size);
   if (!contains(value))
-    throw Refusal(RefusalKind::kBadRequest, cat("\"image\": \"", value.substr(0, 200),
-                                                "\" is neither an image of the collection nor a data: URL"));
+    throw Refusal(RefusalKind::kBadRequest,
+                  cat("\"image\": \"", value.substr(0, 200), "\" is neither an image of the collection nor a data: URL"));
   return eval_transform(decode_image(bytes(value), value, opt), size);
 }
 

@@ -36,7 +36,9 @@ nlohmann::json Metrics::summary() {
   for (const auto& [name, e] : endpoints_) requests += e.requests, errors += e.errors;
   std::vector<double> v(recent_.begin(), recent_.begin() + static_cast<std::ptrdiff_t>(recent_count_));
   std::sort(v.begin(), v.end());
-  auto pct = [&](double p) { return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))]; };
+  auto pct = [&](double p) {
+    return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+  };
   return {{"requests", requests},
           {"errors", errors},
           {"rejected_queue_full", rejected_.load()},

@@ -20,7 +20,7 @@ class Metrics {
   // `timed`: it reached a route; a request refused before (unparsable, too large, too slow) is
   // counted by status but kept out of the latencies, which would measure the client, not us.
   void request(const std::string& endpoint, int status, double ms, bool timed = true);
-  void batch(size_t size);  // one model batch of `size` requests
+  void batch(size_t size);          // one model batch of `size` requests
   void rejected() { ++rejected_; }  // one request refused because the queue was full
 
   // requests, errors, rejected_queue_full, batches, mean / max batch size, latency p50 / p99

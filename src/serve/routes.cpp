@@ -19,7 +19,9 @@ const std::vector<std::string>& task_names() {
 
 std::string json_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
-HttpResponse json_error(int status, const std::string& why) { return {status, "application/json", json_text({{"error", why}}), {}}; }
+HttpResponse json_error(int status, const std::string& why) {
+  return {status, "application/json", json_text({{"error", why}}), {}};
+}
 
 int http_status(RefusalKind kind) {
   switch (kind) {
@@ -71,7 +73,8 @@ HttpResponse Routes::handle(const HttpRequest& req, std::string& endpoint) const
     endpoint = p;
     if (!get) return {405, "application/json", json_text({{"error", cat(req.method, " ", p, ": only GET")}}), {{"Allow", "GET"}}};
     if (p == "/health") return health();
-    if (p == "/metrics") return {200, "text/plain; version=0.0.4", metrics_.prometheus(batcher_.depth(), batcher_.capacity()), {}};
+    if (p == "/metrics")
+      return {200, "text/plain; version=0.0.4", metrics_.prometheus(batcher_.depth(), batcher_.capacity()), {}};
     if (p == "/api/image") return image(req);
     return page(p == "/" ? "index.html" : p.substr(1));
   }
@@ -79,7 +82,8 @@ HttpResponse Routes::handle(const HttpRequest& req, std::string& endpoint) const
     if (req.path != "/api/" + name) continue;
     endpoint = req.path;
     if (req.method != "POST")
-      return {405, "application/json", json_text({{"error", cat(req.method, " ", req.path, ": only POST")}}), {{"Allow", "POST"}}};
+      return {
+          405, "application/json", json_text({{"error", cat(req.method, " ", req.path, ": only POST")}}), {{"Allow", "POST"}}};
     return task(name, req);
   }
   return json_error(404, cat("no such endpoint: ", req.method, " ", req.path.substr(0, 200), " (see GET /health)"));

@@ -40,8 +40,7 @@ constexpr size_t kMaxJsonNesting = 32;
 class Routes {
  public:
   // `model`: the "model" field of GET /health; `web_dir`: serve the page from this folder.
-  Routes(const Service& service, nlohmann::json model, Batcher& batcher, Metrics& metrics, size_t max_batch,
-         std::string web_dir);
+  Routes(const Service& service, nlohmann::json model, Batcher& batcher, Metrics& metrics, size_t max_batch, std::string web_dir);
 
   // The answer to `req`. `endpoint` gets the route's path for the metrics, "other" when none
   // matched.

@@ -56,8 +56,11 @@ nlohmann::json Service::describe() const {
   nlohmann::json j = {{"tasks", task_models_}, {"unavailable", unavailable_}};
   if (j["tasks"].is_null()) j["tasks"] = nlohmann::json::object();
   if (index_)
-    j["collection"] = {{"path", index_label_}, {"size", index_->size()}, {"modality", index_->modality()},
-                       {"kind", index_kind_name(index_->kind())}, {"dim", index_->dim()}};
+    j["collection"] = {{"path", index_label_},
+                       {"size", index_->size()},
+                       {"modality", index_->modality()},
+                       {"kind", index_kind_name(index_->kind())},
+                       {"dim", index_->dim()}};
   return j;
 }
 

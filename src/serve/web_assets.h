@@ -7,7 +7,7 @@
 namespace vlmo::serve {
 
 struct WebAsset {
-  const char* name;          // "index.html", "app.js", "style.css"
+  const char* name;  // "index.html", "app.js", "style.css"
   const char* content_type;
   const char* data;
   size_t size;

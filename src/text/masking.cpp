@@ -5,8 +5,8 @@
 
 namespace vlmo {
 
-MaskedText apply_mask(const Tokenizer& tok, const std::vector<int64_t>& ids,
-                      const std::vector<bool>& selected, std::mt19937_64& rng) {
+MaskedText apply_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, const std::vector<bool>& selected,
+                      std::mt19937_64& rng) {
   std::uniform_real_distribution<double> u(0.0, 1.0);
   std::uniform_int_distribution<int64_t> random_id(0, tok.vocab_size() - 1);
   MaskedText out{ids, std::vector<int64_t>(ids.size(), -100)};
@@ -19,8 +19,8 @@ MaskedText apply_mask(const Tokenizer& tok, const std::vector<int64_t>& ids,
   return out;
 }
 
-MaskedText whole_word_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std::mt19937_64& rng,
-                           double prob, int max_predictions) {
+MaskedText whole_word_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std::mt19937_64& rng, double prob,
+                           int max_predictions) {
   std::vector<std::vector<size_t>> words;
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] == tok.cls_id() || ids[i] == tok.sep_id()) continue;
@@ -30,8 +30,8 @@ MaskedText whole_word_mask(const Tokenizer& tok, const std::vector<int64_t>& ids
   }
   std::shuffle(words.begin(), words.end(), rng);
   // Python's round(): halves to even, which std::nearbyint does in the default rounding mode.
-  const auto budget = static_cast<size_t>(std::min<double>(
-      max_predictions, std::max(1.0, std::nearbyint(static_cast<double>(ids.size()) * prob))));
+  const auto budget = static_cast<size_t>(
+      std::min<double>(max_predictions, std::max(1.0, std::nearbyint(static_cast<double>(ids.size()) * prob))));
   std::vector<bool> selected(ids.size(), false);
   size_t chosen = 0;
   for (const auto& word : words) {
@@ -43,8 +43,7 @@ MaskedText whole_word_mask(const Tokenizer& tok, const std::vector<int64_t>& ids
   return apply_mask(tok, ids, selected, rng);
 }
 
-MaskedText token_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std::mt19937_64& rng,
-                      double prob) {
+MaskedText token_mask(const Tokenizer& tok, const std::vector<int64_t>& ids, std::mt19937_64& rng, double prob) {
   std::bernoulli_distribution pick(prob);
   std::vector<bool> selected(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) selected[i] = pick(rng);

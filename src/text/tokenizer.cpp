@@ -28,10 +28,16 @@ int32_t decode(std::string_view s, size_t& i) {
   }
   int len;
   int32_t cp;
-  if ((b0 & 0xE0) == 0xC0) { len = 2; cp = b0 & 0x1F; }
-  else if ((b0 & 0xF0) == 0xE0) { len = 3; cp = b0 & 0x0F; }
-  else if ((b0 & 0xF8) == 0xF0) { len = 4; cp = b0 & 0x07; }
-  else return -1;
+  if ((b0 & 0xE0) == 0xC0) {
+    len = 2;
+    cp = b0 & 0x1F;
+  } else if ((b0 & 0xF0) == 0xE0) {
+    len = 3;
+    cp = b0 & 0x0F;
+  } else if ((b0 & 0xF8) == 0xF0) {
+    len = 4;
+    cp = b0 & 0x07;
+  } else return -1;
   if (i + len > s.size()) return -1;
   for (int k = 1; k < len; ++k) {
     const auto b = static_cast<unsigned char>(s[i + k]);
@@ -56,8 +62,8 @@ bool is_control(int32_t cp) {  // HF _is_control: category C*, except \t \n \r
   if (cp == '\t' || cp == '\n' || cp == '\r') return false;
   if (cp < 0x80) return cp < 0x20 || cp == 0x7F;
   const auto c = category(cp);
-  return c == UTF8PROC_CATEGORY_CC || c == UTF8PROC_CATEGORY_CF || c == UTF8PROC_CATEGORY_CS ||
-         c == UTF8PROC_CATEGORY_CO || c == UTF8PROC_CATEGORY_CN;
+  return c == UTF8PROC_CATEGORY_CC || c == UTF8PROC_CATEGORY_CF || c == UTF8PROC_CATEGORY_CS || c == UTF8PROC_CATEGORY_CO ||
+         c == UTF8PROC_CATEGORY_CN;
 }
 
 // HF _is_whitespace (space, \t \n \r, Zs) plus what Python's str.split() also splits on and
@@ -70,16 +76,13 @@ bool is_space(int32_t cp) {
 }
 
 bool is_cjk(int32_t cp) {
-  return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) ||
-         (cp >= 0x20000 && cp <= 0x2A6DF) || (cp >= 0x2A700 && cp <= 0x2B73F) ||
-         (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B820 && cp <= 0x2CEAF) ||
+  return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x20000 && cp <= 0x2A6DF) ||
+         (cp >= 0x2A700 && cp <= 0x2B73F) || (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B820 && cp <= 0x2CEAF) ||
          (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x2F800 && cp <= 0x2FA1F);
 }
 
 bool is_punct(int32_t cp) {  // HF _is_punctuation: ASCII non-alphanumeric printables, or P*
-  if ((cp >= 33 && cp <= 47) || (cp >= 58 && cp <= 64) || (cp >= 91 && cp <= 96) ||
-      (cp >= 123 && cp <= 126))
-    return true;
+  if ((cp >= 33 && cp <= 47) || (cp >= 58 && cp <= 64) || (cp >= 91 && cp <= 96) || (cp >= 123 && cp <= 126)) return true;
   if (cp < 0x80) return false;
   const auto c = category(cp);
   return c >= UTF8PROC_CATEGORY_PC && c <= UTF8PROC_CATEGORY_PO;
@@ -135,8 +138,7 @@ std::string Tokenizer::vocab_text() const {
   return out;
 }
 
-Tokenizer::Tokenizer(std::vector<std::string> vocab, std::string source)
-    : vocab_(std::move(vocab)), source_(std::move(source)) {
+Tokenizer::Tokenizer(std::vector<std::string> vocab, std::string source) : vocab_(std::move(vocab)), source_(std::move(source)) {
   if (vocab_.empty()) throw Error(cat(source_, ": the vocabulary is empty"));
   for (size_t i = 0; i < vocab_.size(); ++i) {
     const std::string& t = vocab_[i];
@@ -171,9 +173,7 @@ const std::string& Tokenizer::token(int64_t id) const {
   return vocab_[static_cast<size_t>(id)];
 }
 
-bool Tokenizer::is_special(int64_t id) const {
-  return id == pad_ || id == unk_ || id == cls_ || id == sep_ || id == mask_;
-}
+bool Tokenizer::is_special(int64_t id) const { return id == pad_ || id == unk_ || id == cls_ || id == sep_ || id == mask_; }
 
 // HF BasicTokenizer on a text without special tokens: clean, split CJK, split on whitespace,
 // lower-case, strip accents (NFD, drop Mn), split off punctuation.
@@ -193,7 +193,10 @@ void Tokenizer::basic_words(std::string_view text, std::vector<std::string>& wor
       if (lower >= 0x80) {
         int last = 0;
         n = static_cast<int>(utf8proc_decompose_char(lower, parts, 8, UTF8PROC_DECOMPOSE, &last));
-        if (n < 0 || n > 8) { n = 1; parts[0] = lower; }
+        if (n < 0 || n > 8) {
+          n = 1;
+          parts[0] = lower;
+        }
       }
       for (int k = 0; k < n; ++k) {
         const int32_t c = parts[k];

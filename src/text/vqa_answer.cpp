@@ -11,6 +11,7 @@
 namespace vlmo {
 namespace {
 
+// clang-format off
 const std::unordered_map<std::string, std::string>& contractions() {
   static const std::unordered_map<std::string, std::string> k = {
       {"aint", "ain't"}, {"arent", "aren't"}, {"cant", "can't"}, {"couldve", "could've"},
@@ -45,13 +46,14 @@ const std::unordered_map<std::string, std::string>& contractions() {
       {"yall'd've", "y'all'd've"}, {"y'alld've", "y'all'd've"}, {"y'all'dve", "y'all'd've"},
       {"youd", "you'd"}, {"youd've", "you'd've"}, {"you'dve", "you'd've"}, {"youll", "you'll"},
       {"youre", "you're"}, {"youve", "you've"}};
+  // clang-format on
   return k;
 }
 
 const std::unordered_map<std::string, std::string>& number_words() {
-  static const std::unordered_map<std::string, std::string> k = {
-      {"none", "0"}, {"zero", "0"}, {"one", "1"}, {"two", "2"}, {"three", "3"}, {"four", "4"},
-      {"five", "5"}, {"six", "6"}, {"seven", "7"}, {"eight", "8"}, {"nine", "9"}, {"ten", "10"}};
+  static const std::unordered_map<std::string, std::string> k = {{"none", "0"},  {"zero", "0"},  {"one", "1"},  {"two", "2"},
+                                                                 {"three", "3"}, {"four", "4"},  {"five", "5"}, {"six", "6"},
+                                                                 {"seven", "7"}, {"eight", "8"}, {"nine", "9"}, {"ten", "10"}};
   return k;
 }
 
@@ -63,8 +65,8 @@ bool has_digit_comma_digit(const std::string& s) {
 }
 
 std::string process_punctuation(const std::string& in) {
-  static const char* kPunct[] = {";", "/", "[", "]", "\"", "{", "}", "(", ")", "=", "+", "\\", "_", "-",
-                                 ">", "<", "@", "`", ",", "?", "!"};
+  static const char* kPunct[] = {";",  "/", "[", "]", "\"", "{", "}", "(", ")", "=", "+",
+                                 "\\", "_", "-", ">", "<",  "@", "`", ",", "?", "!"};
   std::string out = in;
   const bool comma_number = has_digit_comma_digit(in);
   for (const char* p : kPunct) {

@@ -3,16 +3,16 @@
 #include <ATen/ATen.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/util/Exception.h>
+
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #ifdef VLMO_WITH_NCCL  // CMake sets it (and USE_C10D_NCCL) when LibTorch is a CUDA build
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
-#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
-
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "vlmo/error.h"
 
@@ -66,8 +66,8 @@ void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what, const Pr
     std::string msg = e.what();
     if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) msg = ce->what_without_backtrace();
     msg = msg.substr(0, msg.find('\n'));
-    throw Error(cat("rank ", rank, ": ", what, " failed: another rank died or stopped answering within ", h.timeout.count() / 1000.0,
-                    " s (--dist-timeout) (", msg, ")"));
+    throw Error(cat("rank ", rank, ": ", what, " failed: another rank died or stopped answering within ",
+                    h.timeout.count() / 1000.0, " s (--dist-timeout) (", msg, ")"));
   }
 }
 
@@ -243,7 +243,8 @@ void Distributed::average_gradients(VLMo& model, size_t bucket_bytes) const {
       bytes += static_cast<size_t>(p.numel()) * p.element_size();
     }
     through_flat(grads, [&](std::vector<at::Tensor>& buf) {
-      in_place(buf[0], *pg_, [&](std::vector<at::Tensor>& one) { wait(pg_->allreduce(one), "gradient all_reduce", *pg_, rank()); });
+      in_place(buf[0], *pg_,
+               [&](std::vector<at::Tensor>& one) { wait(pg_->allreduce(one), "gradient all_reduce", *pg_, rank()); });
       buf[0].mul_(inv);
     });
   }

@@ -94,9 +94,9 @@ at::Tensor unimodal_features(VLMo& model, const Batch& b, const std::vector<int6
     txt = retrieval ? model->infer_text_ft(b.text_ids, b.text_masks, TokenOutputs::kCls)
                     : model->infer_text(b.text_ids, b.text_masks, TokenOutputs::kCls);
   }
-  const std::vector<at::Tensor> parts = retrieval ? std::vector<at::Tensor>{img.cls_feats, txt.cls_feats}
-                                                  : std::vector<at::Tensor>{img.cls_feats, img.cls_vlffn_feats, txt.cls_feats,
-                                                                            txt.cls_vlffn_feats};
+  const std::vector<at::Tensor> parts =
+      retrieval ? std::vector<at::Tensor>{img.cls_feats, txt.cls_feats}
+                : std::vector<at::Tensor>{img.cls_feats, img.cls_vlffn_feats, txt.cls_feats, txt.cls_vlffn_feats};
   if (!grads.defined()) return at::cat(parts, 1);
   at::Tensor dot;
   int64_t off = 0;
@@ -140,8 +140,8 @@ std::pair<std::vector<double>, double> masked_tokens(const std::vector<Batch>& m
 // gradients, plus its ITM pairs (positive, negative image, negative text) and its MLM pass,
 // normalised by the step's counts; one backward.
 void second_pass(VLMo& model, const Batch& b, const std::vector<int64_t>& samples, uint64_t seed, bool retrieval,
-                 const at::Tensor& grads, const NegativePool* pool, int64_t row, double masked, double masked_total,
-                 double world, int64_t N, double loss_scale, size_t m, SecondPassSums& sums) {
+                 const at::Tensor& grads, const NegativePool* pool, int64_t row, double masked, double masked_total, double world,
+                 int64_t N, double loss_scale, size_t m, SecondPassSums& sums) {
   const int64_t B = b.image.size(0);
   at::Tensor total = unimodal_features(model, b, samples, seed, retrieval, grads);
   if (pool) {
@@ -194,7 +194,8 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, const Distribu
   if (micro.empty()) throw Error("global contrastive step without micro-batches");
   const bool multi = dist && dist->world_size() > 1;
   const double world = multi ? dist->world_size() : 1;
-  const bool with_itm = (!retrieval || retrieval_itm) && model->config().has_head("itm"), with_mlm = !retrieval && model->config().has_head("mlm");
+  const bool with_itm = (!retrieval || retrieval_itm) && model->config().has_head("itm"),
+             with_mlm = !retrieval && model->config().has_head("mlm");
   require_head(model, "itc");
   if (retrieval && retrieval_itm) require_head(model, "itm");  // asked for: never skipped silently
   const int64_t D = model->config().embed_dim;
@@ -238,24 +239,28 @@ Outputs global_step(VLMo& model, const std::vector<Batch>& micro, const Distribu
   const int64_t branches = retrieval ? 1 : 2;  // text features start at column branches x D
   const ContrastiveOutput itc = contrastive_loss(cached.narrow(1, 0, D), cached.narrow(1, branches * D, D), model->logit_scale);
   const at::Tensor itc_loss =
-      retrieval ? itc.loss
-                : 0.5 * (itc.loss + contrastive_loss(cached.narrow(1, D, D), cached.narrow(1, 3 * D, D), model->logit_vl_scale).loss);
+      retrieval
+          ? itc.loss
+          : 0.5 * (itc.loss + contrastive_loss(cached.narrow(1, D, D), cached.narrow(1, 3 * D, D), model->logit_vl_scale).loss);
   if (!std::isfinite(itc_loss.item<double>())) throw NonFiniteError(cat("ITC loss ", itc_loss.item<double>()));
   // Under loss scaling (fp16) every gradient of the step carries the trainer's scale: the logit
   // scales' from here, the encoders' through the scaled feature gradients and the scaled total.
   const double loss_scale = current_loss_scale();
-  (loss_scale == 1 ? itc_loss : itc_loss * loss_scale).backward();  // the logit scales' gradients are complete here, on every rank
+  (loss_scale == 1 ? itc_loss : itc_loss * loss_scale)
+      .backward();  // the logit scales' gradients are complete here, on every rank
   const at::Tensor feat_grads = cached.grad().index_select(0, local_pos.to(cached.device())) * world / loss_scale;
   Outputs out;
   const std::string name = retrieval ? "irtr" : "itc";
   out[name + "_loss"] = itc_loss.detach();
-  out[name + "_i2t_acc"] = itc.logits_i2t.argmax(1).eq(at::arange(N, itc.logits_i2t.options().dtype(at::kLong)))
-                           .to(at::kFloat).mean().detach();
+  out[name + "_i2t_acc"] =
+      itc.logits_i2t.argmax(1).eq(at::arange(N, itc.logits_i2t.options().dtype(at::kLong))).to(at::kFloat).mean().detach();
 
   // 3. Hard negatives from the whole step, keyed by sample.
   if (with_itm) {
-    const at::Tensor pick_image = keyed_sample_rows(hard_negative_weights(itc.logits_t2i), local_pos, keys_for(seed, local, kDrawImage));
-    const at::Tensor pick_text = keyed_sample_rows(hard_negative_weights(itc.logits_i2t), local_pos, keys_for(seed, local, kDrawText));
+    const at::Tensor pick_image =
+        keyed_sample_rows(hard_negative_weights(itc.logits_t2i), local_pos, keys_for(seed, local, kDrawImage));
+    const at::Tensor pick_text =
+        keyed_sample_rows(hard_negative_weights(itc.logits_i2t), local_pos, keys_for(seed, local, kDrawText));
     pool.neg_image = order.index_select(0, pick_image);
     pool.neg_text = order.index_select(0, pick_text);
   }

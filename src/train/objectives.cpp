@@ -13,9 +13,8 @@ void require(const at::Tensor& t, const char* what) {
 }
 }  // namespace
 
-
-ContrastiveOutput contrastive_loss(const at::Tensor& image_feats, const at::Tensor& text_feats,
-                                   const at::Tensor& logit_scale, const GatherFn& gather) {
+ContrastiveOutput contrastive_loss(const at::Tensor& image_feats, const at::Tensor& text_feats, const at::Tensor& logit_scale,
+                                   const GatherFn& gather) {
   // Gathered features carry no gradient except through the local chunk, which comes first.
   const int64_t B = image_feats.size(0);
   at::Tensor all_img = gather(image_feats), all_txt = gather(text_feats);
@@ -28,8 +27,7 @@ ContrastiveOutput contrastive_loss(const at::Tensor& image_feats, const at::Tens
   at::Tensor logits_per_text = logits_per_image.t();
   at::Tensor targets = at::arange(all_img.size(0), all_img.options().dtype(at::kLong));
   ContrastiveOutput out;
-  out.loss = (at::cross_entropy_loss(logits_per_image, targets) +
-              at::cross_entropy_loss(logits_per_text, targets)) / 2;
+  out.loss = (at::cross_entropy_loss(logits_per_image, targets) + at::cross_entropy_loss(logits_per_text, targets)) / 2;
   out.logits_i2t = logits_per_image.narrow(0, 0, B);
   out.logits_t2i = logits_per_text.narrow(0, 0, B);
   return out;
@@ -88,9 +86,8 @@ at::Tensor sample_hard_negatives(const at::Tensor& weights, at::Generator gen) {
   return at::multinomial(weights, 1, false, gen).squeeze(1);
 }
 
-ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_image_index,
-                      const at::Tensor& neg_text_index, const at::Tensor& pool_images,
-                      const at::Tensor& pool_text_ids, const at::Tensor& pool_text_masks) {
+ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_image_index, const at::Tensor& neg_text_index,
+                      const at::Tensor& pool_images, const at::Tensor& pool_text_ids, const at::Tensor& pool_text_masks) {
   require_head(model, "itm");
   require(batch.image, "image");
   require(batch.text_ids, "text_ids");
@@ -110,20 +107,19 @@ ItmOutput compute_itm(VLMo& model, const Batch& batch, const at::Tensor& neg_ima
   const auto label_opts = batch.text_ids.options().dtype(at::kLong);
   at::Tensor labels = at::cat({at::ones({B}, label_opts), at::zeros({2 * B}, label_opts)});
   return itm_on_pairs(model, at::cat({batch.text_ids, batch.text_ids, neg_ids}),
-                      at::cat({batch.text_masks, batch.text_masks, neg_masks}),
-                      at::cat({batch.image, neg_images, batch.image}), labels);
+                      at::cat({batch.text_masks, batch.text_masks, neg_masks}), at::cat({batch.image, neg_images, batch.image}),
+                      labels);
 }
 
-ItmOutput itm_on_pairs(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks,
-                       const at::Tensor& images, const at::Tensor& labels) {
+ItmOutput itm_on_pairs(VLMo& model, const at::Tensor& text_ids, const at::Tensor& text_masks, const at::Tensor& images,
+                       const at::Tensor& labels) {
   ItmOutput out;
   out.logits = itm_logits(model, text_ids, text_masks, images);
   out.loss = at::cross_entropy_loss(out.logits, labels.to(out.logits.device()));
   return out;
 }
 
-MlmOutput mlm_loss(VLMo& model, const at::Tensor& text_feats, const at::Tensor& labels, double weight,
-                   bool full_logits) {
+MlmOutput mlm_loss(VLMo& model, const at::Tensor& text_feats, const at::Tensor& labels, double weight, bool full_logits) {
   require_head(model, "mlm");
   const at::Tensor flat_labels = labels.reshape({-1});
   const at::Tensor flat_feats = text_feats.reshape({-1, text_feats.size(-1)});
@@ -165,8 +161,7 @@ LogitsLoss compute_vqa(VLMo& model, const Batch& batch) {
   require(batch.vqa_targets, "vqa_targets");
   LogitsLoss out;
   out.logits = vqa_logits(model, batch.text_ids, batch.text_masks, batch.image);
-  out.loss = at::binary_cross_entropy_with_logits(out.logits, batch.vqa_targets) *
-             static_cast<double>(batch.vqa_targets.size(1));
+  out.loss = at::binary_cross_entropy_with_logits(out.logits, batch.vqa_targets) * static_cast<double>(batch.vqa_targets.size(1));
   return out;
 }
 

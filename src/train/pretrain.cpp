@@ -1,10 +1,10 @@
 #include "vlmo/pretrain.h"
-#include "vlmo/distributed.h"
 
 #include <ATen/ATen.h>
 
 #include <cmath>
 
+#include "vlmo/distributed.h"
 #include "vlmo/error.h"
 
 namespace vlmo {
@@ -16,9 +16,7 @@ Stage parse_stage(const std::string& s) {
   throw Error(cat("unknown stage \"", s, "\" (expected image, text or vl)"));
 }
 
-const char* stage_name(Stage s) {
-  return s == Stage::kImage ? "image" : s == Stage::kText ? "text" : "vl";
-}
+const char* stage_name(Stage s) { return s == Stage::kImage ? "image" : s == Stage::kText ? "text" : "vl"; }
 
 bool stage2_trainable(const std::string& name) {
   for (const char* k : {"text_embeddings", "token_type_embeddings", "mlp_text", "norm2_text", "mlm_score",
@@ -28,15 +26,14 @@ bool stage2_trainable(const std::string& name) {
 }
 
 void set_trainable_for_stage(VLMo& model, Stage stage) {
-  for (auto& p : model->named_parameters())
-    p.value().set_requires_grad(stage != Stage::kText || stage2_trainable(p.key()));
+  for (auto& p : model->named_parameters()) p.value().set_requires_grad(stage != Stage::kText || stage2_trainable(p.key()));
 }
 
 Outputs mim_objective(VLMo& model, const Batch& batch, const Distributed*) {
   if (!batch.patch_mask.defined()) throw Error("stage-1 batches need a patch mask");
   const Config& c = model->config();
   const int64_t B = batch.image.size(0), W = c.grid(), p = c.patch_size;
-  at::Tensor feats = model->infer_image_masked(batch.image, batch.patch_mask);  // (B, W²+1, C)
+  at::Tensor feats = model->infer_image_masked(batch.image, batch.patch_mask);     // (B, W²+1, C)
   at::Tensor pred = model->mim_head->decoder->forward(feats.narrow(1, 1, W * W));  // (B, W², p*p*3)
   // Targets: each patch's pixels in the conv's order, normalised per patch.
   at::Tensor target = batch.image.reshape({B, 3, W, p, W, p}).permute({0, 2, 4, 3, 5, 1}).reshape({B, W * W, -1});
@@ -58,14 +55,17 @@ namespace {
 
 // The share of rows whose largest logit is on the diagonal (the matching caption).
 at::Tensor in_batch_accuracy(const at::Tensor& logits_i2t) {
-  return logits_i2t.argmax(1).eq(at::arange(logits_i2t.size(0), logits_i2t.options().dtype(at::kLong))).to(at::kFloat).mean().detach();
+  return logits_i2t.argmax(1)
+      .eq(at::arange(logits_i2t.size(0), logits_i2t.options().dtype(at::kLong)))
+      .to(at::kFloat)
+      .mean()
+      .detach();
 }
 
 // ITM with global hard negatives drawn from a contrastive loss's similarities: for each text an
 // image drawn from its row, and vice versa, each in one batched multinomial (image first). On
 // several ranks the negatives index the gathered pools (raw images and texts of every rank).
-void add_hard_negative_itm(VLMo& model, const Batch& batch, const ContrastiveOutput& c, const Distributed* group,
-                           Outputs& out) {
+void add_hard_negative_itm(VLMo& model, const Batch& batch, const ContrastiveOutput& c, const Distributed* group, Outputs& out) {
   const at::Tensor neg_image = sample_hard_negatives(hard_negative_weights(c.logits_t2i));
   const at::Tensor neg_text = sample_hard_negatives(hard_negative_weights(c.logits_i2t));
   const bool pooled = group && group->world_size() > 1;
@@ -123,8 +123,7 @@ Outputs vqa_objective(VLMo& model, const Batch& batch, const Distributed*) {
 
 Outputs nlvr2_objective(VLMo& model, const Batch& batch, const Distributed*) {
   const LogitsLoss l = compute_nlvr2(model, batch);
-  return {{"nlvr2_loss", l.loss},
-          {"nlvr2_acc", l.logits.argmax(1).eq(batch.nlvr2_labels).to(at::kFloat).mean().detach()}};
+  return {{"nlvr2_loss", l.loss}, {"nlvr2_acc", l.logits.argmax(1).eq(batch.nlvr2_labels).to(at::kFloat).mean().detach()}};
 }
 
 }  // namespace vlmo

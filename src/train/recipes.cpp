@@ -18,7 +18,8 @@ Size parse_size(const std::string& preset) {
 
 StepBatch recipe_step_batch(int64_t recipe_batch, int64_t batch, int world) {
   if (recipe_batch < 1 || batch < 1 || world < 1)
-    throw Error(cat("step batch: recipe batch ", recipe_batch, ", micro-batch ", batch, ", processes ", world, " must be positive"));
+    throw Error(
+        cat("step batch: recipe batch ", recipe_batch, ", micro-batch ", batch, ", processes ", world, " must be positive"));
   const int64_t per_micro = batch * world;
   StepBatch s;
   s.accumulate = static_cast<int>(std::max<int64_t>(1, recipe_batch / per_micro));
@@ -49,19 +50,15 @@ const char* finetune_task_name(FinetuneTask task) {
   return "?";
 }
 
-bool is_retrieval(FinetuneTask task) {
-  return task == FinetuneTask::kRetrievalCoco || task == FinetuneTask::kRetrievalF30k;
-}
+bool is_retrieval(FinetuneTask task) { return task == FinetuneTask::kRetrievalCoco || task == FinetuneTask::kRetrievalF30k; }
 
 int64_t Recipe::total_steps(int64_t num_examples) const {
   if (epochs <= 0) return steps;
-  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(epochs * static_cast<double>(num_examples) /
-                                                             static_cast<double>(batch_size))));
+  return std::max<int64_t>(
+      1, static_cast<int64_t>(std::ceil(epochs * static_cast<double>(num_examples) / static_cast<double>(batch_size))));
 }
 
-int64_t Recipe::warmup_steps(int64_t total) const {
-  return static_cast<int64_t>(warmup_fraction * static_cast<double>(total));
-}
+int64_t Recipe::warmup_steps(int64_t total) const { return static_cast<int64_t>(warmup_fraction * static_cast<double>(total)); }
 
 Recipe official_recipe(FinetuneTask task, const std::string& preset) {
   const Size size = parse_size(preset);

@@ -7,15 +7,15 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <csignal>
-#include <deque>
 #include <cmath>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <memory>
+#include <deque>
 #include <exception>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -29,8 +29,8 @@
 namespace vlmo {
 
 bool official_no_decay(const std::string& name) {
-  for (const char* s : {"bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight",
-                        "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight"})
+  for (const char* s : {"bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight", "norm1.bias", "norm1.weight",
+                        "norm2.bias", "norm2.weight"})
     if (name.find(s) != std::string::npos) return true;
   return false;
 }
@@ -52,8 +52,8 @@ bool takes_head_lr(const std::string& name, const std::vector<std::string>& head
   return false;
 }
 
-AdamW::AdamW(torch::nn::Module& model, double weight_decay, double head_lr_mult,
-             const std::vector<std::string>& heads, double beta1, double beta2, double eps)
+AdamW::AdamW(torch::nn::Module& model, double weight_decay, double head_lr_mult, const std::vector<std::string>& heads,
+             double beta1, double beta2, double eps)
     : beta1_(beta1), beta2_(beta2), eps_(eps) {
   for (const auto& p : model.named_parameters()) {
     if (!p.value().requires_grad()) continue;
@@ -144,17 +144,15 @@ void AdamW::load_state(const TensorMap& state, int64_t steps) {
   at::NoGradGuard guard;
   for (auto& q : params_) {
     auto a = state.find("exp_avg." + q.name), b = state.find("exp_avg_sq." + q.name);
-    if (a == state.end() || b == state.end())
-      throw Error(cat("checkpoint has no optimizer state for \"", q.name, "\""));
+    if (a == state.end() || b == state.end()) throw Error(cat("checkpoint has no optimizer state for \"", q.name, "\""));
     q.exp_avg.copy_(a->second);
     q.exp_avg_sq.copy_(b->second);
   }
   steps_ = steps;
 }
 
-void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, int64_t step,
-                     const std::string& config_json, const std::string& stage,
-                     const std::map<std::string, std::string>& extra) {
+void save_checkpoint(const std::string& path, VLMo& model, const AdamW& opt, int64_t step, const std::string& config_json,
+                     const std::string& stage, const std::map<std::string, std::string>& extra) {
   TensorMap all;
   for (const auto& [k, v] : model_state_dict(*model)) all["model." + k] = v;
   for (const auto& [k, v] : opt.state()) all["optim." + k] = v;
@@ -177,8 +175,7 @@ namespace {
 // Builds batches index, index+1, ... on background threads, at most `depth` ahead.
 class Prefetcher {
  public:
-  Prefetcher(const BatchFn& fn, int64_t first, int threads, int depth)
-      : fn_(fn), next_(first), depth_(std::max(1, depth)) {
+  Prefetcher(const BatchFn& fn, int64_t first, int threads, int depth) : fn_(fn), next_(first), depth_(std::max(1, depth)) {
     for (int w = 0; w < std::max(1, threads); ++w)
       workers_.emplace_back([this, first, w, threads] { run(first + w, std::max(1, threads)); });
   }
@@ -476,8 +473,8 @@ void TrainingRun::save(int64_t steps_done) {
     at::NoGradGuard guard;
     for (const auto& p : model_->named_parameters())
       if (!at::isfinite(p.value()).all().item<bool>())
-        throw Error(cat("stopping: parameter ", p.key(), " is not finite after step ", steps_done,
-                        "; the last checkpoint ", o_.checkpoint_path, " was left as it was"));
+        throw Error(cat("stopping: parameter ", p.key(), " is not finite after step ", steps_done, "; the last checkpoint ",
+                        o_.checkpoint_path, " was left as it was"));
   }
   std::map<std::string, std::string> meta = o_.metadata;
   meta["skipped"] = skip_counts_json(result_.skipped);
@@ -614,8 +611,9 @@ void TrainingRun::update(int64_t step, StepRecord& r) {
   if (!r.overflow.empty()) {
     optim_->zero_grad();
     ++result_.overflow_steps;
-    if (o_.progress) std::fprintf(stderr, "%s[%s] step %lld skipped: %s\n", tty_ ? "\r\033[K" : "", o_.name.c_str(),
-                                  static_cast<long long>(step + 1), r.overflow.c_str());
+    if (o_.progress)
+      std::fprintf(stderr, "%s[%s] step %lld skipped: %s\n", tty_ ? "\r\033[K" : "", o_.name.c_str(),
+                   static_cast<long long>(step + 1), r.overflow.c_str());
   } else if (r.bad.empty()) {
     optim_->step(r.lr);
     consecutive_bad_ = 0;
@@ -661,17 +659,17 @@ void TrainingRun::record(int64_t step, const StepRecord& r) {
 // Too many bad steps in a row, or too many skipped samples: stop with the reason.
 void TrainingRun::check_limits(int64_t step, const StepRecord& r) {
   if (o_.max_bad_steps > 0 && consecutive_bad_ >= o_.max_bad_steps)
-    throw Error(cat("stopping: ", consecutive_bad_, " steps in a row had a non-finite loss or gradient (last: step ",
-                    step + 1, ", ", r.bad, "); no update was made from them",
-                    o_.checkpoint_path.empty() ? std::string()
-                                               : cat(" and the last checkpoint ", o_.checkpoint_path, " was left as it was"),
-                    ". Lower the learning rate or check the data and the initial weights."));
+    throw Error(cat(
+        "stopping: ", consecutive_bad_, " steps in a row had a non-finite loss or gradient (last: step ", step + 1, ", ", r.bad,
+        "); no update was made from them",
+        o_.checkpoint_path.empty() ? std::string() : cat(" and the last checkpoint ", o_.checkpoint_path, " was left as it was"),
+        ". Lower the learning rate or check the data and the initial weights."));
   if (skips_->full() && skips_->rate() > o_.max_skip_rate) {
     std::string reasons;
     for (const auto& [reason, n] : result_.skipped) reasons += cat(reasons.empty() ? "" : ", ", reason, " ", n);
     throw Error(cat("stopping: ", skips_->skipped(), " of the last ", skips_->read(), " samples read were skipped (",
-                    100.0 * skips_->rate(), "% > the limit of ", 100.0 * o_.max_skip_rate,
-                    "%); skipped in this run: ", reasons, ". The log names each file."));
+                    100.0 * skips_->rate(), "% > the limit of ", 100.0 * o_.max_skip_rate, "%); skipped in this run: ", reasons,
+                    ". The log names each file."));
   }
 }
 
@@ -704,8 +702,9 @@ void TrainingRun::maybe_validate(int64_t step) {
     shown += cat(" ", k, " ", v);
   }
   write_metrics(j);
-  if (o_.progress) std::fprintf(stderr, "[%s] validation after step %lld:%s\n", o_.name.c_str(),
-                                static_cast<long long>(step + 1), shown.c_str());
+  if (o_.progress)
+    std::fprintf(stderr, "[%s] validation after step %lld:%s\n", o_.name.c_str(), static_cast<long long>(step + 1),
+                 shown.c_str());
 }
 
 // The signal that stops the run after this step; a signal to any rank stops every rank.

@@ -21,7 +21,8 @@ c10::Device parse_device(const std::string& name) {
     }
   }
   if (!cuda) throw Error(cat("device \"", name, "\": expected cpu, cuda or cuda:N"));
-  if (!at::hasCUDA()) throw Error(cat("device \"", name, "\": this build's LibTorch has no CUDA (or no GPU is visible); use cpu"));
+  if (!at::hasCUDA())
+    throw Error(cat("device \"", name, "\": this build's LibTorch has no CUDA (or no GPU is visible); use cpu"));
   const int count = static_cast<int>(at::getNumGPUs());
   if (index >= count) throw Error(cat("device \"", name, "\": only ", count, " GPU(s) visible"));
   return index < 0 ? c10::Device(c10::kCUDA) : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));

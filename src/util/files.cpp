@@ -22,8 +22,7 @@ namespace fs = std::filesystem;
 std::ifstream open_input(const std::string& path, const std::string& what, bool binary) {
   if (path.empty()) throw Error(cat("no ", what, " file given (empty path)"));
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0)
-    throw Error(cat(path, ": cannot open ", what, " (", std::strerror(errno), ")"));
+  if (::stat(path.c_str(), &st) != 0) throw Error(cat(path, ": cannot open ", what, " (", std::strerror(errno), ")"));
   if (S_ISDIR(st.st_mode)) throw Error(cat(path, ": is a folder, expected a ", what, " file"));
   std::ifstream in(path, binary ? std::ios::in | std::ios::binary : std::ios::in);
   if (!in) throw Error(cat(path, ": cannot open ", what, " (", std::strerror(errno), ")"));
@@ -125,8 +124,8 @@ FileLock::FileLock(const std::string& path, const std::string& what) : lock_path
     while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
     ::close(fd_);
     fd_ = -1;
-    throw Error(cat(path, ": ", what, " is in use by another running process",
-                    holder.empty() ? "" : " (pid " + holder + ")", "; lock file ", lock_path_));
+    throw Error(cat(path, ": ", what, " is in use by another running process", holder.empty() ? "" : " (pid " + holder + ")",
+                    "; lock file ", lock_path_));
   }
   const std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd_, 0) == 0) {

@@ -32,7 +32,10 @@ int stop_signal_count() { return g_stop_count; }
 void clear_stop_request() { g_stop_signal = 0, g_stop_count = 0; }
 
 Interrupted::Interrupted(int sig, int64_t step_, std::string checkpoint_)
-    : Error(cat("interrupted by ", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal " + std::to_string(sig),
+    : Error(cat("interrupted by ",
+                sig == SIGINT    ? "SIGINT"
+                : sig == SIGTERM ? "SIGTERM"
+                                 : "signal " + std::to_string(sig),
                 " after step ", step_,
                 checkpoint_.empty() ? std::string("; this run has no checkpoint path, nothing was saved")
                                     : cat("; checkpoint saved to ", checkpoint_, " (continue with --resume ", checkpoint_, ")"))),

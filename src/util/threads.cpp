@@ -24,8 +24,8 @@ int init_threads(int n) {
 
 namespace {
 bool malloc_tuned_by_user() {
-  for (const char* v : {"VLMO_SYSTEM_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                        "GLIBC_TUNABLES"})
+  for (const char* v :
+       {"VLMO_SYSTEM_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"})
     if (std::getenv(v)) return true;
   return false;
 }
@@ -45,8 +45,7 @@ bool return_freed_host_memory() {
 #if defined(__GLIBC__)
   if (malloc_tuned_by_user()) return false;
   // Fixed thresholds (a set value also stops glibc raising them after each large free).
-  return mallopt(M_MMAP_MAX, 65536) == 1 && mallopt(M_MMAP_THRESHOLD, 1 << 20) == 1 &&
-         mallopt(M_TRIM_THRESHOLD, 4 << 20) == 1;
+  return mallopt(M_MMAP_MAX, 65536) == 1 && mallopt(M_MMAP_THRESHOLD, 1 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 4 << 20) == 1;
 #else
   return false;
 #endif

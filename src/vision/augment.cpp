@@ -82,8 +82,7 @@ Image sharpness(const Image& in, double factor) {
       for (int c = 0; c < 3; ++c) {
         float s = 0;
         for (int dy = -1; dy <= 1; ++dy)
-          for (int dx = -1; dx <= 1; ++dx)
-            s += in.row(y + dy)[3 * (x + dx) + c] * (dx == 0 && dy == 0 ? 5.0f : 1.0f);
+          for (int dx = -1; dx <= 1; ++dx) s += in.row(y + dy)[3 * (x + dx) + c] * (dx == 0 && dy == 0 ? 5.0f : 1.0f);
         const float degenerate = std::nearbyint(s / 13.0f);
         const float orig = in.row(y)[3 * x + c];
         const float v = degenerate + static_cast<float>(factor) * (orig - degenerate);
@@ -161,6 +160,7 @@ Image random_augment(const Image& in, std::mt19937_64& rng, int n, int magnitude
     if (u(rng) > 0.5) continue;  // each sampled op is applied with probability 0.5
     const double level = magnitude / kMaxLevel;
     auto sign = [&](double v) { return u(rng) > 0.5 ? -v : v; };
+    // clang-format off
     switch (op) {
       case 0: break;  // Identity
       case 1: img = autocontrast(img); break;
@@ -173,6 +173,7 @@ Image random_augment(const Image& in, std::mt19937_64& rng, int n, int magnitude
       case 8: { const double t = sign(level * 10); const double m[6] = {1, 0, 0, 0, 1, -t}; img = warp_affine(img, m); break; }
       case 9: img = rotate(img, sign(level * 30)); break;
     }
+    // clang-format on
   }
   return img;
 }

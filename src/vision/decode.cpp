@@ -27,8 +27,8 @@ namespace {
 void check_size(int64_t w, int64_t h, const std::string& name, const DecodeOptions& opt) {
   if (w <= 0 || h <= 0) throw Error(cat(name, ": image has no pixels (", w, "x", h, ")"));
   if (w * h > opt.max_pixels)
-    throw Error(cat(name, ": image is ", w, "x", h, " = ", w * h, " pixels, over the limit of ",
-                    opt.max_pixels, " (decompression bomb guard; raise max_pixels to allow it)"));
+    throw Error(cat(name, ": image is ", w, "x", h, " = ", w * h, " pixels, over the limit of ", opt.max_pixels,
+                    " (decompression bomb guard; raise max_pixels to allow it)"));
   if (opt.max_side > 0 && std::max(w, h) > opt.max_side)
     throw Error(cat(name, ": image is ", w, "x", h, " pixels, a side longer than the limit of ", opt.max_side,
                     " pixels (resizing cost guard)"));
@@ -52,8 +52,7 @@ void jpeg_error_exit(j_common_ptr cinfo) {
 // Warnings are not fatal (as in PIL), except running out of data: PIL raises "image file is
 // truncated" unless LOAD_TRUNCATED_IMAGES is set, so we refuse truncated files too.
 void jpeg_warning(j_common_ptr cinfo, int level) {
-  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF)
-    reinterpret_cast<JpegError*>(cinfo->err)->premature_end = true;
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegError*>(cinfo->err)->premature_end = true;
 }
 
 uint8_t muldiv255(int a, int b) {
@@ -74,8 +73,7 @@ Image decode_jpeg(const std::string& bytes, const std::string& name, const Decod
     throw Error(cat(name, ": corrupt JPEG (", err.message, ")"));
   }
   jpeg_create_decompress(&cinfo);
-  jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(bytes.data()),
-               static_cast<unsigned long>(bytes.size()));
+  jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<unsigned long>(bytes.size()));
   jpeg_save_markers(&cinfo, JPEG_APP0 + 14, 0xffff);  // Adobe marker (CMYK inversion)
   jpeg_read_header(&cinfo, TRUE);
   check_size(cinfo.image_width, cinfo.image_height, name, opt);
@@ -212,8 +210,8 @@ Image decode_webp(const std::string& bytes, const std::string& name, const Decod
   img.width = features.width;
   img.height = features.height;
   img.rgb.resize(static_cast<size_t>(img.width) * img.height * 3);
-  if (!WebPDecodeRGBInto(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), img.rgb.data(),
-                         img.rgb.size(), img.width * 3))
+  if (!WebPDecodeRGBInto(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), img.rgb.data(), img.rgb.size(),
+                         img.width * 3))
     throw Error(cat(name, ": corrupt or truncated WebP"));
   return img;
 }

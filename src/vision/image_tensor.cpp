@@ -15,9 +15,7 @@ at::Tensor to_normalized_tensor(const Image& img) {
   return t;
 }
 
-at::Tensor eval_transform(const Image& img, int size) {
-  return to_normalized_tensor(resize_bicubic(img, size, size));
-}
+at::Tensor eval_transform(const Image& img, int size) { return to_normalized_tensor(resize_bicubic(img, size, size)); }
 
 at::Tensor train_transform(const Image& img, int size, std::mt19937_64& rng) {
   Image x = random_resized_crop(img, size, rng);

@@ -23,8 +23,8 @@ double bicubic(double x) {
 
 struct Coefficients {
   int ksize = 0;
-  std::vector<int> bounds;    // per output pixel: first input index, tap count
-  std::vector<int32_t> k;     // out_size x ksize fixed-point weights
+  std::vector<int> bounds;  // per output pixel: first input index, tap count
+  std::vector<int32_t> k;   // out_size x ksize fixed-point weights
 };
 
 Coefficients precompute(int in_size, int out_size) {
@@ -135,8 +135,7 @@ Image resize_bicubic(const Image& in, int width, int height) {
 
 Image crop(const Image& in, int x, int y, int width, int height) {
   if (x < 0 || y < 0 || width <= 0 || height <= 0 || x + width > in.width || y + height > in.height)
-    throw Error(cat("crop (", x, ", ", y, ", ", width, "x", height, ") lies outside the ", in.width,
-                    "x", in.height, " image"));
+    throw Error(cat("crop (", x, ", ", y, ", ", width, "x", height, ") lies outside the ", in.width, "x", in.height, " image"));
   Image out;
   out.width = width;
   out.height = height;
