@@ -90,8 +90,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     if (mode == "nan") {
-      VLMo model(cfg);
-      init_weights(model, 7);
+      VLMo model = test::tiny_model(cfg, 7);
       const Batch all = global_batch(cfg, 8);
       const BatchFn batches = [&](int64_t i) { return slice(all, (i % 2) * 4, 4); };
       const ObjectiveFn objective = [&](VLMo& m, const Batch& b, const Distributed* group) {
@@ -118,12 +117,10 @@ int main(int argc, char** argv) {
                   static_cast<long long>(res.steps), static_cast<long long>(res.bad_steps), sum, spread);
       return res.steps == 4 && res.bad_steps == 1 && spread < 1e-9 * std::abs(sum) ? 0 : 1;
     }
-    VLMo model(cfg);
-    init_weights(model, r == 0 ? 7 : 8);  // rank 1 starts elsewhere: broadcast must fix it
+    VLMo model = test::tiny_model(cfg, r == 0 ? 7 : 8);  // rank 1 starts elsewhere: broadcast must fix it
     dist->broadcast_model(model);
     if (mode == "broadcast") {
-      VLMo ref(cfg);
-      init_weights(ref, 7);
+      VLMo ref = test::tiny_model(cfg, 7);
       double worst = 0;
       auto a = model->named_parameters(), b = ref->named_parameters();
       for (auto& p : a) worst = std::max(worst, (p.value() - b[p.key()]).abs().max().item<double>());
@@ -143,8 +140,7 @@ int main(int argc, char** argv) {
     const auto g = grads_of(model);
     if (r != 0) return 0;
 
-    VLMo single(cfg);
-    init_weights(single, 7);
+    VLMo single = test::tiny_model(cfg, 7);
     single->train();
     ItcOutput ref = compute_itc(single, all);
     ref.loss.backward();

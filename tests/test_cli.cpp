@@ -37,8 +37,7 @@ TEST(Cli, NumbersAreTypedAndRangeChecked) {
 
 TEST(Cli, FlagsOverrideTheTrainConfigFile) {
   const std::string dir = vlmo::test::temp_dir();
-  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
-    "vlffn_start_layer_index": 1, "max_text_len": 16, "heads": ["mlm"]})");
+  vlmo::test::write_tiny_config(dir, {"mlm"});
   vlmo::test::write_file(dir + "/corpus.txt", "a man rides a horse\nthe cat sleeps on a sofa\ntwo dogs play\n");
   vlmo::test::write_file(dir + "/train.json", R"({"steps": 4, "batch_size": 2, "warmup": 1, "accumulate": 1})");
   const auto r = run_cli({"pretrain", "--stage", "text", "--config", dir + "/tiny.json", "--text", dir + "/corpus.txt",

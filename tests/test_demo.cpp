@@ -280,9 +280,8 @@ TEST(Diagnostics, MeanPairwiseCosineByHand) {
 }
 
 TEST(Diagnostics, AttentionRecorderHoldsEveryLayersClsRow) {
-  const Config c = tiny();
-  VLMo m(c);
-  init_weights(m, 3);
+  const Config c = tiny_config(kPretrainingHeads);
+  VLMo m = tiny_model(c, 3);
   m->eval();
   const auto [ids, masks] = encode_batch(bert(), {"a red circle", "a small blue square on the left"}, c.max_text_len);
   at::NoGradGuard no_grad;
@@ -312,9 +311,8 @@ TEST(Diagnostics, AttentionRecorderHoldsEveryLayersClsRow) {
 // caption (the [CLS] query attends almost uniformly and its residual stream is its own
 // embedding), which is where stage 3 starts when stages 1 and 2 put no loss on it.
 TEST(Diagnostics, DiagnoseSeesTheUntrainedClsAndLeavesTheModelAsFound) {
-  const Config c = tiny();
-  VLMo m(c);
-  init_weights(m, 5);
+  const Config c = tiny_config(kPretrainingHeads);
+  VLMo m = tiny_model(c, 5);
   m->train();
   m->itm_score->fc->weight.set_requires_grad(false);
   const DemoWorld w(6, 8, 2, 8, 32);

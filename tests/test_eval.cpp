@@ -1,25 +1,24 @@
+// src/eval/: the official VQAv2 accuracy, NLVR2 accuracy and consistency, retrieval recall and
+// ITM re-ranking by hand; the evaluation loops against the task forwards and those metrics.
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "vlmo/vqa_eval.h"
-#include "vlmo/retrieval.h"
-#include <ATen/ATen.h>
 #include "test_util.h"
+#include "vlmo/evaluate.h"
+#include "vlmo/image_tensor.h"
+#include "vlmo/retrieval.h"
+#include "vlmo/tasks.h"
+#include "vlmo/vqa_eval.h"
 
 using namespace vlmo;
-
-TEST(VqaEval, NormalisationOfTheOfficialEvaluation) {
-  EXPECT_EQ(normalize_vqa_answer("Two"), "2");
-  EXPECT_EQ(normalize_vqa_answer("the dog"), "dog");
-  EXPECT_EQ(normalize_vqa_answer("A Red Car"), "red car");
-  EXPECT_EQ(normalize_vqa_answer("dont"), "don't");
-  EXPECT_EQ(normalize_vqa_answer("yes."), "yes");
-  EXPECT_EQ(normalize_vqa_answer("2.5"), "2.5");
-  EXPECT_EQ(normalize_vqa_answer("1,000"), "1000");       // thousands comma: punctuation removed
-  EXPECT_EQ(normalize_vqa_answer("black/white"), "black white");  // no space around: replaced
-  EXPECT_EQ(normalize_vqa_answer("black / white"), "black white"); // touches a space: removed
-  EXPECT_EQ(normalize_vqa_answer("  none\t"), "0");
-  EXPECT_EQ(normalize_vqa_answer("what's up?"), "what's up");
-}
+using vlmo::test::bert;
+using vlmo::test::bert_vocab;
+using vlmo::test::coloured;
+using vlmo::test::expect_error;
+using vlmo::test::load_coloured;
+using vlmo::test::ref;
+using vlmo::test::tiny_config;
+using vlmo::test::tiny_model;
 
 TEST(VqaEval, AccuracyIsMinOneMatchesOverThreeAveragedOverLeaveOneOut) {
   const std::vector<std::string> ten_yes(10, "yes");
@@ -36,76 +35,12 @@ TEST(VqaEval, AccuracyIsMinOneMatchesOverThreeAveragedOverLeaveOneOut) {
   EXPECT_DOUBLE_EQ(vqa_accuracy("yes", std::vector<std::string>(10, "Yes.")), 0.0);
 }
 
-TEST(VqaEval, SoftScores) {
-  EXPECT_DOUBLE_EQ(vqa_soft_score(0), 0.0);
-  EXPECT_DOUBLE_EQ(vqa_soft_score(1), 0.3);
-  EXPECT_DOUBLE_EQ(vqa_soft_score(2), 0.6);
-  EXPECT_DOUBLE_EQ(vqa_soft_score(3), 0.9);
-  EXPECT_DOUBLE_EQ(vqa_soft_score(4), 1.0);
-  EXPECT_DOUBLE_EQ(vqa_soft_score(10), 1.0);
-}
-
 TEST(Nlvr2Eval, AccuracyAndConsistency) {
   // Sentence 0 of set 850 with pairs 0,1,2 (one wrong); sentence 1 with pairs 0,1 (all right).
   const std::vector<std::string> ids = {"dev-850-0-0", "dev-850-1-0", "dev-850-2-0", "dev-850-0-1", "dev-850-1-1"};
   const Nlvr2Score s = nlvr2_score(ids, {true, false, true, true, true});
   EXPECT_DOUBLE_EQ(s.accuracy, 0.8);
   EXPECT_DOUBLE_EQ(s.consistency, 0.5);
-}
-
-#include <fstream>
-
-#include "test_util.h"
-#include "vlmo/downstream_data.h"
-
-TEST(VqaData, ReadsVqav2AndBuildsTheOfficialVocabularyAndTargets) {
-  const std::string dir = vlmo::test::temp_dir();
-  std::ofstream(dir + "/q.json") << R"({"questions": [
-    {"image_id": 1, "question": "What color?", "question_id": 10},
-    {"image_id": 1, "question": "How many?", "question_id": 11},
-    {"image_id": 2, "question": "Is it?", "question_id": 20}]})";
-  std::ofstream(dir + "/a.json") << R"({"annotations": [
-    {"question_id": 10, "image_id": 1, "multiple_choice_answer": "Red", "answers": [
-      {"answer": "red"}, {"answer": "red"}, {"answer": "red"}, {"answer": "red"}, {"answer": "dark red"},
-      {"answer": "dark red"}, {"answer": "maroon"}, {"answer": "red"}, {"answer": "Red"}, {"answer": "red"}]},
-    {"question_id": 11, "image_id": 1, "multiple_choice_answer": "two", "answers": [
-      {"answer": "2"}, {"answer": "2"}, {"answer": "two"}, {"answer": "3"}, {"answer": "2"},
-      {"answer": "2"}, {"answer": "2"}, {"answer": "2"}, {"answer": "2"}, {"answer": "2"}]},
-    {"question_id": 20, "image_id": 2, "multiple_choice_answer": "yes", "answers": [
-      {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"},
-      {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "yes"}, {"answer": "no"}]}]})";
-  const auto qs = read_vqav2(dir + "/q.json", dir + "/a.json");
-  ASSERT_EQ(qs.size(), 3u);
-  EXPECT_EQ(qs[1].answers.size(), 10u);
-  // Normalised multiple-choice answers "red", "2", "yes", each once: min_count 1 keeps all.
-  EXPECT_EQ(build_answer_vocab(qs, 1), (std::vector<std::string>{"red", "2", "yes"}));
-  EXPECT_TRUE(build_answer_vocab(qs, 2).empty());
-  const std::unordered_map<std::string, int64_t> a2l = {{"red", 0}, {"2", 1}, {"yes", 2}, {"dark red", 3}};
-  // Raw answers are counted as given: "red" x6 -> 1.0, "dark red" x2 -> 0.6, "Red" unknown.
-  const SoftTargets t = vqa_soft_targets(qs[0].answers, a2l);
-  EXPECT_EQ(t.labels, (std::vector<int64_t>{0, 3}));
-  EXPECT_EQ(t.scores, (std::vector<double>{1.0, 0.6}));
-  EXPECT_TRUE(vqa_soft_targets({"purple", "teal"}, a2l).labels.empty());
-  EXPECT_EQ(coco_image_path("/coco/val2014", "val2014", 42), "/coco/val2014/COCO_val2014_000000000042.jpg");
-  write_vqa_submission(dir + "/sub.json", {{10, "red"}, {11, "2"}});
-  EXPECT_EQ(vlmo::test::read_file(dir + "/sub.json"),
-            "[{\"answer\":\"red\",\"question_id\":10},{\"answer\":\"2\",\"question_id\":11}]\n");
-  std::ofstream(dir + "/bad.json") << R"({"questions": [{"image_id": 1}]})";
-  vlmo::test::expect_error([&] { read_vqav2(dir + "/bad.json", ""); }, {"bad.json", "questions[0]"});
-}
-
-TEST(Nlvr2Data, ReadsJsonLinesWithImagePaths) {
-  const std::string dir = vlmo::test::temp_dir();
-  std::ofstream(dir + "/dev.json") << R"({"identifier": "dev-850-0-1", "sentence": "One image has dogs.", "label": "True"})" "\n"
-                                   << R"({"identifier": "train-1-2-0", "sentence": "x", "label": "False", "directory": 7})" "\n";
-  const auto ex = read_nlvr2(dir + "/dev.json", "/nlvr2/images", "dev");
-  ASSERT_EQ(ex.size(), 2u);
-  EXPECT_EQ(ex[0].image0, "/nlvr2/images/dev/dev-850-0-img0.png");
-  EXPECT_EQ(ex[0].image1, "/nlvr2/images/dev/dev-850-0-img1.png");
-  EXPECT_TRUE(ex[0].label);
-  EXPECT_EQ(ex[1].image0, "/nlvr2/images/dev/7/train-1-2-img0.png");
-  std::ofstream(dir + "/bad.json") << R"({"identifier": "dev-1-0-0", "sentence": "s", "label": "maybe"})" "\n";
-  vlmo::test::expect_error([&] { read_nlvr2(dir + "/bad.json", "/r", "dev"); }, {"bad.json:1", "True"});
 }
 
 TEST(Retrieval, RecallByHand) {
@@ -152,3 +87,123 @@ TEST(Retrieval, ItmRerankingByHand) {
   EXPECT_DOUBLE_EQ(w[1].ir1, 0.25);  // caption 1's column: image 1 at 5 + 60 beats image 0 at 10
 }
 
+TEST(Evaluate, VqaPredictionsAreTheTaskForwardAndAccuracyIsOfficial) {
+  VLMo m = tiny_model(tiny_config(all_heads(), bert_vocab), 3);
+  const std::vector<std::string> answers = {"yes", "no", "red", "2"};
+  std::vector<VqaQuestion> qs(3);
+  for (int i = 0; i < 3; ++i) qs[i].question_id = 100 + i, qs[i].image = ref(i), qs[i].question = "is it red?";
+  // The predictions first, from the task forward on the same inputs.
+  std::vector<at::Tensor> pix;
+  for (int i = 0; i < 3; ++i) pix.push_back(eval_transform(coloured(i), 32));
+  const auto [ids, masks] = encode_batch(bert(), {"is it red?", "is it red?", "is it red?"}, 8);
+  m->eval();
+  at::Tensor pred;
+  {
+    at::NoGradGuard g;
+    pred = vqa_logits(m, ids, masks, at::stack(pix)).argmax(1);
+  }
+  m->train();
+  const std::string p0 = answers[pred[0].item<int64_t>()], p2 = answers[pred[2].item<int64_t>()];
+  qs[0].answers.assign(10, p0);                        // 1.0
+  qs[1].answers.assign(10, "zebra");                   // 0.0
+  qs[2].answers = {p2, p2, "zebra", "zebra", "zebra", "zebra", "zebra", "zebra", "zebra", "zebra"};  // 0.6
+  const VqaEvaluation e = evaluate_vqa(m, bert(), qs, answers, load_coloured, /*batch=*/2);
+  ASSERT_EQ(e.predictions.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(e.predictions[i].first, 100 + i);
+    EXPECT_EQ(e.predictions[i].second, answers[pred[i].item<int64_t>()]);
+  }
+  EXPECT_EQ(e.scored, 3);
+  EXPECT_NEAR(e.accuracy, (1.0 + 0.0 + 0.6) / 3, 1e-12);
+  EXPECT_TRUE(m->is_training());  // the training mode comes back
+  expect_error([&] { evaluate_vqa(m, bert(), qs, {"yes"}, load_coloured); }, {"1 answers", "4 labels"});
+}
+
+TEST(Evaluate, Nlvr2AndRetrievalMatchTheirForwards) {
+  VLMo m = tiny_model(tiny_config(all_heads(), bert_vocab), 3);
+  m->eval();
+  std::vector<Nlvr2Example> ex;
+  for (int k = 0; k < 5; ++k) ex.push_back({"dev-" + std::to_string(k / 2) + "-" + std::to_string(k % 2) + "-0", "a red one.", ref(k), ref(k + 5), false});
+  at::Tensor pred;
+  {
+    at::NoGradGuard g;
+    std::vector<at::Tensor> a, b;
+    for (int k = 0; k < 5; ++k) a.push_back(eval_transform(coloured(k), 32)), b.push_back(eval_transform(coloured(k + 5), 32));
+    const auto [ids, masks] = encode_batch(bert(), std::vector<std::string>(5, "a red one."), 8);
+    pred = nlvr2_logits(m, ids, masks, at::stack(a), at::stack(b)).argmax(1);
+  }
+  // Labels equal to the prediction for examples 0, 1, 2; the opposite for 3, 4.
+  for (int k = 0; k < 5; ++k) ex[k].label = (pred[k].item<int64_t>() == 1) == (k < 3);
+  const Nlvr2Evaluation n = evaluate_nlvr2(m, bert(), ex, load_coloured, 2);
+  EXPECT_NEAR(n.score.accuracy, 3.0 / 5, 1e-12);
+  // Sentences: dev-0-*-0 = {0, 1} both right; dev-1-*-0 = {2 right, 3 wrong}; dev-2 = {4 wrong}.
+  EXPECT_NEAR(n.score.consistency, 1.0 / 3, 1e-12);
+  EXPECT_FALSE(m->is_training());
+
+  std::vector<KarpathyImage> images = {{ref(1), "test", {"a red one", "a blue one"}}, {ref(2), "test", {"the cat"}},
+                                       {ref(3), "test", {"two dogs", "a man", "the sea"}}};
+  const RetrievalEvaluation r = evaluate_retrieval(m, bert(), images, load_coloured, /*rerank_k=*/2, /*batch=*/2);
+  EXPECT_EQ(r.images, 3);
+  EXPECT_EQ(r.captions, 6);
+  std::vector<at::Tensor> pix;
+  for (int k : {1, 2, 3}) pix.push_back(eval_transform(coloured(k), 32));
+  const auto [ids, masks] = encode_batch(bert(), {"a red one", "a blue one", "the cat", "two dogs", "a man", "the sea"}, 8);
+  const at::Tensor scores = at::matmul(encode_images(m, at::stack(pix)), encode_texts(m, ids, masks).t());
+  const Recall want = retrieval_recall(scores, {0, 0, 1, 2, 2, 2});
+  EXPECT_DOUBLE_EQ(r.recall.tr1, want.tr1);
+  EXPECT_DOUBLE_EQ(r.recall.ir1, want.ir1);
+  EXPECT_DOUBLE_EQ(r.recall.ir5, want.ir5);
+  EXPECT_EQ(r.rerank_k, 2);
+  EXPECT_DOUBLE_EQ(r.reranked.ir10, 1.0);  // 3 images: every caption's image is in its top 10
+}
+
+TEST(Evaluate, RetrievalReRanksWithAnotherModelsItm) {
+  // The dual scores come from `m`, the ITM pair scores from `other` (another init): the result is
+  // rerank_recall over m's scores with other's scorer, and differs from m's own re-ranking.
+  const Config cfg = tiny_config(all_heads(), bert_vocab);
+  VLMo m = tiny_model(cfg, 3), other = tiny_model(cfg, 11);
+  {
+    at::NoGradGuard g;  // a loud ITM head that ranks against m's, so that the re-rankings differ
+    for (auto& p : other->named_parameters())
+      if (p.key().rfind("itm_score.", 0) == 0) p.value().mul_(-1000);
+  }
+  m->eval(), other->eval();
+  std::vector<KarpathyImage> images;
+  std::vector<std::string> captions;
+  std::vector<int64_t> owner;
+  const std::vector<std::string> words = {"a red one", "a blue one", "the cat", "two dogs", "a man", "the sea", "a car", "one tree"};
+  for (int k = 0; k < 8; ++k) {
+    images.push_back({ref(k), "test", {words[k], words[(k + 3) % 8] + " again"}});
+    for (const auto& c : images.back().captions) captions.push_back(c), owner.push_back(k);
+  }
+  const RetrievalEvaluation own = evaluate_retrieval(m, bert(), images, load_coloured, /*rerank_k=*/4, /*batch=*/3);
+  const RetrievalEvaluation r = evaluate_retrieval(m, bert(), images, load_coloured, /*rerank_k=*/4, /*batch=*/3, other);
+  std::vector<at::Tensor> pix;
+  for (int k = 0; k < 8; ++k) pix.push_back(eval_transform(coloured(k), 32));
+  at::NoGradGuard g;
+  const at::Tensor px = at::stack(pix);
+  const auto [ids, masks] = encode_batch(bert(), captions, 8);
+  const at::Tensor scores = at::matmul(encode_images(m, px), encode_texts(m, ids, masks).t());
+  const double w = m->logit_scale.exp().item<double>();
+  const std::vector<Recall> want = rerank_recall(scores, owner, 4, itm_pair_scorer(other, px, ids, masks), {1.0, w});
+  const std::vector<Recall> mine = rerank_recall(scores, owner, 4, itm_pair_scorer(m, px, ids, masks), {1.0, w});
+  EXPECT_DOUBLE_EQ(r.recall.tr1, own.recall.tr1);  // the dual encoder is m's either way
+  EXPECT_DOUBLE_EQ(r.reranked.tr1, want[0].tr1);
+  EXPECT_DOUBLE_EQ(r.reranked.ir1, want[0].ir1);
+  EXPECT_DOUBLE_EQ(r.reranked.ir5, want[0].ir5);
+  EXPECT_DOUBLE_EQ(r.reranked_logits.tr1, want[1].tr1);
+  EXPECT_DOUBLE_EQ(r.reranked_logits.ir1, want[1].ir1);
+  EXPECT_DOUBLE_EQ(r.logits_dual_weight, w);
+  EXPECT_DOUBLE_EQ(own.reranked.ir1, mine[0].ir1);
+  // On these models the two scorers, and so the two re-rankings, differ: the checks above tell
+  // the scorers apart.
+  auto key = [](const Recall& x) { return std::vector<double>{x.tr1, x.tr5, x.ir1, x.ir5}; };
+  EXPECT_NE(key(want[0]), key(mine[0]));
+  const at::Tensor pairs_i = at::arange(8, at::kLong).repeat_interleave(2), pairs_t = at::arange(16, at::kLong);
+  EXPECT_FALSE(at::allclose(itm_pair_scorer(other, px, ids, masks)(pairs_i, pairs_t), itm_pair_scorer(m, px, ids, masks)(pairs_i, pairs_t)));
+  // A re-ranker at another image size is refused, naming both.
+  Config big = cfg;
+  big.image_size = 48;
+  expect_error([&] { evaluate_retrieval(m, bert(), images, load_coloured, 4, 3, tiny_model(big, 3)); },
+               {"re-ranking model runs at image size 48", "retrieval model at 32"});
+}

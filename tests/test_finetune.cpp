@@ -113,8 +113,7 @@ TEST(FinetunePlan, FromTheOfficialFiles) {
 
 TEST(FinetunePlan, PretrainedWeightsAndTheRecipesSchedule) {
   const Config cfg = test::tiny_config();
-  VLMo pretrained(cfg);
-  init_weights(pretrained, 11);
+  VLMo pretrained = test::tiny_model(cfg, 11);
   const std::string dir = test::temp_dir();
   write_vqa(dir, "train", 20, [](int i) { return i % 2 ? "yes" : "no"; });
   FinetuneSpec s;

@@ -107,6 +107,20 @@ TEST(Safetensors, TruncatedRealFileFailsCleanly) {
   }
 }
 
+// A corrupt file is caught by its checksum (a fault a long run meets).
+TEST(Files, CorruptedSafetensorsFailTheChecksumNamingTheFile) {
+  const std::string path = vlmo::test::temp_dir() + "/w.safetensors";
+  write_safetensors(path, {{"a", at::arange(64, at::kFloat)}}, {{"note", "x"}});
+  SafetensorsFile ok = read_safetensors(path);
+  EXPECT_EQ(ok.metadata, (std::map<std::string, std::string>{{"note", "x"}}));  // the checksum is not shown
+  std::string bytes = vlmo::test::read_file(path);
+  bytes[bytes.size() - 5] ^= 0x40;  // one flipped bit in the last tensor's data
+  vlmo::test::write_file(path, bytes);
+  expect_error([&] { read_safetensors(path); }, {path, "checksum mismatch"});
+  vlmo::test::write_file(path, bytes.substr(0, bytes.size() - 16));  // truncated
+  expect_error([&] { read_safetensors(path); }, {path});
+}
+
 // ---- from the tests of checkpoint ----
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -301,4 +315,22 @@ TEST(Checkpoint, BeitKeysMapToVlmo) {
   EXPECT_EQ(t[0][2].item<float>(), 2.0f);  // layer 1 -> columns 2, 3
   EXPECT_EQ(t[rows][0].item<float>(), 0.0f);  // text rows untouched
   for (const auto& [k, x] : v) EXPECT_EQ(k.find("relative_position_index"), std::string::npos) << k;
+}
+
+// A corrupt answer list in a model file (a fault a long run meets).
+TEST(Files, CorruptVqaAnswerMetadataIsAnErrorNamingTheFile) {
+  const std::string dir = vlmo::test::temp_dir();
+  Config c = vlmo::test::tiny_config();
+  c.heads = {"vqa"};
+  c.vqav2_label_size = 3;
+  VLMo m = vlmo::test::tiny_model(c);
+  save_model(dir + "/ok.safetensors", m, {"yes", "no", "two"});
+  SafetensorsFile f = read_safetensors(dir + "/ok.safetensors");
+  EXPECT_EQ(load_model(dir + "/ok.safetensors").vqa_answers.size(), 3u);
+  f.metadata["vqa_answers"] = R"(["yes", "no"])";  // one answer short of the classifier
+  write_safetensors(dir + "/short.safetensors", f.tensors, f.metadata);
+  expect_error([&] { load_model(dir + "/short.safetensors"); }, {"short.safetensors", "2 answers", "3"});
+  f.metadata["vqa_answers"] = R"(["yes", "no", )";  // not JSON
+  write_safetensors(dir + "/torn.safetensors", f.tensors, f.metadata);
+  expect_error([&] { load_model(dir + "/torn.safetensors"); }, {"torn.safetensors", "vqa_answers"});
 }

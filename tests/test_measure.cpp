@@ -1,11 +1,12 @@
-// vlmo bench: the analytic FLOP count against hand counts and the documented official figure,
-// and real timed steps of every task on a tiny model.
+// src/measure/: vlmo bench (the analytic FLOP count against hand counts and the documented official
+// figure, real timed steps of every task on a tiny model) and the reference check.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -13,13 +14,10 @@
 #include "vlmo/bench.h"
 #include "vlmo/cpu_features.h"
 #include "vlmo/model.h"
+#include "vlmo/reference_check.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/tasks.h"
 #include "vlmo/threads.h"
-
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 using vlmo::Config;
 
@@ -98,8 +96,7 @@ TEST(Bench, MatmulRateIsPositive) {
 
 TEST(Bench, CommandPrintsOneJsonLinePerTask) {
   const std::string dir = vlmo::test::temp_dir();
-  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
-    "vlffn_start_layer_index": 1, "max_text_len": 16})");
+  vlmo::test::write_tiny_config(dir);
   const auto r = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "all", "--batch", "2", "--steps",
                                       "1", "--warmup", "0", "--matmul-size", "64", "--json", "--quiet"});
   ASSERT_EQ(r.status, 0) << r.err;
@@ -124,66 +121,10 @@ TEST(Bench, CommandPrintsOneJsonLinePerTask) {
   EXPECT_NE(bad.err.find("--task: unknown task \"captioning\""), std::string::npos) << bad.err;
 }
 
-namespace {
-
-// VLMo-Base with the ITC heads (official initialisation, no drop path), in eval mode, with the
-// five PIL-preprocessed fixture photographs at 224 px and four random captions.
-struct PhotoRetrieval {
-  vlmo::VLMo model{nullptr};
-  at::Tensor photos, ids, masks;
-  PhotoRetrieval() {
-    const vlmo::TensorMap tensors = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
-    std::vector<at::Tensor> images;
-    for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
-      images.push_back(tensors.at(name));
-    photos = at::stack(images);
-    Config c = Config::base();
-    c.heads = {"itc"};
-    c.drop_path_rate = 0;  // train mode (a test's way to switch inference-only paths off) draws nothing
-    model = vlmo::VLMo(c);
-    vlmo::init_weights(model, 3);
-    model->eval();
-    ids = at::randint(1000, 30000, {4, c.max_text_len}, at::kLong);
-    masks = at::ones({4, c.max_text_len}, at::kLong);
-  }
-  at::Tensor images() { return vlmo::encode_images(model, photos); }
-  at::Tensor texts() { return vlmo::encode_texts(model, ids, masks); }
-};
-
-// A reduced-precision mode against fp32 features of the same model: cosine >= 0.99 for photos and
-// captions (features are unit vectors), not bit-equal (the mode really ran), and the same
-// nearest photo per caption (retrieval order is what matters to a user).
-void expect_close_to_fp32(const char* mode, const at::Tensor& img32, const at::Tensor& txt32, const at::Tensor& img,
-                          const at::Tensor& txt) {
-  const at::Tensor cos_img = (img32 * img).sum(1), cos_txt = (txt32 * txt).sum(1);
-  std::printf("%s vs fp32 cosine: photos min %.5f mean %.5f, captions min %.5f\n", mode, cos_img.min().item<double>(),
-              cos_img.mean().item<double>(), cos_txt.min().item<double>());
-  EXPECT_GE(cos_img.min().item<double>(), 0.99) << mode << " " << cos_img;
-  EXPECT_GE(cos_txt.min().item<double>(), 0.99) << mode << " " << cos_txt;
-  EXPECT_FALSE(at::equal(img32, img)) << mode;
-  EXPECT_TRUE(at::equal(at::matmul(txt32, img32.t()).argmax(1), at::matmul(txt, img.t()).argmax(1))) << mode;
-}
-
-}  // namespace
-
-// --quantize int8: the dual encoder's features on real photographs (the PIL-preprocessed fixture
-// tensors) and on captions stay within cosine 0.99 of the fp32 features of the same model
-// (VLMo-Base shape, official initialisation); a quantised model refuses training mode.
-TEST(Quantize, Int8DualEncoderFeaturesMatchFp32OnRealPhotos) {
-  if (!vlmo::int8_supported()) GTEST_SKIP() << "this LibTorch has no quantized engine";
-  PhotoRetrieval r;
-  const at::Tensor img32 = r.images(), txt32 = r.texts();
-  vlmo::quantize_int8(r.model);
-  expect_close_to_fp32("int8", img32, txt32, r.images(), r.texts());
-  r.model->train();
-  vlmo::test::expect_error([&] { r.model->infer_image_ft(r.photos); }, {"int8-quantised", "inference only"});
-}
-
 TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
   if (!vlmo::int8_supported()) GTEST_SKIP() << "this LibTorch has no quantized engine";
   const std::string dir = vlmo::test::temp_dir();
-  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
-    "vlffn_start_layer_index": 1, "max_text_len": 16})");
+  vlmo::test::write_tiny_config(dir);
   const auto ok = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "embed-image", "--batch", "2",
                                        "--steps", "1", "--matmul-size", "64", "--json", "--quiet", "--quantize", "int8"});
   ASSERT_EQ(ok.status, 0) << ok.err;
@@ -198,37 +139,9 @@ TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
   EXPECT_NE(bad.err.find("--quantize: expected none or int8, got \"int4\""), std::string::npos) << bad.err;
 }
 
-// bf16 autocast for the dual encoder on real photos: close to fp32 (cosine >= 0.99, the same
-// nearest photo per caption), and the low-precision weight copies kept between inference passes
-// give exactly what autocast's own per-pass casts give, also after a weight changes.
-TEST(Precision, Bf16DualEncoderFeaturesMatchFp32OnRealPhotos) {
-  PhotoRetrieval r;
-  const at::Tensor img32 = r.images(), txt32 = r.texts();
-  r.model->set_precision(vlmo::Precision::kBFloat16);
-  const at::Tensor img16 = r.images();
-  expect_close_to_fp32("bf16", img32, txt32, img16, r.texts());
-  // Kept copies (eval) against autocast's casts (train mode, no autograd): the same numbers.
-  auto without_kept_copies = [&] {
-    r.model->train();
-    const at::Tensor out = r.images();
-    r.model->eval();
-    return out;
-  };
-  EXPECT_TRUE(at::equal(img16, without_kept_copies()));
-  {
-    torch::NoGradGuard g;
-    r.model->transformer->block_list[0]->mlp_imag->fc1->weight.mul_(1.5);
-    r.model->transformer->block_list[0]->attn->qkv->weight.mul_(0.5);
-  }
-  const at::Tensor changed = r.images();
-  EXPECT_FALSE(at::equal(changed, img16));  // the copies followed the weights
-  EXPECT_TRUE(at::equal(changed, without_kept_copies()));
-}
-
 TEST(Precision, BenchTakesPrecisionAndCheckpointing) {
   const std::string dir = vlmo::test::temp_dir();
-  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
-    "vlffn_start_layer_index": 1, "max_text_len": 16})");
+  vlmo::test::write_tiny_config(dir);
   const auto ok = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "pretrain", "--batch", "2",
                                        "--steps", "1", "--matmul-size", "64", "--json", "--quiet", "--precision", "bf16",
                                        "--activation-checkpointing"});
@@ -250,8 +163,7 @@ TEST(Precision, BenchTakesPrecisionAndCheckpointing) {
 
 TEST(Bench, ProfileWritesAChromeTraceOfTheTimedSteps) {
   const std::string dir = vlmo::test::temp_dir();
-  vlmo::test::write_file(dir + "/tiny.json", R"({"embed_dim": 32, "depth": 2, "num_heads": 2, "image_size": 32,
-    "vlffn_start_layer_index": 1, "max_text_len": 16})");
+  vlmo::test::write_tiny_config(dir);
   const auto r = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "embed-image", "--batch", "2",
                                       "--steps", "1", "--matmul-size", "64", "--quiet", "--profile", dir + "/trace.json"});
   ASSERT_EQ(r.status, 0) << r.err;
@@ -270,28 +182,37 @@ TEST(Bench, ProfileWritesAChromeTraceOfTheTimedSteps) {
 #endif
 #endif
 
-// keep_freed_host_memory (called by the vlmo program at start): a block far above glibc's mmap
-// threshold comes from the heap, and freeing it keeps it there for the next step.
-TEST(Allocator, FreedHostMemoryStaysInTheProcessForReuse) {
-#if !defined(__GLIBC__) || defined(VLMO_TEST_OWN_MALLOC)
-  GTEST_SKIP() << "not glibc's malloc";
-#else
-  for (const char* v : {"VLMO_SYSTEM_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"})
-    if (std::getenv(v)) GTEST_SKIP() << v << " is set: the user's malloc settings win";
-  ASSERT_TRUE(vlmo::keep_freed_host_memory());
-  const size_t n = size_t{96} << 20;
-  const struct mallinfo2 before = mallinfo2();
-  auto* p = static_cast<char*>(std::malloc(n));
-  ASSERT_NE(p, nullptr);
-  std::memset(p, 1, n);
-  static char* volatile escape = nullptr;  // the block must really exist: no malloc / free elision
-  escape = p;
-  EXPECT_EQ(escape[n / 2], 1);
-  const struct mallinfo2 during = mallinfo2();
-  EXPECT_EQ(during.hblkhd, before.hblkhd) << "the block was mapped on its own (mmap), not taken from the heap";
-  std::free(p);
-  const struct mallinfo2 after = mallinfo2();
-  EXPECT_EQ(after.arena, during.arena) << "the heap was trimmed: the freed block went back to the kernel";
-  EXPECT_GE(after.fordblks, n);
-#endif
+// ---- the reference check ----
+
+using namespace vlmo;
+using vlmo::test::expect_error;
+using vlmo::test::fixture;
+
+TEST(ReferenceCheck, DetectsAWrongWeight) {
+  namespace fs = std::filesystem;
+  const std::string dir = vlmo::test::temp_dir() + "/tiny";
+  fs::copy(fixture("reference/tiny-abspos"), dir);
+  TensorMap w = load_safetensors(dir + "/weights.safetensors");
+  // One element only: a uniform shift of a bias would be removed by the next LayerNorm.
+  w["transformer.blocks.1.mlp_text.fc2.bias"][0] += 1e-2;
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add);
+  fs::remove(dir + "/weights.safetensors");
+  write_safetensors(dir + "/weights.safetensors", w);
+  const CheckResult r = check_reference(dir);
+  EXPECT_FALSE(r.ok());
+  EXPECT_GT(r.passed(), 0);
+  // Malformed: no inputs.
+  fs::remove(dir + "/inputs.safetensors");
+  expect_error([&] { check_reference(dir); }, {"inputs.safetensors"});
+  expect_error([&] { check_reference("/nonexistent"); }, {"no config.json"});
+}
+
+TEST(ReferenceCheck, CompareTensorTolerance) {
+  const at::Tensor b = at::tensor({0.0, 10.0});
+  EXPECT_TRUE(compare_tensor("x", at::tensor({0.99e-4, 10.0 + 10.9e-4}), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::tensor({1.01e-4, 10.0}), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::tensor({0.0, 10.0 + 11.1e-4}), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::tensor({NAN, 10.0}), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::Tensor(), b).pass);
+  EXPECT_FALSE(compare_tensor("x", at::zeros({3}), b).pass);
 }

@@ -1,9 +1,12 @@
+// src/model/: relative positions, the model's passes and their attention and product paths,
+// precision, activation checkpointing, the run policy, int8 quantisation and the config.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 #include <torch/version.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -19,47 +22,20 @@
 #include "vlmo/ops.h"
 #include "vlmo/run_policy.h"
 #include "vlmo/pretrain.h"
-#include "vlmo/reference_check.h"
 #include "vlmo/relative_position.h"
+#include "vlmo/tasks.h"
 #include "model/model_internals.h"
 
 using namespace vlmo;
 using vlmo::test::expect_error;
 using vlmo::test::fixture;
+using vlmo::test::kRelativeBiasStd;
+using vlmo::test::small_vocab;
+using vlmo::test::tiny_batch;
+using vlmo::test::tiny_config;
+using vlmo::test::tiny_model;
 
 namespace {
-
-// Every head, 3 blocks of 4 heads, a 50-token vocabulary, 3 token types (NLVR2).
-Config tiny_config() {
-  return test::tiny_config(Config{}.heads, [](Config& c) {
-    c.depth = 3;
-    c.num_heads = 4;
-    c.max_text_len = 8;
-    c.vocab_size = 50;
-    c.vlffn_start_layer_index = 2;
-    c.vqav2_label_size = 5;
-    c.num_token_types = 3;
-    c.drop_path_rate = 0;
-  });
-}
-
-VLMo tiny_model(const Config& c = tiny_config()) {
-  VLMo m(c);
-  init_weights(m, 1);
-  torch::NoGradGuard g;
-  if (m->relative_position_bias_table.defined()) m->relative_position_bias_table.normal_(0, 0.5);
-  return m;
-}
-
-Batch tiny_batch(const Config& c, int64_t B = 3) {
-  Batch b;
-  b.text_ids = at::randint(1, c.vocab_size, {B, c.max_text_len});
-  b.text_masks = at::ones({B, c.max_text_len}, at::kLong);
-  b.text_masks.narrow(1, c.max_text_len - 2, 2).zero_();
-  b.text_ids.narrow(1, c.max_text_len - 2, 2).zero_();
-  b.image = at::rand({B, 3, c.image_size, c.image_size}) * 2 - 1;
-  return b;
-}
 
 // Every output of the three passes (fusion, image with its VL-FFN features, text) and then every
 // parameter's gradient of a fixed weighted sum of them, all as fp32: what two attention or
@@ -171,8 +147,8 @@ TEST(Model, ParameterNamesAreOfficial) {
 }
 
 TEST(Model, FusionNeedsTextPaddedToMaxLenAndTheConfiguredImageSize) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   Batch b = tiny_batch(c);
   expect_error([&] { m->infer(b.text_ids.narrow(1, 0, 5), b.text_masks.narrow(1, 0, 5), b.image); },
                {"padded to exactly max_text_len = 8"});
@@ -184,8 +160,8 @@ TEST(Model, FusionNeedsTextPaddedToMaxLenAndTheConfiguredImageSize) {
 }
 
 TEST(Model, PaddedKeysDoNotInfluenceRealTokens) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   m->eval();
   Batch b = tiny_batch(c, 1);
   const at::Tensor a = m->infer(b.text_ids, b.text_masks, b.image).cls_feats;
@@ -195,8 +171,8 @@ TEST(Model, PaddedKeysDoNotInfluenceRealTokens) {
 }
 
 TEST(Model, PaddingRowGetsNoGradient) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   Batch b = tiny_batch(c);
   m->infer(b.text_ids, b.text_masks, b.image).cls_feats.sum().backward();
   const at::Tensor g = m->text_embeddings->word_embeddings->weight.grad();
@@ -205,8 +181,8 @@ TEST(Model, PaddingRowGetsNoGradient) {
 }
 
 TEST(Model, RetrievalEncodersNeverUseVlExperts) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   Batch b = tiny_batch(c);
   (m->infer_text_ft(b.text_ids, b.text_masks).cls_feats.sum() + m->infer_image_ft(b.image).cls_feats.sum()).backward();
   for (const auto& p : m->named_parameters()) {
@@ -220,9 +196,9 @@ TEST(Model, RetrievalEncodersNeverUseVlExperts) {
 }
 
 TEST(Model, DropPathIsRandomInTrainingOnly) {
-  Config c = tiny_config();
+  Config c = tiny_config(all_heads(), small_vocab);
   c.drop_path_rate = 0.5;
-  VLMo m = tiny_model(c);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   Batch b = tiny_batch(c);
   m->eval();
   const at::Tensor e1 = m->infer_image_ft(b.image).cls_feats, e2 = m->infer_image_ft(b.image).cls_feats;
@@ -235,95 +211,13 @@ TEST(Model, DropPathIsRandomInTrainingOnly) {
   EXPECT_FALSE(at::allclose(t1, t2));
 }
 
-TEST(Objectives, HardNegativeWeightsAndSampling) {
-  const at::Tensor sim = at::randn({4, 8}) * 3;
-  const at::Tensor w = hard_negative_weights(sim);
-  const at::Tensor soft = at::softmax(sim, 1);
-  for (int i = 0; i < 4; ++i)
-    for (int j = 0; j < 8; ++j)
-      EXPECT_NEAR(w[i][j].item<double>(), i == j ? 0.0 : soft[i][j].item<double>(), 1e-7);
-  for (int trial = 0; trial < 50; ++trial) {
-    const at::Tensor neg = sample_hard_negatives(w);
-    ASSERT_EQ(neg.sizes(), at::IntArrayRef({4}));
-    for (int i = 0; i < 4; ++i) EXPECT_NE(neg[i].item<int64_t>(), i);
-  }
-}
-
-TEST(Objectives, ItmPairsAreTheOfficialLayout) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
-  m->eval();
-  Batch b = tiny_batch(c);
-  const at::Tensor ni = at::tensor({2, 0, 1}, at::kLong), nt = at::tensor({1, 2, 0}, at::kLong);
-  const ItmOutput got = compute_itm(m, b, ni, nt);
-  // By hand: text 0 with image ni[0] = 2 is row 3; image 1 with text nt[1] = 2 is row 7.
-  const at::Tensor row3 = m->itm_score->forward(
-      m->infer(b.text_ids.narrow(0, 0, 1), b.text_masks.narrow(0, 0, 1), b.image.narrow(0, 2, 1)).cls_feats);
-  const at::Tensor row7 = m->itm_score->forward(
-      m->infer(b.text_ids.narrow(0, 2, 1), b.text_masks.narrow(0, 2, 1), b.image.narrow(0, 1, 1)).cls_feats);
-  EXPECT_TRUE(at::allclose(got.logits[3], row3[0], 1e-5, 1e-5));
-  EXPECT_TRUE(at::allclose(got.logits[7], row7[0], 1e-5, 1e-5));
-  const at::Tensor labels = at::tensor({1, 1, 1, 0, 0, 0, 0, 0, 0}, at::kLong);
-  EXPECT_NEAR(got.loss.item<double>(), at::cross_entropy_loss(got.logits, labels).item<double>(), 1e-6);
-}
-
-TEST(Objectives, ContrastiveLossByHand) {
-  // Two orthogonal pairs: logits = e^s * I, loss = log(1 + e^{-e^s}) for every row and column.
-  const at::Tensor img = at::eye(2), txt = at::eye(2), scale = at::full({}, std::log(2.0));
-  const ContrastiveOutput out = contrastive_loss(img, txt, scale);
-  EXPECT_NEAR(out.loss.item<double>(), std::log(1 + std::exp(-2.0)), 1e-6);
-  EXPECT_TRUE(at::allclose(out.logits_i2t, 2 * at::eye(2)));
-}
-
-TEST(Objectives, MissingHeadsAndFieldsAreClearErrors) {
-  Config c = tiny_config();
-  c.heads = {"itc"};
-  VLMo m = tiny_model(c);
-  Batch b = tiny_batch(c);
-  expect_error([&] { compute_vqa(m, b); }, {"\"vqa\" head"});
-  expect_error([&] { compute_mlm(m, b); }, {"\"mlm\" head"});
-  c.heads = all_heads();
-  VLMo full = tiny_model(c);
-  expect_error([&] { compute_vqa(full, b); }, {"vqa_targets"});
-  expect_error([&] { compute_nlvr2(full, b); }, {"image_0"});
-}
-
-TEST(ReferenceCheck, DetectsAWrongWeight) {
-  namespace fs = std::filesystem;
-  const std::string dir = vlmo::test::temp_dir() + "/tiny";
-  fs::copy(fixture("reference/tiny-abspos"), dir);
-  TensorMap w = load_safetensors(dir + "/weights.safetensors");
-  // One element only: a uniform shift of a bias would be removed by the next LayerNorm.
-  w["transformer.blocks.1.mlp_text.fc2.bias"][0] += 1e-2;
-  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add);
-  fs::remove(dir + "/weights.safetensors");
-  write_safetensors(dir + "/weights.safetensors", w);
-  const CheckResult r = check_reference(dir);
-  EXPECT_FALSE(r.ok());
-  EXPECT_GT(r.passed(), 0);
-  // Malformed: no inputs.
-  fs::remove(dir + "/inputs.safetensors");
-  expect_error([&] { check_reference(dir); }, {"inputs.safetensors"});
-  expect_error([&] { check_reference("/nonexistent"); }, {"no config.json"});
-}
-
-TEST(ReferenceCheck, CompareTensorTolerance) {
-  const at::Tensor b = at::tensor({0.0, 10.0});
-  EXPECT_TRUE(compare_tensor("x", at::tensor({0.99e-4, 10.0 + 10.9e-4}), b).pass);
-  EXPECT_FALSE(compare_tensor("x", at::tensor({1.01e-4, 10.0}), b).pass);
-  EXPECT_FALSE(compare_tensor("x", at::tensor({0.0, 10.0 + 11.1e-4}), b).pass);
-  EXPECT_FALSE(compare_tensor("x", at::tensor({NAN, 10.0}), b).pass);
-  EXPECT_FALSE(compare_tensor("x", at::Tensor(), b).pass);
-  EXPECT_FALSE(compare_tensor("x", at::zeros({3}), b).pass);
-}
-
 // TokenOutputs::kCls / kText skip the last block's work for the rows nobody reads; the rows that
 // are produced, and the gradients they pass back, must be those of the full pass. fp64 so that a
 // different GEMM blocking cannot hide a real difference behind float rounding.
 TEST(Model, PartialLastBlockGivesTheFullPassRowsAndGradients) {
-  Config c = tiny_config();
+  Config c = tiny_config(all_heads(), small_vocab);
   c.drop_path_rate = 0.1;  // drop path is keyed per sample: the same draw on both paths
-  VLMo m = tiny_model(c);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   m->to(at::kDouble);
   Batch b = tiny_batch(c);
   b.image = b.image.to(at::kDouble);
@@ -375,8 +269,8 @@ TEST(Model, PartialLastBlockGivesTheFullPassRowsAndGradients) {
 // plain path: image passes with the relative bias, fusion passes with padded keys, [CLS]-only
 // last blocks, and int8 weights.
 TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   m->eval();
   Batch b = tiny_batch(c, 5);
   auto run = [&](bool fused) {
@@ -429,11 +323,11 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
 // the setting under which it takes CPU training.
 TEST(Model, SdpaAndPlainAttentionAgree) {
   if (!resolve_run_policy().sdpa) GTEST_SKIP() << "LibTorch " << TORCH_VERSION << " has no scaled_dot_product_attention";
-  const Config c = tiny_config();
+  const Config c = tiny_config(all_heads(), small_vocab);
   for (const Precision precision : {Precision::kFloat32, Precision::kBFloat16}) {
     SCOPED_TRACE(precision_name(precision));
     const double tol = precision == Precision::kFloat32 ? 2e-5 : 3e-2;
-    VLMo m = tiny_model(c);
+    VLMo m = tiny_model(c, 1, kRelativeBiasStd);
     m->set_precision(precision);
     m->train();
     at::manual_seed(7);
@@ -464,8 +358,8 @@ TEST(Model, SdpaAndPlainAttentionAgree) {
 // model under LibTorch's own bf16 products: outputs and gradients within bf16's tolerance (3e-2 of
 // the largest value, as for SDPA vs plain in bf16).
 TEST(Precision, EmulatedBf16ModelIsCloseToNativeBf16) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   m->set_precision(Precision::kBFloat16);
   m->train();
   at::manual_seed(7);
@@ -482,9 +376,9 @@ TEST(Precision, EmulatedBf16ModelIsCloseToNativeBf16) {
 // the same gradients as without it, with drop path drawn from the global generator (its state
 // is replayed) and from sample keys, and the first pass must keep no block activations.
 TEST(Model, ActivationCheckpointingGivesTheSameLossesAndGradients) {
-  Config c = tiny_config();
+  Config c = tiny_config(all_heads(), small_vocab);
   c.drop_path_rate = 0.2;
-  VLMo m = tiny_model(c);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   m->to(at::kDouble);
   m->train();
   Batch b = tiny_batch(c, 4);
@@ -574,14 +468,14 @@ TEST(Model, ActivationCheckpointingGivesTheSameLossesAndGradients) {
 // adds in another order when the blocks run again one by one: equal within 1e-6 x (1 + max|g|),
 // a few fp32 roundings of the largest contribution.
 TEST(Model, CheckpointingRecomputesWhatTheFirstPassComputed) {
-  Config c = tiny_config();
+  Config c = tiny_config(all_heads(), small_vocab);
   c.drop_path_rate = 0.2;
   for (const Precision precision : {Precision::kFloat32, Precision::kBFloat16}) {
     std::vector<CpuProducts> products_list = {CpuProducts::kAten};
     if (onednn_built()) products_list.push_back(CpuProducts::kOneDnn);
     for (const CpuProducts products : products_list) {
       SCOPED_TRACE(cat(precision_name(precision), ", ", cpu_products_name(products)));
-      VLMo m = tiny_model(c);
+      VLMo m = tiny_model(c, 1, kRelativeBiasStd);
       m->set_precision(precision);
       set_cpu_products(m, products);
       m->train();
@@ -631,8 +525,8 @@ TEST(Model, CheckpointingRecomputesWhatTheFirstPassComputed) {
 // residual stream, norms and heads) stay fp32; results are close to fp32 but not equal, the
 // gradients reach every parameter in fp32, and fp64 models are untouched.
 TEST(Model, Bf16AutocastRunsTheBlocksInBfloat16) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   m->eval();
   Batch b = tiny_batch(c, 3);
   auto outputs = [&] {
@@ -782,8 +676,8 @@ TEST(RunPolicy, ResolutionTable) {
 // The model carries its policy: a new model has resolve_run_policy()'s, set_run_policy reaches every
 // block, and `--attention plain` (the policy's path) changes the kernel that runs.
 TEST(RunPolicy, CarriedByTheModel) {
-  const Config c = tiny_config();
-  VLMo m = tiny_model(c);
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   EXPECT_EQ(m->run_policy(), resolve_run_policy());
   m->eval();
   const Batch b = tiny_batch(c, 2);
@@ -799,16 +693,88 @@ TEST(RunPolicy, CarriedByTheModel) {
   EXPECT_EQ(attention_kernel_calls(AttentionKernel::kCpuInference) - inference, c.depth);
 }
 
-TEST(Precision, NamesParseAndBadOnesAreErrors) {
-  EXPECT_EQ(parse_precision("fp32"), Precision::kFloat32);
-  EXPECT_EQ(parse_precision("bf16"), Precision::kBFloat16);
-  EXPECT_EQ(parse_precision("bfloat16"), Precision::kBFloat16);
-  EXPECT_EQ(precision_name(Precision::kBFloat16), "bf16");
-  EXPECT_EQ(parse_precision("fp16"), Precision::kFloat16);
-  EXPECT_EQ(parse_precision("float16"), Precision::kFloat16);
-  EXPECT_EQ(precision_name(Precision::kFloat16), "fp16");
-  EXPECT_EQ(precision_dtype(Precision::kFloat16), at::kHalf);
-  expect_error([] { parse_precision("fp8"); }, {"precision \"fp8\"", "expected fp32, bf16 or fp16"});
+// ---- reduced precision and int8 on real photographs ----
+
+namespace {
+
+// VLMo-Base with the ITC heads (official initialisation, no drop path), in eval mode, with the
+// five PIL-preprocessed fixture photographs at 224 px and four random captions.
+struct PhotoRetrieval {
+  vlmo::VLMo model{nullptr};
+  at::Tensor photos, ids, masks;
+  PhotoRetrieval() {
+    const vlmo::TensorMap tensors = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
+    std::vector<at::Tensor> images;
+    for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
+      images.push_back(tensors.at(name));
+    photos = at::stack(images);
+    Config c = Config::base();
+    c.heads = {"itc"};
+    c.drop_path_rate = 0;  // train mode (a test's way to switch inference-only paths off) draws nothing
+    model = vlmo::VLMo(c);
+    vlmo::init_weights(model, 3);
+    model->eval();
+    ids = at::randint(1000, 30000, {4, c.max_text_len}, at::kLong);
+    masks = at::ones({4, c.max_text_len}, at::kLong);
+  }
+  at::Tensor images() { return vlmo::encode_images(model, photos); }
+  at::Tensor texts() { return vlmo::encode_texts(model, ids, masks); }
+};
+
+// A reduced-precision mode against fp32 features of the same model: cosine >= 0.99 for photos and
+// captions (features are unit vectors), not bit-equal (the mode really ran), and the same
+// nearest photo per caption (retrieval order is what matters to a user).
+void expect_close_to_fp32(const char* mode, const at::Tensor& img32, const at::Tensor& txt32, const at::Tensor& img,
+                          const at::Tensor& txt) {
+  const at::Tensor cos_img = (img32 * img).sum(1), cos_txt = (txt32 * txt).sum(1);
+  std::printf("%s vs fp32 cosine: photos min %.5f mean %.5f, captions min %.5f\n", mode, cos_img.min().item<double>(),
+              cos_img.mean().item<double>(), cos_txt.min().item<double>());
+  EXPECT_GE(cos_img.min().item<double>(), 0.99) << mode << " " << cos_img;
+  EXPECT_GE(cos_txt.min().item<double>(), 0.99) << mode << " " << cos_txt;
+  EXPECT_FALSE(at::equal(img32, img)) << mode;
+  EXPECT_TRUE(at::equal(at::matmul(txt32, img32.t()).argmax(1), at::matmul(txt, img.t()).argmax(1))) << mode;
+}
+
+}  // namespace
+
+// --quantize int8: the dual encoder's features on real photographs (the PIL-preprocessed fixture
+// tensors) and on captions stay within cosine 0.99 of the fp32 features of the same model
+// (VLMo-Base shape, official initialisation); a quantised model refuses training mode.
+TEST(Quantize, Int8DualEncoderFeaturesMatchFp32OnRealPhotos) {
+  if (!vlmo::int8_supported()) GTEST_SKIP() << "this LibTorch has no quantized engine";
+  PhotoRetrieval r;
+  const at::Tensor img32 = r.images(), txt32 = r.texts();
+  vlmo::quantize_int8(r.model);
+  expect_close_to_fp32("int8", img32, txt32, r.images(), r.texts());
+  r.model->train();
+  vlmo::test::expect_error([&] { r.model->infer_image_ft(r.photos); }, {"int8-quantised", "inference only"});
+}
+
+// bf16 autocast for the dual encoder on real photos: close to fp32 (cosine >= 0.99, the same
+// nearest photo per caption), and the low-precision weight copies kept between inference passes
+// give exactly what autocast's own per-pass casts give, also after a weight changes.
+TEST(Precision, Bf16DualEncoderFeaturesMatchFp32OnRealPhotos) {
+  PhotoRetrieval r;
+  const at::Tensor img32 = r.images(), txt32 = r.texts();
+  r.model->set_precision(vlmo::Precision::kBFloat16);
+  const at::Tensor img16 = r.images();
+  expect_close_to_fp32("bf16", img32, txt32, img16, r.texts());
+  // Kept copies (eval) against autocast's casts (train mode, no autograd): the same numbers.
+  auto without_kept_copies = [&] {
+    r.model->train();
+    const at::Tensor out = r.images();
+    r.model->eval();
+    return out;
+  };
+  EXPECT_TRUE(at::equal(img16, without_kept_copies()));
+  {
+    torch::NoGradGuard g;
+    r.model->transformer->block_list[0]->mlp_imag->fc1->weight.mul_(1.5);
+    r.model->transformer->block_list[0]->attn->qkv->weight.mul_(0.5);
+  }
+  const at::Tensor changed = r.images();
+  EXPECT_FALSE(at::equal(changed, img16));  // the copies followed the weights
+  EXPECT_TRUE(at::equal(changed, without_kept_copies()));
 }
 
 // ---- from the tests of config ----

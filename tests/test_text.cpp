@@ -1,3 +1,4 @@
+// src/text/: the BERT tokenizer, whole-word and blockwise masking, the VQA answers' normalisation.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include "vlmo/data.h"
 #include "vlmo/masking.h"
 #include "vlmo/tokenizer.h"
+#include "vlmo/vqa_answer.h"
 
 using namespace vlmo;
 using vlmo::test::expect_error;
@@ -262,3 +264,27 @@ TEST(Data, BlockwiseMaskHitsItsTargetAndIsReproducible) {
   }
 }
 
+// ---- VQA answers: the official evaluation's normalisation and soft scores ----
+
+TEST(VqaEval, NormalisationOfTheOfficialEvaluation) {
+  EXPECT_EQ(normalize_vqa_answer("Two"), "2");
+  EXPECT_EQ(normalize_vqa_answer("the dog"), "dog");
+  EXPECT_EQ(normalize_vqa_answer("A Red Car"), "red car");
+  EXPECT_EQ(normalize_vqa_answer("dont"), "don't");
+  EXPECT_EQ(normalize_vqa_answer("yes."), "yes");
+  EXPECT_EQ(normalize_vqa_answer("2.5"), "2.5");
+  EXPECT_EQ(normalize_vqa_answer("1,000"), "1000");       // thousands comma: punctuation removed
+  EXPECT_EQ(normalize_vqa_answer("black/white"), "black white");  // no space around: replaced
+  EXPECT_EQ(normalize_vqa_answer("black / white"), "black white"); // touches a space: removed
+  EXPECT_EQ(normalize_vqa_answer("  none\t"), "0");
+  EXPECT_EQ(normalize_vqa_answer("what's up?"), "what's up");
+}
+
+TEST(VqaEval, SoftScores) {
+  EXPECT_DOUBLE_EQ(vqa_soft_score(0), 0.0);
+  EXPECT_DOUBLE_EQ(vqa_soft_score(1), 0.3);
+  EXPECT_DOUBLE_EQ(vqa_soft_score(2), 0.6);
+  EXPECT_DOUBLE_EQ(vqa_soft_score(3), 0.9);
+  EXPECT_DOUBLE_EQ(vqa_soft_score(4), 1.0);
+  EXPECT_DOUBLE_EQ(vqa_soft_score(10), 1.0);
+}

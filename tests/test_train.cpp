@@ -2,9 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "test_util.h"
@@ -14,6 +17,7 @@
 #include "vlmo/data.h"
 #include "vlmo/distributed.h"
 #include "vlmo/masking.h"
+#include "vlmo/objectives.h"
 #include "demo.h"
 #include "demo_diagnostics.h"
 #include "vlmo/image_tensor.h"
@@ -111,10 +115,9 @@ TEST(Train, EveryStageLowersItsLosses) {
   // Eight fixed scenes, every step the same batch: each stage's losses must go down. Backgrounds
   // with 50 tint levels: per-patch MIM targets of a plain background are only its pixel noise.
   const DemoWorld w(3, 8, 2, 2, 32, 50);
-  Config c = tiny();
+  Config c = tiny_config(kPretrainingHeads);
   c.drop_path_rate = 0;
-  VLMo m(c);
-  init_weights(m, 3);
+  VLMo m = tiny_model(c, 3);
   set_trainable_for_stage(m, Stage::kImage);
   auto r1 = train(m, mim_objective, world_batches(w, 8, 8, true, false, true), options(60, 3e-3));
   EXPECT_LT(mean_of(r1, "mim_loss", 55, 60), 0.9 * mean_of(r1, "mim_loss", 0, 5));
@@ -132,13 +135,8 @@ TEST(Train, EveryStageLowersItsLosses) {
 
 TEST(Train, StageTwoChangesNoFrozenParameter) {
   const DemoWorld w(4, 16, 2, 2, 32);
-  VLMo m(tiny());
-  init_weights(m, 4);
-  const TensorMap before = [&] {
-    TensorMap t;
-    for (const auto& [k, v] : model_state_dict(*m)) t[k] = v.clone();
-    return t;
-  }();
+  VLMo m = tiny_model(tiny_config(kPretrainingHeads), 4);
+  const TensorMap before = snapshot(m);
   set_trainable_for_stage(m, Stage::kText);
   train(m, text_mlm_objective, world_batches(w, 16, 8, false, true, false), options(5, 1e-3));
   int frozen = 0, changed = 0;
@@ -165,21 +163,18 @@ TEST(Train, InterruptedAndResumedRunRepeatsTheLossesExactly) {
   TrainOptions t = options(8, 1e-3);
   t.loader_threads = 2;
   at::manual_seed(11);
-  VLMo a(tiny());
-  init_weights(a, 5);
+  VLMo a = tiny_model(tiny_config(kPretrainingHeads), 5);
   t.checkpoint_path = dir + "/a.safetensors";
   const TrainResult full = train(a, vl_objective, batches, t);
 
   at::manual_seed(11);
-  VLMo b(tiny());
-  init_weights(b, 5);
+  VLMo b = tiny_model(tiny_config(kPretrainingHeads), 5);
   t.checkpoint_path = dir + "/b.safetensors";
   t.stop_after = 3;
   const TrainResult first = train(b, vl_objective, batches, t);
   ASSERT_EQ(first.steps, 3);
   at::manual_seed(999);  // whatever the process did meanwhile
-  VLMo c(tiny());
-  init_weights(c, 77);
+  VLMo c = tiny_model(tiny_config(kPretrainingHeads), 77);
   t.stop_after = 0;
   const TrainResult rest = train(c, vl_objective, batches, t, dir + "/b.safetensors");
   ASSERT_EQ(rest.history.size(), 5u);
@@ -230,8 +225,7 @@ std::map<std::string, at::Tensor> gradients(VLMo& m) {
 // `batch`: the weights after them and the run's history.
 std::pair<std::map<std::string, at::Tensor>, TrainResult> train_split(const Config& c, const DemoWorld& w, int batch, int accumulate,
                                                                        const ObjectiveFn& objective, const StepObjectiveFn& step) {
-  VLMo m(c);
-  init_weights(m, 5);
+  VLMo m = tiny_model(c, 5);
   set_trainable_for_stage(m, Stage::kVL);
   TrainOptions o = options(3, 1e-3);
   o.batch_size = batch;
@@ -307,7 +301,7 @@ TEST(GlobalBatch, WeightsDoNotDependOnHowTheStepIsSplit) {
   // ITC + ITM + MLM with drop path, dropout, augmentation and masking: 3 steps of 8 samples as
   // 1 x 8, 2 x 4 and 4 x 2 micro-batches end at the same weights.
   const DemoWorld w(3, 32, 2, 2, 32);
-  Config c = tiny();
+  Config c = tiny_config(kPretrainingHeads);
   c.drop_path_rate = 0.2;
   auto run = [&](int batch, int accumulate) {
     return train_split(c, w, batch, accumulate, vl_objective, vl_global_step_objective(9));
@@ -321,8 +315,7 @@ TEST(GlobalBatch, WeightsDoNotDependOnHowTheStepIsSplit) {
   }
   std::string where;
   double moved = 0;
-  VLMo init(c);
-  init_weights(init, 5);
+  VLMo init = tiny_model(c, 5);
   for (auto& p : init->named_parameters()) moved = std::max(moved, (p.value() - w8.at(p.key())).abs().max().item<double>());
   EXPECT_GT(moved, 1e-4);  // the steps did change the weights
   for (const auto* other : {&w4, &w2}) {
@@ -334,8 +327,7 @@ TEST(GlobalBatch, WeightsDoNotDependOnHowTheStepIsSplit) {
     EXPECT_LT(worst, 2e-5) << "worst: " << where;
   }
   // The local (official) objective on the same split differs: its contrastive batch is the micro-batch.
-  VLMo m(c);
-  init_weights(m, 5);
+  VLMo m = tiny_model(c, 5);
   TrainOptions o = options(1, 1e-3);
   o.batch_size = 4;
   o.accumulate = 2;
@@ -350,8 +342,7 @@ TEST(GlobalBatch, RetrievalWithItmIsTheContrastivePlusHardNegativeItm) {
   const DemoWorld w(3, 32, 2, 2, 32);
   Config c = vlmo::test::tiny_config({"itc", "itm"});
   c.drop_path_rate = 0;
-  VLMo m(c);
-  init_weights(m, 5);
+  VLMo m = tiny_model(c, 5);
   m->eval();
   const Batch b = sample_batches(w, 32, 8)(0);
   at::manual_seed(21);
@@ -380,7 +371,7 @@ TEST(GlobalBatch, RetrievalWithItmIsTheContrastivePlusHardNegativeItm) {
   double worst = 0;
   for (const auto& [k, v] : w8) worst = std::max(worst, (v - w4.at(k)).abs().max().item<double>());
   EXPECT_LT(worst, 2e-5);
-  EXPECT_GT((w8.at("itm_score.fc.weight") - [&] { VLMo i(c); init_weights(i, 5); return model_state_dict(*i).at("itm_score.fc.weight"); }())
+  EXPECT_GT((w8.at("itm_score.fc.weight") - [&] { return model_state_dict(*tiny_model(c, 5)).at("itm_score.fc.weight"); }())
                 .abs().max().item<double>(), 1e-5);  // the ITM head is trained
 }
 
@@ -397,8 +388,7 @@ TEST(GlobalBatch, KeyedDrawsFollowTheWeightsAndTheKeys) {
   // Sample keys: a row's drop path and dropout follow its key, whatever batch it is in.
   Config c = vlmo::test::tiny_config({"itc"});
   c.drop_path_rate = 0.5;
-  VLMo m(c);
-  init_weights(m, 1);
+  VLMo m = tiny_model(c, 1);
   m->train();
   const at::Tensor images = at::randn({4, 3, 32, 32});
   at::Tensor all, part, other;
@@ -507,8 +497,7 @@ Config scaling_config() {
 
 VLMo fresh_model(Precision p) {
   at::manual_seed(3);
-  VLMo m(scaling_config());
-  init_weights(m, 3);
+  VLMo m = tiny_model(scaling_config(), 3);
   m->set_precision(p);
   return m;
 }
@@ -667,4 +656,304 @@ TEST(Recipe, StepBatchDividesByProcessesToo) {
   EXPECT_EQ(big.samples, 200);
   EXPECT_FALSE(big.note.empty());
   EXPECT_THROW(recipe_step_batch(128, 0, 1), Error);
+}
+
+TEST(Recipes, OfficialFineTuningSettings) {
+  Recipe r = official_recipe(FinetuneTask::kVqa, "base");
+  EXPECT_EQ(r.image_size, 480);
+  EXPECT_DOUBLE_EQ(r.lr, 3e-5);
+  EXPECT_DOUBLE_EQ(r.head_lr_mult, 20);
+  EXPECT_DOUBLE_EQ(r.drop_path, 0.15);
+  EXPECT_EQ(r.batch_size, 128);
+  EXPECT_DOUBLE_EQ(r.epochs, 10);
+  EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kVqa, "large").lr, 1.5e-5);
+  EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kVqa, "base_plus").lr, 3e-5);
+  // 1000 examples, 10 epochs of 128: ceil(10000 / 128) = 79 steps, 10 % warm-up = 7.
+  EXPECT_EQ(r.total_steps(1000), 79);
+  EXPECT_EQ(r.warmup_steps(79), 7);
+
+  r = official_recipe(FinetuneTask::kNlvr2, "base");
+  EXPECT_EQ(r.image_size, 384);
+  EXPECT_DOUBLE_EQ(r.lr, 5e-5);
+  EXPECT_DOUBLE_EQ(r.drop_path, 0.1);
+  EXPECT_DOUBLE_EQ(r.head_lr_mult, 1);
+  EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kNlvr2, "base-plus").drop_path, 0.2);
+  EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kNlvr2, "base_plus").lr, 3e-5);
+  EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kNlvr2, "large").drop_path, 0.15);
+
+  r = official_recipe(FinetuneTask::kRetrievalCoco, "base");
+  EXPECT_EQ(r.batch_size, 3072);
+  EXPECT_EQ(r.total_steps(123456), 3000);  // fixed steps, whatever the data size
+  EXPECT_EQ(r.warmup_steps(3000), 300);
+  EXPECT_DOUBLE_EQ(r.drop_path, 0.2);
+  EXPECT_EQ(r.init, "pretrained");
+  EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kRetrievalCoco, "large").lr, 2e-5);
+
+  r = official_recipe(FinetuneTask::kRetrievalF30k, "base");
+  EXPECT_EQ(r.total_steps(10), 1500);
+  EXPECT_EQ(r.warmup_steps(1500), 150);
+  EXPECT_DOUBLE_EQ(r.drop_path, 0.15);
+  EXPECT_EQ(r.init, "coco");  // F30K base starts from the COCO-fine-tuned weights
+  EXPECT_EQ(official_recipe(FinetuneTask::kRetrievalF30k, "large").init, "coco");
+  EXPECT_EQ(official_recipe(FinetuneTask::kRetrievalF30k, "base_plus").init, "pretrained");
+  EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kRetrievalF30k, "large").lr, 2e-5);
+
+  EXPECT_DOUBLE_EQ(pretrain_lr("base"), 2e-4);
+  EXPECT_DOUBLE_EQ(pretrain_lr("base_plus"), 1e-4);
+  EXPECT_DOUBLE_EQ(pretrain_lr("large"), 5e-5);
+  EXPECT_EQ(parse_finetune_task("irtr"), FinetuneTask::kRetrievalCoco);
+  expect_error([] { official_recipe(FinetuneTask::kVqa, "huge"); }, {"huge", "base_plus"});
+  expect_error([] { parse_finetune_task("caption"); }, {"caption", "f30k"});
+}
+
+// ---- objectives ----
+
+TEST(Objectives, HardNegativeWeightsAndSampling) {
+  const at::Tensor sim = at::randn({4, 8}) * 3;
+  const at::Tensor w = hard_negative_weights(sim);
+  const at::Tensor soft = at::softmax(sim, 1);
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 8; ++j)
+      EXPECT_NEAR(w[i][j].item<double>(), i == j ? 0.0 : soft[i][j].item<double>(), 1e-7);
+  for (int trial = 0; trial < 50; ++trial) {
+    const at::Tensor neg = sample_hard_negatives(w);
+    ASSERT_EQ(neg.sizes(), at::IntArrayRef({4}));
+    for (int i = 0; i < 4; ++i) EXPECT_NE(neg[i].item<int64_t>(), i);
+  }
+}
+
+TEST(Objectives, ItmPairsAreTheOfficialLayout) {
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
+  m->eval();
+  Batch b = tiny_batch(c);
+  const at::Tensor ni = at::tensor({2, 0, 1}, at::kLong), nt = at::tensor({1, 2, 0}, at::kLong);
+  const ItmOutput got = compute_itm(m, b, ni, nt);
+  // By hand: text 0 with image ni[0] = 2 is row 3; image 1 with text nt[1] = 2 is row 7.
+  const at::Tensor row3 = m->itm_score->forward(
+      m->infer(b.text_ids.narrow(0, 0, 1), b.text_masks.narrow(0, 0, 1), b.image.narrow(0, 2, 1)).cls_feats);
+  const at::Tensor row7 = m->itm_score->forward(
+      m->infer(b.text_ids.narrow(0, 2, 1), b.text_masks.narrow(0, 2, 1), b.image.narrow(0, 1, 1)).cls_feats);
+  EXPECT_TRUE(at::allclose(got.logits[3], row3[0], 1e-5, 1e-5));
+  EXPECT_TRUE(at::allclose(got.logits[7], row7[0], 1e-5, 1e-5));
+  const at::Tensor labels = at::tensor({1, 1, 1, 0, 0, 0, 0, 0, 0}, at::kLong);
+  EXPECT_NEAR(got.loss.item<double>(), at::cross_entropy_loss(got.logits, labels).item<double>(), 1e-6);
+}
+
+TEST(Objectives, ContrastiveLossByHand) {
+  // Two orthogonal pairs: logits = e^s * I, loss = log(1 + e^{-e^s}) for every row and column.
+  const at::Tensor img = at::eye(2), txt = at::eye(2), scale = at::full({}, std::log(2.0));
+  const ContrastiveOutput out = contrastive_loss(img, txt, scale);
+  EXPECT_NEAR(out.loss.item<double>(), std::log(1 + std::exp(-2.0)), 1e-6);
+  EXPECT_TRUE(at::allclose(out.logits_i2t, 2 * at::eye(2)));
+}
+
+TEST(Objectives, MissingHeadsAndFieldsAreClearErrors) {
+  Config c = tiny_config(all_heads(), small_vocab);
+  c.heads = {"itc"};
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
+  Batch b = tiny_batch(c);
+  expect_error([&] { compute_vqa(m, b); }, {"\"vqa\" head"});
+  expect_error([&] { compute_mlm(m, b); }, {"\"mlm\" head"});
+  c.heads = all_heads();
+  VLMo full = tiny_model(c, 1, kRelativeBiasStd);
+  expect_error([&] { compute_vqa(full, b); }, {"vqa_targets"});
+  expect_error([&] { compute_nlvr2(full, b); }, {"image_0"});
+}
+
+TEST(Objectives, NonFiniteHardNegativeWeightsAreReportedNotCrashed) {
+  const at::Tensor w = hard_negative_weights(at::full({4, 4}, std::nan(""), at::kFloat));
+  EXPECT_THROW(sample_hard_negatives(w), NonFiniteError);
+  expect_error([] { sample_hard_negatives(hard_negative_weights(at::ones({1, 1}))); }, {"at least 2"});
+  // A large logit scale: the positive's softmax weight is 1 and the others underflow to 0 in fp32
+  // (exp(-200) < the smallest float); the error says so instead of asking for more candidates.
+  const at::Tensor sim = at::eye(4) * 200.0;
+  expect_error([&] { sample_hard_negatives(hard_negative_weights(sim)); }, {"row 0 (3 candidates) underflowed to 0", "logit"});
+  expect_error([&] { keyed_sample_rows(hard_negative_weights(sim), at::arange(4), {1, 2, 3, 4}); },
+               {"underflowed to 0", "logit scale"});
+}
+
+// ---- faults a long run meets: non-finite losses and gradients, unusable data, a resume after
+// more metrics than checkpoint were written, a stop request ----
+
+namespace {
+
+// Text-only batches of fixed sentences (stage 2), a pure function of the index.
+BatchFn text_batches(int batch) {
+  CollateOptions co;
+  co.max_text_len = 16;
+  return [co, batch](int64_t index) {
+    static const char* kText[] = {"a red circle on the left", "two blue squares", "a green triangle at the top",
+                                  "the yellow star is small", "a large white circle", "three black dots"};
+    std::vector<Example> ex;
+    for (int j = 0; j < batch; ++j) ex.push_back({Image{}, kText[(index * batch + j) % 6]});
+    return collate(ex, bert(), co, static_cast<uint64_t>(index));
+  };
+}
+
+// A tiny_config model (global generator and init seeded 3) training stage 2 (text).
+VLMo text_stage_model() {
+  at::manual_seed(3);
+  VLMo m = tiny_model(tiny_config(), 3);
+  set_trainable_for_stage(m, Stage::kText);
+  return m;
+}
+
+TrainOptions quiet(int64_t steps) {
+  TrainOptions t;
+  t.max_steps = steps;
+  t.warmup_steps = 1;
+  t.lr = 1e-3;
+  t.batch_size = 4;
+  t.progress = false;
+  return t;
+}
+
+bool same_weights(const TensorMap& a, const TensorMap& b) {
+  for (const auto& [k, v] : a)
+    if (!at::equal(v, b.at(k))) return false;
+  return true;
+}
+
+int count_lines_with(const std::string& path, const std::string& needle) {
+  std::ifstream in(path);
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) n += line.find(needle) != std::string::npos;
+  return n;
+}
+
+}  // namespace
+
+TEST(Train, NonFiniteLossOrGradientSkipsTheStepWithoutAnUpdate) {
+  VLMo m = text_stage_model();
+  int calls = 0;
+  TensorMap before_bad;
+  bool unchanged_over_bad_steps = false;
+  const ObjectiveFn objective = [&](VLMo& model, const Batch& b, const Distributed*) {
+    ++calls;
+    Outputs out = text_mlm_objective(model, b);
+    if (calls == 3) {  // step 3: NaN loss
+      before_bad = snapshot(model);
+      out["textmlm_loss"] = out["textmlm_loss"] * std::numeric_limits<double>::quiet_NaN();
+    } else if (calls == 4) {  // step 4: finite loss (0), NaN gradient: d sqrt(0 * p) / dp
+      const at::Tensor p = model->named_parameters()["transformer.blocks.0.mlp_text.fc1.weight"];
+      out["textmlm_loss"] = out["textmlm_loss"] * 0 + (p * 0).sqrt().sum();
+    } else if (calls == 5) {
+      unchanged_over_bad_steps = same_weights(before_bad, snapshot(model));
+    }
+    return out;
+  };
+  TrainOptions t = quiet(6);
+  t.metrics_path = vlmo::test::temp_dir() + "/m.jsonl";
+  const TrainResult r = train(m, objective, text_batches(4), t);
+  EXPECT_EQ(r.steps, 6);
+  EXPECT_EQ(r.bad_steps, 2);
+  EXPECT_TRUE(unchanged_over_bad_steps) << "a skipped step must not change the weights";
+  EXPECT_TRUE(std::isnan(r.history[2].at("loss")));
+  EXPECT_TRUE(std::isfinite(r.history[5].at("loss")));
+  for (const auto& [k, v] : model_state_dict(*m)) EXPECT_TRUE(at::isfinite(v).all().item<bool>()) << k;
+  EXPECT_EQ(count_lines_with(t.metrics_path, "\"skipped_step\":\"non-finite loss"), 1);
+  EXPECT_EQ(count_lines_with(t.metrics_path, "\"skipped_step\":\"non-finite gradient\""), 1);
+}
+
+TEST(Train, StepsThatStayNonFiniteStopTheRunAndKeepTheLastCheckpoint) {
+  const std::string dir = vlmo::test::temp_dir();
+  VLMo m = text_stage_model();
+  TrainOptions t = quiet(4);
+  t.checkpoint_path = dir + "/ck.safetensors";
+  train(m, text_mlm_objective, text_batches(4), t);
+  const std::string good = vlmo::test::read_file(t.checkpoint_path);
+  // The weights blow up: every later step is non-finite.
+  {
+    at::NoGradGuard g;
+    m->named_parameters()["transformer.blocks.0.mlp_text.fc1.weight"].fill_(std::nan(""));
+  }
+  t.max_steps = 50;
+  t.max_bad_steps = 3;
+  expect_error([&] { train(m, text_mlm_objective, text_batches(4), t); },
+               {"3 steps in a row had a non-finite loss or gradient", "step 3", t.checkpoint_path, "left as it was"});
+  EXPECT_TRUE(vlmo::test::read_file(t.checkpoint_path) == good) << "the good checkpoint was replaced";
+  // A checkpoint is due while the weights are broken: it is not written.
+  t.checkpoint_every = 1;
+  expect_error([&] { train(m, text_mlm_objective, text_batches(4), t); },
+               {"transformer.blocks.0.mlp_text.fc1.weight is not finite after step 1", "left as it was"});
+  EXPECT_TRUE(vlmo::test::read_file(t.checkpoint_path) == good) << "the good checkpoint was replaced";
+}
+
+TEST(Train, UnusableSamplesAreCountedAndAHighSkipRateStopsTheRun) {
+  VLMo m = text_stage_model();
+  const BatchFn inner = text_batches(4);
+  // One corrupt image per batch (1 of 5 read), and from step 6 on 3 per batch (3 of 7).
+  const BatchFn batches = [inner](int64_t index) {
+    Batch b = inner(index);
+    const int bad = index < 5 ? 1 : 3;
+    b.skipped["corrupt_image"] = bad;
+    for (int i = 0; i < bad; ++i) b.skip_log.push_back("img" + std::to_string(index) + ".jpg: not a JPEG");
+    return b;
+  };
+  TrainOptions t = quiet(5);
+  t.skip_window = 20;
+  t.max_skip_rate = 0.3;
+  TrainResult r = train(m, text_mlm_objective, batches, t);
+  EXPECT_EQ(r.skipped.at("corrupt_image"), 5);  // 20 % skipped: the run goes on
+  t.max_steps = 30;
+  expect_error([&] { train(m, text_mlm_objective, batches, t); },
+               {"of the last", "samples read were skipped", "> the limit of 30%", "corrupt_image"});
+}
+
+TEST(Train, ResumeDropsMetricsPastTheCheckpointAndATornLine) {
+  const std::string dir = vlmo::test::temp_dir();
+  auto run = [&](int64_t stop_after, const std::string& resume) {
+    VLMo m = text_stage_model();
+    TrainOptions t = quiet(8);
+    t.checkpoint_path = dir + "/ck.safetensors";
+    t.metrics_path = dir + "/m.jsonl";
+    t.stop_after = stop_after;
+    return train(m, text_mlm_objective, text_batches(4), t, resume);
+  };
+  run(2, "");  // steps 1-2, checkpoint at 2
+  std::filesystem::copy_file(dir + "/ck.safetensors", dir + "/ck2.safetensors");
+  run(3, dir + "/ck.safetensors");  // steps 3-5 logged; then the "kill": back to the step-2 checkpoint
+  { std::ofstream(dir + "/m.jsonl", std::ios::app) << "{\"stage\":\"train\",\"step\":6,\"lo"; }
+  std::filesystem::rename(dir + "/ck2.safetensors", dir + "/ck.safetensors");
+  run(0, dir + "/ck.safetensors");
+  std::ifstream in(dir + "/m.jsonl");
+  std::string line;
+  std::vector<int> steps;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);  // no torn line is left
+    steps.push_back(j.at("step").get<int>());
+  }
+  EXPECT_EQ(steps, (std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}));
+}
+
+TEST(Train, AStopRequestSavesACheckpointAndResumesExactly) {
+  const std::string dir = vlmo::test::temp_dir();
+  TrainOptions t = quiet(6);
+  t.checkpoint_path = dir + "/full.safetensors";
+  VLMo a = text_stage_model();
+  train(a, text_mlm_objective, text_batches(4), t);
+
+  VLMo b = text_stage_model();
+  t.checkpoint_path = dir + "/cut.safetensors";
+  int calls = 0;
+  const ObjectiveFn stop_at_3 = [&](VLMo& model, const Batch& batch, const Distributed*) {
+    if (++calls == 3) request_stop(SIGTERM);  // as the handler does, during step 3
+    return text_mlm_objective(model, batch);
+  };
+  try {
+    train(b, stop_at_3, text_batches(4), t);
+    ADD_FAILURE() << "expected vlmo::Interrupted";
+  } catch (const Interrupted& e) {
+    EXPECT_EQ(e.signal, SIGTERM);
+    EXPECT_EQ(e.step, 3);
+    EXPECT_EQ(e.checkpoint, t.checkpoint_path);
+    EXPECT_NE(std::string(e.what()).find("--resume " + t.checkpoint_path), std::string::npos) << e.what();
+  }
+  clear_stop_request();
+  VLMo c = text_stage_model();
+  train(c, text_mlm_objective, text_batches(4), t, t.checkpoint_path);
+  const TensorMap wa = read_weights(dir + "/full.safetensors"), wc = read_weights(dir + "/cut.safetensors");
+  for (const auto& [k, v] : wa) EXPECT_TRUE(at::equal(v, wc.at(k))) << k;
 }

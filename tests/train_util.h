@@ -1,19 +1,26 @@
-// Helpers of the tests that train on the demo's world: the small trained config, batches of a
-// world's scenes, means of logged values, short training options.
+// Helpers of the tests that train on the demo's world: the pre-training heads, weight snapshots,
+// batches of a world's scenes, means of logged values, short training options.
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "demo_world.h"
 #include "test_util.h"
+#include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/train.h"
 
 namespace vlmo::test {
 
-// tiny_config with every pre-training head and drop path 0.1.
-inline Config tiny() {
-  return tiny_config({"mlm", "itm", "itc", "mim"}, [](Config& c) { c.drop_path_rate = 0.1; });
+// Every pre-training head (tiny_config(kPretrainingHeads): the demo's stages, drop path Config's 0.1).
+inline const std::vector<std::string> kPretrainingHeads = {"mlm", "itm", "itc", "mim"};
+
+// A copy of a model's weights (model_state_dict, cloned).
+inline TensorMap snapshot(VLMo& m) {
+  TensorMap out;
+  for (const auto& [k, v] : model_state_dict(*m)) out[k] = v.clone();
+  return out;
 }
 
 // Batches of the first `n` scenes of a small world.
