@@ -64,7 +64,11 @@ RunPolicy run_policy_from(const Args& a, c10::Device device) {
   RunOptions o;
   o.device = device;
   if (a.declared.count("precision") && a.get("precision") != "auto") o.precision = parse_precision(a.get("precision"));
-  if (a.declared.count("attention")) o.attention = parse_attention_path(a.get("attention"), "option --attention");
+  if (a.declared.count("attention")) {
+    const std::string& v = a.get("attention");
+    if (v != "fused" && v != "plain") throw Error(cat("option --attention: expected fused or plain, got \"", v, "\""));
+    o.attention = parse_attention_path(v);
+  }
   return resolve_run_policy(o);
 }
 

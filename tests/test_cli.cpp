@@ -23,7 +23,8 @@ TEST(Cli, NumbersAreTypedAndRangeChecked) {
       {{"info", "--image-size", "12x"}, "option --image-size: expected a whole number, got \"12x\""},
       {{"pretrain", "--stage", "text", "--contrastive-batch", "global", "--out", "/tmp/x.safetensors"},
        "--contrastive-batch global applies to --stage vl"},
-      {{"pretrain", "--contrastive-batch", "all", "--out", "/tmp/x.safetensors"}, "--contrastive-batch: expected local or global, got \"all\""},
+      {{"pretrain", "--contrastive-batch", "all", "--out", "/tmp/x.safetensors"},
+       "--contrastive-batch: expected local or global, got \"all\""},
       {{"pretrain", "--resample", "--text", "x.txt", "--stage", "text", "--out", "/tmp/x.safetensors"},
        "--resample applies to --webdataset shards only"},
   };
@@ -41,8 +42,8 @@ TEST(Cli, FlagsOverrideTheTrainConfigFile) {
   vlmo::test::write_file(dir + "/corpus.txt", "a man rides a horse\nthe cat sleeps on a sofa\ntwo dogs play\n");
   vlmo::test::write_file(dir + "/train.json", R"({"steps": 4, "batch_size": 2, "warmup": 1, "accumulate": 1})");
   const auto r = run_cli({"pretrain", "--stage", "text", "--config", dir + "/tiny.json", "--text", dir + "/corpus.txt",
-                          "--train-config", dir + "/train.json", "--steps", "2", "--out", dir + "/ck.safetensors",
-                          "--metrics", dir + "/m.jsonl", "--max-text-len", "16"});
+                          "--train-config", dir + "/train.json", "--steps", "2", "--out", dir + "/ck.safetensors", "--metrics",
+                          dir + "/m.jsonl", "--max-text-len", "16"});
   ASSERT_EQ(r.status, 0) << r.err;
   const std::string metrics = vlmo::test::read_file(dir + "/m.jsonl");
   EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 2) << metrics;  // --steps 2, not the file's 4

@@ -12,22 +12,22 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "demo.h"
+#include "demo_diagnostics.h"
+#include "demo_world.h"
+#include "model/model_internals.h"
 #include "test_util.h"
 #include "train_util.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/distributed.h"
 #include "vlmo/downstream_data.h"
-#include "vlmo/masking.h"
-#include "demo.h"
-#include "demo_diagnostics.h"
 #include "vlmo/image_tensor.h"
-#include "demo_world.h"
+#include "vlmo/masking.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/retrieval.h"
 #include "vlmo/sources.h"
 #include "vlmo/tasks.h"
-#include "model/model_internals.h"
 
 using namespace vlmo;
 using namespace vlmo::test;
@@ -51,7 +51,7 @@ TEST(WebDataset, StreamsShardsSkippingCorruptSamplesAndTruncatedShards) {
   tar_add(a, "x/000002.json", R"({"caption": "a man with a camera", "id": 2})");
   tar_add(a, "x/000003.jpg", jpg.substr(0, 500) + std::string(300, 'z'));  // corrupt image
   tar_add(a, "x/000003.txt", "broken");
-  tar_add(a, "x/000004.jpg", jpg);                                        // no caption
+  tar_add(a, "x/000004.jpg", jpg);  // no caption
   tar_add(a, "x/000005.jpg", jpg);
   tar_add(a, "x/000005.txt", "fifth");
   a.append(1024, '\0');
@@ -71,9 +71,10 @@ TEST(WebDataset, StreamsShardsSkippingCorruptSamplesAndTruncatedShards) {
     EXPECT_GT(e.image.width, 0);
     captions.insert(e.text);
   }
-  EXPECT_EQ(captions, (std::multiset<std::string>{"a football player", "a man with a camera", "fifth",
-                                                  "first of the truncated shard"}));
-  EXPECT_EQ(counters.counts(), (std::map<std::string, int64_t>{{"corrupt_image", 1}, {"empty_caption", 1}, {"truncated_shard", 1}}));
+  EXPECT_EQ(captions,
+            (std::multiset<std::string>{"a football player", "a man with a camera", "fifth", "first of the truncated shard"}));
+  EXPECT_EQ(counters.counts(),
+            (std::map<std::string, int64_t>{{"corrupt_image", 1}, {"empty_caption", 1}, {"truncated_shard", 1}}));
   const auto log = counters.take_new();
   ASSERT_EQ(log.size(), 3u);
   bool names_member = false;
@@ -169,16 +170,18 @@ TEST(WebDataset, PipeUrlsReadACommandsOutput) {
   }
   EXPECT_FALSE(piped.next(b));
   EXPECT_EQ(n, 2);
-  expect_error([] { TarReader r("pipe:printf abc; exit 3"); }, {"pipe:printf abc; exit 3", "exited with status 3", "after 3 bytes"});
+  expect_error([] { TarReader r("pipe:printf abc; exit 3"); },
+               {"pipe:printf abc; exit 3", "exited with status 3", "after 3 bytes"});
   // In a stream, a failing command is a skipped shard, counted and named.
   SkipCounters counters;
   WebDatasetStream s({"pipe:exit 7", "pipe:cat '" + dir + "/x.tar'"}, 1, 0, 1, 0, 1, &counters);
   expect_error([&] { s.next(); }, {"no usable sample"});  // (text only: no image member)
-  EXPECT_GT(counters.count("truncated_shard"), 0);  // the failing command, once per epoch tried
+  EXPECT_GT(counters.count("truncated_shard"), 0);        // the failing command, once per epoch tried
   EXPECT_EQ(counters.count("missing_image"), 2 * counters.count("truncated_shard"));
   bool named = false;
   for (const auto& [reason, what] : counters.take_new())
-    named = named || (reason == "truncated_shard" && what.find("pipe:exit 7: the command exited with status 7") != std::string::npos);
+    named =
+        named || (reason == "truncated_shard" && what.find("pipe:exit 7: the command exited with status 7") != std::string::npos);
   EXPECT_TRUE(named);
 }
 
@@ -225,9 +228,11 @@ TEST(Data, FineTuningBatchesSkipMissingAndCorruptImages) {
   const std::string dir = vlmo::test::temp_dir();
   const std::string good = vlmo::test::fixture("images/messi5.jpg");
   vlmo::test::write_file(dir + "/corrupt.jpg", vlmo::test::read_file(good).substr(0, 300));
-  auto pairs = std::make_shared<std::vector<ImageText>>(std::vector<ImageText>{
-      {good, "a football player"}, {dir + "/corrupt.jpg", "broken"}, {good, "a man"},
-      {dir + "/missing.jpg", "gone"}, {good, "a pitch"}});
+  auto pairs = std::make_shared<std::vector<ImageText>>(std::vector<ImageText>{{good, "a football player"},
+                                                                               {dir + "/corrupt.jpg", "broken"},
+                                                                               {good, "a man"},
+                                                                               {dir + "/missing.jpg", "gone"},
+                                                                               {good, "a pitch"}});
   CollateOptions co;
   co.image_size = 32;
   co.max_text_len = 8;
@@ -239,7 +244,9 @@ TEST(Data, FineTuningBatchesSkipMissingAndCorruptImages) {
     EXPECT_EQ(b.text_ids.size(0), 2);
     for (const auto& [r, n] : b.skipped) skipped[r] += n;
     for (const auto& line : b.skip_log)
-      EXPECT_TRUE(line.find("corrupt.jpg") != std::string::npos || line.find("missing.jpg: no such image file") != std::string::npos) << line;
+      EXPECT_TRUE(line.find("corrupt.jpg") != std::string::npos ||
+                  line.find("missing.jpg: no such image file") != std::string::npos)
+          << line;
   }
   EXPECT_GT(skipped["corrupt_image"], 0);
   EXPECT_GT(skipped["missing_file"], 0);
@@ -286,15 +293,18 @@ TEST(VqaData, ReadsVqav2AndBuildsTheOfficialVocabularyAndTargets) {
 
 TEST(Nlvr2Data, ReadsJsonLinesWithImagePaths) {
   const std::string dir = vlmo::test::temp_dir();
-  std::ofstream(dir + "/dev.json") << R"({"identifier": "dev-850-0-1", "sentence": "One image has dogs.", "label": "True"})" "\n"
-                                   << R"({"identifier": "train-1-2-0", "sentence": "x", "label": "False", "directory": 7})" "\n";
+  std::ofstream(dir + "/dev.json") << R"({"identifier": "dev-850-0-1", "sentence": "One image has dogs.", "label": "True"})"
+                                      "\n"
+                                   << R"({"identifier": "train-1-2-0", "sentence": "x", "label": "False", "directory": 7})"
+                                      "\n";
   const auto ex = read_nlvr2(dir + "/dev.json", "/nlvr2/images", "dev");
   ASSERT_EQ(ex.size(), 2u);
   EXPECT_EQ(ex[0].image0, "/nlvr2/images/dev/dev-850-0-img0.png");
   EXPECT_EQ(ex[0].image1, "/nlvr2/images/dev/dev-850-0-img1.png");
   EXPECT_TRUE(ex[0].label);
   EXPECT_EQ(ex[1].image0, "/nlvr2/images/dev/7/train-1-2-img0.png");
-  std::ofstream(dir + "/bad.json") << R"({"identifier": "dev-1-0-0", "sentence": "s", "label": "maybe"})" "\n";
+  std::ofstream(dir + "/bad.json") << R"({"identifier": "dev-1-0-0", "sentence": "s", "label": "maybe"})"
+                                      "\n";
   vlmo::test::expect_error([&] { read_nlvr2(dir + "/bad.json", "/r", "dev"); }, {"bad.json:1", "True"});
 }
 
@@ -352,8 +362,8 @@ TEST(VqaAnswers, TheOfficialListByHand) {
   auto annotations = [](std::vector<std::string> mca) {
     nlohmann::json a = {{"annotations", nlohmann::json::array()}};
     for (size_t i = 0; i < mca.size(); ++i)
-      a["annotations"].push_back({{"question_id", i}, {"image_id", i}, {"multiple_choice_answer", mca[i]},
-                                  {"answers", {{{"answer", mca[i]}}}}});
+      a["annotations"].push_back(
+          {{"question_id", i}, {"image_id", i}, {"multiple_choice_answer", mca[i]}, {"answers", {{{"answer", mca[i]}}}}});
     return a.dump();
   };
   test::write_file(dir + "/train.json", annotations({"Yes", "two", "yes", "2", "a dog", "dog", "Dog.", "cat", "red", "blue"}));
@@ -404,7 +414,8 @@ TEST(Batches, DownstreamBuildersArePureFunctionsOfTheIndex) {
   expect_error([&] { vqa_batches(vqa, 2, tok, co, 5, 11, load_coloured)(0); }, {"outside", "2 labels"});  // label 2 is drawn
 
   auto pairs = std::make_shared<std::vector<Nlvr2Example>>();
-  for (int k = 0; k < 6; ++k) pairs->push_back({"dev-" + std::to_string(k) + "-0-0", "the left one is red.", ref(k), ref(k + 10), k % 2 == 0});
+  for (int k = 0; k < 6; ++k)
+    pairs->push_back({"dev-" + std::to_string(k) + "-0-0", "the left one is red.", ref(k), ref(k + 10), k % 2 == 0});
   const Batch n = nlvr2_batches(pairs, tok, co, 6, 5, load_coloured)(0);  // one epoch: a permutation
   ASSERT_EQ(n.image_0.sizes(), at::IntArrayRef({6, 3, 32, 32}));
   ASSERT_EQ(n.image_1.sizes(), at::IntArrayRef({6, 3, 32, 32}));

@@ -8,21 +8,21 @@
 #include <fstream>
 #include <set>
 
+#include "demo.h"
+#include "demo_diagnostics.h"
+#include "demo_world.h"
+#include "model/model_internals.h"
 #include "test_util.h"
 #include "train_util.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/distributed.h"
-#include "vlmo/masking.h"
-#include "demo.h"
-#include "demo_diagnostics.h"
 #include "vlmo/image_tensor.h"
-#include "demo_world.h"
+#include "vlmo/masking.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/retrieval.h"
 #include "vlmo/sources.h"
 #include "vlmo/tasks.h"
-#include "model/model_internals.h"
 
 using namespace vlmo;
 using namespace vlmo::test;
@@ -159,7 +159,7 @@ TEST(Data, RetrievalCeilingOfAnIdealReader) {
 // [CLS] is close to a mean over patches, so it must not be dominated by a per-image nuisance (the
 // background tint), and a place named in a caption must be a patch position the model can attend to.
 TEST(Data, WorldShapesSitInTheirPlacesPatchAndBackgroundsBarelyDiffer) {
-  const int S = 48, P = 16;  // the demo's image: 3 x 3 patches
+  const int S = 48, P = 16;                                         // the demo's image: 3 x 3 patches
   const int cell[5][2] = {{0, 1}, {2, 1}, {1, 0}, {1, 2}, {1, 1}};  // (column, row) of left, right, top, bottom, middle
   auto background_spread = [&](int tint) {
     const DemoWorld w(11, 200, 2, 2, S, tint);
@@ -200,15 +200,15 @@ TEST(Data, SceneDistanceCountsWhatCaptionsTellApart) {
   const Scene a{{red_circle_left, blue_square_right}, 1};
   Scene b = a;
   b.style_seed = 2;
-  EXPECT_EQ(scene_distance(a, b), 0);             // another rendering of the same scene
+  EXPECT_EQ(scene_distance(a, b), 0);  // another rendering of the same scene
   b.shapes[0].large = false;
-  EXPECT_EQ(scene_distance(a, b), 0);             // size only: a third of the phrasings omit it
+  EXPECT_EQ(scene_distance(a, b), 0);  // size only: a third of the phrasings omit it
   b.shapes[0].colour = 3;
   EXPECT_EQ(scene_distance(a, b), 1);
   b.shapes[1].kind = 2, b.shapes[1].place = 4;
   EXPECT_EQ(scene_distance(a, b), 3);
   const Scene swapped{{Shape{1, 2, false, 0}, Shape{0, 0, true, 1}}, 3};  // the two shapes trade places
-  EXPECT_EQ(scene_distance(a, swapped), 2);       // best pairing: by kind and colour, two places differ
+  EXPECT_EQ(scene_distance(a, swapped), 2);                               // best pairing: by kind and colour, two places differ
   EXPECT_EQ(scene_distance(swapped, a), 2);
   const Scene one{{red_circle_left}, 4};
   EXPECT_EQ(scene_distance(a, one), 9);
@@ -234,7 +234,8 @@ TEST(Data, SceneDistanceCountsWhatCaptionsTellApart) {
     }
   size_t expected = 0;  // every pair within 1..2 is listed
   for (size_t i = 0; i < sc.size(); ++i)
-    for (size_t j = 0; j < sc.size(); ++j) expected += i != j && scene_distance(sc[i], sc[j]) >= 1 && scene_distance(sc[i], sc[j]) <= 2;
+    for (size_t j = 0; j < sc.size(); ++j)
+      expected += i != j && scene_distance(sc[i], sc[j]) >= 1 && scene_distance(sc[i], sc[j]) <= 2;
   EXPECT_EQ(links, expected);
   EXPECT_GT(links, sc.size());
 }
@@ -357,13 +358,16 @@ TEST(DemoRecipe, OverridesByNameAndNamesWhatIsWrong) {
   r.apply(nlohmann::json::parse(R"({"layer_scale": 0.5})"));
   EXPECT_DOUBLE_EQ(*r.layer_scale, 0.5);
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_lrr": 1})")); }, {"unknown field \"stage3_lrr\""});
-  expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 1.5})")); }, {"\"stage3_steps\" must be a positive integer"});
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 1.5})")); },
+               {"\"stage3_steps\" must be a positive integer"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_steps": 0})")); }, {"positive integer"});
   r.apply(nlohmann::json::parse(R"({"caption_shapes": 0})"));  // 0: captions name every shape
   EXPECT_EQ(r.caption_shapes, 0);
-  expect_error([&] { r.apply(nlohmann::json::parse(R"({"caption_shapes": -1})")); }, {"\"caption_shapes\" must be an integer >= 0"});
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"caption_shapes": -1})")); },
+               {"\"caption_shapes\" must be an integer >= 0"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"({"stage3_lr": "fast"})")); }, {"\"stage3_lr\" must be a number"});
-  expect_error([&] { r.apply(nlohmann::json::parse(R"({"vqa_head_lr_mult": -1})")); }, {"\"vqa_head_lr_mult\" must be a number >= 0"});
+  expect_error([&] { r.apply(nlohmann::json::parse(R"({"vqa_head_lr_mult": -1})")); },
+               {"\"vqa_head_lr_mult\" must be a number >= 0"});
   expect_error([&] { r.apply(nlohmann::json::parse(R"([1, 2])")); }, {"JSON object"});
 }
 
@@ -455,4 +459,3 @@ TEST(Data, DemoWorldFeaturesAreMostlyContentBeforeTraining) {
     EXPECT_GT(content_share(encode_texts(m, ids, masks).reshape({scenes, w.num_caption_variants(), -1})), 0.5) << "seed " << seed;
   }
 }
-

@@ -45,8 +45,9 @@ TEST(Nlvr2Eval, AccuracyAndConsistency) {
 
 TEST(Retrieval, RecallByHand) {
   // 2 images, 4 captions: captions 0,1 -> image 0; 2,3 -> image 1.
-  const at::Tensor scores = at::tensor({0.9, 0.1, 0.8, 0.2,    // image 0: best caption 0 (own)
-                                        0.5, 0.6, 0.7, 0.1}).reshape({2, 4});  // image 1: best caption 2 (own)
+  const at::Tensor scores = at::tensor({0.9, 0.1, 0.8, 0.2,  // image 0: best caption 0 (own)
+                                        0.5, 0.6, 0.7, 0.1})
+                                .reshape({2, 4});  // image 1: best caption 2 (own)
   const Recall r = retrieval_recall(scores, {0, 0, 1, 1});
   EXPECT_DOUBLE_EQ(r.tr1, 1.0);
   // IR: caption 0 -> image 0 (0.9 > 0.5) hit; caption 1 -> image 1 (0.6 > 0.1) miss;
@@ -75,10 +76,13 @@ TEST(Retrieval, ItmRerankingByHand) {
   // caption 2 at 70 and caption 1 at 5 + 60, so caption 2 (its own) comes first. Pairs are scored
   // once for all weights.
   calls = 0;
-  const std::vector<Recall> w = rerank_recall(scores, {0, 0, 1, 1}, 2, [&](const at::Tensor& i, const at::Tensor& t) {
-    ++calls;
-    return (i.eq(1) & t.eq(1)).to(at::kFloat) * 5;
-  }, std::vector<double>{1.0, 100.0});
+  const std::vector<Recall> w = rerank_recall(
+      scores, {0, 0, 1, 1}, 2,
+      [&](const at::Tensor& i, const at::Tensor& t) {
+        ++calls;
+        return (i.eq(1) & t.eq(1)).to(at::kFloat) * 5;
+      },
+      std::vector<double>{1.0, 100.0});
   EXPECT_EQ(calls, 2);
   ASSERT_EQ(w.size(), 2u);
   EXPECT_DOUBLE_EQ(w[0].tr1, 0.5);
@@ -104,8 +108,8 @@ TEST(Evaluate, VqaPredictionsAreTheTaskForwardAndAccuracyIsOfficial) {
   }
   m->train();
   const std::string p0 = answers[pred[0].item<int64_t>()], p2 = answers[pred[2].item<int64_t>()];
-  qs[0].answers.assign(10, p0);                        // 1.0
-  qs[1].answers.assign(10, "zebra");                   // 0.0
+  qs[0].answers.assign(10, p0);                                                                      // 1.0
+  qs[1].answers.assign(10, "zebra");                                                                 // 0.0
   qs[2].answers = {p2, p2, "zebra", "zebra", "zebra", "zebra", "zebra", "zebra", "zebra", "zebra"};  // 0.6
   const VqaEvaluation e = evaluate_vqa(m, bert(), qs, answers, load_coloured, /*batch=*/2);
   ASSERT_EQ(e.predictions.size(), 3u);
@@ -123,7 +127,8 @@ TEST(Evaluate, Nlvr2AndRetrievalMatchTheirForwards) {
   VLMo m = tiny_model(tiny_config(all_heads(), bert_vocab), 3);
   m->eval();
   std::vector<Nlvr2Example> ex;
-  for (int k = 0; k < 5; ++k) ex.push_back({"dev-" + std::to_string(k / 2) + "-" + std::to_string(k % 2) + "-0", "a red one.", ref(k), ref(k + 5), false});
+  for (int k = 0; k < 5; ++k)
+    ex.push_back({"dev-" + std::to_string(k / 2) + "-" + std::to_string(k % 2) + "-0", "a red one.", ref(k), ref(k + 5), false});
   at::Tensor pred;
   {
     at::NoGradGuard g;
@@ -140,7 +145,8 @@ TEST(Evaluate, Nlvr2AndRetrievalMatchTheirForwards) {
   EXPECT_NEAR(n.score.consistency, 1.0 / 3, 1e-12);
   EXPECT_FALSE(m->is_training());
 
-  std::vector<KarpathyImage> images = {{ref(1), "test", {"a red one", "a blue one"}}, {ref(2), "test", {"the cat"}},
+  std::vector<KarpathyImage> images = {{ref(1), "test", {"a red one", "a blue one"}},
+                                       {ref(2), "test", {"the cat"}},
                                        {ref(3), "test", {"two dogs", "a man", "the sea"}}};
   const RetrievalEvaluation r = evaluate_retrieval(m, bert(), images, load_coloured, /*rerank_k=*/2, /*batch=*/2);
   EXPECT_EQ(r.images, 3);
@@ -171,7 +177,8 @@ TEST(Evaluate, RetrievalReRanksWithAnotherModelsItm) {
   std::vector<KarpathyImage> images;
   std::vector<std::string> captions;
   std::vector<int64_t> owner;
-  const std::vector<std::string> words = {"a red one", "a blue one", "the cat", "two dogs", "a man", "the sea", "a car", "one tree"};
+  const std::vector<std::string> words = {"a red one", "a blue one", "the cat", "two dogs",
+                                          "a man",     "the sea",    "a car",   "one tree"};
   for (int k = 0; k < 8; ++k) {
     images.push_back({ref(k), "test", {words[k], words[(k + 3) % 8] + " again"}});
     for (const auto& c : images.back().captions) captions.push_back(c), owner.push_back(k);
@@ -200,7 +207,8 @@ TEST(Evaluate, RetrievalReRanksWithAnotherModelsItm) {
   auto key = [](const Recall& x) { return std::vector<double>{x.tr1, x.tr5, x.ir1, x.ir5}; };
   EXPECT_NE(key(want[0]), key(mine[0]));
   const at::Tensor pairs_i = at::arange(8, at::kLong).repeat_interleave(2), pairs_t = at::arange(16, at::kLong);
-  EXPECT_FALSE(at::allclose(itm_pair_scorer(other, px, ids, masks)(pairs_i, pairs_t), itm_pair_scorer(m, px, ids, masks)(pairs_i, pairs_t)));
+  EXPECT_FALSE(at::allclose(itm_pair_scorer(other, px, ids, masks)(pairs_i, pairs_t),
+                            itm_pair_scorer(m, px, ids, masks)(pairs_i, pairs_t)));
   // A re-ranker at another image size is refused, naming both.
   Config big = cfg;
   big.image_size = 48;

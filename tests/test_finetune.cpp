@@ -98,7 +98,8 @@ TEST(FinetunePlan, FromTheOfficialFiles) {
 
   nlohmann::json k = {{"images", nlohmann::json::array()}};
   for (const char* split : {"train", "restval", "val", "test"})
-    k["images"].push_back({{"filename", std::string(split) + ".jpg"}, {"split", split},
+    k["images"].push_back({{"filename", std::string(split) + ".jpg"},
+                           {"split", split},
                            {"sentences", {{{"raw", "a red circle"}}, {{"raw", "a circle"}}}}});
   test::write_file(dir + "/karpathy.json", k.dump());
   FinetuneSpec r;
@@ -127,7 +128,8 @@ TEST(FinetunePlan, PretrainedWeightsAndTheRecipesSchedule) {
   EXPECT_EQ(f.config.heads, (std::vector<std::string>{"vqa"}));
   // The encoder comes from the pre-trained weights, the new head keeps its initialisation.
   const auto got = f.model->named_parameters();
-  EXPECT_TRUE(at::equal(got["transformer.patch_embed.proj.weight"], pretrained->named_parameters()["transformer.patch_embed.proj.weight"]));
+  EXPECT_TRUE(at::equal(got["transformer.patch_embed.proj.weight"],
+                        pretrained->named_parameters()["transformer.patch_embed.proj.weight"]));
   ASSERT_FALSE(f.loaded.missing.empty());
   for (const auto& name : f.loaded.missing) EXPECT_EQ(name.rfind("vqa_classifier.", 0), 0u) << name;
   EXPECT_EQ(f.world, 1);

@@ -6,13 +6,13 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
+#include "vlmo/image_collection.h"
 #include "vlmo/safetensors.h"
 #include "vlmo/vector_index.h"
-#include "vlmo/image_collection.h"
-#include <filesystem>
 
 using namespace vlmo;
 using vlmo::test::expect_error;
@@ -58,8 +58,8 @@ TEST(Index, FlatIsExactAndApproximateIndexesOver100kReportRecall) {
       EXPECT_NEAR(exact[q][j].score, bf_scores[q][j].item<float>(), 1e-4) << q << "," << j;
       if (j == 0) EXPECT_EQ(exact[q][0].index, 12345 + q);  // each vector finds itself first
     }
-  std::printf("[index] %lld x %lld-d: flat build %.0f ms, %.3f ms/query\n", static_cast<long long>(n),
-              static_cast<long long>(d), flat_build, flat_query);
+  std::printf("[index] %lld x %lld-d: flat build %.0f ms, %.3f ms/query\n", static_cast<long long>(n), static_cast<long long>(d),
+              flat_build, flat_query);
   for (IndexKind kind : {IndexKind::kIvfPq, IndexKind::kHnsw}) {
     IndexOptions o;
     o.kind = kind;
@@ -104,8 +104,13 @@ TEST(Index, FilesRoundTripAndShardsConcatenate) {
   }
   EXPECT_FALSE(VectorIndex::is_index_file(dir + "/e0.safetensors"));
   // Shards that do not fit together, and files that are not embeddings, are named.
-  write_safetensors(dir + "/other.safetensors", {{"embeddings", at::zeros({2, 8})}}, {{"ids", R"(["a","b"])"}, {"modality", "image"}});
-  expect_error([&] { read_embedding_shards({dir + "/e0.safetensors", dir + "/other.safetensors"}); }, {"other.safetensors", "8-d", "16-d"});
+  write_safetensors(dir + "/other.safetensors", {{"embeddings", at::zeros({2, 8})}},
+                    {{"ids", R"(["a","b"])"}, {"modality", "image"}});
+  expect_error(
+      [&] {
+        read_embedding_shards({dir + "/e0.safetensors", dir + "/other.safetensors"});
+      },
+      {"other.safetensors", "8-d", "16-d"});
   expect_error([&] { VectorIndex::load(dir + "/e0.safetensors"); }, {"e0.safetensors", "not an index"});
   expect_error([&] { parse_index_kind("lsh"); }, {"lsh", "flat, ivfpq or hnsw"});
 }
@@ -177,8 +182,9 @@ TEST(Collection, EmbeddingFolderWritesChunksAndResumes) {
     w.consume();  // then killed: item 2 is not in a chunk
     EXPECT_EQ(w.manifest()["chunks"].size(), 1u);
   }
-  expect_error([&] { EmbeddingFolderWriter(dir, "other.safetensors", inputs, 2); }, {"holds embeddings of other inputs, model or --chunk"});
-{
+  expect_error([&] { EmbeddingFolderWriter(dir, "other.safetensors", inputs, 2); },
+               {"holds embeddings of other inputs, model or --chunk"});
+  {
     EmbeddingFolderWriter w(dir, "m.safetensors", inputs, 2);
     EXPECT_EQ(w.items_done(), 2);
     EXPECT_EQ(w.consumed(), 2);
@@ -194,6 +200,7 @@ TEST(Collection, EmbeddingFolderWritesChunksAndResumes) {
   EXPECT_EQ(set.ids, (std::vector<std::string>{"i0", "i2", "i3"}));
   EXPECT_EQ(set.dim, 4);
   EXPECT_FLOAT_EQ(set.vectors[4], 2.0f);
-  test::write_file(dir + "/manifest.json", "{\"format\": \"vlmo-embeddings\", \"inputs\": [\"in\"], \"chunk\": 2, \"model\": \"m.safetensors\"}");
+  test::write_file(dir + "/manifest.json",
+                   "{\"format\": \"vlmo-embeddings\", \"inputs\": [\"in\"], \"chunk\": 2, \"model\": \"m.safetensors\"}");
   expect_error([&] { EmbeddingFolderWriter(dir, "m.safetensors", inputs, 2); }, {"expected \"items_done\""});
 }

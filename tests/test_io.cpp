@@ -3,8 +3,8 @@
 
 // ---- from the tests of safetensors ----
 #include <ATen/ATen.h>
-#include <gtest/gtest.h>
 #include <dirent.h>
+#include <gtest/gtest.h>
 
 #include "test_util.h"
 #include "vlmo/safetensors.h"
@@ -71,32 +71,29 @@ TEST(Safetensors, RejectsMalformedFiles) {
   expect_error([] { parse_safetensors(image("{\"a\": ", 0), "f"); }, {"not valid JSON"});
   expect_error([] { parse_safetensors(image("[1]", 0), "f"); }, {"JSON object"});
   // Offsets past the end of the data section.
-  expect_error([] {
-    parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4), "f");
-  }, {"tensor \"w\"", "outside the data section of 4 bytes"});
+  expect_error([] { parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4), "f"); },
+               {"tensor \"w\"", "outside the data section of 4 bytes"});
   // A header that lies about the size: offsets disagree with dtype x shape.
-  expect_error([] {
-    parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "f");
-  }, {"tensor \"w\"", "span 8 bytes", "need 12"});
-  expect_error([] {
-    parse_safetensors(image(R"({"w":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}})", 4), "f");
-  }, {"unsupported dtype", "F99"});
-  expect_error([] {
-    parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4), "f");
-  }, {"non-negative"});
-  expect_error([] {
-    parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", 8), "f");
-  }, {"outside"});
-  expect_error([] {
-    parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[1]}})", 4), "f");
-  }, {"data_offsets"});
-  expect_error([] {
-    parse_safetensors(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "f");
-  }, {"overlap"});
-  expect_error([] {
-    parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[4611686018427387904, 8],"data_offsets":[0,4]}})", 4), "f");
-  }, {"overflow"});
+  expect_error([] { parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "f"); },
+               {"tensor \"w\"", "span 8 bytes", "need 12"});
+  expect_error([] { parse_safetensors(image(R"({"w":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}})", 4), "f"); },
+               {"unsupported dtype", "F99"});
+  expect_error([] { parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4), "f"); },
+               {"non-negative"});
+  expect_error([] { parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", 8), "f"); },
+               {"outside"});
+  expect_error([] { parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[1]}})", 4), "f"); }, {"data_offsets"});
+  expect_error(
+      [] {
+        parse_safetensors(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                                12),
+                          "f");
+      },
+      {"overlap"});
+  expect_error(
+      [] { parse_safetensors(image(R"({"w":{"dtype":"F32","shape":[4611686018427387904, 8],"data_offsets":[0,4]}})", 4), "f"); },
+      {"overflow"});
   expect_error([] { read_safetensors("/nonexistent/file.safetensors"); }, {"/nonexistent/file.safetensors", "cannot open"});
 }
 
@@ -311,8 +308,8 @@ TEST(Checkpoint, BeitKeysMapToVlmo) {
   EXPECT_TRUE(v.count("transformer.fc_norm.weight"));  // unexpected on load, as in the official
   const at::Tensor& t = v.at("relative_position_bias_table");
   ASSERT_EQ(t.sizes(), at::IntArrayRef({100, 4}));
-  EXPECT_EQ(t[0][0].item<float>(), 1.0f);  // layer 0 -> columns 0, 1
-  EXPECT_EQ(t[0][2].item<float>(), 2.0f);  // layer 1 -> columns 2, 3
+  EXPECT_EQ(t[0][0].item<float>(), 1.0f);     // layer 0 -> columns 0, 1
+  EXPECT_EQ(t[0][2].item<float>(), 2.0f);     // layer 1 -> columns 2, 3
   EXPECT_EQ(t[rows][0].item<float>(), 0.0f);  // text rows untouched
   for (const auto& [k, x] : v) EXPECT_EQ(k.find("relative_position_index"), std::string::npos) << k;
 }

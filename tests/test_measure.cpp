@@ -25,7 +25,7 @@ TEST(Bench, AnalyticFlopsMatchHandCounts) {
   // tiny_config: width 32, 2 blocks, MLP 128, 32-px images of 16-px patches (5 image tokens),
   // 16 text tokens. Per block and token: 2·(4·32² + 2·32·128) = 24576, plus attention 4·N·32.
   const Config c = vlmo::test::tiny_config();
-  const double patch_embed = 2.0 * 4 * (3 * 16 * 16) * 32;                     // 196608
+  const double patch_embed = 2.0 * 4 * (3 * 16 * 16) * 32;  // 196608
   EXPECT_DOUBLE_EQ(vlmo::analytic_flops_per_sample(c, "embed-image"), 2 * 5 * (24576 + 4 * 5 * 32) + patch_embed);
   EXPECT_DOUBLE_EQ(vlmo::analytic_flops_per_sample(c, "embed-text"), 2 * 16 * (24576 + 4 * 16 * 32));
   // docs/performance.md: "about 663 GFLOP per sample at 224 px" for the base pre-training step.
@@ -97,8 +97,8 @@ TEST(Bench, MatmulRateIsPositive) {
 TEST(Bench, CommandPrintsOneJsonLinePerTask) {
   const std::string dir = vlmo::test::temp_dir();
   vlmo::test::write_tiny_config(dir);
-  const auto r = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "all", "--batch", "2", "--steps",
-                                      "1", "--warmup", "0", "--matmul-size", "64", "--json", "--quiet"});
+  const auto r = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "all", "--batch", "2", "--steps", "1",
+                                      "--warmup", "0", "--matmul-size", "64", "--json", "--quiet"});
   ASSERT_EQ(r.status, 0) << r.err;
   std::istringstream lines(r.out);
   std::vector<std::string> tasks;
@@ -108,8 +108,9 @@ TEST(Bench, CommandPrintsOneJsonLinePerTask) {
     for (const char* key : {"samples_per_s", "tflops", "percent_of_matmul", "peak_memory_bytes", "matmul_tflops"})
       EXPECT_TRUE(j.contains(key)) << key << " missing in " << line;
     EXPECT_GT(j.at("samples_per_s").get<double>(), 0) << line;
-    EXPECT_NEAR(j.at("percent_of_matmul").get<double>(),
-                100 * j.at("tflops").get<double>() / j.at("matmul_tflops").get<double>(), 1e-9) << line;
+    EXPECT_NEAR(j.at("percent_of_matmul").get<double>(), 100 * j.at("tflops").get<double>() / j.at("matmul_tflops").get<double>(),
+                1e-9)
+        << line;
     EXPECT_EQ(j.at("image_size").get<int>(), 32);
     // The CPU the run saw: this process's own reading of it.
     EXPECT_EQ(j.at("cpu").at("isa").get<std::string>(), vlmo::cpu_features().widest()) << line;
@@ -129,12 +130,12 @@ TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
                                        "--steps", "1", "--matmul-size", "64", "--json", "--quiet", "--quantize", "int8"});
   ASSERT_EQ(ok.status, 0) << ok.err;
   EXPECT_EQ(nlohmann::json::parse(ok.out).at("quantize"), "int8");
-  const auto train = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "vqa", "--quantize", "int8",
-                                          "--matmul-size", "64", "--quiet"});
+  const auto train = vlmo::test::run_cli(
+      {"bench", "--config", dir + "/tiny.json", "--task", "vqa", "--quantize", "int8", "--matmul-size", "64", "--quiet"});
   EXPECT_EQ(train.status, 2);
   EXPECT_NE(train.err.find("int8 quantisation is for inference"), std::string::npos) << train.err;
-  const auto bad = vlmo::test::run_cli({"bench", "--quantize", "int4", "--matmul-size", "64", "--quiet", "--task", "embed-text",
-                                        "--config", dir + "/tiny.json"});
+  const auto bad = vlmo::test::run_cli(
+      {"bench", "--quantize", "int4", "--matmul-size", "64", "--quiet", "--task", "embed-text", "--config", dir + "/tiny.json"});
   EXPECT_EQ(bad.status, 2);
   EXPECT_NE(bad.err.find("--quantize: expected none or int8, got \"int4\""), std::string::npos) << bad.err;
 }
@@ -142,9 +143,9 @@ TEST(Quantize, BenchAndCommandsTakeQuantizeInt8) {
 TEST(Precision, BenchTakesPrecisionAndCheckpointing) {
   const std::string dir = vlmo::test::temp_dir();
   vlmo::test::write_tiny_config(dir);
-  const auto ok = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "pretrain", "--batch", "2",
-                                       "--steps", "1", "--matmul-size", "64", "--json", "--quiet", "--precision", "bf16",
-                                       "--activation-checkpointing"});
+  const auto ok =
+      vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "pretrain", "--batch", "2", "--steps", "1",
+                           "--matmul-size", "64", "--json", "--quiet", "--precision", "bf16", "--activation-checkpointing"});
   ASSERT_EQ(ok.status, 0) << ok.err;
   const auto j = nlohmann::json::parse(ok.out);
   EXPECT_EQ(j.at("precision"), "bf16");
@@ -164,8 +165,8 @@ TEST(Precision, BenchTakesPrecisionAndCheckpointing) {
 TEST(Bench, ProfileWritesAChromeTraceOfTheTimedSteps) {
   const std::string dir = vlmo::test::temp_dir();
   vlmo::test::write_tiny_config(dir);
-  const auto r = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "embed-image", "--batch", "2",
-                                      "--steps", "1", "--matmul-size", "64", "--quiet", "--profile", dir + "/trace.json"});
+  const auto r = vlmo::test::run_cli({"bench", "--config", dir + "/tiny.json", "--task", "embed-image", "--batch", "2", "--steps",
+                                      "1", "--matmul-size", "64", "--quiet", "--profile", dir + "/trace.json"});
   ASSERT_EQ(r.status, 0) << r.err;
   const auto trace = nlohmann::json::parse(vlmo::test::read_file(dir + "/trace.json"));
   const auto& events = trace.is_object() ? trace.at("traceEvents") : trace;

@@ -10,21 +10,20 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 
-#include <nlohmann/json.hpp>
-
+#include "model/model_internals.h"
 #include "test_util.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/objectives.h"
-#include "vlmo/precision.h"
 #include "vlmo/ops.h"
-#include "vlmo/run_policy.h"
+#include "vlmo/precision.h"
 #include "vlmo/pretrain.h"
 #include "vlmo/relative_position.h"
+#include "vlmo/run_policy.h"
 #include "vlmo/tasks.h"
-#include "model/model_internals.h"
 
 using namespace vlmo;
 using vlmo::test::expect_error;
@@ -90,12 +89,12 @@ TEST(RelativePosition, ImageIndexByHand) {
   const at::Tensor idx = image_relative_position_index(2);
   ASSERT_EQ(idx.sizes(), at::IntArrayRef({5, 5}));
   auto a = idx.accessor<int64_t, 2>();
-  EXPECT_EQ(a[0][0], 11);  // CLS -> CLS
-  EXPECT_EQ(a[0][3], 9);   // CLS -> patch
-  EXPECT_EQ(a[2][0], 10);  // patch -> CLS
-  EXPECT_EQ(a[1][1], 4);   // same patch: (0+1)*3 + (0+1)
-  EXPECT_EQ(a[1][4], 0);   // (0,0) -> (1,1): dy = -1, dx = -1 -> 0*3 + 0
-  EXPECT_EQ(a[4][1], 8);   // (1,1) -> (0,0): dy = 1, dx = 1 -> 2*3 + 2
+  EXPECT_EQ(a[0][0], 11);                     // CLS -> CLS
+  EXPECT_EQ(a[0][3], 9);                      // CLS -> patch
+  EXPECT_EQ(a[2][0], 10);                     // patch -> CLS
+  EXPECT_EQ(a[1][1], 4);                      // same patch: (0+1)*3 + (0+1)
+  EXPECT_EQ(a[1][4], 0);                      // (0,0) -> (1,1): dy = -1, dx = -1 -> 0*3 + 0
+  EXPECT_EQ(a[4][1], 8);                      // (1,1) -> (0,0): dy = 1, dx = 1 -> 2*3 + 2
   EXPECT_EQ(a[2][3], 2 * 3 + 0 - 2 * 3 + 2);  // (0,1) -> (1,0): dy=-1, dx=1 -> 0*3+2
 }
 
@@ -103,7 +102,7 @@ TEST(RelativePosition, TextAndFusionIndexByHand) {
   // W = 14, T = 196 (the official sizes): nrd = 732; text rows start at 734.
   const at::Tensor t = text_relative_position_index(40, 14, 196);
   auto a = t.accessor<int64_t, 2>();
-  EXPECT_EQ(a[1][1], 732 + 2 + 194);       // distance 0
+  EXPECT_EQ(a[1][1], 732 + 2 + 194);        // distance 0
   EXPECT_EQ(a[1][39], 732 + 2 + 194 + 38);  // j - i = 38
   EXPECT_EQ(a[39][1], 732 + 2 + 194 - 38);
   EXPECT_EQ(a[0][5], 1123);
@@ -152,8 +151,7 @@ TEST(Model, FusionNeedsTextPaddedToMaxLenAndTheConfiguredImageSize) {
   Batch b = tiny_batch(c);
   expect_error([&] { m->infer(b.text_ids.narrow(1, 0, 5), b.text_masks.narrow(1, 0, 5), b.image); },
                {"padded to exactly max_text_len = 8"});
-  expect_error([&] { m->infer(b.text_ids, b.text_masks, at::zeros({3, 3, 48, 48})); },
-               {"[3, 3, 48, 48]", "(B, 3, 32, 32)"});
+  expect_error([&] { m->infer(b.text_ids, b.text_masks, at::zeros({3, 3, 48, 48})); }, {"[3, 3, 48, 48]", "(B, 3, 32, 32)"});
   expect_error([&] { m->infer(b.text_ids, b.text_masks, b.image, 3); }, {"token type 3"});
   // Text-only passes accept shorter text (the index is the top-left block).
   EXPECT_EQ(m->infer_text_ft(b.text_ids.narrow(1, 0, 5), b.text_masks.narrow(1, 0, 5)).feats.size(1), 5);
@@ -259,8 +257,8 @@ TEST(Model, PartialLastBlockGivesTheFullPassRowsAndGradients) {
                          txt_cls = m->infer_text_ft(b.text_ids, b.text_masks, TokenOutputs::kCls);
     EXPECT_TRUE(at::allclose(txt.cls_feats, txt_cls.cls_feats, 1e-12, 1e-12));
     if (training) {
-      expect_same(grads((img.cls_feats * img.cls_vlffn_feats).sum()),
-                  grads((img_cls.cls_feats * img_cls.cls_vlffn_feats).sum()), "image [CLS]");
+      expect_same(grads((img.cls_feats * img.cls_vlffn_feats).sum()), grads((img_cls.cls_feats * img_cls.cls_vlffn_feats).sum()),
+                  "image [CLS]");
     }
   }
 }
@@ -291,8 +289,8 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
   };
   const auto plain = run(false), fused = run(true);
   for (size_t i = 0; i < plain.size(); ++i)
-    EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-5, 1e-6)) << "output " << i << ": max diff "
-                                                              << (fused[i] - plain[i]).abs().max().item<double>();
+    EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-5, 1e-6))
+        << "output " << i << ": max diff " << (fused[i] - plain[i]).abs().max().item<double>();
   // With autograd on, training passes leave this kernel (it has no backward): the plain path on
   // LibTorch 1.13, scaled_dot_product_attention on >= 2 (Model.SdpaAndPlainAttentionAgree).
   const int64_t before = fused_attention_calls();
@@ -531,8 +529,7 @@ TEST(Model, Bf16AutocastRunsTheBlocksInBfloat16) {
   Batch b = tiny_batch(c, 3);
   auto outputs = [&] {
     torch::NoGradGuard g;
-    return std::vector<at::Tensor>{m->infer(b.text_ids, b.text_masks, b.image).cls_feats,
-                                   m->infer_image_ft(b.image).cls_feats,
+    return std::vector<at::Tensor>{m->infer(b.text_ids, b.text_masks, b.image).cls_feats, m->infer_image_ft(b.image).cls_feats,
                                    m->infer_text(b.text_ids, b.text_masks).cls_vlffn_feats};
   };
   const auto fp32 = outputs();
@@ -602,18 +599,51 @@ TEST(RunPolicy, ResolutionTable) {
     std::string summary;
   };
   const std::vector<Row> rows = {
-      {"1.13 defaults", v113, {}, {}, "device cpu, precision fp32, attention fused (SDPA: no), cpu products onednn, cpu bf16 native"},
-      {"1.13 without oneDNN or AVX-512", v113_bare, {}, {}, "device cpu, precision fp32, attention fused (SDPA: no), cpu products aten, cpu bf16 emulated"},
-      {"2.6 on AVX2", v26_avx2, {}, {}, "device cpu, precision fp32, attention fused (SDPA: yes), cpu products onednn, cpu bf16 emulated"},
-      {"2.6 bf16 plain", v26, opts([](RunOptions& o) { o.precision = Precision::kBFloat16; o.attention = AttentionPath::kPlain; }), {},
+      {"1.13 defaults",
+       v113,
+       {},
+       {},
+       "device cpu, precision fp32, attention fused (SDPA: no), cpu products onednn, cpu bf16 native"},
+      {"1.13 without oneDNN or AVX-512",
+       v113_bare,
+       {},
+       {},
+       "device cpu, precision fp32, attention fused (SDPA: no), cpu products aten, cpu bf16 emulated"},
+      {"2.6 on AVX2",
+       v26_avx2,
+       {},
+       {},
+       "device cpu, precision fp32, attention fused (SDPA: yes), cpu products onednn, cpu bf16 emulated"},
+      {"2.6 bf16 plain",
+       v26,
+       opts([](RunOptions& o) {
+         o.precision = Precision::kBFloat16;
+         o.attention = AttentionPath::kPlain;
+       }),
+       {},
        "device cpu, precision bf16, attention plain (SDPA: yes), cpu products onednn, cpu bf16 native"},
-      {"fp16 on the CPU from 2.4", v26, opts([](RunOptions& o) { o.precision = Precision::kFloat16; }), {},
+      {"fp16 on the CPU from 2.4",
+       v26,
+       opts([](RunOptions& o) { o.precision = Precision::kFloat16; }),
+       {},
        "device cpu, precision fp16, attention fused (SDPA: yes), cpu products onednn, cpu bf16 native"},
-      {"fp16 on CUDA with 1.13", v113, opts([](RunOptions& o) { o.device = c10::Device("cuda:1"); o.precision = Precision::kFloat16; }), {},
+      {"fp16 on CUDA with 1.13",
+       v113,
+       opts([](RunOptions& o) {
+         o.device = c10::Device("cuda:1");
+         o.precision = Precision::kFloat16;
+       }),
+       {},
        "device cuda:1, precision fp16, attention fused (SDPA: no), cpu products onednn, cpu bf16 native"},
-      {"environment overrides", v26_avx2, {}, env("aten", "native"),
+      {"environment overrides",
+       v26_avx2,
+       {},
+       env("aten", "native"),
        "device cpu, precision fp32, attention fused (SDPA: yes), cpu products aten, cpu bf16 native"},
-      {"explicit options over the environment", v26, opts([](RunOptions& o) { o.cpu_products = CpuProducts::kOneDnn; o.cpu_bf16 = CpuBf16Products::kEmulated; }),
+      {"explicit options over the environment", v26, opts([](RunOptions& o) {
+         o.cpu_products = CpuProducts::kOneDnn;
+         o.cpu_bf16 = CpuBf16Products::kEmulated;
+       }),
        env("aten", "native"), "device cpu, precision fp32, attention fused (SDPA: yes), cpu products onednn, cpu bf16 emulated"},
   };
   for (const Row& r : rows) {
@@ -630,7 +660,8 @@ TEST(RunPolicy, ResolutionTable) {
   expect_error([&] { resolve_run_policy({}, v113_bare, env("onednn", std::nullopt)); }, {"VLMO_CPU_BATCHED_MATMUL", "no oneDNN"});
   expect_error([&] { resolve_run_policy(opts([](RunOptions& o) { o.cpu_products = CpuProducts::kOneDnn; }), v113_bare, {}); },
                {"no oneDNN"});
-  expect_error([&] { resolve_run_policy({}, v26, env("blas", std::nullopt)); }, {"VLMO_CPU_BATCHED_MATMUL=\"blas\"", "aten or onednn"});
+  expect_error([&] { resolve_run_policy({}, v26, env("blas", std::nullopt)); },
+               {"VLMO_CPU_BATCHED_MATMUL=\"blas\"", "aten or onednn"});
   expect_error([&] { resolve_run_policy({}, v26, env(std::nullopt, "fast")); }, {"VLMO_CPU_BF16=\"fast\"", "native or emulated"});
   expect_error([] { parse_attention_path("flash", "option --attention"); }, {"--attention \"flash\"", "fused or plain"});
 
@@ -653,12 +684,21 @@ TEST(RunPolicy, ResolutionTable) {
   };
   const std::vector<KernelRow> kernels = {
       {"1.13 CPU inference fp32", policy(false, fused, dnnl), {cpu, at::kFloat, false, false}, AttentionKernel::kCpuInference},
-      {"2.6 CPU inference fp32 (emulated bf16 too)", policy(true, fused, dnnl), {cpu, at::kFloat, false, false}, AttentionKernel::kCpuInference},
+      {"2.6 CPU inference fp32 (emulated bf16 too)",
+       policy(true, fused, dnnl),
+       {cpu, at::kFloat, false, false},
+       AttentionKernel::kCpuInference},
       {"1.13 CPU inference bf16", policy(false, fused, dnnl), {cpu, at::kBFloat16, false, false}, AttentionKernel::kPlain},
       {"2.6 CPU inference bf16", policy(true, fused, dnnl), {cpu, at::kBFloat16, false, false}, AttentionKernel::kSdpa},
       {"1.13 CPU training fp32", policy(false, fused, dnnl), {cpu, at::kFloat, true, false}, AttentionKernel::kPlain},
-      {"2.6 CPU training fp32, oneDNN products", policy(true, fused, dnnl), {cpu, at::kFloat, true, false}, AttentionKernel::kPlain},
-      {"2.6 CPU training fp32, LibTorch products", policy(true, fused, aten), {cpu, at::kFloat, true, false}, AttentionKernel::kSdpa},
+      {"2.6 CPU training fp32, oneDNN products",
+       policy(true, fused, dnnl),
+       {cpu, at::kFloat, true, false},
+       AttentionKernel::kPlain},
+      {"2.6 CPU training fp32, LibTorch products",
+       policy(true, fused, aten),
+       {cpu, at::kFloat, true, false},
+       AttentionKernel::kSdpa},
       {"2.6 CPU training bf16", policy(true, fused, dnnl), {cpu, at::kBFloat16, true, false}, AttentionKernel::kSdpa},
       {"2.6 CPU training fp16", policy(true, fused, dnnl), {cpu, at::kHalf, true, false}, AttentionKernel::kSdpa},
       {"fp64 (the tests' reference)", policy(true, fused, aten), {cpu, at::kDouble, false, false}, AttentionKernel::kPlain},
@@ -705,7 +745,8 @@ struct PhotoRetrieval {
   PhotoRetrieval() {
     const vlmo::TensorMap tensors = vlmo::load_safetensors(vlmo::test::fixture("images/expected.safetensors"));
     std::vector<at::Tensor> images;
-    for (const char* name : {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
+    for (const char* name :
+         {"messi5.jpg@224", "ela_original.jpg@224", "chelsea.png@224", "camera.png@224", "opencv-logo.png@224"})
       images.push_back(tensors.at(name));
     photos = at::stack(images);
     Config c = Config::base();
@@ -858,20 +899,15 @@ TEST(Config, ReadsFixtureConfig) {
 TEST(Config, ErrorsNameTheField) {
   expect_error([] { config_from_json_text(R"({"embed_dim": 64, "colour": 3})", "x.json"); },
                {"x.json", "unknown config field", "colour"});
-  expect_error([] { config_from_json_text(R"({"image_size": 100})", "x.json"); },
-               {"image_size", "100", "patch_size 16"});
+  expect_error([] { config_from_json_text(R"({"image_size": 100})", "x.json"); }, {"image_size", "100", "patch_size 16"});
   expect_error([] { config_from_json_text(R"({"embed_dim": 100, "num_heads": 12})", "x.json"); },
                {"num_heads", "12", "embed_dim 100"});
   expect_error([] { config_from_json_text(R"({"depth": 4, "vlffn_start_layer_index": 10})", "x.json"); },
                {"vlffn_start_layer_index", "depth=4"});
-  expect_error([] { config_from_json_text(R"({"depth": "twelve"})", "x.json"); },
-               {"depth", "integer"});
-  expect_error([] { config_from_json_text(R"({"num_token_types": 5})", "x.json"); },
-               {"num_token_types"});
-  expect_error([] { config_from_json_text(R"({"max_text_len": 300})", "x.json"); },
-               {"max_text_len", "max_text_len_of_initckpt"});
-  expect_error([] { config_from_json_text(R"({"heads": ["mlm", "caption"]})", "x.json"); },
-               {"heads", "caption"});
+  expect_error([] { config_from_json_text(R"({"depth": "twelve"})", "x.json"); }, {"depth", "integer"});
+  expect_error([] { config_from_json_text(R"({"num_token_types": 5})", "x.json"); }, {"num_token_types"});
+  expect_error([] { config_from_json_text(R"({"max_text_len": 300})", "x.json"); }, {"max_text_len", "max_text_len_of_initckpt"});
+  expect_error([] { config_from_json_text(R"({"heads": ["mlm", "caption"]})", "x.json"); }, {"heads", "caption"});
   expect_error([] { config_from_json_text(R"({"depth": 12,)", "x.json"); }, {"x.json", "JSON"});
   expect_error([] { config_from_json_text(R"([1, 2])", "x.json"); }, {"object"});
 }
@@ -894,8 +930,6 @@ TEST(Config, ParameterCountsMatchOfficial) {
       if (p.key().find("_vl.") != std::string::npos) vl += p.value().numel();
     EXPECT_NEAR(total / 1e6, w.backbone_m, 0.05) << w.preset;
     EXPECT_NEAR(vl / 1e6, w.vl_ffn_m, 0.05) << w.preset;
-    if (std::string(w.preset) == "base")
-      EXPECT_NEAR((total - count_parameters(*model, {"pooler."})) / 1e6, 175.4, 0.05);
+    if (std::string(w.preset) == "base") EXPECT_NEAR((total - count_parameters(*model, {"pooler."})) / 1e6, 175.4, 0.05);
   }
 }
-

@@ -22,8 +22,8 @@ using vlmo::test::run_cli;
 namespace {
 
 const std::string kConfig = fixture("reference/tiny-abspos/config.json");
-const std::vector<std::string> kWords = {"a", "the", "cat", "dog", "is", "on", "what", "color", "red", "blue", "of",
-                                         "image", "photo", "man", "ball", "there", "two", "left", "?", "."};
+const std::vector<std::string> kWords = {"a",  "the",   "cat",   "dog", "is",   "on",    "what", "color", "red", "blue",
+                                         "of", "image", "photo", "man", "ball", "there", "two",  "left",  "?",   "."};
 
 // An 800-entry vocabulary (the fixture model's vocab_size) with BERT's special ids and some words.
 std::string write_vocab(const std::string& dir) {
@@ -143,7 +143,8 @@ void check_every_command(const std::string& dir, const std::vector<std::string>&
     EXPECT_NEAR(hits[0]["results"][k]["score"].get<double>(), scores[which].item<double>(), 1e-5);
   }
   // embed texts.
-  test::write_file(dir + "/texts.jsonl", "{\"id\": \"q1\", \"text\": \"a cat\"}\n{\"id\": 7, \"text\": \"two dogs on the left\"}\n");
+  test::write_file(dir + "/texts.jsonl",
+                   "{\"id\": \"q1\", \"text\": \"a cat\"}\n{\"id\": 7, \"text\": \"two dogs on the left\"}\n");
   cli({"embed", "--out", dir + "/txt.safetensors", "--input", dir + "/texts.jsonl"});
   const SafetensorsFile ft = read_safetensors(dir + "/txt.safetensors");
   const auto [ei, em] = encode_batch(ref.tok, {"a cat", "two dogs on the left"}, L);
@@ -158,8 +159,8 @@ TEST(Official, ConvertedLightningAndBareCheckpointsServeEveryCommand) {
     SCOPED_TRACE(ckpt);
     const std::string dir = test::temp_dir();
     test::write_file(dir + "/answers.json", nlohmann::json(answer_list()).dump());
-    const auto conv = run_cli({"convert", fixture(std::string("checkpoints/") + ckpt), dir + "/m.safetensors",
-                               "--config", kConfig, "--answers", dir + "/answers.json"});
+    const auto conv = run_cli({"convert", fixture(std::string("checkpoints/") + ckpt), dir + "/m.safetensors", "--config",
+                               kConfig, "--answers", dir + "/answers.json"});
     ASSERT_EQ(conv.status, 0) << conv.err;
     EXPECT_NE(conv.err.find("37 VQA answers"), std::string::npos) << conv.err;
     check_every_command(dir, {"--model", dir + "/m.safetensors"});
@@ -169,8 +170,8 @@ TEST(Official, ConvertedLightningAndBareCheckpointsServeEveryCommand) {
 TEST(Official, CheckpointGivenDirectlyWithConfigAndAnswers) {
   const std::string dir = test::temp_dir();
   test::write_file(dir + "/answers.json", nlohmann::json(answer_list()).dump());
-  check_every_command(dir, {"--model", fixture("checkpoints/lightning.ckpt"), "--config", kConfig, "--answers",
-                            dir + "/answers.json"});
+  check_every_command(
+      dir, {"--model", fixture("checkpoints/lightning.ckpt"), "--config", kConfig, "--answers", dir + "/answers.json"});
 }
 
 TEST(Official, ClearErrorsForWhatIsMissing) {
@@ -187,8 +188,8 @@ TEST(Official, ClearErrorsForWhatIsMissing) {
   EXPECT_NE(r.err.find("--answers"), std::string::npos) << r.err;
   // An answer list of the wrong length names both counts.
   test::write_file(dir + "/short.json", "[\"yes\", \"no\"]");
-  r = run_cli({"vqa", "--model", ckpt, "--config", kConfig, "--answers", dir + "/short.json", "--image", img,
-               "--question", "what?", "--vocab", vocab});
+  r = run_cli({"vqa", "--model", ckpt, "--config", kConfig, "--answers", dir + "/short.json", "--image", img, "--question",
+               "what?", "--vocab", vocab});
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("2 answers"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("37 labels"), std::string::npos) << r.err;
@@ -206,6 +207,7 @@ TEST(Official, BatchedRequestsKeepOrderAndReportBadLines) {
   const std::string dir = test::temp_dir();
   const std::string vocab = write_vocab(dir);
   const std::string img = fixture("images/chelsea.png");
+  // clang-format off
   test::write_file(dir + "/req.jsonl",
                    nlohmann::json{{"image", img}, {"text", "a cat"}}.dump() + "\n" +          // line 1
                        "{not json\n" +                                                         // line 2
@@ -214,8 +216,9 @@ TEST(Official, BatchedRequestsKeepOrderAndReportBadLines) {
                        nlohmann::json{{"image", img}, {"text", "   "}}.dump() + "\n" +            // line 5
                        nlohmann::json{{"image", img}}.dump() + "\n" +                          // line 6
                        nlohmann::json{{"image", img}, {"text", "the red dog"}}.dump() + "\n");  // line 7
-  const auto r = run_cli({"itm", "--model", fixture("checkpoints/bare.pt"), "--config", kConfig, "--vocab", vocab,
-                          "--input", dir + "/req.jsonl", "--batch-size", "2", "--json"});
+  // clang-format on
+  const auto r = run_cli({"itm", "--model", fixture("checkpoints/bare.pt"), "--config", kConfig, "--vocab", vocab, "--input",
+                          dir + "/req.jsonl", "--batch-size", "2", "--json"});
   EXPECT_EQ(r.status, 3) << r.err;
   const auto lines = json_lines(r.out);
   ASSERT_EQ(lines.size(), 6u) << r.out;
@@ -231,8 +234,8 @@ TEST(Official, BatchedRequestsKeepOrderAndReportBadLines) {
                            "req.jsonl:6: expected a string field \"text\"", "4 of 6 requests failed"})
     EXPECT_NE(r.err.find(part), std::string::npos) << "missing: " << part << "\n" << r.err;
   // The answered lines equal single requests.
-  const auto one = run_cli({"itm", "--model", fixture("checkpoints/bare.pt"), "--config", kConfig, "--vocab", vocab,
-                            "--image", img, "--text", "the red dog", "--json"});
+  const auto one = run_cli({"itm", "--model", fixture("checkpoints/bare.pt"), "--config", kConfig, "--vocab", vocab, "--image",
+                            img, "--text", "the red dog", "--json"});
   ASSERT_EQ(one.status, 0) << one.err;
   EXPECT_NEAR(json_lines(one.out)[0]["match_probability"].get<double>(), lines[5]["match_probability"].get<double>(), 1e-5);
 }

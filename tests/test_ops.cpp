@@ -9,8 +9,8 @@
 #include <functional>
 #include <limits>
 
-#include "test_util.h"
 #include "ops/attention.h"
+#include "test_util.h"
 #include "vlmo/cpu_features.h"
 #include "vlmo/ops.h"
 #include "vlmo/precision.h"
@@ -71,11 +71,16 @@ TEST(BatchedMatmul, MatchesFp64ProductsAndGradients) {
       std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&)> operands;
     };
     const std::vector<Case> cases = {
-        {"q kT", [&](const at::Tensor& x, const at::Tensor&) { return std::make_pair(heads(x, 0), heads(x, 1).transpose(-2, -1)); }},
-        {"one query row", [&](const at::Tensor& x, const at::Tensor&) { return std::make_pair(heads(x, 0).narrow(2, 0, 1), heads(x, 1).transpose(-2, -1)); }},
+        {"q kT",
+         [&](const at::Tensor& x, const at::Tensor&) { return std::make_pair(heads(x, 0), heads(x, 1).transpose(-2, -1)); }},
+        {"one query row",
+         [&](const at::Tensor& x, const at::Tensor&) {
+           return std::make_pair(heads(x, 0).narrow(2, 0, 1), heads(x, 1).transpose(-2, -1));
+         }},
         {"p v", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w, heads(x, 2)); }},
         {"pT q", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w.transpose(-2, -1), heads(x, 0)); }},
-        {"3-D", [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w.flatten(0, 1), heads(x, 2).flatten(0, 1)); }},
+        {"3-D",
+         [&](const at::Tensor& x, const at::Tensor& w) { return std::make_pair(w.flatten(0, 1), heads(x, 2).flatten(0, 1)); }},
     };
     for (const auto& c : cases) {
       SCOPED_TRACE(c.name);
@@ -96,14 +101,15 @@ TEST(BatchedMatmul, MatchesFp64ProductsAndGradients) {
       EXPECT_TRUE(near(out, ref)) << (out.to(at::kDouble) - ref).abs().max().item<double>();
       EXPECT_TRUE(near(grads[0], ref_grads[0])) << "gradient of the qkv output";
       EXPECT_TRUE(near(grads[1], ref_grads[1])) << "gradient of the weights";
-  }
+    }
     // fp64 (the tests' exact reference) and broadcast batches: LibTorch's own product.
     const at::Tensor a64 = at::randn({2, 5, 3}, at::kDouble), b64 = at::randn({2, 3, 4}, at::kDouble);
     EXPECT_TRUE(at::equal(batched_matmul(a64, b64, backend), at::matmul(a64, b64)));
     const at::Tensor a = at::randn({2, 5, 3}), b1 = at::randn({1, 3, 4});
     EXPECT_TRUE(at::allclose(batched_matmul(a, b1, backend), at::matmul(a, b1)));
   }
-  if (!onednn_built()) expect_error([] { batched_matmul(at::ones({1, 2, 2}), at::ones({1, 2, 2}), CpuProducts::kOneDnn); }, {"no oneDNN"});
+  if (!onednn_built())
+    expect_error([] { batched_matmul(at::ones({1, 2, 2}), at::ones({1, 2, 2}), CpuProducts::kOneDnn); }, {"no oneDNN"});
 }
 
 // The emulated bf16 path's rounding (one pass in vlmo) is LibTorch's .to(kBFloat16).to(kFloat)
@@ -125,7 +131,8 @@ TEST(Ops, Bf16RoundingIsLibTorchsBitForBit) {
     ASSERT_EQ(got.sizes(), want.sizes());
     const at::Tensor nan = at::isnan(want);
     EXPECT_TRUE(at::equal(at::isnan(got), nan));
-    EXPECT_TRUE(at::equal(got.masked_fill(nan, 0).contiguous().view(at::kInt), want.masked_fill(nan, 0).contiguous().view(at::kInt)));
+    EXPECT_TRUE(
+        at::equal(got.masked_fill(nan, 0).contiguous().view(at::kInt), want.masked_fill(nan, 0).contiguous().view(at::kInt)));
   }
   const at::Tensor x = at::randn({64, 33}).requires_grad_(), g = at::randn({64, 33}) * 1e3;
   const at::Tensor grad = torch::autograd::grad({bf16_rounded_fp32(x)}, {x}, {g})[0];
@@ -205,8 +212,8 @@ TEST(CpuFeatures, ParsedFromCpuinfoWithTheWidestIsa) {
       "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512dq "
       "avx512bw avx512vl avx_vnni avx512_bf16 avx512_vnni\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n");
   EXPECT_EQ(zen5.model, "AMD EPYC");
-  EXPECT_EQ(zen5.features, (std::vector<std::string>{"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-                                                     "avx512_vnni", "avx512_bf16", "avx_vnni"}));
+  EXPECT_EQ(zen5.features, (std::vector<std::string>{"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+                                                     "avx512_bf16", "avx_vnni"}));
   EXPECT_EQ(zen5.widest(), "avx512_bf16");
   const auto avx2 = parse_cpuinfo("model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: sse4_2 avx avx2 fma\n");
   EXPECT_EQ(avx2.model, "Intel(R) Xeon(R) CPU @ 2.20GHz");

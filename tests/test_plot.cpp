@@ -1,9 +1,8 @@
 // vlmo plot: learning curves as PNG and SVG of the requested size, every run overlaid.
 #include <gtest/gtest.h>
 
-#include <regex>
-
 #include <filesystem>
+#include <regex>
 
 #include "test_util.h"
 #include "vlmo/image.h"
@@ -39,7 +38,8 @@ TEST(Plot, OneChartPerMetricWithEveryRunAsValidPngAndSvg) {
 {"stage":"s2","step":1,"loss":5.0,"lr":1e-4}
 {"stage":"s1","step":3,"event":"interrupted","signal":15}
 )");
-  vlmo::test::write_file(dir + "/b.jsonl", "{\"stage\":\"s1\",\"step\":1,\"loss\":4.0}\n{\"stage\":\"s1\",\"step\":2,\"loss\":1.5}\n");
+  vlmo::test::write_file(dir + "/b.jsonl",
+                         "{\"stage\":\"s1\",\"step\":1,\"loss\":4.0}\n{\"stage\":\"s1\",\"step\":2,\"loss\":1.5}\n");
   const auto series = read_metric_series({dir + "/a.metrics.jsonl", dir + "/b.jsonl"});
   ASSERT_EQ(series.at("loss").size(), 3u);  // a:s1, a:s2, b
   EXPECT_EQ(series.at("loss")[0].label, "a:s1");
@@ -52,7 +52,7 @@ TEST(Plot, OneChartPerMetricWithEveryRunAsValidPngAndSvg) {
   o.width = 640;
   o.height = 360;
   const auto written = plot_metrics({dir}, dir + "/plots", o);  // the folder stands for its *.jsonl
-  EXPECT_EQ(written.size(), 2u * 3);                           // loss, lr, val_acc
+  EXPECT_EQ(written.size(), 2u * 3);                            // loss, lr, val_acc
   const std::string png = vlmo::test::read_file(dir + "/plots/loss.png");
   ASSERT_GT(png.size(), 33u);
   EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));

@@ -123,29 +123,29 @@ TEST(Batcher, AFailingBatchFailsEachOfItsRequests) {
 
 TEST(Metrics, PrometheusTextCountsAndCumulativeBuckets) {
   Metrics m;
-  m.request("/api/vqa", 200, 3);     // bucket 5 ms
-  m.request("/api/vqa", 200, 30);    // bucket 50 ms
-  m.request("/api/vqa", 400, 20000); // above every bucket
+  m.request("/api/vqa", 200, 3);      // bucket 5 ms
+  m.request("/api/vqa", 200, 30);     // bucket 50 ms
+  m.request("/api/vqa", 400, 20000);  // above every bucket
   m.request("/health", 200, 1);
   m.batch(2);
   const std::string t = m.prometheus(1, 64);
-  for (const char* line : {"vlmo_requests_total{endpoint=\"/api/vqa\",status=\"200\"} 2\n",
-                           "vlmo_requests_total{endpoint=\"/api/vqa\",status=\"400\"} 1\n",
-                           "vlmo_request_errors_total{endpoint=\"/api/vqa\"} 1\n",
-                           "vlmo_request_errors_total{endpoint=\"/health\"} 0\n",
-                           "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"0.005\"} 1\n",
-                           "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"0.025\"} 1\n",
-                           "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"0.05\"} 2\n",
-                           "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"10\"} 2\n",
-                           "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"+Inf\"} 3\n",
-                           "vlmo_request_duration_seconds_count{endpoint=\"/api/vqa\"} 3\n",
-                           "vlmo_batches_total 1\n", "vlmo_batched_requests_total 2\n", "vlmo_queue_depth 1\n",
-                           "vlmo_queue_capacity 64\n", "# TYPE vlmo_request_duration_seconds histogram\n"})
+  for (const char* line :
+       {"vlmo_requests_total{endpoint=\"/api/vqa\",status=\"200\"} 2\n",
+        "vlmo_requests_total{endpoint=\"/api/vqa\",status=\"400\"} 1\n", "vlmo_request_errors_total{endpoint=\"/api/vqa\"} 1\n",
+        "vlmo_request_errors_total{endpoint=\"/health\"} 0\n",
+        "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"0.005\"} 1\n",
+        "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"0.025\"} 1\n",
+        "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"0.05\"} 2\n",
+        "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"10\"} 2\n",
+        "vlmo_request_duration_seconds_bucket{endpoint=\"/api/vqa\",le=\"+Inf\"} 3\n",
+        "vlmo_request_duration_seconds_count{endpoint=\"/api/vqa\"} 3\n", "vlmo_batches_total 1\n",
+        "vlmo_batched_requests_total 2\n", "vlmo_queue_depth 1\n", "vlmo_queue_capacity 64\n",
+        "# TYPE vlmo_request_duration_seconds histogram\n"})
     EXPECT_NE(t.find(line), std::string::npos) << line << "\nin:\n" << t;
   const nlohmann::json s = m.summary();
   EXPECT_EQ(s["requests"], 4);
   EXPECT_EQ(s["errors"], 1);
-  EXPECT_DOUBLE_EQ(s["latency_ms_p50"].get<double>(), 30);     // sorted 1, 3, 30, 20000: index 2
+  EXPECT_DOUBLE_EQ(s["latency_ms_p50"].get<double>(), 30);  // sorted 1, 3, 30, 20000: index 2
   EXPECT_DOUBLE_EQ(s["latency_ms_p99"].get<double>(), 20000);
   EXPECT_DOUBLE_EQ(s["mean_batch_size"].get<double>(), 2);
 }
@@ -250,7 +250,8 @@ TEST(HttpRequest, ParsesHeadBodyChunksAndQuery) {
     EXPECT_EQ(*r.header("content-type"), "application/json");
     EXPECT_TRUE(r.keep_alive);
   }
-  RequestParser c = parse("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nWiki\r\n5\r\npedia\r\n0\r\nT: v\r\n\r\n", {}, 3);
+  RequestParser c =
+      parse("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nWiki\r\n5\r\npedia\r\n0\r\nT: v\r\n\r\n", {}, 3);
   ASSERT_TRUE(c.done());
   EXPECT_EQ(c.request().body, "Wikipedia");
   const std::string two = "GET /api/image?id=gallery%2Fa%20b.png&x=1+2 HTTP/1.0\r\n\r\nGET /health HTTP/1.1\r\n\r\n";
@@ -309,9 +310,9 @@ TEST(HttpRequest, Utf8AndJsonNesting) {
   size_t bad = 0;
   EXPECT_FALSE(valid_utf8("ab\xff", &bad));
   EXPECT_EQ(bad, 2u);
-  EXPECT_FALSE(valid_utf8("\xc0\xaf"));          // overlong '/'
-  EXPECT_FALSE(valid_utf8("\xed\xa0\x80"));      // a surrogate
-  EXPECT_FALSE(valid_utf8("\xe2\x82"));          // cut short
+  EXPECT_FALSE(valid_utf8("\xc0\xaf"));      // overlong '/'
+  EXPECT_FALSE(valid_utf8("\xed\xa0\x80"));  // a surrogate
+  EXPECT_FALSE(valid_utf8("\xe2\x82"));      // cut short
   EXPECT_EQ(json_nesting(R"({"a": [1, {"b": "[[[[["}]})", 10), 3u);
   EXPECT_EQ(json_nesting(std::string(1 << 20, '['), 32), 33u);
 }
@@ -338,16 +339,25 @@ TEST(Routes, ChecksBeforeTheTaskAndJsonAnswers) {
   };
   auto body = [](const std::string& s) { return "POST /api/embed HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n" + s; };
   std::string endpoint;
-  const HttpResponse ok = answer(body("Content-Type: application/json; charset=utf-8\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}"), &endpoint);
+  const HttpResponse ok =
+      answer(body("Content-Type: application/json; charset=utf-8\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}"), &endpoint);
   EXPECT_EQ(ok.status, 200);
   EXPECT_EQ(nlohmann::json::parse(ok.body)["echo"], "hi");
   EXPECT_EQ(endpoint, "/api/embed");
   EXPECT_EQ(answer(body("Content-Type: text/plain\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 415);
   EXPECT_EQ(answer(body("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=b")).status, 415);
   EXPECT_EQ(answer(body("Content-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 415);
-  EXPECT_EQ(answer(body("Content-Type: application/json\r\nOrigin: http://evil.example\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 403);
-  EXPECT_EQ(answer(body("Content-Type: application/json\r\nOrigin: null\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 403);
-  EXPECT_EQ(answer(body("Content-Type: application/json\r\nOrigin: http://127.0.0.1:8080\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status, 200);
+  EXPECT_EQ(
+      answer(body("Content-Type: application/json\r\nOrigin: http://evil.example\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}"))
+          .status,
+      403);
+  EXPECT_EQ(answer(body("Content-Type: application/json\r\nOrigin: null\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}")).status,
+            403);
+  EXPECT_EQ(
+      answer(
+          body("Content-Type: application/json\r\nOrigin: http://127.0.0.1:8080\r\nContent-Length: 13\r\n\r\n{\"text\":\"hi\"}"))
+          .status,
+      200);
   const HttpResponse utf = answer(body("Content-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"text\":\"\xff\"}  "));
   EXPECT_EQ(utf.status, 400);
   EXPECT_NE(utf.body.find("not valid UTF-8"), std::string::npos);
@@ -388,7 +398,9 @@ TEST(Routes, CoreRefusalsKeepTheirStatusAndBody) {
   Service svc(40'000'000);
   RecordingTask echo("echo");
   Task picky{"picky", {"text"}, [](const nlohmann::json&) -> Prepared { throw Error("\"text\": too picky"); }, {}};
-  Task broken{"broken", {"text"}, [](const nlohmann::json&) { return Prepared{}; },
+  Task broken{"broken",
+              {"text"},
+              [](const nlohmann::json&) { return Prepared{}; },
               [](const std::vector<Prepared>&) -> std::vector<Answer> { throw Error("model failed"); }};
   svc.add_task("embed", "model.safetensors", echo.task);
   svc.add_task("itm", "model.safetensors", picky);
@@ -399,8 +411,9 @@ TEST(Routes, CoreRefusalsKeepTheirStatusAndBody) {
   svc.set_unavailable("vqa", "the model has no \"vqa\" head");
   Metrics metrics;
   auto post = [](const std::string& name, const std::string& json) {
-    return "POST /api/" + name + " HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: " +
-           std::to_string(json.size()) + "\r\n\r\n" + json;
+    return "POST /api/" + name +
+           " HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(json.size()) +
+           "\r\n\r\n" + json;
   };
   auto expect = [](const HttpResponse& r, int status, const std::string& body) {
     EXPECT_EQ(r.status, status) << body;
@@ -428,10 +441,10 @@ TEST(Routes, CoreRefusalsKeepTheirStatusAndBody) {
     expect(answer(post("itm", R"({"text":"hi"})")), 400, R"({"error":"\"text\": too picky"})");
     const HttpResponse not_json = answer(post("embed", "{x"));
     EXPECT_EQ(not_json.status, 400);
-    EXPECT_EQ(not_json.body.rfind(R"({"error":"request body: not valid JSON ([json.exception.parse_error.101] parse error)", 0), 0u)
+    EXPECT_EQ(not_json.body.rfind(R"({"error":"request body: not valid JSON ([json.exception.parse_error.101] parse error)", 0),
+              0u)
         << not_json.body;
-    expect(answer("GET /api/image?id=nope HTTP/1.1\r\n\r\n"), 404,
-           R"({"error":"no image \"nope\" in the collection"})");
+    expect(answer("GET /api/image?id=nope HTTP/1.1\r\n\r\n"), 404, R"({"error":"no image \"nope\" in the collection"})");
   }
   {
     // Stopping: a request queued when the queue is abandoned, and one that comes after.
@@ -455,8 +468,7 @@ TEST(Routes, CoreRefusalsKeepTheirStatusAndBody) {
     const Routes routes(svc, {}, batcher, metrics, 4, "");
     std::string endpoint;
     std::thread model([&] { batcher.run(); });
-    expect(routes.handle(parse(post("search", R"({"text":"hi"})")).take(), endpoint), 500,
-           R"({"error":"model failed"})");
+    expect(routes.handle(parse(post("search", R"({"text":"hi"})")).take(), endpoint), 500, R"({"error":"model failed"})");
     batcher.stop();
     model.join();
   }
@@ -482,11 +494,12 @@ TEST(ServedImages, ThinImagesAreRefusedByTheSideLimit) {
   Image thin;
   thin.width = 20000, thin.height = 1;
   thin.rgb.assign(20000 * 3, 128);
-  const std::string url = "data:image/png;base64," + [] (const std::string& b) {
+  const std::string url = "data:image/png;base64," + [](const std::string& b) {
     static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     std::string out;
     for (size_t i = 0; i < b.size(); i += 3) {
-      const uint32_t v = (uint8_t(b[i]) << 16) | (i + 1 < b.size() ? uint8_t(b[i + 1]) << 8 : 0) | (i + 2 < b.size() ? uint8_t(b[i + 2]) : 0);
+      const uint32_t v =
+          (uint8_t(b[i]) << 16) | (i + 1 < b.size() ? uint8_t(b[i + 1]) << 8 : 0) | (i + 2 < b.size() ? uint8_t(b[i + 2]) : 0);
       out += a[(v >> 18) & 63], out += a[(v >> 12) & 63];
       out += i + 1 < b.size() ? a[(v >> 6) & 63] : '=';
       out += i + 2 < b.size() ? a[v & 63] : '=';
@@ -507,8 +520,10 @@ TEST(AnswerAgreement, NumbersWithinToleranceAndTiedRanksInEitherOrder) {
   EXPECT_FALSE(answers_agree(json{{"match_probability", 0.25}}, json{{"match_probability", 0.25 + 2e-4}}));
   EXPECT_FALSE(answers_agree(json{{"match_probability", 0.25}}, json{{"probability", 0.25}}));
 
-  const json alone = {{"results", json::array({{{"id", "a"}, {"score", -0.137750}}, {{"id", "b"}, {"score", -0.137763}},
-                                               {{"id", "c"}, {"score", -0.137778}}, {{"id", "d"}, {"score", -0.137803}},
+  const json alone = {{"results", json::array({{{"id", "a"}, {"score", -0.137750}},
+                                               {{"id", "b"}, {"score", -0.137763}},
+                                               {{"id", "c"}, {"score", -0.137778}},
+                                               {{"id", "d"}, {"score", -0.137803}},
                                                {{"id", "e"}, {"score", -0.137803}}})}};
   json batched = alone;  // b and c swap (their scores tie within 1e-4), d and e too
   batched["results"][1] = {{"id", "c"}, {"score", -0.1377630}};
@@ -520,7 +535,8 @@ TEST(AnswerAgreement, NumbersWithinToleranceAndTiedRanksInEitherOrder) {
   cut["results"][4] = {{"id", "f"}, {"score", -0.137804}};
   EXPECT_TRUE(answers_agree(alone, cut));
   // ... but not one clearly above the cut-off (these five scores all tie within 1e-4: another list).
-  const json three = {{"results", json::array({{{"id", "x"}, {"score", 0.9}}, {{"id", "y"}, {"score", 0.8}}, {{"id", "z"}, {"score", 0.7}}})}};
+  const json three = {
+      {"results", json::array({{{"id", "x"}, {"score", 0.9}}, {{"id", "y"}, {"score", 0.8}}, {{"id", "z"}, {"score", 0.7}}})}};
   json lost = three;
   lost["results"][0]["id"] = "w";
   EXPECT_FALSE(answers_agree(three, lost));
@@ -536,15 +552,20 @@ TEST(AnswerAgreement, NumbersWithinToleranceAndTiedRanksInEitherOrder) {
   EXPECT_FALSE(answers_agree(apart, shorter));
 
   // VQA answers rank by probability; a label follows probability_true and may flip only at 0.5.
-  const json vqa = {{"answers", json::array({{{"answer", "red"}, {"probability", 0.40001}}, {{"answer", "blue"}, {"probability", 0.4}}})}};
-  const json vqa_swapped = {{"answers", json::array({{{"answer", "blue"}, {"probability", 0.40001}}, {{"answer", "red"}, {"probability", 0.4}}})}};
+  const json vqa = {
+      {"answers", json::array({{{"answer", "red"}, {"probability", 0.40001}}, {{"answer", "blue"}, {"probability", 0.4}}})}};
+  const json vqa_swapped = {
+      {"answers", json::array({{{"answer", "blue"}, {"probability", 0.40001}}, {{"answer", "red"}, {"probability", 0.4}}})}};
   EXPECT_TRUE(answers_agree(vqa, vqa_swapped));
   // (Two tied answers: either may also give its place at the cut-off. Apart, a new answer is a change.)
-  const json vqa_apart = {{"answers", json::array({{{"answer", "red"}, {"probability", 0.7}}, {{"answer", "blue"}, {"probability", 0.2}}})}};
+  const json vqa_apart = {
+      {"answers", json::array({{{"answer", "red"}, {"probability", 0.7}}, {{"answer", "blue"}, {"probability", 0.2}}})}};
   json vqa_other = vqa_apart;
   vqa_other["answers"][0]["answer"] = "green";
   EXPECT_TRUE(answers_agree(vqa_apart, vqa_apart));
   EXPECT_FALSE(answers_agree(vqa_apart, vqa_other));
-  EXPECT_TRUE(answers_agree(json{{"label", true}, {"probability_true", 0.50001}}, json{{"label", false}, {"probability_true", 0.49999}}));
-  EXPECT_FALSE(answers_agree(json{{"label", true}, {"probability_true", 0.7}}, json{{"label", false}, {"probability_true", 0.7}}));
+  EXPECT_TRUE(
+      answers_agree(json{{"label", true}, {"probability_true", 0.50001}}, json{{"label", false}, {"probability_true", 0.49999}}));
+  EXPECT_FALSE(
+      answers_agree(json{{"label", true}, {"probability_true", 0.7}}, json{{"label", false}, {"probability_true", 0.7}}));
 }

@@ -43,7 +43,8 @@ TEST(ModelFiles, HeadsFollowTheWeights) {
   spec.answers_path = dir + "/answers.json";
   l = load_model(dir + "/bare.safetensors", spec);
   EXPECT_EQ(l.vqa_answers.size(), 4u);
-  EXPECT_TRUE(at::equal(l.model->vqa_classifier->named_parameters()["3.weight"], m->vqa_classifier->named_parameters()["3.weight"]));
+  EXPECT_TRUE(
+      at::equal(l.model->vqa_classifier->named_parameters()["3.weight"], m->vqa_classifier->named_parameters()["3.weight"]));
   test::write_file(dir + "/dup.json", "[\"a\", \"b\", \"a\", \"d\"]");
   spec.answers_path = dir + "/dup.json";
   expect_error([&] { load_model(dir + "/bare.safetensors", spec); }, {"dup.json", "entry 2", "repeats"});

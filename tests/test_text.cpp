@@ -60,9 +60,10 @@ TEST(Tokenizer, HandWorkedCases) {
   EXPECT_EQ(t.tokenize("Hello, WORLD!"), (std::vector<std::string>{"hello", ",", "world", "!"}));
   EXPECT_EQ(t.tokenize("Café naïve"), (std::vector<std::string>{"cafe", "naive"}));
   EXPECT_EQ(t.tokenize("blurry"), (std::vector<std::string>{"blur", "##ry"}));
-  EXPECT_EQ(t.tokenize("a[MASK]b [mask]"),
-            (std::vector<std::string>{"a", "[MASK]", "b", "[", "mask", "]"}));
-  EXPECT_EQ(t.tokenize(std::string("a\0b\xEF\xBF\xBD" "c\td", 9)),
+  EXPECT_EQ(t.tokenize("a[MASK]b [mask]"), (std::vector<std::string>{"a", "[MASK]", "b", "[", "mask", "]"}));
+  EXPECT_EQ(t.tokenize(std::string("a\0b\xEF\xBF\xBD"
+                                   "c\td",
+                                   9)),
             (std::vector<std::string>{"abc", "d"}));
   EXPECT_EQ(t.tokenize("中文"), (std::vector<std::string>{"中", "文"}));
   EXPECT_TRUE(t.tokenize("   ").empty());
@@ -86,9 +87,9 @@ TEST(Tokenizer, TruncatesAndPadsLikeVlmo) {
 
 TEST(Tokenizer, InvalidUtf8IsAnErrorNamingTheByte) {
   expect_error([] { bert().tokenize("ok \xC3\x28 bad"); }, {"invalid UTF-8", "byte 3"});
-  expect_error([] { bert().tokenize("\xED\xA0\x80"); }, {"invalid UTF-8"});   // surrogate
-  expect_error([] { bert().tokenize("\xC0\xAF"); }, {"invalid UTF-8"});       // overlong
-  expect_error([] { bert().tokenize("abc\xE2\x82"); }, {"invalid UTF-8"});    // truncated
+  expect_error([] { bert().tokenize("\xED\xA0\x80"); }, {"invalid UTF-8"});  // surrogate
+  expect_error([] { bert().tokenize("\xC0\xAF"); }, {"invalid UTF-8"});      // overlong
+  expect_error([] { bert().tokenize("abc\xE2\x82"); }, {"invalid UTF-8"});   // truncated
 }
 
 TEST(Tokenizer, RandomInputNeverCrashes) {
@@ -105,9 +106,19 @@ TEST(Tokenizer, RandomInputNeverCrashes) {
         uint32_t cp = static_cast<uint32_t>(rng() % 0x30000);
         if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
         if (cp < 0x80) s.push_back(static_cast<char>(cp));
-        else if (cp < 0x800) { s.push_back(static_cast<char>(0xC0 | (cp >> 6))); s.push_back(static_cast<char>(0x80 | (cp & 63))); }
-        else if (cp < 0x10000) { s.push_back(static_cast<char>(0xE0 | (cp >> 12))); s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 63))); s.push_back(static_cast<char>(0x80 | (cp & 63))); }
-        else { s.push_back(static_cast<char>(0xF0 | (cp >> 18))); s.push_back(static_cast<char>(0x80 | ((cp >> 12) & 63))); s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 63))); s.push_back(static_cast<char>(0x80 | (cp & 63))); }
+        else if (cp < 0x800) {
+          s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+          s.push_back(static_cast<char>(0x80 | (cp & 63)));
+        } else if (cp < 0x10000) {
+          s.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+          s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 63)));
+          s.push_back(static_cast<char>(0x80 | (cp & 63)));
+        } else {
+          s.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+          s.push_back(static_cast<char>(0x80 | ((cp >> 12) & 63)));
+          s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 63)));
+          s.push_back(static_cast<char>(0x80 | (cp & 63)));
+        }
       }
     }
     try {
@@ -192,8 +203,7 @@ TEST(Masking, PaddingDilutesTheBudgetAsTheOfficial) {
   // "a dog" padded to 40: 38 single-token candidates (2 words + 36 [PAD]), 6 drawn uniformly,
   // so on average 6 * 2 / 38 = 0.316 real tokens are masked; unpadded, exactly 6 always are.
   const Encoding short_caption = t.encode("a dog", 40, true);
-  const Encoding full =
-      t.encode("a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l m n", 40, true);
+  const Encoding full = t.encode("a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l m n", 40, true);
   double sum = 0;
   const int trials = 100000;
   for (int k = 0; k < trials; ++k) {
@@ -273,9 +283,9 @@ TEST(VqaEval, NormalisationOfTheOfficialEvaluation) {
   EXPECT_EQ(normalize_vqa_answer("dont"), "don't");
   EXPECT_EQ(normalize_vqa_answer("yes."), "yes");
   EXPECT_EQ(normalize_vqa_answer("2.5"), "2.5");
-  EXPECT_EQ(normalize_vqa_answer("1,000"), "1000");       // thousands comma: punctuation removed
-  EXPECT_EQ(normalize_vqa_answer("black/white"), "black white");  // no space around: replaced
-  EXPECT_EQ(normalize_vqa_answer("black / white"), "black white"); // touches a space: removed
+  EXPECT_EQ(normalize_vqa_answer("1,000"), "1000");                 // thousands comma: punctuation removed
+  EXPECT_EQ(normalize_vqa_answer("black/white"), "black white");    // no space around: replaced
+  EXPECT_EQ(normalize_vqa_answer("black / white"), "black white");  // touches a space: removed
   EXPECT_EQ(normalize_vqa_answer("  none\t"), "0");
   EXPECT_EQ(normalize_vqa_answer("what's up?"), "what's up");
 }

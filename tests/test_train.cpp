@@ -10,23 +10,23 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "demo.h"
+#include "demo_diagnostics.h"
+#include "demo_world.h"
+#include "model/model_internals.h"
 #include "test_util.h"
 #include "train_util.h"
-#include "vlmo/recipes.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/data.h"
 #include "vlmo/distributed.h"
+#include "vlmo/image_tensor.h"
 #include "vlmo/masking.h"
 #include "vlmo/objectives.h"
-#include "demo.h"
-#include "demo_diagnostics.h"
-#include "vlmo/image_tensor.h"
-#include "demo_world.h"
 #include "vlmo/pretrain.h"
+#include "vlmo/recipes.h"
 #include "vlmo/retrieval.h"
 #include "vlmo/sources.h"
 #include "vlmo/tasks.h"
-#include "model/model_internals.h"
 
 using namespace vlmo;
 using namespace vlmo::test;
@@ -37,11 +37,11 @@ TEST(Train, ScheduleAndParameterGroupsAreOfficial) {
   EXPECT_DOUBLE_EQ(learning_rate(10, 100, 10, 1.0), 1.0);
   EXPECT_DOUBLE_EQ(learning_rate(55, 100, 10, 1.0), 0.5);
   EXPECT_DOUBLE_EQ(learning_rate(100, 100, 10, 1.0), 0.0);
-  for (const char* n : {"transformer.blocks.0.attn.q_bias", "transformer.blocks.3.norm1.weight",
-                        "transformer.norm.weight", "text_embeddings.LayerNorm.weight", "pooler.dense.bias"})
+  for (const char* n : {"transformer.blocks.0.attn.q_bias", "transformer.blocks.3.norm1.weight", "transformer.norm.weight",
+                        "text_embeddings.LayerNorm.weight", "pooler.dense.bias"})
     EXPECT_TRUE(official_no_decay(n)) << n;
-  for (const char* n : {"transformer.blocks.0.norm2_text.weight", "transformer.blocks.0.gamma_1",
-                        "transformer.cls_token", "logit_scale", "vqa_classifier.1.weight"})
+  for (const char* n : {"transformer.blocks.0.norm2_text.weight", "transformer.blocks.0.gamma_1", "transformer.cls_token",
+                        "logit_scale", "vqa_classifier.1.weight"})
     EXPECT_FALSE(official_no_decay(n)) << n;
   // The substring "bias" also matches relative_position_bias_table (docs/design.md, "No-decay rule").
   EXPECT_TRUE(official_no_decay("relative_position_bias_table"));
@@ -185,8 +185,7 @@ TEST(Train, InterruptedAndResumedRunRepeatsTheLossesExactly) {
   for (const auto& [k, v] : wa) EXPECT_TRUE(at::equal(v, wc.at(k))) << k;
   // Checkpoints are written atomically: nothing else is left in the folder but the lock files.
   int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir))
-    files += e.is_regular_file() && e.path().extension() != ".lock";
+  for (const auto& e : std::filesystem::directory_iterator(dir)) files += e.is_regular_file() && e.path().extension() != ".lock";
   EXPECT_EQ(files, 2);
   expect_error([&] { train(c, vl_objective, batches, t, vlmo::test::fixture("reference/tiny-abspos/weights.safetensors")); },
                {"not a training checkpoint"});
@@ -223,8 +222,9 @@ std::map<std::string, at::Tensor> gradients(VLMo& m) {
 
 // 3 global-batch steps of stage vl from init seed 5, each step as `accumulate` micro-batches of
 // `batch`: the weights after them and the run's history.
-std::pair<std::map<std::string, at::Tensor>, TrainResult> train_split(const Config& c, const DemoWorld& w, int batch, int accumulate,
-                                                                       const ObjectiveFn& objective, const StepObjectiveFn& step) {
+std::pair<std::map<std::string, at::Tensor>, TrainResult> train_split(const Config& c, const DemoWorld& w, int batch,
+                                                                      int accumulate, const ObjectiveFn& objective,
+                                                                      const StepObjectiveFn& step) {
   VLMo m = tiny_model(c, 5);
   set_trainable_for_stage(m, Stage::kVL);
   TrainOptions o = options(3, 1e-3);
@@ -372,7 +372,10 @@ TEST(GlobalBatch, RetrievalWithItmIsTheContrastivePlusHardNegativeItm) {
   for (const auto& [k, v] : w8) worst = std::max(worst, (v - w4.at(k)).abs().max().item<double>());
   EXPECT_LT(worst, 2e-5);
   EXPECT_GT((w8.at("itm_score.fc.weight") - [&] { return model_state_dict(*tiny_model(c, 5)).at("itm_score.fc.weight"); }())
-                .abs().max().item<double>(), 1e-5);  // the ITM head is trained
+                .abs()
+                .max()
+                .item<double>(),
+            1e-5);  // the ITM head is trained
 }
 
 TEST(GlobalBatch, KeyedDrawsFollowTheWeightsAndTheKeys) {
@@ -383,7 +386,8 @@ TEST(GlobalBatch, KeyedDrawsFollowTheWeightsAndTheKeys) {
   EXPECT_EQ(picks.eq(0).sum().item<int64_t>() + picks.eq(3).sum().item<int64_t>(), 0);  // zero weight: never
   EXPECT_NEAR(picks.eq(2).to(at::kFloat).mean().item<double>(), 0.75, 0.03);
   // A row's draw depends on its key only, not on the other rows.
-  const at::Tensor again = keyed_sample_rows(weights, at::arange(5, 10, at::kLong), std::vector<uint64_t>(keys.begin() + 5, keys.begin() + 10));
+  const at::Tensor again =
+      keyed_sample_rows(weights, at::arange(5, 10, at::kLong), std::vector<uint64_t>(keys.begin() + 5, keys.begin() + 10));
   EXPECT_TRUE(at::equal(again, picks.narrow(0, 5, 5)));
   // Sample keys: a row's drop path and dropout follow its key, whatever batch it is in.
   Config c = vlmo::test::tiny_config({"itc"});
@@ -406,12 +410,26 @@ TEST(GlobalBatch, KeyedDrawsFollowTheWeightsAndTheKeys) {
   }
   EXPECT_TRUE(at::allclose(all.narrow(0, 2, 2), part, 1e-5, 1e-6));
   EXPECT_FALSE(at::allclose(all, other, 1e-3, 1e-4));  // other keys, other masks
-  expect_error([&] { SampleKeys k({1, 2}); m->infer_image(images); }, {"4 rows under 2 sample keys"});
+  expect_error(
+      [&] {
+        SampleKeys k({1, 2});
+        m->infer_image(images);
+      },
+      {"4 rows under 2 sample keys"});
 }
 
 TEST(Distributed, LaunchInfoFromTheLaunchersVariables) {
-  const char* vars[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
-                        "SLURM_LOCALID", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+  const char* vars[] = {"RANK",
+                        "WORLD_SIZE",
+                        "LOCAL_RANK",
+                        "MASTER_ADDR",
+                        "MASTER_PORT",
+                        "SLURM_PROCID",
+                        "SLURM_NTASKS",
+                        "SLURM_LOCALID",
+                        "OMPI_COMM_WORLD_RANK",
+                        "OMPI_COMM_WORLD_SIZE",
+                        "OMPI_COMM_WORLD_LOCAL_RANK",
                         "VLMO_DIST_BACKEND"};
   std::map<std::string, std::string> saved;
   for (const char* v : vars)
@@ -442,7 +460,8 @@ TEST(Distributed, LaunchInfoFromTheLaunchersVariables) {
   ::setenv("MASTER_ADDR", "node1", 1);
   EXPECT_EQ(launch_info_from_env().launcher, "slurm");
   reset();
-  ::setenv("OMPI_COMM_WORLD_RANK", "3", 1), ::setenv("OMPI_COMM_WORLD_SIZE", "8", 1), ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+  ::setenv("OMPI_COMM_WORLD_RANK", "3", 1), ::setenv("OMPI_COMM_WORLD_SIZE", "8", 1),
+      ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
   LaunchInfo m = launch_info_from_env();
   EXPECT_EQ(m.launcher, "openmpi");
   EXPECT_EQ(m.rank, 3);
@@ -454,7 +473,6 @@ TEST(Distributed, LaunchInfoFromTheLaunchersVariables) {
   reset();
   for (const auto& [k, v] : saved) ::setenv(k.c_str(), v.c_str(), 1);
 }
-
 
 // ---- from the tests of loss_scaling ----
 // Dynamic loss scaling (fp16 training): the scaler's schedule, a skipped overflow step, the state in
@@ -713,8 +731,7 @@ TEST(Objectives, HardNegativeWeightsAndSampling) {
   const at::Tensor w = hard_negative_weights(sim);
   const at::Tensor soft = at::softmax(sim, 1);
   for (int i = 0; i < 4; ++i)
-    for (int j = 0; j < 8; ++j)
-      EXPECT_NEAR(w[i][j].item<double>(), i == j ? 0.0 : soft[i][j].item<double>(), 1e-7);
+    for (int j = 0; j < 8; ++j) EXPECT_NEAR(w[i][j].item<double>(), i == j ? 0.0 : soft[i][j].item<double>(), 1e-7);
   for (int trial = 0; trial < 50; ++trial) {
     const at::Tensor neg = sample_hard_negatives(w);
     ASSERT_EQ(neg.sizes(), at::IntArrayRef({4}));
@@ -769,8 +786,11 @@ TEST(Objectives, NonFiniteHardNegativeWeightsAreReportedNotCrashed) {
   // (exp(-200) < the smallest float); the error says so instead of asking for more candidates.
   const at::Tensor sim = at::eye(4) * 200.0;
   expect_error([&] { sample_hard_negatives(hard_negative_weights(sim)); }, {"row 0 (3 candidates) underflowed to 0", "logit"});
-  expect_error([&] { keyed_sample_rows(hard_negative_weights(sim), at::arange(4), {1, 2, 3, 4}); },
-               {"underflowed to 0", "logit scale"});
+  expect_error(
+      [&] {
+        keyed_sample_rows(hard_negative_weights(sim), at::arange(4), {1, 2, 3, 4});
+      },
+      {"underflowed to 0", "logit scale"});
 }
 
 // ---- faults a long run meets: non-finite losses and gradients, unusable data, a resume after
@@ -783,7 +803,7 @@ BatchFn text_batches(int batch) {
   CollateOptions co;
   co.max_text_len = 16;
   return [co, batch](int64_t index) {
-    static const char* kText[] = {"a red circle on the left", "two blue squares", "a green triangle at the top",
+    static const char* kText[] = {"a red circle on the left", "two blue squares",     "a green triangle at the top",
                                   "the yellow star is small", "a large white circle", "three black dots"};
     std::vector<Example> ex;
     for (int j = 0; j < batch; ++j) ex.push_back({Image{}, kText[(index * batch + j) % 6]});

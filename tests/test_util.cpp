@@ -1,5 +1,7 @@
 // src/util/: files (output and input paths checked before work, the lock, temporaries of dead
 // writers), precision names, and the allocator's keeping of freed host memory.
+#include "test_util.h"
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -9,7 +11,6 @@
 #include <cstring>
 #include <filesystem>
 
-#include "test_util.h"
 #include "vlmo/files.h"
 #include "vlmo/precision.h"
 #include "vlmo/threads.h"
@@ -93,7 +94,8 @@ TEST(Allocator, FreedHostMemoryStaysInTheProcessForReuse) {
 #if !defined(__GLIBC__) || defined(VLMO_TEST_OWN_MALLOC)
   GTEST_SKIP() << "not glibc's malloc";
 #else
-  for (const char* v : {"VLMO_SYSTEM_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"})
+  for (const char* v :
+       {"VLMO_SYSTEM_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"})
     if (std::getenv(v)) GTEST_SKIP() << v << " is set: the user's malloc settings win";
   ASSERT_TRUE(vlmo::keep_freed_host_memory());
   const size_t n = size_t{96} << 20;

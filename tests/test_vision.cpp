@@ -189,7 +189,11 @@ TEST(Image, ResizeInvariants) {
   flat.width = 37;
   flat.height = 23;
   flat.rgb.assign(37 * 23 * 3, 0);
-  for (size_t i = 0; i < flat.rgb.size(); i += 3) { flat.rgb[i] = 10; flat.rgb[i + 1] = 128; flat.rgb[i + 2] = 250; }
+  for (size_t i = 0; i < flat.rgb.size(); i += 3) {
+    flat.rgb[i] = 10;
+    flat.rgb[i + 1] = 128;
+    flat.rgb[i + 2] = 250;
+  }
   for (int s : {7, 23, 64}) {
     const Image r = resize_bicubic(flat, s, s);
     for (size_t i = 0; i < r.rgb.size(); i += 3) {
@@ -212,7 +216,10 @@ TEST(Image, AugmentOperations) {
   const Image ac = autocontrast(img);
   for (int c = 0; c < 3; ++c) {
     int lo = 255, hi = 0;
-    for (size_t i = c; i < ac.rgb.size(); i += 3) { lo = std::min<int>(lo, ac.rgb[i]); hi = std::max<int>(hi, ac.rgb[i]); }
+    for (size_t i = c; i < ac.rgb.size(); i += 3) {
+      lo = std::min<int>(lo, ac.rgb[i]);
+      hi = std::max<int>(hi, ac.rgb[i]);
+    }
     EXPECT_EQ(lo, 0);
     EXPECT_EQ(hi, 255);
   }
