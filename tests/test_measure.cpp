@@ -175,14 +175,6 @@ TEST(Bench, ProfileWritesAChromeTraceOfTheTimedSteps) {
   EXPECT_TRUE(saw_linear) << "no aten::linear event in the trace";
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define VLMO_TEST_OWN_MALLOC 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || __has_feature(thread_sanitizer)
-#define VLMO_TEST_OWN_MALLOC 1
-#endif
-#endif
-
 // ---- the reference check ----
 
 using namespace vlmo;

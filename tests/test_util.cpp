@@ -88,6 +88,15 @@ TEST(Precision, NamesParseAndBadOnesAreErrors) {
   expect_error([] { parse_precision("fp8"); }, {"precision \"fp8\"", "expected fp32, bf16 or fp16"});
 }
 
+// Sanitizers bring their own malloc: the allocator test is about glibc's.
+#if defined(__SANITIZE_ADDRESS__)
+#define VLMO_TEST_OWN_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || __has_feature(thread_sanitizer)
+#define VLMO_TEST_OWN_MALLOC 1
+#endif
+#endif
+
 // keep_freed_host_memory (called by the vlmo program at start): a block far above glibc's mmap
 // threshold comes from the heap, and freeing it keeps it there for the next step.
 TEST(Allocator, FreedHostMemoryStaysInTheProcessForReuse) {
