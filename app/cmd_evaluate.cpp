@@ -31,6 +31,7 @@ int run_evaluate(const Args& a) {
     const VqaEvaluation e = evaluate_vqa(m.model, tok, qs, m.vqa_answers, file_image_loader(), batch);
     if (!a.get("submission").empty()) write_vqa_submission(a.get("submission"), e.predictions);
     out["questions"] = qs.size();
+    if (e.score_questions) out["score"] = e.score, out["score_questions"] = e.score_questions;
     if (e.scored) out["accuracy"] = e.accuracy;
   } else if (task == "nlvr2") {
     const auto ex = read_nlvr2(a.get("data"), a.get("images"), a.get("split"));
@@ -75,7 +76,7 @@ int run_evaluate(const Args& a) {
 Command evaluate_command() {
   Command c{
       "evaluate",
-      "Official metrics of a fine-tuned model: vqa (accuracy with the official normalisation, EvalAI submission file), nlvr2 (accuracy, consistency), irtr (TR/IR R@1/5/10, optional ITM re-ranking).",
+      "Official metrics of a fine-tuned model: vqa (score: the official in-training VQA score over soft targets, over the questions with an answer in the model's list; accuracy: the VQA evaluation's, with its normalisation, over every annotated question; EvalAI submission file), nlvr2 (accuracy, consistency), irtr (TR/IR R@1/5/10, optional ITM re-ranking).",
       "vlmo evaluate --task {vqa,nlvr2,irtr} --model CKPT [data options]"};
   c.options = model_options();
   for (

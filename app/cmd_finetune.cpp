@@ -48,13 +48,13 @@ int run_finetune(const Args& a) {
   if (s.recipe.init == "coco")
     std::cerr << "note: the official " << finetune_task_name(s.task)
               << " recipe starts from the COCO-fine-tuned retrieval weights\n";
-  if (s.accumulate == 0 && !f.step_batch.note.empty() && (!t.group || t.group->rank() == 0))
-    std::cerr << "note: " << f.step_batch.note << "\n";
   t.checkpoint_every = a.get_int64("checkpoint-every"), t.validate_every = a.get_int64("val-every"),
   t.loader_threads = a.get_int("loader-threads");
-  std::cerr << t.name << ": " << f.plan.train.examples << " examples, " << t.max_steps << " steps of "
-            << s.batch * t.accumulate * f.world << " samples (" << f.world << " process(es) x " << t.accumulate
-            << " micro-batch(es) x " << s.batch << "), lr " << t.lr << ", image " << f.config.image_size << " px\n";
+  if (!t.group || t.group->rank() == 0) {
+    if (!f.length.step.note.empty()) std::cerr << "note: " << f.length.step.note << "\n";
+    std::cerr << t.name << ": " << f.plan.train.examples << " examples; " << f.length.describe() << "; lr " << t.lr << ", image "
+              << f.config.image_size << " px\n";
+  }
   train(f.model, f.plan.objective, f.plan.train.batches, t, a.get("resume"));
   return 0;
 }

@@ -22,9 +22,9 @@ namespace vlmo::cli {
 namespace {
 
 // Options a --train-config JSON may set (same names as the flags, with '-' or '_').
-const char* kTrainKeys[] = {
-    "steps", "batch-size",     "accumulate", "lr",           "warmup",        "checkpoint-every", "contrastive-batch",
-    "seed",  "loader-threads", "image-size", "max-text-len", "max-bad-steps", "max-skip-rate",    "skip-window"};
+const char* kTrainKeys[] = {"steps",      "batch-size",       "accumulate",        "global-batch",  "lr",
+                            "warmup",     "checkpoint-every", "contrastive-batch", "seed",          "loader-threads",
+                            "image-size", "max-text-len",     "max-bad-steps",     "max-skip-rate", "skip-window"};
 
 int run_pretrain(const Args& args) {
   Args a = args;
@@ -121,7 +121,16 @@ int run_pretrain(const Args& args) {
   t.max_steps = a.get_int64("steps");
   t.warmup_steps = a.get_int64("warmup");
   t.lr = a.get("lr").empty() ? pretrain_lr(a.get("preset")) : a.get_double("lr");
-  t.accumulate = a.get_int("accumulate");
+  // The recipe's batch is global, as the official's batch_size: accumulate = global batch //
+  // (batch x W), at least 1 (recipe_step_batch); --accumulate overrides it.
+  const int world = t.group ? t.group->world_size() : 1;
+  const StepBatch step = recipe_step_batch(a.get_int64("global-batch"), batch, world);
+  t.accumulate = a.get_int("accumulate") > 0 ? a.get_int("accumulate") : step.accumulate;
+  if (a.get_int("accumulate") == 0 && !step.note.empty() && (!t.group || t.group->rank() == 0))
+    std::cerr << "note: --global-batch: " << step.note << "\n";
+  if (!t.group || t.group->rank() == 0)
+    std::cerr << "optimizer steps of " << batch * t.accumulate * world << " samples (" << world << " process(es) x "
+              << t.accumulate << " micro-batch(es) x " << batch << ")\n";
   t.batch_size = batch;
   t.checkpoint_every = a.get_int64("checkpoint-every");
   t.loader_threads = spec.webdataset.empty() || split ? a.get_int("loader-threads") : 1;  // one reader: sequential
@@ -171,7 +180,11 @@ Command pretrain_command() {
       number_option("lr", "", "peak learning rate (default: the preset's official one: base 2e-4, base_plus 1e-4, large 5e-5)", 0,
                     1),
       integer_option("batch-size", "32", "samples per micro-batch", 1, 1048576),
-      integer_option("accumulate", "32", "micro-batches per optimizer step (1024 effective by default)", 1, 1048576),
+      integer_option("global-batch", "1024",
+                     "samples per optimizer step over all processes, as the official's batch_size: accumulate = "
+                     "global batch / (--batch-size x processes), rounded down (1024 = 32 x 32 on one process)",
+                     1, int64_t{1} << 40),
+      integer_option("accumulate", "0", "micro-batches per optimizer step (0: from --global-batch)", 0, 1048576),
       integer_option("checkpoint-every", "1000", "steps between checkpoints", 0),
       {"contrastive-batch", "local",
        "stage vl: local (official: ITC and ITM hard negatives over each micro-batch, gathered across ranks) or "

@@ -33,6 +33,18 @@ check_metrics_once() {  # FILE N: steps 1..N each exactly once, every line valid
   /usr/bin/python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1]) if l.strip()]' "$1" 2>/dev/null ||
     fail "$1: a line is not a whole JSON object"
 }
+same_losses() {  # REF GOT: the same loss at every step
+  /usr/bin/python3 - "$1" "$2" <<'PY' || fail "$2: losses differ from $1's"
+import json, sys
+def losses(path):
+    return {round(r["step"]): r["loss"] for r in map(json.loads, filter(str.strip, open(path))) if "loss" in r}
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+bad = [s for s in a if a[s] != b.get(s)]
+if bad or len(a) != len(b):
+    print(f"steps {bad[:3]} of {len(a)} differ", file=sys.stderr)
+    sys.exit(1)
+PY
+}
 running() { ps -o stat= -p "$1" 2>/dev/null | grep -qv Z; }  # PID: alive and not a zombie
 no_temporaries() {  # DIR
   local left
@@ -105,6 +117,44 @@ if [[ " $PARTS " == *" term "* ]]; then
     cmp -s tref.safetensors t.safetensors || fail "resumed-after-SIGTERM checkpoint differs from the uninterrupted one"
     check_metrics_once t.jsonl $STEPS
   fi
+  note "two SIGTERMs back to back are one request: checkpoint, exit 143, resume exactly"
+  "$VLMO" "${TRAIN[@]}" --steps $STEPS --checkpoint-every 0 --out t2.safetensors --metrics t2.jsonl 2>t2.err &
+  pid=$!
+  sleep 2
+  kill -TERM $pid
+  kill -TERM $pid
+  wait $pid
+  rc=$?
+  if [ $rc -ne 143 ] || ! grep -q "interrupted by SIGTERM after step [0-9]*; checkpoint saved to t2.safetensors" t2.err; then
+    fail "two SIGTERMs: exit status $rc, $(tail -n 1 t2.err)"
+  else
+    "$VLMO" "${TRAIN[@]}" --steps $STEPS --checkpoint-every 0 --out t2.safetensors --metrics t2.jsonl \
+      --resume t2.safetensors 2>/dev/null || fail "resume after two SIGTERMs failed"
+    cmp -s tref.safetensors t2.safetensors || fail "resumed-after-two-SIGTERMs checkpoint differs from the uninterrupted one"
+    check_metrics_once t2.jsonl $STEPS
+  fi
+  # GNU timeout signals the child, then the child's process group: two SIGTERMs microseconds apart.
+  STOPS=10 LONG=1500
+  note "timeout -s TERM 2, $STOPS runs in a row, each resuming the last; then the rest uninterrupted"
+  "$VLMO" "${TRAIN[@]}" --steps $LONG --checkpoint-every 0 --out lref.safetensors --metrics lref.jsonl 2>/dev/null ||
+    fail "uninterrupted run failed"
+  for i in $(seq 1 $STOPS); do
+    resume=()
+    [ -f to.safetensors ] && resume=(--resume to.safetensors)
+    timeout -s TERM 2 "$VLMO" "${TRAIN[@]}" --steps $LONG --checkpoint-every 0 --out to.safetensors --metrics to.jsonl \
+      "${resume[@]}" 2>to.err
+    rc=$?
+    if [ $rc -ne 124 ] || ! grep -q "interrupted by SIGTERM after step [0-9]*; checkpoint saved to to.safetensors" to.err; then
+      fail "timeout run $i: exit status $rc (expected 124), $(tail -n 1 to.err)"
+      break
+    fi
+  done
+  note "stopped after steps:$(grep -h -o 'interrupted by SIGTERM after step [0-9]*' to.err | grep -o '[0-9]*$' | tr '\n' ' ')"
+  "$VLMO" "${TRAIN[@]}" --steps $LONG --checkpoint-every 0 --out to.safetensors --metrics to.jsonl --resume to.safetensors \
+    2>/dev/null || fail "the run after $STOPS timeouts failed"
+  cmp -s lref.safetensors to.safetensors || fail "the checkpoint after $STOPS timeouts differs from the uninterrupted one"
+  check_metrics_once to.jsonl $LONG
+  same_losses lref.jsonl to.jsonl
   "$VLMO" "${TRAIN[@]}" --steps $STEPS --out i.safetensors --metrics i.jsonl 2>i.err &
   pid=$!
   sleep 1.5
@@ -262,7 +312,7 @@ EOF
   run_case "preprocess name clash" "would both be stored as \"messi5.jpg@32\"" \
     preprocess --size 32 --out p.safetensors img/messi5.jpg ./img/messi5.jpg
   run_case "steps 1.5" "option --steps: expected a whole number" pretrain --steps 1.5
-  run_case "accumulate 0" "option --accumulate: must be between 1" pretrain --accumulate 0
+  run_case "accumulate -1" "option --accumulate: must be between 0" pretrain --accumulate -1
   run_case "negative lr" "option --lr: must be between 0 and 1" pretrain --lr -1
   run_case "image size" "option --image-size: must be between 0 and 8192" pretrain --image-size 100000
   run_case "max-skip-rate" "option --max-skip-rate: must be between 0 and 1" pretrain --max-skip-rate 2

@@ -14,7 +14,8 @@ TEST(Cli, NumbersAreTypedAndRangeChecked) {
   const std::vector<Case> cases = {
       {{"pretrain", "--steps", "1.5"}, "option --steps: expected a whole number, got \"1.5\""},
       {{"pretrain", "--steps", "0"}, "option --steps: must be at least 1, got 0"},
-      {{"pretrain", "--accumulate", "0"}, "option --accumulate: must be between 1 and"},
+      {{"pretrain", "--accumulate", "-1"}, "option --accumulate: must be between 0 and"},
+      {{"pretrain", "--global-batch", "0"}, "option --global-batch: must be between 1 and"},
       {{"pretrain", "--seed", "-3"}, "option --seed: must be at least 0, got -3"},
       {{"pretrain", "--lr", "abc"}, "option --lr: expected a finite number, got \"abc\""},
       {{"pretrain", "--steps", "99999999999999999999"}, "option --steps: 99999999999999999999 is out of range"},

@@ -339,8 +339,13 @@ TEST(VqaData, OfficialValSplitHoldsOutTheLastImages) {
   EXPECT_EQ(e.train.size(), 5u);                                  // 1 train + 4 trainable_val
   ASSERT_EQ(e.rest_val.size(), 2u);
   EXPECT_EQ(e.rest_val[0].question_id, 3);
+  // With the list {"yes"}: val's "no" questions go first (3, 4, 5, and images 9 and 11 with them),
+  // so the last two images left (5, 7) are rest_val and nothing trains.
   const VqaFinetuneData given = vqa_finetune_data(train, val, {"yes"}, 9, 2);
-  EXPECT_EQ(given.train.size(), 3u);  // only questions with an answer in the given list
+  EXPECT_EQ(given.train.size(), 0u);
+  EXPECT_EQ(given.rest_val.size(), 3u);
+  EXPECT_EQ(given.val_questions_dropped, 3);
+  EXPECT_EQ(given.val_images_dropped, 2);
 }
 
 TEST(VqaData, TrainingExamplesCarrySoftTargetsAndDropUnanswerable) {

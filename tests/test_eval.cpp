@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "test_util.h"
 #include "vlmo/evaluate.h"
 #include "vlmo/image_tensor.h"
@@ -33,6 +35,66 @@ TEST(VqaEval, AccuracyIsMinOneMatchesOverThreeAveragedOverLeaveOneOut) {
   EXPECT_NEAR(vqa_accuracy("red", b), (7 * 1.0 + 3 * (2.0 / 3)) / 10, 1e-12);
   // Answers are only normalised when humans disagree: unanimous "Yes." must match exactly.
   EXPECT_DOUBLE_EQ(vqa_accuracy("yes", std::vector<std::string>(10, "Yes.")), 0.0);
+}
+
+// A VQAv2-shaped val set (questions and annotations files) with questions none of whose human
+// answers is in the list: the official drops them (and image 3, left with none) before taking the
+// last images as rest_val, and scores rest_val by the soft target of the predicted answer.
+TEST(VqaEval, RestValAndBothMetricsAsTheOfficial) {
+  struct Q {
+    int64_t id, image;
+    std::vector<std::pair<std::string, int>> answers;  // (raw answer, how many humans)
+  };
+  const std::vector<Q> val = {{10, 1, {{"yes", 10}}},
+                              {11, 1, {{"purple", 10}}},  // no answer in the list: dropped
+                              {20, 2, {{"2", 3}, {"two", 7}}},
+                              {30, 3, {{"maybe", 10}}},  // dropped, and image 3 with it
+                              {40, 4, {{"no", 2}, {"yes", 1}, {"nope", 7}}},
+                              {41, 4, {{"yes", 10}}}};
+  nlohmann::json qj = {{"questions", nlohmann::json::array()}}, aj = {{"annotations", nlohmann::json::array()}};
+  for (const Q& q : val) {
+    qj["questions"].push_back({{"question_id", q.id}, {"image_id", q.image}, {"question", "what?"}});
+    nlohmann::json answers = nlohmann::json::array();
+    for (const auto& [a, n] : q.answers)
+      for (int k = 0; k < n; ++k) answers.push_back({{"answer", a}});
+    aj["annotations"].push_back(
+        {{"question_id", q.id}, {"image_id", q.image}, {"multiple_choice_answer", q.answers[0].first}, {"answers", answers}});
+  }
+  const std::string dir = vlmo::test::temp_dir();
+  vlmo::test::write_file(dir + "/val_q.json", qj.dump());
+  vlmo::test::write_file(dir + "/val_a.json", aj.dump());
+  const std::vector<std::string> list = {"yes", "no", "2"};
+  const VqaFinetuneData d = vqa_finetune_data({}, read_vqav2(dir + "/val_q.json", dir + "/val_a.json"), list, 9, 2);
+  EXPECT_EQ(d.val_questions_dropped, 2);
+  EXPECT_EQ(d.val_images_dropped, 1);
+  // Images left, in order: 1, 2, 4; the last two are rest_val (unfiltered, they were 3 and 4).
+  std::vector<int64_t> rest;
+  for (const auto& q : d.rest_val) rest.push_back(q.question_id);
+  EXPECT_EQ(rest, (std::vector<int64_t>{20, 40, 41}));
+  ASSERT_EQ(d.train.size(), 1u);  // question 10 (trainable_val)
+  EXPECT_EQ(d.train[0].targets.labels, (std::vector<int64_t>{0}));
+
+  // Predicted "2", "yes", "no". Score: soft targets 0.9 ("2": three humans raw; "two" is another
+  // string), 0.3 (one human), 0 -> 1.2 / 3. Accuracy (answers normalised when humans disagree, so
+  // "two" is "2"): 1 (every leave-one-out subset keeps >= 3 matches), 9 x (1/3) / 10 = 0.3 (the
+  // subset without the one "yes" has none), 0 -> 1.3 / 3.
+  const VqaEvaluation e = score_vqa_predictions(d.rest_val, {"2", "yes", "no"}, list);
+  EXPECT_EQ(e.score_questions, 3);
+  EXPECT_NEAR(e.score, 1.2 / 3, 1e-12);
+  EXPECT_EQ(e.scored, 3);
+  EXPECT_NEAR(e.accuracy, 1.3 / 3, 1e-12);
+  EXPECT_EQ(e.predictions[1], (std::pair<int64_t, std::string>{40, "yes"}));
+  // Scoring the unfiltered questions too: the score keeps to the answerable ones, the accuracy
+  // counts question 30 (predicted "yes": 0).
+  std::vector<VqaQuestion> with_unanswerable = d.rest_val;
+  for (const auto& q : read_vqav2(dir + "/val_q.json", dir + "/val_a.json"))
+    if (q.question_id == 30) with_unanswerable.push_back(q);
+  const VqaEvaluation all = score_vqa_predictions(with_unanswerable, {"2", "yes", "no", "yes"}, list);
+  EXPECT_EQ(all.score_questions, 3);
+  EXPECT_NEAR(all.score, 1.2 / 3, 1e-12);
+  EXPECT_EQ(all.scored, 4);
+  EXPECT_NEAR(all.accuracy, 1.3 / 4, 1e-12);
+  expect_error([&] { score_vqa_predictions(d.rest_val, {"2"}, list); }, {"1 predictions for 3 questions"});
 }
 
 TEST(Nlvr2Eval, AccuracyAndConsistency) {

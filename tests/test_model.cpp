@@ -369,6 +369,44 @@ TEST(Precision, EmulatedBf16ModelIsCloseToNativeBf16) {
   expect_outputs_and_gradients_close(emulated, native, 3e-2);
 }
 
+// Emulated bf16 rounds the same values on every attention path: q, k and v once, as they leave
+// the qkv product; logits, probabilities and the products' sums stay fp32. So the plain path and
+// the fused kernels (the CPU inference kernel without autograd; SDPA with autograd where LibTorch
+// has it) agree as fp32 sums in another order do (2e-5, as SdpaAndPlainAttentionAgree's fp32),
+// where rounding the probabilities on one path alone differs by bf16's 3 significant digits.
+TEST(Precision, EmulatedBf16AttentionPathsRoundTheSameValues) {
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
+  m->set_precision(Precision::kBFloat16);
+  set_cpu_bf16(m, CpuBf16Products::kEmulated);
+  at::manual_seed(7);
+  const Batch b = tiny_batch(c, 3);
+  auto both = [&](AttentionPath path) {
+    set_attention(m, path);
+    m->eval();
+    at::Tensor inference;
+    {
+      torch::NoGradGuard g;
+      inference = m->infer_image_ft(b.image).feats;
+    }
+    m->train();
+    return std::make_pair(inference, outputs_and_gradients(m, b));
+  };
+  const auto plain = both(AttentionPath::kPlain);
+  const CpuProducts backend = m->run_policy().cpu_products;
+  set_cpu_products(m, CpuProducts::kAten);  // where SDPA takes CPU training
+  const auto counts = attention_kernel_counts();
+  const auto fused = both(AttentionPath::kFused);
+  const auto ran = attention_kernel_calls_since(counts);
+  set_cpu_products(m, backend);
+  auto calls = [&](const char* kernel) { return ran.count(kernel) ? ran.at(kernel) : 0; };
+  EXPECT_GT(calls("cpu-inference"), 0);
+  if (m->run_policy().sdpa) EXPECT_GT(calls("sdpa"), 0);
+  const double tol = 2e-5 * (1 + plain.first.abs().max().item<double>());
+  EXPECT_LE((fused.first - plain.first).abs().max().item<double>(), tol);
+  expect_outputs_and_gradients_close(fused.second, plain.second, 2e-5);
+}
+
 // Activation checkpointing recomputes each block in the backward pass: the pre-training
 // objective (ITC, ITM on drawn hard negatives, MLM; drop path on) must give the same losses and
 // the same gradients as without it, with drop path drawn from the global generator (its state

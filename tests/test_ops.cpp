@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <cstring>
@@ -204,6 +205,22 @@ TEST(Ops, AttentionKernelsMatchTheFormula) {
     }
   }
   if (!sdpa_built()) expect_error([&] { sdpa_attention(qkv, Q, mask, bias, false); }, {"LibTorch >= 2"});
+}
+
+// Native bf16 on the CPU: SDPA adds the relative bias in fp32, as the official adds its fp32 bias.
+// q = k = 0, so the logits are the bias: 256 + {0, 0.5, 1, 1.5}, whose steps bf16 (spacing 2 at
+// 256) would erase to {256, 256, 256, 258}; v holds one-hot rows, so the output is the attention
+// probabilities: softmax({0, 0.5, 1, 1.5}) = {0.1015, 0.1674, 0.2760, 0.4551} in fp32, where a
+// bf16 bias gives softmax({0, 0, 0, 2}) = {0.0996, 0.0996, 0.0996, 0.7361}.
+TEST(Ops, SdpaAddsTheBiasInFp32UnderBf16) {
+  if (!sdpa_built()) GTEST_SKIP() << "LibTorch " << TORCH_VERSION << " has no scaled_dot_product_attention";
+  const int64_t N = 4, hd = 4;
+  at::Tensor qkv = at::zeros({3, 1, 1, N, hd});  // (q k v, B, H, N, hd)
+  qkv[2][0][0].copy_(at::eye(N));
+  const at::Tensor bias = (256 + at::arange(N, at::kFloat) * 0.5).expand({1, N, N}).contiguous();  // (H, N, N)
+  const at::Tensor out = sdpa_attention(qkv.to(at::kBFloat16), N, at::Tensor(), bias, /*emulated_bf16=*/false);
+  const at::Tensor want = at::softmax(at::arange(N, at::kFloat) * 0.5, 0).expand({N, N});
+  EXPECT_LE((out[0].to(at::kFloat) - want).abs().max().item<double>(), 4e-3) << out[0];
 }
 
 // /proc/cpuinfo as two kinds of these machines print it (first processor's lines; flags shortened).

@@ -676,6 +676,56 @@ TEST(Recipe, StepBatchDividesByProcessesToo) {
   EXPECT_THROW(recipe_step_batch(128, 0, 1), Error);
 }
 
+// The fine-tuning length of docs/training.md's table: steps = len(loader) x epochs // accumulate with
+// len(loader) = ceil(ceil(n / W) / batch) (the official's run.py over a DistributedSampler), worked
+// out by hand for each row; the last column is the epochs the steps cover (samples seen / n).
+TEST(Recipe, FineTuningStepsAsTheOfficialCountsThem) {
+  struct Row {
+    FinetuneTask task;
+    int64_t n, batch;
+    int world, accumulate;  // accumulate 0: derived from the recipe's batch
+    int accumulate_used;
+    int64_t loader, steps, warmup;
+    double epochs;
+  };
+  const Row rows[] = {
+      // VQA (128 a step, 10 epochs), n = 640,000
+      {FinetuneTask::kVqa, 640000, 32, 1, 0, 4, 20000, 50000, 5000, 10.0},
+      {FinetuneTask::kVqa, 640000, 32, 2, 0, 2, 10000, 50000, 5000, 10.0},
+      {FinetuneTask::kVqa, 640000, 16, 8, 0, 1, 5000, 50000, 5000, 10.0},
+      {FinetuneTask::kVqa, 640000, 48, 1, 0, 2, 13334, 66670, 6667, 66670.0 * 96 / 640000},
+      {FinetuneTask::kVqa, 640000, 48, 8, 0, 1, 1667, 16670, 1667, 16670.0 * 384 / 640000},
+      {FinetuneTask::kVqa, 640000, 48, 1, 3, 3, 13334, 44446, 4444, 44446.0 * 144 / 640000},
+      // NLVR2 (128 a step, 10 epochs), n = 86,373 (its train split)
+      {FinetuneTask::kNlvr2, 86373, 32, 1, 0, 4, 2700, 6750, 675, 6750.0 * 128 / 86373},
+      {FinetuneTask::kNlvr2, 86373, 16, 1, 0, 8, 5399, 6748, 674, 6748.0 * 128 / 86373},
+      {FinetuneTask::kNlvr2, 86373, 32, 2, 0, 2, 1350, 6750, 675, 6750.0 * 128 / 86373},
+      {FinetuneTask::kNlvr2, 86373, 16, 8, 0, 1, 675, 6750, 675, 6750.0 * 128 / 86373},
+      {FinetuneTask::kNlvr2, 86373, 48, 1, 0, 2, 1800, 9000, 900, 9000.0 * 96 / 86373},
+      {FinetuneTask::kNlvr2, 86373, 48, 2, 0, 1, 900, 9000, 900, 9000.0 * 96 / 86373},
+      // COCO retrieval (3072 a step, 3000 steps, warm-up 300), n = 566,747 captions
+      {FinetuneTask::kRetrievalCoco, 566747, 32, 1, 0, 96, 17711, 3000, 300, 3000.0 * 3072 / 566747},
+      {FinetuneTask::kRetrievalCoco, 566747, 32, 8, 0, 12, 2214, 3000, 300, 3000.0 * 3072 / 566747},
+      {FinetuneTask::kRetrievalCoco, 566747, 40, 2, 0, 38, 7085, 3000, 300, 3000.0 * 3040 / 566747},
+  };
+  for (const Row& w : rows) {
+    const TrainingLength l = training_length(official_recipe(w.task, "base"), w.n, w.batch, w.world, w.accumulate);
+    const std::string what = cat(finetune_task_name(w.task), " n ", w.n, " batch ", w.batch, " W ", w.world);
+    EXPECT_EQ(l.step.accumulate, w.accumulate_used) << what;
+    EXPECT_EQ(l.step.samples, w.accumulate_used * w.batch * w.world) << what;
+    EXPECT_EQ(l.loader_batches, w.loader) << what;
+    EXPECT_EQ(l.steps, w.steps) << what;
+    EXPECT_EQ(l.warmup, w.warmup) << what;
+    EXPECT_NEAR(l.epochs, w.epochs, 1e-12) << what;
+  }
+  // The rounding batch trains its 10 epochs, where ceil(10 n / 128) steps of 96 samples gave 7.5.
+  EXPECT_GE(training_length(official_recipe(FinetuneTask::kNlvr2, "base"), 86373, 48, 1).epochs, 10.0);
+  // A tiny set still trains a step; an explicit --steps wins over the epochs.
+  EXPECT_EQ(training_length(official_recipe(FinetuneTask::kVqa, "base"), 3, 16, 1).steps, 1);
+  EXPECT_EQ(training_length(official_recipe(FinetuneTask::kVqa, "base"), 640000, 32, 1, 0, 7).steps, 7);
+  EXPECT_THROW(training_length(official_recipe(FinetuneTask::kVqa, "base"), 0, 16, 1), Error);
+}
+
 TEST(Recipes, OfficialFineTuningSettings) {
   Recipe r = official_recipe(FinetuneTask::kVqa, "base");
   EXPECT_EQ(r.image_size, 480);
@@ -683,12 +733,10 @@ TEST(Recipes, OfficialFineTuningSettings) {
   EXPECT_DOUBLE_EQ(r.head_lr_mult, 20);
   EXPECT_DOUBLE_EQ(r.drop_path, 0.15);
   EXPECT_EQ(r.batch_size, 128);
-  EXPECT_DOUBLE_EQ(r.epochs, 10);
   EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kVqa, "large").lr, 1.5e-5);
   EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kVqa, "base_plus").lr, 3e-5);
-  // 1000 examples, 10 epochs of 128: ceil(10000 / 128) = 79 steps, 10 % warm-up = 7.
-  EXPECT_EQ(r.total_steps(1000), 79);
-  EXPECT_EQ(r.warmup_steps(79), 7);
+  EXPECT_EQ(r.epochs, 10);
+  EXPECT_LT(r.warmup_steps, 0);  // a fraction of the steps
 
   r = official_recipe(FinetuneTask::kNlvr2, "base");
   EXPECT_EQ(r.image_size, 384);
@@ -701,15 +749,16 @@ TEST(Recipes, OfficialFineTuningSettings) {
 
   r = official_recipe(FinetuneTask::kRetrievalCoco, "base");
   EXPECT_EQ(r.batch_size, 3072);
-  EXPECT_EQ(r.total_steps(123456), 3000);  // fixed steps, whatever the data size
-  EXPECT_EQ(r.warmup_steps(3000), 300);
+  EXPECT_EQ(training_length(r, 123456, 32, 1).steps, 3000);  // fixed steps, whatever the data size
+  EXPECT_EQ(training_length(r, 123456, 32, 1).warmup, 300);
   EXPECT_DOUBLE_EQ(r.drop_path, 0.2);
   EXPECT_EQ(r.init, "pretrained");
   EXPECT_DOUBLE_EQ(official_recipe(FinetuneTask::kRetrievalCoco, "large").lr, 2e-5);
 
   r = official_recipe(FinetuneTask::kRetrievalF30k, "base");
-  EXPECT_EQ(r.total_steps(10), 1500);
-  EXPECT_EQ(r.warmup_steps(1500), 150);
+  EXPECT_EQ(training_length(r, 10, 32, 1).steps, 1500);
+  EXPECT_EQ(training_length(r, 10, 32, 1).warmup, 150);
+  EXPECT_EQ(training_length(r, 10, 32, 1, 0, 500).warmup, 150);  // --steps keeps the preset's warm-up count
   EXPECT_DOUBLE_EQ(r.drop_path, 0.15);
   EXPECT_EQ(r.init, "coco");  // F30K base starts from the COCO-fine-tuned weights
   EXPECT_EQ(official_recipe(FinetuneTask::kRetrievalF30k, "large").init, "coco");

@@ -1,5 +1,5 @@
 // src/util/: files (output and input paths checked before work, the lock, temporaries of dead
-// writers), precision names, and the allocator's keeping of freed host memory.
+// writers), precision names, stop signals, and the allocator's keeping of freed host memory.
 #include "test_util.h"
 
 #include <ATen/ATen.h>
@@ -7,12 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
 #include "vlmo/files.h"
 #include "vlmo/precision.h"
+#include "vlmo/signals.h"
 #include "vlmo/threads.h"
 
 #if defined(__GLIBC__)
@@ -32,7 +34,43 @@ pid_t dead_pid() {
   return pid;  // reaped: no process has it (until the pid wraps around)
 }
 
+// Runs `body` in a child process and returns its wait status.
+template <class F>
+int in_child(F body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(body());
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
+}
+
 }  // namespace
+
+TEST(Signals, ARepeatWithinTheWindowIsTheSameRequest) {
+  // Two SIGTERMs back to back (as `timeout` sends them: to the child, then to its group) are one
+  // request: the process goes on to its safe point. A SIGINT after the window ends it at once.
+  int status = in_child([] {
+    install_stop_handlers();
+    std::raise(SIGTERM);
+    std::raise(SIGTERM);
+    if (stop_requested() != SIGTERM || stop_signal_count() != 1) return 3;
+    ::usleep(static_cast<useconds_t>((kStopRepeatWindowMs + 300) * 1000));
+    std::raise(SIGINT);
+    return 0;  // not reached when the late signal ends the process
+  });
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) << "wait status " << status;
+  // Work that bounds its own stop (the server) counts the late signal and not the repeat.
+  status = in_child([] {
+    install_stop_handlers(/*second_signal_exits=*/false);
+    std::raise(SIGINT);
+    std::raise(SIGTERM);
+    const int first = stop_signal_count();
+    ::usleep(static_cast<useconds_t>((kStopRepeatWindowMs + 300) * 1000));
+    std::raise(SIGTERM);
+    return first == 1 && stop_signal_count() == 2 && stop_requested() == SIGINT ? 0 : 4;
+  });
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "wait status " << status;
+}
 
 TEST(Files, OutputPathsAreCheckedBeforeWork) {
   const std::string dir = vlmo::test::temp_dir();

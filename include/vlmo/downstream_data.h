@@ -54,6 +54,8 @@ struct SoftTargets {
 };
 SoftTargets vqa_soft_targets(const std::vector<std::string>& raw_answers,
                              const std::unordered_map<std::string, int64_t>& answer_to_label);
+// answer -> its label (its position in the list).
+std::unordered_map<std::string, int64_t> answer_labels(const std::vector<std::string>& answers);
 
 // EvalAI submission: a JSON list of {"question_id", "answer"}.
 void write_vqa_submission(const std::string& path, const std::vector<std::pair<int64_t, std::string>>& answers);
@@ -80,13 +82,16 @@ struct VqaExample {
 // answers is in the list are dropped, as the official does.
 std::vector<VqaExample> vqa_training_examples(const std::vector<VqaQuestion>& questions, const std::vector<std::string>& answers);
 
-// The official VQA fine-tuning data (reference §4): train on train + trainable_val, validate on
-// rest_val (the last `rest_images` val images). The answer list is `answers` when given, else
-// built from train + all of val (build_answer_vocab with `min_count`).
+// The official VQA fine-tuning data (reference §4, write_vqa): val's questions none of whose human
+// answers is in the answer list are dropped first (and with them images left with no question);
+// then rest_val = the last `rest_images` remaining images (split_vqa_val), and the model trains on
+// train + trainable_val (vqa_training_examples: likewise without such questions). The answer list
+// is `answers` when given, else built from train + all of val (build_answer_vocab, `min_count`).
 struct VqaFinetuneData {
   std::vector<VqaExample> train;
   std::vector<VqaQuestion> rest_val;
   std::vector<std::string> answers;
+  int64_t val_questions_dropped = 0, val_images_dropped = 0;  // val's, for want of an answer in the list
 };
 VqaFinetuneData vqa_finetune_data(std::vector<VqaQuestion> train, const std::vector<VqaQuestion>& val,
                                   std::vector<std::string> answers = {}, int min_count = 9, int rest_images = 1000);

@@ -19,9 +19,19 @@ namespace vlmo {
 
 struct VqaEvaluation {
   std::vector<std::pair<int64_t, std::string>> predictions;  // (question_id, answer), input order
-  double accuracy = 0;                                       // official VQA accuracy, mean over the questions with human answers
-  int64_t scored = 0;                                        // how many had human answers
+  // The official in-training VQA score (vqa/val/score): the soft target (0, .3, .6, .9, 1 for 0-3 or
+  // more humans giving it, raw) of the predicted answer, mean over the questions with an answer in
+  // the list: the questions the official's data keeps.
+  double score = 0;
+  int64_t score_questions = 0;
+  // The VQA evaluation's accuracy (EvalAI's: min(1, humans / 3) over the leave-one-out subsets,
+  // vqa_accuracy), mean over every question with human answers.
+  double accuracy = 0;
+  int64_t scored = 0;
 };
+// Both metrics of answers predicted for `questions` (one each, in order), `answers` the label list.
+VqaEvaluation score_vqa_predictions(const std::vector<VqaQuestion>& questions, const std::vector<std::string>& predicted,
+                                    const std::vector<std::string>& answers);
 // `answers`: the classifier's labels in order. Images come from each question's `image`.
 VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<VqaQuestion>& questions,
                            const std::vector<std::string>& answers, const ImageLoader& load = file_image_loader(),

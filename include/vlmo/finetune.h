@@ -52,8 +52,9 @@ struct FinetunePlan {
 
 // VQA (reference §4): a classifier over `answers` (in label order) on the fusion encoder's pooled
 // [CLS], trained with the BCE on soft scores (vqa_objective); the checkpoint records the answers.
-// With `validation` questions, the official VQA accuracy on them ("vqa_accuracy"), tokenized by
-// `tok`, images from `load`.
+// With `validation` questions (rest_val), the official in-training VQA score on them ("vqa_score")
+// and the VQA evaluation's accuracy ("vqa_accuracy"; evaluate_vqa), tokenized by `tok`, images from
+// `load`.
 FinetunePlan vqa_plan(std::vector<std::string> answers, TaskBatches train, std::vector<VqaQuestion> validation = {},
                       std::shared_ptr<const Tokenizer> tok = nullptr, ImageLoader load = file_image_loader());
 
@@ -124,16 +125,16 @@ VLMo finetune_model(const Config& cfg, TensorMap weights, uint64_t seed, LoadRep
 // A fine-tuning ready to train.
 struct Finetuning {
   FinetunePlan plan;
-  Config config;         // the model's
-  VLMo model{nullptr};   // on the CPU
-  LoadReport loaded;     // what the pre-trained weights gave the model
-  StepBatch step_batch;  // how a step reaches the recipe's batch
-  int world = 1;         // processes (t.group's)
+  Config config;          // the model's
+  VLMo model{nullptr};    // on the CPU
+  LoadReport loaded;      // what the pre-trained weights gave the model
+  TrainingLength length;  // the steps, their batch and warm-up (training_length)
+  int world = 1;          // processes (t.group's)
 };
 // The plan of the task (finetune_plan), the model (finetune_model), and `t` set for them: the
-// plan's options, and the recipe's schedule, where each optimizer step sees the recipe's batch
-// over all of t.group's processes (the official divides it by their number too) and the step
-// count is the recipe's for that batch.
+// plan's options, and the recipe's schedule for this launch (training_length over t.group's
+// processes): each optimizer step sees the recipe's batch as the official divides it, and the step
+// count is the official's for the samples a step sees.
 Finetuning prepare_finetuning(const FinetuneSpec& spec, FinetuneStart start, std::shared_ptr<const Tokenizer> tok,
                               TrainOptions& t);
 

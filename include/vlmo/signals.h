@@ -1,8 +1,11 @@
 // Graceful stop of long work (training, embedding a collection, serving). After
 // install_stop_handlers(), the first SIGINT or SIGTERM only records the signal: the work polls
 // stop_requested() at its own safe points (a step boundary, a chunk, the accept loop), keeps what
-// it did, and ends; a second signal ends the process at once (default action). request_stop()
-// does what the handler does.
+// it did, and ends; a second signal ends the process at once (default action). A repeat within
+// kStopRepeatWindowMs of the first is the same request and is neither counted nor acted on: GNU
+// `timeout` signals its child and then the child's process group, and Slurm, container runtimes
+// and torchrun's agent may deliver a stop signal more than once. request_stop() does what the
+// handler does for a first signal.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -10,6 +13,8 @@
 #include "vlmo/error.h"
 
 namespace vlmo {
+
+constexpr int64_t kStopRepeatWindowMs = 1000;
 
 // `second_signal_exits` false: a second signal is only counted (stop_signal_count), for work
 // that bounds its own stop and still wants to report.

@@ -1,6 +1,8 @@
 // Batch makers of the fine-tuning tasks (VQAv2, NLVR2, image-text pairs) over fixed example lists.
 #include <ATen/ATen.h>
 
+#include <unordered_set>
+
 #include "usable.h"
 #include "vlmo/downstream_data.h"
 #include "vlmo/error.h"
@@ -13,8 +15,7 @@ ImageLoader file_image_loader(const DecodeOptions& decode) {
 
 std::vector<VqaExample> vqa_training_examples(const std::vector<VqaQuestion>& questions,
                                               const std::vector<std::string>& answers) {
-  std::unordered_map<std::string, int64_t> label;
-  for (size_t i = 0; i < answers.size(); ++i) label[answers[i]] = static_cast<int64_t>(i);
+  const auto label = answer_labels(answers);
   std::vector<VqaExample> out;
   for (const auto& q : questions) {
     SoftTargets t = vqa_soft_targets(q.answers, label);
@@ -32,7 +33,18 @@ VqaFinetuneData vqa_finetune_data(std::vector<VqaQuestion> train, const std::vec
     answers = build_answer_vocab(all, min_count);
     if (answers.empty()) throw Error(cat("no answer occurs at least ", min_count, " times: the answer list is empty"));
   }
-  VqaValSplit split = split_vqa_val(val, rest_images);
+  const auto label = answer_labels(answers);
+  std::vector<VqaQuestion> answerable;
+  std::unordered_set<int64_t> images, kept_images;
+  for (const auto& q : val) {
+    images.insert(q.image_id);
+    if (vqa_soft_targets(q.answers, label).labels.empty()) continue;
+    answerable.push_back(q);
+    kept_images.insert(q.image_id);
+  }
+  out.val_questions_dropped = static_cast<int64_t>(val.size() - answerable.size());
+  out.val_images_dropped = static_cast<int64_t>(images.size() - kept_images.size());
+  VqaValSplit split = split_vqa_val(answerable, rest_images);
   train.insert(train.end(), split.trainable_val.begin(), split.trainable_val.end());
   out.train = vqa_training_examples(train, answers);
   out.rest_val = std::move(split.rest_val);

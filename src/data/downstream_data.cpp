@@ -133,6 +133,12 @@ SoftTargets vqa_soft_targets(const std::vector<std::string>& raw_answers,
   return t;
 }
 
+std::unordered_map<std::string, int64_t> answer_labels(const std::vector<std::string>& answers) {
+  std::unordered_map<std::string, int64_t> label;
+  for (size_t i = 0; i < answers.size(); ++i) label.emplace(answers[i], static_cast<int64_t>(i));
+  return label;
+}
+
 void write_vqa_submission(const std::string& path, const std::vector<std::pair<int64_t, std::string>>& answers) {
   nlohmann::json j = nlohmann::json::array();
   for (const auto& [id, a] : answers) j.push_back({{"question_id", id}, {"answer", a}});

@@ -29,6 +29,29 @@ void check_batch(int64_t batch) {
 }
 }  // namespace
 
+VqaEvaluation score_vqa_predictions(const std::vector<VqaQuestion>& qs, const std::vector<std::string>& predicted,
+                                    const std::vector<std::string>& answers) {
+  if (predicted.size() != qs.size())
+    throw Error(cat("score_vqa_predictions: ", predicted.size(), " predictions for ", qs.size(), " questions"));
+  const auto label = answer_labels(answers);
+  VqaEvaluation out;
+  double score = 0, accuracy = 0;
+  for (size_t i = 0; i < qs.size(); ++i) {
+    out.predictions.emplace_back(qs[i].question_id, predicted[i]);
+    const SoftTargets t = vqa_soft_targets(qs[i].answers, label);
+    if (!t.labels.empty()) {
+      const auto it = label.find(predicted[i]);
+      for (size_t k = 0; it != label.end() && k < t.labels.size(); ++k)
+        if (t.labels[k] == it->second) score += t.scores[k];
+      ++out.score_questions;
+    }
+    if (!qs[i].answers.empty()) accuracy += vqa_accuracy(predicted[i], qs[i].answers), ++out.scored;
+  }
+  out.score = out.score_questions ? score / static_cast<double>(out.score_questions) : 0;
+  out.accuracy = out.scored ? accuracy / static_cast<double>(out.scored) : 0;
+  return out;
+}
+
 VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<VqaQuestion>& qs,
                            const std::vector<std::string>& answers, const ImageLoader& load, int64_t batch) {
   check_batch(batch);
@@ -38,8 +61,7 @@ VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<
         cat("evaluate_vqa: ", answers.size(), " answers for a classifier of ", model->config().vqav2_label_size, " labels"));
   EvalScope scope(model);
   const int size = model->config().image_size;
-  VqaEvaluation out;
-  double total = 0;
+  std::vector<std::string> predicted;
   for (size_t i = 0; i < qs.size(); i += batch) {
     const size_t end = std::min(qs.size(), i + static_cast<size_t>(batch));
     std::vector<at::Tensor> pix;
@@ -50,14 +72,9 @@ VqaEvaluation evaluate_vqa(VLMo& model, const Tokenizer& tok, const std::vector<
     }
     const auto [ids, masks] = encode_batch(tok, text, model->config().max_text_len);
     const at::Tensor pred = vqa_logits(model, ids, masks, at::stack(pix)).argmax(1).cpu();
-    for (size_t j = i; j < end; ++j) {
-      const std::string& a = answers[pred[j - i].item<int64_t>()];
-      out.predictions.emplace_back(qs[j].question_id, a);
-      if (!qs[j].answers.empty()) total += vqa_accuracy(a, qs[j].answers), ++out.scored;
-    }
+    for (size_t j = i; j < end; ++j) predicted.push_back(answers[pred[j - i].item<int64_t>()]);
   }
-  out.accuracy = out.scored ? total / out.scored : 0;
-  return out;
+  return score_vqa_predictions(qs, predicted, answers);
 }
 
 Nlvr2Evaluation evaluate_nlvr2(VLMo& model, const Tokenizer& tok, const std::vector<Nlvr2Example>& ex, const ImageLoader& load,

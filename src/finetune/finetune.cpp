@@ -40,7 +40,8 @@ FinetunePlan vqa_plan(std::vector<std::string> answers, TaskBatches train, std::
   if (!validation.empty()) {
     need_tokenizer(tok, "vqa_plan");
     p.validate = [tok, load, answers = std::move(answers), rest = std::move(validation)](VLMo& m) {
-      return std::map<std::string, double>{{"vqa_accuracy", evaluate_vqa(m, *tok, rest, answers, load).accuracy}};
+      const VqaEvaluation e = evaluate_vqa(m, *tok, rest, answers, load);
+      return std::map<std::string, double>{{"vqa_score", e.score}, {"vqa_accuracy", e.accuracy}};
     };
   }
   return p;
@@ -167,10 +168,10 @@ Finetuning prepare_finetuning(const FinetuneSpec& spec, FinetuneStart start, std
   f.model = finetune_model(f.config, std::move(start.weights.tensors), spec.seed, &f.loaded);
   const Recipe& r = spec.recipe;
   f.world = t.group ? t.group->world_size() : 1;
-  f.step_batch = recipe_step_batch(r.batch_size, spec.batch, f.world);
-  t.accumulate = spec.accumulate > 0 ? spec.accumulate : f.step_batch.accumulate;
-  t.max_steps = spec.steps > 0 ? spec.steps : r.total_steps(f.plan.train.examples);
-  t.warmup_steps = r.warmup_steps(t.max_steps);
+  f.length = training_length(r, f.plan.train.examples, spec.batch, f.world, spec.accumulate, spec.steps);
+  t.accumulate = f.length.step.accumulate;
+  t.max_steps = f.length.steps;
+  t.warmup_steps = f.length.warmup;
   t.lr = spec.lr > 0 ? spec.lr : r.lr;
   t.head_lr_mult = r.head_lr_mult;
   t.batch_size = spec.batch;

@@ -212,13 +212,24 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   at::Tensor qkv_out = qkv_lin.reshape({B, N, 3, num_heads, C / num_heads}).permute({2, 0, 3, 1, 4});
   if (kernel == AttentionKernel::kSdpa) return project(sdpa_attention(qkv_out, Q, key_mask, rel_bias, emulated));
   const std::vector<at::Tensor> qkv_parts = qkv_out.unbind(0);  // (see sdpa_attention)
-  at::Tensor q = qkv_parts[0].narrow(2, 0, Q) * scale, k = qkv_parts[1], v = qkv_parts[2];
+  at::Tensor q = qkv_parts[0].narrow(2, 0, Q), k = qkv_parts[1], v = qkv_parts[2];
+  // Emulated bf16: q, k and v rounded once, as the fused kernels take them; the products, the
+  // logits and the probabilities in fp32, as there.
+  std::optional<AutocastGuard> fp32;
+  if (emulated) {
+    fp32.emplace(dev, Precision::kFloat32);
+    q = bf16_rounded_fp32(q), k = bf16_rounded_fp32(k), v = bf16_rounded_fp32(v);
+  }
+  const auto product = [&](const at::Tensor& a, const at::Tensor& b) {
+    return emulated ? batched_matmul(a, b, p.cpu_products) : matmul_as(p, a, b);
+  };
+  q = q * scale;
   // Logits in fp32 even under reduced precision, as the official (fp64 stays fp64). Under
   // autocast the product itself runs in the low precision whatever its inputs (the official's
   // q.float() @ k.float() too), so q and k are not converted first; the bias makes them fp32.
   const bool autocast = autocast_enabled(q.device().type());
   const auto logit_type = autocast ? q.scalar_type() : at::promote_types(q.scalar_type(), at::kFloat);
-  at::Tensor attn = matmul_as(p, q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
+  at::Tensor attn = product(q.to(logit_type), k.to(logit_type).transpose(-2, -1));  // (B,H,Q,N)
   if (autocast) attn = attn.to(at::promote_types(attn.scalar_type(), at::kFloat));
   if (rel_bias.defined()) attn = attn + rel_bias.narrow(1, 0, Q).unsqueeze(0);
   // In place: attn is a fresh product or sum here, which no backward function keeps.
@@ -227,7 +238,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
                       -std::numeric_limits<float>::infinity());
   attn = attn.softmax(-1).to(x.scalar_type());
   if (active_recorder) active_recorder->record(attn.select(2, 0).detach().clone());
-  at::Tensor out = matmul_as(p, attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
+  at::Tensor out = product(attn, v).transpose(1, 2).reshape({B, Q, C});  // (B, Q, C)
+  fp32.reset();
   return project(out);
 }
 

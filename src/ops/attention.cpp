@@ -68,8 +68,11 @@ at::Tensor sdpa_attention(const at::Tensor& qkv_out, int64_t Q, const at::Tensor
                                           : at::scaled_dot_product_attention(q32, k32, v32);
     return out.transpose(1, 2).reshape({B, Q, H * hd});
   }
-  // SDPA wants the mask in the inputs' type (under bf16 autocast q / k / v are bf16 already).
-  if (mask.defined()) mask = mask.to(q.scalar_type());
+  // Under bf16 / fp16 the bias and the padding mask stay fp32 on the CPU, added to logits the
+  // kernel accumulates in fp32, as the official adds its fp32 bias: LibTorch's CPU kernel takes a
+  // float mask beside reduced-precision inputs. CUDA's kernels want the inputs' type, so there the
+  // mask is rounded to it (docs/design.md, "Fidelity").
+  if (mask.defined() && !q.is_cpu()) mask = mask.to(q.scalar_type());
   // No mask is "none", not an undefined tensor (which 2.x refuses as a mask of no type).
   const at::Tensor out = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask)
                                         : at::scaled_dot_product_attention(q, k, v);  // (B, H, Q, hd)

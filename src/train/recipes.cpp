@@ -1,6 +1,7 @@
 #include "vlmo/recipes.h"
 
 #include <cmath>
+#include <cstdio>
 
 #include "vlmo/error.h"
 
@@ -27,9 +28,35 @@ StepBatch recipe_step_batch(int64_t recipe_batch, int64_t batch, int world) {
   if (s.samples != recipe_batch)
     s.note = cat("the recipe's batch of ", recipe_batch, " is not a multiple of --batch-size ", batch, " x ", world,
                  " process(es) = ", per_micro, ": ", s.accumulate, " micro-batch(es) per step, ", s.samples,
-                 " samples per step (rounded as the official rounds; give a --batch-size that divides ", recipe_batch,
-                 " to keep the recipe exact)");
+                 " samples per step, as the official's accumulate_grad_batches = ", recipe_batch, " // ", per_micro,
+                 " gives (give a --batch-size that divides ", recipe_batch, " to train with the recipe's batch)");
   return s;
+}
+
+TrainingLength training_length(const Recipe& r, int64_t examples, int64_t batch, int world, int accumulate, int64_t steps) {
+  if (examples < 1) throw Error("training length: no training examples");
+  if (accumulate < 0 || steps < 0) throw Error("training length: accumulate and steps must be >= 0");
+  TrainingLength l;
+  l.batch = batch, l.world = world;
+  l.step = recipe_step_batch(r.batch_size, batch, world);
+  if (accumulate > 0) l.step = {accumulate, accumulate * batch * world, ""};
+  const int64_t per_process = (examples + world - 1) / world;  // DistributedSampler: ceil(n / W)
+  l.loader_batches = (per_process + batch - 1) / batch;
+  if (steps > 0) l.steps = steps;
+  else if (r.epochs > 0) l.steps = std::max<int64_t>(1, l.loader_batches * r.epochs / l.step.accumulate);
+  else l.steps = r.steps;
+  if (l.steps < 1) throw Error("training length: the recipe has neither epochs nor steps");
+  l.warmup = r.warmup_steps >= 0 ? r.warmup_steps : static_cast<int64_t>(r.warmup_fraction * static_cast<double>(l.steps));
+  l.epochs = static_cast<double>(l.steps) * static_cast<double>(l.step.samples) / static_cast<double>(examples);
+  return l;
+}
+
+std::string TrainingLength::describe() const {
+  char epochs_text[32];
+  std::snprintf(epochs_text, sizeof epochs_text, "%.2f", epochs);
+  return cat(steps, " steps of ", step.samples, " samples (", world, " process(es) x ", step.accumulate, " micro-batch(es) x ",
+             batch, "), ", loader_batches, " micro-batches per process and epoch: ", epochs_text, " epochs of the data; warm-up ",
+             warmup, " steps");
 }
 
 FinetuneTask parse_finetune_task(const std::string& name) {
@@ -51,14 +78,6 @@ const char* finetune_task_name(FinetuneTask task) {
 }
 
 bool is_retrieval(FinetuneTask task) { return task == FinetuneTask::kRetrievalCoco || task == FinetuneTask::kRetrievalF30k; }
-
-int64_t Recipe::total_steps(int64_t num_examples) const {
-  if (epochs <= 0) return steps;
-  return std::max<int64_t>(
-      1, static_cast<int64_t>(std::ceil(epochs * static_cast<double>(num_examples) / static_cast<double>(batch_size))));
-}
-
-int64_t Recipe::warmup_steps(int64_t total) const { return static_cast<int64_t>(warmup_fraction * static_cast<double>(total)); }
 
 Recipe official_recipe(FinetuneTask task, const std::string& preset) {
   const Size size = parse_size(preset);
@@ -86,6 +105,7 @@ Recipe official_recipe(FinetuneTask task, const std::string& preset) {
       r.drop_path = 0.2;
       r.batch_size = 3072;
       r.steps = 3000;
+      r.warmup_steps = 300;
       break;
     case FinetuneTask::kRetrievalF30k:  // task_finetune_irtr_f30k_*_image384 + step1_5k
       r.image_size = 384;
@@ -93,6 +113,7 @@ Recipe official_recipe(FinetuneTask task, const std::string& preset) {
       r.drop_path = size == Size::kBase ? 0.15 : 0.2;
       r.batch_size = 3072;
       r.steps = 1500;
+      r.warmup_steps = 150;
       r.init = plus ? "pretrained" : "coco";
       break;
   }
