@@ -40,7 +40,8 @@ rank() {  # rank r of 2 with the rest of the arguments; output in r$r.log. Run i
   # its job's pid is vlmo's own (exec), so kill reaches it.
   local r=$1 p=$2; shift 2
   RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$p OMP_NUM_THREADS=1 \
-    exec "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 4 --warmup 1 "$@" > "r$r.log" 2>&1
+    exec "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 4 --global-batch 256 --warmup 1 \
+    "$@" > "r$r.log" 2>&1
 }
 
 # 1. Two ranks, 3 steps.
@@ -52,6 +53,9 @@ wait $p0; rc0=$?; wait $p1; rc1=$?
 cat r0.log
 [ $rc0 -eq 0 ] && [ $rc1 -eq 0 ] || { cat r1.log; fail "ranks exited $rc0 / $rc1"; }
 grep -q "distributed: 2 processes" r0.log || fail "rank 0 does not announce the group"
+# The global batch is the whole step's, as the official's batch_size: 256 / (4 x 2) = 32 each.
+grep -q "optimizer steps of 256 samples (2 process(es) x 32 micro-batch(es) x 4)" r0.log ||
+  fail "the step's global batch is not 256 over 2 processes"
 [ -f a/ck.safetensors ] || fail "no checkpoint"
 [ "$(wc -l < a/m.jsonl)" -eq 3 ] || fail "metrics: $(wc -l < a/m.jsonl) lines, expected 3 (rank 0 only)"
 grep -q "step 3/3" r1.log && fail "rank 1 printed progress"
@@ -59,8 +63,8 @@ echo "ok: 2 ranks, 3 steps, one checkpoint and 3 metrics lines from rank 0"
 # The same global batch on one process (batch 8 = 2 x 4): the same samples with the same
 # augmentation and masks, hence the same step-1 ITC loss (ITM draws random negatives; MLM is a
 # mean per rank, as with the official DDP).
-OMP_NUM_THREADS=1 "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 8 --warmup 1 \
-  --steps 1 --out a1/ck.safetensors --metrics a1.jsonl > r.log 2>&1 || { mkdir -p a1; cat r.log; fail "1 process failed"; }
+OMP_NUM_THREADS=1 "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 8 --global-batch 256 \
+  --warmup 1 --steps 1 --out a1/ck.safetensors --metrics a1.jsonl > r.log 2>&1 || { mkdir -p a1; cat r.log; fail "1 process failed"; }
 python3 - <<'PY' || fail "step-1 ITC loss differs between 2 x 4 and 1 x 8"
 import json
 two = json.loads(open("a/m.jsonl").readline())["itc_loss"]
@@ -88,8 +92,8 @@ echo "ok: rank 1 killed -> rank 0 exit $rc0 after $dt s"
 
 # 3. The last checkpoint resumes on one process with the same global batch.
 steps=$(python3 -c "import json; print(int(json.loads(open('b/m.jsonl').read().splitlines()[-1])['step']))")
-OMP_NUM_THREADS=1 "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 8 --warmup 1 \
-  --steps $((steps + 2)) --out b/ck.safetensors --metrics b/m.jsonl --resume b/ck.safetensors > r.log 2>&1 \
+OMP_NUM_THREADS=1 "$VLMO" pretrain --stage vl --config tiny.json --webdataset pairs.tar --batch-size 8 --global-batch 256 \
+  --warmup 1 --steps $((steps + 2)) --out b/ck.safetensors --metrics b/m.jsonl --resume b/ck.safetensors > r.log 2>&1 \
   || { cat r.log; fail "resume on one process failed"; }
 last=$(python3 -c "import json; print(int(json.loads(open('b/m.jsonl').read().splitlines()[-1])['step']))")
 [ "$last" -eq $((steps + 2)) ] || fail "resumed run ended at step $last"
@@ -218,5 +222,5 @@ print(f"finetune coco, samples per optimizer step: 2 processes x 32 = {two['samp
       f"1 process x 64 = {one['samples']:.0f}, 2 processes x 40 = {rounded['samples']:.0f}")
 assert two["samples"] == 3072 and one["samples"] == 3072 and rounded["samples"] == 3040, (two, one, rounded)
 PY
-grep -q "steps of 3072 samples (2 process(es) x 48 micro-batch(es) x 32)" f2.0.log || { cat f2.0.log; fail "the step batch line"; }
+grep -q "1 steps of 3072 samples (2 process(es) x 48 micro-batch(es) x 32)" f2.0.log || { cat f2.0.log; fail "the step batch line"; }
 echo "ok: finetune on 2 processes: 3072 samples per step (48 micro-batches x 32 x 2), as on 1 process (48 x 64)"

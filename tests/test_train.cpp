@@ -678,7 +678,8 @@ TEST(Recipe, StepBatchDividesByProcessesToo) {
 
 // The fine-tuning length of docs/training.md's table: steps = len(loader) x epochs // accumulate with
 // len(loader) = ceil(ceil(n / W) / batch) (the official's run.py over a DistributedSampler), worked
-// out by hand for each row; the last column is the epochs the steps cover (samples seen / n).
+// out by hand for each row (docs/design.md, "Fidelity to the official"); the last column is the
+// epochs the steps cover (samples seen / n).
 TEST(Recipe, FineTuningStepsAsTheOfficialCountsThem) {
   struct Row {
     FinetuneTask task;
@@ -705,8 +706,14 @@ TEST(Recipe, FineTuningStepsAsTheOfficialCountsThem) {
       {FinetuneTask::kNlvr2, 86373, 48, 2, 0, 1, 900, 9000, 900, 9000.0 * 96 / 86373},
       // COCO retrieval (3072 a step, 3000 steps, warm-up 300), n = 566,747 captions
       {FinetuneTask::kRetrievalCoco, 566747, 32, 1, 0, 96, 17711, 3000, 300, 3000.0 * 3072 / 566747},
+      {FinetuneTask::kRetrievalCoco, 566747, 32, 2, 0, 48, 8856, 3000, 300, 3000.0 * 3072 / 566747},
       {FinetuneTask::kRetrievalCoco, 566747, 32, 8, 0, 12, 2214, 3000, 300, 3000.0 * 3072 / 566747},
       {FinetuneTask::kRetrievalCoco, 566747, 40, 2, 0, 38, 7085, 3000, 300, 3000.0 * 3040 / 566747},
+      // Flickr30K retrieval (3072 a step, 1500 steps, warm-up 150), n = 145,000 captions
+      {FinetuneTask::kRetrievalF30k, 145000, 32, 1, 0, 96, 4532, 1500, 150, 1500.0 * 3072 / 145000},
+      {FinetuneTask::kRetrievalF30k, 145000, 32, 2, 0, 48, 2266, 1500, 150, 1500.0 * 3072 / 145000},
+      {FinetuneTask::kRetrievalF30k, 145000, 32, 8, 0, 12, 567, 1500, 150, 1500.0 * 3072 / 145000},
+      {FinetuneTask::kRetrievalF30k, 145000, 40, 1, 0, 76, 3625, 1500, 150, 1500.0 * 3040 / 145000},
   };
   for (const Row& w : rows) {
     const TrainingLength l = training_length(official_recipe(w.task, "base"), w.n, w.batch, w.world, w.accumulate);
