@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "common.h"
 #include "model/model_internals.h"
+#include "ops/packed_linear.h"
 #include "vlmo/bench.h"
 #include "vlmo/cpu_features.h"
 #include "vlmo/device.h"
@@ -75,6 +76,10 @@ int run_bench_command(const Args& a) {
               << " rows) on " << device.str() << "\n";
   const MatmulRate yardstick = measure_matmul_rate(policy, n, config);
   const double matmul = yardstick.flops;
+  // The hardware's yardstick: the CPU's multiply-add peak in the precision the products run in
+  // (emulated bf16 multiplies in fp32; int8 weights take the int8 dot products).
+  const std::string peak_precision = a.get("quantize") == "int8" ? "int8" : bf16 && bf16_products == "native" ? "bf16" : "fp32";
+  const PeakRate peak = cpu ? measure_cpu_peak(peak_precision, at::get_num_threads()) : PeakRate{};
 
   if (!json) {
     std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s, %s%s%s, "
@@ -87,10 +92,13 @@ int run_bench_command(const Args& a) {
                 bf16_products == "emulated" ? ", bf16 products emulated in fp32 (no AVX-512)" : "");
     std::printf("CPU: %s (%s; %s)\n", cpu_features().model.c_str(), cpu_features().widest().c_str(),
                 cpu_features().features.empty() ? "no extensions reported" : features_text().c_str());
-    std::printf("%s matmul (best of %lld^3 and the layers' shapes: %s): %.3f TFLOP/s\n\n", matmul_name.c_str(),
-                static_cast<long long>(n), yardstick.shape.c_str(), matmul / 1e12);
-    std::printf("%-12s %10s %12s %14s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s", "% matmul",
-                "peak memory");
+    std::printf("%s matmul (best of %lld^3 and the layers' shapes: %s, as LibTorch runs at::linear): %.3f TFLOP/s\n",
+                matmul_name.c_str(), static_cast<long long>(n), yardstick.shape.c_str(), matmul / 1e12);
+    if (peak.flops > 0)
+      std::printf("CPU peak (%s on %d threads): %.3f T%s/s\n", peak.isa.c_str(), peak.threads, peak.flops / 1e12,
+                  peak_precision == "int8" ? "OP" : "FLOP");
+    std::printf("\n%-12s %10s %12s %14s %10s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s",
+                "% matmul", "% peak", "peak memory");
     std::fflush(stdout);
   }
   for (const auto& task : tasks) {
@@ -112,12 +120,14 @@ int run_bench_command(const Args& a) {
                   << " s\n";
       };
     const auto kernels_before = attention_kernel_counts();
+    const int64_t packed_before = packed_linear_calls();
     const BenchResult r = run_bench(o);
     // What ran, not what was asked: the attention layers' calls by kernel, and "fused" when a fused
     // kernel took any (with --attention fused on LibTorch 1.13 a training step runs the plain path).
     const std::map<std::string, int64_t> kernels = attention_kernel_calls_since(kernels_before);
     const std::string attention = kernels.at("cpu-inference") + kernels.at("sdpa") > 0 ? "fused" : "plain";
     const double percent = 100.0 * r.achieved_flops / matmul;
+    const double percent_peak = peak.flops > 0 ? 100.0 * r.achieved_flops / peak.flops : 0;
     if (json) {
       const nlohmann::json j = {
           {"task", task},
@@ -148,13 +158,17 @@ int run_bench_command(const Args& a) {
           {"bf16_products", bf16_products},
           {"batched_matmul", batched},
           {"percent_of_matmul", percent},
+          {"peak_tflops", peak.flops / 1e12},
+          {"peak_isa", peak.isa},
+          {"percent_of_peak", peak.flops > 0 ? nlohmann::json(percent_peak) : nlohmann::json()},
+          {"packed_linear_calls", packed_linear_calls() - packed_before},
           {"peak_memory_bytes", r.peak_memory_bytes},
           {"memory_kind", r.memory_kind}};
       std::cout << j.dump() << std::endl;
     } else {
-      std::printf("%-12s %10.3f %12.3f %14.2f %10.4f %9.1f%% %14s%s\n", task.c_str(), r.seconds_per_step, r.samples_per_s,
-                  r.flops_per_sample / 1e9, r.achieved_flops / 1e12, percent, memory_text(r.peak_memory_bytes).c_str(),
-                  r.memory_kind == "process_peak_rss" ? " (RSS)" : "");
+      std::printf("%-12s %10.3f %12.3f %14.2f %10.4f %9.1f%% %9.1f%% %14s%s\n", task.c_str(), r.seconds_per_step, r.samples_per_s,
+                  r.flops_per_sample / 1e9, r.achieved_flops / 1e12, percent, percent_peak,
+                  memory_text(r.peak_memory_bytes).c_str(), r.memory_kind == "process_peak_rss" ? " (RSS)" : "");
       std::fflush(stdout);
     }
   }

@@ -15,6 +15,7 @@
 #include <set>
 
 #include "model/model_internals.h"
+#include "ops/packed_linear.h"
 #include "test_util.h"
 #include "vlmo/checkpoint.h"
 #include "vlmo/objectives.h"
@@ -769,6 +770,32 @@ TEST(RunPolicy, CarriedByTheModel) {
   m->infer_image_ft(b.image);
   EXPECT_EQ(attention_kernel_calls(AttentionKernel::kPlain) - plain, c.depth);
   EXPECT_EQ(attention_kernel_calls(AttentionKernel::kCpuInference) - inference, c.depth);
+}
+
+// fp32 CPU inference with oneDNN's products runs each block's four linear layers through packed
+// weights (src/ops/packed_linear.h): the same features as LibTorch's at::linear to fp32 rounding,
+// and a weight changed in place is packed again.
+TEST(Model, InferenceLinearLayersRunPackedWeights) {
+  if (!onednn_built()) GTEST_SKIP() << "built without oneDNN";
+  const Config c = tiny_config(all_heads(), small_vocab);
+  VLMo m = tiny_model(c, 1, kRelativeBiasStd);
+  m->eval();
+  const Batch b = tiny_batch(c, 2);
+  torch::NoGradGuard g;
+  auto both = [&] {
+    set_cpu_products(m, CpuProducts::kAten);
+    const at::Tensor want = m->infer_image_ft(b.image).feats;
+    set_cpu_products(m, CpuProducts::kOneDnn);
+    const int64_t before = packed_linear_calls();
+    const at::Tensor got = m->infer_image_ft(b.image).feats;
+    EXPECT_EQ(packed_linear_calls() - before, 4 * c.depth);
+    EXPECT_LE((got - want).abs().max().item<double>(), 1e-5 * (1 + want.abs().max().item<double>()));
+    return got;
+  };
+  const at::Tensor first = both();
+  m->transformer->block_list[0]->mlp_imag->fc1->weight.mul_(1.5);
+  const at::Tensor second = both();
+  EXPECT_GT((second - first).abs().max().item<double>(), 1e-3);
 }
 
 // ---- reduced precision and int8 on real photographs ----

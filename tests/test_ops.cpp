@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "ops/attention.h"
+#include "ops/packed_linear.h"
 #include "test_util.h"
 #include "vlmo/cpu_features.h"
 #include "vlmo/ops.h"
@@ -205,6 +206,38 @@ TEST(Ops, AttentionKernelsMatchTheFormula) {
     }
   }
   if (!sdpa_built()) expect_error([&] { sdpa_attention(qkv, Q, mask, bias, false); }, {"LibTorch >= 2"});
+}
+
+// PackedLinear against at::linear (and GELU): several row counts on one packed weight, with and
+// without bias; within 1e-5 x (1 + max) (fp32 sums of 40 products in another order).
+TEST(Ops, PackedLinearIsLinear) {
+  if (!onednn_built()) GTEST_SKIP() << "built without oneDNN";
+  at::manual_seed(3);
+  const at::Tensor w = at::randn({48, 40}), b = at::randn({48});
+  for (const bool gelu : {false, true}) {
+    for (const bool bias : {false, true}) {
+      const PackedLinear p(w, bias, gelu);
+      EXPECT_TRUE(p.packs(w));
+      for (const auto& shape : std::vector<std::vector<int64_t>>{{3, 7, 40}, {5, 40}, {1, 40}, {3, 7, 40}}) {
+        SCOPED_TRACE(cat(gelu ? "gelu " : "", bias ? "bias " : "", shape.size(), "-d, ", shape[0], " rows"));
+        const at::Tensor x = at::randn(shape);
+        at::Tensor want = at::linear(x, w, bias ? b : at::Tensor());
+        if (gelu) want = at::gelu(want);
+        const int64_t before = packed_linear_calls();
+        const at::Tensor got = p.forward(x, bias ? b : at::Tensor());
+        ASSERT_TRUE(got.defined());
+        EXPECT_EQ(packed_linear_calls() - before, 1);
+        ASSERT_EQ(got.sizes(), want.sizes());
+        EXPECT_LE((got - want).abs().max().item<double>(), 1e-5 * (1 + want.abs().max().item<double>()));
+      }
+      EXPECT_FALSE(p.forward(at::randn({2, 40}), bias ? at::Tensor() : b).defined());  // not the bias it was made for
+    }
+  }
+  at::Tensor changed = w.clone();
+  const PackedLinear p(changed, true, false);
+  changed.add_(1);
+  EXPECT_FALSE(p.packs(changed));
+  EXPECT_FALSE(p.packs(w));
 }
 
 // Native bf16 on the CPU: SDPA adds the relative bias in fp32, as the official adds its fp32 bias.

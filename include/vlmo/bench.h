@@ -50,6 +50,17 @@ MatmulRate measure_matmul_rate(const RunPolicy& policy, int64_t n, const Config&
 // Ampere). `ratio` (if given) receives the measured bf16 / fp32 rate. Tens of milliseconds on the CPU.
 bool bf16_pays(c10::Device device, double min_ratio = 1.5, double* ratio = nullptr);
 
+// The CPU's peak rate in a precision, measured: a multiply-add loop on the widest vectors the CPU
+// has for it (fp32: AVX-512 or AVX2 FMA; "bf16": AVX-512 BF16's vdpbf16ps; "int8": VNNI's
+// vpdpbusd, else AVX2's vpmaddubsw; other precisions and CPUs without these: fp32's) on `threads`
+// threads at once, best of 3 (~0.1 s each). What percent_of_peak is a percentage of.
+struct PeakRate {
+  double flops = 0;  // FLOP/s (int8: ops/s); 0 where no kernel applies
+  std::string isa;   // the instruction timed, e.g. "avx512f (vfmadd, fp32)"
+  int threads = 0;
+};
+PeakRate measure_cpu_peak(const std::string& precision, int threads);
+
 struct BenchOptions {
   std::string task = "pretrain";
   Config config;  // image_size and max_text_len as the run should use them

@@ -44,9 +44,10 @@ class SampleKeys {
 // A linear layer with int8 weights (one scale per output channel) and activations quantised per
 // call (dynamic quantisation: CPU inference only, no autograd). See quantize_int8.
 struct QuantizedLinear;
-// Inference under bf16 autocast: the low-precision copies of a layer's weights, kept between
-// passes (autocast's own cache ends with each pass) and made again when a weight changes.
-struct LowPrecisionWeights;
+// What inference keeps of a layer's weights between passes, made again when a weight changes: the
+// low-precision copies under bf16 autocast (autocast's own cache ends with each pass), and the
+// fp32 weights packed for oneDNN's kernels on the CPU.
+struct InferenceWeights;
 
 // timm Mlp: fc1 -> GELU (erf) -> fc2 (dropout 0).
 struct MlpImpl : torch::nn::Module {
@@ -54,7 +55,7 @@ struct MlpImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
   std::shared_ptr<const QuantizedLinear> q_fc1, q_fc2;  // set by quantize_int8: used instead of fc1 / fc2
-  std::shared_ptr<LowPrecisionWeights> low;
+  std::shared_ptr<InferenceWeights> low;
   RunPolicy policy;  // the model's (VLMoImpl::set_run_policy)
 };
 TORCH_MODULE(Mlp);
@@ -75,7 +76,7 @@ struct AttentionImpl : torch::nn::Module {
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
   at::Tensor q_bias, v_bias;
   std::shared_ptr<const QuantizedLinear> q_qkv, q_proj;  // set by quantize_int8
-  std::shared_ptr<LowPrecisionWeights> low;
+  std::shared_ptr<InferenceWeights> low;
   RunPolicy policy;  // the model's (VLMoImpl::set_run_policy)
 };
 TORCH_MODULE(Attention);

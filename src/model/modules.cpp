@@ -16,6 +16,7 @@
 
 #include "model/model_internals.h"
 #include "ops/attention.h"
+#include "ops/packed_linear.h"
 #include "vlmo/error.h"
 #include "vlmo/model.h"
 #include "vlmo/ops.h"
@@ -106,13 +107,38 @@ void refuse_training(const torch::nn::Module& m) {
 }
 }  // namespace
 
-struct LowPrecisionWeights {
+// What inference keeps of a module's weights between passes: the low-precision copies autocast
+// would make in every pass, and the fp32 weights packed for oneDNN (src/ops/packed_linear.h).
+struct InferenceWeights {
   struct Entry {
     at::Tensor source, value;
     int64_t version = -1;
   };
   std::mutex mutex;
   std::array<Entry, 4> entries;
+  std::array<std::shared_ptr<const PackedLinear>, 2> packed;
+
+  // Whether a pass runs its linear layers through packed weights: fp32 inference on the CPU (no
+  // autograd, eval mode, no autocast) with oneDNN's products.
+  static bool packs(const torch::nn::Module& m, const RunPolicy& policy, const at::Tensor& x) {
+    return policy.cpu_products == CpuProducts::kOneDnn && !at::GradMode::is_enabled() && !m.is_training() && x.is_cpu() &&
+           x.scalar_type() == at::kFloat && !autocast_enabled(c10::DeviceType::CPU);
+  }
+  // Layer i: x w^T + b (then GELU) through its packed weight, repacked when `w` changed; at::linear
+  // where oneDNN has no fast kernel.
+  at::Tensor linear(size_t i, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, bool gelu) {
+    std::shared_ptr<const PackedLinear> p;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      auto& e = packed.at(i);
+      if (!e || !e->packs(w)) e = std::make_shared<const PackedLinear>(w, b.defined(), gelu);
+      p = e;
+    }
+    at::Tensor y = p->forward(x, b);
+    if (y.defined()) return y;
+    y = at::linear(x, w, b);
+    return gelu ? at::gelu(y) : y;
+  }
 
   // Whether a pass may use the kept copies: inference (no autograd, module in eval mode) under
   // autocast. Training passes leave the casts to autocast (their weights change every step).
@@ -138,7 +164,7 @@ struct LowPrecisionWeights {
 MlpImpl::MlpImpl(int dim, int hidden) {
   fc1 = register_module("fc1", nn::Linear(dim, hidden));
   fc2 = register_module("fc2", nn::Linear(hidden, dim));
-  low = std::make_shared<LowPrecisionWeights>();  // made here, not on first use: passes may run concurrently
+  low = std::make_shared<InferenceWeights>();  // made here, not on first use: passes may run concurrently
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
@@ -147,7 +173,9 @@ at::Tensor MlpImpl::forward(const at::Tensor& x) {
     return q_fc2->forward(at::gelu(q_fc1->forward(x)));
   }
   const RunPolicy& p = policy;
-  if (LowPrecisionWeights::applies(*this, x)) {
+  if (InferenceWeights::packs(*this, p, x))
+    return low->linear(1, low->linear(0, x, fc1->weight, fc1->bias, /*gelu=*/true), fc2->weight, fc2->bias, false);
+  if (InferenceWeights::applies(*this, x)) {
     const auto d = x.device().type();
     const at::Tensor h = at::gelu(linear_as(p, x, low->get(p, 0, fc1->weight, d), low->get(p, 1, fc1->bias, d), true));
     return linear_as(p, h, low->get(p, 2, fc2->weight, d), low->get(p, 3, fc2->bias, d), true);
@@ -176,7 +204,7 @@ AttentionImpl::AttentionImpl(int dim, int heads) : num_heads(heads), scale(std::
   q_bias = register_parameter("q_bias", at::zeros({dim}));
   v_bias = register_parameter("v_bias", at::zeros({dim}));
   proj = register_module("proj", nn::Linear(dim, dim));
-  low = std::make_shared<LowPrecisionWeights>();
+  low = std::make_shared<InferenceWeights>();
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias, int64_t queries) {
@@ -185,14 +213,17 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
   const at::Tensor bias = at::cat({q_bias, at::zeros_like(v_bias), v_bias});
   // (B, N, 3C) -> (3, B, H, N, hd)
   if (q_qkv) refuse_training(*this);
-  const bool keep_low = !q_qkv && LowPrecisionWeights::applies(*this, x);
+  const bool keep_low = !q_qkv && InferenceWeights::applies(*this, x);
   const auto dev = x.device().type();
   const RunPolicy& p = policy;
+  const bool packed = !q_qkv && InferenceWeights::packs(*this, p, x);
   at::Tensor qkv_lin = q_qkv      ? q_qkv->forward(x)
+                       : packed   ? low->linear(0, x, qkv->weight, bias, false)
                        : keep_low ? linear_as(p, x, low->get(p, 0, qkv->weight, dev), bias, true)
                                   : linear_as(p, x, qkv->weight, bias);  // (B, N, 3C)
   auto project = [&](const at::Tensor& o) {
     return q_proj     ? q_proj->forward(o)
+           : packed   ? low->linear(1, o, proj->weight, proj->bias, false)
            : keep_low ? linear_as(p, o, low->get(p, 1, proj->weight, dev), low->get(p, 2, proj->bias, dev), true)
                       : linear_as(p, o, proj->weight, proj->bias);
   };
