@@ -24,7 +24,9 @@
 namespace vlmo {
 
 enum class AttentionPath { kFused, kPlain };
-// Where fp32 batched products (the attention layers' q·kᵀ and weights·v) run on the CPU.
+// Where fp32 products run on the CPU: the attention layers' batched q·kᵀ and weights·v, and in
+// inference (no autograd, eval mode) the linear layers of the blocks, whose weights oneDNN keeps
+// packed (src/ops/packed_linear.h).
 enum class CpuProducts { kAten, kOneDnn };
 // How bf16 products run on the CPU. LibTorch's bf16 GEMM is fast where oneDNN runs it (x86 with
 // AVX-512 BW / VL / DQ, AMX); on an x86 CPU without AVX-512 it falls back to loops 25-40x slower
