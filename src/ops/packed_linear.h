@@ -1,8 +1,9 @@
 // Linear layers of CPU inference through oneDNN's matmul primitive (src/ops/packed_linear.cpp).
 // LibTorch's at::linear on the CPU is a BLAS GEMM (OpenBLAS on Debian), which reaches about half
 // the rate of oneDNN's brgemm kernels on the base model's shapes on AVX-512 (docs/performance.md):
-// the weight is reordered once into the kernel's blocked layout, and bias and GELU run inside the
-// kernel as post-ops, so the output is written once.
+// the weight is reordered once into the kernel's blocked layout (oneDNN 2; on oneDNN 3 it is read
+// in place, see packed_linear.cpp), and bias and GELU run inside the kernel as post-ops, so the
+// output is written once.
 #pragma once
 #include <ATen/core/Tensor.h>
 
