@@ -20,22 +20,6 @@
 namespace vlmo::cli {
 namespace {
 
-const char* const kTasks = "pretrain, embed-image, embed-text, vqa, nlvr2, irtr";
-
-std::vector<std::string> split_tasks(const std::string& text) {
-  if (text == "all") return bench_tasks();
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  for (std::string t; std::getline(in, t, ',');) {
-    bool known = false;
-    for (const auto& k : bench_tasks()) known = known || k == t;
-    if (!known) throw Error(cat("--task: unknown task \"", t, "\" (expected all, or a comma-separated list of ", kTasks, ")"));
-    out.push_back(t);
-  }
-  if (out.empty()) throw Error("--task: give at least one task");
-  return out;
-}
-
 std::string memory_text(int64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
@@ -49,25 +33,28 @@ std::string features_text() {
   return text;
 }
 
+// The CPU's peak in the precision the products run in (emulated bf16 multiplies in fp32).
+PeakRate hardware_peak(bool int8, bool native_bf16) {
+  return measure_cpu_peak(int8 ? "int8" : native_bf16 ? "bf16" : "fp32", at::get_num_threads());
+}
+
 int run_bench_command(const Args& a) {
   Config config = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
   if (a.get_int("image-size") > 0) config.image_size = a.get_int("image-size");
   if (a.get_int("max-text-len") > 0) config.max_text_len = a.get_int("max-text-len");
   config.validate();
-  const auto tasks = split_tasks(a.get("task"));
+  const auto tasks = parse_bench_tasks(a.get("task"));
   const c10::Device device = parse_device(a.get("device"));
   const bool int8 = quantize_int8_option(a);  // checked before the yardstick runs
   const RunPolicy policy = run_policy_from(a, device);
-  const Precision precision = policy.precision;
-  const std::string matmul_name = precision_name(precision);
+  const std::string matmul_name = precision_name(policy.precision);
   // bf16 products on the CPU: LibTorch's bf16 GEMM or emulated (vlmo/run_policy.h); the attention layers' batched products.
-  const bool cpu = device.is_cpu(), bf16 = precision == Precision::kBFloat16;
+  const bool cpu = device.is_cpu(), bf16 = policy.precision == Precision::kBFloat16;
   const std::string bf16_products = bf16 && cpu ? cpu_bf16_products_name(policy.cpu_bf16) : std::string("native");
   const std::string batched = cpu ? cpu_products_name(policy.cpu_products) : std::string("aten");
   const bool json = a.get_flag("json"), quiet = a.get_flag("quiet");
   if (!quiet) announce_run_policy(policy);
   const std::string preset = a.get("config").empty() ? a.get("preset") : a.get("config");
-
   // The yardstick: the best of an n^3 product and the blocks' linear shapes at n rows, run as the
   // blocks run them (vlmo/bench.h).
   const int64_t n = a.get_int64("matmul-size") > 0 ? a.get_int64("matmul-size") : (device.is_cuda() ? 8192 : 2048);
@@ -76,10 +63,7 @@ int run_bench_command(const Args& a) {
               << " rows) on " << device.str() << "\n";
   const MatmulRate yardstick = measure_matmul_rate(policy, n, config);
   const double matmul = yardstick.flops;
-  // The hardware's yardstick: the CPU's multiply-add peak in the precision the products run in
-  // (emulated bf16 multiplies in fp32; int8 weights take the int8 dot products).
-  const std::string peak_precision = a.get("quantize") == "int8" ? "int8" : bf16 && bf16_products == "native" ? "bf16" : "fp32";
-  const PeakRate peak = cpu ? measure_cpu_peak(peak_precision, at::get_num_threads()) : PeakRate{};
+  const PeakRate peak = cpu ? hardware_peak(int8, bf16 && bf16_products == "native") : PeakRate{};
 
   if (!json) {
     std::printf("vlmo bench: %s at %d px, text length %d, batch %lld, %lld timed steps after %lld warm-up, %s, %s%s%s, "
@@ -96,7 +80,7 @@ int run_bench_command(const Args& a) {
                 matmul_name.c_str(), static_cast<long long>(n), yardstick.shape.c_str(), matmul / 1e12);
     if (peak.flops > 0)
       std::printf("CPU peak (%s on %d threads): %.3f T%s/s\n", peak.isa.c_str(), peak.threads, peak.flops / 1e12,
-                  peak_precision == "int8" ? "OP" : "FLOP");
+                  int8 ? "OP" : "FLOP");
     std::printf("\n%-12s %10s %12s %14s %10s %10s %10s %14s\n", "task", "s/step", "samples/s", "GFLOP/sample", "TFLOP/s",
                 "% matmul", "% peak", "peak memory");
     std::fflush(stdout);
@@ -188,7 +172,7 @@ Command bench_command() {
               "irtr (fine-tuning steps); `all` runs every one.";
   c.usage = "vlmo bench [options]";
   c.options = {
-      {"task", "pretrain", cat("all, or a comma-separated list of ", kTasks)},
+      {"task", "pretrain", "all, or a comma-separated list of pretrain, embed-image, embed-text, vqa, nlvr2, irtr"},
       {"preset", "base", "model size: base, base_plus or large"},
       {"config", "", "a config JSON instead of --preset"},
       integer_option("image-size", "0", "image side in pixels (0: the preset's, 224)", 0, 4096),

@@ -39,8 +39,7 @@ int run_pretrain(const Args& args) {
     for (auto it = j.begin(); it != j.end(); ++it) {
       std::string key = it.key();
       std::replace(key.begin(), key.end(), '_', '-');
-      if (std::find_if(std::begin(kTrainKeys), std::end(kTrainKeys), [&](const char* k) { return key == k; }) ==
-          std::end(kTrainKeys))
+      if (std::find(std::begin(kTrainKeys), std::end(kTrainKeys), key) == std::end(kTrainKeys))
         throw Error(cat(a.get("train-config"), ": unknown field \"", it.key(), "\""));
       if (!a.given.count(key)) a.values[key] = it->is_string() ? it->get<std::string>() : it->dump();  // flags win
     }
@@ -57,8 +56,7 @@ int run_pretrain(const Args& args) {
   TrainOptions t;
   prepare_training(a, t);  // outputs checked before the model and the data are loaded
   Config cfg = a.get("config").empty() ? Config::preset(a.get("preset")) : load_config(a.get("config"));
-  // Text length: --max-text-len, else a --config file's own, else the official per-stage value
-  // (196 in stage text, 40 otherwise).
+  // Text length: --max-text-len, else a --config file's own, else 196 in stage text, 40 otherwise.
   const int max_len = a.get_int("max-text-len");
   std::string len_from = "--max-text-len";
   if (max_len > 0) cfg.max_text_len = max_len;
@@ -87,14 +85,10 @@ int run_pretrain(const Args& args) {
   apply_runtime_options(a, model);
 
   CollateOptions co;
-  co.image_size = cfg.image_size;
-  co.max_text_len = cfg.max_text_len;
-  co.patch_size = cfg.patch_size;
-  co.train_transform = true;
-  co.patch_mask = stage == Stage::kImage;
+  co.image_size = cfg.image_size, co.max_text_len = cfg.max_text_len, co.patch_size = cfg.patch_size;
+  co.train_transform = true, co.patch_mask = stage == Stage::kImage;
   SourceSpec spec;
-  spec.webdataset = a.get("webdataset");
-  spec.karpathy = a.get("karpathy");
+  spec.webdataset = a.get("webdataset"), spec.karpathy = a.get("karpathy");
   spec.image_root = a.get("image-root");
   spec.text = a.get("text");
   spec.images = a.get("images");
@@ -121,15 +115,13 @@ int run_pretrain(const Args& args) {
   t.max_steps = a.get_int64("steps");
   t.warmup_steps = a.get_int64("warmup");
   t.lr = a.get("lr").empty() ? pretrain_lr(a.get("preset")) : a.get_double("lr");
-  // The recipe's batch is global, as the official's batch_size: accumulate = global batch //
-  // (batch x W), at least 1 (recipe_step_batch); --accumulate overrides it.
+  // The recipe's batch is global, as the official's batch_size; --accumulate overrides it.
   const int world = t.group ? t.group->world_size() : 1;
   const StepBatch step = recipe_step_batch(a.get_int64("global-batch"), batch, world);
   t.accumulate = a.get_int("accumulate") > 0 ? a.get_int("accumulate") : step.accumulate;
-  if (a.get_int("accumulate") == 0 && !step.note.empty() && (!t.group || t.group->rank() == 0))
-    std::cerr << "note: --global-batch: " << step.note << "\n";
   if (!t.group || t.group->rank() == 0)
-    std::cerr << "optimizer steps of " << batch * t.accumulate * world << " samples (" << world << " process(es) x "
+    std::cerr << (a.get_int("accumulate") == 0 && !step.note.empty() ? "note: --global-batch: " + step.note + "\n" : "")
+              << "optimizer steps of " << batch * t.accumulate * world << " samples (" << world << " process(es) x "
               << t.accumulate << " micro-batch(es) x " << batch << ")\n";
   t.batch_size = batch;
   t.checkpoint_every = a.get_int64("checkpoint-every");
@@ -180,10 +172,10 @@ Command pretrain_command() {
       number_option("lr", "", "peak learning rate (default: the preset's official one: base 2e-4, base_plus 1e-4, large 5e-5)", 0,
                     1),
       integer_option("batch-size", "32", "samples per micro-batch", 1, 1048576),
-      integer_option("global-batch", "1024",
-                     "samples per optimizer step over all processes, as the official's batch_size: accumulate = "
-                     "global batch / (--batch-size x processes), rounded down (1024 = 32 x 32 on one process)",
-                     1, int64_t{1} << 40),
+      integer_option(
+          "global-batch", "1024",
+          "samples per step over all processes (the official's batch_size): accumulate = this / (--batch-size x processes)", 1,
+          int64_t{1} << 40),
       integer_option("accumulate", "0", "micro-batches per optimizer step (0: from --global-batch)", 0, 1048576),
       integer_option("checkpoint-every", "1000", "steps between checkpoints", 0),
       {"contrastive-batch", "local",

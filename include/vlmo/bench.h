@@ -61,6 +61,9 @@ struct PeakRate {
 };
 PeakRate measure_cpu_peak(const std::string& precision, int threads);
 
+// --task's value: "all" (bench_tasks()) or a comma-separated list of them; throws naming the known ones.
+std::vector<std::string> parse_bench_tasks(const std::string& text);
+
 struct BenchOptions {
   std::string task = "pretrain";
   Config config;  // image_size and max_text_len as the run should use them

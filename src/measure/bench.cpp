@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <sstream>
 
 #include "vlmo/error.h"
 #include "vlmo/model.h"
@@ -25,6 +26,20 @@ namespace vlmo {
 const std::vector<std::string>& bench_tasks() {
   static const std::vector<std::string> kTasks = {"pretrain", "embed-image", "embed-text", "vqa", "nlvr2", "irtr"};
   return kTasks;
+}
+
+std::vector<std::string> parse_bench_tasks(const std::string& text) {
+  if (text == "all") return bench_tasks();
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string t; std::getline(in, t, ',');) {
+    if (std::find(bench_tasks().begin(), bench_tasks().end(), t) == bench_tasks().end())
+      throw Error(cat("--task: unknown task \"", t,
+                      "\" (expected all, or a comma-separated list of pretrain, embed-image, embed-text, vqa, nlvr2, irtr)"));
+    out.push_back(t);
+  }
+  if (out.empty()) throw Error("--task: give at least one task");
+  return out;
 }
 
 namespace {
