@@ -121,8 +121,7 @@ int run_pretrain(const Args& args) {
   t.accumulate = a.get_int("accumulate") > 0 ? a.get_int("accumulate") : step.accumulate;
   if (!t.group || t.group->rank() == 0)
     std::cerr << (a.get_int("accumulate") == 0 && !step.note.empty() ? "note: --global-batch: " + step.note + "\n" : "")
-              << "optimizer steps of " << batch * t.accumulate * world << " samples (" << world << " process(es) x "
-              << t.accumulate << " micro-batch(es) x " << batch << ")\n";
+              << "optimizer steps of " << step_samples_text(batch, t.accumulate, world) << "\n";
   t.batch_size = batch;
   t.checkpoint_every = a.get_int64("checkpoint-every");
   t.loader_threads = spec.webdataset.empty() || split ? a.get_int("loader-threads") : 1;  // one reader: sequential

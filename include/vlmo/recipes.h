@@ -39,6 +39,9 @@ struct StepBatch {
   std::string note;
 };
 StepBatch recipe_step_batch(int64_t recipe_batch, int64_t batch, int world);
+// What one optimizer step sees, as the training commands print it:
+// "256 samples (2 process(es) x 32 micro-batch(es) x 4)".
+std::string step_samples_text(int64_t batch, int accumulate, int world);
 
 // The length of a fine-tuning for one launch, as the official's run.py computes it (reference §3).
 // A recipe in epochs: each process's loader holds ceil(ceil(n / W) / batch) micro-batches an epoch

@@ -135,7 +135,7 @@ SoftTargets vqa_soft_targets(const std::vector<std::string>& raw_answers,
 
 std::unordered_map<std::string, int64_t> answer_labels(const std::vector<std::string>& answers) {
   std::unordered_map<std::string, int64_t> label;
-  for (size_t i = 0; i < answers.size(); ++i) label.emplace(answers[i], static_cast<int64_t>(i));
+  for (size_t i = 0; i < answers.size(); ++i) label[answers[i]] = static_cast<int64_t>(i);
   return label;
 }
 

@@ -1,6 +1,6 @@
 #include "vlmo/recipes.h"
 
-#include <cmath>
+#include <algorithm>
 #include <cstdio>
 
 #include "vlmo/error.h"
@@ -33,6 +33,10 @@ StepBatch recipe_step_batch(int64_t recipe_batch, int64_t batch, int world) {
   return s;
 }
 
+std::string step_samples_text(int64_t batch, int accumulate, int world) {
+  return cat(batch * accumulate * world, " samples (", world, " process(es) x ", accumulate, " micro-batch(es) x ", batch, ")");
+}
+
 TrainingLength training_length(const Recipe& r, int64_t examples, int64_t batch, int world, int accumulate, int64_t steps) {
   if (examples < 1) throw Error("training length: no training examples");
   if (accumulate < 0 || steps < 0) throw Error("training length: accumulate and steps must be >= 0");
@@ -54,9 +58,8 @@ TrainingLength training_length(const Recipe& r, int64_t examples, int64_t batch,
 std::string TrainingLength::describe() const {
   char epochs_text[32];
   std::snprintf(epochs_text, sizeof epochs_text, "%.2f", epochs);
-  return cat(steps, " steps of ", step.samples, " samples (", world, " process(es) x ", step.accumulate, " micro-batch(es) x ",
-             batch, "), ", loader_batches, " micro-batches per process and epoch: ", epochs_text, " epochs of the data; warm-up ",
-             warmup, " steps");
+  return cat(steps, " steps of ", step_samples_text(batch, step.accumulate, world), ", ", loader_batches,
+             " micro-batches per process and epoch: ", epochs_text, " epochs of the data; warm-up ", warmup, " steps");
 }
 
 FinetuneTask parse_finetune_task(const std::string& name) {
