@@ -6,6 +6,7 @@
 #include <boost/beast/http/parser.hpp>
 #include <cctype>
 #include <cstring>
+#include <string_view>
 
 #include "vlmo/error.h"
 
@@ -293,10 +294,12 @@ size_t RequestParser::feed(const char* data, size_t size) {
   started_ = true;
   if (!head_done_) {
     // Beast waits for CRLF CRLF before it reads a head given piece by piece: a bare LF would
-    // only be found once the head limit or its deadline passed.
-    for (const char* nl = static_cast<const char*>(std::memchr(data, '\n', size)); nl;
-         nl = static_cast<const char*>(std::memchr(nl + 1, '\n', static_cast<size_t>(data + size - nl - 1))))
-      if (nl == data || nl[-1] != '\r') {
+    // only be found once the head limit or its deadline passed. (Only the head: a body follows.)
+    const std::string_view given(data, size);
+    const size_t end = given.find("\r\n\r\n");
+    const std::string_view head = given.substr(0, end == std::string_view::npos ? size : end + 4);
+    for (size_t nl = head.find('\n'); nl != std::string_view::npos; nl = head.find('\n', nl + 1))
+      if (nl == 0 || head[nl - 1] != '\r') {
         fail(400, "malformed request: a line of the head ends with a bare LF (CRLF expected)");
         return 0;
       }
