@@ -2,15 +2,18 @@
 // page of `vlmo serve` on the models and gallery a demo wrote: a text search, a VQA question on a
 // picked result and on an uploaded file, a caption score, and an error shown for empty input.
 // What the page shows is checked against the server's JSON answers. The screenshot is kept at
-// WORK/serve-page.png.
+// WORK/serve-page.png, and also written to SCREENSHOT when given: on the models of a full
+// `vlmo demo` that is how docs/serve-page.png is made (README), and the run then also checks that
+// the page shows what a trained model should (a red circle first, "yes" to "is there a red
+// circle?").
 //
-// usage: node browser_test.mjs VLMO DEMO_DIR WORK_DIR
+// usage: node browser_test.mjs VLMO DEMO_DIR WORK_DIR [SCREENSHOT]
 // Exit 77 (skipped) when Chromium or playwright-core is missing, unless VLMO_REQUIRE_BROWSER=1.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 
-const [VLMO, DEMO, WORK] = process.argv.slice(2);
+const [VLMO, DEMO, WORK, SCREENSHOT] = process.argv.slice(2);
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const skip = (why) => {
   console.log(`browser test: ${why}`);
@@ -82,7 +85,7 @@ try {
 
   // A VQA question on the first result.
   await page.click("#results .result >> nth=0");
-  const question = "what colour is the shape?";
+  const question = "is there a red circle?";
   await page.fill("#question", question);
   await page.click("#ask-btn");
   await page.waitForSelector("#answers li");
@@ -110,6 +113,17 @@ try {
   const shot = path.join(WORK, "serve-page.png");
   await page.screenshot({ path: shot, fullPage: true });
   check(fs.statSync(shot).size > 10000, `screenshot kept: ${shot}`);
+  if (SCREENSHOT) {
+    // The page as users first see it, from trained models: the first hit has a red circle (by
+    // the gallery's captions), and the model says so.
+    const captions = JSON.parse(fs.readFileSync(path.join(DEMO, "gallery", "test.json"), "utf8")).images;
+    const said = (id) => captions.find((im) => id.endsWith("/" + im.filename)).sentences.map((t) => t.raw.toLowerCase());
+    const hits = shown.map((s) => said(s.id).some((t) => /\bred circle\b/.test(t)));
+    check(hits[0], `the first hit for "${query}" has a red circle: ${said(shown[0].id)[0]} (of the 6: ${hits.filter(Boolean).length})`);
+    check(answers[0][0] === "yes", `VQA's top answer to "${question}" on it: ${answers[0].join(" ")}`);
+    fs.copyFileSync(shot, SCREENSHOT);
+    console.log(`screenshot written to ${SCREENSHOT}`);
+  }
   check(consoleErrors.length === 0, `no script errors on the page ${consoleErrors.join("; ")}`);
 } finally {
   await browser.close();
