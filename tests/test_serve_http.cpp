@@ -421,24 +421,22 @@ TEST(HttpServer, RequestsWaitingForAThreadAreBounded) {
   o.http_threads = 1;  // 4 may wait
   TestServer s(o);
   std::vector<std::unique_ptr<Client>> clients;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < 6; ++i) {  // one in the thread, four waiting, one too many
     clients.push_back(std::make_unique<Client>(s.port));
     clients.back()->send(post("/api/itm", R"({"text":")" + std::to_string(i) + R"("})"));
     if (i == 0)
       while (s.gate.waiting == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  Client late(s.port);
-  late.send(post("/api/itm", R"({"text":"late"})"));
-  Client::Answer a = late.answer();
-  EXPECT_EQ(a.status, 503);
-  EXPECT_EQ(a.headers["retry-after"], "1");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // all have arrived
   s.gate.release();
-  for (int i = 0; i < 5; ++i) {
-    Client::Answer done = clients[static_cast<size_t>(i)]->answer();
-    EXPECT_EQ(done.status, 200);
-    EXPECT_EQ(nlohmann::json::parse(done.body)["echo"], std::to_string(i));
+  int ok = 0, busy = 0;
+  for (auto& c : clients) {
+    Client::Answer a = c->answer();
+    if (a.status == 200) ++ok;
+    if (a.status == 503 && a.headers["retry-after"] == "1") ++busy;
   }
+  EXPECT_EQ(ok, 5);
+  EXPECT_EQ(busy, 1);
   EXPECT_EQ(metric(s.port, "vlmo_pending_refused_total"), 1);
 }
 
