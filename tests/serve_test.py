@@ -516,6 +516,13 @@ def part_hostile():
     except subprocess.TimeoutExpired:
         check(False, "--web naming a missing folder: the server started anyway")
 
+    for opts, words in [(["--allowed-host", "evil.example:80"], "--allowed-host"), (["--allowed-host", "http://x/"], "--allowed-host"),
+                        (["--max-inflight-mb", "8"], "--max-inflight-mb")]:
+        out = subprocess.run([VLMO, "serve", "--model", MODEL, "--port", "0", *opts], capture_output=True, text=True, timeout=60)
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
+        check(out.returncode != 0 and words in last and "loading" not in out.stderr,
+              f"serve {' '.join(opts)}: exit {out.returncode} before loading, {last[:100]!r}")
+
     s = Server("hostile", "--quiet")
     pid, port = s.proc.pid, s.port
     base = rss_mb(pid)

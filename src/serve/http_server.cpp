@@ -17,7 +17,6 @@
 #include <cstring>
 #include <deque>
 #include <functional>
-#include <iostream>
 #include <map>
 #include <mutex>
 #include <optional>
