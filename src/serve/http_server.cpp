@@ -511,9 +511,10 @@ void EventLoop::check_deadlines() {
       expired.push_back(id);
   }
   for (const uint64_t id : expired) drop(id);
-  for (const auto& [id, why] : too_slow) {
+  for (const auto& slow : too_slow) {
+    const uint64_t id = slow.first;
     Conn& c = conns_.at(id);
-    guarded(id, [&] { refuse(id, c, error_for(c.parser.request().path, 408, why), c.parser.request().method); });
+    guarded(id, [&] { refuse(id, c, error_for(c.parser.request().path, 408, slow.second), c.parser.request().method); });
   }
 }
 
