@@ -12,6 +12,12 @@ const std::string& Args::get(const std::string& name) const {
   return it->second;
 }
 
+std::vector<std::string> Args::get_all(const std::string& name) const {
+  get(name);  // declared
+  const auto it = repeated.find(name);
+  return it == repeated.end() ? std::vector<std::string>{} : it->second;
+}
+
 std::vector<Option> common_options() {
   return {integer_option("threads", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)", 0, 1024),
           {"help", "false", "show this help and exit", true}};
@@ -60,11 +66,10 @@ Args Command::parse(const std::vector<std::string>& argv) const {
       if (opt->flag) {
         if (has_value) throw Error(cat("vlmo ", this->name, ": option --", name, " takes no value"));
         args.values[name] = "true";
-      } else if (has_value) {
-        args.values[name] = value;
       } else {
-        if (i + 1 >= argv.size()) throw Error(cat("vlmo ", this->name, ": option --", name, " needs a value"));
-        args.values[name] = argv[++i];
+        if (!has_value && i + 1 >= argv.size()) throw Error(cat("vlmo ", this->name, ": option --", name, " needs a value"));
+        args.values[name] = has_value ? value : argv[++i];
+        args.repeated[name].push_back(args.values[name]);
       }
     } else {
       args.positional.push_back(a);

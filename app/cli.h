@@ -37,9 +37,12 @@ struct Args {
   std::string command;  // for messages: "vlmo <command>"
   std::map<std::string, Option> declared;
   std::map<std::string, std::string> values;
-  std::set<std::string> given;  // options set on the command line
+  std::set<std::string> given;                               // options set on the command line
+  std::map<std::string, std::vector<std::string>> repeated;  // every value given, in order (get() has the last)
   std::vector<std::string> positional;
   const std::string& get(const std::string& name) const;
+  // Each value given for an option that may be repeated (--allowed-host A --allowed-host B).
+  std::vector<std::string> get_all(const std::string& name) const;
   // Typed values of numeric options (range-checked as declared; errors name the option).
   int get_int(const std::string& name) const;
   int64_t get_int64(const std::string& name) const;

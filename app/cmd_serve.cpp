@@ -28,6 +28,8 @@ serve::HttpOptions http_options(const Args& a) {
   o.batch_wait = std::chrono::microseconds(static_cast<int64_t>(a.get_double("batch-wait-ms") * 1000));
   o.queue = static_cast<size_t>(a.get_int64("queue"));
   o.max_body_bytes = static_cast<size_t>(a.get_int64("max-body-mb")) << 20;
+  o.max_inflight_bytes = static_cast<size_t>(a.get_int64("max-inflight-mb")) << 20;
+  o.allowed_hosts = a.get_all("allowed-host");
   o.web_dir = a.get("web");
   if (!o.web_dir.empty() && !fs::is_regular_file(fs::path(o.web_dir) / "index.html"))
     throw Error(cat("--web ", o.web_dir, ": not a folder holding index.html (the page's files: index.html, app.js, style.css)"));
@@ -132,7 +134,8 @@ int run_serve(const Args& a) {
   const std::string host = a.get("host");
   if (host != "127.0.0.1" && host != "localhost" && host != "::1")
     std::cerr << "note: listening on " << host
-              << ": the server has no authentication; anyone who can reach this port can use it\n";
+              << ": the server has no authentication; anyone who can reach this port can use it (by the names it answers to:"
+              << " --allowed-host)\n";
   const nlohmann::json s = server.serve(svc, model, [&] {
     if (!a.get("port-file").empty()) write_file_atomic(a.get("port-file"), cat(port, "\n"));
     std::string tasks;
@@ -162,11 +165,16 @@ Command serve_command() {
            integer_option("port", "8080", "port (0: any free port, printed)", 0, 65535),
            {"port-file", "", "write the port listened on to this file once ready"},
            integer_option("http-threads", "64", "requests handled at once (idle and slow connections hold none)", 1, 4096),
-           integer_option("max-connections", "1024", "open connections at most; beyond, new ones are closed at once", 1, 1 << 20),
+           integer_option("max-connections", "1024", "open connections at most; beyond, the longest idle makes room, else 503", 1,
+                          1 << 20),
            integer_option("max-batch", "16", "requests of one task run through the model together", 1, 4096),
            number_option("batch-wait-ms", "5", "how long the model thread waits for a batch to fill", 0, 10000),
            integer_option("queue", "64", "requests that may wait for the model; beyond it: 503", 1, 1 << 20),
            integer_option("max-body-mb", "16", "largest request body, MiB (beyond it: 413)", 1, 4096),
+           integer_option("max-inflight-mb", "256", "request bodies being read or answered, MiB together (beyond: 503)", 1,
+                          1 << 20),
+           {"allowed-host", "",
+            "a name clients reach the server by, besides localhost, 127.0.0.1, [::1] and --host (repeatable)"},
            integer_option("max-pixels", "40000000", "largest image accepted, pixels", 1),
            integer_option("max-image-side", "16384",
                           "longest image side accepted, pixels (bounds the resizing work of thin images)", 1),

@@ -1,17 +1,23 @@
-// The server's request handling, from the bytes of a connection to the answer: the HTTP/1.1
-// parser (limits, chunked bodies), then each complete request through Routes (method, Content-
-// Type, Origin, UTF-8, JSON nesting), the Service (JSON body, field checks, data-URL and image
-// decoding, the request queue) and the tasks on a tiny random model (ITM, VQA, embedding).
-// Nothing may crash or throw; every answer must be a status with a JSON or page body.
+// The server's request handling, from the bytes of a connection to the answer, as the network
+// thread does it: Boost.Beast's parser with the server's rules and limits (RequestParser: framing,
+// chunked bodies, the body budget), the host allow-list and the checks of a head before its body
+// (Routes::refusal_before_body), then each complete request through Routes (method, Content-Type,
+// Origin, UTF-8, JSON nesting, /v1/ embeddings), the Service (JSON body, field checks, data-URL and
+// image decoding, the request queue) and the tasks on a tiny random model (ITM, VQA, embedding),
+// and every answer through Beast's serializer. Nothing may crash or throw; every answer must be a
+// status with a JSON or page body.
 #include <torch/torch.h>
 
 #include <cstdlib>
 #include <memory>
 #include <thread>
 
+#include "serve/allowed_hosts.h"
 #include "serve/answerers.h"
 #include "serve/batcher.h"
+#include "serve/body_budget.h"
 #include "serve/http_request.h"
+#include "serve/http_response.h"
 #include "serve/routes.h"
 #include "serve/service.h"
 #include "vlmo/checkpoint.h"
@@ -59,30 +65,55 @@ struct Server {
 
 }  // namespace
 
+// An answer as the server would send it: a status with a JSON body (or the page), serialised.
+void check_answer(const HttpResponse& r, bool head) {
+  if (r.status < 200 || r.status > 599 || (r.content_type == "application/json" && !nlohmann::json::accept(r.body))) std::abort();
+  const std::string bytes = serialize_response(r, true, head);
+  const size_t end = bytes.find("\r\n\r\n");  // an answer to HEAD ends with its head
+  if (bytes.rfind("HTTP/1.1 ", 0) != 0 || end == std::string::npos || bytes.size() - end - 4 != (head ? 0 : r.body.size()))
+    std::abort();
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static Server server;
+  static const AllowedHosts hosts("127.0.0.1", {"vlmo.example"});
   HttpLimits limits;
   limits.max_body_bytes = 64 << 10;
   limits.max_head_bytes = 4096;
   limits.max_uri_bytes = 1024;
   limits.max_headers = 16;
-  RequestParser parser(limits);
-  const char* p = reinterpret_cast<const char*>(data);
-  size_t left = size;
-  while (left > 0) {  // every request the bytes hold, as a kept-alive connection would send them
-    const size_t used = parser.feed(p, left);
-    p += used, left -= used;
+  BodyBudget budget(96 << 10);
+  RequestParser parser(limits, &budget);
+  std::string in(reinterpret_cast<const char*>(data), size);  // what the connection has read, not yet used
+  bool head_checked = false;
+  while (!in.empty()) {  // every request the bytes hold, as a kept-alive connection would send them
+    const size_t used = parser.feed(in.data(), in.size());
+    in.erase(0, used);
     if (parser.failed()) {
-      const HttpResponse r = json_error(parser.error_status(), parser.error());
+      const HttpResponse r = error_for(parser.request().path, parser.error_status(), parser.error());
       if (r.status < 400 || r.body.empty()) std::abort();
+      check_answer(r, false);
       break;
     }
-    if (!parser.done()) break;
-    std::string endpoint;
-    const HttpResponse r = server.routes->handle(parser.take(), endpoint);
-    if (r.status < 200 || r.status > 599 || (r.content_type == "application/json" && !nlohmann::json::accept(r.body)))
-      std::abort();
-    if (used == 0) break;
+    if (parser.head_done() && !head_checked) {
+      head_checked = true;
+      if (!hosts.allows(parser.request().host)) break;  // 421, then close
+      std::string endpoint;
+      if (parser.body_to_come())
+        if (const auto r = server.routes->refusal_before_body(parser.request(), endpoint)) {
+          check_answer(*r, parser.request().method == "HEAD");
+          break;  // answered without the body, then close
+        }
+    }
+    if (parser.done()) {
+      head_checked = false;
+      const HttpRequest req = parser.take();
+      std::string endpoint;
+      check_answer(server.routes->handle(req, endpoint), req.method == "HEAD");
+      continue;
+    }
+    if (used == 0) break;  // the connection would wait for more
   }
+  if (budget.used() > 0 && !parser.started()) std::abort();  // a finished request gave its share back
   return 0;
 }

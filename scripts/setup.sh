@@ -24,6 +24,7 @@ PACKAGES=(
   libcairo2-dev           # learning-curve charts (vlmo plot): PNG and SVG
   libfaiss-dev            # vector indexes over embedding collections (vlmo index build)
   libcpp-httplib-dev      # HTTP client of the load generator (vlmo_serve_load)
+  libboost-dev            # Boost.Beast / Asio (header-only): the server's HTTP/1.1 parsing and serialisation
 )
 
 . scripts/compiler_cache.sh

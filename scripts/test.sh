@@ -3,7 +3,8 @@
 # build and test; then the checking build. Every stage prints its wall time; the last lines sum up.
 #
 #   Debian 12 (LibTorch 1.13): the format check (scripts/format.sh --check: seconds, so first),
-#     set-up and build, the whole suite (web page in headless Chromium included), the main job's
+#     set-up and build, the whole suite (web page in headless Chromium and the official openai
+#     client against /v1/embeddings included), the main job's
 #     fixture check (scripts/run.sh --check-only); on a CPU with AVX-512
 #     the unit tests and the cross-batch comparisons again on the AVX2 kernels
 #   Debian 13 (LibTorch 2.6): set-up and build, the unit tests and every reference fixture on both
@@ -59,12 +60,14 @@ if wants 12; then
   # so that an unformatted tree fails in seconds.
   in_release 12 scripts/format.sh --check
   stage_done "Debian 12: root and format check"
-  # The tests' own needs beyond the build's: git (the shape test), npm (playwright-core, pinned in
-  # tests/browser/package-lock.json) and Debian's Chromium for the web page test, which must run here.
+  # The tests' own needs beyond the build's: git (the shape test), npm (playwright-core and openai,
+  # pinned in tests/browser/package-lock.json and tests/openai/package-lock.json) and Debian's
+  # Chromium for the web page test; the page and the OpenAI client tests must run here.
   in_release 12 bash -c 'scripts/apt_install.sh git npm chromium && scripts/setup.sh "$0" &&
-                         npm ci --prefix tests/browser --no-audit --no-fund --silent' "$B12"
+                         npm ci --prefix tests/browser --no-audit --no-fund --silent &&
+                         npm ci --prefix tests/openai --no-audit --no-fund --silent' "$B12"
   stage_done "Debian 12: set-up and build"
-  in_release 12 env VLMO_REQUIRE_BROWSER=1 ctest --test-dir "$B12" --output-on-failure -j "$(nproc)" "$@"
+  in_release 12 env VLMO_REQUIRE_BROWSER=1 VLMO_REQUIRE_OPENAI=1 ctest --test-dir "$B12" --output-on-failure -j "$(nproc)" "$@"
   stage_done "Debian 12: test suite"
   in_release 12 env VLMO_BUILD_DIR="$B12" scripts/run.sh --check-only
   stage_done "Debian 12: scripts/run.sh fixture check"

@@ -6,7 +6,12 @@ usage: serve_test.py VLMO LOAD_TOOL DEMO_DIR WORK_DIR PART
               oversized, concurrent requests; a full queue answers 503; SIGTERM drains.
   PART load:  vlmo_serve_load from a second process: throughput, p50/p99, nothing lost.
   PART hostile: what hostile clients send (bad task models, chunked floods, thin images, deep
-              JSON, trickling heads, SIGTERM under slow clients, bad UTF-8, foreign origins).
+              JSON, trickling heads, SIGTERM under slow clients, bad UTF-8, foreign origins,
+              names that are not the server's, ambiguous framing, HEAD among pipelined requests).
+  PART limits: what bounds the server under load: 64 stalled 15 MiB uploads keep the peak RSS
+              within --max-inflight-mb (and without the bound they do not); a stderr nobody reads
+              does not stop serving; --max-connections closes an idle connection for a newcomer,
+              else answers 503.
   PART soak:  SOAK_SECONDS (default 60) of mixed and hostile requests: none lost, RSS steady.
   PART embed: vlmo embed of a folder and of WebDataset shards into resumable chunks: SIGTERM
               mid-run then resume gives the same ids and vectors as one uninterrupted run; the
@@ -48,7 +53,8 @@ def check(cond, what):
 
 
 class Server:
-    def __init__(self, name, *extra, index=INDEX):
+    def __init__(self, name, *extra, index=INDEX, stderr=None):
+        """stderr: where the server's stderr goes (default: WORK/NAME.log)."""
         self.port_file = f"{WORK}/{name}.port"
         if os.path.exists(self.port_file):
             os.remove(self.port_file)
@@ -56,7 +62,7 @@ class Server:
         self.proc = subprocess.Popen(
             [VLMO, "serve", "--model", MODEL, "--vqa-model", VQA, "--nlvr2-model", NLVR2, "--index", index,
              "--port", "0", "--port-file", self.port_file, *extra],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+            stdout=subprocess.PIPE, stderr=self.log if stderr is None else stderr, text=True)
         deadline = time.time() + 60
         while not os.path.exists(self.port_file):
             if self.proc.poll() is not None or time.time() > deadline:
@@ -198,7 +204,7 @@ def part_http():
     # Half-open connections (a request never finished) do not stop the others being served.
     hang = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(3)]
     for c in hang:
-        c.sendall(b"POST /api/vqa HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"im")
+        c.sendall(b"POST /api/vqa HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"im")
     status, _ = post(s, "/api/itm", {"image": IDS[0], "text": "a red circle"})
     check(status == 200, "served while three connections hang half-way through their request")
     for c in hang:
@@ -510,12 +516,19 @@ def part_hostile():
     except subprocess.TimeoutExpired:
         check(False, "--web naming a missing folder: the server started anyway")
 
+    for opts, words in [(["--allowed-host", "evil.example:80"], "--allowed-host"), (["--allowed-host", "http://x/"], "--allowed-host"),
+                        (["--max-inflight-mb", "8"], "--max-inflight-mb")]:
+        out = subprocess.run([VLMO, "serve", "--model", MODEL, "--port", "0", *opts], capture_output=True, text=True, timeout=60)
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
+        check(out.returncode != 0 and words in last and "loading" not in out.stderr,
+              f"serve {' '.join(opts)}: exit {out.returncode} before loading, {last[:100]!r}")
+
     s = Server("hostile", "--quiet")
     pid, port = s.proc.pid, s.port
     base = rss_mb(pid)
     # Chunked bodies are held to --max-body-mb: 413 once 16 MiB have passed, the rest unread.
     c = socket.create_connection(("127.0.0.1", port), timeout=10)
-    c.sendall(b"POST /api/vqa HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    c.sendall(b"POST /api/vqa HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
     sent, piece, answer = 0, b"100000\r\n" + b"a" * (1 << 20) + b"\r\n", b""
     import select
     try:
@@ -580,6 +593,52 @@ def part_hostile():
     st2, _ = get_json(port, "/api/itm", body, JSON + "Origin: http://evil.example\r\n")
     st3, _ = get_json(port, "/api/itm", body, JSON + f"Origin: http://127.0.0.1:{port}\r\n")
     check((st1, st2, st3) == (415, 403, 200), f"text/plain with a foreign Origin {st1}, JSON with a foreign Origin {st2}, same origin {st3}")
+    # DNS rebinding: a page on evil.example, resolved to 127.0.0.1, is "same origin" with itself;
+    # the server answers only its own names, GETs included.
+    rebound = [raw(port, f"GET {t} HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n".encode())[0]
+               for t in ["/health", "/api/image?id=" + IDS[0], "/"]]
+    rebound.append(raw(port, f"POST /api/itm HTTP/1.1\r\nHost: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n"
+                             f"{JSON}Content-Length: {len(body)}\r\n\r\n".encode() + body)[0])
+    mine = [raw(port, f"GET /health HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n".encode())[0]
+            for h in [f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"]]
+    check(rebound == [421] * 4 and mine == [200] * 3, f"Host evil.example: {rebound}; localhost, 127.0.0.1, [::1]: {mine}")
+    # Framing a proxy could read differently: 400, and nothing after it is taken as a request.
+    smuggle = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    framings = {"TE chunked then identity": "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+                "TE and Content-Length": "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                "no Host": None, "bare LF ending a chunk size": "Transfer-Encoding: chunked\r\n\r\n4\n{\"a\"\r\n0\r\n\r\n",
+                "NUL in a header value": "X: a\0b\r\n\r\n"}
+    answers = {}
+    for what, rest in framings.items():
+        head = "POST /api/itm HTTP/1.1\r\n" + ("" if rest is None else f"Host: 127.0.0.1:{port}\r\n{JSON}") + (rest or "\r\n")
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        c.sendall((head + smuggle).encode())
+        got = b""
+        while True:
+            piece = c.recv(65536)
+            if not piece:
+                break
+            got += piece
+        c.close()
+        answers[what] = (got.split(b" ")[1].decode() if got.startswith(b"HTTP/1.1") else "none", got.count(b"HTTP/1.1 "))
+    check(all(a == ("400", 1) for a in answers.values()), f"ambiguous framing: 400 and closed, the smuggled request unanswered: {answers}")
+    # HEAD among pipelined requests: no body, so the next answer starts where the client reads it.
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    c.sendall(f"HEAD /api/image?id={IDS[0]} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nHEAD /api/vqa HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+              f"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    got = b""
+    while True:
+        piece = c.recv(65536)
+        if not piece:
+            break
+        got += piece
+    c.close()
+    first, _, rest = got.partition(b"\r\n\r\n")
+    second, _, third = rest.partition(b"\r\n\r\n")
+    image_length = len(open(IMG[0], "rb").read())
+    check(first.startswith(b"HTTP/1.1 200") and f"Content-Length: {image_length}".encode() in first and second.startswith(b"HTTP/1.1 405")
+          and b"Allow: POST" in second and third.startswith(b"HTTP/1.1 200"),
+          f"HEAD of an image (Content-Length {image_length}, no body), HEAD of a POST route (405), then GET: in step")
     # Minor rows.
     status, _ = get_json(port, "/api/vqa", json.dumps({"image": "DATA:image/png;BASE64," + data_url(IMG[1]).split(",", 1)[1],
                                                        "question": "what colour?"}).encode(), JSON)
@@ -587,7 +646,7 @@ def part_hostile():
     many = "".join(f"X-{i}: v\r\n" for i in range(10_000))
     status, _ = get_json(port, "/health", headers=many)
     check(status == 431, f"10,000 request headers: {status}")
-    status, got = raw(port, b"POST /api/itm HTTP/1.1\r\nHost: x\r\n" + JSON.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body,
+    status, got = raw(port, b"POST /api/itm HTTP/1.1\r\nHost: 127.0.0.1\r\n" + JSON.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body,
                       half_close=True)
     check(status == 200 and "match_probability" in json.loads(got), f"a client that half-closes after its request: {status}")
     status, _ = get_json(port, "/api/itm", b"a=" + b"b" * 9000, "Content-Type: application/x-www-form-urlencoded\r\n")
@@ -617,7 +676,7 @@ def part_hostile():
             time.sleep(0.02)
         t0 = time.time()
         s.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        time.sleep(1.2)  # a repeat within 1 s is the same request (vlmo/signals.h); this one insists
         rc, out = s.stop(timeout=20)
         took = time.time() - t0
         codes = [f.result()[0] for f in futures]
@@ -631,6 +690,121 @@ def part_hostile():
         check("http://[::1]:" in line, f"--host ::1 prints {line.strip()[-40:]!r}")
     except SystemExit:
         print("skip  --host ::1: no IPv6 loopback here", flush=True)
+
+
+def vm_kb(pid, key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def held_uploads(budget_mb, clients=64, size=15 << 20):
+    """`clients` connections each send a head declaring `size` bytes and all of the body but its
+    last MiB, then stall (as slow or stalled uploads do), to a server with --max-inflight-mb
+    budget_mb: (what each got: a status, or "held"; RSS before in MB; peak RSS in MB; healthy)."""
+    s = Server(f"budget-{budget_mb}", "--quiet", "--max-inflight-mb", str(budget_mb))
+    get_json(s.port, "/health")
+    body = memoryview(b'{"question": "q", "image": "' + b"x" * (size - 40) + b'"}')
+    head = f"POST /api/vqa HTTP/1.1\r\nHost: 127.0.0.1\r\n{JSON}Content-Length: {len(body)}\r\n\r\n".encode()
+    before = rss_mb(s.proc.pid)
+    open(f"/proc/{s.proc.pid}/clear_refs", "w").write("5")  # VmHWM := VmRSS: the peak from here
+
+    def send(_):
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+        try:
+            c.sendall(head)
+            c.sendall(body[:-(1 << 20)])
+        except OSError:
+            pass  # answered (503) and cut off before all was sent
+        return c
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        socks = list(pool.map(send, range(clients)))
+    time.sleep(1)  # the server has read what came
+    peak = vm_kb(s.proc.pid, "VmHWM") / 1024
+    got = []
+    for c in socks:
+        c.settimeout(0.2)
+        try:
+            data = c.recv(64)
+            got.append(int(data.split(b" ")[1]) if data.startswith(b"HTTP/1.1 ") else "closed")
+        except socket.timeout:
+            got.append("held")
+        except OSError:
+            got.append("closed")
+        c.close()
+    healthy = get_json(s.port, "/health")[0] == 200
+    rc, _ = s.stop()
+    return got, before, peak, healthy and rc == 0
+
+
+def part_limits():
+    # The body budget: 64 clients send 14 of 15 MiB each and stall (900 MiB in all).
+    got, before, peak, ok = held_uploads(64)
+    counts = {str(c): got.count(c) for c in sorted(set(got), key=str)}
+    check(set(got) <= {503, "held"} and got.count("held") > 0 and ok and peak - before < 3 * 64 + 100,
+          f"64 stalled 15 MiB uploads, --max-inflight-mb 64: {counts}; RSS {before:.0f} MB, peak {peak:.0f} MB "
+          f"(+{peak - before:.0f} MB, at most 3 x the budget + 100 MB)")
+    got, before, unbounded, ok = held_uploads(4096)
+    check(ok and got.count("held") == 64 and unbounded - before > 600,
+          f"the same under --max-inflight-mb 4096 (no bound in effect): {got.count('held')} held; RSS {before:.0f} MB, "
+          f"peak {unbounded:.0f} MB (+{unbounded - before:.0f} MB)")
+
+    # A stderr nobody reads: the access log's lines are dropped and counted, serving goes on.
+    s = Server("blocked-log", "--max-batch", "1", stderr=subprocess.PIPE)
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    t0, n, ok = time.time(), 20000, 0
+    for _ in range(n):
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        r.read()
+        ok += r.status == 200
+    took = time.time() - t0
+    conn.close()
+    _, metrics = request(s.url + "/metrics")
+    dropped = int(metrics.decode().split("\nvlmo_access_log_dropped_total ")[1].split()[0])
+    status, got = post(s, "/api/embed", {"text": "a red circle"})
+    t0 = time.time()
+    s.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = s.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+        rc = "still running after 20 s"
+    stop = time.time() - t0
+    check(ok == n and dropped > 0 and status == 200 and rc == 0 and stop < 5,
+          f"stderr a pipe nobody reads: {ok} of {n} requests answered 200 in {took:.1f} s, {dropped} log lines dropped "
+          f"(/metrics); then /api/embed {status}; SIGTERM: exit {rc} in {stop:.2f} s")
+
+    # --max-connections: an idle connection makes room for a newcomer; none idle: 503, then close.
+    s = Server("cap", "--quiet", "--max-connections", "8")
+    idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(8)]
+    time.sleep(0.3)
+    status, _ = get_json(s.port, "/health")
+    idle[0].settimeout(5)
+    closed = idle[0].recv(1) == b""
+    for c in idle:
+        c.close()
+    time.sleep(0.3)
+    busy = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(8)]
+    for c in busy:
+        c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # half-way through a request
+    time.sleep(0.3)
+    refused, answer = get_json(s.port, "/health")
+    finished = []
+    for c in busy:
+        c.sendall(b"Connection: close\r\n\r\n")
+        c.settimeout(10)
+        finished.append(c.recv(12)[9:12])
+        c.close()
+    check(status == 200 and closed and refused == 503 and "--max-connections" in answer.get("error", "")
+          and finished == [b"200"] * 8,
+          f"--max-connections 8: 8 idle, a newcomer {status} (the oldest idle closed: {closed}); 8 busy, a newcomer {refused} "
+          f"{answer.get('error', '')[:60]!r}; the 8 then answered {sorted(set(finished))}")
+    rc, _ = s.stop()
+    check(rc == 0, "stopped cleanly")
 
 
 def part_soak():
@@ -648,7 +822,7 @@ def part_soak():
                lambda: get_json(port, "/api/image?id=%FF")[0] == 400,
                lambda: get_json(port, "/api/itm", b'{"text": "x"}', "Content-Type: text/plain\r\n")[0] == 415,
                lambda: get_json(port, "/a?" + "b" * 20000)[0] == 414,
-               lambda: raw(port, b"POST /api/vqa HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n")[0] == 413]
+               lambda: raw(port, b"POST /api/vqa HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n")[0] == 413]
     counts = {"good": 0, "good_failed": 0, "hostile": 0, "hostile_unexpected": 0}
     lock = __import__("threading").Lock()
     end = time.time() + seconds
@@ -690,7 +864,8 @@ def part_soak():
     check(rc == 0, "stopped cleanly after the soak")
 
 
-{"http": part_http, "load": part_load, "embed": part_embed, "hostile": part_hostile, "soak": part_soak}[PART]()
+{"http": part_http, "load": part_load, "embed": part_embed, "hostile": part_hostile, "limits": part_limits,
+ "soak": part_soak}[PART]()
 if failures:
     print(f"{len(failures)} checks failed", flush=True)
     sys.exit(1)

@@ -231,6 +231,10 @@ Task embed_task(LoadedModel& m, const Tokenizer& tok, ImageFn image) {
     if (!texts.empty()) {
       const auto [ids, masks] = texts_of(tok, m, texts);
       fill(encode_texts(m.model, ids, masks), text_at, "text");
+      // The tokens the model read of each text ([CLS] and [SEP] included, cut at max_text_len).
+      const at::Tensor counts = masks.sum(1).to(at::kLong).cpu();
+      for (size_t j = 0; j < text_at.size(); ++j)
+        out[text_at[j]].fields["tokens"] = counts[static_cast<int64_t>(j)].item<int64_t>();
     }
     if (!pix.empty()) fill(encode_images(m.model, at::stack(pix)), image_at, "image");
     return out;

@@ -52,7 +52,8 @@ Task nlvr2_task(LoadedModel& m, const Tokenizer& tok, ImageFn image);
 Task itm_task(LoadedModel& m, const Tokenizer& tok, ImageFn image);
 // Text queries over an image index, image queries over a text index.
 Task search_task(LoadedModel& m, const Tokenizer& tok, const VectorIndex& index, ImageFn image, int64_t top_k, int64_t max_top);
-// {"text"} or {"image"} -> {"embedding": [...], "dim", "modality"} (L2-normalised dual encoder).
+// {"text"} or {"image"} -> {"embedding": [...], "dim", "modality"} (L2-normalised dual encoder), and
+// for a text "tokens": how many tokens the model read.
 Task embed_task(LoadedModel& m, const Tokenizer& tok, ImageFn image);
 
 // Checks a request object: an object with each of `fields` a string; returns the reason when

@@ -1,4 +1,5 @@
-// Uploaded images arrive as data: URLs ("data:image/png;base64,...", RFC 2397) in JSON fields.
+// Uploaded images arrive as data: URLs ("data:image/png;base64,...", RFC 2397) in JSON fields;
+// embeddings may leave as base64.
 #pragma once
 #include <string>
 
@@ -8,6 +9,8 @@ namespace vlmo::serve {
 // are skipped. Hand-written (20 lines): no Debian library offers it without a larger dependency.
 // Throws Refusal kBadRequest naming `field` and the position of a character outside the alphabet.
 std::string base64_decode(const std::string& in, size_t begin, const std::string& field = "image");
+// RFC 4648 base64 with padding (the "base64" encoding_format of /v1/embeddings).
+std::string base64_encode(const std::string& bytes);
 
 // Whether a field's value is a data: URL (the scheme is case-insensitive).
 bool is_data_url(const std::string& value);

@@ -1,21 +1,17 @@
 #include "serve/http_request.h"
 
 #include <algorithm>
+#include <boost/beast/core/buffers_range.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <cctype>
 #include <cstring>
+#include <string_view>
 
 #include "vlmo/error.h"
 
 namespace vlmo::serve {
 namespace {
-
-bool is_token(const std::string& s) {
-  if (s.empty()) return false;
-  for (const char c : s)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || std::string("!#$%&'*+-.^_`|~").find(c) != std::string::npos))
-      return false;
-  return true;
-}
 
 int hex_digit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -107,96 +103,112 @@ size_t json_nesting(const std::string& text, size_t stop) {
   return deepest;
 }
 
-size_t RequestParser::fail(int status, std::string why, size_t consumed) {
-  state_ = State::kError;
-  error_status_ = status;
-  error_ = std::move(why);
-  return consumed;
-}
-
-void RequestParser::reset() { *this = RequestParser(limits_); }
-
-HttpRequest RequestParser::take() {
-  HttpRequest r = std::move(req_);
-  reset();
-  return r;
-}
-
-size_t RequestParser::feed(const char* data, size_t size) {
-  if (size) started_ = true;
-  size_t used = 0;
-  while (used < size && state_ == State::kHead) {
-    const char* nl = static_cast<const char*>(std::memchr(data + used, '\n', size - used));
-    const size_t take = nl ? static_cast<size_t>(nl - (data + used)) + 1 : size - used;
-    const size_t room = limits_.max_head_bytes - std::min(limits_.max_head_bytes, head_.size());
-    if (take > room) {  // the head would pass its limit
-      const bool in_uri = head_.find('\n') == std::string::npos && std::count(head_.begin(), head_.end(), ' ') < 2;
-      if (in_uri) return fail(414, cat("request URI longer than ", limits_.max_uri_bytes, " bytes"), used + room);
-      return fail(431, cat("request head larger than ", limits_.max_head_bytes, " bytes"), used + room);
+bool parse_authority(const std::string& authority, std::string& host) {
+  std::string h, port;
+  if (!authority.empty() && authority[0] == '[') {  // an IP literal (IPv6), brackets kept
+    const size_t close = authority.find(']');
+    if (close == std::string::npos || close < 3) return false;
+    h = authority.substr(0, close + 1);
+    if (h.find_first_not_of("0123456789abcdefABCDEF:.", 1) != close) return false;
+    if (close + 1 < authority.size()) {
+      if (authority[close + 1] != ':') return false;
+      port = authority.substr(close + 2);
     }
-    head_.append(data + used, take);
-    used += take;
-    if (head_.find('\n') == std::string::npos && head_.size() > limits_.max_uri_bytes + 16)
-      return fail(414, cat("request URI longer than ", limits_.max_uri_bytes, " bytes"), used);
-    const size_t n = head_.size();
-    if (nl && (head_.compare(n >= 4 ? n - 4 : 0, 4, "\r\n\r\n") == 0 || head_.compare(n >= 2 ? n - 2 : 0, 2, "\n\n") == 0) &&
-        head_.find_first_not_of("\r\n") != std::string::npos) {
-      if (!parse_head()) return used;
-    } else if (nl && head_.find_first_not_of("\r\n") == std::string::npos) {
-      head_.clear();  // blank lines before a request are ignored (RFC 9112 2.2)
+  } else {
+    const size_t colon = authority.find(':');
+    h = authority.substr(0, colon);
+    if (colon != std::string::npos) port = authority.substr(colon + 1);
+    // reg-name or IPv4: unreserved, percent-escapes and sub-delims (RFC 3986 3.2.2); never empty
+    static const std::string allowed = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=";
+    if (h.empty() || h.find_first_not_of(allowed) != std::string::npos) return false;
+    if (h.size() > 1 && h.back() == '.') h.pop_back();  // the fully qualified form names the same host
+  }
+  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return false;
+  host = ascii_lower(h);
+  return true;
+}
+
+namespace {
+
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+
+// A request body for Beast's parser that grows only with the bytes that arrive, charged to the
+// budget (BudgetedBytes): Beast's string_body would reserve the declared Content-Length at once.
+struct BudgetedBody {
+  using value_type = BudgetedBytes;
+  static std::uint64_t size(const value_type& v) { return v.data.size(); }
+  class reader {
+   public:
+    template <bool isRequest, class Fields>
+    reader(http::header<isRequest, Fields>&, value_type& body) : body_(body) {}
+    void init(const boost::optional<std::uint64_t>& length, beast::error_code& ec) {
+      most_ = length ? static_cast<size_t>(*length) : body_.limit;  // a body never grows past these
+      ec = {};
+    }
+    template <class Buffers>
+    std::size_t put(const Buffers& buffers, beast::error_code& ec) {
+      size_t n = 0;
+      for (const auto b : beast::buffers_range_ref(buffers)) {
+        if (!body_.append(static_cast<const char*>(b.data()), b.size(), most_)) {
+          ec = make_error_code(boost::system::errc::not_enough_memory);
+          return n;
+        }
+        n += b.size();
+      }
+      ec = {};
+      return n;
+    }
+    void finish(beast::error_code& ec) { ec = {}; }
+
+   private:
+    value_type& body_;
+    size_t most_ = 0;
+  };
+};
+
+// The comma-separated elements of the values of every header `name` of the head, lower case,
+// without blanks; empty elements dropped (RFC 9110 5.6.1).
+std::vector<std::string> list_values(const HttpRequest& r, const std::string& name) {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : r.headers) {
+    if (k != name) continue;
+    for (size_t b = 0; b <= v.size();) {
+      size_t e = v.find(',', b);
+      if (e == std::string::npos) e = v.size();
+      const std::string item = ascii_lower(trim_blanks(v.substr(b, e - b)));
+      if (!item.empty()) out.push_back(item);
+      b = e + 1;
     }
   }
-  if (state_ == State::kBody) used += feed_body(data + used, size - used);
-  if (state_ == State::kChunkSize || state_ == State::kChunkData || state_ == State::kChunkEnd || state_ == State::kTrailer)
-    used += feed_chunked(data + used, size - used);
-  return used;
+  return out;
 }
 
-bool RequestParser::parse_head() {
-  std::vector<std::string> lines;
-  size_t b = 0;
-  while (b < head_.size()) {
-    size_t e = head_.find('\n', b);
-    if (e == std::string::npos) e = head_.size();
-    std::string line = head_.substr(b, e - b);
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    lines.push_back(std::move(line));
-    b = e + 1;
-  }
-  while (!lines.empty() && lines.back().empty()) lines.pop_back();
-  while (!lines.empty() && lines.front().empty()) lines.erase(lines.begin());
-  if (lines.empty() || !parse_request_line(lines[0])) {
-    if (state_ != State::kError) fail(400, "malformed request line (expected METHOD /path HTTP/1.1)", 0);
-    return false;
-  }
-  if (lines.size() - 1 > limits_.max_headers)
-    return fail(431, cat("more than ", limits_.max_headers, " request headers"), 0), false;
-  for (size_t i = 1; i < lines.size(); ++i)
-    if (!take_header(lines[i])) return false;
-  head_.clear();
-  return body_framing();
+size_t count_headers(const HttpRequest& r, const std::string& name) {
+  return static_cast<size_t>(std::count_if(r.headers.begin(), r.headers.end(), [&](const auto& h) { return h.first == name; }));
 }
 
-bool RequestParser::parse_request_line(const std::string& line) {
-  const size_t a = line.find(' '), z = line.rfind(' ');
-  if (a == std::string::npos || z == a) return false;
-  req_.method = line.substr(0, a);
-  req_.target = line.substr(a + 1, z - a - 1);
-  req_.version = line.substr(z + 1);
-  if (!is_token(req_.method) || req_.target.empty() || req_.target.find(' ') != std::string::npos) return false;
-  if (req_.target.size() > limits_.max_uri_bytes)
-    return fail(414, cat("request URI longer than ", limits_.max_uri_bytes, " bytes"), 0), false;
-  if (req_.version != "HTTP/1.1" && req_.version != "HTTP/1.0") {
-    if (req_.version.rfind("HTTP/", 0) == 0) return fail(505, cat("HTTP version ", req_.version, " is not supported"), 0), false;
-    return false;
-  }
-  req_.keep_alive = req_.version == "HTTP/1.1";
-  if (req_.target[0] != '/') return fail(400, "request target must be a path beginning with /", 0), false;
-  const size_t q = req_.target.find('?');
-  if (!percent_decode(req_.target.substr(0, q), false, req_.path))
-    return fail(400, "request path: malformed percent-escape", 0), false;
+// "HTTP/d.d" at the end of the request line: a version, only not one this server speaks.
+bool names_other_version(const char* data, size_t size) {
+  const char* eol = static_cast<const char*>(std::memchr(data, '\r', size));
+  const std::string line(data, eol ? static_cast<size_t>(eol - data) : size);
+  const size_t sp = line.rfind(' ');
+  const std::string v = sp == std::string::npos ? "" : line.substr(sp + 1);
+  return v.size() == 8 && v.compare(0, 5, "HTTP/") == 0 && std::isdigit(static_cast<unsigned char>(v[5])) && v[6] == '.' &&
+         std::isdigit(static_cast<unsigned char>(v[7]));
+}
+
+std::string busy_bodies_message(const BodyBudget* budget) {
+  return cat("the server is busy: request bodies in flight take the whole budget of ", budget ? budget->limit() >> 20 : 0,
+             " MiB (--max-inflight-mb); retry shortly");
+}
+
+// The path and query of an origin-form target ("/path?query"); false with `why` when malformed.
+bool parse_origin_form(const std::string& target, HttpRequest& r, std::string& why) {
+  const size_t q = target.find('?');
+  if (!percent_decode(target.substr(0, q), false, r.path)) return why = "request path: malformed percent-escape", false;
   if (q == std::string::npos) return true;
-  const std::string query = req_.target.substr(q + 1);
+  const std::string query = target.substr(q + 1);
   for (size_t b = 0; b <= query.size();) {
     size_t e = query.find('&', b);
     if (e == std::string::npos) e = query.size();
@@ -206,118 +218,181 @@ bool RequestParser::parse_request_line(const std::string& line) {
       std::string key, value;
       if (!percent_decode(pair.substr(0, eq), true, key) ||
           !percent_decode(eq == std::string::npos ? "" : pair.substr(eq + 1), true, value))
-        return fail(400, "query string: malformed percent-escape", 0), false;
-      req_.query[key] = value;
+        return why = "query string: malformed percent-escape", false;
+      r.query[key] = value;
     }
     b = e + 1;
   }
   return true;
 }
 
-bool RequestParser::take_header(const std::string& line) {
-  const size_t colon = line.find(':');
-  if (colon == std::string::npos || line[0] == ' ' || line[0] == '\t') return fail(400, "malformed header line", 0), false;
-  const std::string name = line.substr(0, colon);
-  if (!is_token(name)) return fail(400, "malformed header name", 0), false;
-  req_.headers.emplace_back(ascii_lower(name), trim_blanks(line.substr(colon + 1)));
-  return true;
+}  // namespace
+
+struct RequestParser::Beast {
+  http::request_parser<BudgetedBody> parser;
+
+  // The status and message of a request Beast's parser refused with `ec`; `data` is what it was given.
+  // `line_done`: the request line was taken.
+  std::pair<int, std::string> refusal(const beast::error_code& ec, const char* data, size_t size, const HttpLimits& limits,
+                                      bool line_done) {
+    if (ec == http::error::header_limit) {
+      if (!line_done && !std::memchr(data, '\n', size))
+        return {414, cat("request URI longer than ", limits.max_uri_bytes, " bytes")};
+      return {431, cat("request head larger than ", limits.max_head_bytes, " bytes")};
+    }
+    if (ec == http::error::body_limit) {
+      const auto declared = parser.content_length();
+      if (declared)
+        return {413, cat("request body too large: ", *declared, " bytes, the limit is ", limits.max_body_bytes,
+                         " bytes (--max-body-mb)")};
+      return {413, cat("request body too large: over the limit of ", limits.max_body_bytes, " bytes (--max-body-mb)")};
+    }
+    if (parser.get().body().lease.refused()) return {503, ""};
+    if (ec == http::error::bad_version && !line_done && names_other_version(data, size))
+      return {505, "HTTP version not supported (HTTP/1.1 and HTTP/1.0 are)"};
+    if (ec == http::error::bad_transfer_encoding) return {400, "Transfer-Encoding given twice, or with Content-Length"};
+    if (ec == http::error::bad_content_length)
+      return {400, "Content-Length: not a number, or with Transfer-Encoding, or with another value"};
+    return {400, cat("malformed request: ", ec.message())};
+  }
+};
+
+RequestParser::RequestParser(HttpLimits limits, BodyBudget* budget)
+    : limits_(limits), budget_(budget), beast_(std::make_unique<Beast>()) {
+  auto& p = beast_->parser;
+  p.header_limit(static_cast<std::uint32_t>(std::min<size_t>(limits_.max_head_bytes, UINT32_MAX)));
+  p.body_limit(static_cast<std::uint64_t>(limits_.max_body_bytes));
+  p.eager(false);  // stop after the head: the server may refuse the request before its body
+  p.get().body().lease = BodyLease(budget_);
+  p.get().body().limit = limits_.max_body_bytes;
 }
 
-bool RequestParser::body_framing() {
-  const std::string* te = req_.header("transfer-encoding");
-  const std::string* cl = nullptr;
-  for (const auto& [k, v] : req_.headers)
-    if (k == "content-length") {
-      if (cl && *cl != v) return fail(400, "conflicting Content-Length headers", 0), false;
-      cl = &v;
-    }
-  if (const std::string* c = req_.header("connection")) {
-    const std::string v = ascii_lower(*c);
-    if (v.find("close") != std::string::npos) req_.keep_alive = false;
-    else if (v.find("keep-alive") != std::string::npos) req_.keep_alive = true;
-  }
-  if (te && cl) return fail(400, "both Transfer-Encoding and Content-Length", 0), false;
-  if (const std::string* ex = req_.header("expect")) {
-    if (ascii_lower(*ex) != "100-continue") return fail(417, cat("unsupported Expect: ", ex->substr(0, 100)), 0), false;
-    expect_continue_ = true;
-  }
-  if (te) {
-    if (ascii_lower(*te) != "chunked") return fail(501, "only the chunked Transfer-Encoding is supported", 0), false;
-    state_ = State::kChunkSize;
-    return true;
-  }
-  if (cl) {
-    if (cl->empty() || cl->size() > 18 || cl->find_first_not_of("0123456789") != std::string::npos)
-      return fail(400, "Content-Length is not a number", 0), false;
-    remaining_ = std::stoull(*cl);
-    if (remaining_ > limits_.max_body_bytes)
-      return fail(413,
-                  cat("request body too large: ", remaining_, " bytes, the limit is ", limits_.max_body_bytes,
-                      " bytes (--max-body-mb)"),
-                  0),
-             false;
-    req_.body.reserve(remaining_);
-  }
-  state_ = remaining_ > 0 ? State::kBody : State::kDone;
-  return true;
+RequestParser::~RequestParser() = default;
+RequestParser::RequestParser(RequestParser&&) noexcept = default;
+RequestParser& RequestParser::operator=(RequestParser&&) noexcept = default;
+
+void RequestParser::fail(int status, std::string why) {
+  if (status_ != 0) return;  // the first reason stands
+  status_ = status;
+  error_ = std::move(why);
 }
 
-bool RequestParser::add_body(const char* data, size_t n) {
-  if (req_.body.size() + n > limits_.max_body_bytes) {
-    fail(413, cat("request body too large: over the limit of ", limits_.max_body_bytes, " bytes (--max-body-mb)"), 0);
-    return false;
+HttpRequest RequestParser::take() {
+  HttpRequest r = std::move(req_);
+  *this = RequestParser(limits_, budget_);
+  return r;
+}
+
+size_t RequestParser::feed(const char* data, size_t size) {
+  if (done_ || failed() || size == 0) return 0;
+  auto& p = beast_->parser;
+  if (!p.got_some()) {  // empty lines before a request are ignored (RFC 9112 2.2)
+    size_t blank = 0;
+    while (blank + 1 < size && data[blank] == '\r' && data[blank + 1] == '\n') blank += 2;
+    if (blank > 0 || (size == 1 && data[0] == '\r')) return blank;
   }
-  req_.body.append(data, n);
-  return true;
-}
-
-size_t RequestParser::feed_body(const char* data, size_t size) {
-  const size_t n = static_cast<size_t>(std::min<uint64_t>(remaining_, size));
-  req_.body.append(data, n);
-  remaining_ -= n;
-  if (remaining_ == 0) state_ = State::kDone;
-  return n;
-}
-
-size_t RequestParser::feed_chunked(const char* data, size_t size) {
-  size_t used = 0;
-  while (used < size && state_ != State::kDone && state_ != State::kError) {
-    if (state_ == State::kChunkData) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(remaining_, size - used));
-      if (!add_body(data + used, n)) return used;
-      used += n;
-      remaining_ -= n;
-      if (remaining_ == 0) state_ = State::kChunkEnd;
-      continue;
-    }
-    const char c = data[used++];  // a line: the chunk size, the CRLF after a chunk, or a trailer
-    if (c != '\n') {
-      if (line_.size() >= 1024) return fail(400, "chunked body: line too long", used);
-      line_.push_back(c);
-      continue;
-    }
-    if (!line_.empty() && line_.back() == '\r') line_.pop_back();
-    const std::string line = std::move(line_);
-    line_.clear();
-    if (state_ == State::kChunkEnd) {
-      if (!line.empty()) return fail(400, "chunked body: missing CRLF after a chunk", used);
-      state_ = State::kChunkSize;
-    } else if (state_ == State::kTrailer) {
-      if (line.empty()) state_ = State::kDone;
-      else if (++trailer_lines_ + req_.headers.size() > limits_.max_headers)
-        return fail(431, cat("more than ", limits_.max_headers, " request headers"), used);
-    } else {
-      const std::string hex = trim_blanks(line.substr(0, line.find(';')));
-      if (hex.empty() || hex.size() > 15 || hex.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
-        return fail(400, "chunked body: bad chunk size", used);
-      remaining_ = std::stoull(hex, nullptr, 16);
-      if (req_.body.size() + remaining_ > limits_.max_body_bytes)
-        return fail(413, cat("request body too large: over the limit of ", limits_.max_body_bytes, " bytes (--max-body-mb)"),
-                    used);
-      state_ = remaining_ == 0 ? State::kTrailer : State::kChunkData;
-    }
+  started_ = true;
+  if (!head_done_) {
+    // Beast waits for CRLF CRLF before it reads a head given piece by piece: a bare LF would
+    // only be found once the head limit or its deadline passed. (Only the head: a body follows.)
+    const std::string_view given(data, size);
+    const size_t end = given.find("\r\n\r\n");
+    const std::string_view head = given.substr(0, end == std::string_view::npos ? size : end + 4);
+    for (size_t nl = head.find('\n'); nl != std::string_view::npos; nl = head.find('\n', nl + 1))
+      if (nl == 0 || head[nl - 1] != '\r') {
+        fail(400, "malformed request: a line of the head ends with a bare LF (CRLF expected)");
+        return 0;
+      }
+  }
+  beast::error_code ec;
+  const size_t used = p.put(boost::asio::const_buffer(data, size), ec);
+  if (!head_done_ && used > 0) line_done_ = true;  // Beast takes the request line first
+  if (ec == http::error::need_more) {
+    // What waits to be parsed is bounded here where Beast has no bound of its own: a request line
+    // before its end, a chunk line, the trailers.
+    if (!line_done_ && !std::memchr(data, '\n', size) && size > limits_.max_uri_bytes + 32)
+      fail(414, cat("request URI longer than ", limits_.max_uri_bytes, " bytes"));
+    else if (head_done_ && size - used > limits_.max_head_bytes)
+      fail(431, cat("chunk header or trailer section larger than ", limits_.max_head_bytes, " bytes"));
+    return used;
+  }
+  if (ec) {
+    const auto [status, why] = beast_->refusal(ec, data, size, limits_, line_done_);
+    fail(status, status == 503 ? busy_bodies_message(budget_) : why);
+    return used;
+  }
+  if (!head_done_) {
+    head_done_ = true;
+    take_head();
+    check_head();
+    if (failed()) return used;
+    p.eager(true);
+  }
+  if (p.is_done()) {
+    done_ = true;
+    req_.body = std::move(p.get().body().data);
+    req_.lease = std::move(p.get().body().lease);
   }
   return used;
+}
+
+void RequestParser::take_head() {
+  const auto& m = beast_->parser.get();
+  req_.method = std::string(m.method_string());
+  req_.target = std::string(m.target());
+  req_.version = m.version();
+  req_.keep_alive = beast_->parser.keep_alive();
+  for (const auto& f : m) req_.headers.emplace_back(ascii_lower(std::string(f.name_string())), std::string(f.value()));
+}
+
+// What RFC 9112 asks of a server that a parser leaves to it, and this server's limits on the head.
+void RequestParser::check_head() {
+  HttpRequest& r = req_;
+  if (r.headers.size() > limits_.max_headers) return fail(431, cat("more than ", limits_.max_headers, " request headers"));
+  if (r.target.size() > limits_.max_uri_bytes) return fail(414, cat("request URI longer than ", limits_.max_uri_bytes, " bytes"));
+  // Transfer-Encoding: only "chunked", as the one and final coding, on HTTP/1.1, without
+  // Content-Length (RFC 9112 6.1, 6.3); anything else could frame the body differently from a
+  // proxy in front.
+  if (count_headers(r, "transfer-encoding") > 0) {
+    const std::vector<std::string> codings = list_values(r, "transfer-encoding");
+    if (r.version < 11) return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+    if (count_headers(r, "content-length") > 0) return fail(400, "both Transfer-Encoding and Content-Length");
+    if (codings.empty() || codings.back() != "chunked") return fail(400, "Transfer-Encoding: the final coding must be chunked");
+    if (std::count(codings.begin(), codings.end(), "chunked") > 1) return fail(400, "Transfer-Encoding: chunked more than once");
+    if (codings.size() > 1) return fail(501, "only the chunked Transfer-Encoding is supported");
+  }
+  // The target: a path (origin-form) or an absolute http(s) URL, whose authority then names the
+  // host (RFC 9112 3.2.1, 3.2.2). Exactly one Host header either way (3.2).
+  std::string why;
+  const std::string lower = ascii_lower(r.target.substr(0, 8));
+  const size_t scheme = lower.rfind("http://", 0) == 0 ? 7 : lower.rfind("https://", 0) == 0 ? 8 : 0;
+  if (!r.target.empty() && r.target[0] == '/') {
+    if (!parse_origin_form(r.target, r, why)) return fail(400, why);
+  } else if (scheme > 0) {
+    const size_t end = std::min(r.target.find_first_of("/?", scheme), r.target.size());
+    const std::string authority = r.target.substr(scheme, end - scheme);
+    if (authority.find('@') != std::string::npos || !parse_authority(authority, r.host))
+      return fail(400, "request target: not an http URL with a host (userinfo is refused)");
+    const std::string rest = r.target.substr(end);
+    if (!parse_origin_form(rest.empty() || rest[0] != '/' ? "/" + rest : rest, r, why)) return fail(400, why);
+  } else {
+    return fail(400, "request target must be a path beginning with / (or an absolute http:// URL)");
+  }
+  const size_t hosts = count_headers(r, "host");
+  if (hosts == 0) return fail(400, "no Host header (every request must name the server it is for)");
+  if (hosts > 1) return fail(400, "more than one Host header");
+  if (scheme == 0 && !parse_authority(*r.header("host"), r.host)) return fail(400, "Host header: not a host[:port]");
+  // Expect: 100-continue is the only expectation; HTTP/1.0 clients' is ignored (RFC 9110 10.1.1).
+  if (count_headers(r, "expect") > 0) {
+    const std::vector<std::string> expect = list_values(r, "expect");
+    if (expect != std::vector<std::string>{"100-continue"})
+      return fail(417, cat("unsupported Expect: ", r.header("expect")->substr(0, 100)));
+    expect_continue_ = r.version >= 11;
+  }
+  // A declared length that does not fit in what is left of the budget now: refused before it comes.
+  const auto declared = beast_->parser.content_length();
+  if (budget_ && declared && *declared > budget_->limit() - std::min(budget_->limit(), budget_->used()))
+    return fail(503, busy_bodies_message(budget_));
 }
 
 }  // namespace vlmo::serve

@@ -46,7 +46,8 @@ nlohmann::json Metrics::summary() {
           {"mean_batch_size", batches_ ? static_cast<double>(batched_) / static_cast<double>(batches_) : 0.0},
           {"max_batch_size", max_batch_},
           {"latency_ms_p50", pct(0.5)},
-          {"latency_ms_p99", pct(0.99)}};
+          {"latency_ms_p99", pct(0.99)},
+          {"log_lines_dropped", network.log_lines_dropped.load()}};
 }
 
 namespace {
@@ -82,6 +83,24 @@ std::string Metrics::prometheus(size_t queue_depth, size_t queue_capacity) {
   s += metric_head("vlmo_rejected_total", "Requests refused with 503 (queue full).", "counter") +
        cat("vlmo_rejected_total ", rejected_.load(), "\n");
   s += metric_head("vlmo_queue_depth", "Requests waiting for the model.", "gauge") + cat("vlmo_queue_depth ", queue_depth, "\n");
+  s += metric_head("vlmo_connections", "Open connections.", "gauge") + cat("vlmo_connections ", network.connections.load(), "\n");
+  s += metric_head("vlmo_request_body_bytes", "Request body bytes held (--max-inflight-mb bounds them).", "gauge") +
+       cat("vlmo_request_body_bytes ", network.body_bytes.load(), "\n");
+  s += metric_head("vlmo_request_body_budget_bytes", "The bound on them (--max-inflight-mb).", "gauge") +
+       cat("vlmo_request_body_budget_bytes ", network.body_budget.load(), "\n");
+  s += metric_head("vlmo_access_log_dropped_total", "Access-log lines dropped: the log's queue was full.", "counter") +
+       cat("vlmo_access_log_dropped_total ", network.log_lines_dropped.load(), "\n");
+  s += metric_head("vlmo_connections_closed_idle_total", "Idle connections closed at --max-connections to admit a newcomer.",
+                   "counter") +
+       cat("vlmo_connections_closed_idle_total ", network.idle_closed.load(), "\n");
+  s += metric_head("vlmo_connections_refused_total", "Newcomers answered 503 at --max-connections (none idle).", "counter") +
+       cat("vlmo_connections_refused_total ", network.capacity_refused.load(), "\n");
+  s += metric_head("vlmo_bodies_refused_total", "Requests answered 503: request bodies in flight had spent --max-inflight-mb.",
+                   "counter") +
+       cat("vlmo_bodies_refused_total ", network.bodies_refused.load(), "\n");
+  s += metric_head("vlmo_pending_refused_total", "Requests answered 503: every request thread busy and the wait list full.",
+                   "counter") +
+       cat("vlmo_pending_refused_total ", network.pending_refused.load(), "\n");
   s += metric_head("vlmo_queue_capacity", "Queue bound (--queue).", "gauge") + cat("vlmo_queue_capacity ", queue_capacity, "\n");
   return s;
 }

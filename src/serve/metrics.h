@@ -23,8 +23,20 @@ class Metrics {
   void batch(size_t size);          // one model batch of `size` requests
   void rejected() { ++rejected_; }  // one request refused because the queue was full
 
+  // The network side, kept by the HTTP server: open connections, body bytes held against
+  // --max-inflight-mb, and what it turned away or dropped before any route.
+  struct Network {
+    std::atomic<uint64_t> connections{0}, body_bytes{0}, body_budget{0};
+    std::atomic<uint64_t> log_lines_dropped{0};  // access-log lines that did not fit in its queue
+    std::atomic<uint64_t> idle_closed{0};        // idle connections closed at --max-connections for a newcomer
+    std::atomic<uint64_t> capacity_refused{0};   // newcomers answered 503 at --max-connections (none idle)
+    std::atomic<uint64_t> bodies_refused{0};     // requests answered 503: the body budget was spent
+    std::atomic<uint64_t> pending_refused{0};    // requests answered 503: every request thread busy and the wait list full
+  };
+  Network network;
+
   // requests, errors, rejected_queue_full, batches, mean / max batch size, latency p50 / p99
-  // (over the last 10,000 requests).
+  // (over the last 10,000 requests), access-log lines dropped.
   nlohmann::json summary();
   std::string prometheus(size_t queue_depth, size_t queue_capacity);
 

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "serve/openai_api.h"
 #include "serve/web_assets.h"
 #include "vlmo/files.h"
 
@@ -10,9 +11,21 @@ namespace {
 
 HttpResponse json_ok(const nlohmann::json& j) { return {200, "application/json", json_text(j), {}}; }
 
-const std::vector<std::string>& task_names() {
-  static const std::vector<std::string> names = {"search", "vqa", "itm", "nlvr2", "embed"};
-  return names;
+// The routes: GET (HEAD too) and POST, by path.
+const std::vector<std::string>& get_paths() {
+  static const std::vector<std::string> paths = {"/", "/health", "/metrics", "/api/image", "/app.js", "/style.css", "/v1/models"};
+  return paths;
+}
+const std::vector<std::string>& post_paths() {
+  static const std::vector<std::string> paths = {"/api/search", "/api/vqa",   "/api/itm",
+                                                 "/api/nlvr2",  "/api/embed", "/v1/embeddings"};
+  return paths;
+}
+
+HttpResponse not_allowed(const HttpRequest& req, const std::string& path, const char* allow) {
+  HttpResponse r = error_for(path, 405, cat(req.method.substr(0, 32), " ", path, ": only ", allow));
+  r.headers.emplace_back("Allow", allow);
+  return r;
 }
 
 }  // namespace
@@ -20,7 +33,13 @@ const std::vector<std::string>& task_names() {
 std::string json_text(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
 HttpResponse json_error(int status, const std::string& why) {
-  return {status, "application/json", json_text({{"error", why}}), {}};
+  HttpResponse r{status, "application/json", json_text({{"error", why}}), {}};
+  if (status == 503) r.headers.emplace_back("Retry-After", "1");
+  return r;
+}
+
+HttpResponse error_for(const std::string& path, int status, const std::string& why) {
+  return path.rfind("/v1/", 0) == 0 ? openai_error(status, why) : json_error(status, why);
 }
 
 int http_status(RefusalKind kind) {
@@ -62,31 +81,54 @@ Routes::Routes(const Service& service, nlohmann::json model, Batcher& batcher, M
       metrics_(metrics),
       max_batch_(max_batch),
       web_dir_(std::move(web_dir)),
-      started_(std::chrono::steady_clock::now()) {}
+      started_(std::chrono::steady_clock::now()),
+      started_unix_(std::time(nullptr)) {}
 
-HttpResponse Routes::handle(const HttpRequest& req, std::string& endpoint) const {
-  static const std::vector<std::string> gets = {"/", "/health", "/metrics", "/api/image", "/app.js", "/style.css"};
-  endpoint = "other";
-  const bool get = req.method == "GET";
-  for (const std::string& p : gets) {
+std::optional<HttpResponse> Routes::check(const HttpRequest& req, std::string& endpoint, bool& is_post) const {
+  for (const std::string& p : get_paths()) {
     if (req.path != p) continue;
     endpoint = p;
-    if (!get) return {405, "application/json", json_text({{"error", cat(req.method, " ", p, ": only GET")}}), {{"Allow", "GET"}}};
+    is_post = false;
+    if (req.method != "GET" && req.method != "HEAD") return not_allowed(req, p, "GET, HEAD");
+    return std::nullopt;
+  }
+  for (const std::string& p : post_paths()) {
+    if (req.path != p) continue;
+    endpoint = p;
+    is_post = true;
+    if (req.method != "POST") return not_allowed(req, p, "POST");
+    int status = 400;
+    if (const std::string why = post_refusal(req, status); !why.empty()) return error_for(p, status, why);
+    return std::nullopt;
+  }
+  endpoint = "other";
+  return error_for(req.path, 404,
+                   cat("no such endpoint: ", req.method.substr(0, 32), " ", req.path.substr(0, 200), " (see GET /health)"));
+}
+
+std::optional<HttpResponse> Routes::refusal_before_body(const HttpRequest& head, std::string& endpoint) const {
+  bool is_post = false;
+  return check(head, endpoint, is_post);
+}
+
+HttpResponse Routes::handle(const HttpRequest& req, std::string& endpoint) const {
+  bool is_post = false;
+  if (std::optional<HttpResponse> refusal = check(req, endpoint, is_post)) return *refusal;
+  const std::string& p = req.path;
+  if (!is_post) {
     if (p == "/health") return health();
     if (p == "/metrics")
       return {200, "text/plain; version=0.0.4", metrics_.prometheus(batcher_.depth(), batcher_.capacity()), {}};
     if (p == "/api/image") return image(req);
+    if (p == "/v1/models") return json_ok(openai_models(service_, started_unix_));
     return page(p == "/" ? "index.html" : p.substr(1));
   }
-  for (const std::string& name : task_names()) {
-    if (req.path != "/api/" + name) continue;
-    endpoint = req.path;
-    if (req.method != "POST")
-      return {
-          405, "application/json", json_text({{"error", cat(req.method, " ", req.path, ": only POST")}}), {{"Allow", "POST"}}};
-    return task(name, req);
-  }
-  return json_error(404, cat("no such endpoint: ", req.method, " ", req.path.substr(0, 200), " (see GET /health)"));
+  size_t bad = 0;
+  if (!valid_utf8(req.body, &bad)) return error_for(p, 400, cat("request body: not valid UTF-8 (byte ", bad, ")"));
+  if (json_nesting(req.body, kMaxJsonNesting) > kMaxJsonNesting)
+    return error_for(p, 400, cat("request body: JSON nested deeper than ", kMaxJsonNesting, " levels"));
+  if (p == "/v1/embeddings") return openai_embeddings(service_, req.body, batcher_, max_batch_);
+  return task(p.substr(5), req);
 }
 
 HttpResponse Routes::health() const {
@@ -127,12 +169,6 @@ HttpResponse Routes::image(const HttpRequest& req) const {
 }
 
 HttpResponse Routes::task(const std::string& name, const HttpRequest& req) const {
-  int status = 400;
-  if (const std::string why = post_refusal(req, status); !why.empty()) return json_error(status, why);
-  size_t bad = 0;
-  if (!valid_utf8(req.body, &bad)) return json_error(400, cat("request body: not valid UTF-8 (byte ", bad, ")"));
-  if (json_nesting(req.body, kMaxJsonNesting) > kMaxJsonNesting)
-    return json_error(400, cat("request body: JSON nested deeper than ", kMaxJsonNesting, " levels"));
   try {
     return json_ok(service_.answer(name, req.body, batcher_));
   } catch (const Refusal& r) {

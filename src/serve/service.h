@@ -37,6 +37,8 @@ class Service {
   void set_unavailable(const std::string& name, const std::string& why);
   const std::map<std::string, Task>& tasks() const { return tasks_; }
   const std::map<std::string, std::string>& unavailable() const { return unavailable_; }
+  // The model label (file name) each task runs on.
+  const std::map<std::string, std::string>& task_models() const { return task_models_; }
 
   // POST /api/NAME: the answer's JSON fields. Throws Refusal: kNotFound (no such task),
   // kBadRequest (bad body or input), kBusy / kStopping (from the Batcher); other errors are the
