@@ -46,11 +46,12 @@ Option precision_option() {
 }
 
 Option attention_option() {
-  return choice_option("attention", "fused",
-                       "fused, or plain: fused attention kernels where they apply (LibTorch >= 2: scaled_dot_product_attention "
-                       "in training and inference, but for CPU training in fp32, where the plain path's oneDNN products are "
-                       "faster; the CPU's fp32 inference kernel), or the plain product-softmax-product everywhere",
-                       {"fused", "plain"});
+  return choice_option(
+      "attention", "fused",
+      "fused, or plain: fused attention kernels where they apply (LibTorch >= 2: scaled_dot_product_attention "
+      "in training and inference, but on the CPU in fp32 training and native bf16, where the plain path with oneDNN's "
+      "products measured faster; the CPU's fp32 inference kernel), or the plain product-softmax-product everywhere",
+      {"fused", "plain"});
 }
 
 Option checkpointing_option() {

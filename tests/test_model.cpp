@@ -551,9 +551,8 @@ TEST(Model, CheckpointingRecomputesWhatTheFirstPassComputed) {
         EXPECT_LE(diff, 1e-6 * (1 + scale)) << "parameter " << i << ": max difference " << diff;
       }
       // The comparison covers SDPA in training where this LibTorch has it (attention_kernel): with
-      // LibTorch's products, and in native bf16 with either.
-      const bool native_bf16 = precision == Precision::kBFloat16 && m->run_policy().cpu_bf16 == CpuBf16Products::kNative;
-      EXPECT_EQ(sdpa_ran, m->run_policy().sdpa && (products == CpuProducts::kAten || native_bf16));
+      // LibTorch's products.
+      EXPECT_EQ(sdpa_ran, m->run_policy().sdpa && products == CpuProducts::kAten);
     }
   }
 }
@@ -728,7 +727,11 @@ TEST(RunPolicy, ResolutionTable) {
        {cpu, at::kFloat, false, false},
        AttentionKernel::kCpuInference},
       {"1.13 CPU inference bf16", policy(false, fused, dnnl), {cpu, at::kBFloat16, false, false}, AttentionKernel::kPlain},
-      {"2.6 CPU inference bf16", policy(true, fused, dnnl), {cpu, at::kBFloat16, false, false}, AttentionKernel::kSdpa},
+      {"2.6 CPU inference bf16", policy(true, fused, dnnl), {cpu, at::kBFloat16, false, false}, AttentionKernel::kPlain},
+      {"2.6 CPU inference bf16, LibTorch products",
+       policy(true, fused, aten),
+       {cpu, at::kBFloat16, false, false},
+       AttentionKernel::kSdpa},
       {"1.13 CPU training fp32", policy(false, fused, dnnl), {cpu, at::kFloat, true, false}, AttentionKernel::kPlain},
       {"2.6 CPU training fp32, oneDNN products",
        policy(true, fused, dnnl),
@@ -738,7 +741,12 @@ TEST(RunPolicy, ResolutionTable) {
        policy(true, fused, aten),
        {cpu, at::kFloat, true, false},
        AttentionKernel::kSdpa},
-      {"2.6 CPU training bf16", policy(true, fused, dnnl), {cpu, at::kBFloat16, true, false}, AttentionKernel::kSdpa},
+      {"2.6 CPU training bf16", policy(true, fused, dnnl), {cpu, at::kBFloat16, true, false}, AttentionKernel::kPlain},
+      {"2.6 CPU training bf16, LibTorch products",
+       policy(true, fused, aten),
+       {cpu, at::kBFloat16, true, false},
+       AttentionKernel::kSdpa},
+      {"2.6 CUDA training bf16", policy(true, fused, dnnl), {cuda, at::kBFloat16, true, false}, AttentionKernel::kSdpa},
       {"2.6 CPU training fp16", policy(true, fused, dnnl), {cpu, at::kHalf, true, false}, AttentionKernel::kSdpa},
       {"fp64 (the tests' reference)", policy(true, fused, aten), {cpu, at::kDouble, false, false}, AttentionKernel::kPlain},
       {"2.6 CUDA inference fp32", policy(true, fused, dnnl), {cuda, at::kFloat, false, false}, AttentionKernel::kSdpa},

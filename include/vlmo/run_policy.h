@@ -110,9 +110,11 @@ struct AttentionCall {
   bool recording = false;             // an AttentionRecorder reads the probabilities
 };
 // Fused path: on the CPU without autograd in fp32 (emulated bf16's products are fp32), the inference kernel; else
-// SDPA where it exists and takes the dtype, except CPU training in fp32 with oneDNN's products
-// (there SDPA takes LibTorch's unfused math fallback and the plain path's oneDNN products are
-// faster, docs/performance.md). Plain path, or a recorder: the plain kernel.
+// SDPA where it exists and takes the dtype, except on the CPU with oneDNN's products in fp32
+// training and in native bf16 (inference and training): there the plain path measured faster
+// (fp32 training: SDPA takes LibTorch's unfused math fallback; bf16: 4x in the image embedding,
+// 1.2x in the pre-training step; bench/paths_table.py, docs/performance.md). With LibTorch's products
+// (cpu products aten) CPU attention is LibTorch's SDPA. Plain path, or a recorder: the plain kernel.
 AttentionKernel attention_kernel(const RunPolicy& policy, const AttentionCall& call);
 
 }  // namespace vlmo

@@ -130,8 +130,9 @@ AttentionKernel attention_kernel(const RunPolicy& policy, const AttentionCall& c
   const bool cpu = call.device == c10::DeviceType::CPU;
   if (cpu && !call.autograd && call.dtype == at::kFloat) return AttentionKernel::kCpuInference;
   const bool sdpa_dtype = call.dtype == at::kFloat || call.dtype == at::kBFloat16 || call.dtype == at::kHalf;
-  const bool cpu_training_plain = cpu && call.autograd && call.dtype == at::kFloat && policy.cpu_products == CpuProducts::kOneDnn;
-  if (policy.sdpa && sdpa_dtype && !cpu_training_plain) return AttentionKernel::kSdpa;
+  const bool onednn = cpu && policy.cpu_products == CpuProducts::kOneDnn;
+  const bool cpu_plain = onednn && ((call.autograd && call.dtype == at::kFloat) || call.dtype == at::kBFloat16);
+  if (policy.sdpa && sdpa_dtype && !cpu_plain) return AttentionKernel::kSdpa;
   return AttentionKernel::kPlain;
 }
 
