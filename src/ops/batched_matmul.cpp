@@ -6,23 +6,39 @@
 #include <optional>
 #include <string>
 
+#include "ops/onednn_matmul.h"
 #include "vlmo/error.h"
 #include "vlmo/ops.h"
 #include "vlmo/precision.h"
 
-#if VLMO_HAVE_DNNL
-#include <oneapi/dnnl/dnnl.hpp>
-#endif
-
 namespace vlmo {
+
+#if VLMO_HAVE_DNNL
+dnnl::engine& onednn_cpu_engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+std::optional<dnnl::matmul::primitive_desc> fast_matmul_desc(const dnnl::memory::desc& src, const dnnl::memory::desc& weights,
+                                                             const dnnl::memory::desc& bias, const dnnl::memory::desc& dst,
+                                                             const dnnl::primitive_attr& attr) {
+  try {
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl::matmul::primitive_desc pd(onednn_cpu_engine(), src, weights, bias, dst, attr);
+#else
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, bias, dst), attr, onednn_cpu_engine());
+#endif
+    if (std::strncmp(pd.impl_info_str(), "ref", 3) == 0) return std::nullopt;
+    return pd;
+  } catch (const dnnl::error&) {
+    return std::nullopt;
+  }
+}
+#endif
 
 namespace {
 
 #if VLMO_HAVE_DNNL
-dnnl::engine& cpu_engine() {
-  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
-  return e;
-}
 
 dnnl::memory::dims dims_of(at::IntArrayRef v) { return dnnl::memory::dims(v.begin(), v.end()); }
 
@@ -42,18 +58,7 @@ dnnl::memory::desc describe(const at::Tensor& t) {
 }
 
 std::optional<dnnl::matmul::primitive_desc> matmul_desc(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
-  try {
-#if DNNL_VERSION_MAJOR >= 3
-    dnnl::matmul::primitive_desc pd(cpu_engine(), describe(a), describe(b), describe(c));
-#else
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(describe(a), describe(b), describe(c)), cpu_engine());
-#endif
-    // The reference implementation is correct but slow: then LibTorch's loop is the better one.
-    if (std::strncmp(pd.impl_info_str(), "ref", 3) == 0) return std::nullopt;
-    return pd;
-  } catch (const dnnl::error&) {
-    return std::nullopt;
-  }
+  return fast_matmul_desc(describe(a), describe(b), dnnl::memory::desc(), describe(c));
 }
 
 // c = a b through oneDNN; undefined when oneDNN offers no fast kernel for these layouts.
@@ -71,9 +76,9 @@ at::Tensor onednn_matmul(at::Tensor a, at::Tensor b) {
     if (!pd) return at::Tensor();
   }
   dnnl::matmul prim(*pd);
-  dnnl::stream stream(cpu_engine());
-  dnnl::memory am(pd->src_desc(), cpu_engine(), a.data_ptr()), bm(pd->weights_desc(), cpu_engine(), b.data_ptr()),
-      cm(pd->dst_desc(), cpu_engine(), c.data_ptr());
+  dnnl::stream stream(onednn_cpu_engine());
+  dnnl::memory am(pd->src_desc(), onednn_cpu_engine(), a.data_ptr()), bm(pd->weights_desc(), onednn_cpu_engine(), b.data_ptr()),
+      cm(pd->dst_desc(), onednn_cpu_engine(), c.data_ptr());
   prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
   stream.wait();
   return c;

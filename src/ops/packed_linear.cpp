@@ -6,18 +6,14 @@
 #include <ATen/record_function.h>
 
 #include <atomic>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
 #include <vector>
 
+#include "ops/onednn_matmul.h"
 #include "vlmo/error.h"
-
-#if VLMO_HAVE_DNNL
-#include <oneapi/dnnl/dnnl.hpp>
-#endif
 
 namespace vlmo {
 
@@ -32,11 +28,6 @@ namespace {
 using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
-
-dnnl::engine& engine() {
-  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
-  return e;
-}
 }  // namespace
 
 struct PackedLinear::Impl {
@@ -71,18 +62,7 @@ struct PackedLinear::Impl {
   std::optional<dnnl::matmul::primitive_desc> describe(int64_t rows, const memory::desc& w) const {
     const memory::desc src({rows, in}, dt::f32, tag::ab), dst({rows, out}, dt::f32, tag::ab);
     const memory::desc b = bias ? memory::desc({1, out}, dt::f32, tag::ab) : memory::desc();
-    try {
-#if DNNL_VERSION_MAJOR >= 3
-      dnnl::matmul::primitive_desc pd(engine(), src, w, b, dst, attr());
-#else
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, w, b, dst), attr(), engine());
-#endif
-      // The reference kernel is correct but slow: then at::linear is the better one.
-      if (std::strncmp(pd.impl_info_str(), "ref", 3) == 0) return std::nullopt;
-      return pd;
-    } catch (const dnnl::error&) {
-      return std::nullopt;
-    }
+    return fast_matmul_desc(src, w, b, dst, attr());  // nullopt: at::linear is the better kernel
   }
 
   static std::shared_ptr<const Kernel> kernel(const std::optional<dnnl::matmul::primitive_desc>& pd) {
@@ -109,7 +89,7 @@ struct PackedLinear::Impl {
       }
       weights_desc = first->weights_desc();
       in_place = source.contiguous();
-      weights = memory(weights_desc, engine(), in_place.data_ptr());
+      weights = memory(weights_desc, onednn_cpu_engine(), in_place.data_ptr());
 #else
       const auto first = describe(rows, memory::desc({in, out}, dt::f32, tag::any));
       if (!first) {
@@ -117,11 +97,11 @@ struct PackedLinear::Impl {
         return nullptr;
       }
       weights_desc = first->weights_desc();
-      weights = memory(weights_desc, engine());
+      weights = memory(weights_desc, onednn_cpu_engine());
       // (out, in) row-major is (in, out) column-major: tag ba.
       const at::Tensor w = source.contiguous();
-      memory plain(memory::desc({in, out}, dt::f32, tag::ba), engine(), w.data_ptr());
-      dnnl::stream s(engine());
+      memory plain(memory::desc({in, out}, dt::f32, tag::ba), onednn_cpu_engine(), w.data_ptr());
+      dnnl::stream s(onednn_cpu_engine());
       dnnl::reorder(plain, weights).execute(s, plain, weights);
       s.wait();
 #endif
@@ -160,12 +140,13 @@ at::Tensor PackedLinear::forward(const at::Tensor& x, const at::Tensor& bias) co
   at::Tensor y = at::empty(sizes, src.options());
   at::Tensor scratch = at::empty({static_cast<int64_t>(pd.scratchpad_desc().get_size())}, src.options().dtype(at::kByte));
   const at::Tensor b = bias.defined() ? bias.detach().contiguous() : at::Tensor();
-  dnnl::stream s(engine());
-  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(pd.src_desc(), engine(), src.data_ptr())},
-                                          {DNNL_ARG_WEIGHTS, impl_->weights},
-                                          {DNNL_ARG_DST, memory(pd.dst_desc(), engine(), y.data_ptr())},
-                                          {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), engine(), scratch.data_ptr())}};
-  if (b.defined()) args.emplace(DNNL_ARG_BIAS, memory(pd.bias_desc(), engine(), b.data_ptr()));
+  dnnl::stream s(onednn_cpu_engine());
+  std::unordered_map<int, memory> args = {
+      {DNNL_ARG_SRC, memory(pd.src_desc(), onednn_cpu_engine(), src.data_ptr())},
+      {DNNL_ARG_WEIGHTS, impl_->weights},
+      {DNNL_ARG_DST, memory(pd.dst_desc(), onednn_cpu_engine(), y.data_ptr())},
+      {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), onednn_cpu_engine(), scratch.data_ptr())}};
+  if (b.defined()) args.emplace(DNNL_ARG_BIAS, memory(pd.bias_desc(), onednn_cpu_engine(), b.data_ptr()));
   k->primitive.execute(s, args);
   s.wait();
   ++g_calls;

@@ -15,7 +15,7 @@ namespace vlmo {
 // y = x W^T + b, or gelu(x W^T + b) (erf GELU, as at::gelu), for fp32 CPU tensors without autograd.
 class PackedLinear {
  public:
-  // weight (out, in) fp32 CPU, packed now; `bias` says whether forward() takes one.
+  // weight (out, in) fp32 CPU, packed by the first forward(); `bias` says whether forward() takes one.
   PackedLinear(const at::Tensor& weight, bool bias, bool gelu);
   // x (..., in) -> (..., out); bias (out) when made with one. Undefined when oneDNN has no fast
   // kernel for these shapes on this CPU (the caller runs at::linear then).
