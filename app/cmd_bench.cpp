@@ -172,7 +172,7 @@ Command bench_command() {
               "irtr (fine-tuning steps); `all` runs every one.";
   c.usage = "vlmo bench [options]";
   c.options = {
-      {"task", "pretrain", "all, or a comma-separated list of pretrain, embed-image, embed-text, vqa, nlvr2, irtr"},
+      {"task", "pretrain", "all, or a comma-separated list of " + bench_task_names()},
       {"preset", "base", "model size: base, base_plus or large"},
       {"config", "", "a config JSON instead of --preset"},
       integer_option("image-size", "0", "image side in pixels (0: the preset's, 224)", 0, 4096),

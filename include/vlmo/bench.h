@@ -20,6 +20,8 @@ namespace vlmo {
 // backward and AdamW), "embed-image" / "embed-text" (dual-encoder features, inference), "vqa",
 // "nlvr2", "irtr" (fine-tuning steps: forward, backward, AdamW).
 const std::vector<std::string>& bench_tasks();
+// The same, as text for help and errors: "pretrain, embed-image, ...".
+std::string bench_task_names();
 
 // Forward-pass FLOPs (2 per multiply-add) of one sample of `task` as the official computes it,
 // times 3 for training tasks (backward = 2 x forward). Per block and token the matrix products

@@ -28,14 +28,19 @@ const std::vector<std::string>& bench_tasks() {
   return kTasks;
 }
 
+std::string bench_task_names() {
+  std::string names;
+  for (const auto& t : bench_tasks()) names += (names.empty() ? "" : ", ") + t;
+  return names;
+}
+
 std::vector<std::string> parse_bench_tasks(const std::string& text) {
   if (text == "all") return bench_tasks();
   std::vector<std::string> out;
   std::stringstream in(text);
   for (std::string t; std::getline(in, t, ',');) {
     if (std::find(bench_tasks().begin(), bench_tasks().end(), t) == bench_tasks().end())
-      throw Error(cat("--task: unknown task \"", t,
-                      "\" (expected all, or a comma-separated list of pretrain, embed-image, embed-text, vqa, nlvr2, irtr)"));
+      throw Error(cat("--task: unknown task \"", t, "\" (expected all, or a comma-separated list of ", bench_task_names(), ")"));
     out.push_back(t);
   }
   if (out.empty()) throw Error("--task: give at least one task");
