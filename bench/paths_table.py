@@ -81,6 +81,11 @@ def main():
     for t in tasks:
         if t not in TASKS:
             p.error(f"--tasks: {t!r} is not one of {', '.join(TASKS)}")
+    for prec in args.precisions.split(","):
+        if prec not in ("fp32", "bf16", "fp16"):
+            p.error(f"--precisions: {prec!r} is not one of fp32, bf16, fp16")
+    if args.rounds < 1 or args.threads < 1:
+        p.error(f"--rounds and --threads must be at least 1 (got {args.rounds} and {args.threads})")
     best = {}  # (precision, path) -> {task: result}
     log = open(args.jsonl, "a") if args.jsonl else None
     for _ in range(args.rounds):
@@ -98,6 +103,9 @@ def main():
                     cell = best.setdefault((precision, path), {})
                     if task not in cell or got["samples_per_s"] > cell[task]["samples_per_s"]:
                         cell[task] = got
+    if not best:
+        sys.exit("paths_table: no run succeeded (the failures are above); is the build made? "
+                 f"(scripts/debian_root.sh {args.build[-2:]} scripts/setup.sh build-{args.build})")
     first = next(iter(r for c in best.values() for r in c.values()))
     cpu = first["cpu"]
     print(f"{args.build} (LibTorch {first['libtorch']}), {cpu['model']} ({cpu['isa']}" +
