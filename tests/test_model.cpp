@@ -393,9 +393,11 @@ TEST(Precision, EmulatedBf16AttentionPathsRoundTheSameValues) {
     m->train();
     return std::make_pair(inference, outputs_and_gradients(m, b));
   };
-  const auto plain = both(AttentionPath::kPlain);
+  // LibTorch's products on both paths (where SDPA takes CPU training), so that the linear layers
+  // run the same kernel and only the attention differs.
   const CpuProducts backend = m->run_policy().cpu_products;
-  set_cpu_products(m, CpuProducts::kAten);  // where SDPA takes CPU training
+  set_cpu_products(m, CpuProducts::kAten);
+  const auto plain = both(AttentionPath::kPlain);
   const auto counts = attention_kernel_counts();
   const auto fused = both(AttentionPath::kFused);
   const auto ran = attention_kernel_calls_since(counts);

@@ -114,6 +114,152 @@ TEST(BatchedMatmul, MatchesFp64ProductsAndGradients) {
     expect_error([] { batched_matmul(at::ones({1, 2, 2}), at::ones({1, 2, 2}), CpuProducts::kOneDnn); }, {"no oneDNN"});
 }
 
+// vlmo::linear_product with each backend this build has: the output and the gradients of x, W, b
+// and the output scale against fp64 gamma * at::linear of the same values, within 1e-5 x (1 + the
+// largest value) per tensor, for a 3-d and a 2-d input, with and without a bias, with and without
+// a scale (the blocks' layer scale, whose gradient comes from dyᵀ x and the weight, not from a kept
+// output), an input that is a transposed view, and a weight that needs no gradient (frozen, as in
+// the text stage). With oneDNN, the forward pass is one oneDNN product and the backward two (dx,
+// dyᵀ x; the frozen weight without a scale: one); fp64 runs at::linear.
+TEST(Ops, LinearProductMatchesFp64OutputAndGradients) {
+  for (const CpuProducts backend : backends()) {
+    SCOPED_TRACE("backend " + cpu_products_name(backend));
+    at::manual_seed(5);
+    struct Case {
+      std::vector<int64_t> shape;
+      bool bias, scale, transposed, frozen;
+    };
+    for (const Case& c : std::vector<Case>{{{3, 7, 40}, true, false, false, false},
+                                           {{5, 40}, false, false, false, false},
+                                           {{3, 7, 40}, true, true, false, false},
+                                           {{5, 40}, false, true, false, false},
+                                           {{40, 6}, true, false, true, false},
+                                           {{2, 9, 40}, true, true, false, true}}) {
+      SCOPED_TRACE(cat(c.shape.size(), "-d", c.bias ? ", bias" : "", c.scale ? ", scale" : "", c.transposed ? ", transposed" : "",
+                       c.frozen ? ", frozen weight" : ""));
+      const at::Tensor x0 = at::randn(c.shape).requires_grad_();
+      const at::Tensor w = at::randn({48, 40}).requires_grad_(!c.frozen), b = at::randn({48}).requires_grad_(),
+                       gamma = (at::rand({48}) + 0.05).requires_grad_();
+      const at::Tensor x = c.transposed ? x0.t() : x0;
+      const int64_t before = onednn_product_calls();
+      const at::Tensor y = linear_product(x, w, c.bias ? b : at::Tensor(), backend, c.scale ? gamma : at::Tensor());
+      const int64_t forward_calls = onednn_product_calls() - before;
+      const at::Tensor weight = at::randn(y.sizes());
+      std::vector<at::Tensor> inputs = {x0, b, gamma};
+      if (!c.frozen) inputs.push_back(w);
+      const auto grads = torch::autograd::grad({(y * weight).sum()}, inputs, {}, true, false, true);
+      const int64_t backward_calls = onednn_product_calls() - before - forward_calls;
+      const at::Tensor x64 = x0.detach().to(at::kDouble).requires_grad_(), w64 = w.detach().to(at::kDouble).requires_grad_(),
+                       b64 = b.detach().to(at::kDouble).requires_grad_(), g64 = gamma.detach().to(at::kDouble).requires_grad_();
+      at::Tensor want = at::linear(c.transposed ? x64.t() : x64, w64, c.bias ? b64 : at::Tensor());
+      if (c.scale) want = g64 * want;
+      std::vector<at::Tensor> inputs64 = {x64, b64, g64};
+      if (!c.frozen) inputs64.push_back(w64);
+      const auto want_grads = torch::autograd::grad({(want * weight.to(at::kDouble)).sum()}, inputs64, {}, true, false, true);
+      auto near = [](const at::Tensor& got, const at::Tensor& expected) {
+        if (!expected.defined()) return !got.defined() || got.abs().max().item<double>() == 0;
+        return got.sizes() == expected.sizes() &&
+               (got.to(at::kDouble) - expected).abs().max().item<double>() <= 1e-5 * (1 + expected.abs().max().item<double>());
+      };
+      EXPECT_EQ(y.scalar_type(), at::kFloat);
+      EXPECT_TRUE(near(y, want)) << (y.to(at::kDouble) - want).abs().max().item<double>();
+      for (size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(near(grads[i], want_grads[i])) << "gradient " << i;
+      EXPECT_EQ(forward_calls, backend == CpuProducts::kOneDnn ? 1 : 0);
+      EXPECT_EQ(backward_calls, backend == CpuProducts::kOneDnn ? (c.frozen && !c.scale ? 1 : 2) : 0);  // dscale needs dyᵀ x
+    }
+    const at::Tensor x64 = at::randn({4, 5}, at::kDouble), w64 = at::randn({3, 5}, at::kDouble);
+    EXPECT_TRUE(at::equal(linear_product(x64, w64, at::Tensor(), backend), at::linear(x64, w64)));
+  }
+  if (!onednn_built())
+    expect_error([] { linear_product(at::ones({2, 2}), at::ones({2, 2}), at::Tensor(), CpuProducts::kOneDnn); }, {"no oneDNN"});
+}
+
+// vlmo::mlp_product with each backend: gamma ⊙ (gelu(x W1ᵀ + b1) W2ᵀ + b2) and the gradients of
+// all its inputs against fp64 at::linear / at::gelu of the same values (1e-5 x (1 + the largest
+// value)), with and without the output scale, also with the first layer frozen. With oneDNN: 2
+// products forward, 4 backward (dGELU, dyᵀ GELU, dx, dW1), 3 with the first layer frozen.
+TEST(Ops, MlpProductMatchesFp64OutputAndGradients) {
+  for (const CpuProducts backend : backends()) {
+    for (const auto& [frozen, scaled] : std::vector<std::pair<bool, bool>>{{false, false}, {false, true}, {true, true}}) {
+      SCOPED_TRACE(cat("backend ", cpu_products_name(backend), frozen ? ", first layer frozen" : "", scaled ? ", scaled" : ""));
+      at::manual_seed(9);
+      const at::Tensor x = at::randn({3, 5, 16}).requires_grad_(), w1 = at::randn({64, 16}).requires_grad_(!frozen),
+                       b1 = at::randn({64}).requires_grad_(!frozen), w2 = at::randn({16, 64}).requires_grad_(),
+                       b2 = at::randn({16}).requires_grad_(), gamma = (at::rand({16}) + 0.05).requires_grad_();
+      const int64_t before = onednn_product_calls();
+      const at::Tensor y = mlp_product(x, w1, b1, w2, b2, backend, scaled ? gamma : at::Tensor());
+      const int64_t forward_calls = onednn_product_calls() - before;
+      const at::Tensor weight = at::randn(y.sizes());
+      std::vector<at::Tensor> inputs = {x, w2, b2, gamma};
+      if (!frozen) inputs.insert(inputs.end(), {w1, b1});
+      const auto grads = torch::autograd::grad({(y * weight).sum()}, inputs, {}, true, false, true);
+      const int64_t backward_calls = onednn_product_calls() - before - forward_calls;
+      std::vector<at::Tensor> inputs64;
+      for (const at::Tensor& t : {x, w2, b2, gamma, w1, b1}) inputs64.push_back(t.detach().to(at::kDouble).requires_grad_());
+      at::Tensor want = at::linear(at::gelu(at::linear(inputs64[0], inputs64[4], inputs64[5])), inputs64[1], inputs64[2]);
+      if (scaled) want = inputs64[3] * want;
+      inputs64.resize(inputs.size());
+      const auto want_grads = torch::autograd::grad({(want * weight.to(at::kDouble)).sum()}, inputs64, {}, true, false, true);
+      auto near = [](const at::Tensor& got, const at::Tensor& expected) {
+        if (!expected.defined()) return !got.defined() || got.abs().max().item<double>() == 0;
+        return got.sizes() == expected.sizes() &&
+               (got.to(at::kDouble) - expected).abs().max().item<double>() <= 1e-5 * (1 + expected.abs().max().item<double>());
+      };
+      EXPECT_TRUE(near(y, want)) << (y.to(at::kDouble) - want).abs().max().item<double>();
+      for (size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(near(grads[i], want_grads[i])) << "gradient " << i;
+      EXPECT_EQ(forward_calls, backend == CpuProducts::kOneDnn ? 2 : 0);
+      EXPECT_EQ(backward_calls, backend == CpuProducts::kOneDnn ? (frozen ? 3 : 4) : 0);
+    }
+  }
+}
+
+// recomputing_attention (fp32 training with oneDNN's products): the output and the gradients of q,
+// k, v and the relative bias against the fp64 formula softmax(scale q kᵀ + bias, masked keys -inf) v,
+// within 1e-5 x (1 + the largest value) per tensor, with padded keys, fewer queries than keys (q a
+// narrowed view), with and without bias and mask. Forward runs 2 oneDNN products; backward 5: the
+// probabilities' q kᵀ again (they are not kept), then dv, dp, dq and dk.
+TEST(Ops, RecomputingAttentionMatchesFp64OutputAndGradients) {
+  if (!onednn_built()) GTEST_SKIP() << "built without oneDNN";
+  const int64_t B = 2, H = 3, N = 11, hd = 8;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  for (const int64_t Q : {N, int64_t{4}}) {
+    for (const bool with_bias : {true, false}) {
+      for (const bool with_mask : {true, false}) {
+        SCOPED_TRACE(cat(Q, " queries", with_bias ? ", bias" : "", with_mask ? ", mask" : ""));
+        at::manual_seed(13);
+        const at::Tensor q0 = at::randn({B, H, N, hd}).requires_grad_(), k = at::randn({B, H, N, hd}).requires_grad_(),
+                         v = at::randn({B, H, N, hd}).requires_grad_(), bias = at::randn({H, N, N}).requires_grad_();
+        at::Tensor mask = at::ones({B, N}, at::kLong);
+        mask[1].narrow(0, N - 3, 3).fill_(0);
+        const at::Tensor q = q0.narrow(2, 0, Q);
+        const int64_t before = onednn_product_calls();
+        const at::Tensor y =
+            recomputing_attention(q, k, v, scale, with_mask ? mask : at::Tensor(), with_bias ? bias : at::Tensor());
+        const int64_t forward_calls = onednn_product_calls() - before;
+        const at::Tensor weight = at::randn(y.sizes());
+        const auto grads = torch::autograd::grad({(y * weight).sum()}, {q0, k, v, bias}, {}, true, false, true);
+        const int64_t backward_calls = onednn_product_calls() - before - forward_calls;
+        std::vector<at::Tensor> in64;
+        for (const at::Tensor& t : {q0, k, v, bias}) in64.push_back(t.detach().to(at::kDouble).requires_grad_());
+        at::Tensor logits = at::matmul(in64[0].narrow(2, 0, Q) * scale, in64[1].transpose(-2, -1));
+        if (with_bias) logits = logits + in64[3].narrow(1, 0, Q);
+        if (with_mask) logits = logits.masked_fill(mask.reshape({B, 1, 1, N}) == 0, -std::numeric_limits<double>::infinity());
+        const at::Tensor want = at::matmul(logits.softmax(-1), in64[2]);
+        const auto want_grads = torch::autograd::grad({(want * weight.to(at::kDouble)).sum()}, in64, {}, true, false, true);
+        auto near = [](const at::Tensor& got, const at::Tensor& expected) {
+          if (!expected.defined()) return !got.defined() || got.abs().max().item<double>() == 0;
+          return got.defined() && got.sizes() == expected.sizes() &&
+                 (got.to(at::kDouble) - expected).abs().max().item<double>() <= 1e-5 * (1 + expected.abs().max().item<double>());
+        };
+        EXPECT_TRUE(near(y, want)) << (y.to(at::kDouble) - want).abs().max().item<double>();
+        for (size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(near(grads[i], want_grads[i])) << "gradient " << i;
+        EXPECT_EQ(forward_calls, 2);
+        EXPECT_EQ(backward_calls, 5);
+      }
+    }
+  }
+}
+
 // The emulated bf16 path's rounding (one pass in vlmo) is LibTorch's .to(kBFloat16).to(kFloat)
 // bit for bit: ties to even, infinities, overflow to infinity, subnormals, -0, a strided input;
 // NaN stays NaN (its bits differ between LibTorch versions: 1.13's vector path gives 0xFFFF); and
@@ -143,8 +289,8 @@ TEST(Ops, Bf16RoundingIsLibTorchsBitForBit) {
 
 // Emulated bf16 products (CPUs without a fast bf16 GEMM): a product of bf16-rounded inputs summed
 // in fp32, against an fp64 product of the rounded values (independent of any bf16 kernel), within
-// 1e-5 x (1 + the largest value): fp32 sums of at most 48 exact products. Outside autocast, or
-// with native bf16, linear_as is LibTorch's own linear.
+// 1e-5 x (1 + the largest value): fp32 sums of at most 48 exact products. Outside autocast
+// linear_as is the policy's fp32 product (linear_product).
 TEST(Ops, EmulatedBf16ProductsAreFp32SumsOfBf16RoundedValues) {
   const RunPolicy policy = emulating_policy();
   at::manual_seed(3);
@@ -175,7 +321,7 @@ TEST(Ops, EmulatedBf16ProductsAreFp32SumsOfBf16RoundedValues) {
   {
     AutocastGuard fp32(c10::kCPU, Precision::kFloat32);
     EXPECT_FALSE(policy.bf16_emulated(c10::kCPU));
-    EXPECT_TRUE(at::equal(linear_as(policy, x, w, b), at::linear(x, w, b)));  // off: LibTorch's own
+    EXPECT_TRUE(at::equal(linear_as(policy, x, w, b), linear_product(x, w, b, policy.cpu_products)));  // off: fp32
   }
 }
 

@@ -52,7 +52,9 @@ struct InferenceWeights;
 // timm Mlp: fc1 -> GELU (erf) -> fc2 (dropout 0).
 struct MlpImpl : torch::nn::Module {
   MlpImpl(int dim, int hidden);
-  at::Tensor forward(const at::Tensor& x);
+  // `scale` (dim; undefined: none): the block's layer scale, applied to the output here, where the
+  // training pass need not keep the unscaled output for its gradient (vlmo/ops.h: mlp_product).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& scale = at::Tensor());
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
   std::shared_ptr<const QuantizedLinear> q_fc1, q_fc2;  // set by quantize_int8: used instead of fc1 / fc2
   std::shared_ptr<InferenceWeights> low;
@@ -69,8 +71,10 @@ struct AttentionImpl : torch::nn::Module {
   AttentionImpl(int dim, int num_heads);
   // x (B, N, C); key_mask (B, N) 1 = attend, or undefined; rel_bias (H, N, N) or undefined.
   // `queries` >= 0: only the first `queries` tokens attend (their outputs alone are returned,
-  // (B, queries, C)); every token is still a key and value.
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias, int64_t queries = -1);
+  // (B, queries, C)); every token is still a key and value. `out_scale` (C; undefined: none): the
+  // block's layer scale, applied by the output projection (vlmo/ops.h: linear_product).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias, int64_t queries = -1,
+                     const at::Tensor& out_scale = at::Tensor());
   int num_heads;
   double scale;
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
@@ -98,8 +102,9 @@ struct BlockImpl : torch::nn::Module {
   at::Tensor gamma_1, gamma_2;  // undefined without layer scale
 
  private:
-  // `branch` (0 attention, 1 FFN, 2 the image half of a split FFN) keys the drop-path draw.
-  at::Tensor residual(const at::Tensor& x, const at::Tensor& branch_out, const at::Tensor& gamma, int branch);
+  // x + drop_path(branch_out), branch_out already scaled by gamma_1 / gamma_2; `branch` (0
+  // attention, 1 FFN, 2 the image half of a split FFN) keys the drop-path draw.
+  at::Tensor residual(const at::Tensor& x, const at::Tensor& branch_out, int branch);
 };
 TORCH_MODULE(Block);
 

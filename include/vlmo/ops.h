@@ -19,17 +19,38 @@ namespace vlmo {
 // precision, CUDA, broadcast batches) runs at::matmul. kOneDnn in a build without oneDNN throws
 // (resolve_run_policy never gives it there).
 at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b, CpuProducts backend);
+// x (..., in) Wᵀ + b, times `scale` (out) where given (the blocks' layer scale): what at::linear
+// (and the product) returns for them, differentiable; `bias` and `scale` may be undefined. fp32
+// CPU tensors outside CPU autocast run through oneDNN when `backend` is kOneDnn, forward and
+// backward (dx = (scale ⊙ dy) W and G = dyᵀ x as oneDNN products; dW, db and dscale from G and the
+// rows' sums of dy, so that with autograd only x is kept, not the product); anything else runs
+// at::linear. kOneDnn in a build without oneDNN throws.
+at::Tensor linear_product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, CpuProducts backend,
+                          const at::Tensor& scale = at::Tensor());
+// scale ⊙ (gelu(x W1ᵀ + b1) W2ᵀ + b2) through linear_product; with autograd, oneDNN's products and
+// both biases, one differentiable function that keeps x and the first layer's output for backward
+// and computes GELU's output again there (4C floats a token fewer kept than composing the layers,
+// and C fewer for the scale; the same values, gradients within fp32 rounding).
+at::Tensor mlp_product(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                       const at::Tensor& b2, CpuProducts backend, const at::Tensor& scale = at::Tensor());
+// Products run through oneDNN by batched_matmul and linear_product in this process so far (tests, vlmo bench).
+int64_t onednn_product_calls();
 // Whether this build has oneDNN's products.
 bool onednn_built();
 
 // at::linear / at::matmul as a block of a model with `policy` runs them: under autocast, in its
-// type (emulated where policy.bf16_emulated()); otherwise as LibTorch runs them, the products of
-// matmul_as through batched_matmul with policy.cpu_products. `bias` may be undefined.
+// type (emulated where policy.bf16_emulated(): the rounded operands' fp32 products as below);
+// otherwise through linear_product and batched_matmul with policy.cpu_products. `bias` may be undefined.
 // `weight_rounded`: the weight already holds what emulation would make of it (a kept copy,
 // low_precision_weight), so it is not rounded again; the bias (small) is rounded in any case.
+// `scale` (undefined: none) multiplies the output (linear_product's scale).
 at::Tensor linear_as(const RunPolicy& policy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                     bool weight_rounded = false);
+                     bool weight_rounded = false, const at::Tensor& scale = at::Tensor());
 at::Tensor matmul_as(const RunPolicy& policy, const at::Tensor& a, const at::Tensor& b);
+// The blocks' MLP, scale ⊙ (gelu(x W1ᵀ + b1) W2ᵀ + b2) (`scale` undefined: none), as linear_as runs
+// its layers (outside autocast: mlp_product).
+at::Tensor mlp_as(const RunPolicy& policy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                  const at::Tensor& b2, const at::Tensor& scale = at::Tensor());
 
 // The copy of an fp32 weight that inference under `policy` keeps between passes on `device`: in
 // autocast's type, or under emulated bf16 fp32 holding bf16-rounded values (for linear_as with

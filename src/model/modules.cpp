@@ -167,20 +167,21 @@ MlpImpl::MlpImpl(int dim, int hidden) {
   low = std::make_shared<InferenceWeights>();  // made here, not on first use: passes may run concurrently
 }
 
-at::Tensor MlpImpl::forward(const at::Tensor& x) {
+at::Tensor MlpImpl::forward(const at::Tensor& x, const at::Tensor& scale) {
+  const auto scaled = [&](const at::Tensor& y) { return scale.defined() ? scale * y : y; };
   if (q_fc1) {
     refuse_training(*this);
-    return q_fc2->forward(at::gelu(q_fc1->forward(x)));
+    return scaled(q_fc2->forward(at::gelu(q_fc1->forward(x))));
   }
   const RunPolicy& p = policy;
   if (InferenceWeights::packs(*this, p, x))
-    return low->linear(1, low->linear(0, x, fc1->weight, fc1->bias, /*gelu=*/true), fc2->weight, fc2->bias, false);
+    return scaled(low->linear(1, low->linear(0, x, fc1->weight, fc1->bias, /*gelu=*/true), fc2->weight, fc2->bias, false));
   if (InferenceWeights::applies(*this, x)) {
     const auto d = x.device().type();
     const at::Tensor h = at::gelu(linear_as(p, x, low->get(p, 0, fc1->weight, d), low->get(p, 1, fc1->bias, d), true));
-    return linear_as(p, h, low->get(p, 2, fc2->weight, d), low->get(p, 3, fc2->bias, d), true);
+    return scaled(linear_as(p, h, low->get(p, 2, fc2->weight, d), low->get(p, 3, fc2->bias, d), true));
   }
-  return linear_as(p, at::gelu(linear_as(p, x, fc1->weight, fc1->bias)), fc2->weight, fc2->bias);
+  return mlp_as(p, x, fc1->weight, fc1->bias, fc2->weight, fc2->bias, scale);
 }
 
 int64_t attention_kernel_calls(AttentionKernel k) { return kernel_counts.at(static_cast<size_t>(k)).load(); }
@@ -207,7 +208,8 @@ AttentionImpl::AttentionImpl(int dim, int heads) : num_heads(heads), scale(std::
   low = std::make_shared<InferenceWeights>();
 }
 
-at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias, int64_t queries) {
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask, const at::Tensor& rel_bias, int64_t queries,
+                                  const at::Tensor& out_scale) {
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   const int64_t Q = queries < 0 ? N : std::min(queries, N);
   const at::Tensor bias = at::cat({q_bias, at::zeros_like(v_bias), v_bias});
@@ -222,10 +224,11 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
                        : keep_low ? linear_as(p, x, low->get(p, 0, qkv->weight, dev), bias, true)
                                   : linear_as(p, x, qkv->weight, bias);  // (B, N, 3C)
   auto project = [&](const at::Tensor& o) {
-    return q_proj     ? q_proj->forward(o)
-           : packed   ? low->linear(1, o, proj->weight, proj->bias, false)
-           : keep_low ? linear_as(p, o, low->get(p, 1, proj->weight, dev), low->get(p, 2, proj->bias, dev), true)
-                      : linear_as(p, o, proj->weight, proj->bias);
+    if (!q_proj && !packed && !keep_low) return linear_as(p, o, proj->weight, proj->bias, false, out_scale);
+    const at::Tensor y = q_proj   ? q_proj->forward(o)
+                         : packed ? low->linear(1, o, proj->weight, proj->bias, false)
+                                  : linear_as(p, o, low->get(p, 1, proj->weight, dev), low->get(p, 2, proj->bias, dev), true);
+    return out_scale.defined() ? out_scale * y : y;
   };
   // Emulated bf16 (vlmo/run_policy.h): q, k and v rounded to bf16, the kernels' products in fp32.
   const bool emulated = p.bf16_emulated(dev) && qkv_lin.scalar_type() != at::kDouble;
@@ -251,6 +254,10 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mas
     fp32.emplace(dev, Precision::kFloat32);
     q = bf16_rounded_fp32(q), k = bf16_rounded_fp32(k), v = bf16_rounded_fp32(v);
   }
+  // fp32 training with oneDNN's products: the probabilities computed again in backward, not kept.
+  if (!emulated && call.autograd && !call.recording && p.cpu_products == CpuProducts::kOneDnn && dev == c10::DeviceType::CPU &&
+      q.scalar_type() == at::kFloat && !autocast_enabled(dev))
+    return project(recomputing_attention(q, k, v, scale, key_mask, rel_bias).transpose(1, 2).reshape({B, Q, C}));
   const auto product = [&](const at::Tensor& a, const at::Tensor& b) {
     return emulated ? batched_matmul(a, b, p.cpu_products) : matmul_as(p, a, b);
   };
@@ -293,26 +300,26 @@ BlockImpl::BlockImpl(const Config& c, int layer_index, double drop_path_prob) : 
   }
 }
 
-at::Tensor BlockImpl::residual(const at::Tensor& x, const at::Tensor& branch_out, const at::Tensor& gamma, int branch) {
-  return x + drop_path(gamma.defined() ? gamma * branch_out : branch_out, drop_prob, is_training(),
-                       static_cast<uint64_t>(layer) * 4 + static_cast<uint64_t>(branch) + 1);
+at::Tensor BlockImpl::residual(const at::Tensor& x, const at::Tensor& branch_out, int branch) {
+  return x +
+         drop_path(branch_out, drop_prob, is_training(), static_cast<uint64_t>(layer) * 4 + static_cast<uint64_t>(branch) + 1);
 }
 
 at::Tensor BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& key_mask, Modality modality, const at::Tensor& rel_bias,
                               int64_t text_len, int64_t keep) {
   const int64_t Q = keep < 0 ? x_in.size(1) : std::min(keep, x_in.size(1));
-  at::Tensor x = residual(x_in.narrow(1, 0, Q), attn->forward(norm1->forward(x_in), key_mask, rel_bias, Q), gamma_1, 0);
+  at::Tensor x = residual(x_in.narrow(1, 0, Q), attn->forward(norm1->forward(x_in), key_mask, rel_bias, Q, gamma_1), 0);
   switch (modality) {
-    case Modality::kImage: return residual(x, mlp_imag->forward(norm2_imag->forward(x)), gamma_2, 1);
-    case Modality::kText: return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2, 1);
+    case Modality::kImage: return residual(x, mlp_imag->forward(norm2_imag->forward(x), gamma_2), 1);
+    case Modality::kText: return residual(x, mlp_text->forward(norm2_text->forward(x), gamma_2), 1);
     case Modality::kVL:
-      if (has_vl()) return residual(x, mlp_vl->forward(norm2_vl->forward(x)), gamma_2, 1);
-      if (Q <= text_len) return residual(x, mlp_text->forward(norm2_text->forward(x)), gamma_2, 1);
+      if (has_vl()) return residual(x, mlp_vl->forward(norm2_vl->forward(x), gamma_2), 1);
+      if (Q <= text_len) return residual(x, mlp_text->forward(norm2_text->forward(x), gamma_2), 1);
       {
         // Lower layers: the fixed split at max_text_len, text expert then image expert.
         at::Tensor xt = x.narrow(1, 0, text_len), xi = x.narrow(1, text_len, x.size(1) - text_len);
-        xt = residual(xt, mlp_text->forward(norm2_text->forward(xt)), gamma_2, 1);
-        xi = residual(xi, mlp_imag->forward(norm2_imag->forward(xi)), gamma_2, 2);
+        xt = residual(xt, mlp_text->forward(norm2_text->forward(xt), gamma_2), 1);
+        xi = residual(xi, mlp_imag->forward(norm2_imag->forward(xi), gamma_2), 2);
         return at::cat({xt, xi}, 1);
       }
   }

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/version.h>
 
 #include <limits>
@@ -41,6 +42,72 @@ at::Tensor cpu_inference_attention(const at::Tensor& qkv_out, int64_t Q, int64_t
     }
   });
   return out;
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The probabilities softmax(scale q kᵀ + bias, masked keys -inf) (B, H, Q, N), and q scaled.
+std::pair<at::Tensor, at::Tensor> probabilities(const at::Tensor& q, const at::Tensor& k, double scale, const at::Tensor& masked,
+                                                const at::Tensor& bias) {
+  at::Tensor qs = q * scale;
+  at::Tensor logits = batched_matmul(qs, k.transpose(-2, -1), CpuProducts::kOneDnn);
+  if (bias.defined()) logits.add_(bias);
+  if (masked.defined()) logits.masked_fill_(masked, -std::numeric_limits<float>::infinity());
+  return {logits.softmax(-1), qs};
+}
+
+// The masked keys (B, 1, 1, N) bool or undefined, passed as a value, not as a differentiable input.
+struct Masked {
+  at::Tensor keys;
+};
+
+// Inputs q, k, v, bias (H, Q, N; a zero-size stand-in when there is none: LibTorch 1.13's
+// autograd::Function takes no undefined tensor); the key mask as saved data (no gradient).
+struct RecomputingAttention : public torch::autograd::Function<RecomputingAttention> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& bias, const Masked& masked, double scale, bool has_bias) {
+    const at::Tensor out =
+        batched_matmul(probabilities(q, k, scale, masked.keys, has_bias ? bias : at::Tensor()).first, v, CpuProducts::kOneDnn);
+    ctx->save_for_backward({q, k, v, bias});
+    ctx->saved_data["masked"] = masked.keys;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["bias"] = has_bias;
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor &q = s[0], &k = s[1], &v = s[2];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const bool has_bias = ctx->saved_data["bias"].toBool();
+    const c10::IValue& masked = ctx->saved_data["masked"];
+    const auto [p, qs] =
+        probabilities(q, k, scale, masked.isTensor() ? masked.toTensor() : at::Tensor(), has_bias ? s[3] : at::Tensor());
+    const at::Tensor& g = grads[0];  // (B, H, Q, hd)
+    const auto mm = [](const at::Tensor& a, const at::Tensor& b) { return batched_matmul(a, b, CpuProducts::kOneDnn); };
+    const at::Tensor dv = mm(p.transpose(-2, -1), g);
+    const at::Tensor dp = mm(g, v.transpose(-2, -1));
+    const at::Tensor ds = p * (dp - (dp * p).sum(-1, true));  // softmax's backward
+    variable_list out(7);
+    if (ctx->needs_input_grad(0)) out[0] = mm(ds, k).mul_(scale);
+    if (ctx->needs_input_grad(1)) out[1] = mm(ds.transpose(-2, -1), qs);
+    if (ctx->needs_input_grad(2)) out[2] = dv;
+    if (has_bias && ctx->needs_input_grad(3)) out[3] = ds.sum(0);
+    return out;
+  }
+};
+
+}  // namespace
+
+at::Tensor recomputing_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                 const at::Tensor& key_mask, const at::Tensor& rel_bias) {
+  const int64_t B = q.size(0), Q = q.size(2), N = k.size(2);
+  const at::Tensor masked = key_mask.defined() ? (key_mask.reshape({B, 1, 1, N}) == 0) : at::Tensor();
+  const bool has_bias = rel_bias.defined();
+  const at::Tensor bias = has_bias ? rel_bias.narrow(1, 0, Q) : at::zeros({0}, q.options());
+  return RecomputingAttention::apply(q, k, v, bias, Masked{masked}, scale, has_bias);
 }
 
 bool sdpa_built() { return VLMO_HAVE_SDPA != 0; }

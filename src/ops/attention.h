@@ -19,6 +19,17 @@ namespace vlmo {
 at::Tensor cpu_inference_attention(const at::Tensor& qkv, int64_t Q, int64_t heads, double scale, const at::Tensor& key_mask,
                                    const at::Tensor& rel_bias);
 
+// The plain path's attention for training with oneDNN's fp32 products: softmax(scale q kᵀ + bias,
+// masked keys -inf) v on q (B, H, Q, hd), k and v (B, H, N, hd), as the plain path computes it (q
+// scaled first, products through batched_matmul), differentiable in q, k, v and rel_bias (H, N, N;
+// the first Q rows are used), keeping for backward only q, k, v (views of the qkv output, which is
+// kept anyway), the bias and the mask: backward computes the probabilities again (one more q kᵀ
+// product) instead of keeping them from forward (H x N floats a query: 2844 at N = 237, more than the
+// 768 of the token itself; docs/performance.md, "Memory"). key_mask (B, N), 1 = attend, and
+// rel_bias may be undefined. Returns (B, H, Q, hd).
+at::Tensor recomputing_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                 const at::Tensor& key_mask, const at::Tensor& rel_bias);
+
 // Whether this LibTorch has at::scaled_dot_product_attention (>= 2.0).
 bool sdpa_built();
 

@@ -2,9 +2,11 @@
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 #include "ops/onednn_matmul.h"
 #include "vlmo/error.h"
@@ -12,6 +14,12 @@
 #include "vlmo/precision.h"
 
 namespace vlmo {
+
+namespace {
+std::atomic<int64_t> g_products{0};
+}  // namespace
+
+int64_t onednn_product_calls() { return g_products.load(); }
 
 #if VLMO_HAVE_DNNL
 dnnl::engine& onednn_cpu_engine() {
@@ -57,33 +65,51 @@ dnnl::memory::desc describe(const at::Tensor& t) {
   return dnnl::memory::desc(dims_of(t.sizes()), dnnl::memory::data_type::f32, dims_of(t.strides()));
 }
 
-std::optional<dnnl::matmul::primitive_desc> matmul_desc(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
-  return fast_matmul_desc(describe(a), describe(b), dnnl::memory::desc(), describe(c));
+std::optional<dnnl::matmul::primitive_desc> matmul_desc(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias,
+                                                        const at::Tensor& c) {
+  dnnl::memory::desc bd;
+  if (bias.defined()) {
+    dnnl::memory::dims d(c.dim(), 1);
+    d.back() = bias.size(0);
+    dnnl::memory::dims strides(c.dim(), bias.size(0));  // (1, ..., 1, N), contiguous
+    strides.back() = 1;
+    bd = dnnl::memory::desc(d, dnnl::memory::data_type::f32, strides);
+  }
+  return fast_matmul_desc(describe(a), describe(b), bd, describe(c));
 }
+}  // namespace
 
-// c = a b through oneDNN; undefined when oneDNN offers no fast kernel for these layouts.
-at::Tensor onednn_matmul(at::Tensor a, at::Tensor b) {
+at::Tensor onednn_product(at::Tensor a, at::Tensor b, const at::Tensor& bias) {
   if (!gemm_layout(a)) a = a.contiguous();
   if (!gemm_layout(b)) b = b.contiguous();
+  const at::Tensor bc = bias.defined() ? bias.contiguous() : bias;
   std::vector<int64_t> sizes = a.sizes().vec();
   sizes.back() = b.size(-1);
   at::Tensor c = at::empty(sizes, a.options());
-  auto pd = matmul_desc(a, b, c);
+  auto pd = matmul_desc(a, b, bc, c);
   if (!pd) {
     a = a.contiguous();
     b = b.contiguous();
-    pd = matmul_desc(a, b, c);
+    pd = matmul_desc(a, b, bc, c);
     if (!pd) return at::Tensor();
   }
   dnnl::matmul prim(*pd);
   dnnl::stream stream(onednn_cpu_engine());
-  dnnl::memory am(pd->src_desc(), onednn_cpu_engine(), a.data_ptr()), bm(pd->weights_desc(), onednn_cpu_engine(), b.data_ptr()),
-      cm(pd->dst_desc(), onednn_cpu_engine(), c.data_ptr());
-  prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  const dnnl::engine& e = onednn_cpu_engine();
+  std::unordered_map<int, dnnl::memory> args = {{DNNL_ARG_SRC, dnnl::memory(pd->src_desc(), e, a.data_ptr())},
+                                                {DNNL_ARG_WEIGHTS, dnnl::memory(pd->weights_desc(), e, b.data_ptr())},
+                                                {DNNL_ARG_DST, dnnl::memory(pd->dst_desc(), e, c.data_ptr())}};
+  if (bc.defined()) args.emplace(DNNL_ARG_BIAS, dnnl::memory(pd->bias_desc(), e, bc.data_ptr()));
+  prim.execute(stream, args);
   stream.wait();
+  ++g_products;
   return c;
 }
+
+namespace {
+at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b) { return onednn_product(a, b, at::Tensor()); }
 #else
+// (Without oneDNN, at::matmul.)
 at::Tensor onednn_matmul(const at::Tensor&, const at::Tensor&) { return at::Tensor(); }
 #endif
 

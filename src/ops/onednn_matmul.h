@@ -1,7 +1,10 @@
-// oneDNN's CPU engine and its matmul primitive descriptors, shared by the batched products
-// (batched_matmul.cpp) and the packed linear layers (packed_linear.cpp). Builds with oneDNN only.
+// oneDNN's CPU engine, its matmul primitive descriptors and one product through it, shared by the
+// batched products (batched_matmul.cpp), the linear layers (linear.cpp) and the packed linear
+// layers of inference (packed_linear.cpp). Builds with oneDNN only.
 #pragma once
 #if VLMO_HAVE_DNNL
+#include <ATen/core/Tensor.h>
+
 #include <oneapi/dnnl/dnnl.hpp>
 #include <optional>
 
@@ -16,6 +19,11 @@ dnnl::engine& onednn_cpu_engine();
 std::optional<dnnl::matmul::primitive_desc> fast_matmul_desc(const dnnl::memory::desc& src, const dnnl::memory::desc& weights,
                                                              const dnnl::memory::desc& bias, const dnnl::memory::desc& dst,
                                                              const dnnl::primitive_attr& attr = dnnl::primitive_attr());
+
+// a (..., M, K) b (..., K, N) + bias (N) (undefined: none) for fp32 CPU tensors of the same rank
+// (2 to 4) and leading sizes, without autograd; an operand whose rows or columns are not contiguous
+// is copied first. Undefined where oneDNN has no fast kernel (the caller's LibTorch product runs).
+at::Tensor onednn_product(at::Tensor a, at::Tensor b, const at::Tensor& bias);
 
 }  // namespace vlmo
 #endif

@@ -56,12 +56,26 @@ at::Tensor bf16_rounded_fp32(const at::Tensor& t) {
 }
 
 at::Tensor linear_as(const RunPolicy& policy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                     bool weight_rounded) {
+                     bool weight_rounded, const at::Tensor& scale) {
   const auto t = x.device().type();
-  if (!policy.bf16_emulated(t) || x.scalar_type() == at::kDouble) return at::linear(x, weight, bias);
+  const CpuProducts k = policy.cpu_products;
+  if (autocast_enabled(t) && !policy.bf16_emulated(t)) {
+    const at::Tensor y = at::linear(x, weight, bias);  // autocast's type
+    return scale.defined() ? scale * y : y;
+  }
+  if (!policy.bf16_emulated(t) || x.scalar_type() == at::kDouble) return linear_product(x, weight, bias, k, scale);
   AutocastGuard fp32(t, Precision::kFloat32);
-  if (weight_rounded) return at::linear(bf16_rounded_fp32(x), weight, bf16_rounded_fp32(bias));
-  return at::linear(bf16_rounded_fp32(x), bf16_rounded_fp32(weight), bf16_rounded_fp32(bias));
+  const at::Tensor w = weight_rounded ? weight : bf16_rounded_fp32(weight);
+  return linear_product(bf16_rounded_fp32(x), w, bf16_rounded_fp32(bias), k, scale);
+}
+
+at::Tensor mlp_as(const RunPolicy& policy, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                  const at::Tensor& b2, const at::Tensor& scale) {
+  if (autocast_enabled(x.device().type())) {
+    const at::Tensor y = linear_as(policy, at::gelu(linear_as(policy, x, w1, b1)), w2, b2);
+    return scale.defined() ? scale * y : y;
+  }
+  return mlp_product(x, w1, b1, w2, b2, policy.cpu_products, scale);
 }
 
 at::Tensor matmul_as(const RunPolicy& policy, const at::Tensor& a, const at::Tensor& b) {
