@@ -271,6 +271,10 @@ TEST(Model, FusedCpuInferenceAttentionEqualsThePlainPath) {
   const Config c = tiny_config(all_heads(), small_vocab);
   VLMo m = tiny_model(c, 1, kRelativeBiasStd);
   m->eval();
+  // The fused path's fp32 CPU inference runs this kernel with LibTorch's products (with oneDNN's,
+  // the plain path measured faster: vlmo/run_policy.h); both runs take them, so that only the
+  // attention differs.
+  set_cpu_products(m, CpuProducts::kAten);
   Batch b = tiny_batch(c, 5);
   auto run = [&](bool fused) {
     set_attention(m, fused ? AttentionPath::kFused : AttentionPath::kPlain);
@@ -723,9 +727,17 @@ TEST(RunPolicy, ResolutionTable) {
     AttentionKernel want;
   };
   const std::vector<KernelRow> kernels = {
-      {"1.13 CPU inference fp32", policy(false, fused, dnnl), {cpu, at::kFloat, false, false}, AttentionKernel::kCpuInference},
+      {"1.13 CPU inference fp32", policy(false, fused, dnnl), {cpu, at::kFloat, false, false}, AttentionKernel::kPlain},
       {"2.6 CPU inference fp32 (emulated bf16 too)",
        policy(true, fused, dnnl),
+       {cpu, at::kFloat, false, false},
+       AttentionKernel::kPlain},
+      {"1.13 CPU inference fp32, LibTorch products",
+       policy(false, fused, aten),
+       {cpu, at::kFloat, false, false},
+       AttentionKernel::kCpuInference},
+      {"2.6 CPU inference fp32, LibTorch products",
+       policy(true, fused, aten),
        {cpu, at::kFloat, false, false},
        AttentionKernel::kCpuInference},
       {"1.13 CPU inference bf16", policy(false, fused, dnnl), {cpu, at::kBFloat16, false, false}, AttentionKernel::kPlain},
@@ -771,6 +783,7 @@ TEST(RunPolicy, CarriedByTheModel) {
   m->eval();
   const Batch b = tiny_batch(c, 2);
   torch::NoGradGuard g;
+  set_cpu_products(m, CpuProducts::kAten);  // where the fused path's fp32 inference is the CPU inference kernel
   const int64_t inference = attention_kernel_calls(AttentionKernel::kCpuInference),
                 plain = attention_kernel_calls(AttentionKernel::kPlain);
   m->infer_image_ft(b.image);

@@ -24,9 +24,9 @@
 namespace vlmo {
 
 enum class AttentionPath { kFused, kPlain };
-// Where fp32 products run on the CPU: the attention layers' batched q·kᵀ and weights·v, and in
-// inference (no autograd, eval mode) the linear layers of the blocks, whose weights oneDNN keeps
-// packed (src/ops/packed_linear.h).
+// Where fp32 products run on the CPU: the attention layers' batched q·kᵀ and weights·v, and the
+// blocks' linear layers, forward and backward (vlmo/ops.h: linear_product, mlp_product), whose
+// weights oneDNN keeps packed in inference (no autograd, eval mode; src/ops/packed_linear.h).
 enum class CpuProducts { kAten, kOneDnn };
 // How bf16 products run on the CPU. LibTorch's bf16 GEMM is fast where oneDNN runs it (x86 with
 // AVX-512 BW / VL / DQ, AMX); on an x86 CPU without AVX-512 it falls back to loops 25-40x slower
@@ -109,12 +109,14 @@ struct AttentionCall {
   bool autograd = false;              // the pass will be differentiated (grad mode on)
   bool recording = false;             // an AttentionRecorder reads the probabilities
 };
-// Fused path: on the CPU without autograd in fp32 (emulated bf16's products are fp32), the inference kernel; else
-// SDPA where it exists and takes the dtype, except on the CPU with oneDNN's products in fp32
-// training and in native bf16 (inference and training): there the plain path measured faster
-// (fp32 training: SDPA takes LibTorch's unfused math fallback; bf16: 4x in the image embedding,
-// 1.2x in the pre-training step; bench/paths_table.py, docs/performance.md). With LibTorch's products
-// (cpu products aten) CPU attention is LibTorch's SDPA. Plain path, or a recorder: the plain kernel.
+// Fused path: on the CPU with oneDNN's products, the plain kernel, which measured fastest there in
+// every precision (fp32 inference: 5-8 % ahead of the inference kernel, its batched products
+// through oneDNN; fp32 training: SDPA takes LibTorch's unfused math fallback; bf16: 4x in the image
+// embedding, 1.2x in the pre-training step; bench/paths_table.py, docs/performance.md), except
+// fp16, which SDPA takes where it exists. With LibTorch's products (cpu products aten): on the CPU
+// without autograd in fp32 (emulated bf16's products are fp32) the inference kernel, else SDPA
+// where it exists and takes the dtype. Elsewhere (CUDA) SDPA where it exists. Plain path, or a
+// recorder: the plain kernel.
 AttentionKernel attention_kernel(const RunPolicy& policy, const AttentionCall& call);
 
 }  // namespace vlmo

@@ -128,9 +128,9 @@ std::string attention_kernel_name(AttentionKernel k) {
 AttentionKernel attention_kernel(const RunPolicy& policy, const AttentionCall& call) {
   if (policy.attention == AttentionPath::kPlain || call.recording) return AttentionKernel::kPlain;
   const bool cpu = call.device == c10::DeviceType::CPU;
-  if (cpu && !call.autograd && call.dtype == at::kFloat) return AttentionKernel::kCpuInference;
-  const bool sdpa_dtype = call.dtype == at::kFloat || call.dtype == at::kBFloat16 || call.dtype == at::kHalf;
   const bool onednn = cpu && policy.cpu_products == CpuProducts::kOneDnn;
+  if (cpu && !call.autograd && call.dtype == at::kFloat) return onednn ? AttentionKernel::kPlain : AttentionKernel::kCpuInference;
+  const bool sdpa_dtype = call.dtype == at::kFloat || call.dtype == at::kBFloat16 || call.dtype == at::kHalf;
   const bool cpu_plain = onednn && ((call.autograd && call.dtype == at::kFloat) || call.dtype == at::kBFloat16);
   if (policy.sdpa && sdpa_dtype && !cpu_plain) return AttentionKernel::kSdpa;
   return AttentionKernel::kPlain;
