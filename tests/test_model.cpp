@@ -851,8 +851,13 @@ struct PhotoRetrieval {
 };
 
 // A reduced-precision mode against fp32 features of the same model: cosine >= 0.99 for photos and
-// captions (features are unit vectors), not bit-equal (the mode really ran), and the same
-// nearest photo per caption (retrieval order is what matters to a user).
+// captions (features are unit vectors), not bit-equal (the mode really ran), and the same nearest
+// photo per caption wherever fp32's choice is clearer than the features moved: for unit vectors,
+// a caption-photo similarity moves by at most |dt| + |di| + |dt||di| (|d| = sqrt(2 - 2 cos), the
+// largest over captions and over photos), so a caption whose fp32 top-1 similarity leads the
+// runner-up by more than twice that keeps its photo in any mode within those cosines. (With this
+// untrained model most leads are far smaller than what cosine 0.998 allows: 0.003 against 0.067;
+// those captions' nearest photo is a near-tie that kernels' rounding may break either way.)
 void expect_close_to_fp32(const char* mode, const at::Tensor& img32, const at::Tensor& txt32, const at::Tensor& img,
                           const at::Tensor& txt) {
   const at::Tensor cos_img = (img32 * img).sum(1), cos_txt = (txt32 * txt).sum(1);
@@ -861,7 +866,20 @@ void expect_close_to_fp32(const char* mode, const at::Tensor& img32, const at::T
   EXPECT_GE(cos_img.min().item<double>(), 0.99) << mode << " " << cos_img;
   EXPECT_GE(cos_txt.min().item<double>(), 0.99) << mode << " " << cos_txt;
   EXPECT_FALSE(at::equal(img32, img)) << mode;
-  EXPECT_TRUE(at::equal(at::matmul(txt32, img32.t()).argmax(1), at::matmul(txt, img.t()).argmax(1))) << mode;
+  const auto moved = [](const at::Tensor& cos) { return std::sqrt(std::max(0.0, 2 - 2 * cos.min().item<double>())); };
+  const double di = moved(cos_img), dt = moved(cos_txt), bound = di + dt + di * dt;
+  const at::Tensor s32 = at::matmul(txt32, img32.t()), s = at::matmul(txt, img.t());
+  EXPECT_LE((s - s32).abs().max().item<double>(), bound) << mode;
+  const auto top2 = s32.topk(2, 1);
+  int clear = 0;
+  for (int64_t i = 0; i < s32.size(0); ++i) {
+    const double lead = (std::get<0>(top2)[i][0] - std::get<0>(top2)[i][1]).item<double>();
+    if (lead <= 2 * bound) continue;
+    ++clear;
+    EXPECT_EQ(s[i].argmax().item<int64_t>(), std::get<1>(top2)[i][0].item<int64_t>()) << mode << ", caption " << i;
+  }
+  std::printf("%s: %d of %ld captions lead by more than %.4f (twice the bound); their nearest photo is fp32's\n", mode, clear,
+              static_cast<long>(s32.size(0)), 2 * bound);
 }
 
 }  // namespace
