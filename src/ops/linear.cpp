@@ -123,7 +123,9 @@ struct Mlp : public torch::autograd::Function<Mlp> {
     const at::Tensor h = s[2].reshape({-1, w1.size(0)});
     const auto need = [&](size_t i) { return ctx->needs_input_grad(i); };
     const bool first = need(0) || need(1) || need(2);
-    const auto d2 = layer_gradients(grads[0].reshape({-1, w2.size(0)}), at::gelu(h), w2, s[4], s[5], saved_flags(ctx),
+    // GELU's output again, where dW2 or dgamma needs it (layer_gradients reads `a` only for them).
+    const at::Tensor a = need(3) || need(5) ? at::gelu(h) : at::Tensor();
+    const auto d2 = layer_gradients(grads[0].reshape({-1, w2.size(0)}), a, w2, s[4], s[5], saved_flags(ctx),
                                     {first, need(3), need(4), need(5)});
     std::array<at::Tensor, 4> d1;
     if (first)

@@ -59,10 +59,7 @@ at::Tensor linear_as(const RunPolicy& policy, const at::Tensor& x, const at::Ten
                      bool weight_rounded, const at::Tensor& scale) {
   const auto t = x.device().type();
   const CpuProducts k = policy.cpu_products;
-  if (autocast_enabled(t) && !policy.bf16_emulated(t)) {
-    const at::Tensor y = at::linear(x, weight, bias);  // autocast's type
-    return scale.defined() ? scale * y : y;
-  }
+  // (Under native autocast linear_product is at::linear in autocast's type, then the scale.)
   if (!policy.bf16_emulated(t) || x.scalar_type() == at::kDouble) return linear_product(x, weight, bias, k, scale);
   AutocastGuard fp32(t, Precision::kFloat32);
   const at::Tensor w = weight_rounded ? weight : bf16_rounded_fp32(weight);
